@@ -43,7 +43,7 @@ enum dsm_dtype dsm_dtype_parse(const char *name)
 
 /* Value of code seeeemmm: (-1)^s * 2^(e-7) * (1 + m/8) for e > 0, (-1)^s * 2^-6 * (m/8) for e == 0;
  * 0x7F and 0xFF are NaN. Written as constant expressions so the table is built by the compiler. */
-#define POW2(k) ((k) >= 0 ? (float)(1 << (k)) : 1.0f / (float)(1 << -(k)))
+#define POW2(k) ((float)(1 << ((k) + 8)) * (1.0f / 256)) /* k in [-6, 8] */
 #define E4M3(e, m) ((e) ? (1.0f + (m) / 8.0f) * POW2((e) - 7) : ((m) / 8.0f) * POW2(-6))
 #define ROW(e) E4M3(e, 0), E4M3(e, 1), E4M3(e, 2), E4M3(e, 3), E4M3(e, 4), E4M3(e, 5), E4M3(e, 6), E4M3(e, 7)
 #define ROWS_0_14 ROW(0), ROW(1), ROW(2), ROW(3), ROW(4), ROW(5), ROW(6), ROW(7), \
