@@ -113,7 +113,7 @@ static int append_tensors(struct dsm_checkpoint *ck, int shard, const struct st_
 static int open_shard(struct dsm_checkpoint *ck, int i, struct st_header *h)
 {
 	struct dsm_shard *s = &ck->shards[i];
-	s->fd = open(s->path, O_RDONLY | O_CLOEXEC);
+	s->fd = open(s->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* never block on a FIFO */
 	if (s->fd < 0)
 		return dsm_fail(errno == ENOENT ? DSM_EMISSING : DSM_EIO, "%s: %s (shard named by the index)",
 				s->path, strerror(errno));

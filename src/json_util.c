@@ -14,7 +14,7 @@ int read_file(const char *path, size_t max_bytes, char **data, size_t *len)
 {
 	*data = NULL;
 	*len = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* never block on a FIFO */
 	if (fd < 0)
 		return dsm_fail(errno == ENOENT ? DSM_EMISSING : DSM_EIO, "%s: %s", path, strerror(errno));
 	struct stat st;
