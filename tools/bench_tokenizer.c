@@ -1,4 +1,4 @@
-/* dsm-bench-tokenizer: encoding speed of dsm against the JavaScript reference (@lenml/tokenizers), on the
+/* dsm-bench tokenizer: encoding speed of dsm against the JavaScript reference (@lenml/tokenizers), on the
  * same text in the same run.
  *
  * The text is a corpus file repeated to at least --mb megabytes, encoded in one call (no BOS), --runs
@@ -26,7 +26,7 @@ static double now(void)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: dsm-bench-tokenizer --tokenizer FILE.json --corpus FILE [options]\n"
+		"usage: dsm-bench tokenizer --tokenizer FILE.json --corpus FILE [options]\n"
 		"  --tokenizer FILE   tokenizer.json (tokenizer_config.json beside it is used by the JavaScript side)\n"
 		"  --corpus FILE      text to repeat (e.g. tests/tokenizer/corpus.txt)\n"
 		"  --mb N             repeat the corpus to at least N MB (default 10)\n"
@@ -72,7 +72,7 @@ static double run_js(const char *script, const char *prefix, const char *tokeniz
 	return best;
 }
 
-int main(int argc, char **argv)
+int bench_tokenizer_main(int argc, char **argv)
 {
 	const char *tokenizer = NULL, *corpus = NULL, *prefix = NULL, *script = NULL;
 	double mb = 10;
@@ -111,14 +111,14 @@ int main(int argc, char **argv)
 	char *base;
 	size_t base_len;
 	if (read_file(corpus, (size_t)1 << 30, &base, &base_len) != 0 || base_len == 0) {
-		fprintf(stderr, "dsm-bench-tokenizer: %s\n", base_len ? dsm_errmsg() : "empty corpus");
+		fprintf(stderr, "dsm-bench tokenizer: %s\n", base_len ? dsm_errmsg() : "empty corpus");
 		return 1;
 	}
 	size_t copies = (size_t)(mb * 1e6 / (double)base_len) + 1;
 	size_t len = copies * base_len;
 	char *text = malloc(len);
 	if (!text) {
-		fprintf(stderr, "dsm-bench-tokenizer: out of memory for %zu bytes\n", len);
+		fprintf(stderr, "dsm-bench tokenizer: out of memory for %zu bytes\n", len);
 		return 1;
 	}
 	for (size_t i = 0; i < copies; i++)
@@ -127,7 +127,7 @@ int main(int argc, char **argv)
 
 	struct tokenizer *tok;
 	if (tokenizer_load(&tok, tokenizer, NULL) != 0) {
-		fprintf(stderr, "dsm-bench-tokenizer: %s\n", dsm_errmsg());
+		fprintf(stderr, "dsm-bench tokenizer: %s\n", dsm_errmsg());
 		return 1;
 	}
 	printf("text: %.2f MB (%s repeated %zu times), encoded in one call, best of %d runs\n", (double)len / 1e6,
@@ -138,7 +138,7 @@ int main(int argc, char **argv)
 		ids.n = 0;
 		double t0 = now();
 		if (tokenizer_encode(tok, text, len, 0, &ids) != 0) {
-			fprintf(stderr, "dsm-bench-tokenizer: %s\n", dsm_errmsg());
+			fprintf(stderr, "dsm-bench tokenizer: %s\n", dsm_errmsg());
 			return 1;
 		}
 		double rate = (double)len / 1e6 / (now() - t0);
@@ -151,17 +151,17 @@ int main(int argc, char **argv)
 	fflush(stdout);
 	int status = 0;
 	if (prefix) {
-		char path[] = "/tmp/dsm-bench-tokenizer-XXXXXX";
+		char path[] = "/tmp/dsm-bench-tok-XXXXXX";
 		int fd = mkstemp(path);
 		if (fd < 0 || write(fd, text, len) != (ssize_t)len) {
-			fprintf(stderr, "dsm-bench-tokenizer: cannot write the text for node to %s\n", path);
+			fprintf(stderr, "dsm-bench tokenizer: cannot write the text for node to %s\n", path);
 			status = 1;
 		} else {
 			double js_first;
 			long js_ids;
 			double js = run_js(script, prefix, tokenizer, path, runs, &js_first, &js_ids);
 			if (js <= 0) {
-				fprintf(stderr, "dsm-bench-tokenizer: the JavaScript side failed (see above)\n");
+				fprintf(stderr, "dsm-bench tokenizer: the JavaScript side failed (see above)\n");
 				status = 1;
 			} else {
 				printf("javascript: %8.2f MB/s (first run %.2f MB/s), %ld ids%s\n", js, js_first, js_ids,

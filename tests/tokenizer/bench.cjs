@@ -1,4 +1,4 @@
-// The JavaScript side of dsm-bench-tokenizer: encodes a text file with @lenml/tokenizers and prints
+// The JavaScript side of dsm-bench tokenizer: encodes a text file with @lenml/tokenizers and prints
 // "runs MB/s MB/s ... ids N" (one run per argument RUNS, the text encoded in one call each time).
 //
 // usage: node bench.cjs NODE_PREFIX TOKENIZER_JSON CONFIG_JSON TEXT_FILE RUNS

@@ -1,0 +1,36 @@
+#include "backend.h"
+
+#include "cpu_backend.h"
+#include "error.h"
+
+#include <string.h>
+
+int dsm_backend_create(struct dsm_backend **out, const char *name, const struct dsm_backend_options *o)
+{
+	*out = NULL;
+	if (!name || strcmp(name, "cpu") == 0)
+		return dsm_cpu_backend_create(out, o);
+	return dsm_fail(DSM_EARG, "unknown backend '%s' (available: cpu)", name);
+}
+
+void dsm_backend_destroy(struct dsm_backend *be)
+{
+	if (be)
+		be->destroy(be);
+}
+
+const char *dsm_precision_name(enum dsm_precision p)
+{
+	return p == DSM_PRECISION_BF16 ? "bf16" : "f32";
+}
+
+int dsm_precision_parse(const char *s, enum dsm_precision *p)
+{
+	if (strcmp(s, "f32") == 0)
+		*p = DSM_PRECISION_F32;
+	else if (strcmp(s, "bf16") == 0)
+		*p = DSM_PRECISION_BF16;
+	else
+		return dsm_fail(DSM_EARG, "precision '%s': expected f32 or bf16", s);
+	return 0;
+}

@@ -1,0 +1,191 @@
+/* The backend interface: one table of function pointers per compute device (docs ARCHITECTURE.md).
+ *
+ * The model code (src/) calls only what is here; a backend implements the table for its device. The
+ * table holds memory management (alloc/free/copies/sync: optional for host backends) and the ops the
+ * DeepSeek-V3.2 forward pass needs, in shapes that know nothing of the model: matrices, heads, rows.
+ * A backend declares what it can run through `supports`; the caller falls back to the cpu backend for
+ * the rest. The `cpu` backend (kernels/cpu/) is always present and implements every op.
+ *
+ * Conventions of every op:
+ *   - activations are F32, row-major, rows contiguous unless a leading dimension (ld*) is given;
+ *   - a weight is a struct dsm_mat: FP8 E4M3 with 128x128 block scales, BF16 or F32, [rows, cols]
+ *     in the PyTorch Linear layout (out x in);
+ *   - ops return 0 or a negative DSM_E* code with a message (kernels/error.h); they never print;
+ *   - outputs never alias inputs unless the op says "in place". */
+#ifndef DSM_BACKEND_H
+#define DSM_BACKEND_H
+
+#include "dtype.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DSM_BLOCK 128 /* FP8 weight block: 128 x 128 values share one scale */
+
+/* A weight matrix, or a band of consecutive rows of one (a view).
+ * The view is rows [row0, row0 + rows) of a stored [*, cols] tensor whose row 0 is at `data`;
+ * block scales are indexed by stored row, so a view may start inside a 128-row block. */
+struct dsm_mat {
+	enum dsm_dtype dtype;   /* DSM_F8_E4M3 (block-scaled), DSM_BF16 or DSM_F32 */
+	int64_t rows, cols;     /* the view: [rows, cols] */
+	int64_t row0;           /* first stored row of the view */
+	const void *data;       /* stored row 0, [*, cols] row-major */
+	const float *scale;     /* F8: [ceil(stored rows/128), ceil(cols/128)] multipliers; else NULL */
+};
+
+/* Rows [row0, row0 + rows) of m, as a view. */
+static inline struct dsm_mat dsm_mat_rows(struct dsm_mat m, int64_t row0, int64_t rows)
+{
+	m.row0 += row0;
+	m.rows = rows;
+	return m;
+}
+
+/* Value of element (i, j) of the view, dequantized (scalar; for references and tests). */
+float dsm_mat_get(const struct dsm_mat *m, int64_t i, int64_t j);
+
+/* The weights of one SwiGLU feed-forward block (dense layer, shared expert or routed expert):
+ * y = down(silu(gate(x)) * up(x)). */
+struct dsm_ffn_weights {
+	struct dsm_mat gate;    /* [inter, dim] */
+	struct dsm_mat up;      /* [inter, dim] */
+	struct dsm_mat down;    /* [dim, inter] */
+};
+
+/* Matmul precision: what the multiply sees. Accumulation is always F32. */
+enum dsm_precision {
+	DSM_PRECISION_F32,      /* weights dequantized exactly to F32, activations F32 */
+	DSM_PRECISION_BF16,     /* weights and activations rounded to BF16 */
+};
+
+/* Attention mask of one query: either causal over keys [0, n_keys) (sel == NULL) or the ascending list
+ * of allowed key positions sel[0 .. n_sel) (the lightning indexer's choice). */
+struct dsm_attn_mask {
+	const int32_t *sel;     /* [n_sel] ascending, or NULL */
+	int64_t n_sel;
+};
+
+/* Arguments of MLA attention in the full ("MHA") form for ONE head and T queries:
+ * score(t, s) = (q_nope[t] . k_nope[s] + q_pe[t] . k_pe[s]) * scale over the allowed keys of t,
+ * softmax, out[t] = sum_s p(t, s) v[s]. */
+struct dsm_attn_full_args {
+	int64_t n_q;                    /* T */
+	int64_t dn, dr, dv;             /* nope, rope and value dims of a head */
+	const float *q;                 /* [T, ldq]: q_nope [dn] then roped q_pe [dr] */
+	int64_t ldq;
+	const float *kv;                /* [n_keys, dn + dv]: k_nope then v of each key */
+	const float *k_pe;              /* [n_keys, dr] roped, shared by the heads */
+	const int64_t *n_keys;          /* [T] causal bound of query t (its position + 1) */
+	const struct dsm_attn_mask *mask; /* [T] or NULL: causal */
+	float scale;
+	float *out;                     /* [T, ldo]: dv values written */
+	int64_t ldo;
+};
+
+/* Arguments of MLA attention in the absorbed ("MQA") form for ONE query and H heads over a latent
+ * cache: score(h, s) = (q_lat[h] . c[s] + q_pe[h] . k_pe[s]) * scale, softmax over the allowed keys,
+ * o_lat[h] = sum_s p(h, s) c[s]. */
+struct dsm_attn_latent_args {
+	int64_t n_heads, r, dr;         /* H, latent rank (512), rope dims (64) */
+	const float *q_lat;             /* [H, r] */
+	const float *q_pe;              /* [H, dr] roped */
+	enum dsm_dtype cache_dtype;     /* DSM_BF16 or DSM_F32 */
+	const void *c;                  /* [n_keys, r] latent cache rows */
+	const void *k_pe;               /* [n_keys, dr] roped key cache rows */
+	int64_t n_keys;                 /* causal bound: position + 1 */
+	struct dsm_attn_mask mask;      /* sel == NULL: all of [0, n_keys) */
+	float scale;
+	float *o_lat;                   /* [H, r] */
+};
+
+/* Group-limited sigmoid routing (noaux_tc): see docs MODEL.md "MoE layer". */
+struct dsm_route_args {
+	int64_t n_tokens, n_experts;    /* T, E */
+	const float *logits;            /* [T, E] router logits x . gate^T */
+	const float *bias;              /* [E] e_score_correction_bias: used only to choose */
+	int n_group, topk_group, top_k;
+	int normalize;                  /* norm_topk_prob */
+	float scaling;                  /* routed_scaling_factor */
+	int32_t *idx;                   /* [T, top_k] chosen experts, ascending within a row */
+	float *weight;                  /* [T, top_k] their weights, in the same order */
+};
+
+enum dsm_op {
+	DSM_OP_MATMUL, DSM_OP_MATMUL_T, DSM_OP_FFN, DSM_OP_RMSNORM, DSM_OP_LAYERNORM, DSM_OP_ROPE,
+	DSM_OP_HADAMARD, DSM_OP_ATTN_FULL, DSM_OP_ATTN_LATENT, DSM_OP_INDEXER_SCORES, DSM_OP_TOPK,
+	DSM_OP_ROUTE, DSM_OP_COUNT
+};
+
+struct dsm_backend {
+	const char *name;               /* "cpu", ... */
+	void *impl;                     /* backend state */
+	enum dsm_precision precision;
+
+	void (*destroy)(struct dsm_backend *be);
+	/* 1 if the backend can run op with weights of type wtype (DSM_DTYPE_INVALID: no weight). */
+	int (*supports)(const struct dsm_backend *be, enum dsm_op op, enum dsm_dtype wtype);
+
+	/* Device memory (optional: NULL on host backends, whose ops take host pointers). */
+	void *(*alloc)(struct dsm_backend *be, size_t bytes);
+	void (*free)(struct dsm_backend *be, void *p);
+	int (*copy_in)(struct dsm_backend *be, void *dst, const void *src, size_t bytes);
+	int (*copy_out)(struct dsm_backend *be, void *dst, const void *src, size_t bytes);
+	int (*sync)(struct dsm_backend *be);
+	/* (optional) The largest attention the caller will run: up to max_keys keys, n_heads heads of
+	 * width head_dim (latent + rope for the absorbed form). The backend allocates its scratch now so
+	 * that no op allocates later as the context grows. */
+	int (*reserve)(struct dsm_backend *be, int64_t max_keys, int64_t n_heads, int64_t head_dim);
+
+	/* y[n, w.rows] = x[n, w.cols] . w^T (a Linear layer). */
+	int (*matmul)(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
+	/* y[n, w.cols] = x[n, w.rows] . w (the transposed use, for the absorbed MLA form). */
+	int (*matmul_t)(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
+	/* y[n, dim] = down(silu(gate(x)) * up(x)) for n tokens x[n, dim]: one expert or dense FFN. */
+	int (*ffn)(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y);
+	/* y[n, d] = x * rsqrt(mean(x^2) + eps) * w; x rows at stride ldx, y contiguous; y may equal x
+	 * when ldx == d. */
+	int (*rmsnorm)(struct dsm_backend *be, int64_t n, int64_t d, const float *x, int64_t ldx,
+		       const float *w, float eps, float *y);
+	/* y[n, d] = (x - mean) / sqrt(var + eps) * w + b (biased variance); y may equal x. */
+	int (*layernorm)(struct dsm_backend *be, int64_t n, int64_t d, const float *x, const float *w,
+			 const float *b, float eps, float *y);
+	/* In place: rotates the first `dim` values of each of n_heads vectors of each of n rows;
+	 * x[i] at x + i * ldx + h * ldh. cos/sin [n, dim/2] per row. interleaved: pairs (2j, 2j+1) (MLA);
+	 * else pairs (j, j + dim/2) (indexer). */
+	int (*rope)(struct dsm_backend *be, int64_t n, int64_t n_heads, int64_t dim, float *x, int64_t ldx,
+		    int64_t ldh, const float *cos, const float *sin, int interleaved);
+	/* In place: x[n, d] = x . H_d, H_d the orthonormal Sylvester-Hadamard matrix (d a power of two). */
+	int (*hadamard)(struct dsm_backend *be, int64_t n, int64_t d, float *x);
+	/* MLA attention, full form, one head (see struct dsm_attn_full_args). */
+	int (*attn_full)(struct dsm_backend *be, const struct dsm_attn_full_args *a);
+	/* MLA attention, absorbed form over a latent cache, one query (see struct dsm_attn_latent_args). */
+	int (*attn_latent)(struct dsm_backend *be, const struct dsm_attn_latent_args *a);
+	/* Lightning indexer scores of one query over keys [0, n_keys):
+	 * out[s] = sum_h w[h] * relu(q[h] . k[s]); q [n_heads, d], w [n_heads], k [n_keys, d]. */
+	int (*indexer_scores)(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q,
+			      const float *w, const float *k, int64_t n_keys, float *out);
+	/* idx[0 .. k) = positions of the k largest of x[0 .. n), ties to the lower position; idx ascending.
+	 * k <= n. */
+	int (*topk)(struct dsm_backend *be, const float *x, int64_t n, int64_t k, int32_t *idx);
+	/* noaux_tc routing (see struct dsm_route_args). */
+	int (*route)(struct dsm_backend *be, const struct dsm_route_args *a);
+};
+
+struct dsm_backend_options {
+	enum dsm_precision precision;
+	int threads;                    /* <= 0: physical cores */
+};
+
+/* Creates the named backend ("cpu"). Returns 0 or DSM_EARG (unknown name) / DSM_ENOMEM / DSM_EUNSUPPORTED. */
+int dsm_backend_create(struct dsm_backend **out, const char *name, const struct dsm_backend_options *o);
+/* Accepts NULL. */
+void dsm_backend_destroy(struct dsm_backend *be);
+
+/* Physical cores of this machine (hwloc), at least 1. */
+int dsm_physical_cores(void);
+
+const char *dsm_precision_name(enum dsm_precision p);
+/* "f32" / "bf16" -> precision; DSM_EARG otherwise. */
+int dsm_precision_parse(const char *s, enum dsm_precision *p);
+
+#endif

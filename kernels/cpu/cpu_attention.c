@@ -1,0 +1,222 @@
+/* Attention, indexer and norm ops of the cpu backend: the reference math with F32 accumulation,
+ * threaded with OpenMP. Checked against ref_ops.c by tests/test_ops. */
+#include "cpu_backend.h"
+
+#include "error.h"
+#include "ref_ops.h"
+
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+static inline int64_t mask_count(const struct dsm_attn_mask *m, int64_t n_keys)
+{
+	return m && m->sel ? m->n_sel : n_keys;
+}
+
+static inline int64_t mask_key(const struct dsm_attn_mask *m, int64_t i)
+{
+	return m && m->sel ? m->sel[i] : i;
+}
+
+/* p[0..m) = softmax(p[0..m)) */
+static void softmax_f32(float *p, int64_t m)
+{
+	float mx = -INFINITY;
+	for (int64_t i = 0; i < m; i++)
+		mx = p[i] > mx ? p[i] : mx;
+	double sum = 0;
+	for (int64_t i = 0; i < m; i++) {
+		p[i] = expf(p[i] - mx);
+		sum += p[i];
+	}
+	float inv = (float)(1.0 / sum);
+	for (int64_t i = 0; i < m; i++)
+		p[i] *= inv;
+}
+
+int cpu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	int64_t dn = a->dn, dr = a->dr, dv = a->dv, dkv = dn + dv;
+	int64_t max_keys = 1;
+	for (int64_t t = 0; t < a->n_q; t++)
+		if (a->n_keys[t] > max_keys)
+			max_keys = a->n_keys[t];
+	int nt = omp_get_max_threads();
+	float *scores = cpu_scratch_get(&cb->attn, sizeof(float) * (size_t)nt * (size_t)max_keys);
+	if (!scores)
+		return DSM_ENOMEM;
+#pragma omp parallel for schedule(dynamic, 1) if (a->n_q * max_keys * (dn + dr + dv) >= CPU_PARALLEL_MIN)
+	for (int64_t t = 0; t < a->n_q; t++) {
+		float *p = scores + (size_t)omp_get_thread_num() * (size_t)max_keys;
+		const float *q = a->q + t * a->ldq;
+		const struct dsm_attn_mask *mk = a->mask ? &a->mask[t] : NULL;
+		int64_t m = mask_count(mk, a->n_keys[t]);
+		for (int64_t i = 0; i < m; i++) {
+			int64_t s = mask_key(mk, i);
+			const float *k = a->kv + s * dkv, *kp = a->k_pe + s * dr;
+			float acc = 0;
+#pragma omp simd reduction(+:acc)
+			for (int64_t j = 0; j < dn; j++)
+				acc += q[j] * k[j];
+#pragma omp simd reduction(+:acc)
+			for (int64_t j = 0; j < dr; j++)
+				acc += q[dn + j] * kp[j];
+			p[i] = acc * a->scale;
+		}
+		softmax_f32(p, m);
+		float *o = a->out + t * a->ldo;
+		for (int64_t j = 0; j < dv; j++)
+			o[j] = 0;
+		for (int64_t i = 0; i < m; i++) {
+			const float *v = a->kv + mask_key(mk, i) * dkv + dn;
+			float pi = p[i];
+			for (int64_t j = 0; j < dv; j++)
+				o[j] += pi * v[j];
+		}
+	}
+	return 0;
+}
+
+/* Row s of a cache of type t with row length n, as F32 into dst. */
+static inline void cache_row(enum dsm_dtype t, const void *base, int64_t s, int64_t n, float *dst)
+{
+	if (t == DSM_BF16) {
+		const uint16_t *b = (const uint16_t *)base + s * n;
+		for (int64_t j = 0; j < n; j++)
+			dst[j] = dsm_bf16_to_f32(b[j]);
+	} else {
+		memcpy(dst, (const float *)base + s * n, sizeof(float) * (size_t)n);
+	}
+}
+
+int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	int64_t H = a->n_heads, r = a->r, dr = a->dr;
+	int64_t m = mask_count(&a->mask, a->n_keys);
+	if (a->cache_dtype != DSM_BF16 && a->cache_dtype != DSM_F32)
+		return dsm_fail(DSM_EDTYPE, "attention: cache dtype %s not supported", dsm_dtype_name(a->cache_dtype));
+	int nt = omp_get_max_threads();
+	/* scores [H, m], then per thread one converted cache row [r + dr] */
+	size_t need = (size_t)H * (size_t)m + (size_t)nt * (size_t)(r + dr);
+	float *p = cpu_scratch_get(&cb->attn, sizeof(float) * need);
+	if (!p)
+		return DSM_ENOMEM;
+	float *rows = p + (size_t)H * (size_t)m;
+	int par = m * H * (r + dr) >= CPU_PARALLEL_MIN;
+	/* Scores, key-major: each cache row is converted once and met by every head. */
+#pragma omp parallel for schedule(static) if (par)
+	for (int64_t i = 0; i < m; i++) {
+		float *row = rows + (size_t)omp_get_thread_num() * (size_t)(r + dr);
+		int64_t s = mask_key(&a->mask, i);
+		cache_row(a->cache_dtype, a->c, s, r, row);
+		cache_row(a->cache_dtype, a->k_pe, s, dr, row + r);
+		for (int64_t h = 0; h < H; h++) {
+			const float *ql = a->q_lat + h * r, *qp = a->q_pe + h * dr;
+			float acc = 0;
+#pragma omp simd reduction(+:acc)
+			for (int64_t j = 0; j < r; j++)
+				acc += ql[j] * row[j];
+#pragma omp simd reduction(+:acc)
+			for (int64_t j = 0; j < dr; j++)
+				acc += qp[j] * row[r + j];
+			p[h * m + i] = acc * a->scale;
+		}
+	}
+#pragma omp parallel for schedule(static) if (par)
+	for (int64_t h = 0; h < H; h++)
+		softmax_f32(p + h * m, m);
+	/* o_lat[h] = sum_i p[h, i] c[s_i], threads over slices of the latent dims */
+	int64_t chunk = (r + nt - 1) / nt;
+	if (chunk < 16)
+		chunk = 16;
+#pragma omp parallel for schedule(static) if (par)
+	for (int64_t j0 = 0; j0 < r; j0 += chunk) {
+		int64_t j1 = j0 + chunk < r ? j0 + chunk : r;
+		for (int64_t h = 0; h < H; h++)
+			for (int64_t j = j0; j < j1; j++)
+				a->o_lat[h * r + j] = 0;
+		float row[64];
+		for (int64_t i = 0; i < m; i++) {
+			int64_t s = mask_key(&a->mask, i);
+			for (int64_t jb = j0; jb < j1; jb += 64) {
+				int64_t len = j1 - jb < 64 ? j1 - jb : 64;
+				if (a->cache_dtype == DSM_BF16) {
+					const uint16_t *b = (const uint16_t *)a->c + s * r + jb;
+					for (int64_t j = 0; j < len; j++)
+						row[j] = dsm_bf16_to_f32(b[j]);
+				} else {
+					memcpy(row, (const float *)a->c + s * r + jb, sizeof(float) * (size_t)len);
+				}
+				for (int64_t h = 0; h < H; h++) {
+					float ph = p[h * m + i];
+					float *o = a->o_lat + h * r + jb;
+					for (int64_t j = 0; j < len; j++)
+						o[j] += ph * row[j];
+				}
+			}
+		}
+	}
+	return 0;
+}
+
+int cpu_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q, const float *w,
+		       const float *k, int64_t n_keys, float *out)
+{
+#pragma omp parallel for schedule(static) if (n_keys * n_heads * d >= CPU_PARALLEL_MIN)
+	for (int64_t s = 0; s < n_keys; s++) {
+		const float *ks = k + s * d;
+		float acc = 0;
+		for (int64_t h = 0; h < n_heads; h++) {
+			const float *qh = q + h * d;
+			float dot = 0;
+#pragma omp simd reduction(+:dot)
+			for (int64_t j = 0; j < d; j++)
+				dot += qh[j] * ks[j];
+			if (dot > 0)
+				acc += w[h] * dot;
+		}
+		out[s] = acc;
+	}
+	return 0;
+}
+
+int cpu_hadamard(struct dsm_backend *be, int64_t n, int64_t d, float *x)
+{
+	if (d < 1 || (d & (d - 1)))
+		return dsm_fail(DSM_EARG, "hadamard: size %lld is not a power of two", (long long)d);
+	float norm = (float)(1.0 / sqrt((double)d));
+	/* Fast Walsh-Hadamard transform: natural (Sylvester) order, H symmetric. */
+	for (int64_t t = 0; t < n; t++) {
+		float *v = x + t * d;
+		for (int64_t len = 1; len < d; len <<= 1)
+			for (int64_t i = 0; i < d; i += 2 * len)
+				for (int64_t j = i; j < i + len; j++) {
+					float a = v[j], b = v[j + len];
+					v[j] = a + b;
+					v[j + len] = a - b;
+				}
+		for (int64_t j = 0; j < d; j++)
+			v[j] *= norm;
+	}
+	return 0;
+}
+
+int cpu_rmsnorm(struct dsm_backend *be, int64_t n, int64_t d, const float *x, int64_t ldx, const float *w,
+		float eps, float *y)
+{
+#pragma omp parallel for schedule(static) if (n * d >= CPU_PARALLEL_MIN)
+	for (int64_t t = 0; t < n; t++) {
+		const float *xr = x + t * ldx;
+		double ss = 0;
+		for (int64_t i = 0; i < d; i++)
+			ss += (double)xr[i] * xr[i];
+		float r = (float)(1.0 / sqrt(ss / (double)d + eps));
+		float *yr = y + t * d;
+		for (int64_t i = 0; i < d; i++)
+			yr[i] = xr[i] * r * w[i];
+	}
+	return 0;
+}

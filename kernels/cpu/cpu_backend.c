@@ -1,0 +1,142 @@
+/* The cpu backend's table: every op of backend.h, the hot ones threaded (cpu_matmul.c,
+ * cpu_attention.c), the cheap ones straight from the scalar reference (ref_ops.c). */
+#include "cpu_backend.h"
+
+#include "error.h"
+#include "ref_ops.h"
+
+#include <hwloc.h>
+#include <omp.h>
+#include <stdlib.h>
+
+void *cpu_scratch_get(struct cpu_scratch *s, size_t bytes)
+{
+	if (bytes <= s->bytes)
+		return s->p;
+	size_t want = bytes + bytes / 4;
+	want = (want + 63) & ~(size_t)63;
+	void *p = aligned_alloc(64, want);
+	if (!p) {
+		dsm_fail(DSM_ENOMEM, "out of memory (scratch of %zu bytes)", want);
+		return NULL;
+	}
+	free(s->p);
+	s->p = p;
+	s->bytes = want;
+	return p;
+}
+
+void cpu_scratch_free(struct cpu_scratch *s)
+{
+	free(s->p);
+	s->p = NULL;
+	s->bytes = 0;
+}
+
+static void cpu_destroy(struct dsm_backend *be)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	dsm_dnnl_destroy(cb->dnnl);
+	dsm_expert_ctx_free(cb->experts);
+	cpu_scratch_free(&cb->panel);
+	cpu_scratch_free(&cb->act);
+	cpu_scratch_free(&cb->ffn);
+	cpu_scratch_free(&cb->attn);
+	free(cb);
+}
+
+static int cpu_supports(const struct dsm_backend *be, enum dsm_op op, enum dsm_dtype wtype)
+{
+	if (op < 0 || op >= DSM_OP_COUNT)
+		return 0;
+	return wtype == DSM_DTYPE_INVALID || wtype == DSM_F8_E4M3 || wtype == DSM_BF16 || wtype == DSM_F32;
+}
+
+static int cpu_reserve(struct dsm_backend *be, int64_t max_keys, int64_t n_heads, int64_t head_dim)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	size_t nt = (size_t)omp_get_max_threads();
+	/* attn_full: a score row per thread; attn_latent: scores [heads, keys] and a row per thread */
+	size_t full = nt * (size_t)max_keys, latent = (size_t)n_heads * (size_t)max_keys + nt * (size_t)head_dim;
+	return cpu_scratch_get(&cb->attn, sizeof(float) * (full > latent ? full : latent)) ? 0 : DSM_ENOMEM;
+}
+
+static int cpu_layernorm(struct dsm_backend *be, int64_t n, int64_t d, const float *x, const float *w,
+			 const float *b, float eps, float *y)
+{
+	dsm_ref_layernorm(n, d, x, w, b, eps, y);
+	return 0;
+}
+
+static int cpu_rope(struct dsm_backend *be, int64_t n, int64_t n_heads, int64_t dim, float *x, int64_t ldx,
+		    int64_t ldh, const float *cos, const float *sin, int interleaved)
+{
+	dsm_ref_rope(n, n_heads, dim, x, ldx, ldh, cos, sin, interleaved);
+	return 0;
+}
+
+static int cpu_topk(struct dsm_backend *be, const float *x, int64_t n, int64_t k, int32_t *idx)
+{
+	return dsm_ref_topk(x, n, k, idx);
+}
+
+static int cpu_route(struct dsm_backend *be, const struct dsm_route_args *a)
+{
+	return dsm_ref_route(a);
+}
+
+int dsm_physical_cores(void)
+{
+	hwloc_topology_t topo;
+	int n = 0;
+	if (hwloc_topology_init(&topo) == 0) {
+		if (hwloc_topology_load(topo) == 0)
+			n = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_CORE);
+		hwloc_topology_destroy(topo);
+	}
+	return n > 0 ? n : 1;
+}
+
+int dsm_cpu_backend_create(struct dsm_backend **out, const struct dsm_backend_options *o)
+{
+	*out = NULL;
+	struct cpu_backend *cb = calloc(1, sizeof *cb);
+	if (!cb)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	int rc = dsm_dnnl_create(&cb->dnnl);
+	if (rc < 0) {
+		free(cb);
+		return rc;
+	}
+	cb->threads = o && o->threads > 0 ? o->threads : dsm_physical_cores();
+	omp_set_num_threads(cb->threads);
+	/* The expert kernels: with F32 precision the best F32 kernel (weights exact, activations F32); with BF16
+	 * the BF16 dot-product kernels. */
+	enum dsm_isa isa = dsm_isa_best();
+	if (!(o && o->precision == DSM_PRECISION_BF16) && isa == DSM_ISA_AVX512BF16)
+		isa = DSM_ISA_AVX512F;
+	struct dsm_expert_opts eo = { .isa = isa, .n_threads = cb->threads };
+	if (isa != DSM_ISA_SCALAR && dsm_expert_ctx_init(&cb->experts, &eo) < 0)
+		cb->experts = NULL;
+	struct dsm_backend *be = &cb->be;
+	be->name = "cpu";
+	be->impl = cb;
+	be->precision = o ? o->precision : DSM_PRECISION_F32;
+	be->destroy = cpu_destroy;
+	be->supports = cpu_supports;
+	be->reserve = cpu_reserve;
+	be->matmul = cpu_matmul;
+	be->matmul_t = cpu_matmul_t;
+	be->ffn = cpu_ffn;
+	be->rmsnorm = cpu_rmsnorm;
+	be->layernorm = cpu_layernorm;
+	be->rope = cpu_rope;
+	be->hadamard = cpu_hadamard;
+	be->attn_full = cpu_attn_full;
+	be->attn_latent = cpu_attn_latent;
+	be->indexer_scores = cpu_indexer_scores;
+	be->topk = cpu_topk;
+	be->route = cpu_route;
+	*out = be;
+	return 0;
+}

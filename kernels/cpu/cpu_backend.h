@@ -1,0 +1,67 @@
+/* The cpu backend: state shared by its files, and its op entry points (each also usable directly, e.g.
+ * by the op tests). OpenMP threads; oneDNN for batched matmuls. */
+#ifndef DSM_CPU_BACKEND_H
+#define DSM_CPU_BACKEND_H
+
+#include "backend.h"
+#include "dnnl_matmul.h"
+#include "expert_kernels.h"
+
+#include <stddef.h>
+
+/* A growable scratch buffer: grows on first use of a larger size, never shrinks, so that a decode loop
+ * stops allocating after its first step. */
+struct cpu_scratch {
+	void *p;
+	size_t bytes;
+};
+
+struct cpu_backend {
+	struct dsm_backend be;          /* first: a struct dsm_backend * points here */
+	struct dsm_dnnl *dnnl;
+	struct dsm_expert_ctx *experts; /* FP8 matmuls and FFNs (expert_kernels.h), NULL: not used */
+	int threads;
+	struct cpu_scratch panel;       /* dequantized weight panel */
+	struct cpu_scratch act;         /* activations converted for the multiply */
+	struct cpu_scratch ffn;         /* gate/up outputs of the FFN */
+	struct cpu_scratch attn;        /* attention scores */
+};
+
+static inline struct cpu_backend *cpu_of(struct dsm_backend *be)
+{
+	return (struct cpu_backend *)be;
+}
+
+/* Returns a buffer of at least bytes (64-byte aligned), or NULL after setting a message. */
+void *cpu_scratch_get(struct cpu_scratch *s, size_t bytes);
+void cpu_scratch_free(struct cpu_scratch *s);
+
+/* Hot loops are compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one (GCC ifunc). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CPU_CLONES
+#endif
+
+/* Loops with less work than this many multiply-adds run on one thread: starting a parallel region
+ * costs microseconds, and far more when another process holds a core. */
+#define CPU_PARALLEL_MIN (1 << 17)
+
+/* Decode-sized batches (n <= this) use the fused dequantizing GEMV; larger ones oneDNN on panels. */
+#define CPU_GEMV_MAX_N 4
+
+int cpu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
+int cpu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
+int cpu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y);
+int cpu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a);
+int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a);
+int cpu_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q, const float *w,
+		       const float *k, int64_t n_keys, float *out);
+int cpu_hadamard(struct dsm_backend *be, int64_t n, int64_t d, float *x);
+int cpu_rmsnorm(struct dsm_backend *be, int64_t n, int64_t d, const float *x, int64_t ldx, const float *w,
+		float eps, float *y);
+
+/* Creates the cpu backend (called by dsm_backend_create). */
+int dsm_cpu_backend_create(struct dsm_backend **out, const struct dsm_backend_options *o);
+
+#endif

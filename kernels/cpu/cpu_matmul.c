@@ -1,0 +1,379 @@
+/* Matmuls with FP8 block-scaled, BF16 or F32 weights on the cpu backend.
+ *
+ * Two paths, both checked against dsm_ref_matmul by tests/test_ops:
+ *   - n <= CPU_GEMV_MAX_N (decode): a fused GEMV that dequantizes each weight as it multiplies, threads
+ *     over output rows. Nothing is copied.
+ *   - larger n (prefill, experts with many tokens): the weight is dequantized one panel of rows at a
+ *     time into a small buffer (a few MB) and multiplied by oneDNN. No whole-model copy ever exists.
+ * With precision bf16 each dequantized weight (fp8 value x block scale) and each activation is rounded
+ * to BF16 before the multiply; accumulation is F32. */
+#include "cpu_backend.h"
+
+#if defined(__GNUC__) && !defined(__clang__)
+/* the vector helpers below are always inlined into their per-ISA clones */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+#include "error.h"
+#include "ref_ops.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PANEL_BYTES (4u << 20)
+
+static int check(const struct dsm_mat *w)
+{
+	if (w->dtype != DSM_F8_E4M3 && w->dtype != DSM_BF16 && w->dtype != DSM_F32)
+		return dsm_fail(DSM_EDTYPE, "matmul: weight dtype %s not supported", dsm_dtype_name(w->dtype));
+	if (w->dtype == DSM_F8_E4M3 && !w->scale)
+		return dsm_fail(DSM_EARG, "matmul: F8 weight without block scales");
+	return 0;
+}
+
+static inline float round_bf16(float x)
+{
+	return dsm_bf16_to_f32(dsm_f32_to_bf16(x));
+}
+
+/* FP8 E4M3 code -> F32 without a table, so that loops vectorize: the code's exponent and mantissa bits
+ * placed at the top of an F32 exponent/mantissa give the value times 2^-120, for normal codes (an F32
+ * normal) and subnormal ones (an F32 subnormal) alike; the multiply by 2^120 is then exact. NaN codes
+ * (never present in weights) come out as +-480. Needs subnormals (no flush-to-zero), the C default. */
+static inline float fp8_value(uint8_t code)
+{
+	union { uint32_t u; float f; } v = { .u = ((uint32_t)(code & 0x80) << 24) | ((uint32_t)(code & 0x7f) << 20) };
+	return v.f * 0x1p120f;
+}
+
+/* Row i of the view, dequantized into df (F32) or db (BF16 bits). */
+CPU_CLONES static void dequant_row(const struct dsm_mat *w, int64_t i, int bf16, float *df, uint16_t *db)
+{
+	int64_t cols = w->cols, bc = (cols + DSM_BLOCK - 1) / DSM_BLOCK, r = w->row0 + i;
+	if (w->dtype == DSM_F8_E4M3) {
+		const uint8_t *src = (const uint8_t *)w->data + (size_t)r * (size_t)cols;
+		const float *sc = w->scale + (r / DSM_BLOCK) * bc;
+		for (int64_t j0 = 0; j0 < cols; j0 += DSM_BLOCK) {
+			int64_t j1 = j0 + DSM_BLOCK < cols ? j0 + DSM_BLOCK : cols;
+			float s = sc[j0 / DSM_BLOCK];
+			if (bf16) {
+#pragma omp simd
+				for (int64_t j = j0; j < j1; j++)
+					db[j] = dsm_f32_to_bf16(fp8_value(src[j]) * s);
+			} else {
+#pragma omp simd
+				for (int64_t j = j0; j < j1; j++)
+					df[j] = fp8_value(src[j]) * s;
+			}
+		}
+	} else if (w->dtype == DSM_BF16) {
+		const uint16_t *src = (const uint16_t *)w->data + (size_t)r * (size_t)cols;
+		if (bf16)
+			memcpy(db, src, (size_t)cols * 2);
+		else
+#pragma omp simd
+			for (int64_t j = 0; j < cols; j++)
+				df[j] = dsm_bf16_to_f32(src[j]);
+	} else {
+		const float *src = (const float *)w->data + (size_t)r * (size_t)cols;
+		if (bf16)
+#pragma omp simd
+			for (int64_t j = 0; j < cols; j++)
+				db[j] = dsm_f32_to_bf16(src[j]);
+		else
+			memcpy(df, src, (size_t)cols * 4);
+	}
+}
+
+/* Dequantizes view rows [i0, i0 + m) into dst [m, cols] (F32 or BF16 bits). */
+static void dequant_rows(const struct dsm_mat *w, int64_t i0, int64_t m, int bf16, void *dst)
+{
+	int64_t cols = w->cols;
+#pragma omp parallel for schedule(static) if (m * cols >= CPU_PARALLEL_MIN)
+	for (int64_t i = 0; i < m; i++)
+		dequant_row(w, i0 + i, bf16, bf16 ? NULL : (float *)dst + i * cols, bf16 ? (uint16_t *)dst + i * cols : NULL);
+}
+
+/* x[n, k] -> the form the multiply sees: F32 rounded to BF16 values (gemv), or BF16 bits (oneDNN). */
+static const void *prepare_act(struct cpu_backend *cb, int64_t n, int64_t k, const float *x, int bits)
+{
+	if (cb->be.precision != DSM_PRECISION_BF16)
+		return x;
+	size_t count = (size_t)n * (size_t)k;
+	void *buf = cpu_scratch_get(&cb->act, count * (bits ? 2 : 4));
+	if (!buf)
+		return NULL;
+	if (bits) {
+		uint16_t *b = buf;
+		for (size_t i = 0; i < count; i++)
+			b[i] = dsm_f32_to_bf16(x[i]);
+	} else {
+		float *f = buf;
+		for (size_t i = 0; i < count; i++)
+			f[i] = round_bf16(x[i]);
+	}
+	return buf;
+}
+
+/* Dot products on 16-float vectors (GCC/Clang vector extensions: one AVX-512 register, two AVX2 or four
+ * SSE ones, per compiled clone); the 16 partial sums are added in a fixed order at the end. */
+typedef float v16f __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
+typedef uint8_t v16b __attribute__((vector_size(16)));
+#define LANES 16
+
+static inline __attribute__((always_inline)) float sum_lanes(v16f a)
+{
+	float s = 0;
+	for (int l = 0; l < LANES; l++)
+		s += a[l];
+	return s;
+}
+
+static inline __attribute__((always_inline)) v16f load_f32(const float *p)
+{
+	v16f v;
+	memcpy(&v, p, sizeof v);
+	return v;
+}
+
+/* 16 FP8 codes -> F32, as fp8_value does it. */
+static inline __attribute__((always_inline)) v16f load_fp8(const uint8_t *p)
+{
+	v16b b;
+	memcpy(&b, p, sizeof b);
+	v16u u = __builtin_convertvector(__builtin_convertvector(b, v16h), v16u);
+	v16u bits = ((u & 0x80) << 24) | ((u & 0x7f) << 20);
+	return (v16f)bits * 0x1p120f;
+}
+
+static inline __attribute__((always_inline)) v16f load_bf16(const uint16_t *p)
+{
+	v16h h;
+	memcpy(&h, p, sizeof h);
+	return (v16f)(__builtin_convertvector(h, v16u) << 16);
+}
+
+/* x rounded to BF16 (nearest even) and back, 16 at a time (finite inputs). */
+static inline __attribute__((always_inline)) v16f round_bf16_v(v16f x)
+{
+	v16u u = (v16u)x;
+	u = (u + 0x7fff + ((u >> 16) & 1)) & 0xffff0000u;
+	return (v16f)u;
+}
+
+/* sum_j W(r, j) x[j] over a row of FP8 blocks: vector partial sums per block, scaled, kept as vectors
+ * across blocks (f32: scale applied per block; bf16: per weight, then rounded, as the reference does). */
+static inline __attribute__((always_inline)) float dot_fp8_row(const uint8_t *w, const float *sc, const float *x,
+							      int64_t n, int bf16)
+{
+	v16f acc = { 0 };
+	float tail = 0;
+	for (int64_t j0 = 0; j0 < n; j0 += DSM_BLOCK) {
+		int64_t j1 = j0 + DSM_BLOCK < n ? j0 + DSM_BLOCK : n, j = j0;
+		float s = sc[j0 / DSM_BLOCK];
+		v16f part = { 0 };
+		if (!bf16) {
+			for (; j + LANES <= j1; j += LANES)
+				part += load_fp8(w + j) * load_f32(x + j);
+			acc += part * s;
+			for (; j < j1; j++)
+				tail += fp8_value(w[j]) * x[j] * s;
+		} else {
+			for (; j + LANES <= j1; j += LANES)
+				part += round_bf16_v(load_fp8(w + j) * s) * load_f32(x + j);
+			acc += part;
+			for (; j < j1; j++)
+				tail += round_bf16(fp8_value(w[j]) * s) * x[j];
+		}
+	}
+	return sum_lanes(acc) + tail;
+}
+
+static inline __attribute__((always_inline)) float dot_bf16(const uint16_t *w, const float *x, int64_t n)
+{
+	v16f a = { 0 };
+	int64_t j = 0;
+	for (; j + LANES <= n; j += LANES)
+		a += load_bf16(w + j) * load_f32(x + j);
+	float s = sum_lanes(a);
+	for (; j < n; j++)
+		s += dsm_bf16_to_f32(w[j]) * x[j];
+	return s;
+}
+
+static inline __attribute__((always_inline)) float dot_f32(const float *w, const float *x, int64_t n, int bf16)
+{
+	v16f a = { 0 };
+	int64_t j = 0;
+	for (; j + LANES <= n; j += LANES)
+		a += (bf16 ? round_bf16_v(load_f32(w + j)) : load_f32(w + j)) * load_f32(x + j);
+	float s = sum_lanes(a);
+	for (; j < n; j++)
+		s += (bf16 ? round_bf16(w[j]) : w[j]) * x[j];
+	return s;
+}
+
+/* One output row of the fused GEMV: acc[t] = sum_j x[t, j] W(o, j) for t < n. Compiled for AVX-512,
+ * AVX2 and baseline x86-64, chosen at load time. */
+CPU_CLONES static void gemv_row(const struct dsm_mat *w, int64_t o, int64_t n, const float *x, float *acc, int bf16)
+{
+	int64_t cols = w->cols, bc = (cols + DSM_BLOCK - 1) / DSM_BLOCK, r = w->row0 + o;
+	for (int64_t t = 0; t < n; t++)
+		acc[t] = 0;
+	if (w->dtype == DSM_F8_E4M3) {
+		const uint8_t *src = (const uint8_t *)w->data + (size_t)r * (size_t)cols;
+		const float *sc = w->scale + (r / DSM_BLOCK) * bc;
+		for (int64_t t = 0; t < n; t++)
+			acc[t] = dot_fp8_row(src, sc, x + t * cols, cols, bf16);
+	} else if (w->dtype == DSM_BF16) {
+		const uint16_t *src = (const uint16_t *)w->data + (size_t)r * (size_t)cols;
+		for (int64_t t = 0; t < n; t++)
+			acc[t] = dot_bf16(src, x + t * cols, cols);
+	} else {
+		const float *src = (const float *)w->data + (size_t)r * (size_t)cols;
+		for (int64_t t = 0; t < n; t++)
+			acc[t] = dot_f32(src, x + t * cols, cols, bf16);
+	}
+}
+
+/* Fused dequantizing GEMV: y[t, o] = sum_j x[t, j] W(o, j) for t < n <= CPU_GEMV_MAX_N. */
+static void gemv(const struct dsm_mat *w, int64_t n, const float *x, float *y, int bf16)
+{
+	int64_t rows = w->rows;
+#pragma omp parallel for schedule(static) if (rows * w->cols * n >= CPU_PARALLEL_MIN)
+	for (int64_t o = 0; o < rows; o++) {
+		float acc[CPU_GEMV_MAX_N];
+		gemv_row(w, o, n, x, acc, bf16);
+		for (int64_t t = 0; t < n; t++)
+			y[t * rows + o] = acc[t];
+	}
+}
+
+/* FP8 multiplies go to the expert kernels for every n: their per-token arithmetic does not depend on how
+ * many tokens share a call, so decode equals prefill. */
+static int use_expert_kernels(const struct cpu_backend *cb, int64_t n)
+{
+	return cb->experts != NULL && n > 0;
+}
+
+/* The stored FP8 matrix behind a view (rows up to the view's end). */
+static struct dsm_fp8_mat fp8_stored(const struct dsm_mat *w)
+{
+	return dsm_fp8_mat_dense(w->data, w->scale, (size_t)(w->row0 + w->rows), (size_t)w->cols);
+}
+
+int cpu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	int rc = check(w);
+	if (rc < 0 || n <= 0 || w->rows <= 0)
+		return rc;
+	if (w->dtype == DSM_F8_E4M3 && use_expert_kernels(cb, n)) {
+		struct dsm_fp8_mat m = fp8_stored(w);
+		return dsm_fp8_matmul_rows(cb->experts, &m, (size_t)w->row0, (size_t)(w->row0 + w->rows), (size_t)n, x, y);
+	}
+	int bf16 = be->precision == DSM_PRECISION_BF16;
+	if (n <= CPU_GEMV_MAX_N) {
+		const float *xa = prepare_act(cb, n, w->cols, x, 0);
+		if (!xa)
+			return DSM_ENOMEM;
+		gemv(w, n, xa, y, bf16);
+		return 0;
+	}
+	const void *xa = prepare_act(cb, n, w->cols, x, 1);
+	if (!xa)
+		return DSM_ENOMEM;
+	/* Weights already in the multiply's type are used in place. */
+	if ((w->dtype == DSM_F32 && !bf16) || (w->dtype == DSM_BF16 && bf16)) {
+		const char *base = (const char *)w->data + (size_t)w->row0 * (size_t)w->cols * dsm_dtype_size(w->dtype);
+		return dsm_dnnl_matmul(cb->dnnl, bf16, n, w->rows, w->cols, xa, w->cols, base, w->cols, 1, y,
+				       w->rows);
+	}
+	size_t esize = bf16 ? 2 : 4;
+	int64_t p = (int64_t)(PANEL_BYTES / ((size_t)w->cols * esize));
+	p = p < DSM_BLOCK ? DSM_BLOCK : p / DSM_BLOCK * DSM_BLOCK;
+	if (p > w->rows)
+		p = w->rows;
+	void *panel = cpu_scratch_get(&cb->panel, (size_t)p * (size_t)w->cols * esize);
+	if (!panel)
+		return DSM_ENOMEM;
+	for (int64_t i0 = 0; i0 < w->rows; i0 += p) {
+		int64_t m = w->rows - i0 < p ? w->rows - i0 : p;
+		dequant_rows(w, i0, m, bf16, panel);
+		rc = dsm_dnnl_matmul(cb->dnnl, bf16, n, m, w->cols, xa, w->cols, panel, w->cols, 1, y + i0, w->rows);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+int cpu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	int rc = check(w);
+	if (rc < 0 || n <= 0 || w->cols <= 0)
+		return rc;
+	int bf16 = be->precision == DSM_PRECISION_BF16;
+	int64_t rows = w->rows, cols = w->cols;
+	size_t esize = bf16 ? 2 : 4;
+	void *panel = cpu_scratch_get(&cb->panel, (size_t)rows * (size_t)cols * (n <= CPU_GEMV_MAX_N ? 4 : esize));
+	if (!panel)
+		return DSM_ENOMEM;
+	if (n <= CPU_GEMV_MAX_N) {
+		/* The views used this way are small (one head of kv_b): dequantize, then sum rows. */
+		float *wf = panel;
+		dequant_rows(w, 0, rows, 0, wf);
+		const float *xa = prepare_act(cb, n, rows, x, 0);
+		if (!xa)
+			return DSM_ENOMEM;
+#pragma omp parallel for schedule(static) if (rows * cols * n >= CPU_PARALLEL_MIN)
+		for (int64_t o = 0; o < cols; o++)
+			for (int64_t t = 0; t < n; t++) {
+				float acc = 0;
+				for (int64_t i = 0; i < rows; i++)
+					acc += xa[t * rows + i] * (bf16 ? round_bf16(wf[i * cols + o]) : wf[i * cols + o]);
+				y[t * cols + o] = acc;
+			}
+		return 0;
+	}
+	const void *xa = prepare_act(cb, n, rows, x, 1);
+	if (!xa)
+		return DSM_ENOMEM;
+	dequant_rows(w, 0, rows, bf16, panel);
+	return dsm_dnnl_matmul(cb->dnnl, bf16, n, cols, rows, xa, rows, panel, cols, 0, y, cols);
+}
+
+int cpu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	int64_t inter = w->gate.rows;
+	if (w->up.rows != inter || w->down.cols != inter || w->gate.cols != w->up.cols ||
+	    w->down.rows != w->gate.cols)
+		return dsm_fail(DSM_EARG, "ffn: inconsistent gate/up/down shapes");
+	if (w->gate.dtype == DSM_F8_E4M3 && w->up.dtype == DSM_F8_E4M3 && w->down.dtype == DSM_F8_E4M3 &&
+	    w->gate.row0 == 0 && w->up.row0 == 0 && w->down.row0 == 0 && use_expert_kernels(cb, n)) {
+		/* Fused: gate and up in one pass, SwiGLU in cache, then down (expert_kernels.h). */
+		struct dsm_fp8_mat g = fp8_stored(&w->gate), u = fp8_stored(&w->up), d = fp8_stored(&w->down);
+		struct dsm_expert_fp8 e;
+		int rc = dsm_expert_fp8_init(&e, &g, &u, &d);
+		return rc < 0 ? rc : dsm_expert_ffn(cb->experts, &e, (size_t)n, x, y);
+	}
+	float *g = cpu_scratch_get(&cb->ffn, sizeof(float) * (size_t)(2 * n * inter));
+	if (!g)
+		return DSM_ENOMEM;
+	float *u = g + n * inter;
+	int rc = cpu_matmul(be, &w->gate, n, x, g);
+	if (rc == 0)
+		rc = cpu_matmul(be, &w->up, n, x, u);
+	if (rc < 0)
+		return rc;
+	int64_t total = n * inter;
+#pragma omp parallel for schedule(static) if (total > 65536)
+	for (int64_t i = 0; i < total; i++)
+		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+	return cpu_matmul(be, &w->down, n, g, y);
+}

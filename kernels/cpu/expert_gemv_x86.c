@@ -1,0 +1,339 @@
+/* The vector decode kernels: FP8 rows times 1..8 activation vectors, weights read once, never dequantized
+ * to memory. One file per ISA would repeat the driver; the function-level target attributes let all three
+ * live here and build with the default compiler flags (the caller checks CPUID first).
+ *
+ * Per 128-row block the activations are prepared once: x * block_scale for every column block, so that the
+ * inner loop is pure convert-and-multiply with one horizontal sum per row at the end. */
+#include "expert_internal.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#define GEMV_PREFETCH 1024 /* bytes ahead in each weight row */
+
+static ALWAYS_INLINE __mmask16 mask16(size_t c, size_t cols)
+{
+	if (c >= cols)
+		return 0;
+	return cols - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (cols - c)) - 1);
+}
+
+/* ---- AVX-512 BF16 --------------------------------------------------------------------------------------
+ * 64 codes -> two vectors of 32 exact BF16 values: the high and low bytes come from two 128-entry tables
+ * (vpermt2b ignores the sign bit of the index, which is OR-ed back into the high byte), then byte unpacks
+ * interleave them. The unpacks work within 128-bit lanes, so vector A holds codes 0-7, 16-23, 32-39, 48-55
+ * and vector B the others; the prepared activations are stored in that same order. */
+
+static const uint16_t perm_a[32] __attribute__((aligned(64))) = {
+	0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23,
+	32, 33, 34, 35, 36, 37, 38, 39, 48, 49, 50, 51, 52, 53, 54, 55 };
+static const uint16_t perm_b[32] __attribute__((aligned(64))) = {
+	8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31,
+	40, 41, 42, 43, 44, 45, 46, 47, 56, 57, 58, 59, 60, 61, 62, 63 };
+
+/* Prepared activations are chunk-major, so that one pointer with constant offsets reaches every token:
+ * xs[(i * n_tok + t) * 64 + j] = BF16(x[t, 64 i + j'] * scale[rb, 64 i / 128]), j' the A/B order; zeros
+ * past cols. */
+DSM_BF16_TARGET static void prep_bf16(const struct dsm_fp8_mat *W, size_t rb, const float *x, size_t x_ld,
+				      size_t n_tok, uint16_t *xs)
+{
+	const __m512i ia = _mm512_load_si512(perm_a), ib = _mm512_load_si512(perm_b);
+	const float *srow = W->scale + rb * W->scale_ld;
+	size_t cols = W->cols, pad = dsm_cols_pad(cols);
+	for (size_t t = 0; t < n_tok; t++) {
+		const float *xr = x + t * x_ld;
+		for (size_t c = 0; c < pad; c += 64) {
+			uint16_t *out = xs + (c / 64 * n_tok + t) * 64;
+			__m512 s = _mm512_set1_ps(srow[c / DSM_FP8_BLOCK]);
+			__m512 v0 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask16(c, cols), xr + c), s);
+			__m512 v1 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask16(c + 16, cols), xr + c + 16), s);
+			__m512 v2 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask16(c + 32, cols), xr + c + 32), s);
+			__m512 v3 = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask16(c + 48, cols), xr + c + 48), s);
+			__m512i n0 = (__m512i)_mm512_cvtne2ps_pbh(v1, v0); /* values c .. c+31 in order */
+			__m512i n1 = (__m512i)_mm512_cvtne2ps_pbh(v3, v2); /* values c+32 .. c+63 */
+			_mm512_store_si512(out, _mm512_permutex2var_epi16(n0, ia, n1));
+			_mm512_store_si512(out + 32, _mm512_permutex2var_epi16(n0, ib, n1));
+		}
+	}
+}
+
+struct bf16_tables {
+	__m512i hi0, hi1, lo0, lo1, sign;
+};
+
+/* 64 codes -> their exact BF16 values, in the A and B orders. */
+DSM_BF16_TARGET static ALWAYS_INLINE void fp8x64_bf16(__m512i v, const struct bf16_tables *tb, __m512bh *a,
+						      __m512bh *b)
+{
+	__m512i h = _mm512_permutex2var_epi8(tb->hi0, v, tb->hi1);
+	h = _mm512_ternarylogic_epi32(h, v, tb->sign, 0xF8); /* h | (v & 0x80) */
+	__m512i l = _mm512_permutex2var_epi8(tb->lo0, v, tb->lo1);
+	*a = (__m512bh)_mm512_unpacklo_epi8(l, h);
+	*b = (__m512bh)_mm512_unpackhi_epi8(l, h);
+}
+
+/* acc[r][t] += row r's 64 codes v[r] times token t's prepared chunk xp. Each (row, token) is one chain of dot
+ * products in column order, whatever R and T: a token's result does not depend on how many tokens share the
+ * pass (decode equals prefill). Each activation vector is loaded once for the R rows. */
+DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const struct bf16_tables *tb,
+						    const uint16_t *xp, __m512 acc[4][8], const int R, const int T)
+{
+	__m512bh a[4], b[4];
+#pragma GCC unroll 4
+	for (int r = 0; r < R; r++)
+		fp8x64_bf16(v[r], tb, &a[r], &b[r]);
+#pragma GCC unroll 8
+	for (int t = 0; t < T; t++) {
+		__m512bh xa = (__m512bh)_mm512_load_si512(xp + t * 64);
+		__m512bh xb = (__m512bh)_mm512_load_si512(xp + t * 64 + 32);
+#pragma GCC unroll 4
+		for (int r = 0; r < R; r++)
+			acc[r][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][t], a[r], xa), b[r], xb);
+	}
+}
+
+/* R rows starting at w, T tokens: y[t, r] for r < R. */
+DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld, size_t cols, const uint16_t *xs,
+						    float *y, size_t y_ld, const int R, const int T)
+{
+	struct bf16_tables tb = {
+		_mm512_load_si512(dsm_fp8_bf16_hi), _mm512_load_si512(dsm_fp8_bf16_hi + 64),
+		_mm512_load_si512(dsm_fp8_bf16_lo), _mm512_load_si512(dsm_fp8_bf16_lo + 64),
+		_mm512_set1_epi8((char)0x80),
+	};
+	__m512 acc[4][8];
+	__m512i v[4];
+#pragma GCC unroll 4
+	for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++)
+			acc[r][t] = _mm512_setzero_ps();
+	size_t nfull = cols / 64, rem = cols % 64;
+	for (size_t i = 0; i < nfull; i++) {
+#pragma GCC unroll 4
+		for (int r = 0; r < R; r++) {
+			/* 1 KiB ahead in each row: measured +50% on DRAM-resident experts over the hardware
+			 * prefetcher alone (docs/kernels.md); past a row's end it reaches the next rows, which
+			 * come next. Prefetches never fault. */
+			_mm_prefetch((const char *)(w + r * ld + i * 64 + GEMV_PREFETCH), _MM_HINT_T0);
+			v[r] = _mm512_loadu_si512(w + r * ld + i * 64);
+		}
+		step_bf16(v, &tb, xs + i * 64 * T, acc, R, T);
+	}
+	if (rem) {
+		__mmask64 m = (1ull << rem) - 1;
+#pragma GCC unroll 4
+		for (int r = 0; r < R; r++)
+			v[r] = _mm512_maskz_loadu_epi8(m, w + r * ld + nfull * 64);
+		step_bf16(v, &tb, xs + nfull * 64 * T, acc, R, T);
+	}
+#pragma GCC unroll 4
+	for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++)
+			y[t * y_ld + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+typedef void (*rows_fn)(const uint8_t *w, size_t ld, size_t cols, const void *xs, float *y, size_t y_ld);
+
+#define TARGET_bf16 DSM_BF16_TARGET
+#define TARGET_f512 DSM_AVX512F_TARGET
+#define TARGET_f256 DSM_AVX2_TARGET
+#define ROWS_FN(isa, R, T) \
+	TARGET_##isa static void rows_##isa##_r##R##_t##T(const uint8_t *w, size_t ld, size_t cols, const void *xs, \
+					     float *y, size_t y_ld) \
+	{ rows_##isa(w, ld, cols, xs, y, y_ld, R, T); }
+
+/* 4 rows x up to 4 tokens: 16 accumulators, 8 converted vectors and the tables fill the 32 registers. More
+ * tokens run in passes of 4 over the block while it is in cache: 4 rows sharing each activation load beat
+ * 2 rows with 8 tokens, whose activations come from L2 for every row pair. */
+#define BF16_R 4
+#define BF16_MAX_T 4
+ROWS_FN(bf16, 4, 1) ROWS_FN(bf16, 4, 2) ROWS_FN(bf16, 4, 3) ROWS_FN(bf16, 4, 4)
+ROWS_FN(bf16, 1, 1) ROWS_FN(bf16, 1, 2) ROWS_FN(bf16, 1, 3) ROWS_FN(bf16, 1, 4)
+static const rows_fn bf16_group[BF16_MAX_T + 1] = { NULL, rows_bf16_r4_t1, rows_bf16_r4_t2, rows_bf16_r4_t3,
+	rows_bf16_r4_t4 };
+static const rows_fn bf16_single[BF16_MAX_T + 1] = { NULL, rows_bf16_r1_t1, rows_bf16_r1_t2, rows_bf16_r1_t3,
+	rows_bf16_r1_t4 };
+
+/* Rows [a, b) in groups, then one at a time. */
+static void run_rows(const rows_fn *group, const rows_fn *single, int R, const struct dsm_fp8_mat *W, size_t a,
+		     size_t b, size_t n_tok, const void *xs, float *y, size_t y_ld)
+{
+	size_t r = a;
+	for (; r + (size_t)R <= b; r += (size_t)R)
+		group[n_tok](W->w + r * W->ld, W->ld, W->cols, xs, y + (r - a), y_ld);
+	for (; r < b; r++)
+		single[n_tok](W->w + r * W->ld, W->ld, W->cols, xs, y + (r - a), y_ld);
+}
+
+void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b, const float *x,
+			 size_t x_ld, size_t n_tok, float *y, size_t y_ld, void *scratch)
+{
+	for (size_t t0 = 0; t0 < n_tok; t0 += BF16_MAX_T) {
+		size_t nt = n_tok - t0 < BF16_MAX_T ? n_tok - t0 : BF16_MAX_T;
+		prep_bf16(W, rb, x + t0 * x_ld, x_ld, nt, scratch);
+		run_rows(bf16_group, bf16_single, BF16_R, W, a, b, nt, scratch, y + t0 * y_ld, y_ld);
+	}
+}
+
+/* ---- AVX-512F (F32) ------------------------------------------------------------------------------------
+ * Codes become exact floats by bit arithmetic (dsm_fp8x16_f32), then FMAs. */
+
+/* xs[(i * n_tok + t) * 16 + j] = x[t, 16 i + j] * scale[rb, 16 i / 128] as F32, zeros past cols. */
+DSM_AVX512F_TARGET static void prep_f32_512(const struct dsm_fp8_mat *W, size_t rb, const float *x, size_t x_ld,
+					    size_t n_tok, float *xs)
+{
+	const float *srow = W->scale + rb * W->scale_ld;
+	size_t cols = W->cols, pad = dsm_cols_pad(cols);
+	for (size_t t = 0; t < n_tok; t++)
+		for (size_t c = 0; c < pad; c += 16) {
+			__m512 v = _mm512_maskz_loadu_ps(mask16(c, cols), x + t * x_ld + c);
+			_mm512_store_ps(xs + (c / 16 * n_tok + t) * 16, _mm512_mul_ps(v, _mm512_set1_ps(srow[c / DSM_FP8_BLOCK])));
+		}
+}
+
+DSM_AVX512F_TARGET static ALWAYS_INLINE void rows_f512(const uint8_t *w, size_t ld, size_t cols, const float *xs,
+						       float *y, size_t y_ld, const int R, const int T)
+{
+	__m512 acc[4][8];
+#pragma GCC unroll 4
+	for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++)
+			acc[r][t] = _mm512_setzero_ps();
+	size_t nfull = cols / 16, rem = cols % 16;
+	for (size_t i = 0; i <= nfull; i++) {
+		if (i == nfull && !rem)
+			break;
+#pragma GCC unroll 4
+		for (int r = 0; r < R; r++) {
+			__m128i codes;
+			if (i < nfull) {
+				codes = _mm_loadu_si128((const __m128i *)(w + r * ld + i * 16));
+			} else {
+				uint8_t tail[16] = { 0 };
+				memcpy(tail, w + r * ld + i * 16, rem);
+				codes = _mm_loadu_si128((const __m128i *)tail);
+			}
+			__m512 f = dsm_fp8x16_f32(codes);
+#pragma GCC unroll 8
+			for (int t = 0; t < T; t++)
+				acc[r][t] = _mm512_fmadd_ps(f, _mm512_load_ps(xs + (i * T + t) * 16), acc[r][t]);
+		}
+	}
+#pragma GCC unroll 4
+	for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++)
+			y[t * y_ld + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+#define F512_R(T) ((T) <= 2 ? 4 : (T) <= 4 ? 2 : 1)
+ROWS_FN(f512, 4, 1) ROWS_FN(f512, 4, 2) ROWS_FN(f512, 2, 3) ROWS_FN(f512, 2, 4)
+ROWS_FN(f512, 1, 1) ROWS_FN(f512, 1, 2) ROWS_FN(f512, 1, 3) ROWS_FN(f512, 1, 4)
+ROWS_FN(f512, 1, 5) ROWS_FN(f512, 1, 6) ROWS_FN(f512, 1, 7) ROWS_FN(f512, 1, 8)
+static const rows_fn f512_group[9] = { NULL, rows_f512_r4_t1, rows_f512_r4_t2, rows_f512_r2_t3, rows_f512_r2_t4,
+	rows_f512_r1_t5, rows_f512_r1_t6, rows_f512_r1_t7, rows_f512_r1_t8 };
+static const rows_fn f512_single[9] = { NULL, rows_f512_r1_t1, rows_f512_r1_t2, rows_f512_r1_t3, rows_f512_r1_t4,
+	rows_f512_r1_t5, rows_f512_r1_t6, rows_f512_r1_t7, rows_f512_r1_t8 };
+
+void dsm_gemv_block_avx512f(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b, const float *x,
+			    size_t x_ld, size_t n_tok, float *y, size_t y_ld, void *scratch)
+{
+	prep_f32_512(W, rb, x, x_ld, n_tok, scratch);
+	run_rows(f512_group, f512_single, F512_R(n_tok), W, a, b, n_tok, scratch, y, y_ld);
+}
+
+/* ---- AVX2 + FMA (F32) ----------------------------------------------------------------------------------
+ * The AVX-512F arithmetic on 8 lanes, with a blend for the subnormal fix. */
+
+DSM_AVX2_TARGET static void prep_f32_256(const struct dsm_fp8_mat *W, size_t rb, const float *x, size_t x_ld,
+					 size_t n_tok, float *xs)
+{
+	const float *srow = W->scale + rb * W->scale_ld;
+	size_t cols = W->cols, pad = dsm_cols_pad(cols);
+	for (size_t t = 0; t < n_tok; t++) {
+		size_t c = 0;
+		for (; c + 8 <= cols; c += 8) {
+			__m256 v = _mm256_loadu_ps(x + t * x_ld + c);
+			_mm256_store_ps(xs + (c / 8 * n_tok + t) * 8, _mm256_mul_ps(v, _mm256_set1_ps(srow[c / DSM_FP8_BLOCK])));
+		}
+		for (; c < pad; c++)
+			xs[(c / 8 * n_tok + t) * 8 + c % 8] = c < cols ? x[t * x_ld + c] * srow[c / DSM_FP8_BLOCK] : 0.0f;
+	}
+}
+
+DSM_AVX2_TARGET static ALWAYS_INLINE __m256 fp8x8_f32(__m128i codes)
+{
+	__m256i v = _mm256_cvtepu8_epi32(codes);
+	__m256i bits = _mm256_add_epi32(_mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x7F)), 20),
+					_mm256_set1_epi32(120 << 23));
+	__m256 f = _mm256_castsi256_ps(bits);
+	__m256 fs = _mm256_fmsub_ps(f, _mm256_set1_ps(2.0f), _mm256_set1_ps(0x1p-6f));
+	__m256i is_sub = _mm256_cmpeq_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x78)), _mm256_setzero_si256());
+	f = _mm256_blendv_ps(f, fs, _mm256_castsi256_ps(is_sub));
+	__m256i sign = _mm256_and_si256(_mm256_slli_epi32(v, 24), _mm256_set1_epi32((int)0x80000000u));
+	return _mm256_or_ps(f, _mm256_castsi256_ps(sign));
+}
+
+DSM_AVX2_TARGET static ALWAYS_INLINE float hsum256(__m256 v)
+{
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_movehdup_ps(s));
+	return _mm_cvtss_f32(s);
+}
+
+DSM_AVX2_TARGET static ALWAYS_INLINE void rows_f256(const uint8_t *w, size_t ld, size_t cols, const float *xs,
+						    float *y, size_t y_ld, const int R, const int T)
+{
+	__m256 acc[4][8];
+#pragma GCC unroll 4
+	for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++)
+			acc[r][t] = _mm256_setzero_ps();
+	size_t nfull = cols / 8, rem = cols % 8;
+	for (size_t i = 0; i <= nfull; i++) {
+		if (i == nfull && !rem)
+			break;
+#pragma GCC unroll 4
+		for (int r = 0; r < R; r++) {
+			__m128i codes;
+			if (i < nfull) {
+				codes = _mm_loadl_epi64((const __m128i *)(w + r * ld + i * 8));
+			} else {
+				uint8_t tail[16] = { 0 };
+				memcpy(tail, w + r * ld + i * 8, rem);
+				codes = _mm_loadl_epi64((const __m128i *)tail);
+			}
+			__m256 f = fp8x8_f32(codes);
+#pragma GCC unroll 8
+			for (int t = 0; t < T; t++)
+				acc[r][t] = _mm256_fmadd_ps(f, _mm256_load_ps(xs + (i * T + t) * 8), acc[r][t]);
+		}
+	}
+#pragma GCC unroll 4
+	for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++)
+			y[t * y_ld + r] = hsum256(acc[r][t]);
+}
+
+#define F256_R(T) ((T) == 1 ? 4 : (T) == 2 ? 2 : 1)
+ROWS_FN(f256, 4, 1) ROWS_FN(f256, 2, 2)
+ROWS_FN(f256, 1, 1) ROWS_FN(f256, 1, 2) ROWS_FN(f256, 1, 3) ROWS_FN(f256, 1, 4)
+ROWS_FN(f256, 1, 5) ROWS_FN(f256, 1, 6) ROWS_FN(f256, 1, 7) ROWS_FN(f256, 1, 8)
+static const rows_fn f256_group[9] = { NULL, rows_f256_r4_t1, rows_f256_r2_t2, rows_f256_r1_t3, rows_f256_r1_t4,
+	rows_f256_r1_t5, rows_f256_r1_t6, rows_f256_r1_t7, rows_f256_r1_t8 };
+static const rows_fn f256_single[9] = { NULL, rows_f256_r1_t1, rows_f256_r1_t2, rows_f256_r1_t3, rows_f256_r1_t4,
+	rows_f256_r1_t5, rows_f256_r1_t6, rows_f256_r1_t7, rows_f256_r1_t8 };
+
+void dsm_gemv_block_avx2(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b, const float *x,
+			 size_t x_ld, size_t n_tok, float *y, size_t y_ld, void *scratch)
+{
+	prep_f32_256(W, rb, x, x_ld, n_tok, scratch);
+	run_rows(f256_group, f256_single, F256_R(n_tok), W, a, b, n_tok, scratch, y, y_ld);
+}

@@ -1,0 +1,55 @@
+/* Shared between the expert kernel files only (not an API). */
+#ifndef DSM_EXPERT_INTERNAL_H
+#define DSM_EXPERT_INTERNAL_H
+
+#include "expert_kernels.h"
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DSM_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16")))
+#define DSM_AVX512F_TARGET __attribute__((target("avx512f")))
+#define DSM_AVX2_TARGET __attribute__((target("avx2,fma")))
+
+/* Columns rounded up to the 64-value chunk the vector kernels read. */
+static inline size_t dsm_cols_pad(size_t cols)
+{
+	return (cols + 63) & ~(size_t)63;
+}
+
+/* BF16 bits of the E4M3 codes 0..127 (the sign is bit 7 of the code, OR-ed into bit 15). Exact for every
+ * finite code, subnormals included; 0x7F gives a quiet NaN. */
+extern const uint8_t dsm_fp8_bf16_hi[128];
+extern const uint8_t dsm_fp8_bf16_lo[128];
+
+/* 16 codes -> 16 exact floats by bit arithmetic: (code & 0x7F) << 20 with the exponent bias moved from 7 to
+ * 127 is exact for normal codes; subnormal codes (exponent 0) come out as (1 + m/8) 2^-7, and 2f - 2^-6 turns
+ * that into m/8 2^-6 exactly; the sign bit is OR-ed in last. */
+DSM_AVX512F_TARGET static inline __attribute__((always_inline)) __m512 dsm_fp8x16_f32(__m128i codes)
+{
+	__m512i v = _mm512_cvtepu8_epi32(codes);
+	__m512i bits = _mm512_add_epi32(_mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0x7F)), 20),
+					_mm512_set1_epi32(120 << 23));
+	__m512 f = _mm512_castsi512_ps(bits);
+	__mmask16 sub = _mm512_testn_epi32_mask(v, _mm512_set1_epi32(0x78));
+	f = _mm512_mask_fmsub_ps(f, sub, _mm512_set1_ps(2.0f), _mm512_set1_ps(0x1p-6f));
+	return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(f), _mm512_slli_epi32(v, 24),
+							     _mm512_set1_epi32((int)0x80000000u), 0xF8));
+}
+
+/* dsm_bf16_pack of the rows rows[0 .. m) of x (rows NULL: 0 .. m-1). AVX-512 BF16 only. */
+void dsm_bf16_pack_gather(const float *x, size_t x_ld, const int32_t *rows, size_t m, size_t k, size_t kp0,
+			  size_t kp1, uint16_t *a_packed);
+
+/* One ISA's decode kernel on rows [a, b) of one 128-row block rb, for 1..8 tokens. */
+typedef void (*dsm_gemv_block_fn)(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b,
+				  const float *x, size_t x_ld, size_t n_tok, float *y, size_t y_ld, void *scratch);
+void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b, const float *x,
+			 size_t x_ld, size_t n_tok, float *y, size_t y_ld, void *scratch);
+void dsm_gemv_block_avx512f(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b, const float *x,
+			    size_t x_ld, size_t n_tok, float *y, size_t y_ld, void *scratch);
+void dsm_gemv_block_avx2(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b, const float *x,
+			 size_t x_ld, size_t n_tok, float *y, size_t y_ld, void *scratch);
+
+#endif

@@ -1,0 +1,999 @@
+#include "dispatch.h"
+
+#include "error.h"
+#include "pool.h"
+#include "trace.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+struct expert_info {
+	const struct dsm_tensor *t[DSM_EXPERT_NPROJ];
+	const float *scale[DSM_EXPERT_NPROJ];      /* resident block scales (NULL for BF16 weights) */
+	struct dsm_tier tier;
+	const uint8_t *host[DSM_EXPERT_NPROJ];     /* dram tier (and gpu tier without device memory) */
+	void *dev[DSM_EXPERT_NPROJ];               /* gpu tier: weights in device memory */
+	void *dev_scale[DSM_EXPERT_NPROJ];
+	struct dsm_stream_range r[DSM_EXPERT_NPROJ];
+};
+
+struct slot_info {
+	struct dsm_stream_job job;
+	int in_flight;            /* read submitted, completion not handled yet */
+	int prefetch_ref;         /* a prefetch holds a cache reference until its read ends */
+	int waiter;               /* step expert waiting for this slot, -1 */
+};
+
+enum { TODO, WAITING, READY, DONE };
+
+struct dsm_offload {
+	const struct dsm_checkpoint *ck;
+	struct dsm_offload_opts o;
+	int n_layers, first_moe, n_experts, top_k;
+	int64_t dim;
+	struct expert_info *ex;   /* [n_layers * n_experts] */
+	float *scales;
+	struct dsm_stream *st;
+	struct dsm_pool *resident;
+	struct dsm_pool *cache_pool;
+	struct dsm_cache *cache;
+	struct slot_info *slots;
+	char warnings[2048];
+	struct dsm_offload_stats stats;
+	uint64_t stream_bytes0, stream_dev0; /* streamer counters at the end of open */
+	double stream_busy0;
+	/* Step scratch. */
+	size_t cap_rows;
+	int32_t *row_tok;         /* [R] token of each expert-major row */
+	float *row_w;             /* [R] its weight */
+	float *X, *Y;             /* [R, dim] gathered inputs and expert outputs */
+	int32_t *first, *count, *fill; /* [n_experts] */
+	int32_t *need;            /* [n_experts] experts of the step, ascending */
+	int *state, *slot_of;     /* [n_experts] per need[] entry */
+	void *dev_x, *dev_y;      /* gpu scratch */
+	size_t dev_cap;
+	/* Look-ahead. */
+	struct dsm_mat *router;   /* [n_layers] gate of each MoE layer (data NULL: not set) */
+	const float **router_bias;/* [n_layers] */
+	int lookahead_tokens;
+	float *la_logits;         /* [lookahead_tokens, n_experts] */
+	int32_t *la_idx;          /* [lookahead_tokens, top_k] */
+	float *la_w;
+};
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static struct expert_info *info(struct dsm_offload *o, int layer, int expert)
+{
+	return &o->ex[(size_t)layer * (size_t)o->n_experts + (size_t)expert];
+}
+
+static int pread_tensor(const struct dsm_checkpoint *ck, const struct dsm_tensor *t, void *dst)
+{
+	const struct dsm_shard *s = &ck->shards[t->shard];
+	uint64_t done = 0;
+	while (done < t->nbytes) {
+		ssize_t r = pread(s->fd, (char *)dst + done, (size_t)(t->nbytes - done), (off_t)(t->offset + done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return dsm_fail(DSM_EIO, "%s: tensor '%s': read at offset %llu failed: %s", s->path, t->name,
+					(unsigned long long)(t->offset + done), strerror(errno));
+		if (r == 0)
+			return dsm_fail(DSM_ETRUNCATED, "%s: tensor '%s': the file ends at offset %llu, inside the tensor",
+					s->path, t->name, (unsigned long long)(t->offset + done));
+		done += (uint64_t)r;
+	}
+	return 0;
+}
+
+static void make_weights(const struct expert_info *e, const void *const data[DSM_EXPERT_NPROJ],
+			 const float *const scale[DSM_EXPERT_NPROJ], struct dsm_ffn_weights *w)
+{
+	struct dsm_mat *m[DSM_EXPERT_NPROJ] = { &w->gate, &w->up, &w->down };
+	for (int i = 0; i < DSM_EXPERT_NPROJ; i++)
+		*m[i] = (struct dsm_mat){ .dtype = e->t[i]->dtype, .rows = (int64_t)e->t[i]->shape[0],
+			.cols = (int64_t)e->t[i]->shape[1], .row0 = 0, .data = data[i], .scale = scale[i] };
+}
+
+/* Reads the experts of tier `kind` (and index match) into consecutive slots of pool, starting at slot 0.
+ * keep: set their host pointers. Returns the count read or a negative code. */
+static int load_resident(struct dsm_offload *o, struct dsm_pool *pool, int gpu_tier)
+{
+	unsigned slot = 0;
+	int rc = 0;
+	struct dsm_stream_job *jobs = calloc(pool->n_slots ? pool->n_slots : 1, sizeof *jobs);
+	if (!jobs)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	for (int l = o->first_moe; l < o->n_layers && rc == 0; l++)
+		for (int x = 0; x < o->n_experts && rc == 0; x++) {
+			struct expert_info *e = info(o, l, x);
+			if (gpu_tier ? e->tier.kind != DSM_TIER_GPU : e->tier.kind != DSM_TIER_DRAM)
+				continue;
+			if ((rc = dsm_stream_job_init(o->st, &jobs[slot], e->r, DSM_EXPERT_NPROJ, dsm_pool_slot(pool, slot),
+						      pool->slot_bytes, dsm_stream_pool_index(o->st, pool, slot))) == 0)
+				rc = dsm_stream_submit(o->st, &jobs[slot]);
+			jobs[slot].user = (uint64_t)((size_t)l * (size_t)o->n_experts + (size_t)x);
+			slot++;
+		}
+	for (unsigned i = 0; i < slot; i++) {
+		int r = dsm_stream_wait(o->st, &jobs[i]);
+		if (r < 0 && rc == 0)
+			rc = r;
+		if (r == 0) {
+			struct expert_info *e = &o->ex[jobs[i].user];
+			for (int j = 0; j < DSM_EXPERT_NPROJ; j++)
+				e->host[j] = jobs[i].data[j];
+		}
+	}
+	free(jobs);
+	return rc < 0 ? rc : (int)slot;
+}
+
+/* Uploads the gpu-tier experts (already in host memory) to the gpu backend. */
+static int upload_gpu(struct dsm_offload *o)
+{
+	struct dsm_backend *g = o->o.gpu;
+	for (int l = o->first_moe; l < o->n_layers; l++)
+		for (int x = 0; x < o->n_experts; x++) {
+			struct expert_info *e = info(o, l, x);
+			if (e->tier.kind != DSM_TIER_GPU)
+				continue;
+			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+				size_t nb = (size_t)e->t[j]->nbytes;
+				size_t sb = e->t[j]->scale ? (size_t)e->t[j]->scale->nbytes : 0;
+				if (!(e->dev[j] = g->alloc(g, nb)) || (sb && !(e->dev_scale[j] = g->alloc(g, sb))))
+					return dsm_fail(DSM_ENOMEM, "%s: device memory exhausted uploading layer %d expert %d "
+							"(the plan puts more experts on the GPU than it holds)", g->name, l, x);
+				int rc = g->copy_in(g, e->dev[j], e->host[j], nb);
+				if (rc == 0 && sb)
+					rc = g->copy_in(g, e->dev_scale[j], e->scale[j], sb);
+				if (rc < 0)
+					return rc;
+			}
+			o->stats.resident_bytes[DSM_TIER_GPU] += (uint64_t)(e->t[0]->nbytes + e->t[1]->nbytes + e->t[2]->nbytes);
+		}
+	return g->sync ? g->sync(g) : 0;
+}
+
+static void add_warning(struct dsm_offload *o, const char *w)
+{
+	size_t used = strlen(o->warnings);
+	if (w && *w)
+		snprintf(o->warnings + used, sizeof o->warnings - used, "%s%s", w, w[strlen(w) - 1] == '\n' ? "" : "\n");
+}
+
+int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, const struct dsm_offload_opts *opt)
+{
+	*out = NULL;
+	const struct dsm_config *c = &ck->config;
+	const struct dsm_plan *p = opt->plan;
+	if (!p || !opt->cpu)
+		return dsm_fail(DSM_EARG, "offload: a plan and a cpu backend are required");
+	if (p->n_layers != c->num_hidden_layers || p->first_moe != c->first_k_dense_replace ||
+	    p->n_experts != c->n_routed_experts || p->hidden_size != c->hidden_size)
+		return dsm_fail(DSM_EPLAN, "%s: the placement plan is for another model (%d layers, MoE from %d, %d experts, "
+				"hidden %d)", ck->dir, p->n_layers, p->first_moe, p->n_experts, p->hidden_size);
+	struct dsm_offload *o = calloc(1, sizeof *o);
+	if (!o)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	o->ck = ck;
+	o->o = *opt;
+	o->n_layers = c->num_hidden_layers;
+	o->first_moe = c->first_k_dense_replace;
+	o->n_experts = c->n_routed_experts;
+	o->top_k = c->num_experts_per_tok;
+	o->dim = c->hidden_size;
+	int rc = DSM_ENOMEM;
+	size_t n_keys = (size_t)o->n_layers * (size_t)o->n_experts;
+	o->ex = calloc(n_keys, sizeof *o->ex);
+	o->first = calloc((size_t)o->n_experts, sizeof *o->first);
+	o->count = calloc((size_t)o->n_experts, sizeof *o->count);
+	o->fill = calloc((size_t)o->n_experts, sizeof *o->fill);
+	o->need = calloc((size_t)o->n_experts, sizeof *o->need);
+	o->state = calloc((size_t)o->n_experts, sizeof *o->state);
+	o->slot_of = calloc((size_t)o->n_experts, sizeof *o->slot_of);
+	o->router = calloc((size_t)o->n_layers, sizeof *o->router);
+	o->router_bias = calloc((size_t)o->n_layers, sizeof *o->router_bias);
+	if (!o->ex || !o->first || !o->count || !o->fill || !o->need || !o->state || !o->slot_of || !o->router ||
+	    !o->router_bias)
+		goto nomem;
+	o->lookahead_tokens = 1;
+
+	/* Tensors, ranges, tiers; the scales, resident. */
+	uint64_t scale_bytes = 0;
+	unsigned n_tier[3] = { 0, 0, 0 };
+	for (int l = o->first_moe; l < o->n_layers; l++)
+		for (int x = 0; x < o->n_experts; x++) {
+			struct expert_info *e = info(o, l, x);
+			if ((rc = dsm_expert_tensors(ck, l, x, e->t)) < 0)
+				goto err;
+			e->tier = dsm_plan_expert_tier(p, l, x);
+			if (e->tier.kind == DSM_TIER_GPU && !(opt->gpu && opt->gpu->alloc))
+				e->tier = (struct dsm_tier){ DSM_TIER_DRAM, 0 }; /* computed by the cpu from DRAM */
+			n_tier[e->tier.kind]++;
+			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+				e->r[j] = (struct dsm_stream_range){ .file = e->t[j]->shard, .offset = e->t[j]->offset,
+					.nbytes = e->t[j]->nbytes, .name = e->t[j]->name };
+				if (e->t[j]->scale)
+					scale_bytes += e->t[j]->scale->nbytes;
+			}
+		}
+	if (scale_bytes && !(o->scales = malloc((size_t)scale_bytes)))
+		goto nomem;
+	uint64_t at = 0;
+	for (int l = o->first_moe; l < o->n_layers; l++)
+		for (int x = 0; x < o->n_experts; x++) {
+			struct expert_info *e = info(o, l, x);
+			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+				const struct dsm_tensor *s = e->t[j]->scale;
+				if (!s)
+					continue;
+				float *dst = (float *)((char *)o->scales + at);
+				if ((rc = pread_tensor(ck, s, dst)) < 0)
+					goto err;
+				e->scale[j] = dst;
+				at += s->nbytes;
+			}
+		}
+
+	const char **paths = calloc((size_t)ck->n_shards, sizeof *paths);
+	if (!paths)
+		goto nomem;
+	for (int i = 0; i < ck->n_shards; i++)
+		paths[i] = ck->shards[i].path;
+	rc = dsm_stream_open(&o->st, paths, ck->n_shards, &opt->stream);
+	free(paths);
+	if (rc < 0)
+		goto err;
+	size_t slot_bytes = 0;
+	for (int l = o->first_moe; l < o->n_layers; l++)
+		for (int x = 0; x < o->n_experts; x++) {
+			size_t b = dsm_stream_job_bytes(o->st, info(o, l, x)->r, DSM_EXPERT_NPROJ);
+			slot_bytes = b > slot_bytes ? b : slot_bytes;
+		}
+	if (slot_bytes == 0)
+		slot_bytes = 4096;
+
+	/* Resident experts: DRAM tier, and the GPU tier staged through DRAM for the upload. */
+	unsigned n_host = n_tier[DSM_TIER_DRAM] + n_tier[DSM_TIER_GPU];
+	if (n_host) {
+		if ((rc = dsm_pool_init(&o->resident, slot_bytes, n_host, opt->pool_flags, opt->stream.io)) < 0)
+			goto err;
+		add_warning(o, o->resident->warning);
+		/* Read once at open: no fixed buffers (io_uring takes one set, kept for the cache's slots). */
+		if ((rc = load_resident(o, o->resident, 0)) < 0)
+			goto err;
+		if (n_tier[DSM_TIER_GPU]) {
+			/* The gpu experts are read into the slots after the dram ones, then uploaded. */
+			struct dsm_pool *staging = o->resident;
+			unsigned base = n_tier[DSM_TIER_DRAM];
+			struct dsm_pool view = *staging;
+			view.base = (uint8_t *)dsm_pool_slot(staging, base);
+			view.n_slots = n_tier[DSM_TIER_GPU];
+			if ((rc = load_resident(o, &view, 1)) < 0 || (rc = upload_gpu(o)) < 0)
+				goto err;
+		}
+		o->stats.resident_bytes[DSM_TIER_DRAM] = (uint64_t)n_tier[DSM_TIER_DRAM] * slot_bytes;
+	}
+
+	/* The expert cache for streamed experts. */
+	if (n_tier[DSM_TIER_NVME]) {
+		uint64_t min_slots = 2u * (unsigned)(o->top_k > 0 ? o->top_k : 1);
+		uint64_t n_slots = opt->cache_bytes / slot_bytes;
+		if (n_slots < min_slots)
+			n_slots = min_slots;
+		if (n_slots > n_tier[DSM_TIER_NVME] + min_slots)
+			n_slots = n_tier[DSM_TIER_NVME] + min_slots;
+		/* Pinned policy: every slot but the working area of one step and one look-ahead layer (2 x top_k)
+		 * holds a pinned expert; an lru area smaller than one token's experts would only thrash. */
+		unsigned n_pinned = n_slots > 2 * min_slots ? (unsigned)(n_slots - min_slots) : (unsigned)(n_slots / 2);
+		struct dsm_cache_opts co = { .policy = opt->policy, .n_slots = (unsigned)n_slots, .n_pinned = n_pinned,
+			.keep = !opt->cache_off };
+		if ((rc = dsm_cache_new(&o->cache, o->n_layers, o->n_experts, &co)) < 0)
+			goto err;
+		if (opt->hotness && (rc = dsm_cache_set_hotness(o->cache, opt->hotness)) < 0)
+			goto err;
+		if ((rc = dsm_pool_init(&o->cache_pool, slot_bytes, (unsigned)n_slots, opt->pool_flags, opt->stream.io)) < 0)
+			goto err;
+		if (o->cache_pool->warning[0] && !(o->resident && o->resident->warning[0]))
+			add_warning(o, o->cache_pool->warning);
+		if ((rc = dsm_stream_register_pool(o->st, o->cache_pool)) < 0)
+			goto err;
+		if (!(o->slots = calloc((size_t)n_slots, sizeof *o->slots)))
+			goto nomem;
+		for (unsigned i = 0; i < n_slots; i++)
+			o->slots[i].waiter = -1;
+		o->stats.resident_bytes[DSM_TIER_NVME] = n_slots * slot_bytes;
+	}
+	struct dsm_stream_stats ss;
+	dsm_stream_get_stats(o->st, &ss);
+	o->stream_bytes0 = ss.bytes_wanted;
+	o->stream_dev0 = ss.bytes_read;
+	o->stream_busy0 = ss.busy_seconds;
+	*out = o;
+	return 0;
+nomem:
+	rc = dsm_fail(DSM_ENOMEM, "offload: out of memory");
+err:
+	dsm_offload_close(o);
+	return rc;
+}
+
+void dsm_offload_close(struct dsm_offload *o)
+{
+	if (!o)
+		return;
+	dsm_stream_close(o->st);
+	if (o->o.gpu && o->o.gpu->free && o->ex) {
+		for (size_t i = 0; i < (size_t)o->n_layers * (size_t)o->n_experts; i++)
+			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+				if (o->ex[i].dev[j])
+					o->o.gpu->free(o->o.gpu, o->ex[i].dev[j]);
+				if (o->ex[i].dev_scale[j])
+					o->o.gpu->free(o->o.gpu, o->ex[i].dev_scale[j]);
+			}
+		if (o->dev_x)
+			o->o.gpu->free(o->o.gpu, o->dev_x);
+		if (o->dev_y)
+			o->o.gpu->free(o->o.gpu, o->dev_y);
+	}
+	dsm_pool_free(o->resident);
+	dsm_pool_free(o->cache_pool);
+	dsm_cache_free(o->cache);
+	free(o->slots);
+	free(o->ex);
+	free(o->scales);
+	free(o->row_tok);
+	free(o->row_w);
+	free(o->X);
+	free(o->Y);
+	free(o->first);
+	free(o->count);
+	free(o->fill);
+	free(o->need);
+	free(o->state);
+	free(o->slot_of);
+	free(o->router);
+	free(o->router_bias);
+	free(o->la_logits);
+	free(o->la_idx);
+	free(o->la_w);
+	free(o);
+}
+
+const char *dsm_offload_warnings(const struct dsm_offload *o)
+{
+	static _Thread_local char buf[3072];
+	snprintf(buf, sizeof buf, "%s%s", o->warnings, o->st ? dsm_stream_warnings(o->st) : "");
+	return buf;
+}
+
+/* Starts the read of expert (layer, x) into cache slot `slot`. */
+static int submit_read(struct dsm_offload *o, int layer, int x, int slot)
+{
+	struct slot_info *si = &o->slots[slot];
+	struct expert_info *e = info(o, layer, x);
+	int rc = dsm_stream_job_init(o->st, &si->job, e->r, DSM_EXPERT_NPROJ, dsm_pool_slot(o->cache_pool, (unsigned)slot),
+				     o->cache_pool->slot_bytes, dsm_stream_pool_index(o->st, o->cache_pool, (unsigned)slot));
+	if (rc == 0)
+		rc = dsm_stream_submit(o->st, &si->job);
+	if (rc < 0) {
+		dsm_cache_loaded(o->cache, slot, 0);
+		return rc;
+	}
+	si->job.user = (uint64_t)slot;
+	si->in_flight = 1;
+	return 0;
+}
+
+/* Waits for one read and settles its slot. *slot_out: the slot (or -1). Returns 0, or the read's error when
+ * a step expert waits for it (message set). */
+static int reap_one(struct dsm_offload *o, int *slot_out)
+{
+	struct dsm_stream_job *job;
+	*slot_out = -1;
+	double t0 = now();
+	int r = dsm_stream_wait_any(o->st, &job);
+	o->stats.io_wait_seconds += now() - t0;
+	if (r < 0)
+		return r;
+	if (r == 0)
+		return dsm_fail(DSM_EIO, "offload: waiting for expert bytes, but no read is in flight");
+	int slot = (int)job->user;
+	struct slot_info *si = &o->slots[slot];
+	si->in_flight = 0;
+	int ok = job->status == 0;
+	dsm_cache_loaded(o->cache, slot, ok);
+	if (si->prefetch_ref) {
+		si->prefetch_ref = 0;
+		dsm_cache_release(o->cache, slot);
+	}
+	*slot_out = slot;
+	if (!ok && si->waiter >= 0)
+		return dsm_fail(job->status, "%s", job->error);
+	return 0;
+}
+
+static int ensure_rows(struct dsm_offload *o, size_t rows)
+{
+	if (rows <= o->cap_rows)
+		return 0;
+	size_t d = (size_t)o->dim;
+	if (rows > SIZE_MAX / sizeof(float) / d)
+		return dsm_fail(DSM_EARG, "offload: step too large");
+	int32_t *t = realloc(o->row_tok, rows * sizeof *t);
+	if (t)
+		o->row_tok = t;
+	float *w = realloc(o->row_w, rows * sizeof *w);
+	if (w)
+		o->row_w = w;
+	float *x = realloc(o->X, rows * d * sizeof *x);
+	if (x)
+		o->X = x;
+	float *y = realloc(o->Y, rows * d * sizeof *y);
+	if (y)
+		o->Y = y;
+	if (!t || !w || !x || !y)
+		return dsm_fail(DSM_ENOMEM, "offload: out of memory for a step of %zu expert rows", rows);
+	o->cap_rows = rows;
+	return 0;
+}
+
+/* Runs step expert m (need[m]) from wherever its bytes are. */
+static int compute(struct dsm_offload *o, int layer, int m)
+{
+	int x = o->need[m];
+	struct expert_info *e = info(o, layer, x);
+	int64_t n = o->count[x];
+	const float *in = o->X + (size_t)o->first[x] * (size_t)o->dim;
+	float *outp = o->Y + (size_t)o->first[x] * (size_t)o->dim;
+	struct dsm_ffn_weights w;
+	double t0 = now();
+	int rc;
+	if (e->tier.kind == DSM_TIER_GPU) {
+		struct dsm_backend *g = o->o.gpu;
+		size_t bytes = (size_t)n * (size_t)o->dim * sizeof(float);
+		if (bytes > o->dev_cap) {
+			if (o->dev_x)
+				g->free(g, o->dev_x);
+			if (o->dev_y)
+				g->free(g, o->dev_y);
+			o->dev_x = g->alloc(g, bytes);
+			o->dev_y = g->alloc(g, bytes);
+			o->dev_cap = o->dev_x && o->dev_y ? bytes : 0;
+			if (!o->dev_cap)
+				return dsm_fail(DSM_ENOMEM, "%s: no device memory for the activations of an expert", g->name);
+		}
+		make_weights(e, (const void *const *)e->dev, (const float *const *)e->dev_scale, &w);
+		if ((rc = g->copy_in(g, o->dev_x, in, bytes)) < 0 || (rc = g->ffn(g, &w, n, o->dev_x, o->dev_y)) < 0 ||
+		    (rc = g->copy_out(g, outp, o->dev_y, bytes)) < 0 || (g->sync && (rc = g->sync(g)) < 0))
+			return rc;
+		o->stats.gpu_expert_seconds += now() - t0;
+	} else {
+		if (e->tier.kind == DSM_TIER_NVME) {
+			const struct dsm_stream_job *job = &o->slots[o->slot_of[m]].job;
+			make_weights(e, (const void *const *)job->data, e->scale, &w);
+		} else {
+			make_weights(e, (const void *const *)e->host, e->scale, &w);
+		}
+		if ((rc = o->o.cpu->ffn(o->o.cpu, &w, n, in, outp)) < 0)
+			return rc;
+		o->stats.cpu_expert_seconds += now() - t0;
+	}
+	o->stats.expert_runs[e->tier.kind]++;
+	if (e->tier.kind == DSM_TIER_NVME) {
+		o->slots[o->slot_of[m]].waiter = -1;
+		dsm_cache_release(o->cache, o->slot_of[m]);
+		o->slot_of[m] = -1;
+	}
+	o->state[m] = DONE;
+	return 0;
+}
+
+/* Takes cache references for the TODO experts of the step while slots last; submits the misses. Returns
+ * how many changed state, or a negative code. */
+static int acquire_pass(struct dsm_offload *o, int layer, int n_need, int steal)
+{
+	int changed = 0;
+	for (int m = 0; m < n_need; m++) {
+		if (o->state[m] != TODO)
+			continue;
+		int x = o->need[m];
+		if (info(o, layer, x)->tier.kind != DSM_TIER_NVME) {
+			o->state[m] = READY;
+			changed++;
+			continue;
+		}
+		int slot;
+		int r = dsm_cache_acquire(o->cache, layer, x, steal ? DSM_CACHE_STEAL : 0, &slot);
+		if (r < 0)
+			return r;
+		if (r == DSM_CACHE_FULL)
+			break;
+		o->slot_of[m] = slot;
+		o->slots[slot].waiter = m;
+		changed++;
+		if (r == DSM_CACHE_HIT) {
+			o->state[m] = READY;
+		} else if (r == DSM_CACHE_PENDING) {
+			o->state[m] = WAITING;
+		} else {
+			o->state[m] = WAITING;
+			int rc = submit_read(o, layer, x, slot);
+			if (rc < 0) {
+				o->slots[slot].waiter = -1;
+				dsm_cache_release(o->cache, slot);
+				o->slot_of[m] = -1;
+				return rc;
+			}
+		}
+	}
+	return changed;
+}
+
+/* Applies the router of layer + 1 to the step's input and prefetches the experts it picks. */
+static int lookahead(struct dsm_offload *o, const struct dsm_moe_step *s)
+{
+	int next = s->layer + 1;
+	if (!o->cache || next >= o->n_layers || !o->router[next].data || s->n_tokens <= 0 ||
+	    s->n_tokens > o->lookahead_tokens)
+		return 0;
+	const struct dsm_config *c = &o->ck->config;
+	int64_t T = s->n_tokens;
+	if (!o->la_logits) {
+		o->la_logits = malloc(sizeof(float) * (size_t)o->lookahead_tokens * (size_t)o->n_experts);
+		o->la_idx = malloc(sizeof(int32_t) * (size_t)o->lookahead_tokens * (size_t)o->top_k);
+		o->la_w = malloc(sizeof(float) * (size_t)o->lookahead_tokens * (size_t)o->top_k);
+		if (!o->la_logits || !o->la_idx || !o->la_w)
+			return dsm_fail(DSM_ENOMEM, "out of memory");
+	}
+	struct dsm_backend *be = o->o.cpu;
+	int rc = be->matmul(be, &o->router[next], T, s->x, o->la_logits);
+	if (rc < 0)
+		return rc;
+	struct dsm_route_args ra = { .n_tokens = T, .n_experts = o->n_experts, .logits = o->la_logits,
+		.bias = o->router_bias[next], .n_group = c->n_group, .topk_group = c->topk_group, .top_k = o->top_k,
+		.normalize = c->norm_topk_prob, .scaling = (float)c->routed_scaling_factor, .idx = o->la_idx,
+		.weight = o->la_w };
+	if ((rc = be->route(be, &ra)) < 0)
+		return rc;
+	return dsm_offload_prefetch(o, next, (int)(T * o->top_k), o->la_idx);
+}
+
+int dsm_offload_set_router(struct dsm_offload *o, int layer, const struct dsm_mat *gate, const float *bias)
+{
+	if (layer < o->first_moe || layer >= o->n_layers || !gate || gate->rows != o->n_experts || gate->cols != o->dim)
+		return dsm_fail(DSM_EARG, "offload: router of layer %d: wrong layer or shape", layer);
+	o->router[layer] = *gate;
+	o->router_bias[layer] = bias;
+	return 0;
+}
+
+void dsm_offload_set_lookahead(struct dsm_offload *o, int max_tokens)
+{
+	if (max_tokens < 0)
+		max_tokens = 0;
+	if (max_tokens != o->lookahead_tokens) {
+		free(o->la_logits);
+		free(o->la_idx);
+		free(o->la_w);
+		o->la_logits = NULL;
+		o->la_idx = NULL;
+		o->la_w = NULL;
+	}
+	o->lookahead_tokens = max_tokens;
+}
+
+/* Releases what a failed step still holds, after draining its reads. */
+static void abandon_step(struct dsm_offload *o, int n_need)
+{
+	for (int m = 0; m < n_need; m++) {
+		int slot = o->slot_of[m];
+		if (slot < 0)
+			continue;
+		while (o->slots[slot].in_flight) {
+			int s;
+			if (reap_one(o, &s) < 0 && s < 0)
+				break;
+		}
+		o->slots[slot].waiter = -1;
+		dsm_cache_release(o->cache, slot);
+		o->slot_of[m] = -1;
+	}
+}
+
+int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
+{
+	int L = s->layer;
+	int64_t T = s->n_tokens, D = o->dim;
+	int k = s->top_k;
+	if (L < o->first_moe || L >= o->n_layers || T < 0 || k <= 0)
+		return dsm_fail(DSM_EARG, "offload: layer %d is not a MoE layer (or a bad step shape)", L);
+	size_t R = (size_t)T * (size_t)k;
+	int rc = ensure_rows(o, R ? R : 1);
+	if (rc < 0)
+		return rc;
+	/* Expert-major rows: experts ascending, tokens in order within an expert. */
+	memset(o->count, 0, (size_t)o->n_experts * sizeof *o->count);
+	for (size_t i = 0; i < R; i++) {
+		int32_t x = s->idx[i];
+		if (x < 0 || x >= o->n_experts)
+			return dsm_fail(DSM_EARG, "offload: layer %d: token %zu chose expert %d of %d", L, i / (size_t)k, (int)x,
+					o->n_experts);
+		o->count[x]++;
+	}
+	int n_need = 0;
+	int32_t acc = 0;
+	for (int x = 0; x < o->n_experts; x++) {
+		o->first[x] = acc;
+		o->fill[x] = 0;
+		acc += o->count[x];
+		if (o->count[x]) {
+			o->need[n_need] = x;
+			o->state[n_need] = TODO;
+			o->slot_of[n_need] = -1;
+			n_need++;
+		}
+	}
+	for (int64_t t = 0; t < T; t++)
+		for (int j = 0; j < k; j++) {
+			int32_t x = s->idx[t * k + j];
+			size_t row = (size_t)(o->first[x] + o->fill[x]++);
+			o->row_tok[row] = (int32_t)t;
+			o->row_w[row] = s->weight[t * k + j];
+			memcpy(o->X + row * (size_t)D, s->x + t * D, sizeof(float) * (size_t)D);
+		}
+
+	int done = 0, steal = 0, steal_tried = 0, first_pass = 1;
+	while (done < n_need) {
+		if ((rc = acquire_pass(o, L, n_need, steal)) < 0)
+			goto fail;
+		int progress = rc;
+		steal = 0;
+		/* The next layer's reads start once this layer's are queued. */
+		if (first_pass && (rc = lookahead(o, s)) < 0)
+			goto fail;
+		first_pass = 0;
+		/* Resident experts and hits compute while the reads are in flight. */
+		for (int m = 0; m < n_need; m++) {
+			if (o->state[m] != READY)
+				continue;
+			if ((rc = compute(o, L, m)) < 0)
+				goto fail;
+			done++;
+			if ((rc = dsm_stream_poll(o->st)) < 0)
+				goto fail;
+		}
+		if (done == n_need)
+			break;
+		int waiting = 0;
+		for (int m = 0; m < n_need; m++)
+			waiting += o->state[m] == WAITING;
+		if (!waiting && !progress && !dsm_stream_busy(o->st)) {
+			/* Only unused look-ahead reads are left to evict: take them. */
+			if (!steal_tried) {
+				steal = steal_tried = 1;
+				continue;
+			}
+			rc = dsm_fail(DSM_ENOMEM, "offload: the expert cache (%u slots) cannot hold the experts of one step",
+				      dsm_cache_slots(o->cache));
+			goto fail;
+		}
+		steal_tried = 0;
+		if (!waiting && !dsm_stream_busy(o->st))
+			continue;
+		/* One read lands: compute its expert if this step waits for it. */
+		int slot;
+		if ((rc = reap_one(o, &slot)) < 0)
+			goto fail;
+		if (slot >= 0 && o->slots[slot].waiter >= 0 && o->state[o->slots[slot].waiter] == WAITING)
+			o->state[o->slots[slot].waiter] = READY;
+	}
+
+	/* Combine in a fixed order: experts ascending, tokens in order. */
+	memset(s->y, 0, sizeof(float) * (size_t)(T * D));
+	for (int m = 0; m < n_need; m++) {
+		int x = o->need[m];
+		for (int32_t i = o->first[x]; i < o->first[x] + o->count[x]; i++) {
+			float *yt = s->y + (int64_t)o->row_tok[i] * D, wt = o->row_w[i];
+			const float *ye = o->Y + (size_t)i * (size_t)D;
+			for (int64_t j = 0; j < D; j++)
+				yt[j] += wt * ye[j];
+		}
+	}
+	o->stats.steps++;
+	return 0;
+fail:
+	abandon_step(o, n_need);
+	return rc;
+}
+
+int dsm_offload_prefetch(struct dsm_offload *o, int layer, int n, const int32_t *experts)
+{
+	if (!o->cache || layer < o->first_moe || layer >= o->n_layers)
+		return 0;
+	for (int i = 0; i < n; i++) {
+		int x = experts[i];
+		if (x < 0 || x >= o->n_experts || info(o, layer, x)->tier.kind != DSM_TIER_NVME)
+			continue;
+		int slot;
+		int r = dsm_cache_acquire(o->cache, layer, x, DSM_CACHE_PREFETCH, &slot);
+		if (r < 0)
+			return r;
+		if (r == DSM_CACHE_FULL)
+			break;
+		if (r != DSM_CACHE_MISS) {
+			dsm_cache_release(o->cache, slot);
+			continue;
+		}
+		o->slots[slot].prefetch_ref = 1;
+		o->slots[slot].waiter = -1;
+		int rc = submit_read(o, layer, x, slot);
+		if (rc < 0) {
+			o->slots[slot].prefetch_ref = 0;
+			dsm_cache_release(o->cache, slot);
+			return rc;
+		}
+	}
+	return 0;
+}
+
+int dsm_offload_get(struct dsm_offload *o, int layer, int expert, struct dsm_ffn_weights *w)
+{
+	if (layer < o->first_moe || layer >= o->n_layers || expert < 0 || expert >= o->n_experts)
+		return dsm_fail(DSM_EARG, "offload: layer %d expert %d out of range", layer, expert);
+	struct expert_info *e = info(o, layer, expert);
+	if (e->tier.kind == DSM_TIER_GPU) {
+		make_weights(e, (const void *const *)e->dev, (const float *const *)e->dev_scale, w);
+		return 0;
+	}
+	if (e->tier.kind == DSM_TIER_DRAM) {
+		make_weights(e, (const void *const *)e->host, e->scale, w);
+		return 0;
+	}
+	int slot, r;
+	while ((r = dsm_cache_acquire(o->cache, layer, expert, 0, &slot)) == DSM_CACHE_FULL) {
+		int s;
+		if (!dsm_stream_busy(o->st)) {
+			if ((r = dsm_cache_acquire(o->cache, layer, expert, DSM_CACHE_STEAL, &slot)) != DSM_CACHE_FULL)
+				break;
+			return dsm_fail(DSM_ENOMEM, "offload: every slot of the expert cache is in use");
+		}
+		if ((r = reap_one(o, &s)) < 0)
+			return r;
+	}
+	if (r < 0)
+		return r;
+	o->slots[slot].waiter = 0; /* a synchronous user */
+	if (r == DSM_CACHE_MISS && (r = submit_read(o, layer, expert, slot)) < 0) {
+		o->slots[slot].waiter = -1;
+		dsm_cache_release(o->cache, slot);
+		return r;
+	}
+	while (!dsm_cache_ready(o->cache, slot)) {
+		int s;
+		if ((r = reap_one(o, &s)) < 0 || (s == slot && !dsm_cache_ready(o->cache, slot))) {
+			o->slots[slot].waiter = -1;
+			dsm_cache_release(o->cache, slot);
+			return r < 0 ? r : dsm_fail(DSM_EIO, "offload: reading layer %d expert %d failed", layer, expert);
+		}
+	}
+	o->slots[slot].waiter = -1;
+	o->stats.expert_runs[DSM_TIER_NVME]++;
+	make_weights(e, (const void *const *)o->slots[slot].job.data, e->scale, w);
+	return 0;
+}
+
+void dsm_offload_put(struct dsm_offload *o, int layer, int expert)
+{
+	if (layer < o->first_moe || layer >= o->n_layers || expert < 0 || expert >= o->n_experts ||
+	    info(o, layer, expert)->tier.kind != DSM_TIER_NVME)
+		return;
+	int slot = dsm_cache_find(o->cache, layer, expert);
+	if (slot >= 0)
+		dsm_cache_release(o->cache, slot);
+}
+
+void dsm_offload_get_stats(const struct dsm_offload *o, struct dsm_offload_stats *s)
+{
+	*s = o->stats;
+	struct dsm_stream_stats ss;
+	dsm_stream_get_stats(o->st, &ss);
+	s->bytes_read = ss.bytes_wanted - o->stream_bytes0;
+	s->bytes_read_device = ss.bytes_read - o->stream_dev0;
+	s->read_busy_seconds = ss.busy_seconds - o->stream_busy0;
+	if (o->cache)
+		dsm_cache_total_stats(o->cache, &s->cache);
+}
+
+void dsm_offload_reset_stats(struct dsm_offload *o)
+{
+	uint64_t keep[3];
+	memcpy(keep, o->stats.resident_bytes, sizeof keep);
+	memset(&o->stats, 0, sizeof o->stats);
+	memcpy(o->stats.resident_bytes, keep, sizeof keep);
+	struct dsm_stream_stats ss;
+	dsm_stream_get_stats(o->st, &ss);
+	o->stream_bytes0 = ss.bytes_wanted;
+	o->stream_dev0 = ss.bytes_read;
+	o->stream_busy0 = ss.busy_seconds;
+	if (o->cache)
+		dsm_cache_reset_stats(o->cache);
+}
+
+void dsm_offload_repin(struct dsm_offload *o)
+{
+	if (o->cache)
+		dsm_cache_repin(o->cache);
+}
+
+const struct dsm_cache *dsm_offload_cache(const struct dsm_offload *o)
+{
+	return o->cache;
+}
+
+/* ---- Set-up and report ---- */
+
+/* MemAvailable of /proc/meminfo in bytes, 0 when unknown. */
+static uint64_t available_memory(void)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	if (!f)
+		return 0;
+	char line[256];
+	unsigned long long kb = 0;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+			break;
+	fclose(f);
+	return (uint64_t)kb * 1024;
+}
+
+/* Hotness of every expert: counts of a routing trace, else the router bias (a larger bias is chosen more
+ * often). hot is [n_layers * n_experts]. */
+static int expert_hotness(const struct dsm_checkpoint *ck, const char *trace, double *hot)
+{
+	const struct dsm_config *c = &ck->config;
+	size_t n = (size_t)c->num_hidden_layers * (size_t)c->n_routed_experts;
+	if (trace) {
+		struct dsm_trace_info in;
+		uint64_t *counts;
+		int rc = dsm_trace_counts(trace, &in, &counts);
+		if (rc < 0)
+			return rc;
+		if (in.n_layers != (uint32_t)c->num_hidden_layers || in.n_experts != (uint32_t)c->n_routed_experts) {
+			free(counts);
+			return dsm_fail(DSM_EARG, "%s: the routing trace is for a model with %u layers and %u experts, the "
+					"checkpoint has %d and %d", trace, in.n_layers, in.n_experts, c->num_hidden_layers,
+					c->n_routed_experts);
+		}
+		for (size_t i = 0; i < n; i++)
+			hot[i] = (double)counts[i];
+		free(counts);
+		return 0;
+	}
+	float *b = malloc(sizeof(float) * (size_t)c->n_routed_experts);
+	void *raw = malloc(sizeof(float) * (size_t)c->n_routed_experts);
+	int rc = 0;
+	if (!b || !raw) {
+		rc = dsm_fail(DSM_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (int l = c->first_k_dense_replace; l < c->num_hidden_layers; l++) {
+		char name[DSM_NAME_MAX];
+		snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
+		const struct dsm_tensor *t = dsm_plan_tensor(ck, name);
+		if (!t || t->nbytes > sizeof(float) * (size_t)c->n_routed_experts)
+			continue;
+		if ((rc = pread_tensor(ck, t, raw)) < 0)
+			goto out;
+		dsm_convert_to_f32(b, raw, t->dtype, (size_t)c->n_routed_experts);
+		for (int x = 0; x < c->n_routed_experts; x++)
+			hot[(size_t)l * c->n_routed_experts + x] = b[x];
+	}
+out:
+	free(b);
+	free(raw);
+	return rc;
+}
+
+int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, const struct dsm_checkpoint *ck,
+		      const struct dsm_offload_setup *s)
+{
+	*out = NULL;
+	*plan_out = NULL;
+	const struct dsm_config *c = &ck->config;
+	struct dsm_plan *p = NULL;
+	size_t n_keys = (size_t)c->num_hidden_layers * (size_t)c->n_routed_experts;
+	double *hot = calloc(n_keys ? n_keys : 1, sizeof *hot);
+	int rc;
+	if (!hot)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	if ((rc = expert_hotness(ck, s->hotness_trace, hot)) < 0)
+		goto out;
+	struct dsm_plan_sizes sz;
+	if ((rc = dsm_plan_sizes_from_checkpoint(ck, &sz)) < 0)
+		goto out;
+	uint64_t min_cache = 2ull * (uint64_t)(c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1) *
+			     (sz.expert_bytes + 65536);
+	if (s->plan_path) {
+		if ((rc = dsm_plan_load(&p, s->plan_path, c)) < 0)
+			goto out;
+	} else {
+		uint64_t dram = s->dram_budget;
+		if (!dram) {
+			uint64_t avail = available_memory(), margin = avail / 10;
+			margin = margin < (1ull << 30) ? (1ull << 30) : margin;
+			dram = avail > margin ? avail - margin : 0;
+		}
+		struct dsm_plan_budget b = { .vram_bytes = s->gpu ? s->vram_budget : 0, .dram_bytes = dram,
+			.dram_reserve = s->cache_bytes ? s->cache_bytes : min_cache };
+		if (s->stream_all)
+			b.dram_bytes = b.dram_bytes < sz.non_expert_total + b.dram_reserve ? b.dram_bytes
+											  : sz.non_expert_total + b.dram_reserve;
+		if ((rc = dsm_plan_from_budgets(&p, c, &sz, &b, hot)) < 0)
+			goto out;
+		if (s->stream_all)
+			for (size_t i = 0; i < n_keys; i++)
+				p->expert[i] = (struct dsm_tier){ DSM_TIER_NVME, 0 };
+	}
+	struct dsm_offload_opts oo = {
+		.plan = p, .cpu = s->cpu, .gpu = s->gpu,
+		.policy = s->cache_policy >= 0 ? s->cache_policy : p->cache_policy >= 0 ? p->cache_policy : DSM_CACHE_LRU,
+		.cache_bytes = s->cache_bytes ? s->cache_bytes : p->cache_bytes,
+		.cache_off = s->cache_off, .hotness = hot, .stream = s->stream,
+	};
+	if ((rc = dsm_offload_open(out, ck, &oo)) < 0)
+		goto out;
+	*plan_out = p;
+	p = NULL;
+out:
+	dsm_plan_free(p);
+	free(hot);
+	return rc;
+}
+
+void dsm_offload_report(const struct dsm_offload *o, const struct dsm_plan *p, uint64_t n_tokens, double seconds,
+			struct dsm_offload_report *r)
+{
+	memset(r, 0, sizeof *r);
+	struct dsm_offload_stats st;
+	dsm_offload_get_stats(o, &st);
+	dsm_plan_count(p, r->experts);
+	r->nvme_bytes_per_token = n_tokens ? (double)st.bytes_read / (double)n_tokens : 0;
+	r->read_gbs = st.read_busy_seconds > 0 ? (double)st.bytes_read / st.read_busy_seconds / 1e9 : 0;
+	uint64_t uses = st.cache.hits + st.cache.misses;
+	r->cache_hit_rate = uses ? (double)st.cache.hits / (double)uses : 0;
+	r->prefetch_hit_rate = st.cache.prefetches ? (double)st.cache.prefetch_hits / (double)st.cache.prefetches : 0;
+	r->cpu_expert_seconds = st.cpu_expert_seconds;
+	r->gpu_expert_seconds = st.gpu_expert_seconds;
+	r->io_wait_seconds = st.io_wait_seconds;
+	double rest = seconds - st.cpu_expert_seconds - st.gpu_expert_seconds - st.io_wait_seconds;
+	r->attention_seconds = rest > 0 ? rest : 0;
+	r->cache_slots = o->cache ? dsm_cache_slots(o->cache) : 0;
+	r->cache_policy = dsm_cache_policy_name(o->o.policy);
+}
+
+void dsm_offload_report_text(const struct dsm_offload_report *r, char *buf, size_t size)
+{
+	snprintf(buf, size,
+		 "offload: experts gpu %llu, dram %llu, nvme %llu; NVMe %.1f MB/token at %.2f GB/s; cache %s %llu slots, "
+		 "hit rate %.1f%%; prefetch hit rate %.1f%%; time: attention and the rest %.3f s, cpu experts %.3f s, "
+		 "gpu experts %.3f s, waiting on I/O %.3f s",
+		 (unsigned long long)r->experts[DSM_TIER_GPU], (unsigned long long)r->experts[DSM_TIER_DRAM],
+		 (unsigned long long)r->experts[DSM_TIER_NVME], r->nvme_bytes_per_token / 1e6, r->read_gbs,
+		 r->cache_policy, (unsigned long long)r->cache_slots, 100 * r->cache_hit_rate,
+		 100 * r->prefetch_hit_rate, r->attention_seconds, r->cpu_expert_seconds, r->gpu_expert_seconds,
+		 r->io_wait_seconds);
+}

@@ -1,0 +1,139 @@
+/* The tiered store of routed experts and the dispatch of one MoE layer across its tiers
+ * (docs/offload.md).
+ *
+ * At open, following a placement plan: every expert's block scales are read into DRAM (they always stay
+ * resident); DRAM-tier experts are read (with the streamer, O_DIRECT) into a resident pool; GPU-tier
+ * experts are uploaded to the gpu backend's memory (or, without a gpu backend, kept in DRAM and computed
+ * by the cpu backend); nvme-tier experts stay in the checkpoint and are streamed on demand into the
+ * slots of the expert cache.
+ *
+ * One MoE step (dsm_offload_moe): tokens are grouped by expert (expert-major, each expert runs once on all
+ * its tokens); every cache miss is submitted to the streamer at once; experts already resident are
+ * computed while the reads are in flight, and each streamed expert as soon as its bytes land. Outputs
+ * are combined after all experts ran, in ascending expert order and token order within an expert: the
+ * same additions in the same order as a plain loop over experts, so the result is bit-identical for every
+ * plan, cache policy and completion order.
+ *
+ * Look-ahead (dsm_offload_prefetch): experts predicted for the next layer are read one layer early; a
+ * later use of one counts as a prefetch hit.
+ *
+ * A dsm_offload belongs to one thread. */
+#ifndef DSM_DISPATCH_H
+#define DSM_DISPATCH_H
+
+#include "backend.h"
+#include "cache.h"
+#include "checkpoint.h"
+#include "plan.h"
+#include "stream.h"
+
+#include <stdint.h>
+
+struct dsm_offload_opts {
+	const struct dsm_plan *plan;      /* required; validated against the checkpoint */
+	struct dsm_backend *cpu;          /* computes dram and streamed experts (host pointers); required */
+	struct dsm_backend *gpu;          /* computes gpu-tier experts (NULL: cpu does, from DRAM copies) */
+	enum dsm_cache_policy policy;
+	uint64_t cache_bytes;             /* DRAM for streamed experts; 0: the minimum, 2 x top_k slots */
+	int cache_off;                    /* every use of a streamed expert reads it again */
+	const double *hotness;            /* pinned policy: [n_layers * n_experts], NULL: observed counts */
+	struct dsm_stream_opts stream;
+	unsigned pool_flags;              /* dsm_pool_flags of both pools */
+};
+
+struct dsm_moe_step {
+	int layer;
+	int64_t n_tokens;                 /* T */
+	int top_k;                        /* k */
+	const int32_t *idx;               /* [T, k] chosen experts */
+	const float *weight;              /* [T, k] their weights */
+	const float *x;                   /* [T, dim] input of the experts (normalized hidden state) */
+	float *y;                         /* [T, dim] out: sum over k of weight * expert(x) */
+};
+
+struct dsm_offload_stats {
+	uint64_t steps;                   /* MoE layer steps */
+	uint64_t expert_runs[3];          /* expert computations by tier kind (nvme, dram, gpu) */
+	uint64_t bytes_read;              /* expert bytes streamed (wanted bytes) */
+	uint64_t bytes_read_device;       /* bytes the reads returned (with alignment padding) */
+	double read_busy_seconds;         /* time with a read in flight */
+	double io_wait_seconds;           /* time a step spent blocked waiting for expert bytes */
+	double cpu_expert_seconds, gpu_expert_seconds;
+	struct dsm_cache_layer_stats cache; /* summed over layers */
+	uint64_t resident_bytes[3];       /* bytes of experts held per tier kind (nvme: the cache slots) */
+};
+
+struct dsm_offload;
+
+/* Builds the store under plan o->plan for checkpoint ck (which must outlive it). Returns 0 or a negative
+ * DSM_E* code: DSM_EPLAN (plan for another model), DSM_EIO / DSM_ETRUNCATED (reading experts, with file,
+ * tensor and offset), DSM_ENOMEM. Warnings (pinning, O_DIRECT refused, ...) are in dsm_offload_warnings. */
+int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, const struct dsm_offload_opts *o);
+/* Waits for reads in flight and frees everything. Accepts NULL. */
+void dsm_offload_close(struct dsm_offload *o);
+const char *dsm_offload_warnings(const struct dsm_offload *o);
+
+/* One MoE layer step (see above). Returns 0 or a negative code with a message. */
+int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s);
+
+/* Starts reads of the streamed experts among experts[0 .. n) of `layer` not already cached. Returns 0 or
+ * a negative code (the ring failed); a prefetch that cannot get a slot is skipped. */
+int dsm_offload_prefetch(struct dsm_offload *o, int layer, int n, const int32_t *experts);
+
+/* Look-ahead: the router of MoE layer `layer` (gate [n_experts, dim] and its bias [n_experts], both kept
+ * by the caller). With the router of layer L + 1 set, a step of layer L with at most lookahead_tokens
+ * tokens (default 1: decode) applies it to its input and prefetches the experts it picks, right after its
+ * own reads are submitted. Returns 0 or DSM_EARG. */
+int dsm_offload_set_router(struct dsm_offload *o, int layer, const struct dsm_mat *gate, const float *bias);
+void dsm_offload_set_lookahead(struct dsm_offload *o, int max_tokens);
+
+/* Synchronous access to one expert (streamed and waited for when needed); put releases it. */
+int dsm_offload_get(struct dsm_offload *o, int layer, int expert, struct dsm_ffn_weights *w);
+void dsm_offload_put(struct dsm_offload *o, int layer, int expert);
+
+void dsm_offload_get_stats(const struct dsm_offload *o, struct dsm_offload_stats *s);
+void dsm_offload_reset_stats(struct dsm_offload *o);
+/* Pinned policy without hotness: re-choose the pinned experts from the counts so far. */
+void dsm_offload_repin(struct dsm_offload *o);
+const struct dsm_cache *dsm_offload_cache(const struct dsm_offload *o);
+
+/* ---- Set-up from command-line choices (dsm-run, dsm-bench) ---- */
+
+struct dsm_offload_setup {
+	const char *plan_path;            /* a plan file; NULL: computed from the budgets */
+	uint64_t vram_budget;             /* bytes for gpu:0 (0: none without a gpu backend) */
+	uint64_t dram_budget;             /* 0: available memory minus 10% (at least 1 GiB) */
+	const char *hotness_trace;        /* routing trace giving expert hotness; NULL: the router bias */
+	int cache_policy;                 /* enum dsm_cache_policy; -1: the plan's, else lru */
+	uint64_t cache_bytes;             /* 0: the plan's, else 2 x top_k experts */
+	int cache_off;
+	int stream_all;                   /* every routed expert streamed (ignores budgets for experts) */
+	struct dsm_stream_opts stream;
+	struct dsm_backend *cpu, *gpu;
+};
+
+/* Loads or computes the plan (validated against ck) and opens the store. *plan_out (owned by the caller)
+ * says what went where. Returns 0 or a negative code with a message (a plan for another model, budgets
+ * too small for the non-expert weights, I/O errors). */
+int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, const struct dsm_checkpoint *ck,
+		      const struct dsm_offload_setup *s);
+
+/* The end-of-run report: n_tokens computed in `seconds` of forward passes. One line of text into buf,
+ * and the same figures as members of a JSON object (cJSON *) when json is not NULL. */
+struct dsm_offload_report {
+	uint64_t experts[3];              /* experts per tier kind */
+	double nvme_bytes_per_token;
+	double read_gbs;                  /* bytes streamed / read busy time */
+	double cache_hit_rate;            /* hits / uses of streamed experts */
+	double prefetch_hit_rate;         /* prefetch hits / prefetches */
+	double attention_seconds;         /* seconds minus the expert and I/O times: attention and the rest */
+	double cpu_expert_seconds, gpu_expert_seconds, io_wait_seconds;
+	uint64_t cache_slots;
+	const char *cache_policy;
+};
+void dsm_offload_report(const struct dsm_offload *o, const struct dsm_plan *p, uint64_t n_tokens, double seconds,
+			struct dsm_offload_report *r);
+/* "offload: ..." (no newline). */
+void dsm_offload_report_text(const struct dsm_offload_report *r, char *buf, size_t size);
+
+#endif

@@ -1,0 +1,213 @@
+#include "expert_store.h"
+
+#include "error.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+struct dsm_weight_map {
+	const struct dsm_checkpoint *ck;
+	void **base;            /* [n_shards] whole-file mappings (NULL for empty files) */
+	uint64_t mapped;
+	void **copies;          /* aligned copies of misaligned tensors */
+	size_t n_copies, cap_copies;
+	uint64_t copied;
+};
+
+void dsm_weight_map_close(struct dsm_weight_map *m)
+{
+	if (!m)
+		return;
+	if (m->base)
+		for (int i = 0; i < m->ck->n_shards; i++)
+			if (m->base[i])
+				munmap(m->base[i], m->ck->shards[i].file_size);
+	for (size_t i = 0; i < m->n_copies; i++)
+		free(m->copies[i]);
+	free(m->copies);
+	free(m->base);
+	free(m);
+}
+
+int dsm_weight_map_open(struct dsm_weight_map **out, const struct dsm_checkpoint *ck)
+{
+	*out = NULL;
+	struct dsm_weight_map *m = calloc(1, sizeof *m);
+	if (!m)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	m->ck = ck;
+	m->base = calloc((size_t)ck->n_shards + 1, sizeof *m->base);
+	if (!m->base) {
+		dsm_weight_map_close(m);
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	}
+	for (int i = 0; i < ck->n_shards; i++) {
+		const struct dsm_shard *s = &ck->shards[i];
+		if (s->file_size == 0)
+			continue;
+		void *p = mmap(NULL, s->file_size, PROT_READ, MAP_PRIVATE, s->fd, 0);
+		if (p == MAP_FAILED) {
+			int e = errno;
+			dsm_weight_map_close(m);
+			return dsm_fail(DSM_EIO, "%s: cannot map %llu bytes: %s", s->path,
+					(unsigned long long)s->file_size, strerror(e));
+		}
+		m->base[i] = p;
+		m->mapped += s->file_size;
+	}
+	*out = m;
+	return 0;
+}
+
+void dsm_weight_map_usage(const struct dsm_weight_map *m, uint64_t *mapped, uint64_t *copied)
+{
+	*mapped = m->mapped;
+	*copied = m->copied;
+}
+
+/* The bytes of t, aligned to `align`: in the mapping when they are, else copied once. */
+static const void *tensor_bytes(struct dsm_weight_map *m, const struct dsm_tensor *t, size_t align)
+{
+	const char *p = (const char *)m->base[t->shard] + t->offset;
+	if (((uintptr_t)p & (align - 1)) == 0)
+		return p;
+	if (m->n_copies == m->cap_copies) {
+		size_t cap = m->cap_copies ? 2 * m->cap_copies : 64;
+		void **v = realloc(m->copies, cap * sizeof *v);
+		if (!v) {
+			dsm_fail(DSM_ENOMEM, "out of memory");
+			return NULL;
+		}
+		m->copies = v;
+		m->cap_copies = cap;
+	}
+	void *c = aligned_alloc(64, (t->nbytes + 63) & ~(uint64_t)63);
+	if (!c) {
+		dsm_fail(DSM_ENOMEM, "out of memory copying tensor '%s'", t->name);
+		return NULL;
+	}
+	memcpy(c, p, t->nbytes);
+	m->copies[m->n_copies++] = c;
+	m->copied += t->nbytes;
+	return c;
+}
+
+int dsm_weight_map_mat(struct dsm_weight_map *m, const char *name, int64_t rows, int64_t cols,
+		       struct dsm_mat *out)
+{
+	const struct dsm_checkpoint *ck = m->ck;
+	const struct dsm_tensor *t = dsm_checkpoint_find(ck, name);
+	memset(out, 0, sizeof *out);
+	if (!t)
+		return dsm_fail(DSM_EMISSING, "%s: missing tensor '%s'", ck->dir, name);
+	const char *file = ck->shards[t->shard].path;
+	if (t->ndim != 2 || (int64_t)t->shape[0] != rows || (int64_t)t->shape[1] != cols)
+		return dsm_fail(DSM_ETENSOR, "%s: tensor '%s' must be [%lld, %lld]", file, name, (long long)rows,
+				(long long)cols);
+	if (t->dtype != DSM_F8_E4M3 && t->dtype != DSM_BF16 && t->dtype != DSM_F32)
+		return dsm_fail(DSM_EDTYPE, "%s: tensor '%s' has dtype %s; a weight must be F8_E4M3, BF16 or F32",
+				file, name, dsm_dtype_name(t->dtype));
+	out->dtype = t->dtype;
+	out->rows = rows;
+	out->cols = cols;
+	out->data = tensor_bytes(m, t, dsm_dtype_size(t->dtype));
+	if (!out->data)
+		return DSM_ENOMEM;
+	if (t->dtype == DSM_F8_E4M3) {
+		if (!t->scale)
+			return dsm_fail(DSM_EMISSING, "%s: tensor '%s' is F8_E4M3 without a weight_scale_inv", file, name);
+		out->scale = tensor_bytes(m, t->scale, 4);
+		if (!out->scale)
+			return DSM_ENOMEM;
+	}
+	return 0;
+}
+
+int dsm_weight_map_vec(struct dsm_weight_map *m, const char *name, int64_t n, float *dst)
+{
+	const struct dsm_checkpoint *ck = m->ck;
+	const struct dsm_tensor *t = dsm_checkpoint_find(ck, name);
+	if (!t)
+		return dsm_fail(DSM_EMISSING, "%s: missing tensor '%s'", ck->dir, name);
+	const char *file = ck->shards[t->shard].path;
+	if (t->ndim != 1 || (int64_t)t->shape[0] != n)
+		return dsm_fail(DSM_ETENSOR, "%s: tensor '%s' must be [%lld]", file, name, (long long)n);
+	if (t->dtype != DSM_BF16 && t->dtype != DSM_F32)
+		return dsm_fail(DSM_EDTYPE, "%s: tensor '%s' has dtype %s; expected BF16 or F32", file, name,
+				dsm_dtype_name(t->dtype));
+	dsm_convert_to_f32(dst, (const char *)m->base[t->shard] + t->offset, t->dtype, (size_t)n);
+	return 0;
+}
+
+/* ---- routed experts ------------------------------------------------------------------------------ */
+
+struct dsm_expert_store {
+	struct dsm_weight_map *map;
+	int n_layers, first_moe, n_experts;
+	int64_t dim, inter;
+	struct dsm_ffn_weights *w;      /* [n_layers * n_experts], resolved on first get */
+	unsigned char *resolved;
+};
+
+int dsm_expert_store_open(struct dsm_expert_store **out, struct dsm_weight_map *map, int n_layers,
+			  int first_moe, int n_experts, int64_t dim, int64_t inter)
+{
+	*out = NULL;
+	struct dsm_expert_store *s = calloc(1, sizeof *s);
+	size_t n = (size_t)n_layers * (size_t)(n_experts > 0 ? n_experts : 0);
+	if (!s)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	*s = (struct dsm_expert_store){ .map = map, .n_layers = n_layers, .first_moe = first_moe,
+					.n_experts = n_experts, .dim = dim, .inter = inter };
+	s->w = calloc(n + 1, sizeof *s->w);
+	s->resolved = calloc(n + 1, 1);
+	if (!s->w || !s->resolved) {
+		dsm_expert_store_close(s);
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	}
+	*out = s;
+	return 0;
+}
+
+void dsm_expert_store_close(struct dsm_expert_store *s)
+{
+	if (!s)
+		return;
+	free(s->w);
+	free(s->resolved);
+	free(s);
+}
+
+int dsm_expert_store_get(struct dsm_expert_store *s, int layer, int expert, struct dsm_ffn_weights *out)
+{
+	if (layer < s->first_moe || layer >= s->n_layers || expert < 0 || expert >= s->n_experts)
+		return dsm_fail(DSM_EARG, "expert store: no expert %d in layer %d", expert, layer);
+	size_t i = (size_t)layer * (size_t)s->n_experts + (size_t)expert;
+	if (!s->resolved[i]) {
+		char name[160];
+		struct dsm_ffn_weights *w = &s->w[i];
+		int rc;
+		snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.gate_proj.weight", layer, expert);
+		if ((rc = dsm_weight_map_mat(s->map, name, s->inter, s->dim, &w->gate)) < 0)
+			return rc;
+		snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.up_proj.weight", layer, expert);
+		if ((rc = dsm_weight_map_mat(s->map, name, s->inter, s->dim, &w->up)) < 0)
+			return rc;
+		snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.down_proj.weight", layer, expert);
+		if ((rc = dsm_weight_map_mat(s->map, name, s->dim, s->inter, &w->down)) < 0)
+			return rc;
+		s->resolved[i] = 1;
+	}
+	*out = s->w[i];
+	return 0;
+}
+
+void dsm_expert_store_put(struct dsm_expert_store *s, int layer, int expert)
+{
+	(void)s;
+	(void)layer;
+	(void)expert;
+}

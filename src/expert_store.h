@@ -1,0 +1,50 @@
+/* Where weights live. Every weight access of the model goes through here, so that tiers (docs
+ * ARCHITECTURE.md: GPU, DRAM per NUMA node, NVMe streaming) can be added without touching model code.
+ *
+ * Today there is one tier: the shard files mapped read-only (PROT_READ, MAP_PRIVATE) once, whole, at
+ * open. A weight is a view into the mapping: nothing is converted or copied, except tensors whose data
+ * is not aligned to their element size in the file (the safetensors format does not align data),
+ * which are copied once into aligned memory. Pages are read from the page cache on first touch.
+ *
+ * struct dsm_weight_map: the mapping, for the non-expert tensors.
+ * struct dsm_expert_store: routed experts by (layer, expert), through get/put, so a later store can
+ * stream an expert in on get and release it on put. */
+#ifndef DSM_EXPERT_STORE_H
+#define DSM_EXPERT_STORE_H
+
+#include "backend.h"
+#include "checkpoint.h"
+
+#include <stdint.h>
+
+struct dsm_weight_map;
+
+int dsm_weight_map_open(struct dsm_weight_map **out, const struct dsm_checkpoint *ck);
+/* Accepts NULL. */
+void dsm_weight_map_close(struct dsm_weight_map *m);
+
+/* The tensor `name` as a matrix view [rows, cols] (F8 with its scale, BF16 or F32), checking the shape.
+ * Returns 0 or DSM_EMISSING / DSM_ETENSOR / DSM_EDTYPE / DSM_ENOMEM with a message naming the tensor. */
+int dsm_weight_map_mat(struct dsm_weight_map *m, const char *name, int64_t rows, int64_t cols,
+		       struct dsm_mat *out);
+/* The 1-D tensor `name` of n values (BF16 or F32) converted to F32 into dst[n]. */
+int dsm_weight_map_vec(struct dsm_weight_map *m, const char *name, int64_t n, float *dst);
+/* Bytes mapped; bytes copied for alignment. */
+void dsm_weight_map_usage(const struct dsm_weight_map *m, uint64_t *mapped, uint64_t *copied);
+
+struct dsm_expert_store;
+
+/* n_layers x n_experts routed experts of [inter, dim] (named model.layers.L.mlp.experts.E.*). Layers
+ * below first_moe have none. */
+int dsm_expert_store_open(struct dsm_expert_store **out, struct dsm_weight_map *map, int n_layers,
+			  int first_moe, int n_experts, int64_t dim, int64_t inter);
+/* Accepts NULL. */
+void dsm_expert_store_close(struct dsm_expert_store *s);
+
+/* The weights of routed expert `expert` of `layer` (FP8 data and scales, or BF16), valid until the
+ * matching put. Returns 0 or a negative DSM_E* code naming the tensor. */
+int dsm_expert_store_get(struct dsm_expert_store *s, int layer, int expert, struct dsm_ffn_weights *out);
+/* The caller is done with the expert's weights for this step. */
+void dsm_expert_store_put(struct dsm_expert_store *s, int layer, int expert);
+
+#endif

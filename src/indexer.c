@@ -1,0 +1,103 @@
+/* The lightning indexer of DeepSeek Sparse Attention (docs MODEL.md "DeepSeek Sparse Attention"):
+ *
+ *   q_I = wq_b(qr)                    [T, nI, dI]   first dr dims roped NON-interleaved (pairs i, i + dr/2)
+ *   k_I = LayerNorm(wk(x))            [T, dI]       first dr dims roped the same way   -> indexer cache
+ *   q_I, k_I <- q_I . Had, k_I . Had  orthonormal Hadamard (optionally rounded to FP8, see below)
+ *   w   = weights_proj(x) * nI^-0.5 * dI^-0.5                          [T, nI]
+ *   I(t, s) = sum_h w[t, h] * relu(q_I[t, h] . k_I[s])                  s <= t
+ *   keep the top min(index_topk, t + 1) keys by I, ties to the lower position; MLA masks the others.
+ *
+ * When t + 1 <= index_topk every earlier key is kept, so the scores are not computed at all.
+ *
+ * FP8 rounding: the public reference code rounds the rotated q_I and k_I to FP8 E4M3 with one scale per
+ * 128 values (amax / 448, amax floored at 1e-4; a power of two 2^ceil(log2(.)) when the config's
+ * scale_fmt is ue8m0) before the products. With the model option indexer_fp8 the same rounding is
+ * applied here (the rounded values, rescaled, enter the F32 dot products); without it (the default) the
+ * scores are computed from the unrounded F32 values, as tests/ref computes them by default. */
+#include "model_internal.h"
+
+#include "error.h"
+
+#include <math.h>
+
+static void fp8_round(float *x, int64_t n, int ue8m0)
+{
+	for (int64_t b0 = 0; b0 < n; b0 += 128) {
+		int64_t len = n - b0 < 128 ? n - b0 : 128;
+		float amax = 1e-4f;
+		for (int64_t j = 0; j < len; j++)
+			amax = fabsf(x[b0 + j]) > amax ? fabsf(x[b0 + j]) : amax;
+		double scale = (double)amax / 448.0;
+		if (ue8m0) {
+			int e;
+			double mant = frexp(scale, &e); /* scale = mant * 2^e, 0.5 <= mant < 1 */
+			scale = ldexp(1.0, mant == 0.5 ? e - 1 : e);
+		}
+		for (int64_t j = 0; j < len; j++) {
+			double v = x[b0 + j] / scale;
+			v = v > 448 ? 448 : v < -448 ? -448 : v;
+			x[b0 + j] = (float)(dsm_fp8_to_f32(dsm_f32_to_fp8((float)v)) * scale);
+		}
+	}
+}
+
+int dsm_indexer(struct dsm_session *s, int L, int64_t T, int *masked)
+{
+	struct dsm_model *m = s->m;
+	struct dsm_backend *be = m->be;
+	const struct dsm_config *c = &m->cfg;
+	const struct dsm_indexer_weights *w = &m->layers[L].indexer;
+	int64_t nI = c->index_n_heads, dI = c->index_head_dim, dr = c->qk_rope_head_dim, topk = c->index_topk;
+	int fp8 = m->opts.indexer_fp8, ue8m0 = c->scale_ue8m0;
+	int rc;
+
+	/* keys of the new tokens -> indexer cache */
+	if ((rc = be->matmul(be, &w->wk, T, s->xn, s->ik)) < 0 ||                       /* [T, dI] */
+	    (rc = be->layernorm(be, T, dI, s->ik, w->k_norm_w, w->k_norm_b, 1e-6f, s->ik)) < 0 ||
+	    (rc = be->rope(be, T, 1, dr, s->ik, dI, 0, s->cos, s->sin, 0)) < 0 ||
+	    (rc = be->hadamard(be, T, dI, s->ik)) < 0)
+		return rc;
+	for (int64_t t = 0; t < T; t++) {
+		float *dst = s->idx_k + ((size_t)L * (size_t)s->ctx + (size_t)(s->pos + t)) * (size_t)dI;
+		for (int64_t j = 0; j < dI; j++)
+			dst[j] = s->ik[t * dI + j];
+		if (fp8)
+			fp8_round(dst, dI, ue8m0);
+	}
+
+	*masked = 0;
+	for (int64_t t = 0; t < T; t++)
+		s->mask[t] = (struct dsm_attn_mask){ 0 };
+	if (s->pos + T <= topk)
+		return 0;                 /* every query keeps all its keys: dense attention */
+
+	if ((rc = be->matmul(be, &w->wq_b, T, s->qa, s->iq)) < 0 ||                     /* [T, nI, dI] */
+	    (rc = be->rope(be, T, nI, dr, s->iq, nI * dI, dI, s->cos, s->sin, 0)) < 0 ||
+	    (rc = be->hadamard(be, T * nI, dI, s->iq)) < 0 ||
+	    (rc = be->matmul(be, &w->weights_proj, T, s->xn, s->iw)) < 0)              /* [T, nI] */
+		return rc;
+	if (fp8)
+		for (int64_t i = 0; i < T * nI; i++)
+			fp8_round(s->iq + i * dI, dI, ue8m0);
+	float wscale = (float)(1.0 / sqrt((double)nI) / sqrt((double)dI));
+	const float *keys = s->idx_k + (size_t)L * (size_t)s->ctx * (size_t)dI;
+	for (int64_t t = 0; t < T; t++) {
+		int64_t n_keys = s->n_keys[t];
+		if (n_keys <= topk)
+			continue;
+		float *wt = s->iw + t * nI;
+		for (int64_t h = 0; h < nI; h++)
+			wt[h] *= wscale;
+		int32_t *sel = s->sel + t * topk;
+		if ((rc = be->indexer_scores(be, nI, dI, s->iq + t * nI * dI, wt, keys, n_keys, s->iscore)) < 0 ||
+		    (rc = be->topk(be, s->iscore, n_keys, topk, sel)) < 0)
+			return rc;
+		if (s->opt.hooks.force_select)
+			s->opt.hooks.force_select(s->opt.hooks.user, L, s->pos + t, sel, topk);
+		s->mask[t] = (struct dsm_attn_mask){ .sel = sel, .n_sel = topk };
+		if (s->opt.hooks.on_select)
+			s->opt.hooks.on_select(s->opt.hooks.user, L, s->pos + t, sel, topk);
+	}
+	*masked = 1;
+	return 0;
+}

@@ -1,0 +1,101 @@
+/* The DeepSeek-V3.2 model: config, weights and the backend that computes with them (docs MODEL.md).
+ *
+ * Three structs, as llama2.c has them: the config (struct dsm_config, from config.json), the weights
+ * (struct dsm_model: views of the checkpoint's tensors, mapped read-only from the shard files; routed
+ * experts behind the expert store) and the run state (struct dsm_session in session.h: KV caches and
+ * activation buffers of one sequence). The forward pass itself is in session.c (driver), mla.c
+ * (attention), indexer.c (lightning indexer) and moe.c (dense and MoE feed-forward).
+ *
+ * Shapes use the names of MODEL.md: D hidden_size, H heads, dn/dr/dv qk_nope/qk_rope/v head dims,
+ * r kv_lora_rank, rq q_lora_rank, nI/dI indexer heads/head dim, E routed experts, V vocab_size. */
+#ifndef DSM_MODEL_H
+#define DSM_MODEL_H
+
+#include "backend.h"
+#include "checkpoint.h"
+#include "config.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct dsm_expert_store;
+struct dsm_offload;
+struct dsm_weight_map;
+
+/* Which form MLA attention takes. AUTO: the full form for multi-token steps (prefill), the absorbed
+ * form over the latent cache for single-token steps (decode). */
+enum dsm_mla_form { DSM_MLA_AUTO, DSM_MLA_FULL, DSM_MLA_ABSORBED };
+
+struct dsm_model_options {
+	enum dsm_precision precision;   /* matmul precision (default f32) */
+	int threads;                    /* <= 0: physical cores */
+	int indexer_fp8;                /* round indexer q/k to FP8 like the public reference (default 0) */
+	int index_topk;                 /* > 0: overrides config.json's index_topk (tests) */
+	enum dsm_mla_form mla_form;
+};
+
+struct dsm_attn_weights {
+	float *norm;                    /* [D] input_layernorm */
+	struct dsm_mat q_a;             /* [rq, D] */
+	float *q_a_norm;                /* [rq] */
+	struct dsm_mat q_b;             /* [H * (dn + dr), rq] */
+	struct dsm_mat kv_a;            /* [r + dr, D]: latent then rope key */
+	float *kv_a_norm;               /* [r] */
+	struct dsm_mat kv_b;            /* [H * (dn + dv), r]: per head k_nope rows then v rows */
+	struct dsm_mat o;               /* [D, H * dv] */
+};
+
+struct dsm_indexer_weights {
+	struct dsm_mat wq_b;            /* [nI * dI, rq] */
+	struct dsm_mat wk;              /* [dI, D] */
+	float *k_norm_w, *k_norm_b;     /* [dI] LayerNorm */
+	struct dsm_mat weights_proj;    /* [nI, D] */
+};
+
+struct dsm_ffn_layer {
+	float *norm;                    /* [D] post_attention_layernorm */
+	int moe;                        /* 0: dense SwiGLU; 1: router + routed experts + shared expert */
+	struct dsm_ffn_weights dense;   /* dense layers: [I, D], [I, D], [D, I] */
+	struct dsm_mat gate;            /* MoE: router [E, D] */
+	float *gate_bias;               /* MoE: [E] e_score_correction_bias */
+	struct dsm_ffn_weights shared;  /* MoE: shared expert(s), [n_shared * I_moe, D] ... */
+};
+
+struct dsm_layer {
+	struct dsm_attn_weights attn;
+	struct dsm_indexer_weights indexer; /* V3.2 only */
+	struct dsm_ffn_layer ffn;
+};
+
+struct dsm_model {
+	struct dsm_config cfg;          /* config.json (index_topk possibly overridden) */
+	struct dsm_model_options opts;
+	struct dsm_checkpoint *ck;
+	struct dsm_weight_map *map;     /* the shard files, mapped read-only */
+	struct dsm_expert_store *experts;
+	struct dsm_offload *offload;    /* when set (not owned): routed experts from offload/dispatch.h */
+	struct dsm_backend *be;
+
+	struct dsm_mat embed;           /* [V, D] */
+	float *final_norm;              /* [D] */
+	struct dsm_mat head;            /* [V, D] */
+	struct dsm_layer *layers;       /* [num_hidden_layers]; the MTP layer is never loaded */
+
+	double *rope_freq;              /* [dr / 2] YaRN-corrected angular frequencies */
+	float rope_amp;                 /* cos/sin amplitude (1 for the real config) */
+	float softmax_scale;            /* (dn + dr)^-0.5 * mscale^2 */
+
+	void **owned;                   /* buffers this model allocated (norms, aligned copies) */
+	size_t n_owned, cap_owned;
+};
+
+/* Opens the checkpoint in dir, maps its weights and creates the cpu backend. o may be NULL (defaults).
+ * Returns 0 or a negative DSM_E* code with a message naming the file and tensor. */
+int dsm_model_open(struct dsm_model **out, const char *dir, const struct dsm_model_options *o);
+/* Accepts NULL and half-built models. */
+void dsm_model_close(struct dsm_model *m);
+
+/* Bytes of the shard files mapped, and of weights copied into memory (norms, realigned tensors). */
+void dsm_model_memory(const struct dsm_model *m, uint64_t *mapped, uint64_t *copied);
+
+#endif

@@ -1,0 +1,119 @@
+/* Feed-forward blocks (docs MODEL.md "MoE layer"):
+ *
+ *   dense layers:  y = down(silu(gate(x)) * up(x))                     SwiGLU, intermediate_size
+ *   MoE layers:    s = sigmoid(x . gate^T)                             [T, E] router scores
+ *                  idx, w = noaux_tc(s, bias)                          group-limited top-k, weights from
+ *                                                                      the unbiased scores, x scaling
+ *                  y = sum_k w_k Expert_idx_k(x) + Shared(x)
+ *
+ * The routed experts run expert-major: each chosen expert once per step on all its tokens (gathered),
+ * its weights fetched from the expert store. Outputs are added to each token in ascending expert order,
+ * then the shared expert's, so the sum is the same whatever the order of computation. */
+#include "model_internal.h"
+
+#include "error.h"
+#include "dispatch.h"
+#include "expert_store.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Weights of forced experts idx[k]: normalized unbiased sigmoid scores times the scaling factor. */
+static void forced_weights(const struct dsm_config *c, const float *logits, const int32_t *idx, float *w)
+{
+	int k = c->num_experts_per_tok;
+	double sum = 0;
+	for (int j = 0; j < k; j++)
+		sum += w[j] = 1.0f / (1.0f + expf(-logits[idx[j]]));
+	for (int j = 0; j < k; j++)
+		w[j] = (float)((c->norm_topk_prob ? w[j] / sum : w[j]) * c->routed_scaling_factor);
+}
+
+static int moe(struct dsm_session *s, int L, int64_t T)
+{
+	struct dsm_model *m = s->m;
+	struct dsm_backend *be = m->be;
+	const struct dsm_config *c = &m->cfg;
+	const struct dsm_ffn_layer *f = &m->layers[L].ffn;
+	int64_t D = c->hidden_size, E = c->n_routed_experts;
+	int k = c->num_experts_per_tok;
+	int rc;
+
+	if ((rc = be->matmul(be, &f->gate, T, s->xn, s->rlogits)) < 0)                 /* [T, E] */
+		return rc;
+	struct dsm_route_args ra = {
+		.n_tokens = T, .n_experts = E, .logits = s->rlogits, .bias = f->gate_bias,
+		.n_group = c->n_group, .topk_group = c->topk_group, .top_k = k,
+		.normalize = c->norm_topk_prob, .scaling = (float)c->routed_scaling_factor,
+		.idx = s->ridx, .weight = s->rw,
+	};
+	if ((rc = be->route(be, &ra)) < 0)                                             /* [T, k] */
+		return rc;
+	if (s->opt.hooks.force_route)
+		for (int64_t t = 0; t < T; t++)
+			if (s->opt.hooks.force_route(s->opt.hooks.user, L, s->pos + t, s->ridx + t * k, k))
+				forced_weights(c, s->rlogits + t * E, s->ridx + t * k, s->rw + t * k);
+	if (s->opt.hooks.on_route)
+		for (int64_t t = 0; t < T; t++)
+			s->opt.hooks.on_route(s->opt.hooks.user, L, s->pos + t, s->ridx + t * k, s->rw + t * k, k);
+
+	memset(s->y, 0, sizeof(float) * (size_t)(T * D));
+	if (m->offload) { /* the tiered expert store: the same sums in the same order, whatever the tiers */
+		struct dsm_moe_step ms = { .layer = L, .n_tokens = T, .top_k = k, .idx = s->ridx, .weight = s->rw,
+					   .x = s->xn, .y = s->y };
+		if ((rc = dsm_offload_moe(m->offload, &ms)) < 0)
+			return rc;
+	}
+	for (int e = 0; e < E && !m->offload; e++) {
+		/* the tokens routed to expert e, in token order */
+		int64_t n = 0;
+		for (int64_t t = 0; t < T; t++)
+			for (int j = 0; j < k; j++)
+				if (s->ridx[t * k + j] == e) {
+					s->etok[n] = (int32_t)t;
+					s->ewt[n] = s->rw[t * k + j];
+					memcpy(s->xe + n * D, s->xn + t * D, sizeof(float) * (size_t)D);
+					n++;
+				}
+		if (n == 0)
+			continue;
+		struct dsm_ffn_weights w;
+		if ((rc = dsm_expert_store_get(m->experts, L, e, &w)) < 0)
+			return rc;
+		rc = be->ffn(be, &w, n, s->xe, s->ye);                                   /* [n, D] */
+		dsm_expert_store_put(m->experts, L, e);
+		if (rc < 0)
+			return rc;
+		for (int64_t i = 0; i < n; i++) {
+			float *yt = s->y + (int64_t)s->etok[i] * D, wt = s->ewt[i];
+			const float *ye = s->ye + i * D;
+			for (int64_t j = 0; j < D; j++)
+				yt[j] += wt * ye[j];
+		}
+	}
+	if (c->n_shared_experts > 0) {
+		if ((rc = be->ffn(be, &f->shared, T, s->xn, s->ye)) < 0)                 /* [T, D] */
+			return rc;
+		for (int64_t i = 0; i < T * D; i++)
+			s->y[i] += s->ye[i];
+	}
+	return 0;
+}
+
+int dsm_feed_forward(struct dsm_session *s, int L, int64_t T)
+{
+	struct dsm_model *m = s->m;
+	struct dsm_backend *be = m->be;
+	const struct dsm_config *c = &m->cfg;
+	const struct dsm_ffn_layer *f = &m->layers[L].ffn;
+	int64_t D = c->hidden_size;
+	int rc;
+	if ((rc = be->rmsnorm(be, T, D, s->x, D, f->norm, (float)c->rms_norm_eps, s->xn)) < 0)
+		return rc;
+	rc = f->moe ? moe(s, L, T) : be->ffn(be, &f->dense, T, s->xn, s->y);
+	if (rc < 0)
+		return rc;
+	for (int64_t i = 0; i < T * D; i++)
+		s->x[i] += s->y[i];
+	return 0;
+}

@@ -1,0 +1,74 @@
+#!/bin/sh
+# dsm-run as a user meets it, on the tiny preset: streamed text and speeds, --json, --chat, stop strings,
+# reproducible sampling, and clear errors (context overflow, bad ids, no tokenizer) instead of crashes.
+if [ -z "$PYTHON_NUMPY" ]; then
+	echo "SKIP: no Python with numpy (install python3-numpy and re-run configure)"
+	exit 77
+fi
+W=$top_builddir/tests/model_run.d
+rm -rf "$W"
+mkdir -p "$W"
+RUN="$top_builddir/dsm-run --threads 2"
+PY=$PYTHON_NUMPY
+fail=0
+ok() { echo "ok: $1"; }
+bad() { echo "FAIL: $1"; fail=1; }
+json() { $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
+
+"$top_builddir/dsm-mkmodel" --quiet tiny "$W/tiny" || exit 99
+
+# text prompt: streams text, prints speeds on stderr
+if $RUN -m "$W/tiny" -p "The sum of two odd numbers is even." -n 24 --ignore-eos > "$W/out.txt" 2> "$W/err.txt" &&
+   grep -q "prefill .* tok/s), decode .* tok/s)" "$W/err.txt"; then ok "prompt run"; else bad "prompt run"; cat "$W/err.txt"; fi
+
+# --json: one document with the prompt, text, ids, stop reason and timings
+if $RUN -m "$W/tiny" -p "Prove it." -n 12 --ignore-eos --json -q > "$W/run.json" &&
+   [ "$(json "$W/run.json" "len(d['tokens']), d['stop_reason'], d['prompt'], 'decode_tokens_per_second' in d['timings']")" = "(12, 'length', 'Prove it.', True)" ]
+then ok "--json"; else bad "--json"; cat "$W/run.json"; fi
+
+# --chat wraps the prompt in the chat shell (thinking by default)
+if $RUN -m "$W/tiny" -p "Hi" --chat -n 4 --json -q > "$W/chat.json" &&
+   [ "$(json "$W/chat.json" "len(d['prompt_tokens']) > 2")" = True ]; then ok "--chat"; else bad "--chat"; fi
+
+# stop strings: cut before the first occurrence, even across tokens
+$RUN -m "$W/tiny" --tokens 0,5,9,300 -n 40 --ignore-eos --json -q > "$W/full.json"
+STOP=$(json "$W/full.json" "d['text'][len(d['text'])//2:len(d['text'])//2+3]")
+if [ -n "$STOP" ] && $RUN -m "$W/tiny" --tokens 0,5,9,300 -n 40 --ignore-eos --stop "$STOP" --json -q > "$W/stop.json" &&
+   $PY - "$W/full.json" "$W/stop.json" "$STOP" <<'PYEOF'
+import json, sys
+full, cut, stop = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
+want = full["text"][:full["text"].index(stop)]
+sys.exit(0 if cut["text"] == want and cut["stop_reason"] == "stop_string" else 1)
+PYEOF
+then ok "--stop"; else bad "--stop '$STOP'"; fi
+# streamed text equals the JSON text
+if $RUN -m "$W/tiny" --tokens 0,5,9,300 -n 40 --ignore-eos --stop "$STOP" -q > "$W/stop.txt" &&
+   $PY -c "import json,sys; t=open(sys.argv[1]).read(); j=json.load(open(sys.argv[2]))['text']; sys.exit(0 if t.rstrip('\n')==j.rstrip('\n') else 1)" "$W/stop.txt" "$W/stop.json"
+then ok "streamed text"; else bad "streamed text differs from --json text"; fi
+
+# sampling is reproducible from the seed
+$RUN -m "$W/tiny" --tokens 0,5,9 -n 16 --temperature 1 --top-p 0.9 --top-k 40 --seed 11 --json -q > "$W/s1.json"
+$RUN -m "$W/tiny" --tokens 0,5,9 -n 16 --temperature 1 --top-p 0.9 --top-k 40 --seed 11 --json -q > "$W/s2.json"
+if [ "$(json "$W/s1.json" "d['tokens']")" = "$(json "$W/s2.json" "d['tokens']")" ]; then ok "seeded sampling"; else bad "seeded sampling"; fi
+
+# the context: a prompt that does not fit is an error; generation stops when it is full
+if $RUN -m "$W/tiny" --tokens 1,2,3,4,5,6,7,8,9,10 --ctx 8 -q > /dev/null 2> "$W/ctx.err"; then
+	bad "prompt over --ctx accepted"
+elif grep -q "context" "$W/ctx.err"; then ok "prompt over --ctx: $(cat "$W/ctx.err")"; else bad "context message"; cat "$W/ctx.err"; fi
+if $RUN -m "$W/tiny" --tokens 1,2,3,4,5,6,7,8,9,10 --ctx 12 -n 10 --ignore-eos --json -q > "$W/full_ctx.json" &&
+   [ "$(json "$W/full_ctx.json" "len(d['tokens']), d['stop_reason']")" = "(3, 'context')" ]; then ok "generation stops at --ctx"
+else bad "generation at --ctx"; cat "$W/full_ctx.json"; fi
+
+# bad input
+if $RUN -m "$W/tiny" --tokens 5000 -q > /dev/null 2> "$W/id.err"; then bad "id outside the vocabulary accepted"
+elif grep -q "vocabulary" "$W/id.err"; then ok "bad id: $(cat "$W/id.err")"; else bad "bad id message"; fi
+mkdir -p "$W/notok"
+TINY_ABS=$(cd "$W/tiny" && pwd)
+for f in "$TINY_ABS"/*; do case $f in *tokenizer*) ;; *) ln -s "$f" "$W/notok/" ;; esac; done
+if $RUN -m "$W/notok" -p "hello" -q > /dev/null 2> "$W/notok.err"; then bad "prompt without tokenizer accepted"
+elif grep -q "tokenizer" "$W/notok.err"; then ok "no tokenizer: $(cat "$W/notok.err")"; else bad "no tokenizer message"; fi
+if $RUN -m "$W/notok" --tokens 0,5,9 -n 3 -q > "$W/notok.out"; then ok "--tokens without tokenizer: $(cat "$W/notok.out")"
+else bad "--tokens without tokenizer"; fi
+if $RUN -m "$W/missing" --tokens 0 -q 2> "$W/missing.err"; then bad "missing checkpoint accepted"
+else ok "missing checkpoint: $(cat "$W/missing.err")"; fi
+exit $fail

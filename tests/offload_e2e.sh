@@ -1,0 +1,83 @@
+#!/bin/sh
+# dsm-run with the tiered expert store (docs/offload.md) on the tiny preset: all-DRAM, all-streamed
+# (cache off), cached with each policy, mixed and GPU-tier plans from a plan file, a plan from budgets:
+# every plan gives logits bit-identical to the plain run. Then the report, --json, --record-routing and
+# clear errors for bad plans and budgets. DSM_TEST_SMALL=1 repeats the logits check on the small preset
+# (1.5 GB, about a minute to write).
+W=$top_builddir/tests/offload_e2e.d
+rm -rf "$W"
+mkdir -p "$W"
+RUN="$top_builddir/dsm-run --threads 2"
+fail=0
+ok() { echo "ok: $1"; }
+bad() { echo "FAIL: $1"; fail=1; }
+
+"$top_builddir/dsm-mkmodel" --quiet --tokenizer none tiny "$W/tiny" || exit 99
+TOK=0,5,9,300,17,44,2,700
+
+# A hand-written plan for the tiny shape: MoE layers 2-4, 16 experts each.
+cat > "$W/mixed.json" <<'JSON'
+{ "format": "dsm-plan", "version": 1,
+  "model": { "model_type": "deepseek_v32", "num_hidden_layers": 5, "first_k_dense_replace": 2,
+             "n_routed_experts": 16, "hidden_size": 256, "moe_intermediate_size": 96 },
+  "non_expert": "dram:0",
+  "experts": { "default": "nvme",
+               "layers": { "2": { "dram:0": ["0-7"] }, "3": { "gpu:0": [1, 2], "dram:0": [5, "9-11"] } } },
+  "cache": { "policy": "lfu", "bytes": 400000 } }
+JSON
+
+check_plans() { # model dir, label
+	$RUN -m "$1" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/base.npy" -q > /dev/null || { bad "$2: plain run"; return; }
+	for mode in "--offload --dram-budget 64G" "--stream-experts --cache-off" "--stream-experts --cache-policy lru" \
+		"--stream-experts --cache-policy lfu --cache-size 2M" "--stream-experts --cache-policy pinned --cache-size 2M" \
+		"--plan $W/mixed.json" "--plan $W/mixed.json --cache-off"; do
+		case "$mode" in *mixed.json*) [ "$2" = tiny ] || continue ;; esac
+		if $RUN -m "$1" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/plan.npy" -q $mode > /dev/null 2> "$W/err" &&
+		   cmp -s "$W/base.npy" "$W/plan.npy"; then
+			ok "$2: $mode: identical logits"
+		else
+			bad "$2: $mode: logits differ or the run failed"
+			cat "$W/err"
+		fi
+	done
+}
+check_plans "$W/tiny" tiny
+
+# The report on stderr and in --json; a routing trace that the next run uses as hotness.
+if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --stream-experts --record-routing "$W/r.trace" > /dev/null 2> "$W/err" &&
+   grep -q "offload: experts gpu 0, dram 0, nvme 48; NVMe .* MB/token at .* GB/s; cache lru .* hit rate .*; prefetch hit rate .*; time: attention and the rest .* s, cpu experts .* s, gpu experts .* s, waiting on I/O .* s" "$W/err" &&
+   [ "$(wc -c < "$W/r.trace")" -eq $((64 + 13 * 32)) ]
+then ok "report and routing trace"; else bad "report and routing trace"; cat "$W/err"; fi
+if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --stream-experts --cache-policy pinned --hotness-trace "$W/r.trace" \
+	--json -q > "$W/run.json" 2> "$W/err" &&
+   grep -q '"offload":' "$W/run.json" && grep -q '"nvme_bytes_per_token":' "$W/run.json" &&
+   grep -q '"prefetch_hit_rate":' "$W/run.json" && grep -q '"io_wait_seconds":' "$W/run.json"
+then ok "--json offload fields"; else bad "--json offload fields"; cat "$W/err" "$W/run.json"; fi
+
+# Clear errors.
+expect_error() { # label, pattern, dsm-run arguments...
+	label=$1 pattern=$2
+	shift 2
+	if $RUN -m "$W/tiny" --tokens $TOK -n 2 -q "$@" > /dev/null 2> "$W/err"; then
+		bad "$label: accepted"
+	elif grep -q "$pattern" "$W/err"; then
+		ok "$label"
+	else
+		bad "$label: message"
+		cat "$W/err"
+	fi
+}
+sed 's/"n_routed_experts": 16/"n_routed_experts": 256/' "$W/mixed.json" > "$W/other.json"
+expect_error "plan for another model" "the plan is for another model: model.n_routed_experts is 256" --plan "$W/other.json"
+sed 's/\["0-7"\]/[16]/' "$W/mixed.json" > "$W/missing.json"
+expect_error "plan naming a missing expert" "expert 16 does not exist" --plan "$W/missing.json"
+expect_error "budget below the non-expert weights" "cannot hold the non-expert weights" --dram-budget 1M
+expect_error "missing plan file" "cannot open the plan" --plan "$W/none.json"
+expect_error "bad cache policy" "expected lru, lfu or pinned" --cache-policy mru
+
+if [ "$DSM_TEST_SMALL" = 1 ]; then
+	"$top_builddir/dsm-mkmodel" --quiet --tokenizer none small "$W/small" || exit 99
+	check_plans "$W/small" small
+fi
+rm -rf "$W"
+exit $fail

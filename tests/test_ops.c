@@ -1,0 +1,361 @@
+/* Every op of the cpu backend against its scalar reference (docs TESTING.md step 1): fresh random
+ * inputs, sentinels after every output, NMSE thresholds of ggml's test-backend-ops (elementwise 1e-7,
+ * softmax-like 1e-6, matmul / FFN / attention 5e-4), index results exact. */
+#include "backend.h"
+#include "cpu_backend.h"
+#include "error.h"
+#include "ref_ops.h"
+#include "test_util.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SENTINEL 16
+static const uint32_t sentinel_bits = 0x7fc0dead;
+
+static uint64_t rng_state = 0x1234567;
+static uint32_t rnd(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return (uint32_t)(rng_state >> 11);
+}
+static float urand(void) /* (-1, 1) */
+{
+	return (float)((rnd() & 0xffffff) / 8388608.0 - 1.0);
+}
+
+/* An output buffer of n floats with SENTINEL sentinel floats after it. */
+static float *out_buf(size_t n)
+{
+	float *p = malloc((n + SENTINEL) * sizeof *p);
+	for (size_t i = 0; i < n + SENTINEL; i++)
+		memcpy(&p[i], &sentinel_bits, 4);
+	return p;
+}
+static int sentinels_ok(const float *p, size_t n)
+{
+	return memcmp(p + n, (uint32_t[SENTINEL]){ [0 ... SENTINEL - 1] = sentinel_bits }, SENTINEL * 4) == 0;
+}
+static float *rand_buf(size_t n, float scale)
+{
+	float *p = malloc((n + 1) * sizeof *p);
+	for (size_t i = 0; i < n; i++)
+		p[i] = urand() * scale;
+	return p;
+}
+static double nmse(const float *a, const float *b, size_t n)
+{
+	double num = 0, den = 0;
+	for (size_t i = 0; i < n; i++) {
+		double d = (double)a[i] - b[i];
+		num += d * d;
+		den += (double)b[i] * b[i];
+	}
+	return den > 0 ? num / den : num;
+}
+
+#define CHECK_NMSE(a, b, n, limit, ...) do { \
+	double e_ = nmse(a, b, n); \
+	if (!(e_ <= (limit) && isfinite(e_))) { \
+		fprintf(stderr, "%s:%d: NMSE %.3g > %.3g: ", __FILE__, __LINE__, e_, (double)(limit)); \
+		fprintf(stderr, __VA_ARGS__); \
+		fputc('\n', stderr); \
+		test_failures++; \
+	} \
+	if (e_ > worst_nmse) \
+		worst_nmse = e_; \
+} while (0)
+static double worst_nmse;
+
+/* A random weight [rows, cols] of dtype t (F8: random non-NaN codes and positive block scales). */
+struct weight {
+	struct dsm_mat m;
+	void *data;
+	float *scale;
+};
+static void weight_init(struct weight *w, enum dsm_dtype t, int64_t rows, int64_t cols)
+{
+	size_t n = (size_t)rows * (size_t)cols;
+	memset(w, 0, sizeof *w);
+	w->data = malloc(n * dsm_dtype_size(t) + 1);
+	for (size_t i = 0; i < n; i++) {
+		float v = urand() / sqrtf((float)cols);
+		if (t == DSM_F8_E4M3) {
+			uint8_t c;
+			do
+				c = (uint8_t)rnd();
+			while ((c & 0x7f) == 0x7f);
+			((uint8_t *)w->data)[i] = c;
+		} else if (t == DSM_BF16) {
+			((uint16_t *)w->data)[i] = dsm_f32_to_bf16(v);
+		} else {
+			((float *)w->data)[i] = v;
+		}
+	}
+	if (t == DSM_F8_E4M3) {
+		size_t nb = (size_t)((rows + 127) / 128) * (size_t)((cols + 127) / 128);
+		w->scale = malloc(nb * sizeof(float));
+		for (size_t i = 0; i < nb; i++)
+			w->scale[i] = (0.5f + 0.5f * (urand() + 1)) / (64.0f * sqrtf((float)cols));
+	}
+	w->m = (struct dsm_mat){ .dtype = t, .rows = rows, .cols = cols, .data = w->data, .scale = w->scale };
+}
+static void weight_free(struct weight *w)
+{
+	free(w->data);
+	free(w->scale);
+}
+
+static void test_matmul(struct dsm_backend *be)
+{
+	static const enum dsm_dtype types[] = { DSM_F8_E4M3, DSM_BF16, DSM_F32 };
+	static const int64_t ns[] = { 1, 3, 4, 5, 37 };
+	for (int ti = 0; ti < 3; ti++)
+		for (int ni = 0; ni < 5; ni++) {
+			int64_t rows = 200 + ni * 37, cols = 300 - ni * 11, n = ns[ni];
+			struct weight w;
+			weight_init(&w, types[ti], rows, cols);
+			/* the whole matrix, then a view starting inside a 128-row block */
+			for (int view = 0; view < 2; view++) {
+				struct dsm_mat m = view ? dsm_mat_rows(w.m, 70, 100) : w.m;
+				float *x = rand_buf((size_t)(n * m.cols), 1), *xt = rand_buf((size_t)(n * m.rows), 1);
+				float *y = out_buf((size_t)(n * m.rows)), *yr = out_buf((size_t)(n * m.rows));
+				float *z = out_buf((size_t)(n * m.cols)), *zr = out_buf((size_t)(n * m.cols));
+				CHECK(be->matmul(be, &m, n, x, y) == 0, "%s", dsm_errmsg());
+				CHECK(dsm_ref_matmul(be->precision, &m, n, x, yr) == 0, "%s", dsm_errmsg());
+				CHECK_NMSE(y, yr, (size_t)(n * m.rows), 5e-4, "matmul %s n=%lld view=%d %s", dsm_dtype_name(types[ti]),
+					   (long long)n, view, dsm_precision_name(be->precision));
+				CHECK(sentinels_ok(y, (size_t)(n * m.rows)), "matmul wrote past its output");
+				CHECK(be->matmul_t(be, &m, n, xt, z) == 0, "%s", dsm_errmsg());
+				CHECK(dsm_ref_matmul_t(be->precision, &m, n, xt, zr) == 0, "%s", dsm_errmsg());
+				CHECK_NMSE(z, zr, (size_t)(n * m.cols), 5e-4, "matmul_t %s n=%lld view=%d", dsm_dtype_name(types[ti]),
+					   (long long)n, view);
+				CHECK(sentinels_ok(z, (size_t)(n * m.cols)), "matmul_t wrote past its output");
+				free(x), free(xt), free(y), free(yr), free(z), free(zr);
+			}
+			weight_free(&w);
+		}
+}
+
+static void test_ffn(struct dsm_backend *be)
+{
+	static const int64_t ns[] = { 1, 2, 9 };
+	for (int ni = 0; ni < 3; ni++) {
+		int64_t D = 256, I = 96, n = ns[ni];
+		struct weight g, u, d;
+		weight_init(&g, DSM_F8_E4M3, I, D);
+		weight_init(&u, DSM_F8_E4M3, I, D);
+		weight_init(&d, DSM_F8_E4M3, D, I);
+		struct dsm_ffn_weights w = { g.m, u.m, d.m };
+		float *x = rand_buf((size_t)(n * D), 1), *y = out_buf((size_t)(n * D)), *yr = out_buf((size_t)(n * D));
+		CHECK(be->ffn(be, &w, n, x, y) == 0, "%s", dsm_errmsg());
+		CHECK(dsm_ref_ffn(be->precision, &w, n, x, yr) == 0, "%s", dsm_errmsg());
+		CHECK_NMSE(y, yr, (size_t)(n * D), 5e-4, "ffn n=%lld", (long long)n);
+		CHECK(sentinels_ok(y, (size_t)(n * D)), "ffn wrote past its output");
+		free(x), free(y), free(yr);
+		weight_free(&g), weight_free(&u), weight_free(&d);
+	}
+}
+
+static void test_elementwise(struct dsm_backend *be)
+{
+	int64_t n = 7, d = 128;
+	float *x = rand_buf((size_t)(n * d * 2), 2), *w = rand_buf((size_t)d, 1), *b = rand_buf((size_t)d, 1);
+	float *y = out_buf((size_t)(n * d)), *yr = out_buf((size_t)(n * d));
+	/* rmsnorm with a row stride */
+	CHECK(be->rmsnorm(be, n, d, x, 2 * d, w, 1e-6f, y) == 0, "%s", dsm_errmsg());
+	dsm_ref_rmsnorm(n, d, x, 2 * d, w, 1e-6f, yr);
+	CHECK_NMSE(y, yr, (size_t)(n * d), 1e-7, "rmsnorm");
+	CHECK(sentinels_ok(y, (size_t)(n * d)), "rmsnorm wrote past its output");
+	CHECK(be->layernorm(be, n, d, x, w, b, 1e-6f, y) == 0, "%s", dsm_errmsg());
+	dsm_ref_layernorm(n, d, x, w, b, 1e-6f, yr);
+	CHECK_NMSE(y, yr, (size_t)(n * d), 1e-7, "layernorm");
+	/* rope, both pairings, 3 heads of stride 40 with 32 rotated dims */
+	for (int inter = 0; inter < 2; inter++) {
+		int64_t H = 3, ldh = 40, dim = 32, ldx = H * ldh;
+		float *v = rand_buf((size_t)(n * ldx), 1), *vr = malloc(sizeof(float) * (size_t)(n * ldx));
+		float *cs = rand_buf((size_t)(n * dim / 2), 1), *sn = rand_buf((size_t)(n * dim / 2), 1);
+		memcpy(vr, v, sizeof(float) * (size_t)(n * ldx));
+		CHECK(be->rope(be, n, H, dim, v, ldx, ldh, cs, sn, inter) == 0, "%s", dsm_errmsg());
+		dsm_ref_rope(n, H, dim, vr, ldx, ldh, cs, sn, inter);
+		CHECK_NMSE(v, vr, (size_t)(n * ldx), 1e-7, "rope interleaved=%d", inter);
+		free(v), free(vr), free(cs), free(sn);
+	}
+	/* Hadamard: fast transform vs the explicit matrix, and orthonormality (norm preserved) */
+	float *h = rand_buf((size_t)(n * d), 1), *hr = malloc(sizeof(float) * (size_t)(n * d));
+	memcpy(hr, h, sizeof(float) * (size_t)(n * d));
+	double n0 = 0, n1 = 0;
+	for (int64_t i = 0; i < n * d; i++)
+		n0 += (double)h[i] * h[i];
+	CHECK(be->hadamard(be, n, d, h) == 0, "%s", dsm_errmsg());
+	CHECK(dsm_ref_hadamard(n, d, hr) == 0, "%s", dsm_errmsg());
+	CHECK_NMSE(h, hr, (size_t)(n * d), 1e-7, "hadamard");
+	for (int64_t i = 0; i < n * d; i++)
+		n1 += (double)h[i] * h[i];
+	CHECK(fabs(n1 / n0 - 1) < 1e-5, "hadamard is not orthonormal: norm ratio %g", n1 / n0);
+	free(h), free(hr);
+	free(x), free(w), free(b), free(y), free(yr);
+}
+
+static void test_attention(struct dsm_backend *be)
+{
+	/* full form, one head, T queries at positions S-T .. S-1 */
+	int64_t T = 6, S = 23, dn = 16, dr = 8, dv = 12, H = 3, r = 32;
+	float *q = rand_buf((size_t)(T * (dn + dr)), 1), *kv = rand_buf((size_t)(S * (dn + dv)), 1);
+	float *kpe = rand_buf((size_t)(S * dr), 1);
+	int64_t n_keys[6];
+	int32_t sel[6][8];
+	struct dsm_attn_mask mask[6], all[6];
+	int32_t every[6][32];
+	for (int64_t t = 0; t < T; t++) {
+		n_keys[t] = S - T + t + 1;
+		/* a sparse choice: 8 ascending positions below n_keys */
+		for (int j = 0; j < 8; j++)
+			sel[t][j] = (int32_t)(j * (n_keys[t] - 1) / 7);
+		mask[t] = (struct dsm_attn_mask){ sel[t], 8 };
+		for (int64_t j = 0; j < n_keys[t]; j++)
+			every[t][j] = (int32_t)j;
+		all[t] = (struct dsm_attn_mask){ every[t], n_keys[t] };
+	}
+	for (int m = 0; m < 3; m++) {
+		float *o = out_buf((size_t)(T * dv)), *orf = out_buf((size_t)(T * dv));
+		struct dsm_attn_full_args a = { .n_q = T, .dn = dn, .dr = dr, .dv = dv, .q = q, .ldq = dn + dr, .kv = kv,
+						.k_pe = kpe, .n_keys = n_keys, .mask = m == 0 ? NULL : m == 1 ? mask : all,
+						.scale = 0.3f, .out = o, .ldo = dv };
+		CHECK(be->attn_full(be, &a) == 0, "%s", dsm_errmsg());
+		a.out = orf;
+		CHECK(dsm_ref_attn_full(&a) == 0, "%s", dsm_errmsg());
+		CHECK_NMSE(o, orf, (size_t)(T * dv), 5e-4, "attn_full mask=%d", m);
+		CHECK(sentinels_ok(o, (size_t)(T * dv)), "attn_full wrote past its output");
+		if (m == 2) {
+			/* selecting every key is exactly the causal mask */
+			float *oc = out_buf((size_t)(T * dv));
+			a.mask = NULL;
+			a.out = oc;
+			CHECK(be->attn_full(be, &a) == 0, "%s", dsm_errmsg());
+			CHECK(memcmp(oc, o, sizeof(float) * (size_t)(T * dv)) == 0, "full selection differs from causal");
+			free(oc);
+		}
+		free(o), free(orf);
+	}
+	/* absorbed form over a latent cache, F32 and BF16 cache */
+	float *ql = rand_buf((size_t)(H * r), 1), *qp = rand_buf((size_t)(H * dr), 1);
+	float *c32 = rand_buf((size_t)(S * r), 1), *p32 = rand_buf((size_t)(S * dr), 1);
+	uint16_t *c16 = malloc(sizeof(uint16_t) * (size_t)(S * r)), *p16 = malloc(sizeof(uint16_t) * (size_t)(S * dr));
+	for (int64_t i = 0; i < S * r; i++)
+		c16[i] = dsm_f32_to_bf16(c32[i]);
+	for (int64_t i = 0; i < S * dr; i++)
+		p16[i] = dsm_f32_to_bf16(p32[i]);
+	for (int bf = 0; bf < 2; bf++)
+		for (int m = 0; m < 2; m++) {
+			float *o = out_buf((size_t)(H * r)), *orf = out_buf((size_t)(H * r));
+			struct dsm_attn_latent_args a = {
+				.n_heads = H, .r = r, .dr = dr, .q_lat = ql, .q_pe = qp,
+				.cache_dtype = bf ? DSM_BF16 : DSM_F32, .c = bf ? (void *)c16 : (void *)c32,
+				.k_pe = bf ? (void *)p16 : (void *)p32, .n_keys = S,
+				.mask = m ? mask[T - 1] : (struct dsm_attn_mask){ 0 }, .scale = 0.2f, .o_lat = o };
+			CHECK(be->attn_latent(be, &a) == 0, "%s", dsm_errmsg());
+			a.o_lat = orf;
+			CHECK(dsm_ref_attn_latent(&a) == 0, "%s", dsm_errmsg());
+			CHECK_NMSE(o, orf, (size_t)(H * r), 5e-4, "attn_latent bf16=%d mask=%d", bf, m);
+			CHECK(sentinels_ok(o, (size_t)(H * r)), "attn_latent wrote past its output");
+			free(o), free(orf);
+		}
+	free(q), free(kv), free(kpe), free(ql), free(qp), free(c32), free(p32), free(c16), free(p16);
+}
+
+static void test_indexer_topk_route(struct dsm_backend *be)
+{
+	int64_t nh = 4, d = 64, S = 300;
+	float *q = rand_buf((size_t)(nh * d), 1), *w = rand_buf((size_t)nh, 1), *k = rand_buf((size_t)(S * d), 1);
+	float *o = out_buf((size_t)S), *orf = out_buf((size_t)S);
+	CHECK(be->indexer_scores(be, nh, d, q, w, k, S, o) == 0, "%s", dsm_errmsg());
+	dsm_ref_indexer_scores(nh, d, q, w, k, S, orf);
+	CHECK_NMSE(o, orf, (size_t)S, 5e-4, "indexer_scores");
+	CHECK(sentinels_ok(o, (size_t)S), "indexer_scores wrote past its output");
+
+	/* top-k with many exact ties (zeros, as ReLU makes them): ties go to the lower position */
+	for (int64_t i = 0; i < S; i++)
+		o[i] = (i % 3) ? 0.0f : (float)(rnd() % 50);
+	int32_t idx[64], expect[64];
+	CHECK(be->topk(be, o, S, 64, idx) == 0, "%s", dsm_errmsg());
+	/* expected: by brute force */
+	int64_t m = 0;
+	for (int v = 49; v >= 0 && m < 64; v--)
+		for (int64_t i = 0; i < S && m < 64; i++)
+			if (o[i] == (float)v)
+				expect[m++] = (int32_t)i;
+	for (int64_t i = 0; i < 64; i++) /* ascending */
+		for (int64_t j = i + 1; j < 64; j++)
+			if (expect[j] < expect[i]) {
+				int32_t t = expect[i];
+				expect[i] = expect[j];
+				expect[j] = t;
+			}
+	CHECK(memcmp(idx, expect, sizeof idx) == 0, "topk indices differ from brute force");
+
+	/* routing: a hand-made case, then random ones against the reference */
+	{
+		/* 8 experts in 4 groups of 2, keep 2 groups, top 2 */
+		float logits[8] = { 0, 0, 3, -3, 1, 1, -1, 2 }, bias[8] = { 0 };
+		int32_t ri[2];
+		float rw[2];
+		struct dsm_route_args a = { .n_tokens = 1, .n_experts = 8, .logits = logits, .bias = bias, .n_group = 4,
+					    .topk_group = 2, .top_k = 2, .normalize = 1, .scaling = 2.5f, .idx = ri, .weight = rw };
+		CHECK(be->route(be, &a) == 0, "%s", dsm_errmsg());
+		/* group sums: g0 1.0, g1 ~1.0, g2 ~1.46, g3 ~1.15 -> groups 2 and 3; best: 4/5 (tie -> 4), then 7 */
+		CHECK(ri[0] == 4 && ri[1] == 7, "route chose %d %d, expected 4 7", ri[0], ri[1]);
+		float s4 = 1 / (1 + expf(-1.0f)), s7 = 1 / (1 + expf(-2.0f));
+		CHECK(fabsf(rw[0] - s4 / (s4 + s7) * 2.5f) < 1e-6f && fabsf(rw[1] - s7 / (s4 + s7) * 2.5f) < 1e-6f,
+		      "route weights %g %g", rw[0], rw[1]);
+	}
+	int64_t T = 9, E = 64;
+	int K = 6;
+	float *lg = rand_buf((size_t)(T * E), 3), *bias = rand_buf((size_t)E, 0.1f);
+	int32_t *i1 = malloc(sizeof(int32_t) * (size_t)(T * K)), *i2 = malloc(sizeof(int32_t) * (size_t)(T * K));
+	float *w1 = out_buf((size_t)(T * K)), *w2 = out_buf((size_t)(T * K));
+	struct dsm_route_args a = { .n_tokens = T, .n_experts = E, .logits = lg, .bias = bias, .n_group = 8,
+				    .topk_group = 4, .top_k = K, .normalize = 1, .scaling = 2.5f, .idx = i1, .weight = w1 };
+	CHECK(be->route(be, &a) == 0, "%s", dsm_errmsg());
+	a.idx = i2;
+	a.weight = w2;
+	CHECK(dsm_ref_route(&a) == 0, "%s", dsm_errmsg());
+	CHECK(memcmp(i1, i2, sizeof(int32_t) * (size_t)(T * K)) == 0, "route indices differ");
+	CHECK_NMSE(w1, w2, (size_t)(T * K), 1e-7, "route weights");
+	for (int64_t t = 0; t < T; t++) {
+		float sum = 0;
+		for (int j = 0; j < K; j++)
+			sum += w1[t * K + j];
+		CHECK(fabsf(sum - 2.5f) < 1e-5f, "route weights sum to %g, not 2.5", sum);
+	}
+	free(lg), free(bias), free(i1), free(i2), free(w1), free(w2);
+	free(q), free(w), free(k), free(o), free(orf);
+}
+
+int main(void)
+{
+	for (int p = 0; p < 2; p++) {
+		struct dsm_backend *be;
+		struct dsm_backend_options o = { .precision = p ? DSM_PRECISION_BF16 : DSM_PRECISION_F32, .threads = 2 };
+		if (dsm_backend_create(&be, "cpu", &o) < 0) {
+			fprintf(stderr, "backend: %s\n", dsm_errmsg());
+			return 99;
+		}
+		worst_nmse = 0;
+		test_matmul(be);
+		test_ffn(be);
+		test_elementwise(be);
+		test_attention(be);
+		test_indexer_topk_route(be);
+		printf("cpu backend, %s: worst NMSE against the scalar reference %.3g\n", dsm_precision_name(o.precision),
+		       worst_nmse);
+		dsm_backend_destroy(be);
+	}
+	CHECK(dsm_physical_cores() >= 1, "physical cores");
+	return TEST_EXIT();
+}

@@ -1,0 +1,548 @@
+/* dsm-bench kernels: the CPU expert kernels against this machine's own limits, measured in the same run.
+ *   (a) DRAM read bandwidth: a streaming AVX-512/AVX2 read loop, several accumulators, all bound threads,
+ *       over a buffer of at least 1 GiB (each NUMA node's threads read memory of their node);
+ *   (b) the FP8 decode kernel on expert-shaped matrices (2048x7168 gate/up, 7168x2048 down) rotating over a
+ *       pool of experts far larger than the last-level cache, 1/2/4/8 tokens: effective weight bandwidth;
+ *   (c) GFLOP/s of the batched path and of the decode path from 1 to 512 tokens, and of oneDNN's own BF16
+ *       matmul of the same shape on weights converted to BF16 (and reordered to its preferred layout)
+ *       beforehand; the switch point between the two paths;
+ *   (d) one MoE layer at decode (8 routed experts + the shared one) against the time its bytes take at (a).
+ * Prints a table, or with --json one JSON object. Every figure is the best of several repetitions. */
+#include "expert_kernels.h"
+#include "topo.h"
+
+#include "dtype.h"
+#include "error.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define HIDDEN 7168
+#define INTER 2048
+#define MiB (1024.0 * 1024.0)
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+struct opts {
+	int json, threads, quick;
+	size_t dram_mb, pool_mb;
+	enum dsm_isa isa;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: dsm-bench kernels [--json] [--threads N] [--isa NAME] [--dram-mb N] [--pool-mb N] [--quick]\n"
+		   "  --threads N   threads, one per physical core (default: every core)\n"
+		   "  --isa NAME    decode kernel: avx512bf16, avx512f, avx2, scalar (default: the best)\n"
+		   "  --dram-mb N   bandwidth probe buffer (default 1024, at least 1024 except with --quick)\n"
+		   "  --pool-mb N   expert pool for (b) and (d) (default: 4x the last-level cache, 512..1536)\n"
+		   "  --quick       small sizes, few repetitions: a smoke test, not a measurement\n");
+}
+
+/* ---- (a) DRAM read bandwidth ---------------------------------------------------------------------------- */
+
+__attribute__((target("avx512f"))) static uint64_t read_avx512(const char *p, size_t n)
+{
+	__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+	for (size_t i = 0; i + 256 <= n; i += 256) {
+		a0 = _mm512_xor_si512(a0, _mm512_load_si512(p + i));
+		a1 = _mm512_xor_si512(a1, _mm512_load_si512(p + i + 64));
+		a2 = _mm512_xor_si512(a2, _mm512_load_si512(p + i + 128));
+		a3 = _mm512_xor_si512(a3, _mm512_load_si512(p + i + 192));
+	}
+	__m512i s = _mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3));
+	return (uint64_t)_mm512_reduce_add_epi64(s);
+}
+
+__attribute__((target("avx2"))) static uint64_t read_avx2(const char *p, size_t n)
+{
+	__m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+	for (size_t i = 0; i + 128 <= n; i += 128) {
+		a0 = _mm256_xor_si256(a0, _mm256_load_si256((const __m256i *)(p + i)));
+		a1 = _mm256_xor_si256(a1, _mm256_load_si256((const __m256i *)(p + i + 32)));
+		a2 = _mm256_xor_si256(a2, _mm256_load_si256((const __m256i *)(p + i + 64)));
+		a3 = _mm256_xor_si256(a3, _mm256_load_si256((const __m256i *)(p + i + 96)));
+	}
+	__m256i s = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+	uint64_t out[4];
+	_mm256_storeu_si256((__m256i *)out, s);
+	return out[0] ^ out[1] ^ out[2] ^ out[3];
+}
+
+static uint64_t read_plain(const char *p, size_t n)
+{
+	uint64_t a[8] = { 0 };
+	for (size_t i = 0; i + 64 <= n; i += 64)
+		for (int k = 0; k < 8; k++) {
+			uint64_t v;
+			memcpy(&v, p + i + 8 * k, 8);
+			a[k] ^= v;
+		}
+	return a[0] ^ a[1] ^ a[2] ^ a[3] ^ a[4] ^ a[5] ^ a[6] ^ a[7];
+}
+
+static uint64_t stream_read(const char *p, size_t n)
+{
+	if (__builtin_cpu_supports("avx512f"))
+		return read_avx512(p, n);
+	if (__builtin_cpu_supports("avx2"))
+		return read_avx2(p, n);
+	return read_plain(p, n);
+}
+
+static volatile uint64_t sink;
+
+/* GB/s: the best of reps passes, each thread reading its share of its own node's buffer. */
+static double dram_read_gbps(struct dsm_topo *t, const struct dsm_topo_threads *plan, size_t bytes, int reps)
+{
+	int n_nodes = plan->th.n_nodes, n = plan->th.n_threads;
+	size_t per_node = bytes / (size_t)n_nodes / 4096 * 4096;
+	char *buf[DSM_EXPERT_MAX_NODES] = { NULL };
+	int first[DSM_EXPERT_MAX_NODES + 1] = { 0 };
+	for (int j = 0; j < n_nodes; j++) {
+		buf[j] = dsm_topo_alloc_node(t, j, per_node);
+		if (!buf[j]) {
+			fprintf(stderr, "dsm-bench: %s\n", dsm_errmsg());
+			exit(1);
+		}
+	}
+	for (int i = 0, j = 0; j <= n_nodes; j++) {
+		while (i < n && plan->thread_node[i] < j)
+			i++;
+		first[j] = i;
+	}
+	/* Touch by the reading threads, so pages are mapped (and, unbound, local to them). */
+#pragma omp parallel num_threads(n)
+	{
+		int i = omp_get_thread_num(), j = plan->thread_node[i], q = i - first[j], Q = first[j + 1] - first[j];
+		size_t a = per_node * (size_t)q / (size_t)Q / 4096 * 4096, b = per_node * (size_t)(q + 1) / (size_t)Q / 4096 * 4096;
+		memset(buf[j] + a, 1, b - a);
+	}
+	double best = 0;
+	for (int r = 0; r < reps; r++) {
+		uint64_t acc = 0;
+		double t0 = now();
+#pragma omp parallel num_threads(n) reduction(^ : acc)
+		{
+			int i = omp_get_thread_num(), j = plan->thread_node[i], q = i - first[j], Q = first[j + 1] - first[j];
+			size_t a = per_node * (size_t)q / (size_t)Q / 4096 * 4096;
+			size_t b = per_node * (size_t)(q + 1) / (size_t)Q / 4096 * 4096;
+			acc ^= stream_read(buf[j] + a, b - a);
+		}
+		double dt = now() - t0;
+		sink = acc;
+		double gbps = (double)per_node * n_nodes / dt / 1e9;
+		if (gbps > best)
+			best = gbps;
+	}
+	for (int j = 0; j < n_nodes; j++)
+		dsm_topo_free(t, buf[j], per_node);
+	return best;
+}
+
+/* ---- Expert pool ---------------------------------------------------------------------------------------- */
+
+static uint64_t rng = 0x243f6a8885a308d3ull;
+
+static uint64_t next_u64(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+static float uniform(void)
+{
+	return (float)((double)(next_u64() >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
+}
+
+/* Random codes without NaN (bit 3 cleared: never 0x7F), scales near 1/64. */
+static void fill_mat(uint8_t *w, float *scale, size_t rows, size_t cols)
+{
+	for (size_t i = 0; i + 8 <= rows * cols; i += 8) {
+		uint64_t v = next_u64() & 0xF7F7F7F7F7F7F7F7ull;
+		memcpy(w + i, &v, 8);
+	}
+	size_t ns = (rows + 127) / 128 * ((cols + 127) / 128);
+	for (size_t i = 0; i < ns; i++)
+		scale[i] = (1.0f + 0.5f * uniform()) / 64.0f;
+}
+
+static size_t expert_bytes(void)
+{
+	size_t s = (INTER / 128) * (HIDDEN / 128) * sizeof(float);
+	return 3 * ((size_t)INTER * HIDDEN + s);
+}
+
+/* ---- oneDNN's own BF16 matmul ---------------------------------------------------------------------------- */
+
+struct onednn {
+	dnnl_engine_t eng;
+	dnnl_stream_t st;
+};
+
+#define DNNL_OK(call) \
+	do { \
+		dnnl_status_t s_ = (call); \
+		if (s_ != dnnl_success) { \
+			fprintf(stderr, "dsm-bench: oneDNN %s: status %d\n", #call, (int)s_); \
+			return -1.0; \
+		} \
+	} while (0)
+
+/* GFLOP/s of C[M, N] = A[M, K] (BF16) . W^T with W [N, K] BF16 reordered once to oneDNN's preferred layout. */
+static double onednn_gflops(struct onednn *d, const uint16_t *w_bf16, size_t M, size_t N, size_t K, int reps)
+{
+	dnnl_memory_desc_t a_md, w_plain, w_any, c_md;
+	dnnl_dims_t ad = { (dnnl_dim_t)M, (dnnl_dim_t)K }, wd = { (dnnl_dim_t)K, (dnnl_dim_t)N },
+		    cd = { (dnnl_dim_t)M, (dnnl_dim_t)N };
+	DNNL_OK(dnnl_memory_desc_init_by_tag(&a_md, 2, ad, dnnl_bf16, dnnl_ab));
+	DNNL_OK(dnnl_memory_desc_init_by_tag(&w_plain, 2, wd, dnnl_bf16, dnnl_ba));
+	DNNL_OK(dnnl_memory_desc_init_by_tag(&w_any, 2, wd, dnnl_bf16, dnnl_format_tag_any));
+	DNNL_OK(dnnl_memory_desc_init_by_tag(&c_md, 2, cd, dnnl_f32, dnnl_ab));
+	dnnl_matmul_desc_t md;
+	DNNL_OK(dnnl_matmul_desc_init(&md, &a_md, &w_any, NULL, &c_md));
+	dnnl_primitive_desc_t pd, rpd;
+	DNNL_OK(dnnl_primitive_desc_create(&pd, &md, NULL, d->eng, NULL));
+	const dnnl_memory_desc_t *w_best = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+	dnnl_primitive_t mm, reorder;
+	DNNL_OK(dnnl_primitive_create(&mm, pd));
+	uint16_t *a = aligned_alloc(64, (M * K * 2 + 63) / 64 * 64);
+	float *c = aligned_alloc(64, (M * N * 4 + 63) / 64 * 64);
+	for (size_t i = 0; i < M * K; i++)
+		a[i] = 0x3f80 ^ (uint16_t)(next_u64() & 0x807f);
+	dnnl_memory_t am, wpm, wm, cm;
+	DNNL_OK(dnnl_memory_create(&am, &a_md, d->eng, a));
+	DNNL_OK(dnnl_memory_create(&wpm, &w_plain, d->eng, (void *)w_bf16));
+	DNNL_OK(dnnl_memory_create(&wm, w_best, d->eng, DNNL_MEMORY_ALLOCATE));
+	DNNL_OK(dnnl_memory_create(&cm, &c_md, d->eng, c));
+	DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, &w_plain, d->eng, w_best, d->eng, NULL));
+	DNNL_OK(dnnl_primitive_create(&reorder, rpd));
+	dnnl_exec_arg_t rargs[2] = { { DNNL_ARG_FROM, wpm }, { DNNL_ARG_TO, wm } };
+	DNNL_OK(dnnl_primitive_execute(reorder, d->st, 2, rargs));
+	DNNL_OK(dnnl_stream_wait(d->st));
+	dnnl_exec_arg_t args[3] = { { DNNL_ARG_SRC, am }, { DNNL_ARG_WEIGHTS, wm }, { DNNL_ARG_DST, cm } };
+	double best = 1e30;
+	for (int r = 0; r < reps + 1; r++) {
+		double t0 = now();
+		DNNL_OK(dnnl_primitive_execute(mm, d->st, 3, args));
+		DNNL_OK(dnnl_stream_wait(d->st));
+		double dt = now() - t0;
+		if (r > 0 && dt < best)
+			best = dt;
+	}
+	dnnl_primitive_destroy(mm);
+	dnnl_primitive_destroy(reorder);
+	dnnl_primitive_desc_destroy(pd);
+	dnnl_primitive_desc_destroy(rpd);
+	dnnl_memory_destroy(am);
+	dnnl_memory_destroy(wpm);
+	dnnl_memory_destroy(wm);
+	dnnl_memory_destroy(cm);
+	free(a);
+	free(c);
+	return 2.0 * (double)M * (double)N * (double)K / best / 1e9;
+}
+
+/* ---- Helpers ---------------------------------------------------------------------------------------------- */
+
+static struct dsm_expert_ctx *make_ctx(enum dsm_isa isa, const struct dsm_topo_threads *plan, size_t gemm_min)
+{
+	struct dsm_expert_opts o = { isa, 0, &plan->th, gemm_min };
+	struct dsm_expert_ctx *ctx = NULL;
+	if (dsm_expert_ctx_init(&ctx, &o) < 0) {
+		fprintf(stderr, "dsm-bench: %s\n", dsm_errmsg());
+		exit(1);
+	}
+	return ctx;
+}
+
+/* A table cell: the value, or "-" when not measured. */
+static const char *cell(double v, char *buf)
+{
+	if (v > 0)
+		snprintf(buf, 32, "%.1f", v);
+	else
+		strcpy(buf, "-");
+	return buf;
+}
+
+static void check(int rc)
+{
+	if (rc < 0) {
+		fprintf(stderr, "dsm-bench: %s\n", dsm_errmsg());
+		exit(1);
+	}
+}
+
+/* Seconds per call of a matmul of M tokens, rotating over the pool's gate/up matrices (best of reps). */
+static double time_matmul(struct dsm_expert_ctx *ctx, struct dsm_topo_expert *pool, int n_pool, size_t M,
+			  const float *x, float *y, int reps)
+{
+	double best = 1e30;
+	int calls = 2 * (n_pool < 8 ? n_pool : 8);
+	for (int r = 0; r < reps + 1; r++) {
+		double t0 = now();
+		for (int k = 0; k < calls; k++) {
+			const struct dsm_expert_part *p = &pool[(k / 2) % n_pool].e.part[0];
+			check(dsm_fp8_matmul(ctx, k % 2 ? &p->up : &p->gate, M, x, y));
+		}
+		double dt = (now() - t0) / calls;
+		if (r > 0 && dt < best)
+			best = dt;
+	}
+	return best;
+}
+
+int bench_kernels_main(int argc, char **argv)
+{
+	struct opts o = { 0, 0, 0, 1024, 0, DSM_ISA_AUTO };
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "--json") == 0) {
+			o.json = 1;
+		} else if (strcmp(a, "--quick") == 0) {
+			o.quick = 1;
+		} else if (strcmp(a, "--threads") == 0 && i + 1 < argc) {
+			o.threads = atoi(argv[++i]);
+		} else if (strcmp(a, "--dram-mb") == 0 && i + 1 < argc) {
+			o.dram_mb = (size_t)atol(argv[++i]);
+		} else if (strcmp(a, "--pool-mb") == 0 && i + 1 < argc) {
+			o.pool_mb = (size_t)atol(argv[++i]);
+		} else if (strcmp(a, "--isa") == 0 && i + 1 < argc) {
+			if (dsm_isa_parse(argv[++i], &o.isa) < 0) {
+				fprintf(stderr, "dsm-bench: %s\n", dsm_errmsg());
+				return 2;
+			}
+		} else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage(stdout);
+			return 0;
+		} else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (o.dram_mb < 1024 && !o.quick) {
+		fprintf(stderr, "dsm-bench: --dram-mb below 1024 is not a DRAM measurement (use --quick)\n");
+		return 2;
+	}
+	if (o.quick) {
+		o.dram_mb = o.dram_mb < 1024 ? o.dram_mb : 128;
+		if (!o.pool_mb)
+			o.pool_mb = 160;
+	}
+	int reps = o.quick ? 1 : 3;
+	enum dsm_isa isa = o.isa == DSM_ISA_AUTO ? dsm_isa_best() : o.isa;
+	if (!dsm_isa_available(isa)) {
+		fprintf(stderr, "dsm-bench: this CPU lacks %s\n", dsm_isa_name(isa));
+		return 2;
+	}
+
+	struct dsm_topo *topo = NULL;
+	struct dsm_topo_threads plan;
+	check(dsm_topo_open(&topo, NULL));
+	check(dsm_topo_plan_threads(topo, o.threads, &plan));
+	int n = plan.th.n_threads;
+	/* Every OpenMP thread (ours and oneDNN's: the same runtime) bound to its core once. */
+	omp_set_num_threads(n);
+#pragma omp parallel num_threads(n)
+	dsm_topo_bind_thread(&plan, omp_get_thread_num());
+
+	/* (a) */
+	double dram = dram_read_gbps(topo, &plan, o.dram_mb << 20, o.quick ? 2 : 5);
+
+	/* The pool: experts placed per NUMA node, from one random expert. */
+	size_t llc = dsm_topo_llc_bytes(topo);
+	size_t pool_mb = o.pool_mb;
+	if (!pool_mb) {
+		pool_mb = (size_t)(4.0 * (double)llc / MiB);
+		pool_mb = pool_mb < 512 ? 512 : pool_mb > 1536 ? 1536 : pool_mb;
+	}
+	int n_pool = (int)((double)pool_mb * MiB / (double)expert_bytes());
+	if (n_pool < 10)
+		n_pool = 10;
+	uint8_t *sw[3];
+	float *ss[3];
+	struct dsm_fp8_mat sm[3];
+	for (int k = 0; k < 3; k++) {
+		size_t rows = k == 2 ? HIDDEN : INTER, cols = k == 2 ? INTER : HIDDEN;
+		sw[k] = malloc(rows * cols);
+		ss[k] = malloc((rows / 128) * (cols / 128) * sizeof(float));
+		fill_mat(sw[k], ss[k], rows, cols);
+		sm[k] = dsm_fp8_mat_dense(sw[k], ss[k], rows, cols);
+	}
+	struct dsm_expert_fp8 src;
+	check(dsm_expert_fp8_init(&src, &sm[0], &sm[1], &sm[2]));
+	struct dsm_topo_expert *pool = calloc((size_t)n_pool, sizeof(*pool));
+	for (int e = 0; e < n_pool; e++)
+		check(dsm_topo_place_expert(topo, &src, plan.th.n_nodes, &pool[e]));
+	/* The unsplit view of each expert for the matmul figures (one part per node otherwise). */
+	struct dsm_topo_expert *flat = pool;
+	if (plan.th.n_nodes > 1) {
+		flat = calloc((size_t)n_pool, sizeof(*flat));
+		for (int e = 0; e < n_pool; e++)
+			check(dsm_topo_place_expert(topo, &src, 1, &flat[e]));
+	}
+
+	float *x = malloc(512 * HIDDEN * sizeof(float)), *y = malloc(512 * HIDDEN * sizeof(float));
+	for (size_t i = 0; i < 512 * HIDDEN; i++)
+		x[i] = uniform();
+
+	/* (b) decode kernel over the whole pool. */
+	struct dsm_expert_ctx *gemv = make_ctx(isa, &plan, SIZE_MAX);
+	static const size_t toks[4] = { 1, 2, 4, 8 };
+	double gemv_gbps[4];
+	for (int k = 0; k < 4; k++) {
+		double best = 1e30;
+		for (int r = 0; r < reps + 1; r++) {
+			double t0 = now();
+			for (int e = 0; e < n_pool; e++) {
+				const struct dsm_expert_part *p = &flat[e].e.part[0];
+				check(dsm_fp8_matmul(gemv, &p->gate, toks[k], x, y));
+				check(dsm_fp8_matmul(gemv, &p->up, toks[k], x, y));
+				check(dsm_fp8_matmul(gemv, &p->down, toks[k], x, y));
+			}
+			double dt = now() - t0;
+			if (r > 0 && dt < best)
+				best = dt;
+		}
+		gemv_gbps[k] = (double)n_pool * (double)expert_bytes() / best / 1e9;
+	}
+
+	/* (c) batched path, decode path and oneDNN from 1 to 512 tokens. */
+	struct dsm_expert_ctx *gemm = isa == DSM_ISA_AVX512BF16 ? make_ctx(isa, &plan, 1) : NULL;
+	static const size_t ms[] = { 1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256, 512 };
+	enum { NM = sizeof(ms) / sizeof(ms[0]) };
+	double g_gemv[NM], g_gemm[NM], g_dnnl[NM];
+	uint16_t *w_bf16 = malloc((size_t)INTER * HIDDEN * sizeof(uint16_t));
+	for (size_t i = 0; i < (size_t)INTER * HIDDEN; i++)
+		w_bf16[i] = dsm_f32_to_bf16(dsm_fp8_table[sw[0][i]] * ss[0][(i / HIDDEN / 128) * (HIDDEN / 128) +
+									   (i % HIDDEN) / 128]);
+	struct onednn d;
+	int have_dnnl = dnnl_engine_create(&d.eng, dnnl_cpu, 0) == dnnl_success &&
+			dnnl_stream_create(&d.st, d.eng, dnnl_stream_default_flags) == dnnl_success;
+	for (int k = 0; k < NM; k++) {
+		double flop = 2.0 * (double)ms[k] * INTER * HIDDEN;
+		g_gemv[k] = ms[k] <= 64 ? flop / time_matmul(gemv, flat, n_pool, ms[k], x, y, reps) / 1e9 : 0;
+		g_gemm[k] = gemm && ms[k] >= 8 ? flop / time_matmul(gemm, flat, n_pool, ms[k], x, y, reps) / 1e9 : 0;
+		g_dnnl[k] = have_dnnl && ms[k] >= 16 ? onednn_gflops(&d, w_bf16, ms[k], INTER, HIDDEN, reps) : 0;
+	}
+	size_t switch_at = 0;
+	for (int k = 0; k < NM && gemm; k++)
+		if (g_gemm[k] > 0 && g_gemv[k] > 0 && g_gemm[k] >= g_gemv[k]) {
+			switch_at = ms[k];
+			break;
+		}
+
+	/* (d) one MoE layer at decode: 8 routed + shared, a fresh set of experts each call. */
+	struct dsm_expert_ctx *ctx = make_ctx(isa, &plan, 0);
+	const struct dsm_expert_fp8 **ptrs = calloc((size_t)n_pool, sizeof(*ptrs));
+	for (int e = 0; e < n_pool; e++)
+		ptrs[e] = &pool[e].e;
+	int calls = o.quick ? 4 : 3 * n_pool;
+	int32_t ids[8];
+	float wts[8];
+	double layer_best = 1e30;
+	for (int r = 0; r < reps + 1; r++) {
+		double t0 = now();
+		for (int c = 0; c < calls; c++) {
+			for (int k = 0; k < 8; k++) {
+				ids[k] = (9 * c + k) % n_pool;
+				wts[k] = 0.125f;
+			}
+			struct dsm_moe_args a = { 1, 8, x, ids, wts, ptrs, (size_t)n_pool, &pool[(9 * c + 8) % n_pool].e, 0, y };
+			check(dsm_moe_layer(ctx, &a));
+		}
+		double dt = (now() - t0) / calls;
+		if (r > 0 && dt < layer_best)
+			layer_best = dt;
+	}
+	double layer_bytes = 9.0 * (double)expert_bytes();
+	double layer_bound = layer_bytes / (dram * 1e9);
+
+	int k256 = 0;
+	for (int k = 0; k < NM; k++)
+		if (ms[k] == 256)
+			k256 = k;
+	double gemm_ratio = g_dnnl[k256] > 0 ? g_gemm[k256] / g_dnnl[k256] : 0;
+	if (o.json) {
+		printf("{\"isa\": \"%s\", \"threads\": %d, \"numa_nodes\": %d, \"llc_bytes\": %zu, \"pool_bytes\": %.0f, "
+		       "\"dram_read_gbps\": %.2f", dsm_isa_name(isa), n, plan.th.n_nodes, llc,
+		       (double)n_pool * (double)expert_bytes(), dram);
+		for (int k = 0; k < 4; k++)
+			printf(", \"fp8_gemv_gbps_t%zu\": %.2f, \"gemv_ratio_t%zu\": %.3f", toks[k], gemv_gbps[k], toks[k],
+			       gemv_gbps[k] / dram);
+		for (int k = 0; k < NM; k++) {
+			if (g_gemv[k] > 0)
+				printf(", \"gemv_gflops_m%zu\": %.1f", ms[k], g_gemv[k]);
+			if (g_gemm[k] > 0)
+				printf(", \"gemm_gflops_m%zu\": %.1f", ms[k], g_gemm[k]);
+			if (g_dnnl[k] > 0)
+				printf(", \"onednn_gflops_m%zu\": %.1f", ms[k], g_dnnl[k]);
+		}
+		printf(", \"gemm_ratio_m256\": %.3f, \"switch_tokens\": %zu, \"gemm_min_tokens\": %zu, "
+		       "\"moe_layer_ms\": %.3f, \"moe_layer_bound_ms\": %.3f, \"moe_layer_ratio\": %.3f}\n", gemm_ratio,
+		       switch_at, dsm_expert_ctx_gemm_min_tokens(ctx), layer_best * 1e3, layer_bound * 1e3,
+		       layer_bound / layer_best);
+	} else {
+		printf("dsm-bench kernels: %s, %d thread(s) on %d NUMA node(s), LLC %.0f MiB (hwloc), pool %d experts "
+		       "(%.0f MiB)%s\n\n", dsm_isa_name(isa), n, plan.th.n_nodes, (double)llc / MiB, n_pool,
+		       (double)n_pool * (double)expert_bytes() / MiB, o.quick ? ", --quick: NOT a measurement" : "");
+		printf("(a) DRAM read                          %8.2f GB/s\n", dram);
+		for (int k = 0; k < 4; k++)
+			printf("(b) FP8 decode GEMV, %zu token(s)        %8.2f GB/s   %5.3f of DRAM\n", toks[k], gemv_gbps[k],
+			       gemv_gbps[k] / dram);
+		printf("\n(c) 2048x7168 matmul, GFLOP/s\n    tokens   decode path  batched path  oneDNN bf16  batched/oneDNN\n");
+		for (int k = 0; k < NM; k++) {
+			char c0[32], c1[32], c2[32];
+			printf("    %6zu  %11s  %12s  %11s", ms[k], cell(g_gemv[k], c0), cell(g_gemm[k], c1), cell(g_dnnl[k], c2));
+			if (g_dnnl[k] > 0 && g_gemm[k] > 0)
+				printf("  %14.3f", g_gemm[k] / g_dnnl[k]);
+			printf("\n");
+		}
+		printf("    switch point (batched >= decode): %zu tokens; context default %zu\n\n", switch_at,
+		       dsm_expert_ctx_gemm_min_tokens(ctx));
+		printf("(d) MoE layer, 1 token, 8 experts + shared: %.3f ms, bytes at DRAM rate %.3f ms, ratio %.3f\n",
+		       layer_best * 1e3, layer_bound * 1e3, layer_bound / layer_best);
+	}
+
+	if (have_dnnl) {
+		dnnl_stream_destroy(d.st);
+		dnnl_engine_destroy(d.eng);
+	}
+	dsm_expert_ctx_free(ctx);
+	dsm_expert_ctx_free(gemv);
+	dsm_expert_ctx_free(gemm);
+	for (int e = 0; e < n_pool; e++) {
+		dsm_topo_expert_free(topo, &pool[e]);
+		if (flat != pool)
+			dsm_topo_expert_free(topo, &flat[e]);
+	}
+	if (flat != pool)
+		free(flat);
+	free(pool);
+	free(ptrs);
+	free(w_bf16);
+	free(x);
+	free(y);
+	for (int k = 0; k < 3; k++) {
+		free(sw[k]);
+		free(ss[k]);
+	}
+	dsm_topo_threads_free(&plan);
+	dsm_topo_close(topo);
+	return 0;
+}
