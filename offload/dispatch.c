@@ -78,25 +78,6 @@ static struct expert_info *info(struct dsm_offload *o, int layer, int expert)
 	return &o->ex[(size_t)layer * (size_t)o->n_experts + (size_t)expert];
 }
 
-static int pread_tensor(const struct dsm_checkpoint *ck, const struct dsm_tensor *t, void *dst)
-{
-	const struct dsm_shard *s = &ck->shards[t->shard];
-	uint64_t done = 0;
-	while (done < t->nbytes) {
-		ssize_t r = pread(s->fd, (char *)dst + done, (size_t)(t->nbytes - done), (off_t)(t->offset + done));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return dsm_fail(DSM_EIO, "%s: tensor '%s': read at offset %llu failed: %s", s->path, t->name,
-					(unsigned long long)(t->offset + done), strerror(errno));
-		if (r == 0)
-			return dsm_fail(DSM_ETRUNCATED, "%s: tensor '%s': the file ends at offset %llu, inside the tensor",
-					s->path, t->name, (unsigned long long)(t->offset + done));
-		done += (uint64_t)r;
-	}
-	return 0;
-}
-
 static void make_weights(const struct expert_info *e, const void *const data[DSM_EXPERT_NPROJ],
 			 const float *const scale[DSM_EXPERT_NPROJ], struct dsm_ffn_weights *w)
 {
@@ -240,7 +221,7 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, 
 				if (!s)
 					continue;
 				float *dst = (float *)((char *)o->scales + at);
-				if ((rc = pread_tensor(ck, s, dst)) < 0)
+				if ((rc = dsm_checkpoint_read(ck, s, dst)) < 0)
 					goto err;
 				e->scale[j] = dst;
 				at += s->nbytes;
@@ -843,126 +824,7 @@ const struct dsm_cache *dsm_offload_cache(const struct dsm_offload *o)
 	return o->cache;
 }
 
-/* ---- Set-up and report ---- */
-
-/* MemAvailable of /proc/meminfo in bytes, 0 when unknown. */
-static uint64_t available_memory(void)
-{
-	FILE *f = fopen("/proc/meminfo", "r");
-	if (!f)
-		return 0;
-	char line[256];
-	unsigned long long kb = 0;
-	while (fgets(line, sizeof line, f))
-		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
-			break;
-	fclose(f);
-	return (uint64_t)kb * 1024;
-}
-
-/* Hotness of every expert: counts of a routing trace, else the router bias (a larger bias is chosen more
- * often). hot is [n_layers * n_experts]. */
-static int expert_hotness(const struct dsm_checkpoint *ck, const char *trace, double *hot)
-{
-	const struct dsm_config *c = &ck->config;
-	size_t n = (size_t)c->num_hidden_layers * (size_t)c->n_routed_experts;
-	if (trace) {
-		struct dsm_trace_info in;
-		uint64_t *counts;
-		int rc = dsm_trace_counts(trace, &in, &counts);
-		if (rc < 0)
-			return rc;
-		if (in.n_layers != (uint32_t)c->num_hidden_layers || in.n_experts != (uint32_t)c->n_routed_experts) {
-			free(counts);
-			return dsm_fail(DSM_EARG, "%s: the routing trace is for a model with %u layers and %u experts, the "
-					"checkpoint has %d and %d", trace, in.n_layers, in.n_experts, c->num_hidden_layers,
-					c->n_routed_experts);
-		}
-		for (size_t i = 0; i < n; i++)
-			hot[i] = (double)counts[i];
-		free(counts);
-		return 0;
-	}
-	float *b = malloc(sizeof(float) * (size_t)c->n_routed_experts);
-	void *raw = malloc(sizeof(float) * (size_t)c->n_routed_experts);
-	int rc = 0;
-	if (!b || !raw) {
-		rc = dsm_fail(DSM_ENOMEM, "out of memory");
-		goto out;
-	}
-	for (int l = c->first_k_dense_replace; l < c->num_hidden_layers; l++) {
-		char name[DSM_NAME_MAX];
-		snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
-		const struct dsm_tensor *t = dsm_plan_tensor(ck, name);
-		if (!t || t->nbytes > sizeof(float) * (size_t)c->n_routed_experts)
-			continue;
-		if ((rc = pread_tensor(ck, t, raw)) < 0)
-			goto out;
-		dsm_convert_to_f32(b, raw, t->dtype, (size_t)c->n_routed_experts);
-		for (int x = 0; x < c->n_routed_experts; x++)
-			hot[(size_t)l * c->n_routed_experts + x] = b[x];
-	}
-out:
-	free(b);
-	free(raw);
-	return rc;
-}
-
-int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, const struct dsm_checkpoint *ck,
-		      const struct dsm_offload_setup *s)
-{
-	*out = NULL;
-	*plan_out = NULL;
-	const struct dsm_config *c = &ck->config;
-	struct dsm_plan *p = NULL;
-	size_t n_keys = (size_t)c->num_hidden_layers * (size_t)c->n_routed_experts;
-	double *hot = calloc(n_keys ? n_keys : 1, sizeof *hot);
-	int rc;
-	if (!hot)
-		return dsm_fail(DSM_ENOMEM, "out of memory");
-	if ((rc = expert_hotness(ck, s->hotness_trace, hot)) < 0)
-		goto out;
-	struct dsm_plan_sizes sz;
-	if ((rc = dsm_plan_sizes_from_checkpoint(ck, &sz)) < 0)
-		goto out;
-	uint64_t min_cache = 2ull * (uint64_t)(c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1) *
-			     (sz.expert_bytes + 65536);
-	if (s->plan_path) {
-		if ((rc = dsm_plan_load(&p, s->plan_path, c)) < 0)
-			goto out;
-	} else {
-		uint64_t dram = s->dram_budget;
-		if (!dram) {
-			uint64_t avail = available_memory(), margin = avail / 10;
-			margin = margin < (1ull << 30) ? (1ull << 30) : margin;
-			dram = avail > margin ? avail - margin : 0;
-		}
-		struct dsm_plan_budget b = { .vram_bytes = s->gpu ? s->vram_budget : 0, .dram_bytes = dram,
-			.dram_reserve = s->cache_bytes ? s->cache_bytes : min_cache };
-		if (s->stream_all)
-			b.dram_bytes = b.dram_bytes < sz.non_expert_total + b.dram_reserve ? b.dram_bytes
-											  : sz.non_expert_total + b.dram_reserve;
-		if ((rc = dsm_plan_from_budgets(&p, c, &sz, &b, hot)) < 0)
-			goto out;
-		if (s->stream_all)
-			for (size_t i = 0; i < n_keys; i++)
-				p->expert[i] = (struct dsm_tier){ DSM_TIER_NVME, 0 };
-	}
-	struct dsm_offload_opts oo = {
-		.plan = p, .cpu = s->cpu, .gpu = s->gpu,
-		.policy = s->cache_policy >= 0 ? s->cache_policy : p->cache_policy >= 0 ? p->cache_policy : DSM_CACHE_LRU,
-		.cache_bytes = s->cache_bytes ? s->cache_bytes : p->cache_bytes,
-		.cache_off = s->cache_off, .hotness = hot, .stream = s->stream,
-	};
-	if ((rc = dsm_offload_open(out, ck, &oo)) < 0)
-		goto out;
-	*plan_out = p;
-	p = NULL;
-out:
-	dsm_plan_free(p);
-	free(hot);
-	return rc;
-}
+/* ---- Report ---- */
 
 void dsm_offload_report(const struct dsm_offload *o, const struct dsm_plan *p, uint64_t n_tokens, double seconds,
 			struct dsm_offload_report *r)
@@ -983,17 +845,4 @@ void dsm_offload_report(const struct dsm_offload *o, const struct dsm_plan *p, u
 	r->attention_seconds = rest > 0 ? rest : 0;
 	r->cache_slots = o->cache ? dsm_cache_slots(o->cache) : 0;
 	r->cache_policy = dsm_cache_policy_name(o->o.policy);
-}
-
-void dsm_offload_report_text(const struct dsm_offload_report *r, char *buf, size_t size)
-{
-	snprintf(buf, size,
-		 "offload: experts gpu %llu, dram %llu, nvme %llu; NVMe %.1f MB/token at %.2f GB/s; cache %s %llu slots, "
-		 "hit rate %.1f%%; prefetch hit rate %.1f%%; time: attention and the rest %.3f s, cpu experts %.3f s, "
-		 "gpu experts %.3f s, waiting on I/O %.3f s",
-		 (unsigned long long)r->experts[DSM_TIER_GPU], (unsigned long long)r->experts[DSM_TIER_DRAM],
-		 (unsigned long long)r->experts[DSM_TIER_NVME], r->nvme_bytes_per_token / 1e6, r->read_gbs,
-		 r->cache_policy, (unsigned long long)r->cache_slots, 100 * r->cache_hit_rate,
-		 100 * r->prefetch_hit_rate, r->attention_seconds, r->cpu_expert_seconds, r->gpu_expert_seconds,
-		 r->io_wait_seconds);
 }

@@ -85,7 +85,7 @@ int text_buffer_append(struct text_buffer *b, const void *data, size_t len)
 /* ---- the byte-level alphabet ---------------------------------------------------------------------- */
 
 /* GPT-2's bytes_to_unicode: printable bytes stand for themselves, the other 68 map to U+0100.. in order. */
-static uint32_t byte_to_char(unsigned b)
+uint32_t tokenizer_byte_to_char(unsigned b)
 {
 	if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)
 		return b;
@@ -107,7 +107,7 @@ static void init_char_to_byte(void)
 	for (int c = 0; c < 324; c++)
 		char_to_byte[c] = -1;
 	for (unsigned b = 0; b < 256; b++)
-		char_to_byte[byte_to_char(b)] = (int)b;
+		char_to_byte[tokenizer_byte_to_char(b)] = (int)b;
 	done = 1;
 }
 

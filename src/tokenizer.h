@@ -109,4 +109,7 @@ int tokenizer_is_special(const struct tokenizer *tok, int32_t id);
  * reference's lossy conversion and of the Unicode standard's "maximal subpart" practice). */
 int utf8_append_lossy(struct text_buffer *out, const unsigned char *s, size_t len);
 
+/* GPT-2's bytes_to_unicode, the ByteLevel alphabet: the code point that stands for byte b. */
+uint32_t tokenizer_byte_to_char(unsigned b);
+
 #endif

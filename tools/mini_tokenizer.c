@@ -8,6 +8,7 @@
 #include "mini_tokenizer.h"
 
 #include "error.h"
+#include "tokenizer.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -45,24 +46,12 @@ static const char *const special_strings[4] = {"<think>", "</think>", "<\xef\xbd
 static const char bos_string[] = "<\xef\xbd\x9c" "begin\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
 static const char eos_string[] = "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>";
 
-/* GPT-2's bytes_to_unicode (the ByteLevel alphabet). */
-static unsigned byte_char(unsigned b)
-{
-	if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)
-		return b;
-	unsigned n = 0;
-	for (unsigned k = 0; k < b; k++)
-		if (!((k >= 33 && k <= 126) || (k >= 161 && k <= 172) || k >= 174))
-			n++;
-	return 256 + n;
-}
-
 /* Appends the ByteLevel spelling of bytes to out (6 bytes per input byte at most). */
 static size_t byte_level(const unsigned char *bytes, size_t n, char *out)
 {
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
-		unsigned c = byte_char(bytes[i]);
+		unsigned c = tokenizer_byte_to_char(bytes[i]);
 		if (c < 0x80) {
 			out[k++] = (char)c;
 		} else {
