@@ -46,23 +46,44 @@ static void usage(FILE *f)
 	fprintf(f, "usage: dsm-bench kernels [--json] [--threads N] [--isa NAME] [--dram-mb N] [--pool-mb N] [--quick]\n"
 		   "  --threads N   threads, one per physical core (default: every core)\n"
 		   "  --isa NAME    decode kernel: avx512bf16, avx512f, avx2, scalar (default: the best)\n"
-		   "  --dram-mb N   bandwidth probe buffer (default 1024, at least 1024 except with --quick)\n"
-		   "  --pool-mb N   expert pool for (b) and (d) (default: 4x the last-level cache, 512..1536)\n"
+		   "  --dram-mb N   bandwidth probe buffer (default: the pool's size; at least 1024 except with --quick)\n"
+		   "  --pool-mb N   expert pool for (b), (c) and (d) (default: 4x the last-level cache hwloc reports,\n"
+		   "                at least 1024, at most 4096 and a quarter of the available memory)\n"
 		   "  --quick       small sizes, few repetitions: a smoke test, not a measurement\n");
+}
+
+/* MiB of memory the system can give without swapping (MemAvailable), 0 when unknown. */
+static size_t avail_mb(void)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	if (!f)
+		return 0;
+	char line[256];
+	size_t kb = 0;
+	while (fgets(line, sizeof line, f))
+		if (sscanf(line, "MemAvailable: %zu kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb / 1024;
 }
 
 /* ---- (a) DRAM read bandwidth ---------------------------------------------------------------------------- */
 
 __attribute__((target("avx512f"))) static uint64_t read_avx512(const char *p, size_t n)
 {
-	__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-	for (size_t i = 0; i + 256 <= n; i += 256) {
+	__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+	for (size_t i = 0; i + 512 <= n; i += 512) {
 		a0 = _mm512_xor_si512(a0, _mm512_load_si512(p + i));
 		a1 = _mm512_xor_si512(a1, _mm512_load_si512(p + i + 64));
 		a2 = _mm512_xor_si512(a2, _mm512_load_si512(p + i + 128));
 		a3 = _mm512_xor_si512(a3, _mm512_load_si512(p + i + 192));
+		a4 = _mm512_xor_si512(a4, _mm512_load_si512(p + i + 256));
+		a5 = _mm512_xor_si512(a5, _mm512_load_si512(p + i + 320));
+		a6 = _mm512_xor_si512(a6, _mm512_load_si512(p + i + 384));
+		a7 = _mm512_xor_si512(a7, _mm512_load_si512(p + i + 448));
 	}
-	__m512i s = _mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3));
+	__m512i s = _mm512_xor_si512(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3)),
+				     _mm512_xor_si512(_mm512_xor_si512(a4, a5), _mm512_xor_si512(a6, a7)));
 	return (uint64_t)_mm512_reduce_add_epi64(s);
 }
 
@@ -309,7 +330,7 @@ static double time_matmul(struct dsm_expert_ctx *ctx, struct dsm_topo_expert *po
 
 int bench_kernels_main(int argc, char **argv)
 {
-	struct opts o = { 0, 0, 0, 1024, 0, DSM_ISA_AUTO };
+	struct opts o = { 0, 0, 0, 0, 0, DSM_ISA_AUTO };
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (strcmp(a, "--json") == 0) {
@@ -335,12 +356,12 @@ int bench_kernels_main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (o.dram_mb < 1024 && !o.quick) {
+	if (o.dram_mb && o.dram_mb < 1024 && !o.quick) {
 		fprintf(stderr, "dsm-bench: --dram-mb below 1024 is not a DRAM measurement (use --quick)\n");
 		return 2;
 	}
 	if (o.quick) {
-		o.dram_mb = o.dram_mb < 1024 ? o.dram_mb : 128;
+		o.dram_mb = o.dram_mb && o.dram_mb < 1024 ? o.dram_mb : 128;
 		if (!o.pool_mb)
 			o.pool_mb = 160;
 	}
@@ -361,19 +382,29 @@ int bench_kernels_main(int argc, char **argv)
 #pragma omp parallel num_threads(n)
 	dsm_topo_bind_thread(&plan, omp_get_thread_num());
 
-	/* (a) */
-	double dram = dram_read_gbps(topo, &plan, o.dram_mb << 20, o.quick ? 2 : 5);
-
-	/* The pool: experts placed per NUMA node, from one random expert. */
+	/* Sizes. The pool must be far larger than every cache: 4x the last-level cache hwloc reports. A VM may
+	 * report the host's whole L3 (this one reports about 1 GiB for two vCPUs that share one 32 MiB L3), so
+	 * the pool is clamped to [1 GiB, min(4 GiB, available memory / 4)]. The DRAM probe reads a buffer of
+	 * the same size, so that the limit and the kernel see the same memory (pages, TLB reach, caches). */
 	size_t llc = dsm_topo_llc_bytes(topo);
 	size_t pool_mb = o.pool_mb;
 	if (!pool_mb) {
+		size_t cap = 4096, av = avail_mb();
+		if (av && av / 4 < cap)
+			cap = av / 4 > 1024 ? av / 4 : 1024;
 		pool_mb = (size_t)(4.0 * (double)llc / MiB);
-		pool_mb = pool_mb < 512 ? 512 : pool_mb > 1536 ? 1536 : pool_mb;
+		pool_mb = pool_mb < 1024 ? 1024 : pool_mb > cap ? cap : pool_mb;
 	}
 	int n_pool = (int)((double)pool_mb * MiB / (double)expert_bytes());
 	if (n_pool < 10)
 		n_pool = 10;
+	double pool_bytes = (double)n_pool * (double)expert_bytes();
+	size_t dram_bytes = o.dram_mb ? o.dram_mb << 20 : (size_t)pool_bytes;
+
+	/* (a), before the pool exists: the bench never holds both. */
+	double dram = dram_read_gbps(topo, &plan, dram_bytes, o.quick ? 2 : 5);
+
+	/* The pool: experts placed per NUMA node, from one random expert. */
 	uint8_t *sw[3];
 	float *ss[3];
 	struct dsm_fp8_mat sm[3];
@@ -480,8 +511,8 @@ int bench_kernels_main(int argc, char **argv)
 	double gemm_ratio = g_dnnl[k256] > 0 ? g_gemm[k256] / g_dnnl[k256] : 0;
 	if (o.json) {
 		printf("{\"isa\": \"%s\", \"threads\": %d, \"numa_nodes\": %d, \"llc_bytes\": %zu, \"pool_bytes\": %.0f, "
-		       "\"dram_read_gbps\": %.2f", dsm_isa_name(isa), n, plan.th.n_nodes, llc,
-		       (double)n_pool * (double)expert_bytes(), dram);
+		       "\"pool_experts\": %d, \"dram_bytes\": %zu, \"dram_read_gbps\": %.2f", dsm_isa_name(isa), n,
+		       plan.th.n_nodes, llc, pool_bytes, n_pool, dram_bytes, dram);
 		for (int k = 0; k < 4; k++)
 			printf(", \"fp8_gemv_gbps_t%zu\": %.2f, \"gemv_ratio_t%zu\": %.3f", toks[k], gemv_gbps[k], toks[k],
 			       gemv_gbps[k] / dram);
@@ -499,8 +530,8 @@ int bench_kernels_main(int argc, char **argv)
 		       layer_bound / layer_best);
 	} else {
 		printf("dsm-bench kernels: %s, %d thread(s) on %d NUMA node(s), LLC %.0f MiB (hwloc), pool %d experts "
-		       "(%.0f MiB)%s\n\n", dsm_isa_name(isa), n, plan.th.n_nodes, (double)llc / MiB, n_pool,
-		       (double)n_pool * (double)expert_bytes() / MiB, o.quick ? ", --quick: NOT a measurement" : "");
+		       "(%.0f MiB), DRAM probe %.0f MiB%s\n\n", dsm_isa_name(isa), n, plan.th.n_nodes, (double)llc / MiB,
+		       n_pool, pool_bytes / MiB, (double)dram_bytes / MiB, o.quick ? ", --quick: NOT a measurement" : "");
 		printf("(a) DRAM read                          %8.2f GB/s\n", dram);
 		for (int k = 0; k < 4; k++)
 			printf("(b) FP8 decode GEMV, %zu token(s)        %8.2f GB/s   %5.3f of DRAM\n", toks[k], gemv_gbps[k],

@@ -77,17 +77,17 @@ DSM_BF16_TARGET static ALWAYS_INLINE void fp8x64_bf16(__m512i v, const struct bf
  * products in column order, whatever R and T: a token's result does not depend on how many tokens share the
  * pass (decode equals prefill). Each activation vector is loaded once for the R rows. */
 DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const struct bf16_tables *tb,
-						    const uint16_t *xp, __m512 acc[4][8], const int R, const int T)
+						    const uint16_t *xp, __m512 acc[8][8], const int R, const int T)
 {
-	__m512bh a[4], b[4];
-#pragma GCC unroll 4
+	__m512bh a[8], b[8];
+#pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
 		fp8x64_bf16(v[r], tb, &a[r], &b[r]);
 #pragma GCC unroll 8
 	for (int t = 0; t < T; t++) {
 		__m512bh xa = (__m512bh)_mm512_load_si512(xp + t * 64);
 		__m512bh xb = (__m512bh)_mm512_load_si512(xp + t * 64 + 32);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
 		for (int r = 0; r < R; r++)
 			acc[r][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][t], a[r], xa), b[r], xb);
 	}
@@ -95,40 +95,40 @@ DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const stru
 
 /* R rows starting at w, T tokens: y[t, r] for r < R. */
 DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld, size_t cols, const uint16_t *xs,
-						    float *y, size_t y_ld, const int R, const int T)
+						    size_t xstride, float *y, size_t y_ld, const int R, const int T)
 {
 	struct bf16_tables tb = {
 		_mm512_load_si512(dsm_fp8_bf16_hi), _mm512_load_si512(dsm_fp8_bf16_hi + 64),
 		_mm512_load_si512(dsm_fp8_bf16_lo), _mm512_load_si512(dsm_fp8_bf16_lo + 64),
 		_mm512_set1_epi8((char)0x80),
 	};
-	__m512 acc[4][8];
-	__m512i v[4];
-#pragma GCC unroll 4
+	__m512 acc[8][8];
+	__m512i v[8];
+#pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
 		for (int t = 0; t < T; t++)
 			acc[r][t] = _mm512_setzero_ps();
 	size_t nfull = cols / 64, rem = cols % 64;
 	for (size_t i = 0; i < nfull; i++) {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
 		for (int r = 0; r < R; r++) {
 			/* 1 KiB ahead in each row: measured +50% on DRAM-resident experts over the hardware
-			 * prefetcher alone (docs/kernels.md); past a row's end it reaches the next rows, which
-			 * come next. Prefetches never fault. */
+			 * prefetcher alone; 2-4 KiB, NTA and L2 hints are no better (docs/kernels.md). Past a
+			 * row's end it reaches the next rows, which come next. Prefetches never fault. */
 			_mm_prefetch((const char *)(w + r * ld + i * 64 + GEMV_PREFETCH), _MM_HINT_T0);
 			v[r] = _mm512_loadu_si512(w + r * ld + i * 64);
 		}
-		step_bf16(v, &tb, xs + i * 64 * T, acc, R, T);
+		step_bf16(v, &tb, xs + i * xstride, acc, R, T);
 	}
 	if (rem) {
 		__mmask64 m = (1ull << rem) - 1;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
 		for (int r = 0; r < R; r++)
 			v[r] = _mm512_maskz_loadu_epi8(m, w + r * ld + nfull * 64);
-		step_bf16(v, &tb, xs + nfull * 64 * T, acc, R, T);
+		step_bf16(v, &tb, xs + nfull * xstride, acc, R, T);
 	}
-#pragma GCC unroll 4
+#pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
 		for (int t = 0; t < T; t++)
@@ -145,17 +145,53 @@ typedef void (*rows_fn)(const uint8_t *w, size_t ld, size_t cols, const void *xs
 					     float *y, size_t y_ld) \
 	{ rows_##isa(w, ld, cols, xs, y, y_ld, R, T); }
 
-/* 4 rows x up to 4 tokens: 16 accumulators, 8 converted vectors and the tables fill the 32 registers. More
- * tokens run in passes of 4 over the block while it is in cache: 4 rows sharing each activation load beat
- * 2 rows with 8 tokens, whose activations come from L2 for every row pair. */
-#define BF16_R 4
+/* 1 token: 8 rows, i.e. 8 independent dot-product chains (with 4 rows a (row, token) chain of dependent
+ * vdpbf16ps limits the rate and the loads run less far ahead: measured 37 -> 43 GB/s from DRAM with 2
+ * threads). 2-8 tokens: 4 rows x up to 4 tokens: 16 accumulators, 8 converted vectors and the tables fill the
+ * 32 registers; 5-8 tokens run as two passes over each group of 4 rows (28 KiB, in L1/L2), with the
+ * activations of all tokens prepared once per 128-row block. 4 rows sharing each activation load beat 2 rows
+ * with 8 tokens, whose activations come from L2 for every row pair. The grouping never changes a (row, token)
+ * chain, so results are the same for any R and any token count. */
 #define BF16_MAX_T 4
-ROWS_FN(bf16, 4, 1) ROWS_FN(bf16, 4, 2) ROWS_FN(bf16, 4, 3) ROWS_FN(bf16, 4, 4)
-ROWS_FN(bf16, 1, 1) ROWS_FN(bf16, 1, 2) ROWS_FN(bf16, 1, 3) ROWS_FN(bf16, 1, 4)
-static const rows_fn bf16_group[BF16_MAX_T + 1] = { NULL, rows_bf16_r4_t1, rows_bf16_r4_t2, rows_bf16_r4_t3,
+typedef void (*rows_bf16_fn)(const uint8_t *w, size_t ld, size_t cols, const uint16_t *xs, size_t xstride, float *y,
+			     size_t y_ld);
+#define ROWS_BF16(R, T) \
+	DSM_BF16_TARGET static void rows_bf16_r##R##_t##T(const uint8_t *w, size_t ld, size_t cols, const uint16_t *xs, \
+							  size_t xstride, float *y, size_t y_ld) \
+	{ rows_bf16(w, ld, cols, xs, xstride, y, y_ld, R, T); }
+ROWS_BF16(8, 1) ROWS_BF16(4, 1) ROWS_BF16(4, 2) ROWS_BF16(4, 3) ROWS_BF16(4, 4)
+ROWS_BF16(1, 1) ROWS_BF16(1, 2) ROWS_BF16(1, 3) ROWS_BF16(1, 4)
+/* Group kernels by token count: groups of 4 rows, or of 8 when the call has 1 token. */
+static const rows_bf16_fn bf16_group4[BF16_MAX_T + 1] = { NULL, rows_bf16_r4_t1, rows_bf16_r4_t2, rows_bf16_r4_t3,
 	rows_bf16_r4_t4 };
-static const rows_fn bf16_single[BF16_MAX_T + 1] = { NULL, rows_bf16_r1_t1, rows_bf16_r1_t2, rows_bf16_r1_t3,
+static const rows_bf16_fn bf16_group8[BF16_MAX_T + 1] = { NULL, rows_bf16_r8_t1, NULL, NULL, NULL };
+static const rows_bf16_fn bf16_single[BF16_MAX_T + 1] = { NULL, rows_bf16_r1_t1, rows_bf16_r1_t2, rows_bf16_r1_t3,
 	rows_bf16_r1_t4 };
+
+/* Rows [a, b) of the block for n_tok tokens whose prepared chunks have stride n_tok * 64, in passes of up to 4
+ * tokens per group of rows. */
+static void run_bf16(const rows_bf16_fn *group, int R, const struct dsm_fp8_mat *W, size_t a, size_t b,
+		     size_t n_tok, const uint16_t *xs, float *y, size_t y_ld)
+{
+	size_t xstride = n_tok * 64;
+	for (size_t r = a; r < b;) {
+		int g = r + (size_t)R <= b;
+		for (size_t t0 = 0; t0 < n_tok; t0 += BF16_MAX_T) {
+			size_t nt = n_tok - t0 < BF16_MAX_T ? n_tok - t0 : BF16_MAX_T;
+			(g ? group : bf16_single)[nt](W->w + r * W->ld, W->ld, W->cols, xs + t0 * 64, xstride,
+						     y + t0 * y_ld + (r - a), y_ld);
+		}
+		r += g ? (size_t)R : 1;
+	}
+}
+
+void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b, const float *x,
+			 size_t x_ld, size_t n_tok, float *y, size_t y_ld, void *scratch)
+{
+	/* n_tok <= DSM_GEMV_MAX_TOKENS: 8 x cols_pad BF16 values fit the scratch (sized for F32). */
+	prep_bf16(W, rb, x, x_ld, n_tok, scratch);
+	run_bf16(n_tok == 1 ? bf16_group8 : bf16_group4, n_tok == 1 ? 8 : 4, W, a, b, n_tok, scratch, y, y_ld);
+}
 
 /* Rows [a, b) in groups, then one at a time. */
 static void run_rows(const rows_fn *group, const rows_fn *single, int R, const struct dsm_fp8_mat *W, size_t a,
@@ -166,16 +202,6 @@ static void run_rows(const rows_fn *group, const rows_fn *single, int R, const s
 		group[n_tok](W->w + r * W->ld, W->ld, W->cols, xs, y + (r - a), y_ld);
 	for (; r < b; r++)
 		single[n_tok](W->w + r * W->ld, W->ld, W->cols, xs, y + (r - a), y_ld);
-}
-
-void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b, const float *x,
-			 size_t x_ld, size_t n_tok, float *y, size_t y_ld, void *scratch)
-{
-	for (size_t t0 = 0; t0 < n_tok; t0 += BF16_MAX_T) {
-		size_t nt = n_tok - t0 < BF16_MAX_T ? n_tok - t0 : BF16_MAX_T;
-		prep_bf16(W, rb, x + t0 * x_ld, x_ld, nt, scratch);
-		run_rows(bf16_group, bf16_single, BF16_R, W, a, b, nt, scratch, y + t0 * y_ld, y_ld);
-	}
 }
 
 /* ---- AVX-512F (F32) ------------------------------------------------------------------------------------
