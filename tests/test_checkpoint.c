@@ -3,6 +3,7 @@
  * (docs TESTING.md point 5, in the spirit of llama.cpp's test-gguf). */
 #include "checkpoint.h"
 #include "error.h"
+#include "json_util.h"
 #include "mkmodel.h"
 #include "test_util.h"
 
@@ -20,25 +21,11 @@ static char base_dir[4096], work_dir[4096];
 
 /* ---- files ---------------------------------------------------------------------------------------- */
 
+/* The whole file (NUL-terminated) or NULL, through the library's reader. */
 static char *slurp(const char *path, size_t *len)
 {
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	char *buf = malloc((size_t)n + 1);
-	if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	if (buf) {
-		buf[n] = 0;
-		*len = (size_t)n;
-	}
-	return buf;
+	char *data;
+	return read_file(path, SIZE_MAX, &data, len) == 0 ? data : NULL;
 }
 
 static void spill(const char *path, const void *data, size_t len)

@@ -67,7 +67,8 @@ static void fp8_free(struct fp8_buf *b)
 	free(b->scale);
 }
 
-static double nmse(const float *a, const float *ref, size_t n, size_t ld, size_t rows)
+/* nmse() over n vectors of `rows` values each, stored ld apart. */
+static double nmse_strided(const float *a, const float *ref, size_t n, size_t ld, size_t rows)
 {
 	double num = 0, den = 0;
 	for (size_t t = 0; t < n; t++)
@@ -118,7 +119,7 @@ static void check_gemv(enum dsm_isa isa, size_t rows, size_t cols, size_t ld, si
 	void *scratch = aligned_alloc(64, (dsm_fp8_gemv_scratch_size(cols) + 63) / 64 * 64);
 	int rc = dsm_fp8_gemv_rows(isa, &b.m, r0, r1, x, x_ld, n, y, y_ld, scratch);
 	CHECK(rc == 0, "%s gemv: %s", dsm_isa_name(isa), dsm_errmsg());
-	double e = nmse(y, ref_band, n, y_ld, nr);
+	double e = nmse_strided(y, ref_band, n, y_ld, nr);
 	CHECK(e <= threshold(isa), "%s gemv %zux%zu (ld %zu) rows [%zu, %zu) x %zu tokens%s: NMSE %.3g",
 	      dsm_isa_name(isa), rows, cols, ld, r0, r1, n, kind == SUBNORMAL_ONLY ? " (subnormal codes)" : "", e);
 	int overrun = 0;
@@ -161,7 +162,7 @@ static void check_gemm(size_t rows, size_t cols, size_t r0, size_t r1, size_t m)
 			y[t * nr + r] = yT[r * m_pad + t];
 			ref_band[t * nr + r] = ref[t * rows + r0 + r];
 		}
-	double e = nmse(y, ref_band, m, nr, nr);
+	double e = nmse_strided(y, ref_band, m, nr, nr);
 	CHECK(e <= 5e-4, "gemm %zux%zu rows [%zu, %zu) x %zu tokens: NMSE %.3g", rows, cols, r0, r1, m, e);
 	int overrun = 0;
 	for (size_t i = nr * m_pad; i < nr * m_pad + 16; i++)

@@ -93,17 +93,6 @@ static void ref_expert(const struct expert *x, const float *in, float w, double 
 	free(d);
 }
 
-static double nmse(const float *a, const float *ref, size_t n)
-{
-	double num = 0, den = 0;
-	for (size_t i = 0; i < n; i++) {
-		double d = (double)a[i] - ref[i];
-		num += d * d;
-		den += (double)ref[i] * ref[i];
-	}
-	return den > 0 ? num / den : num;
-}
-
 static double threshold(enum dsm_isa isa)
 {
 	return isa == DSM_ISA_AVX512BF16 ? 5e-4 : 1e-9;

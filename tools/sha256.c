@@ -1,8 +1,5 @@
 #include "sha256.h"
 
-#include "error.h"
-
-#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -97,23 +94,4 @@ void sha256_hex(const void *data, size_t len, char hex[65])
 	init(&s);
 	update(&s, data, len);
 	finish(&s, hex);
-}
-
-int sha256_file_hex(const char *path, char hex[65])
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return dsm_fail(DSM_EIO, "%s: %s", path, strerror(errno));
-	struct sha256 s;
-	init(&s);
-	unsigned char buf[1 << 16];
-	size_t n;
-	while ((n = fread(buf, 1, sizeof buf, f)) > 0)
-		update(&s, buf, n);
-	int bad = ferror(f);
-	fclose(f);
-	if (bad)
-		return dsm_fail(DSM_EIO, "%s: read error", path);
-	finish(&s, hex);
-	return 0;
 }

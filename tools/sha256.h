@@ -4,9 +4,7 @@
 
 #include <stddef.h>
 
-/* Hex digest (64 chars + NUL) of the file at path; returns 0 or a negative DSM_E* code. */
-int sha256_file_hex(const char *path, char hex[65]);
-/* Hex digest of len bytes. */
+/* Hex digest (64 chars + NUL) of len bytes. */
 void sha256_hex(const void *data, size_t len, char hex[65]);
 
 #endif

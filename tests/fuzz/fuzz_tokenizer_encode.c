@@ -2,6 +2,7 @@
  * rules) and a variant exercising normalizers, Split behaviours and added-token options. Valid UTF-8 must
  * decode back to itself; streaming must equal whole decoding. */
 #include "error.h"
+#include "json_util.h"
 #include "mini_tokenizer.h"
 #include "tokenizer.h"
 
@@ -16,19 +17,11 @@ static struct tokenizer *mini, *variant;
 
 static struct tokenizer *load_variant(const char *dir)
 {
-	char path[512], *json = NULL;
+	char path[512], *json;
+	size_t n;
 	snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-	FILE *f = fopen(path, "rb");
-	if (!f)
+	if (read_file(path, SIZE_MAX, &json, &n) < 0)
 		return NULL;
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	json = malloc((size_t)n + 1);
-	if (fread(json, 1, (size_t)n, f) != (size_t)n)
-		n = 0;
-	json[n] = 0;
-	fclose(f);
 	cJSON *root = cJSON_Parse(json);
 	free(json);
 	if (!root)
@@ -73,12 +66,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		abort();
 	}
 	variant = load_variant(dir);
-	char path[512];
-	snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-	unlink(path);
-	snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-	unlink(path);
-	rmdir(dir);
+	mini_tokenizer_remove(dir);
 	return 0;
 }
 
