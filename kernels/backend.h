@@ -110,8 +110,24 @@ struct dsm_route_args {
 	float *weight;                  /* [T, top_k] their weights, in the same order */
 };
 
+/* The experts of one MoE layer (docs MODEL.md "MoE layer"), after routing:
+ * y[t] = sum over t's chosen experts e, in ascending e, of weight[t, j] * E_e(x[t]), then + shared(x[t]).
+ * Each chosen expert runs once on all its tokens. The summation order is fixed: the result does not depend
+ * on how the backend schedules the experts. */
+struct dsm_moe_op_args {
+	int64_t n_tokens;               /* T */
+	int top_k;
+	const int32_t *idx;             /* [T, top_k] chosen experts, distinct within a row */
+	const float *weight;            /* [T, top_k] their routing weights */
+	const struct dsm_ffn_weights *const *experts; /* [n_experts]: every chosen one; others may be NULL */
+	int64_t n_experts;
+	const struct dsm_ffn_weights *shared; /* NULL: none */
+	const float *x;                 /* [T, dim] */
+	float *y;                       /* [T, dim], overwritten */
+};
+
 enum dsm_op {
-	DSM_OP_MATMUL, DSM_OP_MATMUL_T, DSM_OP_FFN, DSM_OP_RMSNORM, DSM_OP_LAYERNORM, DSM_OP_ROPE,
+	DSM_OP_MATMUL, DSM_OP_MATMUL_T, DSM_OP_FFN, DSM_OP_MOE, DSM_OP_RMSNORM, DSM_OP_LAYERNORM, DSM_OP_ROPE,
 	DSM_OP_HADAMARD, DSM_OP_ATTN_FULL, DSM_OP_ATTN_LATENT, DSM_OP_INDEXER_SCORES, DSM_OP_TOPK,
 	DSM_OP_ROUTE, DSM_OP_COUNT
 };
@@ -142,6 +158,8 @@ struct dsm_backend {
 	int (*matmul_t)(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
 	/* y[n, dim] = down(silu(gate(x)) * up(x)) for n tokens x[n, dim]: one expert or dense FFN. */
 	int (*ffn)(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y);
+	/* The routed and shared experts of one MoE layer (see struct dsm_moe_op_args). */
+	int (*moe)(struct dsm_backend *be, const struct dsm_moe_op_args *a);
 	/* y[n, d] = x * rsqrt(mean(x^2) + eps) * w; x rows at stride ldx, y contiguous; y may equal x
 	 * when ldx == d. */
 	int (*rmsnorm)(struct dsm_backend *be, int64_t n, int64_t d, const float *x, int64_t ldx,
@@ -171,9 +189,14 @@ struct dsm_backend {
 	int (*route)(struct dsm_backend *be, const struct dsm_route_args *a);
 };
 
+struct dsm_cpu_threads; /* kernels/cpu/expert_kernels.h: a thread plan (offload/topo.h makes one from hwloc) */
+
 struct dsm_backend_options {
 	enum dsm_precision precision;
 	int threads;                    /* <= 0: physical cores */
+	/* Where the cpu backend's OpenMP threads run: each binds itself to its core the first time it works.
+	 * NULL: unbound. With a plan, its thread count replaces `threads`. Must outlive the backend. */
+	const struct dsm_cpu_threads *cpu_threads;
 };
 
 /* Creates the named backend ("cpu"). Returns 0 or DSM_EARG (unknown name) / DSM_ENOMEM / DSM_EUNSUPPORTED. */

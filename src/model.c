@@ -3,6 +3,7 @@
 
 #include "error.h"
 #include "expert_store.h"
+#include "topo.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -150,6 +151,10 @@ void dsm_model_close(struct dsm_model *m)
 	if (!m)
 		return;
 	dsm_backend_destroy(m->be);
+	if (m->threads)
+		dsm_topo_threads_free(m->threads);
+	free(m->threads);
+	dsm_topo_close(m->topo);
 	dsm_expert_store_close(m->experts);
 	dsm_weight_map_close(m->map);
 	dsm_checkpoint_close(m->ck);
@@ -186,7 +191,12 @@ int dsm_model_open(struct dsm_model **out, const char *dir, const struct dsm_mod
 	}
 	if (m->opts.index_topk > 0)
 		c->index_topk = m->opts.index_topk;
+	/* One thread per physical core, each bound to its core (never two on one core). Without a topology
+	 * (hwloc failed) the threads run unbound. */
 	struct dsm_backend_options bo = { .precision = m->opts.precision, .threads = m->opts.threads };
+	if (dsm_topo_open(&m->topo, NULL) == 0 && (m->threads = calloc(1, sizeof *m->threads)) &&
+	    dsm_topo_plan_threads(m->topo, m->opts.threads, m->threads) == 0)
+		bo.cpu_threads = &m->threads->th;
 	if ((rc = dsm_backend_create(&m->be, "cpu", &bo)) < 0 || (rc = dsm_weight_map_open(&m->map, m->ck)) < 0 ||
 	    (rc = dsm_expert_store_open(&m->experts, m->map, c->num_hidden_layers, c->first_k_dense_replace,
 					c->n_routed_experts, c->hidden_size, c->moe_intermediate_size)) < 0 ||

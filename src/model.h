@@ -20,6 +20,8 @@
 
 struct dsm_expert_store;
 struct dsm_offload;
+struct dsm_topo;
+struct dsm_topo_threads;
 struct dsm_weight_map;
 
 /* Which form MLA attention takes. AUTO: the full form for multi-token steps (prefill), the absorbed
@@ -75,6 +77,8 @@ struct dsm_model {
 	struct dsm_expert_store *experts;
 	struct dsm_offload *offload;    /* when set (not owned): routed experts from offload/dispatch.h */
 	struct dsm_backend *be;
+	struct dsm_topo *topo;          /* hwloc: where the backend's threads run */
+	struct dsm_topo_threads *threads; /* one thread per physical core, bound; NULL: unbound */
 
 	struct dsm_mat embed;           /* [V, D] */
 	float *final_norm;              /* [D] */

@@ -50,10 +50,9 @@ struct dsm_session {
 	float *rlogits;     /* [B, E] router logits */
 	int32_t *ridx;      /* [B, k] */
 	float *rw;          /* [B, k] */
-	float *xe;          /* [B, D] tokens of one expert */
-	float *ye;          /* [B, D] their outputs */
-	int32_t *etok;      /* [B * k] token of each routed pair */
-	float *ewt;         /* [B * k] weight of each routed pair */
+	struct dsm_ffn_weights *ew;               /* [E] weights of the chosen experts */
+	const struct dsm_ffn_weights **ep;        /* [E] &ew[e] when e is chosen, else NULL */
+	float *ye;          /* [B, D] the shared expert's output (tiered store) */
 
 	void *arena;
 	uint64_t act_bytes;

@@ -6,9 +6,10 @@
  *                                                                      the unbiased scores, x scaling
  *                  y = sum_k w_k Expert_idx_k(x) + Shared(x)
  *
- * The routed experts run expert-major: each chosen expert once per step on all its tokens (gathered),
- * its weights fetched from the expert store. Outputs are added to each token in ascending expert order,
- * then the shared expert's, so the sum is the same whatever the order of computation. */
+ * The routed experts run expert-major: each chosen expert once per step on all its tokens, its weights
+ * fetched from the expert store, the whole layer in one backend call (moe). Outputs are added to each token
+ * in ascending expert order, then the shared expert's, so the sum is the same whatever the order of
+ * computation, and the same through the tiered store (dsm_offload_moe). */
 #include "model_internal.h"
 
 #include "error.h"
@@ -57,47 +58,39 @@ static int moe(struct dsm_session *s, int L, int64_t T)
 		for (int64_t t = 0; t < T; t++)
 			s->opt.hooks.on_route(s->opt.hooks.user, L, s->pos + t, s->ridx + t * k, s->rw + t * k, k);
 
-	memset(s->y, 0, sizeof(float) * (size_t)(T * D));
 	if (m->offload) { /* the tiered expert store: the same sums in the same order, whatever the tiers */
+		memset(s->y, 0, sizeof(float) * (size_t)(T * D));
 		struct dsm_moe_step ms = { .layer = L, .n_tokens = T, .top_k = k, .idx = s->ridx, .weight = s->rw,
 					   .x = s->xn, .y = s->y };
 		if ((rc = dsm_offload_moe(m->offload, &ms)) < 0)
 			return rc;
-	}
-	for (int e = 0; e < E && !m->offload; e++) {
-		/* the tokens routed to expert e, in token order */
-		int64_t n = 0;
-		for (int64_t t = 0; t < T; t++)
-			for (int j = 0; j < k; j++)
-				if (s->ridx[t * k + j] == e) {
-					s->etok[n] = (int32_t)t;
-					s->ewt[n] = s->rw[t * k + j];
-					memcpy(s->xe + n * D, s->xn + t * D, sizeof(float) * (size_t)D);
-					n++;
-				}
-		if (n == 0)
-			continue;
-		struct dsm_ffn_weights w;
-		if ((rc = dsm_expert_store_get(m->experts, L, e, &w)) < 0)
-			return rc;
-		rc = be->ffn(be, &w, n, s->xe, s->ye);                                   /* [n, D] */
-		dsm_expert_store_put(m->experts, L, e);
-		if (rc < 0)
-			return rc;
-		for (int64_t i = 0; i < n; i++) {
-			float *yt = s->y + (int64_t)s->etok[i] * D, wt = s->ewt[i];
-			const float *ye = s->ye + i * D;
-			for (int64_t j = 0; j < D; j++)
-				yt[j] += wt * ye[j];
+		if (c->n_shared_experts > 0) {
+			if ((rc = be->ffn(be, &f->shared, T, s->xn, s->ye)) < 0)        /* [T, D] */
+				return rc;
+			for (int64_t i = 0; i < T * D; i++)
+				s->y[i] += s->ye[i];
 		}
+		return 0;
 	}
-	if (c->n_shared_experts > 0) {
-		if ((rc = be->ffn(be, &f->shared, T, s->xn, s->ye)) < 0)                 /* [T, D] */
-			return rc;
-		for (int64_t i = 0; i < T * D; i++)
-			s->y[i] += s->ye[i];
+
+	/* The chosen experts' weights from the expert store, handed back after the layer. */
+	memset(s->ep, 0, sizeof(*s->ep) * (size_t)E);
+	for (int64_t i = 0; i < T * k && rc == 0; i++) {
+		int e = s->ridx[i];
+		if (!s->ep[e] && (rc = dsm_expert_store_get(m->experts, L, e, &s->ew[e])) == 0)
+			s->ep[e] = &s->ew[e];
 	}
-	return 0;
+	if (rc == 0) {
+		struct dsm_moe_op_args a = {
+			.n_tokens = T, .top_k = k, .idx = s->ridx, .weight = s->rw, .experts = s->ep, .n_experts = E,
+			.shared = c->n_shared_experts > 0 ? &f->shared : NULL, .x = s->xn, .y = s->y,
+		};
+		rc = be->moe(be, &a);                                                   /* [T, D] */
+	}
+	for (int e = 0; e < E; e++)
+		if (s->ep[e])
+			dsm_expert_store_put(m->experts, L, e);
+	return rc;
 }
 
 int dsm_feed_forward(struct dsm_session *s, int L, int64_t T)

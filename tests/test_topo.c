@@ -3,6 +3,8 @@
  * unplaced expert, and on this machine: threads really bound, memory on its node. */
 #include "topo.h"
 
+#include "backend.h"
+
 #include "error.h"
 #include "test_util.h"
 
@@ -173,6 +175,52 @@ static void test_synthetic(const char *desc, int nodes, int cores_per_node, int 
 	dsm_topo_close(t);
 }
 
+/* 1 when the calling thread may run only on the core of hardware thread pu. */
+static int bound_to(hwloc_topology_t h, int pu)
+{
+	hwloc_obj_t p = hwloc_get_pu_obj_by_os_index(h, (unsigned)pu);
+	hwloc_obj_t core = p ? hwloc_get_ancestor_obj_by_type(h, HWLOC_OBJ_CORE, p) : NULL;
+	hwloc_bitmap_t set = hwloc_bitmap_alloc();
+	int ok = p && hwloc_get_cpubind(h, set, HWLOC_CPUBIND_THREAD) == 0 && hwloc_bitmap_isset(set, (unsigned)pu) &&
+		 hwloc_bitmap_isincluded(set, core ? core->cpuset : p->cpuset);
+	hwloc_bitmap_free(set);
+	return ok;
+}
+
+/* The cpu backend given the plan binds its OpenMP threads to their cores on its first multiply. */
+static void test_backend_binds(hwloc_topology_t h, struct dsm_topo_threads *p)
+{
+	int n = p->th.n_threads, bad = 0, unbound = 0;
+	hwloc_const_cpuset_t all = hwloc_topology_get_topology_cpuset(h);
+#pragma omp parallel num_threads(n) reduction(+ : unbound)
+	unbound += hwloc_set_cpubind(h, all, HWLOC_CPUBIND_THREAD) == 0;
+	struct dsm_backend *be = NULL;
+	struct dsm_backend_options o = { .precision = DSM_PRECISION_F32, .cpu_threads = &p->th };
+	CHECK(dsm_backend_create(&be, "cpu", &o) == 0, "cpu backend: %s", dsm_errmsg());
+	if (!be)
+		return;
+	size_t rows = 512, cols = 256;
+	uint8_t *w = malloc(rows * cols);
+	float scale[4 * 2], *x = malloc(cols * sizeof(float)), *y = malloc(rows * sizeof(float));
+	for (size_t i = 0; i < rows * cols; i++)
+		w[i] = (uint8_t)(i * 37 % 126);
+	for (size_t i = 0; i < cols; i++)
+		x[i] = uniform();
+	for (int i = 0; i < 8; i++)
+		scale[i] = 1;
+	struct dsm_mat m = { DSM_F8_E4M3, (int64_t)rows, (int64_t)cols, 0, w, scale };
+	CHECK(be->matmul(be, &m, 1, x, y) == 0, "matmul: %s", dsm_errmsg());
+#pragma omp parallel num_threads(n) reduction(+ : bad)
+	if (omp_get_num_threads() == n)
+		bad += !bound_to(h, p->thread_pu[omp_get_thread_num()]);
+	CHECK(unbound == n && bad == 0, "cpu backend: %d of %d thread(s) not bound to their core after a multiply",
+	      bad, n);
+	dsm_backend_destroy(be);
+	free(w);
+	free(x);
+	free(y);
+}
+
 static void test_this_system(void)
 {
 	struct dsm_topo *t = NULL;
@@ -190,17 +238,10 @@ static void test_this_system(void)
 	hwloc_topology_init(&h);
 	hwloc_topology_load(h);
 #pragma omp parallel num_threads(n) reduction(+ : bad)
-	{
-		int i = omp_get_thread_num();
-		if (omp_get_num_threads() == n && dsm_topo_bind_thread(&p, i) == 0) {
-			hwloc_bitmap_t set = hwloc_bitmap_alloc();
-			if (hwloc_get_cpubind(h, set, HWLOC_CPUBIND_THREAD) == 0 &&
-			    !hwloc_bitmap_isset(set, (unsigned)p.thread_pu[i]))
-				bad++;
-			hwloc_bitmap_free(set);
-		}
-	}
+	if (omp_get_num_threads() == n && dsm_topo_bind_thread(&p, omp_get_thread_num()) == 0)
+		bad += !bound_to(h, p.thread_pu[omp_get_thread_num()]);
 	CHECK(bad == 0, "%d thread(s) not bound to their core", bad);
+	test_backend_binds(h, &p);
 	hwloc_topology_destroy(h);
 	/* One thread per core: a context takes the plan. */
 	struct dsm_expert_ctx *ctx = NULL;

@@ -42,6 +42,7 @@ static void cpu_destroy(struct dsm_backend *be)
 	cpu_scratch_free(&cb->act);
 	cpu_scratch_free(&cb->ffn);
 	cpu_scratch_free(&cb->attn);
+	cpu_scratch_free(&cb->moe);
 	free(cb);
 }
 
@@ -108,14 +109,15 @@ int dsm_cpu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 		free(cb);
 		return rc;
 	}
-	cb->threads = o && o->threads > 0 ? o->threads : dsm_physical_cores();
+	const struct dsm_cpu_threads *plan = o ? o->cpu_threads : NULL;
+	cb->threads = plan ? plan->n_threads : o && o->threads > 0 ? o->threads : dsm_physical_cores();
 	omp_set_num_threads(cb->threads);
 	/* The expert kernels: with F32 precision the best F32 kernel (weights exact, activations F32); with BF16
 	 * the BF16 dot-product kernels. */
 	enum dsm_isa isa = dsm_isa_best();
 	if (!(o && o->precision == DSM_PRECISION_BF16) && isa == DSM_ISA_AVX512BF16)
 		isa = DSM_ISA_AVX512F;
-	struct dsm_expert_opts eo = { .isa = isa, .n_threads = cb->threads };
+	struct dsm_expert_opts eo = { .isa = isa, .n_threads = cb->threads, .threads = plan };
 	if (isa != DSM_ISA_SCALAR && dsm_expert_ctx_init(&cb->experts, &eo) < 0)
 		cb->experts = NULL;
 	struct dsm_backend *be = &cb->be;
@@ -128,6 +130,7 @@ int dsm_cpu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->matmul = cpu_matmul;
 	be->matmul_t = cpu_matmul_t;
 	be->ffn = cpu_ffn;
+	be->moe = cpu_moe;
 	be->rmsnorm = cpu_rmsnorm;
 	be->layernorm = cpu_layernorm;
 	be->rope = cpu_rope;

@@ -25,6 +25,7 @@ struct cpu_backend {
 	struct cpu_scratch act;         /* activations converted for the multiply */
 	struct cpu_scratch ffn;         /* gate/up outputs of the FFN */
 	struct cpu_scratch attn;        /* attention scores */
+	struct cpu_scratch moe;         /* the MoE layer's experts, or its gathered tokens */
 };
 
 static inline struct cpu_backend *cpu_of(struct dsm_backend *be)
@@ -53,6 +54,7 @@ void cpu_scratch_free(struct cpu_scratch *s);
 int cpu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
 int cpu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
 int cpu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y);
+int cpu_moe(struct dsm_backend *be, const struct dsm_moe_op_args *a);
 int cpu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a);
 int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a);
 int cpu_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q, const float *w,

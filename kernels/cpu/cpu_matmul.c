@@ -347,6 +347,16 @@ int cpu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, con
 	return dsm_dnnl_matmul(cb->dnnl, bf16, n, cols, rows, xa, rows, panel, cols, 0, y, cols);
 }
 
+/* An FFN the fused expert kernels take whole: FP8 matrices from their first stored row. */
+static int fused_expert(const struct cpu_backend *cb, const struct dsm_ffn_weights *w, struct dsm_expert_fp8 *e)
+{
+	if (!cb->experts || w->gate.dtype != DSM_F8_E4M3 || w->up.dtype != DSM_F8_E4M3 ||
+	    w->down.dtype != DSM_F8_E4M3 || w->gate.row0 || w->up.row0 || w->down.row0)
+		return 0;
+	struct dsm_fp8_mat g = fp8_stored(&w->gate), u = fp8_stored(&w->up), d = fp8_stored(&w->down);
+	return dsm_expert_fp8_init(e, &g, &u, &d) == 0;
+}
+
 int cpu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y)
 {
 	struct cpu_backend *cb = cpu_of(be);
@@ -354,14 +364,9 @@ int cpu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, 
 	if (w->up.rows != inter || w->down.cols != inter || w->gate.cols != w->up.cols ||
 	    w->down.rows != w->gate.cols)
 		return dsm_fail(DSM_EARG, "ffn: inconsistent gate/up/down shapes");
-	if (w->gate.dtype == DSM_F8_E4M3 && w->up.dtype == DSM_F8_E4M3 && w->down.dtype == DSM_F8_E4M3 &&
-	    w->gate.row0 == 0 && w->up.row0 == 0 && w->down.row0 == 0 && use_expert_kernels(cb, n)) {
-		/* Fused: gate and up in one pass, SwiGLU in cache, then down (expert_kernels.h). */
-		struct dsm_fp8_mat g = fp8_stored(&w->gate), u = fp8_stored(&w->up), d = fp8_stored(&w->down);
-		struct dsm_expert_fp8 e;
-		int rc = dsm_expert_fp8_init(&e, &g, &u, &d);
-		return rc < 0 ? rc : dsm_expert_ffn(cb->experts, &e, (size_t)n, x, y);
-	}
+	struct dsm_expert_fp8 e;
+	if (n > 0 && fused_expert(cb, w, &e)) /* gate and up in one pass, SwiGLU in cache, then down */
+		return dsm_expert_ffn(cb->experts, &e, (size_t)n, x, y);
 	float *g = cpu_scratch_get(&cb->ffn, sizeof(float) * (size_t)(2 * n * inter));
 	if (!g)
 		return DSM_ENOMEM;
@@ -376,4 +381,74 @@ int cpu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, 
 	for (int64_t i = 0; i < total; i++)
 		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 	return cpu_matmul(be, &w->down, n, g, y);
+}
+
+/* The layer as one call of the expert kernels (dsm_moe_layer: one parallel region, every expert's weights
+ * read once); experts of other types one at a time through cpu_ffn, summed in the same order. */
+int cpu_moe(struct dsm_backend *be, const struct dsm_moe_op_args *a)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	int64_t T = a->n_tokens, E = a->n_experts, k = a->top_k, D;
+	if (T <= 0)
+		return 0;
+	for (int64_t i = 0; i < T * k; i++)
+		if (a->idx[i] < 0 || a->idx[i] >= E || !a->experts[a->idx[i]])
+			return dsm_fail(DSM_EARG, "moe: token %lld chose expert %d, not given", (long long)(i / k),
+					(int)a->idx[i]);
+	D = a->shared ? a->shared->gate.cols : a->experts[a->idx[0]]->gate.cols;
+
+	size_t fused_bytes = sizeof(struct dsm_expert_fp8) * (size_t)(E + 1) + sizeof(void *) * (size_t)E;
+	struct dsm_expert_fp8 *ex = cpu_scratch_get(&cb->moe, fused_bytes);
+	if (!ex)
+		return DSM_ENOMEM;
+	const struct dsm_expert_fp8 **ep = (const struct dsm_expert_fp8 **)(ex + E + 1);
+	int fused = !a->shared || fused_expert(cb, a->shared, &ex[E]);
+	for (int64_t e = 0; e < E && fused; e++) {
+		ep[e] = NULL;
+		if (a->experts[e] && (fused = fused_expert(cb, a->experts[e], &ex[e])))
+			ep[e] = &ex[e];
+	}
+	if (fused) {
+		struct dsm_moe_args m = {
+			.n_tok = (size_t)T, .top_k = (size_t)k, .x = a->x, .expert_ids = a->idx, .expert_w = a->weight,
+			.experts = ep, .n_experts = (size_t)E, .shared = a->shared ? &ex[E] : NULL, .y = a->y,
+		};
+		return dsm_moe_layer(cb->experts, &m);
+	}
+
+	/* One expert at a time: its tokens gathered in token order, its outputs added in ascending expert order. */
+	size_t xe_floats = (size_t)(T * D);
+	float *xe = cpu_scratch_get(&cb->moe, sizeof(float) * 2 * xe_floats + (sizeof(float) + 4) * (size_t)T);
+	if (!xe)
+		return DSM_ENOMEM;
+	float *ye = xe + xe_floats, *ewt = ye + xe_floats;
+	int32_t *etok = (int32_t *)(ewt + T);
+	memset(a->y, 0, sizeof(float) * xe_floats);
+	for (int64_t e = 0; e < E; e++) {
+		int64_t n = 0;
+		for (int64_t t = 0; t < T; t++)
+			for (int64_t j = 0; j < k; j++)
+				if (a->idx[t * k + j] == e) {
+					etok[n] = (int32_t)t;
+					ewt[n] = a->weight[t * k + j];
+					memcpy(xe + n * D, a->x + t * D, sizeof(float) * (size_t)D);
+					n++;
+				}
+		if (n == 0)
+			continue;
+		int rc = cpu_ffn(be, a->experts[e], n, xe, ye);
+		if (rc < 0)
+			return dsm_fail_prefix(rc, "moe: expert %lld", (long long)e);
+		for (int64_t i = 0; i < n; i++)
+			for (int64_t j = 0; j < D; j++)
+				a->y[etok[i] * D + j] += ewt[i] * ye[i * D + j];
+	}
+	if (a->shared) {
+		int rc = cpu_ffn(be, a->shared, T, a->x, ye);
+		if (rc < 0)
+			return dsm_fail_prefix(rc, "moe: shared expert");
+		for (int64_t i = 0; i < T * D; i++)
+			a->y[i] += ye[i];
+	}
+	return 0;
 }
