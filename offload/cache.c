@@ -321,3 +321,10 @@ unsigned dsm_cache_slots(const struct dsm_cache *c)
 {
 	return c->o.n_slots;
 }
+
+void dsm_cache_settle(struct dsm_cache *c)
+{
+	for (unsigned i = 0; i < c->o.n_slots; i++)
+		if (c->slots[i].state == SLOT_READY)
+			c->slots[i].prefetched = 0;
+}

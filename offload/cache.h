@@ -78,6 +78,8 @@ const struct dsm_cache_layer_stats *dsm_cache_layer_stats(const struct dsm_cache
 /* Sums over layers. */
 void dsm_cache_total_stats(const struct dsm_cache *c, struct dsm_cache_layer_stats *s);
 void dsm_cache_reset_stats(struct dsm_cache *c);
+/* What prefetches brought in and no use has touched yet becomes ordinary contents (after a warm-up). */
+void dsm_cache_settle(struct dsm_cache *c);
 unsigned dsm_cache_slots(const struct dsm_cache *c);
 
 const char *dsm_cache_policy_name(enum dsm_cache_policy p);

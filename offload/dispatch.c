@@ -813,6 +813,33 @@ void dsm_offload_reset_stats(struct dsm_offload *o)
 		dsm_cache_reset_stats(o->cache);
 }
 
+int dsm_offload_warm(struct dsm_offload *o)
+{
+	if (!o->cache)
+		return 0;
+	int32_t *ids = malloc(sizeof(int32_t) * (size_t)o->n_experts);
+	if (!ids)
+		return dsm_fail(DSM_ENOMEM, "offload: out of memory");
+	int rc = 0;
+	for (int l = o->first_moe; l < o->n_layers && rc == 0; l++) {
+		int n = 0;
+		for (int x = 0; x < o->n_experts; x++)
+			if (dsm_cache_is_pinned(o->cache, l, x) && info(o, l, x)->tier.kind == DSM_TIER_NVME)
+				ids[n++] = x;
+		rc = dsm_offload_prefetch(o, l, n, ids);
+		while (rc == 0 && dsm_stream_busy(o->st)) {
+			int slot;
+			rc = reap_one(o, &slot);
+		}
+	}
+	free(ids);
+	if (rc < 0)
+		return dsm_fail_prefix(rc, "offload: reading the pinned experts");
+	dsm_cache_settle(o->cache);
+	dsm_offload_reset_stats(o);
+	return 0;
+}
+
 void dsm_offload_repin(struct dsm_offload *o)
 {
 	if (o->cache)

@@ -93,6 +93,9 @@ void dsm_offload_put(struct dsm_offload *o, int layer, int expert);
 
 void dsm_offload_get_stats(const struct dsm_offload *o, struct dsm_offload_stats *s);
 void dsm_offload_reset_stats(struct dsm_offload *o);
+/* Pinned policy: reads the pinned experts into the cache now, so that the first tokens find them (the hot
+ * set is known before the first token, from a trace or the router bias); then zeroes the statistics. */
+int dsm_offload_warm(struct dsm_offload *o);
 /* Pinned policy without hotness: re-choose the pinned experts from the counts so far. */
 void dsm_offload_repin(struct dsm_offload *o);
 const struct dsm_cache *dsm_offload_cache(const struct dsm_offload *o);

@@ -123,6 +123,11 @@ int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, cons
 	};
 	if ((rc = dsm_offload_open(out, ck, &oo)) < 0)
 		goto out;
+	if (oo.policy == DSM_CACHE_PINNED && !oo.cache_off && (rc = dsm_offload_warm(*out)) < 0) {
+		dsm_offload_close(*out);
+		*out = NULL;
+		goto out;
+	}
 	*plan_out = p;
 	p = NULL;
 out:

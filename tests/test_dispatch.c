@@ -164,17 +164,52 @@ struct config_case {
 	int prefetch;
 };
 
+/* Pinned policy: after the warm-up every pinned streamed expert is in memory (its first use is a hit, nothing
+ * is read) and the statistics start from zero. */
+static void check_warm(const struct config_case *cc, struct dsm_offload *o)
+{
+	CHECK(dsm_offload_warm(o) == 0, "%s: warm: %s", cc->name, dsm_errmsg());
+	struct dsm_offload_stats st;
+	dsm_offload_get_stats(o, &st);
+	CHECK(st.bytes_read == 0 && st.cache.prefetches == 0, "%s: statistics not reset after the warm-up", cc->name);
+	int used = 0;
+	for (int l = L0; l < NL; l++)
+		for (int x = 0; x < E; x++) {
+			struct dsm_ffn_weights w;
+			if (!dsm_cache_is_pinned(dsm_offload_cache(o), l, x) || cc->plan->expert[l * E + x].kind != DSM_TIER_NVME)
+				continue;
+			CHECK(dsm_offload_get(o, l, x, &w) == 0, "%s: get: %s", cc->name, dsm_errmsg());
+			dsm_offload_put(o, l, x);
+			used++;
+		}
+	dsm_offload_get_stats(o, &st);
+	CHECK(used > 0 && st.cache.hits == (uint64_t)used && st.cache.misses == 0 && st.cache.prefetch_hits == 0 &&
+	      st.bytes_read == 0, "%s: after the warm-up %d pinned experts gave %llu hits, %llu misses, %llu bytes read",
+	      cc->name, used, (unsigned long long)st.cache.hits, (unsigned long long)st.cache.misses,
+	      (unsigned long long)st.bytes_read);
+	dsm_offload_reset_stats(o);
+}
+
 static void run_case(const struct config_case *cc, struct step_data *steps, float *const *want)
 {
 	struct dsm_offload_opts oo = { .plan = cc->plan, .cpu = cpu, .gpu = cc->gpu ? &emu : NULL,
 		.policy = cc->policy, .cache_bytes = cc->cache_bytes, .cache_off = cc->cache_off,
 		.stream = { .flags = cc->stream_flags, .queue_depth = 4, .chunk_bytes = 16384 },
 		.pool_flags = DSM_POOL_NO_LOCK };
+	/* Pinned policy: hotness as a trace would give it, uneven across experts. */
+	double *hot = calloc((size_t)(NL * E), sizeof *hot);
+	for (int i = 0; i < NL * E; i++)
+		hot[i] = (double)((i * 7) % 13);
+	if (cc->policy == DSM_CACHE_PINNED)
+		oo.hotness = hot;
 	struct dsm_offload *o;
 	int rc = dsm_offload_open(&o, ck, &oo);
+	free(hot);
 	CHECK(rc == 0, "%s: open: %s", cc->name, dsm_errmsg());
 	if (rc)
 		return;
+	if (cc->policy == DSM_CACHE_PINNED)
+		check_warm(cc, o);
 	float *y = malloc(sizeof(float) * (size_t)(T * D));
 	for (int round = 0; round < 2; round++)
 		for (int s = 0; s < STEPS; s++) {
