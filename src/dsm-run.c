@@ -46,7 +46,9 @@ static void usage(FILE *f)
 		"  --stop TEXT            stop before this text (repeatable, up to %d)\n"
 		"  --ignore-eos           do not stop at the end-of-sentence token\n"
 		"engine:\n"
-		"  -t, --threads N        threads (default: physical cores)\n"
+		"  -t, --threads N        threads, at most one per physical core, each bound to its core (default: all\n"
+		"                         physical cores)\n"
+		"  --no-bind              do not bind threads to cores (several dsm processes sharing a machine)\n"
 		"  --precision P          matmul precision: f32 (default) or bf16\n"
 		"  --ctx N                context length in tokens (default 4096)\n"
 		"  --batch N              prompt tokens per forward step (default 128)\n"
@@ -395,7 +397,7 @@ enum {
 	OPT_IGNORE_EOS, OPT_PRECISION, OPT_CTX, OPT_BATCH, OPT_KV, OPT_IDX_FP8, OPT_IDX_TOPK, OPT_MLA, OPT_JSON,
 	OPT_DUMP_LOGITS, OPT_DUMP_ALL, OPT_DUMP_ROUTING, OPT_DUMP_SELECTION, OPT_FORCE_ROUTING, OPT_FORCE_SELECTION,
 	OPT_OFFLOAD, OPT_PLAN, OPT_VRAM, OPT_DRAM, OPT_STREAM_EXPERTS, OPT_CACHE_POLICY, OPT_CACHE_SIZE, OPT_CACHE_OFF,
-	OPT_HOTNESS, OPT_RECORD_ROUTING,
+	OPT_HOTNESS, OPT_RECORD_ROUTING, OPT_NO_BIND,
 };
 
 static uint64_t parse_size_arg(const char *what, const char *s)
@@ -418,7 +420,8 @@ int main(int argc, char **argv)
 		{ "temperature", required_argument, NULL, OPT_TEMP }, { "top-p", required_argument, NULL, OPT_TOP_P },
 		{ "top-k", required_argument, NULL, OPT_TOP_K }, { "seed", required_argument, NULL, OPT_SEED },
 		{ "stop", required_argument, NULL, OPT_STOP }, { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS },
-		{ "threads", required_argument, NULL, 't' }, { "precision", required_argument, NULL, OPT_PRECISION },
+		{ "threads", required_argument, NULL, 't' }, { "no-bind", no_argument, NULL, OPT_NO_BIND },
+		{ "precision", required_argument, NULL, OPT_PRECISION },
 		{ "ctx", required_argument, NULL, OPT_CTX }, { "batch", required_argument, NULL, OPT_BATCH },
 		{ "kv-cache", required_argument, NULL, OPT_KV }, { "indexer-fp8", no_argument, NULL, OPT_IDX_FP8 },
 		{ "index-topk", required_argument, NULL, OPT_IDX_TOPK }, { "mla", required_argument, NULL, OPT_MLA },
@@ -473,6 +476,7 @@ int main(int argc, char **argv)
 			break;
 		case OPT_IGNORE_EOS: ignore_eos = 1; break;
 		case 't': mo.threads = (int)parse_int("--threads", optarg, 1, 4096); break;
+		case OPT_NO_BIND: mo.no_bind = 1; break;
 		case OPT_PRECISION:
 			if (dsm_precision_parse(optarg, &mo.precision) < 0) {
 				fprintf(stderr, "dsm-run: --precision: %s\n", dsm_errmsg());
@@ -661,11 +665,12 @@ int main(int argc, char **argv)
 	fflush(stdout);
 	if (!r.quiet) {
 		int64_t nd = g.n > 1 ? g.n - 1 : 0;
+		int bound, n_threads = dsm_model_threads(m, &bound);
 		fprintf(stderr, "dsm-run: prefill %lld tokens in %.3f s (%.2f tok/s), decode %lld tokens in %.3f s "
-			"(%.2f tok/s), %s, %d threads, stop: %s\n", (long long)g.n_prompt, g.prefill_seconds,
+			"(%.2f tok/s), %s, %d threads%s, stop: %s\n", (long long)g.n_prompt, g.prefill_seconds,
 			g.prefill_seconds > 0 ? (double)g.n_prompt / g.prefill_seconds : 0.0, (long long)nd,
 			g.decode_seconds, g.decode_seconds > 0 ? (double)nd / g.decode_seconds : 0.0,
-			dsm_precision_name(mo.precision), mo.threads > 0 ? mo.threads : dsm_physical_cores(),
+			dsm_precision_name(mo.precision), n_threads, bound ? " (bound to cores)" : "",
 			dsm_stop_reason_name(g.reason));
 		if (g.reason == DSM_STOP_CONTEXT)
 			fprintf(stderr, "dsm-run: the context of %lld tokens is full (raise --ctx)\n",

@@ -192,9 +192,9 @@ int dsm_model_open(struct dsm_model **out, const char *dir, const struct dsm_mod
 	if (m->opts.index_topk > 0)
 		c->index_topk = m->opts.index_topk;
 	/* One thread per physical core, each bound to its core (never two on one core). Without a topology
-	 * (hwloc failed) the threads run unbound. */
+	 * (hwloc failed), or when asked, the threads run unbound. */
 	struct dsm_backend_options bo = { .precision = m->opts.precision, .threads = m->opts.threads };
-	if (dsm_topo_open(&m->topo, NULL) == 0 && (m->threads = calloc(1, sizeof *m->threads)) &&
+	if (!m->opts.no_bind && dsm_topo_open(&m->topo, NULL) == 0 && (m->threads = calloc(1, sizeof *m->threads)) &&
 	    dsm_topo_plan_threads(m->topo, m->opts.threads, m->threads) == 0)
 		bo.cpu_threads = &m->threads->th;
 	if ((rc = dsm_backend_create(&m->be, "cpu", &bo)) < 0 || (rc = dsm_weight_map_open(&m->map, m->ck)) < 0 ||
@@ -220,6 +220,12 @@ int dsm_model_open(struct dsm_model **out, const char *dir, const struct dsm_mod
 err:
 	dsm_model_close(m);
 	return rc;
+}
+
+int dsm_model_threads(const struct dsm_model *m, int *bound)
+{
+	*bound = m->threads != NULL;
+	return m->threads ? m->threads->th.n_threads : m->opts.threads > 0 ? m->opts.threads : dsm_physical_cores();
 }
 
 void dsm_model_memory(const struct dsm_model *m, uint64_t *mapped, uint64_t *copied)

@@ -31,6 +31,7 @@ enum dsm_mla_form { DSM_MLA_AUTO, DSM_MLA_FULL, DSM_MLA_ABSORBED };
 struct dsm_model_options {
 	enum dsm_precision precision;   /* matmul precision (default f32) */
 	int threads;                    /* <= 0: physical cores */
+	int no_bind;                    /* 1: leave thread placement to the OS (default: one per core, bound) */
 	int indexer_fp8;                /* round indexer q/k to FP8 like the public reference (default 0) */
 	int index_topk;                 /* > 0: overrides config.json's index_topk (tests) */
 	enum dsm_mla_form mla_form;
@@ -99,6 +100,8 @@ int dsm_model_open(struct dsm_model **out, const char *dir, const struct dsm_mod
 /* Accepts NULL and half-built models. */
 void dsm_model_close(struct dsm_model *m);
 
+/* Threads the backend runs; *bound: 1 when each is bound to its own physical core. */
+int dsm_model_threads(const struct dsm_model *m, int *bound);
 /* Bytes of the shard files mapped, and of weights copied into memory (norms, realigned tensors). */
 void dsm_model_memory(const struct dsm_model *m, uint64_t *mapped, uint64_t *copied);
 
