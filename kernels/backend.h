@@ -174,9 +174,11 @@ struct dsm_backend {
 struct dsm_backend_options {
 	enum dsm_precision precision;
 	int threads;                    /* <= 0: physical cores */
+	size_t device_bytes;            /* emu: device memory budget, 0: 1 GiB */
 };
 
-/* Creates the named backend ("cpu"). Returns 0 or DSM_EARG (unknown name) / DSM_ENOMEM / DSM_EUNSUPPORTED. */
+/* Creates the named backend: "cpu", or "emu" (the cpu backend behind a device-memory budget, kernels/emu/).
+ * Returns 0 or DSM_EARG (unknown name) / DSM_ENOMEM / DSM_EUNSUPPORTED. */
 int dsm_backend_create(struct dsm_backend **out, const char *name, const struct dsm_backend_options *o);
 /* Accepts NULL. */
 void dsm_backend_destroy(struct dsm_backend *be);
