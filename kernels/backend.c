@@ -1,6 +1,7 @@
 #include "backend.h"
 
 #include "cpu_backend.h"
+#include "emu/emu_backend.h"
 #include "error.h"
 
 #include <string.h>
@@ -10,7 +11,9 @@ int dsm_backend_create(struct dsm_backend **out, const char *name, const struct 
 	*out = NULL;
 	if (!name || strcmp(name, "cpu") == 0)
 		return dsm_cpu_backend_create(out, o);
-	return dsm_fail(DSM_EARG, "unknown backend '%s' (available: cpu)", name);
+	if (strcmp(name, "emu") == 0)
+		return dsm_emu_backend_create(out, o);
+	return dsm_fail(DSM_EARG, "unknown backend '%s' (available: cpu, emu)", name);
 }
 
 void dsm_backend_destroy(struct dsm_backend *be)

@@ -197,9 +197,11 @@ struct dsm_backend_options {
 	/* Where the cpu backend's OpenMP threads run: each binds itself to its core the first time it works.
 	 * NULL: unbound. With a plan, its thread count replaces `threads`. Must outlive the backend. */
 	const struct dsm_cpu_threads *cpu_threads;
+	size_t device_bytes;            /* emu: device memory budget, 0: 1 GiB */
 };
 
-/* Creates the named backend ("cpu"). Returns 0 or DSM_EARG (unknown name) / DSM_ENOMEM / DSM_EUNSUPPORTED. */
+/* Creates the named backend: "cpu", or "emu" (the cpu backend behind a device-memory budget, kernels/emu/).
+ * Returns 0 or DSM_EARG (unknown name) / DSM_ENOMEM / DSM_EUNSUPPORTED. */
 int dsm_backend_create(struct dsm_backend **out, const char *name, const struct dsm_backend_options *o);
 /* Accepts NULL. */
 void dsm_backend_destroy(struct dsm_backend *be);

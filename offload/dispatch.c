@@ -2,6 +2,7 @@
 
 #include "error.h"
 #include "pool.h"
+#include "topo.h"
 #include "trace.h"
 
 #include <errno.h>
@@ -39,11 +40,16 @@ struct dsm_offload {
 	struct expert_info *ex;   /* [n_layers * n_experts] */
 	float *scales;
 	struct dsm_stream *st;
-	struct dsm_pool *resident;
+	struct dsm_topo *topo;
+	int own_topo;
+	int n_nodes;
+	struct dsm_pool **resident; /* [n_nodes] the DRAM-tier experts of dram:N, bound to node N (NULL: none) */
+	unsigned *node_experts;   /* [n_nodes] DRAM-tier experts per node */
 	struct dsm_pool *cache_pool;
 	struct dsm_cache *cache;
 	struct slot_info *slots;
 	char warnings[2048];
+	int pool_warned;          /* a pool's pinning warning was added (they all say the same) */
 	struct dsm_offload_stats stats;
 	uint64_t stream_bytes0, stream_dev0; /* streamer counters at the end of open */
 	double stream_busy0;
@@ -87,9 +93,9 @@ static void make_weights(const struct expert_info *e, const void *const data[DSM
 			.cols = (int64_t)e->t[i]->shape[1], .row0 = 0, .data = data[i], .scale = scale[i] };
 }
 
-/* Reads the experts of tier `kind` (and index match) into consecutive slots of pool, starting at slot 0.
- * keep: set their host pointers. Returns the count read or a negative code. */
-static int load_resident(struct dsm_offload *o, struct dsm_pool *pool, int gpu_tier)
+/* Reads the experts of tier `kind` (for dram, those of node `node` only) into consecutive slots of pool, starting
+ * at slot 0, and sets their host pointers. Returns the count read or a negative code. */
+static int load_resident(struct dsm_offload *o, struct dsm_pool *pool, int kind, int node)
 {
 	unsigned slot = 0;
 	int rc = 0;
@@ -99,7 +105,7 @@ static int load_resident(struct dsm_offload *o, struct dsm_pool *pool, int gpu_t
 	for (int l = o->first_moe; l < o->n_layers && rc == 0; l++)
 		for (int x = 0; x < o->n_experts && rc == 0; x++) {
 			struct expert_info *e = info(o, l, x);
-			if (gpu_tier ? e->tier.kind != DSM_TIER_GPU : e->tier.kind != DSM_TIER_DRAM)
+			if (e->tier.kind != kind || (kind == DSM_TIER_DRAM && e->tier.index != node))
 				continue;
 			if ((rc = dsm_stream_job_init(o->st, &jobs[slot], e->r, DSM_EXPERT_NPROJ, dsm_pool_slot(pool, slot),
 						      pool->slot_bytes, dsm_stream_pool_index(o->st, pool, slot))) == 0)
@@ -154,6 +160,14 @@ static void add_warning(struct dsm_offload *o, const char *w)
 		snprintf(o->warnings + used, sizeof o->warnings - used, "%s%s", w, w[strlen(w) - 1] == '\n' ? "" : "\n");
 }
 
+static void add_pool_warning(struct dsm_offload *o, const struct dsm_pool *p)
+{
+	if (p->warning[0] && !o->pool_warned) {
+		add_warning(o, p->warning);
+		o->pool_warned = 1;
+	}
+}
+
 int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, const struct dsm_offload_opts *opt)
 {
 	*out = NULL;
@@ -191,6 +205,26 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, 
 		goto nomem;
 	o->lookahead_tokens = 1;
 
+	if (opt->topo) {
+		o->topo = opt->topo;
+	} else {
+		if ((rc = dsm_topo_open(&o->topo, NULL)) < 0)
+			goto err;
+		o->own_topo = 1;
+	}
+	o->n_nodes = dsm_topo_n_nodes(o->topo);
+	o->resident = calloc((size_t)o->n_nodes, sizeof *o->resident);
+	o->node_experts = calloc((size_t)o->n_nodes, sizeof *o->node_experts);
+	if (!o->resident || !o->node_experts)
+		goto nomem;
+	const char *machine = dsm_topo_is_this_system(o->topo) ? "this machine has" : "the topology has";
+	for (int k = 0; k < DSM_KIND_COUNT; k++)
+		if (p->non_expert[k].kind == DSM_TIER_DRAM && p->non_expert[k].index >= o->n_nodes) {
+			rc = dsm_fail(DSM_EPLAN, "plan puts non-expert weights on dram:%d but %s %d NUMA node%s",
+				      p->non_expert[k].index, machine, o->n_nodes, o->n_nodes == 1 ? "" : "s");
+			goto err;
+		}
+
 	/* Tensors, ranges, tiers; the scales, resident. */
 	uint64_t scale_bytes = 0;
 	unsigned n_tier[3] = { 0, 0, 0 };
@@ -202,7 +236,17 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, 
 			e->tier = dsm_plan_expert_tier(p, l, x);
 			if (e->tier.kind == DSM_TIER_GPU && !(opt->gpu && opt->gpu->alloc))
 				e->tier = (struct dsm_tier){ DSM_TIER_DRAM, 0 }; /* computed by the cpu from DRAM */
+			if (e->tier.kind == DSM_TIER_GPU && e->tier.index != 0)
+				rc = dsm_fail(DSM_EPLAN, "plan puts layer %d expert %d on gpu:%d but the %s backend is one "
+					      "device (gpu:0)", l, x, e->tier.index, opt->gpu->name);
+			if (e->tier.kind == DSM_TIER_DRAM && e->tier.index >= o->n_nodes)
+				rc = dsm_fail(DSM_EPLAN, "plan puts layer %d expert %d on dram:%d but %s %d NUMA node%s", l, x,
+					      e->tier.index, machine, o->n_nodes, o->n_nodes == 1 ? "" : "s");
+			if (rc < 0)
+				goto err;
 			n_tier[e->tier.kind]++;
+			if (e->tier.kind == DSM_TIER_DRAM)
+				o->node_experts[e->tier.index]++;
 			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
 				e->r[j] = (struct dsm_stream_range){ .file = e->t[j]->shard, .offset = e->t[j]->offset,
 					.nbytes = e->t[j]->nbytes, .name = e->t[j]->name };
@@ -246,26 +290,42 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, 
 	if (slot_bytes == 0)
 		slot_bytes = 4096;
 
-	/* Resident experts: DRAM tier, and the GPU tier staged through DRAM for the upload. */
-	unsigned n_host = n_tier[DSM_TIER_DRAM] + n_tier[DSM_TIER_GPU];
-	if (n_host) {
-		if ((rc = dsm_pool_init(&o->resident, slot_bytes, n_host, opt->pool_flags, opt->stream.io)) < 0)
+	/* Resident experts: those of each dram:N in one allocation bound to node N. */
+	for (int j = 0; j < o->n_nodes; j++) {
+		if (!o->node_experts[j])
+			continue;
+		struct dsm_pool *pool;
+		if ((rc = dsm_pool_init_node(&pool, slot_bytes, o->node_experts[j], opt->pool_flags, opt->stream.io, o->topo,
+					     j)) < 0)
 			goto err;
-		add_warning(o, o->resident->warning);
-		/* Read once at open: no fixed buffers (io_uring takes one set, kept for the cache's slots). */
-		if ((rc = load_resident(o, o->resident, 0)) < 0)
-			goto err;
-		if (n_tier[DSM_TIER_GPU]) {
-			/* The gpu experts are read into the slots after the dram ones, then uploaded. */
-			struct dsm_pool *staging = o->resident;
-			unsigned base = n_tier[DSM_TIER_DRAM];
-			struct dsm_pool view = *staging;
-			view.base = (uint8_t *)dsm_pool_slot(staging, base);
-			view.n_slots = n_tier[DSM_TIER_GPU];
-			if ((rc = load_resident(o, &view, 1)) < 0 || (rc = upload_gpu(o)) < 0)
-				goto err;
+		o->resident[j] = pool;
+		add_pool_warning(o, pool);
+		/* On one node binding changes nothing, so a refusal is worth a warning only with several. */
+		if (pool->bind_error[0] && o->n_nodes > 1) {
+			char w[256];
+			snprintf(w, sizeof w, "dram:%d experts stay unbound: %s", j, pool->bind_error);
+			add_warning(o, w);
 		}
-		o->stats.resident_bytes[DSM_TIER_DRAM] = (uint64_t)n_tier[DSM_TIER_DRAM] * slot_bytes;
+		/* Read once at open: no fixed buffers (io_uring takes one set, kept for the cache's slots). */
+		if ((rc = load_resident(o, pool, DSM_TIER_DRAM, j)) < 0)
+			goto err;
+		o->stats.resident_bytes[DSM_TIER_DRAM] += (uint64_t)o->node_experts[j] * slot_bytes;
+	}
+	/* The GPU tier, staged through DRAM for the upload; the staging is freed once uploaded. */
+	if (n_tier[DSM_TIER_GPU]) {
+		struct dsm_pool *staging;
+		if ((rc = dsm_pool_init(&staging, slot_bytes, n_tier[DSM_TIER_GPU], opt->pool_flags | DSM_POOL_NO_LOCK,
+					opt->stream.io)) < 0)
+			goto err;
+		if ((rc = load_resident(o, staging, DSM_TIER_GPU, 0)) >= 0)
+			rc = upload_gpu(o);
+		for (int l = o->first_moe; l < o->n_layers; l++)
+			for (int x = 0; x < o->n_experts; x++)
+				if (info(o, l, x)->tier.kind == DSM_TIER_GPU)
+					memset(info(o, l, x)->host, 0, sizeof info(o, l, x)->host);
+		dsm_pool_free(staging);
+		if (rc < 0)
+			goto err;
 	}
 
 	/* The expert cache for streamed experts. */
@@ -287,8 +347,7 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, 
 			goto err;
 		if ((rc = dsm_pool_init(&o->cache_pool, slot_bytes, (unsigned)n_slots, opt->pool_flags, opt->stream.io)) < 0)
 			goto err;
-		if (o->cache_pool->warning[0] && !(o->resident && o->resident->warning[0]))
-			add_warning(o, o->cache_pool->warning);
+		add_pool_warning(o, o->cache_pool);
 		if ((rc = dsm_stream_register_pool(o->st, o->cache_pool)) < 0)
 			goto err;
 		if (!(o->slots = calloc((size_t)n_slots, sizeof *o->slots)))
@@ -329,7 +388,10 @@ void dsm_offload_close(struct dsm_offload *o)
 		if (o->dev_y)
 			o->o.gpu->free(o->o.gpu, o->dev_y);
 	}
-	dsm_pool_free(o->resident);
+	for (int j = 0; o->resident && j < o->n_nodes; j++)
+		dsm_pool_free(o->resident[j]);
+	free(o->resident);
+	free(o->node_experts);
 	dsm_pool_free(o->cache_pool);
 	dsm_cache_free(o->cache);
 	free(o->slots);
@@ -350,6 +412,8 @@ void dsm_offload_close(struct dsm_offload *o)
 	free(o->la_logits);
 	free(o->la_idx);
 	free(o->la_w);
+	if (o->own_topo)
+		dsm_topo_close(o->topo);
 	free(o);
 }
 
@@ -784,6 +848,20 @@ void dsm_offload_put(struct dsm_offload *o, int layer, int expert)
 	int slot = dsm_cache_find(o->cache, layer, expert);
 	if (slot >= 0)
 		dsm_cache_release(o->cache, slot);
+}
+
+int dsm_offload_expert_node(const struct dsm_offload *o, int layer, int expert, int *bound)
+{
+	if (bound)
+		*bound = 0;
+	if (layer < o->first_moe || layer >= o->n_layers || expert < 0 || expert >= o->n_experts)
+		return -1;
+	struct dsm_tier t = o->ex[(size_t)layer * (size_t)o->n_experts + (size_t)expert].tier;
+	if (t.kind != DSM_TIER_DRAM)
+		return -1;
+	if (bound)
+		*bound = o->resident[t.index] && o->resident[t.index]->bound;
+	return t.index;
 }
 
 void dsm_offload_get_stats(const struct dsm_offload *o, struct dsm_offload_stats *s)

@@ -39,6 +39,7 @@ struct dsm_offload_opts {
 	const double *hotness;            /* pinned policy: [n_layers * n_experts], NULL: observed counts */
 	struct dsm_stream_opts stream;
 	unsigned pool_flags;              /* dsm_pool_flags of both pools */
+	struct dsm_topo *topo;            /* NUMA nodes of the dram:N tiers (offload/topo.h); NULL: this machine's */
 };
 
 struct dsm_moe_step {
@@ -64,9 +65,12 @@ struct dsm_offload_stats {
 };
 
 struct dsm_offload;
+struct dsm_topo;
 
-/* Builds the store under plan o->plan for checkpoint ck (which must outlive it). Returns 0 or a negative
- * DSM_E* code: DSM_EPLAN (plan for another model), DSM_EIO / DSM_ETRUNCATED (reading experts, with file,
+/* Builds the store under plan o->plan for checkpoint ck (which must outlive it). The DRAM-tier experts of
+ * each dram:N are read into one allocation bound to NUMA node N of o->topo (which must outlive the store).
+ * Returns 0 or a negative DSM_E* code: DSM_EPLAN (plan for another model, a dram:N node the topology does not
+ * have, a gpu:N other than gpu:0 with a gpu backend), DSM_EIO / DSM_ETRUNCATED (reading experts, with file,
  * tensor and offset), DSM_ENOMEM. Warnings (pinning, O_DIRECT refused, ...) are in dsm_offload_warnings. */
 int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, const struct dsm_offload_opts *o);
 /* Waits for reads in flight and frees everything. Accepts NULL. */
@@ -91,6 +95,11 @@ void dsm_offload_set_lookahead(struct dsm_offload *o, int max_tokens);
 int dsm_offload_get(struct dsm_offload *o, int layer, int expert, struct dsm_ffn_weights *w);
 void dsm_offload_put(struct dsm_offload *o, int layer, int expert);
 
+/* The NUMA node holding DRAM-tier expert (layer, expert) (N of its dram:N), or -1 for the other tiers.
+ * *bound (may be NULL): 1 when its memory is bound to that node, 0 when it is plain (a synthetic topology,
+ * or the kernel refused the binding; see dsm_offload_warnings). */
+int dsm_offload_expert_node(const struct dsm_offload *o, int layer, int expert, int *bound);
+
 void dsm_offload_get_stats(const struct dsm_offload *o, struct dsm_offload_stats *s);
 void dsm_offload_reset_stats(struct dsm_offload *o);
 /* Pinned policy: reads the pinned experts into the cache now, so that the first tokens find them (the hot
@@ -104,7 +113,8 @@ const struct dsm_cache *dsm_offload_cache(const struct dsm_offload *o);
 
 struct dsm_offload_setup {
 	const char *plan_path;            /* a plan file; NULL: computed from the budgets */
-	uint64_t vram_budget;             /* bytes for gpu:0 (0: none without a gpu backend) */
+	uint64_t vram_budget;             /* bytes for gpu:0 with a gpu backend: experts' weights and scales and
+					   * the activations of one expert (0: no gpu experts in a computed plan) */
 	uint64_t dram_budget;             /* 0: available memory minus 10% (at least 1 GiB) */
 	const char *hotness_trace;        /* routing trace giving expert hotness; NULL: the router bias */
 	int cache_policy;                 /* enum dsm_cache_policy; -1: the plan's, else lru */
@@ -112,7 +122,9 @@ struct dsm_offload_setup {
 	int cache_off;
 	int stream_all;                   /* every routed expert streamed (ignores budgets for experts) */
 	struct dsm_stream_opts stream;
-	struct dsm_backend *cpu, *gpu;
+	int64_t max_tokens;               /* tokens of one forward step at most (device activations); 0: 128 */
+	struct dsm_backend *cpu, *gpu;    /* gpu NULL: a plan naming gpu:N experts is refused */
+	struct dsm_topo *topo;            /* as in dsm_offload_opts */
 };
 
 /* Loads or computes the plan (validated against ck) and opens the store. *plan_out (owned by the caller)

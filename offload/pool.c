@@ -19,7 +19,15 @@
 int dsm_pool_init(struct dsm_pool **out, size_t slot_bytes, unsigned n_slots, unsigned flags,
 		  const struct dsm_io_methods *io)
 {
+	return dsm_pool_init_node(out, slot_bytes, n_slots, flags, io, NULL, -1);
+}
+
+int dsm_pool_init_node(struct dsm_pool **out, size_t slot_bytes, unsigned n_slots, unsigned flags,
+		       const struct dsm_io_methods *io, struct dsm_topo *topo, int node)
+{
 	*out = NULL;
+	if (topo && (node < 0 || node >= dsm_topo_n_nodes(topo)))
+		return dsm_fail(DSM_EARG, "buffer pool: NUMA node %d does not exist (%d nodes)", node, dsm_topo_n_nodes(topo));
 	if (slot_bytes == 0 || slot_bytes > SIZE_MAX - POOL_ALIGN)
 		return dsm_fail(DSM_EARG, "buffer pool: bad slot size %zu", slot_bytes);
 	size_t slot = (slot_bytes + POOL_ALIGN - 1) / POOL_ALIGN * POOL_ALIGN;
@@ -34,6 +42,7 @@ int dsm_pool_init(struct dsm_pool **out, size_t slot_bytes, unsigned n_slots, un
 	p->bytes = slot * n_slots;
 	p->map_bytes = p->bytes ? p->bytes : POOL_ALIGN;
 	p->slots_per_chunk = slot > DSM_POOL_REGISTER_MAX ? 1 : (unsigned)(DSM_POOL_REGISTER_MAX / slot);
+	p->node = topo ? node : -1;
 	void *m = mmap(NULL, p->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (m == MAP_FAILED) {
 		int e = errno;
@@ -45,6 +54,13 @@ int dsm_pool_init(struct dsm_pool **out, size_t slot_bytes, unsigned n_slots, un
 	p->base = m;
 	/* Huge pages cut TLB misses of the expert kernels; a refusal costs nothing. */
 	madvise(p->base, p->map_bytes, MADV_HUGEPAGE);
+	/* Bound before mlock touches the pages, so that they are allocated on the node. */
+	if (topo) {
+		int rc = dsm_topo_bind_area(topo, node, p->base, p->map_bytes);
+		p->bound = rc == 0;
+		if (rc == DSM_EIO)
+			snprintf(p->bind_error, sizeof p->bind_error, "%s", dsm_errmsg());
+	}
 	if (!(flags & DSM_POOL_NO_LOCK) && p->bytes) {
 		int e = p->io->lock(p->io->ctx, p->base, p->bytes);
 		if (e == 0) {

@@ -9,6 +9,7 @@
 #define DSM_POOL_H
 
 #include "io_methods.h"
+#include "topo.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -32,6 +33,9 @@ struct dsm_pool {
 	char warning[320];        /* non-empty when pinning failed: print it once */
 	const struct dsm_io_methods *io;
 	unsigned slots_per_chunk; /* slots per registered buffer (chunks <= DSM_POOL_REGISTER_MAX) */
+	int node;                 /* NUMA node the memory is meant for (dsm_pool_init_node), -1: any */
+	int bound;                /* the memory is bound to that node */
+	char bind_error[160];     /* why binding failed on this machine ("" when bound or not asked) */
 };
 
 /* Maps n_slots slots of at least slot_bytes bytes each and pins them as far as allowed.
@@ -39,6 +43,12 @@ struct dsm_pool {
  * *out owns the memory; free it with dsm_pool_free. */
 int dsm_pool_init(struct dsm_pool **out, size_t slot_bytes, unsigned n_slots, unsigned flags,
 		  const struct dsm_io_methods *io);
+/* As dsm_pool_init, for memory of NUMA node `node` of topo: the mapping is bound to it (hwloc membind) before
+ * its pages are touched. Binding is best effort like pinning: on a synthetic topology nothing is bound, and
+ * where the kernel refuses the memory stays plain with the reason in bind_error. DSM_EARG for a node the
+ * topology does not have. */
+int dsm_pool_init_node(struct dsm_pool **out, size_t slot_bytes, unsigned n_slots, unsigned flags,
+		       const struct dsm_io_methods *io, struct dsm_topo *topo, int node);
 /* Unpins and unmaps. Accepts NULL. */
 void dsm_pool_free(struct dsm_pool *p);
 

@@ -75,6 +75,49 @@ out:
 	return rc;
 }
 
+/* The VRAM budget as dsm_plan_from_budgets counts it (FP8 weights only): on the device each expert also takes
+ * its block scales and the allocation's rounding, and one expert's activations (in and out) are there too. */
+static uint64_t plan_vram(const struct dsm_checkpoint *ck, const struct dsm_plan_sizes *sz, uint64_t vram,
+			  int64_t max_tokens)
+{
+	const struct dsm_config *c = &ck->config;
+	const struct dsm_tensor *t[DSM_EXPERT_NPROJ];
+	if (!vram || c->first_k_dense_replace >= c->num_hidden_layers || !sz->expert_bytes ||
+	    dsm_expert_tensors(ck, c->first_k_dense_replace, 0, t) < 0)
+		return vram;
+	uint64_t dev = 0;
+	for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+		dev += (t[j]->nbytes + 63) / 64 * 64;
+		if (t[j]->scale)
+			dev += (t[j]->scale->nbytes + 63) / 64 * 64;
+	}
+	uint64_t rows = (uint64_t)(max_tokens > 0 ? max_tokens : 128);
+	uint64_t act = 2 * ((rows * (uint64_t)c->hidden_size * sizeof(float) + 63) / 64 * 64);
+	if (vram <= act)
+		return 0;
+	vram -= act;
+	/* Scaled by expert_bytes / dev, computed without overflow. */
+	return vram / dev * sz->expert_bytes + vram % dev * sz->expert_bytes / dev;
+}
+
+/* A plan that names gpu:N experts needs a gpu backend: without one they would silently run on the cpu. */
+static int check_gpu_tier(const struct dsm_plan *p, const char *what, const struct dsm_backend *gpu)
+{
+	uint64_t n[3];
+	dsm_plan_count(p, n);
+	if (gpu || !n[DSM_TIER_GPU])
+		return 0;
+	for (int l = p->first_moe; l < p->n_layers; l++)
+		for (int x = 0; x < p->n_experts; x++) {
+			struct dsm_tier t = dsm_plan_expert_tier(p, l, x);
+			if (t.kind == DSM_TIER_GPU)
+				return dsm_fail(DSM_EPLAN, "%s: the plan puts %llu experts on a GPU (layer %d expert %d on gpu:%d "
+						"first) but no GPU backend is in use (--gpu-backend emu, or cuda where built)", what,
+						(unsigned long long)n[DSM_TIER_GPU], l, x, t.index);
+		}
+	return 0;
+}
+
 int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, const struct dsm_checkpoint *ck,
 		      const struct dsm_offload_setup *s)
 {
@@ -95,7 +138,7 @@ int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, cons
 	uint64_t min_cache = 2ull * (uint64_t)(c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1) *
 			     (sz.expert_bytes + 65536);
 	if (s->plan_path) {
-		if ((rc = dsm_plan_load(&p, s->plan_path, c)) < 0)
+		if ((rc = dsm_plan_load(&p, s->plan_path, c)) < 0 || (rc = check_gpu_tier(p, s->plan_path, s->gpu)) < 0)
 			goto out;
 	} else {
 		uint64_t dram = s->dram_budget;
@@ -104,7 +147,8 @@ int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, cons
 			margin = margin < (1ull << 30) ? (1ull << 30) : margin;
 			dram = avail > margin ? avail - margin : 0;
 		}
-		struct dsm_plan_budget b = { .vram_bytes = s->gpu ? s->vram_budget : 0, .dram_bytes = dram,
+		struct dsm_plan_budget b = { .vram_bytes = s->gpu ? plan_vram(ck, &sz, s->vram_budget, s->max_tokens) : 0,
+			.dram_bytes = dram,
 			.dram_reserve = s->cache_bytes ? s->cache_bytes : min_cache };
 		if (s->stream_all)
 			b.dram_bytes = b.dram_bytes < sz.non_expert_total + b.dram_reserve ? b.dram_bytes
@@ -119,7 +163,7 @@ int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, cons
 		.plan = p, .cpu = s->cpu, .gpu = s->gpu,
 		.policy = s->cache_policy >= 0 ? s->cache_policy : p->cache_policy >= 0 ? p->cache_policy : DSM_CACHE_LRU,
 		.cache_bytes = s->cache_bytes ? s->cache_bytes : p->cache_bytes,
-		.cache_off = s->cache_off, .hotness = hot, .stream = s->stream,
+		.cache_off = s->cache_off, .hotness = hot, .stream = s->stream, .topo = s->topo,
 	};
 	if ((rc = dsm_offload_open(out, ck, &oo)) < 0)
 		goto out;

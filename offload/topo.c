@@ -245,6 +245,17 @@ void dsm_topo_free(struct dsm_topo *t, void *p, size_t bytes)
 		hwloc_free(t->h, p, bytes ? bytes : 1);
 }
 
+int dsm_topo_bind_area(struct dsm_topo *t, int j, void *p, size_t bytes)
+{
+	if (j < 0 || j >= t->n_nodes)
+		return dsm_fail(DSM_EARG, "bind memory to NUMA node %d of %d", j, t->n_nodes);
+	if (!t->this_system)
+		return dsm_fail(DSM_EUNSUPPORTED, "bind memory to NUMA node %d: the topology is synthetic", j);
+	if (hwloc_set_area_membind(t->h, p, bytes, t->node[j]->nodeset, HWLOC_MEMBIND_BIND, HWLOC_MEMBIND_BYNODESET) < 0)
+		return dsm_fail(DSM_EIO, "bind %zu MiB to NUMA node %d: %s", bytes >> 20, j, strerror(errno));
+	return 0;
+}
+
 int dsm_topo_memory_node(struct dsm_topo *t, const void *p, size_t bytes)
 {
 	if (!t->this_system)

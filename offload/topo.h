@@ -53,6 +53,10 @@ int dsm_topo_bind_thread(void *arg, int i);
 void *dsm_topo_alloc_node(struct dsm_topo *t, int j, size_t bytes);
 /* Frees what dsm_topo_alloc_node returned (bytes as allocated); accepts NULL. */
 void dsm_topo_free(struct dsm_topo *t, void *p, size_t bytes);
+/* Binds [p, p + bytes) (page aligned, pages not touched yet) to NUMA node j, so that they land there when first
+ * touched. Returns 0, DSM_EARG (no node j), DSM_EUNSUPPORTED (a synthetic topology: nothing to bind) or DSM_EIO
+ * (the kernel refused, e.g. mbind blocked in a container), each with a message. */
+int dsm_topo_bind_area(struct dsm_topo *t, int j, void *p, size_t bytes);
 /* The node the pages of [p, p + bytes) are bound to, -1 when not bound to exactly one node or unknown. */
 int dsm_topo_memory_node(struct dsm_topo *t, const void *p, size_t bytes);
 

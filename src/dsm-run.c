@@ -68,7 +68,10 @@ static void usage(FILE *f)
 		"routed experts across tiers (docs/offload.md, docs/plan.md; any of these turns the tiered store on):\n"
 		"  --offload              the tiered store with a plan computed from the budgets below\n"
 		"  --plan FILE            placement plan (JSON, docs/plan.md)\n"
-		"  --vram-budget SIZE     GPU memory for a computed plan (e.g. 20G)\n"
+		"  --gpu-backend NAME     computes the experts a plan puts on gpu:0: emu (the cpu behind a device-memory\n"
+		"                         budget of --vram-budget, default 1G; for tests) or cuda where built. Without\n"
+		"                         it a plan naming gpu:N experts is refused\n"
+		"  --vram-budget SIZE     GPU memory for a computed plan (e.g. 20G; needs --gpu-backend)\n"
 		"  --dram-budget SIZE     DRAM for a computed plan (default: available memory minus 10%%)\n"
 		"  --stream-experts       every routed expert streamed from the checkpoint\n"
 		"  --cache-policy P       expert cache of streamed experts: lru (default), lfu or pinned\n"
@@ -397,7 +400,7 @@ enum {
 	OPT_IGNORE_EOS, OPT_PRECISION, OPT_CTX, OPT_BATCH, OPT_KV, OPT_IDX_FP8, OPT_IDX_TOPK, OPT_MLA, OPT_JSON,
 	OPT_DUMP_LOGITS, OPT_DUMP_ALL, OPT_DUMP_ROUTING, OPT_DUMP_SELECTION, OPT_FORCE_ROUTING, OPT_FORCE_SELECTION,
 	OPT_OFFLOAD, OPT_PLAN, OPT_VRAM, OPT_DRAM, OPT_STREAM_EXPERTS, OPT_CACHE_POLICY, OPT_CACHE_SIZE, OPT_CACHE_OFF,
-	OPT_HOTNESS, OPT_RECORD_ROUTING, OPT_NO_BIND,
+	OPT_HOTNESS, OPT_RECORD_ROUTING, OPT_NO_BIND, OPT_GPU_BACKEND,
 };
 
 static uint64_t parse_size_arg(const char *what, const char *s)
@@ -432,6 +435,7 @@ int main(int argc, char **argv)
 		{ "force-routing", required_argument, NULL, OPT_FORCE_ROUTING },
 		{ "force-selection", required_argument, NULL, OPT_FORCE_SELECTION },
 		{ "offload", no_argument, NULL, OPT_OFFLOAD }, { "plan", required_argument, NULL, OPT_PLAN },
+		{ "gpu-backend", required_argument, NULL, OPT_GPU_BACKEND },
 		{ "vram-budget", required_argument, NULL, OPT_VRAM }, { "dram-budget", required_argument, NULL, OPT_DRAM },
 		{ "stream-experts", no_argument, NULL, OPT_STREAM_EXPERTS },
 		{ "cache-policy", required_argument, NULL, OPT_CACHE_POLICY },
@@ -451,7 +455,7 @@ int main(int argc, char **argv)
 	struct run r = { 0 };
 	struct dsm_offload_setup os = { .cache_policy = -1 };
 	int use_offload = 0;
-	const char *record_path = NULL;
+	const char *record_path = NULL, *gpu_backend = NULL;
 	int c;
 	while ((c = getopt_long(argc, argv, "m:p:f:n:t:qh", opts, NULL)) != -1) {
 		switch (c) {
@@ -518,6 +522,7 @@ int main(int argc, char **argv)
 		case OPT_FORCE_SELECTION: force_select_path = optarg; break;
 		case OPT_OFFLOAD: use_offload = 1; break;
 		case OPT_PLAN: os.plan_path = optarg; use_offload = 1; break;
+		case OPT_GPU_BACKEND: gpu_backend = optarg; use_offload = 1; break;
 		case OPT_VRAM: os.vram_budget = parse_size_arg("--vram-budget", optarg); use_offload = 1; break;
 		case OPT_DRAM: os.dram_budget = parse_size_arg("--dram-budget", optarg); use_offload = 1; break;
 		case OPT_STREAM_EXPERTS: os.stream_all = 1; use_offload = 1; break;
@@ -553,6 +558,7 @@ int main(int argc, char **argv)
 	struct dsm_offload *off = NULL;
 	struct dsm_plan *plan = NULL;
 	struct dsm_offload_report report;
+	struct dsm_backend *gpu = NULL;
 	if (prompt_file) {
 		prompt = file_text = read_whole(prompt_file);
 		if (!prompt) {
@@ -564,6 +570,24 @@ int main(int argc, char **argv)
 		goto fail;
 	if (use_offload) {
 		os.cpu = m->be;
+		if (gpu_backend) {
+			/* The device computes what the cpu would, with the same precision and threads. */
+			struct dsm_backend_options bo = { .precision = mo.precision, .threads = mo.threads,
+							  .device_bytes = (size_t)os.vram_budget };
+			if ((rc = dsm_backend_create(&gpu, gpu_backend, &bo)) < 0) {
+				dsm_fail_prefix(rc, "--gpu-backend");
+				goto fail;
+			}
+			if (!gpu->alloc) {
+				rc = dsm_fail(DSM_EARG, "--gpu-backend %s: not a device backend (emu, or cuda where built)",
+					      gpu_backend);
+				goto fail;
+			}
+			os.gpu = gpu;
+		} else if (os.vram_budget) {
+			fprintf(stderr, "dsm-run: warning: --vram-budget without --gpu-backend: no expert goes to a GPU\n");
+		}
+		os.max_tokens = so.max_batch;
 		if ((rc = dsm_offload_setup(&off, &plan, m->ck, &os)) < 0)
 			goto fail;
 		if (dsm_offload_warnings(off)[0])
@@ -698,6 +722,7 @@ out:
 	dsm_session_free(s);
 	dsm_trace_close(r.trace);
 	dsm_offload_close(off);
+	dsm_backend_destroy(gpu);
 	dsm_plan_free(plan);
 	dsm_model_close(m);
 	tokenizer_free(r.tok);

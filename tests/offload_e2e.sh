@@ -1,8 +1,8 @@
 #!/bin/sh
 # dsm-run with the tiered expert store (docs/offload.md) on the tiny preset: all-DRAM, all-streamed
-# (cache off), cached with each policy, mixed and GPU-tier plans from a plan file, a plan from budgets:
-# every plan gives logits bit-identical to the plain run. Then the report, --json, --record-routing and
-# clear errors for bad plans and budgets. DSM_TEST_SMALL=1 repeats the logits check on the small preset
+# (cache off), cached with each policy, mixed and GPU-tier plans from a plan file (GPU experts on the emu
+# backend), plans from budgets with a small emu device: every plan gives logits bit-identical to the plain run.
+# Then the report, --json, --record-routing and clear errors for bad plans and budgets. DSM_TEST_SMALL=1 repeats the logits check on the small preset
 # (1.5 GB, about a minute to write).
 W=$top_builddir/tests/offload_e2e.d
 rm -rf "$W"
@@ -30,8 +30,9 @@ check_plans() { # model dir, label
 	$RUN -m "$1" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/base.npy" -q > /dev/null || { bad "$2: plain run"; return; }
 	for mode in "--offload --dram-budget 64G" "--stream-experts --cache-off" "--stream-experts --cache-policy lru" \
 		"--stream-experts --cache-policy lfu --cache-size 2M" "--stream-experts --cache-policy pinned --cache-size 2M" \
-		"--plan $W/mixed.json" "--plan $W/mixed.json --cache-off"; do
-		case "$mode" in *mixed.json*) [ "$2" = tiny ] || continue ;; esac
+		"--plan $W/mixed.json --gpu-backend emu" "--plan $W/mixed.json --gpu-backend emu --cache-off" \
+		"--gpu-backend emu --vram-budget 1M" "--gpu-backend emu --vram-budget 1M --dram-budget 6M"; do
+		case "$mode" in *mixed.json*|*"--dram-budget 6M"*) [ "$2" = tiny ] || continue ;; esac
 		if $RUN -m "$1" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/plan.npy" -q $mode > /dev/null 2> "$W/err" &&
 		   cmp -s "$W/base.npy" "$W/plan.npy"; then
 			ok "$2: $mode: identical logits"
@@ -42,6 +43,13 @@ check_plans() { # model dir, label
 	done
 }
 check_plans "$W/tiny" tiny
+
+# The budget runs above put some experts on the emu device (1 MiB holds 10 of the 48 tiny experts), some in
+# DRAM and, with 6 MiB of DRAM, the rest on nvme.
+if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --vram-budget 1M --dram-budget 6M \
+	> /dev/null 2> "$W/err" &&
+   grep -q "offload: experts gpu [1-9][0-9]*, dram [1-9][0-9]*, nvme [1-9][0-9]*;" "$W/err"
+then ok "emu device: some experts on gpu:0"; else bad "emu device: some experts on gpu:0"; cat "$W/err"; fi
 
 # The report on stderr and in --json; a routing trace that the next run uses as hotness.
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --stream-experts --record-routing "$W/r.trace" > /dev/null 2> "$W/err" &&
@@ -73,6 +81,12 @@ sed 's/\["0-7"\]/[16]/' "$W/mixed.json" > "$W/missing.json"
 expect_error "plan naming a missing expert" "expert 16 does not exist" --plan "$W/missing.json"
 expect_error "budget below the non-expert weights" "cannot hold the non-expert weights" --dram-budget 1M
 expect_error "missing plan file" "cannot open the plan" --plan "$W/none.json"
+expect_error "gpu plan without a gpu backend" \
+	"puts 2 experts on a GPU (layer 3 expert 1 on gpu:0 first) but no GPU backend" --plan "$W/mixed.json"
+expect_error "unknown gpu backend" "unknown backend 'tpu'" --gpu-backend tpu
+sed 's/"dram:0": \["0-7"\]/"dram:63": ["0-7"]/' "$W/mixed.json" > "$W/node.json"
+expect_error "plan naming a NUMA node the machine lacks" \
+	"layer 2 expert 0 on dram:63 but this machine has [0-9]* NUMA node" --plan "$W/node.json" --gpu-backend emu
 expect_error "bad cache policy" "expected lru, lfu or pinned" --cache-policy mru
 
 if [ "$DSM_TEST_SMALL" = 1 ]; then

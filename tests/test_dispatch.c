@@ -6,13 +6,16 @@
 #include "backend.h"
 #include "checkpoint.h"
 #include "dispatch.h"
+#include "emu/emu_backend.h"
 #include "error.h"
 #include "io_methods.h"
 #include "mkmodel.h"
 #include "plan.h"
+#include "topo.h"
 #include "test_util.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,47 +114,51 @@ static void reference(const struct step_data *d, float *y)
 	free(ye);
 }
 
-/* ---- An emulated GPU: device memory is host memory under a budget, copies are memcpy. ---- */
-static size_t emu_used, emu_budget;
+/* The emulated GPU (kernels/emu): device memory is host memory under a budget, ops are the cpu backend's. */
+static struct dsm_backend *emu;
 
-static void *emu_alloc(struct dsm_backend *be, size_t bytes)
+static struct dsm_emu_stats emu_stats(void)
 {
-	if (emu_used + bytes > emu_budget)
-		return NULL;
-	size_t *p = malloc(bytes + 16);
-	if (!p)
-		return NULL;
-	p[0] = bytes;
-	emu_used += bytes;
-	return (char *)p + 16;
+	struct dsm_emu_stats st = { 0 };
+	dsm_emu_get_stats(emu, &st);
+	return st;
 }
 
-static void emu_free(struct dsm_backend *be, void *p)
+/* The emu backend's own contract: 64-byte aligned allocations under the budget, counted, freed. */
+static void test_emu_memory(const struct dsm_backend_options *bo)
 {
-	if (!p)
+	struct dsm_backend_options o = *bo;
+	o.device_bytes = 4096;
+	struct dsm_backend *e;
+	if (dsm_backend_create(&e, "emu", &o) < 0) {
+		CHECK(0, "emu: %s", dsm_errmsg());
 		return;
-	size_t *h = (size_t *)((char *)p - 16);
-	emu_used -= h[0];
-	free(h);
+	}
+	CHECK(strcmp(e->name, "emu") == 0 && e->alloc && e->free && e->copy_in && e->copy_out && e->sync,
+	      "emu: device memory functions");
+	void *a = e->alloc(e, 1000), *b = e->alloc(e, 3000), *c = e->alloc(e, 100);
+	struct dsm_emu_stats st = { 0 };
+	dsm_emu_get_stats(e, &st);
+	CHECK(a && b && !c && ((uintptr_t)a & 63) == 0 && ((uintptr_t)b & 63) == 0, "emu: alloc under a budget");
+	CHECK(st.used == 1024 + 3008 && st.allocs == 2 && st.failed == 1, "emu: used %zu allocs %zu failed %zu",
+	      st.used, st.allocs, st.failed);
+	char src[1000], back[1000];
+	for (int i = 0; i < 1000; i++)
+		src[i] = (char)(i * 7);
+	CHECK(e->copy_in(e, a, src, sizeof src) == 0 && e->copy_out(e, back, a, sizeof back) == 0 && e->sync(e) == 0 &&
+	      memcmp(src, back, sizeof src) == 0, "emu: copies");
+	e->free(e, b);
+	c = e->alloc(e, 2048);
+	CHECK(c != NULL, "emu: freed memory is reusable");
+	e->free(e, a);
+	e->free(e, c);
+	e->free(e, NULL);
+	dsm_emu_get_stats(e, &st);
+	CHECK(st.used == 0 && st.allocs == 0 && st.peak == 1024 + 3008 && st.bad_frees == 0,
+	      "emu: after frees used %zu allocs %zu peak %zu bad %zu", st.used, st.allocs, st.peak, st.bad_frees);
+	CHECK(dsm_emu_get_stats(cpu, &st) == DSM_EARG, "emu stats of the cpu backend");
+	dsm_backend_destroy(e);
 }
-
-static int emu_copy(struct dsm_backend *be, void *dst, const void *src, size_t bytes)
-{
-	memcpy(dst, src, bytes);
-	return 0;
-}
-
-static int emu_sync(struct dsm_backend *be)
-{
-	return 0;
-}
-
-static int emu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y)
-{
-	return cpu->ffn(cpu, w, n, x, y);
-}
-
-static struct dsm_backend emu;
 
 struct config_case {
 	const char *name;
@@ -162,6 +169,7 @@ struct config_case {
 	unsigned stream_flags;
 	int gpu;
 	int prefetch;
+	struct dsm_topo *topo;    /* NULL: this machine's */
 };
 
 /* Pinned policy: after the warm-up every pinned streamed expert is in memory (its first use is a hit, nothing
@@ -190,12 +198,49 @@ static void check_warm(const struct config_case *cc, struct dsm_offload *o)
 	dsm_offload_reset_stats(o);
 }
 
+/* Every DRAM-tier expert is recorded on the node its dram:N names; on this machine, where the binding took
+ * and the kernel lets hwloc tell, its pages are on that node. */
+static void check_nodes(const struct config_case *cc, struct dsm_offload *o)
+{
+	int n_dram = 0, n_bound = 0, n_queried = 0;
+	for (int l = L0; l < NL; l++)
+		for (int x = 0; x < E; x++) {
+			struct dsm_tier t = dsm_plan_expert_tier(cc->plan, l, x);
+			int bound, node = dsm_offload_expert_node(o, l, x, &bound);
+			if (t.kind != DSM_TIER_DRAM) {
+				CHECK(node == -1, "%s: layer %d expert %d not in dram but on node %d", cc->name, l, x, node);
+				continue;
+			}
+			n_dram++;
+			CHECK(node == t.index, "%s: layer %d expert %d: node %d, the plan says dram:%d", cc->name, l, x, node,
+			      t.index);
+			if (!cc->topo || !bound)
+				continue;
+			n_bound++;
+			struct dsm_ffn_weights w;
+			CHECK(dsm_offload_get(o, l, x, &w) == 0, "%s: get: %s", cc->name, dsm_errmsg());
+			const struct dsm_tensor *tt[3];
+			dsm_expert_tensors(ck, l, x, tt);
+			int mn = dsm_topo_memory_node(cc->topo, w.gate.data, tt[0]->nbytes);
+			if (mn >= 0) {
+				n_queried++;
+				CHECK(mn == t.index, "%s: layer %d expert %d: memory on node %d, not %d", cc->name, l, x, mn, t.index);
+			}
+		}
+	CHECK(n_dram > 0, "%s: no dram expert", cc->name);
+	if (cc->topo && !dsm_topo_is_this_system(cc->topo))
+		CHECK(n_bound == 0, "%s: memory bound on a synthetic topology", cc->name);
+	if (cc->topo && dsm_topo_is_this_system(cc->topo) && (n_bound == 0 || n_queried == 0))
+		fprintf(stderr, "%s: note: %s; the node of resident memory is not checked\n", cc->name,
+			n_bound == 0 ? "the kernel refused the memory binding" : "hwloc cannot query the binding");
+}
+
 static void run_case(const struct config_case *cc, struct step_data *steps, float *const *want)
 {
-	struct dsm_offload_opts oo = { .plan = cc->plan, .cpu = cpu, .gpu = cc->gpu ? &emu : NULL,
+	struct dsm_offload_opts oo = { .plan = cc->plan, .cpu = cpu, .gpu = cc->gpu ? emu : NULL,
 		.policy = cc->policy, .cache_bytes = cc->cache_bytes, .cache_off = cc->cache_off,
 		.stream = { .flags = cc->stream_flags, .queue_depth = 4, .chunk_bytes = 16384 },
-		.pool_flags = DSM_POOL_NO_LOCK };
+		.pool_flags = DSM_POOL_NO_LOCK, .topo = cc->topo };
 	/* Pinned policy: hotness as a trace would give it, uneven across experts. */
 	double *hot = calloc((size_t)(NL * E), sizeof *hot);
 	for (int i = 0; i < NL * E; i++)
@@ -210,6 +255,8 @@ static void run_case(const struct config_case *cc, struct step_data *steps, floa
 		return;
 	if (cc->policy == DSM_CACHE_PINNED)
 		check_warm(cc, o);
+	if (cc->topo)
+		check_nodes(cc, o);
 	float *y = malloc(sizeof(float) * (size_t)(T * D));
 	for (int round = 0; round < 2; round++)
 		for (int s = 0; s < STEPS; s++) {
@@ -320,14 +367,7 @@ int main(void)
 		fprintf(stderr, "cpu backend: %s\n", dsm_errmsg());
 		return 99;
 	}
-	emu = *cpu;
-	emu.name = "emu";
-	emu.alloc = emu_alloc;
-	emu.free = emu_free;
-	emu.copy_in = emu_copy;
-	emu.copy_out = emu_copy;
-	emu.sync = emu_sync;
-	emu.ffn = emu_ffn;
+	test_emu_memory(&bo);
 	const struct dsm_config *c = &ck->config;
 	D = c->hidden_size;
 	K = c->num_experts_per_tok;
@@ -359,7 +399,12 @@ int main(void)
 	CHECK(dsm_plan_from_budgets(&mixed, c, &sz, &b, hot) == 0, "mixed plan: %s", dsm_errmsg());
 	/* Emulated GPU: a device budget for a few experts, the hottest of them there, some in DRAM, rest
 	 * streamed. */
-	emu_budget = 6 * (sz.expert_bytes + 4096);
+	struct dsm_backend_options eo = bo;
+	eo.device_bytes = 6 * (sz.expert_bytes + 4096);
+	if (dsm_backend_create(&emu, "emu", &eo) < 0) {
+		fprintf(stderr, "emu backend: %s\n", dsm_errmsg());
+		return 99;
+	}
 	struct dsm_plan_budget gb = { .vram_bytes = 5 * sz.expert_bytes, .dram_bytes = sz.non_expert_total +
 		8 * sz.expert_bytes };
 	CHECK(dsm_plan_from_budgets(&gpu, c, &sz, &gb, hot) == 0, "gpu plan: %s", dsm_errmsg());
@@ -368,35 +413,93 @@ int main(void)
 			gpu->non_expert[k] = t_dram; /* the emu device holds experts only */
 	(void)t_gpu;
 	uint64_t slot = 4 * sz.expert_bytes + 65536;
+	/* NUMA: experts spread over the nodes of a synthetic two-node machine (nothing is bound there, the node of
+	 * each expert is recorded), and over the nodes of this machine (bound where the kernel allows). */
+	struct dsm_topo *numa2, *here;
+	CHECK(dsm_topo_open(&numa2, "numa:2 core:2 pu:1") == 0 && dsm_topo_open(&here, NULL) == 0, "topology: %s",
+	      dsm_errmsg());
+	int n_here = dsm_topo_n_nodes(here);
+	struct dsm_plan *two_nodes, *here_nodes;
+	dsm_plan_uniform(&two_nodes, c, t_dram, t_nvme);
+	dsm_plan_uniform(&here_nodes, c, t_dram, t_dram);
+	for (int l = L0; l < NL; l++)
+		for (int x = 0; x < E; x++) {
+			/* Two nodes: odd experts on dram:1, a quarter streamed. */
+			if (x % 4 != 3)
+				two_nodes->expert[l * E + x] = (struct dsm_tier){ DSM_TIER_DRAM, (uint8_t)(x % 2) };
+			here_nodes->expert[l * E + x] = (struct dsm_tier){ DSM_TIER_DRAM, (uint8_t)(x % n_here) };
+		}
 
 	const struct config_case cases[] = {
-		{ "all-dram", dram, DSM_CACHE_LRU, 0, 0, 0, 0, 0 },
-		{ "all-streamed cache off", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 0 },
-		{ "all-streamed lru", streamed, DSM_CACHE_LRU, 12 * slot, 0, 0, 0, 0 },
-		{ "all-streamed lfu", streamed, DSM_CACHE_LFU, 12 * slot, 0, 0, 0, 0 },
-		{ "all-streamed pinned", streamed, DSM_CACHE_PINNED, 12 * slot, 0, 0, 0, 0 },
-		{ "all-streamed buffered", streamed, DSM_CACHE_LRU, 0, 1, DSM_STREAM_BUFFERED, 0, 0 },
-		{ "all-streamed sync", streamed, DSM_CACHE_LRU, 0, 1, DSM_STREAM_SYNC, 0, 0 },
-		{ "all-streamed prefetch", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 1 },
-		{ "mixed", mixed, DSM_CACHE_PINNED, 10 * slot, 0, 0, 0, 1 },
-		{ "emulated gpu", gpu, DSM_CACHE_LRU, 0, 0, 0, 1, 1 },
+		{ "all-dram", dram, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL },
+		{ "all-streamed cache off", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 0, NULL },
+		{ "all-streamed lru", streamed, DSM_CACHE_LRU, 12 * slot, 0, 0, 0, 0, NULL },
+		{ "all-streamed lfu", streamed, DSM_CACHE_LFU, 12 * slot, 0, 0, 0, 0, NULL },
+		{ "all-streamed pinned", streamed, DSM_CACHE_PINNED, 12 * slot, 0, 0, 0, 0, NULL },
+		{ "all-streamed buffered", streamed, DSM_CACHE_LRU, 0, 1, DSM_STREAM_BUFFERED, 0, 0, NULL },
+		{ "all-streamed sync", streamed, DSM_CACHE_LRU, 0, 1, DSM_STREAM_SYNC, 0, 0, NULL },
+		{ "all-streamed prefetch", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 1, NULL },
+		{ "mixed", mixed, DSM_CACHE_PINNED, 10 * slot, 0, 0, 0, 1, NULL },
+		{ "emulated gpu", gpu, DSM_CACHE_LRU, 0, 0, 0, 1, 1, NULL },
+		{ "two NUMA nodes (synthetic)", two_nodes, DSM_CACHE_LRU, 10 * slot, 0, 0, 0, 1, numa2 },
+		{ "this machine's NUMA nodes", here_nodes, DSM_CACHE_LRU, 0, 0, 0, 0, 0, here },
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
 		run_case(&cases[i], steps, want);
-	CHECK(emu_used == 0, "emu device memory leaked: %zu", emu_used);
+	struct dsm_emu_stats es = emu_stats();
+	CHECK(es.used == 0 && es.allocs == 0 && es.bad_frees == 0, "emu device memory leaked: %zu bytes in %zu "
+	      "allocations, %zu bad frees", es.used, es.allocs, es.bad_frees);
+	CHECK(es.peak > 0 && es.peak <= es.budget, "emu peak %zu of %zu", es.peak, es.budget);
 	uint64_t n[3];
 	dsm_plan_count(gpu, n);
 	CHECK(n[DSM_TIER_GPU] == 5 && n[DSM_TIER_DRAM] == 8, "gpu plan tiers %llu %llu", (unsigned long long)n[2],
 	      (unsigned long long)n[1]);
 	test_faults(steps, want, streamed);
 
-	/* A plan the device cannot hold: a clear error, nothing leaked. */
-	emu_budget = sz.expert_bytes;
+	/* A node the machine (or topology) lacks, and a gpu other than gpu:0: refused at open, naming the expert. */
 	struct dsm_offload *o;
-	struct dsm_offload_opts oo = { .plan = gpu, .cpu = cpu, .gpu = &emu, .pool_flags = DSM_POOL_NO_LOCK };
+	struct dsm_offload_opts no = { .plan = here_nodes, .cpu = cpu, .pool_flags = DSM_POOL_NO_LOCK };
+	here_nodes->expert[(L0 + 1) * E + 5] = (struct dsm_tier){ DSM_TIER_DRAM, (uint8_t)n_here };
+	char want_msg[160];
+	snprintf(want_msg, sizeof want_msg, "plan puts layer %d expert 5 on dram:%d but this machine has %d NUMA node%s",
+		 L0 + 1, n_here, n_here, n_here == 1 ? "" : "s");
+	int rc = dsm_offload_open(&o, ck, &no);
+	CHECK(rc == DSM_EPLAN && strstr(dsm_errmsg(), want_msg), "node past this machine's: %d %s", rc, dsm_errmsg());
+	no.topo = numa2;
+	no.plan = two_nodes;
+	two_nodes->expert[L0 * E + 2] = (struct dsm_tier){ DSM_TIER_DRAM, 2 };
+	rc = dsm_offload_open(&o, ck, &no);
+	CHECK(rc == DSM_EPLAN && strstr(dsm_errmsg(), "expert 2 on dram:2 but the topology has 2 NUMA nodes"),
+	      "node past the topology's: %d %s", rc, dsm_errmsg());
+	no.topo = NULL;
+	no.plan = gpu;
+	no.gpu = emu;
+	for (int i = 0; i < NL * E; i++)
+		if (gpu->expert[i].kind == DSM_TIER_GPU) {
+			gpu->expert[i].index = 1;
+			break;
+		}
+	rc = dsm_offload_open(&o, ck, &no);
+	CHECK(rc == DSM_EPLAN && strstr(dsm_errmsg(), "on gpu:1 but the emu backend is one device"), "gpu:1: %d %s", rc,
+	      dsm_errmsg());
+	for (int i = 0; i < NL * E; i++)
+		if (gpu->expert[i].kind == DSM_TIER_GPU)
+			gpu->expert[i].index = 0;
+	es = emu_stats();
+	CHECK(es.used == 0 && es.allocs == 0, "emu leak after refused plans: %zu", es.used);
+
+	/* A plan the device cannot hold: a clear error, nothing leaked. */
+	struct dsm_backend *small;
+	eo.device_bytes = sz.expert_bytes;
+	CHECK(dsm_backend_create(&small, "emu", &eo) == 0, "small emu: %s", dsm_errmsg());
+	struct dsm_offload_opts oo = { .plan = gpu, .cpu = cpu, .gpu = small, .pool_flags = DSM_POOL_NO_LOCK };
 	CHECK(dsm_offload_open(&o, ck, &oo) == DSM_ENOMEM && strstr(dsm_errmsg(), "device memory"), "device full: %s",
 	      dsm_errmsg());
-	CHECK(emu_used == 0, "emu leak after a failed open");
+	struct dsm_emu_stats ss = { 0 };
+	dsm_emu_get_stats(small, &ss);
+	CHECK(ss.used == 0 && ss.allocs == 0 && ss.failed > 0 && ss.bad_frees == 0, "emu after a failed open: %zu "
+	      "bytes in %zu allocations, %zu refused, %zu bad frees", ss.used, ss.allocs, ss.failed, ss.bad_frees);
+	dsm_backend_destroy(small);
 
 	for (int s = 0; s < STEPS; s++) {
 		free(steps[s].x);
@@ -407,6 +510,11 @@ int main(void)
 	dsm_plan_free(streamed);
 	dsm_plan_free(mixed);
 	dsm_plan_free(gpu);
+	dsm_plan_free(two_nodes);
+	dsm_plan_free(here_nodes);
+	dsm_topo_close(numa2);
+	dsm_topo_close(here);
+	dsm_backend_destroy(emu);
 	dsm_backend_destroy(cpu);
 	dsm_checkpoint_close(ck);
 	return TEST_EXIT();

@@ -1,0 +1,29 @@
+/* The emu backend: the cpu backend behind a device-memory budget, so that every code path that moves work
+ * to or from a GPU tier runs where there is no GPU (docs ARCHITECTURE.md).
+ *
+ * Device memory is host memory (64-byte aligned) counted against the budget: alloc returns NULL past it.
+ * copy_in/copy_out are memcpy, sync does nothing, and every op runs on an owned cpu backend created with
+ * the same options, so results are bit-identical to the cpu backend's. */
+#ifndef DSM_EMU_BACKEND_H
+#define DSM_EMU_BACKEND_H
+
+#include "backend.h"
+
+#include <stddef.h>
+
+#define DSM_EMU_DEFAULT_BYTES ((size_t)1 << 30) /* device budget when the options give 0 */
+
+struct dsm_emu_stats {
+	size_t budget;          /* device bytes */
+	size_t used, peak;      /* bytes allocated now and at most (each allocation rounded up to 64) */
+	size_t allocs;          /* live allocations */
+	size_t failed;          /* allocations refused for the budget */
+	size_t bad_frees;       /* frees of pointers this device did not allocate (ignored) */
+};
+
+/* Creates the emu backend (called by dsm_backend_create for "emu"). o->device_bytes is the budget. */
+int dsm_emu_backend_create(struct dsm_backend **out, const struct dsm_backend_options *o);
+/* Counters of an emu backend; DSM_EARG when be is not one. */
+int dsm_emu_get_stats(const struct dsm_backend *be, struct dsm_emu_stats *s);
+
+#endif
