@@ -140,8 +140,8 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld,
 
 /* 1 token, one row: the row's 64-byte chunks in address order, 8 per step, chunk i into accumulator i % 8, so
  * that the matrix is read as one sequential stream with 8 independent dot-product chains. On rows of 2048
- * columns (the down projection) this streams 42.6 GB/s where 8-row groups give 31.6 (a 51.4 GB/s probe,
- * 2 threads, one sitting); on 7168 columns 8-row groups are faster (43 against 38), hence
+ * columns (the down projection) this streams 42.6-48 GB/s where 8-row groups give 29-32 (a 51.4 GB/s probe,
+ * 2 threads); on 7168 columns 8-row groups are faster (43 against 38), hence
  * GEMV_SEQ_MAX_COLS. Its sums are grouped differently from the multi-token kernels', so with BF16 a token
  * computed alone may differ from the same token in a batch in the last bits (the F32 kernels do not). */
 DSM_BF16_TARGET static void row_bf16_seq(const uint8_t *w, size_t cols, const uint16_t *xs, float *y)
@@ -156,9 +156,10 @@ DSM_BF16_TARGET static void row_bf16_seq(const uint8_t *w, size_t cols, const ui
 		acc[k] = _mm512_setzero_ps();
 	size_t nfull = cols / 64, rem = cols % 64, i = 0;
 	for (; i + 8 <= nfull; i += 8) {
+		/* One prefetch per 512 bytes: 48 GB/s where one per line gave 41 (same sitting). */
+		_mm_prefetch((const char *)(w + i * 64 + GEMV_SEQ_PREFETCH), _MM_HINT_T0);
 #pragma GCC unroll 8
 		for (int k = 0; k < 8; k++) {
-			_mm_prefetch((const char *)(w + (i + k) * 64 + GEMV_SEQ_PREFETCH), _MM_HINT_T0);
 			__m512bh a, b;
 			fp8x64_bf16(_mm512_loadu_si512(w + (i + k) * 64), &tb, &a, &b);
 			const uint16_t *xp = xs + (i + k) * 64;
