@@ -2,8 +2,8 @@
 # Resident memory of dsm-run (docs/memory.md): weights are mapped from the shards (file-backed pages),
 # the KV cache is sized by --ctx, activation buffers are allocated before the first token, and the
 # decode loop allocates nothing: anonymous resident memory does not grow from the first generated token
-# to the last. Run on the tiny preset and on the small preset (about 1.9 GB written once under
-# tests/; set DSM_TEST_SMALL=0 to leave it out).
+# to the last. Run on the tiny preset and on the small preset (tests/small_preset.sh: written once under
+# the build folder; DSM_TEST_SMALL=0 leaves it out).
 if [ -z "$PYTHON_NUMPY" ]; then
 	echo "SKIP: no Python with numpy (install python3-numpy and re-run configure)"
 	exit 77
@@ -41,18 +41,10 @@ rm -rf "$W/tiny"
 	> "$W/tiny.json" || exit 1
 check tiny "$W/tiny.json" 512 || fail=1
 
-if [ "${DSM_TEST_SMALL:-1}" != 0 ]; then
-	avail=$(df -Pk "$W" | awk 'NR == 2 { print $4 }')
-	if [ ! -f "$W/small/config.json" ] && [ "${avail:-0}" -lt 6000000 ]; then
-		echo "small preset left out: less than 6 GB free under $W"
-	else
-		if [ ! -f "$W/small/config.json" ]; then
-			"$top_builddir/dsm-mkmodel" --quiet --tokenizer none small "$W/small.tmp" &&
-				mv "$W/small.tmp" "$W/small" || exit 99
-		fi
-		"$top_builddir/dsm-run" -m "$W/small" --threads 2 --tokens 0,5,9,12,300,4000,70000,128000 -n 12 \
-			--ignore-eos --ctx 1024 --json -q > "$W/small.json" || exit 1
-		check small "$W/small.json" 1024 || fail=1
-	fi
+. "$top_srcdir/tests/small_preset.sh"
+if [ -n "$SMALL" ]; then
+	"$top_builddir/dsm-run" -m "$SMALL" --threads 2 --tokens 0,5,9,12,300,4000,70000,128000 -n 12 \
+		--ignore-eos --ctx 1024 --json -q > "$W/small.json" || exit 1
+	check small "$W/small.json" 1024 || fail=1
 fi
 exit $fail

@@ -2,8 +2,8 @@
 # dsm-run with the tiered expert store (docs/offload.md) on the tiny preset: all-DRAM, all-streamed
 # (cache off), cached with each policy, mixed and GPU-tier plans from a plan file (GPU experts on the emu
 # backend), plans from budgets with a small emu device: every plan gives logits bit-identical to the plain run.
-# Then the report, --json, --record-routing and clear errors for bad plans and budgets. DSM_TEST_SMALL=1 repeats the logits check on the small preset
-# (1.5 GB, about a minute to write).
+# Then the report, --json, --record-routing and clear errors for bad plans and budgets. The logits check is
+# repeated on the small preset (tests/small_preset.sh; DSM_TEST_SMALL=0 leaves it out).
 W=$top_builddir/tests/offload_e2e.d
 rm -rf "$W"
 mkdir -p "$W"
@@ -31,8 +31,10 @@ check_plans() { # model dir, label
 	for mode in "--offload --dram-budget 64G" "--stream-experts --cache-off" "--stream-experts --cache-policy lru" \
 		"--stream-experts --cache-policy lfu --cache-size 2M" "--stream-experts --cache-policy pinned --cache-size 2M" \
 		"--plan $W/mixed.json --gpu-backend emu" "--plan $W/mixed.json --gpu-backend emu --cache-off" \
-		"--gpu-backend emu --vram-budget 1M" "--gpu-backend emu --vram-budget 1M --dram-budget 6M"; do
-		case "$mode" in *mixed.json*|*"--dram-budget 6M"*) [ "$2" = tiny ] || continue ;; esac
+		"--gpu-backend emu --vram-budget 1M" "--gpu-backend emu --vram-budget 1M --dram-budget 6M" \
+		"--gpu-backend emu --vram-budget 24M --dram-budget 1000M"; do
+		case "$mode" in *mixed.json*|*"--dram-budget 6M"*) [ "$2" = tiny ] || continue ;;
+		*"--dram-budget 1000M"*) [ "$2" = small ] || continue ;; esac
 		if $RUN -m "$1" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/plan.npy" -q $mode > /dev/null 2> "$W/err" &&
 		   cmp -s "$W/base.npy" "$W/plan.npy"; then
 			ok "$2: $mode: identical logits"
@@ -89,9 +91,12 @@ expect_error "plan naming a NUMA node the machine lacks" \
 	"layer 2 expert 0 on dram:63 but this machine has [0-9]* NUMA node" --plan "$W/node.json" --gpu-backend emu
 expect_error "bad cache policy" "expected lru, lfu or pinned" --cache-policy mru
 
-if [ "$DSM_TEST_SMALL" = 1 ]; then
-	"$top_builddir/dsm-mkmodel" --quiet --tokenizer none small "$W/small" || exit 99
-	check_plans "$W/small" small
+# The small preset too (under AddressSanitizer only the tiny one: ten runs of the small one take minutes).
+if ldd "$top_builddir/dsm-run" 2>/dev/null | grep -q asan; then
+	echo "small preset left out under AddressSanitizer"
+else
+	. "$top_srcdir/tests/small_preset.sh"
+	[ -n "$SMALL" ] && check_plans "$SMALL" small
 fi
 rm -rf "$W"
 exit $fail
