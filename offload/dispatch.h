@@ -127,6 +127,10 @@ struct dsm_offload_setup {
 	struct dsm_topo *topo;            /* as in dsm_offload_opts */
 };
 
+/* Memory dsm may fill: MemAvailable minus a margin of a tenth, at least 1 GiB; 0 when unknown. The
+ * environment variable DSM_MEMORY_AVAILABLE (bytes) replaces MemAvailable (tests). */
+uint64_t dsm_usable_memory(void);
+
 /* Loads or computes the plan (validated against ck) and opens the store. *plan_out (owned by the caller)
  * says what went where. Returns 0 or a negative code with a message (a plan for another model, budgets
  * too small for the non-expert weights, I/O errors). */

@@ -12,19 +12,25 @@
 #include <string.h>
 #include <unistd.h>
 
-/* MemAvailable of /proc/meminfo in bytes, 0 when unknown. */
-static uint64_t available_memory(void)
+uint64_t dsm_usable_memory(void)
 {
-	FILE *f = fopen("/proc/meminfo", "r");
-	if (!f)
-		return 0;
-	char line[256];
-	unsigned long long kb = 0;
-	while (fgets(line, sizeof line, f))
-		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
-			break;
-	fclose(f);
-	return (uint64_t)kb * 1024;
+	unsigned long long avail = 0;
+	const char *env = getenv("DSM_MEMORY_AVAILABLE");
+	if (env) {
+		avail = strtoull(env, NULL, 10);
+	} else {
+		FILE *f = fopen("/proc/meminfo", "r");
+		if (!f)
+			return 0;
+		char line[256];
+		while (fgets(line, sizeof line, f))
+			if (sscanf(line, "MemAvailable: %llu kB", &avail) == 1)
+				break;
+		fclose(f);
+		avail *= 1024;
+	}
+	uint64_t margin = avail / 10 < (1ull << 30) ? (1ull << 30) : avail / 10;
+	return avail > margin ? avail - margin : 0;
 }
 
 /* Hotness of every expert: counts of a routing trace, else the router bias (a larger bias is chosen more
@@ -142,11 +148,8 @@ int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, cons
 			goto out;
 	} else {
 		uint64_t dram = s->dram_budget;
-		if (!dram) {
-			uint64_t avail = available_memory(), margin = avail / 10;
-			margin = margin < (1ull << 30) ? (1ull << 30) : margin;
-			dram = avail > margin ? avail - margin : 0;
-		}
+		if (!dram)
+			dram = dsm_usable_memory();
 		struct dsm_plan_budget b = { .vram_bytes = s->gpu ? plan_vram(ck, &sz, s->vram_budget, s->max_tokens) : 0,
 			.dram_bytes = dram,
 			.dram_reserve = s->cache_bytes ? s->cache_bytes : min_cache };

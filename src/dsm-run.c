@@ -65,14 +65,17 @@ static void usage(FILE *f)
 		"  --force-routing FILE   use these experts where FILE (the --dump-routing format) names them (tests)\n"
 		"  --force-selection FILE use these indexer choices likewise (tests)\n"
 		"\n"
-		"routed experts across tiers (docs/offload.md, docs/plan.md; any of these turns the tiered store on):\n"
+		"routed experts across tiers (docs/offload.md, docs/plan.md; any of these turns the tiered store on, and\n"
+		"it turns itself on when the weights do not fit in the available memory):\n"
 		"  --offload              the tiered store with a plan computed from the budgets below\n"
+		"  --no-offload           map every weight from the checkpoint even when it does not fit in memory\n"
 		"  --plan FILE            placement plan (JSON, docs/plan.md)\n"
 		"  --gpu-backend NAME     computes the experts a plan puts on gpu:0: emu (the cpu behind a device-memory\n"
 		"                         budget of --vram-budget, default 1G; for tests) or cuda where built. Without\n"
 		"                         it a plan naming gpu:N experts is refused\n"
 		"  --vram-budget SIZE     GPU memory for a computed plan (e.g. 20G; needs --gpu-backend)\n"
-		"  --dram-budget SIZE     DRAM for a computed plan (default: available memory minus 10%%)\n"
+		"  --dram-budget SIZE     DRAM for a computed plan (default: available memory minus a tenth, at least\n"
+		"                         1 GiB)\n"
 		"  --stream-experts       every routed expert streamed from the checkpoint\n"
 		"  --cache-policy P       expert cache of streamed experts: lru (default), lfu or pinned\n"
 		"  --cache-size SIZE      DRAM for the expert cache (default: 2 x top-k experts)\n"
@@ -400,8 +403,27 @@ enum {
 	OPT_IGNORE_EOS, OPT_PRECISION, OPT_CTX, OPT_BATCH, OPT_KV, OPT_IDX_FP8, OPT_IDX_TOPK, OPT_MLA, OPT_JSON,
 	OPT_DUMP_LOGITS, OPT_DUMP_ALL, OPT_DUMP_ROUTING, OPT_DUMP_SELECTION, OPT_FORCE_ROUTING, OPT_FORCE_SELECTION,
 	OPT_OFFLOAD, OPT_PLAN, OPT_VRAM, OPT_DRAM, OPT_STREAM_EXPERTS, OPT_CACHE_POLICY, OPT_CACHE_SIZE, OPT_CACHE_OFF,
-	OPT_HOTNESS, OPT_RECORD_ROUTING, OPT_NO_BIND, OPT_GPU_BACKEND,
+	OPT_HOTNESS, OPT_RECORD_ROUTING, OPT_NO_BIND, OPT_GPU_BACKEND, OPT_NO_OFFLOAD,
 };
+
+/* 1 when the checkpoint's weights do not fit in the memory dsm may use: the tiered store then keeps what
+ * fits and streams the rest, where mapping everything would page the shards in and out. Says so. */
+static int weights_exceed_memory(const struct dsm_model *m)
+{
+	struct dsm_plan_sizes sz;
+	uint64_t usable = dsm_usable_memory();
+	if (!usable || dsm_plan_sizes_from_checkpoint(m->ck, &sz) < 0)
+		return 0;
+	const struct dsm_config *c = &m->cfg;
+	uint64_t total = sz.non_expert_total + (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace) *
+					       (uint64_t)c->n_routed_experts * sz.expert_bytes;
+	if (total <= usable)
+		return 0;
+	fprintf(stderr, "dsm-run: the weights (%.3g GB) do not fit in the memory available (%.3g GB after a margin): "
+		"routed experts go through the tiered store, with a plan from the budgets (--no-offload maps "
+		"everything instead)\n", (double)total / 1e9, (double)usable / 1e9);
+	return 1;
+}
 
 static uint64_t parse_size_arg(const char *what, const char *s)
 {
@@ -434,7 +456,7 @@ int main(int argc, char **argv)
 		{ "dump-selection", required_argument, NULL, OPT_DUMP_SELECTION },
 		{ "force-routing", required_argument, NULL, OPT_FORCE_ROUTING },
 		{ "force-selection", required_argument, NULL, OPT_FORCE_SELECTION },
-		{ "offload", no_argument, NULL, OPT_OFFLOAD }, { "plan", required_argument, NULL, OPT_PLAN },
+		{ "offload", no_argument, NULL, OPT_OFFLOAD }, { "no-offload", no_argument, NULL, OPT_NO_OFFLOAD }, { "plan", required_argument, NULL, OPT_PLAN },
 		{ "gpu-backend", required_argument, NULL, OPT_GPU_BACKEND },
 		{ "vram-budget", required_argument, NULL, OPT_VRAM }, { "dram-budget", required_argument, NULL, OPT_DRAM },
 		{ "stream-experts", no_argument, NULL, OPT_STREAM_EXPERTS },
@@ -454,7 +476,7 @@ int main(int argc, char **argv)
 	struct dsm_generate_params gp = { .max_tokens = 256, .sampling = { .temperature = 0, .top_p = 1, .seed = 1 } };
 	struct run r = { 0 };
 	struct dsm_offload_setup os = { .cache_policy = -1 };
-	int use_offload = 0;
+	int use_offload = 0, no_offload = 0;
 	const char *record_path = NULL, *gpu_backend = NULL;
 	int c;
 	while ((c = getopt_long(argc, argv, "m:p:f:n:t:qh", opts, NULL)) != -1) {
@@ -521,6 +543,7 @@ int main(int argc, char **argv)
 		case OPT_FORCE_ROUTING: force_route_path = optarg; break;
 		case OPT_FORCE_SELECTION: force_select_path = optarg; break;
 		case OPT_OFFLOAD: use_offload = 1; break;
+		case OPT_NO_OFFLOAD: no_offload = 1; break;
 		case OPT_PLAN: os.plan_path = optarg; use_offload = 1; break;
 		case OPT_GPU_BACKEND: gpu_backend = optarg; use_offload = 1; break;
 		case OPT_VRAM: os.vram_budget = parse_size_arg("--vram-budget", optarg); use_offload = 1; break;
@@ -568,6 +591,12 @@ int main(int argc, char **argv)
 	}
 	if ((rc = dsm_model_open(&m, dir, &mo)) < 0)
 		goto fail;
+	if (use_offload && no_offload) {
+		rc = dsm_fail(DSM_EARG, "--no-offload contradicts the tiered-store options given");
+		goto fail;
+	}
+	if (!use_offload && !no_offload && m->cfg.n_routed_experts > 0)
+		use_offload = weights_exceed_memory(m);
 	if (use_offload) {
 		os.cpu = m->be;
 		if (gpu_backend) {

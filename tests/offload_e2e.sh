@@ -91,6 +91,26 @@ expect_error "plan naming a NUMA node the machine lacks" \
 	"layer 2 expert 0 on dram:63 but this machine has [0-9]* NUMA node" --plan "$W/node.json" --gpu-backend emu
 expect_error "bad cache policy" "expected lru, lfu or pinned" --cache-policy mru
 
+# Weights larger than the available memory (faked: 1 GiB margin + 6 MB) turn the tiered store on by
+# themselves, with the same logits; --no-offload keeps every weight mapped.
+$RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/base.npy" -q > /dev/null || bad "tiny: plain run"
+if DSM_MEMORY_AVAILABLE=1079741824 $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/plan.npy" \
+	> /dev/null 2> "$W/err" && grep -q "do not fit in the memory available" "$W/err" &&
+   grep -q "offload: experts gpu 0, dram [1-9][0-9]*, nvme [1-9]" "$W/err" && cmp -s "$W/base.npy" "$W/plan.npy"; then
+	ok "weights past the available memory: tiered store on by itself, identical logits"
+else
+	bad "weights past the available memory did not turn the tiered store on (or changed the logits)"
+	cat "$W/err"
+fi
+if DSM_MEMORY_AVAILABLE=1079741824 $RUN -m "$W/tiny" --tokens $TOK -n 2 --no-offload > /dev/null 2> "$W/err" &&
+   ! grep -q "offload:" "$W/err"; then
+	ok "--no-offload maps everything"
+else
+	bad "--no-offload still used the tiered store"
+	cat "$W/err"
+fi
+expect_error "--no-offload with a tiered-store option" "contradicts" --no-offload --stream-experts
+
 # The small preset too (under AddressSanitizer only the tiny one: ten runs of the small one take minutes).
 if ldd "$top_builddir/dsm-run" 2>/dev/null | grep -q asan; then
 	echo "small preset left out under AddressSanitizer"
