@@ -151,6 +151,56 @@ static void test_ffn(struct dsm_backend *be)
 	}
 }
 
+/* The moe op against the reference FFN of each chosen expert, weighted and summed, then the shared one: FP8
+ * experts (one call of the fused expert kernels) and BF16 experts (one expert at a time). */
+static void test_moe(struct dsm_backend *be)
+{
+	enum { E = 6, K = 2 };
+	static const enum dsm_dtype types[] = { DSM_F8_E4M3, DSM_BF16 };
+	for (int ti = 0; ti < 2; ti++)
+		for (int64_t T = 1; T <= 5; T += 4) {
+			int64_t D = 256, I = 96;
+			struct weight wt[E + 1][3];
+			struct dsm_ffn_weights ffn[E + 1];
+			const struct dsm_ffn_weights *ep[E] = { NULL };
+			for (int e = 0; e <= E; e++) {
+				weight_init(&wt[e][0], types[ti], I, D);
+				weight_init(&wt[e][1], types[ti], I, D);
+				weight_init(&wt[e][2], types[ti], D, I);
+				ffn[e] = (struct dsm_ffn_weights){ wt[e][0].m, wt[e][1].m, wt[e][2].m };
+			}
+			int32_t idx[5 * K];
+			float w[5 * K];
+			for (int64_t t = 0; t < T; t++) {
+				idx[t * K] = (int32_t)(rnd() % (E - 1)); /* expert E - 1 never chosen: left NULL */
+				idx[t * K + 1] = (idx[t * K] + 1 + (int32_t)(rnd() % (E - 2))) % (E - 1);
+				for (int j = 0; j < K; j++) {
+					w[t * K + j] = 0.5f + 0.5f * urand();
+					ep[idx[t * K + j]] = &ffn[idx[t * K + j]];
+				}
+			}
+			float *x = rand_buf((size_t)(T * D), 1), *y = out_buf((size_t)(T * D));
+			double *ref = calloc((size_t)(T * D), sizeof(double));
+			float *yr = malloc(sizeof(float) * (size_t)D), *yf = malloc(sizeof(float) * (size_t)(T * D));
+			struct dsm_moe_op_args a = { T, K, idx, w, ep, E, &ffn[E], x, y };
+			CHECK(be->moe(be, &a) == 0, "moe: %s", dsm_errmsg());
+			for (int64_t t = 0; t < T; t++)
+				for (int j = 0; j <= K; j++) {
+					const struct dsm_ffn_weights *f = j < K ? &ffn[idx[t * K + j]] : &ffn[E];
+					CHECK(dsm_ref_ffn(be->precision, f, 1, x + t * D, yr) == 0, "%s", dsm_errmsg());
+					for (int64_t i = 0; i < D; i++)
+						ref[t * D + i] += (j < K ? w[t * K + j] : 1.0) * yr[i];
+				}
+			for (int64_t i = 0; i < T * D; i++)
+				yf[i] = (float)ref[i];
+			CHECK_NMSE(y, yf, (size_t)(T * D), 5e-4, "moe %s T=%lld", dsm_dtype_name(types[ti]), (long long)T);
+			CHECK(sentinels_ok(y, (size_t)(T * D)), "moe wrote past its output");
+			free(x), free(y), free(ref), free(yr), free(yf);
+			for (int e = 0; e <= E; e++)
+				weight_free(&wt[e][0]), weight_free(&wt[e][1]), weight_free(&wt[e][2]);
+		}
+}
+
 static void test_elementwise(struct dsm_backend *be)
 {
 	int64_t n = 7, d = 128;
@@ -338,6 +388,7 @@ int main(void)
 		worst_nmse = 0;
 		test_matmul(be);
 		test_ffn(be);
+		test_moe(be);
 		test_elementwise(be);
 		test_attention(be);
 		test_indexer_topk_route(be);
