@@ -182,6 +182,50 @@ DSM_BF16_TARGET static void row_bf16_seq(const uint8_t *w, size_t cols, const ui
 	*y = _mm512_reduce_add_ps(s);
 }
 
+/* 1 token, 8 rows of more than GEMV_SEQ_MAX_COLS columns: two chunks of each row per step, chunk i into
+ * accumulator i % 2 of its row: 16 independent chains and 16 loads in flight per step. On 2048 x 7168
+ * matrices 45-47 GB/s where one chain per row gave 37-44 (alternating in one process, a 51 GB/s probe). */
+DSM_BF16_TARGET static void rows8_bf16_c2(const uint8_t *w, size_t ld, size_t cols, const uint16_t *xs, float *y)
+{
+	struct bf16_tables tb = {
+		_mm512_load_si512(dsm_fp8_bf16_hi), _mm512_load_si512(dsm_fp8_bf16_hi + 64),
+		_mm512_load_si512(dsm_fp8_bf16_lo), _mm512_load_si512(dsm_fp8_bf16_lo + 64),
+		_mm512_set1_epi8((char)0x80),
+	};
+	__m512 acc[8][2];
+	for (int r = 0; r < 8; r++)
+		acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+	size_t nfull = cols / 64, rem = cols % 64, i = 0;
+	for (; i + 2 <= nfull; i += 2) {
+		const uint16_t *xp = xs + i * 64;
+		__m512bh x0 = (__m512bh)_mm512_load_si512(xp), x1 = (__m512bh)_mm512_load_si512(xp + 32);
+		__m512bh x2 = (__m512bh)_mm512_load_si512(xp + 64), x3 = (__m512bh)_mm512_load_si512(xp + 96);
+#pragma GCC unroll 8
+		for (int r = 0; r < 8; r++) {
+			const uint8_t *p = w + r * ld + i * 64;
+			_mm_prefetch((const char *)(p + GEMV_PREFETCH), _MM_HINT_T0);
+			_mm_prefetch((const char *)(p + 64 + GEMV_PREFETCH), _MM_HINT_T0);
+			__m512bh a, b;
+			fp8x64_bf16(_mm512_loadu_si512(p), &tb, &a, &b);
+			acc[r][0] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][0], a, x0), b, x1);
+			fp8x64_bf16(_mm512_loadu_si512(p + 64), &tb, &a, &b);
+			acc[r][1] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][1], a, x2), b, x3);
+		}
+	}
+	for (; i < nfull + (rem > 0); i++) {
+		__mmask64 m = i < nfull ? ~0ull : (1ull << rem) - 1;
+		const uint16_t *xp = xs + i * 64;
+		__m512bh x0 = (__m512bh)_mm512_load_si512(xp), x1 = (__m512bh)_mm512_load_si512(xp + 32);
+		for (int r = 0; r < 8; r++) {
+			__m512bh a, b;
+			fp8x64_bf16(_mm512_maskz_loadu_epi8(m, w + r * ld + i * 64), &tb, &a, &b);
+			acc[r][i % 2] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][i % 2], a, x0), b, x1);
+		}
+	}
+	for (int r = 0; r < 8; r++)
+		y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+}
+
 typedef void (*rows_fn)(const uint8_t *w, size_t ld, size_t cols, const void *xs, float *y, size_t y_ld);
 
 #define TARGET_bf16 DSM_BF16_TARGET
@@ -239,6 +283,14 @@ void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_
 	prep_bf16(W, rb, x, x_ld, n_tok, scratch);
 	if (n_tok == 1 && W->cols <= GEMV_SEQ_MAX_COLS) {
 		for (size_t r = a; r < b; r++)
+			row_bf16_seq(W->w + r * W->ld, W->cols, scratch, y + (r - a));
+		return;
+	}
+	if (n_tok == 1) {
+		size_t r = a;
+		for (; r + 8 <= b; r += 8)
+			rows8_bf16_c2(W->w + r * W->ld, W->ld, W->cols, scratch, y + (r - a));
+		for (; r < b; r++)
 			row_bf16_seq(W->w + r * W->ld, W->cols, scratch, y + (r - a));
 		return;
 	}
