@@ -236,10 +236,8 @@ typedef void (*rows_fn)(const uint8_t *w, size_t ld, size_t cols, const void *xs
 					     float *y, size_t y_ld) \
 	{ rows_##isa(w, ld, cols, xs, y, y_ld, R, T); }
 
-/* 1 token: 8 rows, i.e. 8 independent dot-product chains (with 4 rows a (row, token) chain of dependent
- * vdpbf16ps limits the rate and the loads run less far ahead: measured 37 -> 43 GB/s from DRAM with 2
- * threads). 2-8 tokens: 4 rows x up to 4 tokens: 16 accumulators, 8 converted vectors and the tables fill the
- * 32 registers; 5-8 tokens run as two passes over each group of 4 rows (28 KiB, in L1/L2), with the
+/* 1 token: row_bf16_seq or rows8_bf16_c2 above. 2-8 tokens: 4 rows x up to 4 tokens: 16 accumulators, 8
+ * converted vectors and the tables fill the 32 registers; 5-8 tokens run as two passes over each group of 4 rows (28 KiB, in L1/L2), with the
  * activations of all tokens prepared once per 128-row block. 4 rows sharing each activation load beat 2 rows
  * with 8 tokens, whose activations come from L2 for every row pair. The grouping never changes a (row, token)
  * chain, so results are the same for any R and any token count. */
@@ -250,12 +248,11 @@ typedef void (*rows_bf16_fn)(const uint8_t *w, size_t ld, size_t cols, const uin
 	DSM_BF16_TARGET static void rows_bf16_r##R##_t##T(const uint8_t *w, size_t ld, size_t cols, const uint16_t *xs, \
 							  size_t xstride, float *y, size_t y_ld) \
 	{ rows_bf16(w, ld, cols, xs, xstride, y, y_ld, R, T); }
-ROWS_BF16(8, 1) ROWS_BF16(4, 1) ROWS_BF16(4, 2) ROWS_BF16(4, 3) ROWS_BF16(4, 4)
+ROWS_BF16(4, 1) ROWS_BF16(4, 2) ROWS_BF16(4, 3) ROWS_BF16(4, 4)
 ROWS_BF16(1, 1) ROWS_BF16(1, 2) ROWS_BF16(1, 3) ROWS_BF16(1, 4)
-/* Group kernels by token count: groups of 4 rows, or of 8 when the call has 1 token. */
+/* Group kernels by token count: groups of 4 rows, then single rows. */
 static const rows_bf16_fn bf16_group4[BF16_MAX_T + 1] = { NULL, rows_bf16_r4_t1, rows_bf16_r4_t2, rows_bf16_r4_t3,
 	rows_bf16_r4_t4 };
-static const rows_bf16_fn bf16_group8[BF16_MAX_T + 1] = { NULL, rows_bf16_r8_t1, NULL, NULL, NULL };
 static const rows_bf16_fn bf16_single[BF16_MAX_T + 1] = { NULL, rows_bf16_r1_t1, rows_bf16_r1_t2, rows_bf16_r1_t3,
 	rows_bf16_r1_t4 };
 
@@ -281,20 +278,16 @@ void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_
 {
 	/* n_tok <= DSM_GEMV_MAX_TOKENS: 8 x cols_pad BF16 values fit the scratch (sized for F32). */
 	prep_bf16(W, rb, x, x_ld, n_tok, scratch);
-	if (n_tok == 1 && W->cols <= GEMV_SEQ_MAX_COLS) {
-		for (size_t r = a; r < b; r++)
-			row_bf16_seq(W->w + r * W->ld, W->cols, scratch, y + (r - a));
+	if (n_tok > 1) {
+		run_bf16(bf16_group4, 4, W, a, b, n_tok, scratch, y, y_ld);
 		return;
 	}
-	if (n_tok == 1) {
-		size_t r = a;
+	size_t r = a;
+	if (W->cols > GEMV_SEQ_MAX_COLS)
 		for (; r + 8 <= b; r += 8)
 			rows8_bf16_c2(W->w + r * W->ld, W->ld, W->cols, scratch, y + (r - a));
-		for (; r < b; r++)
-			row_bf16_seq(W->w + r * W->ld, W->cols, scratch, y + (r - a));
-		return;
-	}
-	run_bf16(n_tok == 1 ? bf16_group8 : bf16_group4, n_tok == 1 ? 8 : 4, W, a, b, n_tok, scratch, y, y_ld);
+	for (; r < b; r++)
+		row_bf16_seq(W->w + r * W->ld, W->cols, scratch, y + (r - a));
 }
 
 /* Rows [a, b) in groups, then one at a time. */
