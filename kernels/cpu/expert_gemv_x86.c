@@ -237,8 +237,8 @@ typedef void (*rows_fn)(const uint8_t *w, size_t ld, size_t cols, const void *xs
 	{ rows_##isa(w, ld, cols, xs, y, y_ld, R, T); }
 
 /* 1 token: row_bf16_seq or rows8_bf16_c2 above. 2-8 tokens: 4 rows x up to 4 tokens: 16 accumulators, 8
- * converted vectors and the tables fill the 32 registers; 5-8 tokens run as two passes over each group of 4 rows (28 KiB, in L1/L2), with the
- * activations of all tokens prepared once per 128-row block. 4 rows sharing each activation load beat 2 rows
+ * converted vectors and the tables fill the 32 registers; 5-8 tokens run as two passes over each group of 4
+ * rows (28 KiB, in L1/L2), with the activations of all tokens prepared once per 128-row block. 4 rows sharing each activation load beat 2 rows
  * with 8 tokens, whose activations come from L2 for every row pair. The grouping never changes a (row, token)
  * chain, so results are the same for any R and any token count. */
 #define BF16_MAX_T 4
