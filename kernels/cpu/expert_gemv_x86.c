@@ -76,6 +76,24 @@ DSM_BF16_TARGET static ALWAYS_INLINE void fp8x64_bf16(__m512i v, const struct bf
 	*b = (__m512bh)_mm512_unpackhi_epi8(l, h);
 }
 
+DSM_BF16_TARGET static ALWAYS_INLINE struct bf16_tables bf16_tables_load(void)
+{
+	return (struct bf16_tables){
+		_mm512_load_si512(dsm_fp8_bf16_hi), _mm512_load_si512(dsm_fp8_bf16_hi + 64),
+		_mm512_load_si512(dsm_fp8_bf16_lo), _mm512_load_si512(dsm_fp8_bf16_lo + 64),
+		_mm512_set1_epi8((char)0x80),
+	};
+}
+
+/* acc + 64 codes v times a prepared activation chunk (xa: its A half, xb: its B half). */
+DSM_BF16_TARGET static ALWAYS_INLINE __m512 dot64_bf16(__m512 acc, __m512i v, const struct bf16_tables *tb,
+						       __m512bh xa, __m512bh xb)
+{
+	__m512bh a, b;
+	fp8x64_bf16(v, tb, &a, &b);
+	return _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc, a, xa), b, xb);
+}
+
 /* acc[r][t] += row r's 64 codes v[r] times token t's prepared chunk xp. Each (row, token) is one chain of dot
  * products in column order, whatever R and T: a token's result does not depend on how many tokens share the
  * pass (decode equals prefill). Each activation vector is loaded once for the R rows. */
@@ -100,11 +118,7 @@ DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const stru
 DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld, size_t cols, const uint16_t *xs,
 						    size_t xstride, float *y, size_t y_ld, const int R, const int T)
 {
-	struct bf16_tables tb = {
-		_mm512_load_si512(dsm_fp8_bf16_hi), _mm512_load_si512(dsm_fp8_bf16_hi + 64),
-		_mm512_load_si512(dsm_fp8_bf16_lo), _mm512_load_si512(dsm_fp8_bf16_lo + 64),
-		_mm512_set1_epi8((char)0x80),
-	};
+	struct bf16_tables tb = bf16_tables_load();
 	__m512 acc[8][8];
 	__m512i v[8];
 #pragma GCC unroll 8
@@ -146,11 +160,7 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld,
  * computed alone may differ from the same token in a batch in the last bits (the F32 kernels do not). */
 DSM_BF16_TARGET static void row_bf16_seq(const uint8_t *w, size_t cols, const uint16_t *xs, float *y)
 {
-	struct bf16_tables tb = {
-		_mm512_load_si512(dsm_fp8_bf16_hi), _mm512_load_si512(dsm_fp8_bf16_hi + 64),
-		_mm512_load_si512(dsm_fp8_bf16_lo), _mm512_load_si512(dsm_fp8_bf16_lo + 64),
-		_mm512_set1_epi8((char)0x80),
-	};
+	struct bf16_tables tb = bf16_tables_load();
 	__m512 acc[8];
 	for (int k = 0; k < 8; k++)
 		acc[k] = _mm512_setzero_ps();
@@ -160,22 +170,16 @@ DSM_BF16_TARGET static void row_bf16_seq(const uint8_t *w, size_t cols, const ui
 		_mm_prefetch((const char *)(w + i * 64 + GEMV_SEQ_PREFETCH), _MM_HINT_T0);
 #pragma GCC unroll 8
 		for (int k = 0; k < 8; k++) {
-			__m512bh a, b;
-			fp8x64_bf16(_mm512_loadu_si512(w + (i + k) * 64), &tb, &a, &b);
 			const uint16_t *xp = xs + (i + k) * 64;
-			acc[k] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[k], a, (__m512bh)_mm512_load_si512(xp)), b,
-						  (__m512bh)_mm512_load_si512(xp + 32));
+			acc[k] = dot64_bf16(acc[k], _mm512_loadu_si512(w + (i + k) * 64), &tb,
+					    (__m512bh)_mm512_load_si512(xp), (__m512bh)_mm512_load_si512(xp + 32));
 		}
 	}
-	for (; i <= nfull; i++) {
-		if (i == nfull && !rem)
-			break;
+	for (; i < nfull + (rem > 0); i++) {
 		__mmask64 m = i < nfull ? ~0ull : (1ull << rem) - 1;
-		__m512bh a, b;
-		fp8x64_bf16(_mm512_maskz_loadu_epi8(m, w + i * 64), &tb, &a, &b);
 		const uint16_t *xp = xs + i * 64;
-		acc[i % 8] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[i % 8], a, (__m512bh)_mm512_load_si512(xp)), b,
-					      (__m512bh)_mm512_load_si512(xp + 32));
+		acc[i % 8] = dot64_bf16(acc[i % 8], _mm512_maskz_loadu_epi8(m, w + i * 64), &tb,
+					(__m512bh)_mm512_load_si512(xp), (__m512bh)_mm512_load_si512(xp + 32));
 	}
 	__m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])),
 				 _mm512_add_ps(_mm512_add_ps(acc[4], acc[5]), _mm512_add_ps(acc[6], acc[7])));
@@ -187,11 +191,7 @@ DSM_BF16_TARGET static void row_bf16_seq(const uint8_t *w, size_t cols, const ui
  * matrices 45-47 GB/s where one chain per row gave 37-44 (alternating in one process, a 51 GB/s probe). */
 DSM_BF16_TARGET static void rows8_bf16_c2(const uint8_t *w, size_t ld, size_t cols, const uint16_t *xs, float *y)
 {
-	struct bf16_tables tb = {
-		_mm512_load_si512(dsm_fp8_bf16_hi), _mm512_load_si512(dsm_fp8_bf16_hi + 64),
-		_mm512_load_si512(dsm_fp8_bf16_lo), _mm512_load_si512(dsm_fp8_bf16_lo + 64),
-		_mm512_set1_epi8((char)0x80),
-	};
+	struct bf16_tables tb = bf16_tables_load();
 	__m512 acc[8][2];
 	for (int r = 0; r < 8; r++)
 		acc[r][0] = acc[r][1] = _mm512_setzero_ps();
@@ -205,22 +205,17 @@ DSM_BF16_TARGET static void rows8_bf16_c2(const uint8_t *w, size_t ld, size_t co
 			const uint8_t *p = w + r * ld + i * 64;
 			_mm_prefetch((const char *)(p + GEMV_PREFETCH), _MM_HINT_T0);
 			_mm_prefetch((const char *)(p + 64 + GEMV_PREFETCH), _MM_HINT_T0);
-			__m512bh a, b;
-			fp8x64_bf16(_mm512_loadu_si512(p), &tb, &a, &b);
-			acc[r][0] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][0], a, x0), b, x1);
-			fp8x64_bf16(_mm512_loadu_si512(p + 64), &tb, &a, &b);
-			acc[r][1] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][1], a, x2), b, x3);
+			acc[r][0] = dot64_bf16(acc[r][0], _mm512_loadu_si512(p), &tb, x0, x1);
+			acc[r][1] = dot64_bf16(acc[r][1], _mm512_loadu_si512(p + 64), &tb, x2, x3);
 		}
 	}
 	for (; i < nfull + (rem > 0); i++) {
 		__mmask64 m = i < nfull ? ~0ull : (1ull << rem) - 1;
 		const uint16_t *xp = xs + i * 64;
 		__m512bh x0 = (__m512bh)_mm512_load_si512(xp), x1 = (__m512bh)_mm512_load_si512(xp + 32);
-		for (int r = 0; r < 8; r++) {
-			__m512bh a, b;
-			fp8x64_bf16(_mm512_maskz_loadu_epi8(m, w + r * ld + i * 64), &tb, &a, &b);
-			acc[r][i % 2] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][i % 2], a, x0), b, x1);
-		}
+		for (int r = 0; r < 8; r++)
+			acc[r][i % 2] = dot64_bf16(acc[r][i % 2], _mm512_maskz_loadu_epi8(m, w + r * ld + i * 64), &tb,
+						   x0, x1);
 	}
 	for (int r = 0; r < 8; r++)
 		y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
