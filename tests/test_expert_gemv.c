@@ -193,14 +193,6 @@ static void check_token_independence(enum dsm_isa isa, size_t cols)
 	dsm_fp8_gemv_rows(isa, &b.m, 0, rows, x, cols, N, all, rows, scratch);
 	for (size_t t = 0; t < N; t++)
 		dsm_fp8_gemv_rows(isa, &b.m, 0, rows, x + t * cols, cols, 1, one + t * rows, rows, scratch);
-	/* BF16: a single token takes the 1-token kernels (rows read in order, or two chains per row), whose sums
-	 * are grouped differently; it must agree to rounding, and every batch size exactly with the 13-token batch. */
-	if (isa == DSM_ISA_AVX512BF16) {
-		double e = nmse(one, all, N * rows);
-		CHECK(e < 1e-12, "%s, %zu columns: one token at a time differs from 13 together: NMSE %.3g",
-		      dsm_isa_name(isa), cols, e);
-		memcpy(one, all, N * rows * sizeof(float));
-	}
 	CHECK(memcmp(all, one, N * rows * sizeof(float)) == 0, "%s: 13 tokens together differ from one at a time",
 	      dsm_isa_name(isa));
 	for (size_t n = 2; n <= 8; n++) {
@@ -240,7 +232,7 @@ int main(void)
 					   ANY_CODE);
 			}
 		check_token_independence((enum dsm_isa)isa, 300);
-		check_token_independence((enum dsm_isa)isa, 5000); /* the 1-token kernels of short and long rows */
+		check_token_independence((enum dsm_isa)isa, 5000); /* several column blocks, a ragged last chunk */
 		check_gemv((enum dsm_isa)isa, 37, 4163, 4170, 3, 37, 1, ANY_CODE);
 		check_gemv((enum dsm_isa)isa, 17, 8192, 8192, 0, 17, 1, SUBNORMAL_ONLY);
 		check_gemv((enum dsm_isa)isa, 150, 333, 333, 0, 150, 3, SUBNORMAL_ONLY);

@@ -10,10 +10,7 @@
 #include <string.h>
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
-#define GEMV_PREFETCH 1024 /* bytes ahead in each weight row */
-/* 1 token, rows of at most this many columns: one row at a time, read in address order (row_bf16_seq). */
-#define GEMV_SEQ_MAX_COLS 4096
-#define GEMV_SEQ_PREFETCH 2048
+#define GEMV_PREFETCH 1024 /* bytes ahead in each weight row (the F32 kernels) */
 
 static ALWAYS_INLINE __mmask16 mask16(size_t c, size_t cols)
 {
@@ -85,21 +82,32 @@ DSM_BF16_TARGET static ALWAYS_INLINE struct bf16_tables bf16_tables_load(void)
 	};
 }
 
-/* acc + 64 codes v times a prepared activation chunk (xa: its A half, xb: its B half). */
-DSM_BF16_TARGET static ALWAYS_INLINE __m512 dot64_bf16(__m512 acc, __m512i v, const struct bf16_tables *tb,
-						       __m512bh xa, __m512bh xb)
-{
-	__m512bh a, b;
-	fp8x64_bf16(v, tb, &a, &b);
-	return _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc, a, xa), b, xb);
-}
-
 /* acc[r][t] += row r's 64 codes v[r] times token t's prepared chunk xp. Each (row, token) is one chain of dot
  * products in column order, whatever R and T: a token's result does not depend on how many tokens share the
- * pass (decode equals prefill). Each activation vector is loaded once for the R rows. */
+ * pass (decode equals prefill). The order of work fits the 32 registers (accumulators R x T, the tables 5):
+ * with at least as many rows as tokens, every activation vector is loaded once into a register and the rows
+ * are converted one at a time (R = 8, T = 2: 16 + 5 + 4 + 2); with more tokens, every row is converted first
+ * and the activations are loaded one token at a time. */
 DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const struct bf16_tables *tb,
 						    const uint16_t *xp, __m512 acc[8][8], const int R, const int T)
 {
+	if (T <= R) {
+		__m512bh xa[8], xb[8];
+#pragma GCC unroll 8
+		for (int t = 0; t < T; t++) {
+			xa[t] = (__m512bh)_mm512_load_si512(xp + t * 64);
+			xb[t] = (__m512bh)_mm512_load_si512(xp + t * 64 + 32);
+		}
+#pragma GCC unroll 8
+		for (int r = 0; r < R; r++) {
+			__m512bh a, b;
+			fp8x64_bf16(v[r], tb, &a, &b);
+#pragma GCC unroll 8
+			for (int t = 0; t < T; t++)
+				acc[r][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][t], a, xa[t]), b, xb[t]);
+		}
+		return;
+	}
 	__m512bh a[8], b[8];
 #pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
@@ -114,9 +122,21 @@ DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const stru
 	}
 }
 
-/* R rows starting at w, T tokens: y[t, r] for r < R. */
-DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld, size_t cols, const uint16_t *xs,
-						    size_t xstride, float *y, size_t y_ld, const int R, const int T)
+/* The BF16 kernel walks a 128-row block in column blocks of GEMV_COL_BLOCK columns: all the block's rows over
+ * one column block, then the next. The activations of that column block (16 KiB for 8 tokens) stay in L1,
+ * and while a group of rows is multiplied the same columns of the rows GEMV_PREFETCH_ROWS further are
+ * prefetched: one group of 8 rows ahead. Against reading whole rows with a prefetch 1 KiB ahead in each, this
+ * streams 45-54 GB/s instead of 33-42 at 2 tokens and 36-47 instead of 27-34 at 4 (2048 x 7168 and
+ * 7168 x 2048, 2 threads, alternating in one process), and the same at 1 token as the best whole-row kernels,
+ * which it replaces. The accumulators live in the scratch between column blocks; the chains are unchanged. */
+#define GEMV_COL_BLOCK 1024
+#define GEMV_PREFETCH_ROWS 8
+
+/* R rows at w over columns [c0, c1) (c0 a multiple of 64; past cols only in the last chunk) for T tokens:
+ * acc_mem[r * 8 + t] continued (or started when first), and the same columns at w + pf prefetched. */
+DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld, size_t c0, size_t c1, ptrdiff_t pf,
+						    const uint16_t *xs, size_t xstride, __m512 *acc_mem, int first,
+						    const int R, const int T)
 {
 	struct bf16_tables tb = bf16_tables_load();
 	__m512 acc[8][8];
@@ -125,165 +145,88 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld,
 	for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
 		for (int t = 0; t < T; t++)
-			acc[r][t] = _mm512_setzero_ps();
-	size_t nfull = cols / 64, rem = cols % 64;
-	for (size_t i = 0; i < nfull; i++) {
+			acc[r][t] = first ? _mm512_setzero_ps() : acc_mem[r * 8 + t];
+	size_t c = c0;
+	for (; c + 64 <= c1; c += 64) {
 #pragma GCC unroll 8
 		for (int r = 0; r < R; r++) {
-			/* 1 KiB ahead in each row: measured +50% on DRAM-resident experts over the hardware
-			 * prefetcher alone; 2-4 KiB, NTA and L2 hints are no better (docs/kernels.md). Past a
-			 * row's end it reaches the next rows, which come next. Prefetches never fault. */
-			_mm_prefetch((const char *)(w + r * ld + i * 64 + GEMV_PREFETCH), _MM_HINT_T0);
-			v[r] = _mm512_loadu_si512(w + r * ld + i * 64);
+			_mm_prefetch((const char *)(w + r * ld + c + pf), _MM_HINT_T0);
+			v[r] = _mm512_loadu_si512(w + r * ld + c);
 		}
-		step_bf16(v, &tb, xs + i * xstride, acc, R, T);
+		step_bf16(v, &tb, xs + c / 64 * xstride, acc, R, T);
 	}
-	if (rem) {
-		__mmask64 m = (1ull << rem) - 1;
+	if (c < c1) {
+		__mmask64 m = (1ull << (c1 - c)) - 1;
 #pragma GCC unroll 8
 		for (int r = 0; r < R; r++)
-			v[r] = _mm512_maskz_loadu_epi8(m, w + r * ld + nfull * 64);
-		step_bf16(v, &tb, xs + nfull * xstride, acc, R, T);
+			v[r] = _mm512_maskz_loadu_epi8(m, w + r * ld + c);
+		step_bf16(v, &tb, xs + c / 64 * xstride, acc, R, T);
 	}
 #pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
 		for (int t = 0; t < T; t++)
-			y[t * y_ld + r] = _mm512_reduce_add_ps(acc[r][t]);
+			acc_mem[r * 8 + t] = acc[r][t];
 }
 
-/* 1 token, one row: the row's 64-byte chunks in address order, 8 per step, chunk i into accumulator i % 8, so
- * that the matrix is read as one sequential stream with 8 independent dot-product chains. On rows of 2048
- * columns (the down projection) this streams 42.6-48 GB/s where 8-row groups give 29-32 (a 51.4 GB/s probe,
- * 2 threads); on 7168 columns 8-row groups are faster (43 against 38), hence
- * GEMV_SEQ_MAX_COLS. Its sums are grouped differently from the multi-token kernels', so with BF16 a token
- * computed alone may differ from the same token in a batch in the last bits (the F32 kernels do not). */
-DSM_BF16_TARGET static void row_bf16_seq(const uint8_t *w, size_t cols, const uint16_t *xs, float *y)
-{
-	struct bf16_tables tb = bf16_tables_load();
-	__m512 acc[8];
-	for (int k = 0; k < 8; k++)
-		acc[k] = _mm512_setzero_ps();
-	size_t nfull = cols / 64, rem = cols % 64, i = 0;
-	for (; i + 8 <= nfull; i += 8) {
-		/* One prefetch per 512 bytes: 48 GB/s where one per line gave 41 (same sitting). */
-		_mm_prefetch((const char *)(w + i * 64 + GEMV_SEQ_PREFETCH), _MM_HINT_T0);
-#pragma GCC unroll 8
-		for (int k = 0; k < 8; k++) {
-			const uint16_t *xp = xs + (i + k) * 64;
-			acc[k] = dot64_bf16(acc[k], _mm512_loadu_si512(w + (i + k) * 64), &tb,
-					    (__m512bh)_mm512_load_si512(xp), (__m512bh)_mm512_load_si512(xp + 32));
-		}
-	}
-	for (; i < nfull + (rem > 0); i++) {
-		__mmask64 m = i < nfull ? ~0ull : (1ull << rem) - 1;
-		const uint16_t *xp = xs + i * 64;
-		acc[i % 8] = dot64_bf16(acc[i % 8], _mm512_maskz_loadu_epi8(m, w + i * 64), &tb,
-					(__m512bh)_mm512_load_si512(xp), (__m512bh)_mm512_load_si512(xp + 32));
-	}
-	__m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])),
-				 _mm512_add_ps(_mm512_add_ps(acc[4], acc[5]), _mm512_add_ps(acc[6], acc[7])));
-	*y = _mm512_reduce_add_ps(s);
-}
+#define BF16_MAX_T 4 /* tokens per pass; more run as passes over the same rows, which are then in L1 */
+typedef void (*rows_bf16_fn)(const uint8_t *w, size_t ld, size_t c0, size_t c1, ptrdiff_t pf, const uint16_t *xs,
+			     size_t xstride, __m512 *acc_mem, int first);
+#define ROWS_BF16(R, T) \
+	DSM_BF16_TARGET static void rows_bf16_r##R##_t##T(const uint8_t *w, size_t ld, size_t c0, size_t c1, \
+							  ptrdiff_t pf, const uint16_t *xs, size_t xstride, \
+							  __m512 *acc_mem, int first) \
+	{ rows_bf16(w, ld, c0, c1, pf, xs, xstride, acc_mem, first, R, T); }
+ROWS_BF16(8, 1) ROWS_BF16(8, 2)
+ROWS_BF16(4, 1) ROWS_BF16(4, 2) ROWS_BF16(4, 3) ROWS_BF16(4, 4)
+ROWS_BF16(1, 1) ROWS_BF16(1, 2) ROWS_BF16(1, 3) ROWS_BF16(1, 4)
+/* Row groups by token count in a pass: 8 rows for 1-2 tokens, 4 for 3-4 (the registers), and single rows
+ * for what is left of a range. */
+static const rows_bf16_fn bf16_group8[3] = { NULL, rows_bf16_r8_t1, rows_bf16_r8_t2 };
+static const rows_bf16_fn bf16_group4[BF16_MAX_T + 1] = { NULL, rows_bf16_r4_t1, rows_bf16_r4_t2, rows_bf16_r4_t3,
+	rows_bf16_r4_t4 };
+static const rows_bf16_fn bf16_single[BF16_MAX_T + 1] = { NULL, rows_bf16_r1_t1, rows_bf16_r1_t2, rows_bf16_r1_t3,
+	rows_bf16_r1_t4 };
 
-/* 1 token, 8 rows of more than GEMV_SEQ_MAX_COLS columns: two chunks of each row per step, chunk i into
- * accumulator i % 2 of its row: 16 independent chains and 16 loads in flight per step. On 2048 x 7168
- * matrices 45-47 GB/s where one chain per row gave 37-44 (alternating in one process, a 51 GB/s probe). */
-DSM_BF16_TARGET static void rows8_bf16_c2(const uint8_t *w, size_t ld, size_t cols, const uint16_t *xs, float *y)
+DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b,
+					 const float *x, size_t x_ld, size_t n_tok, float *y, size_t y_ld,
+					 void *scratch)
 {
-	struct bf16_tables tb = bf16_tables_load();
-	__m512 acc[8][2];
-	for (int r = 0; r < 8; r++)
-		acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-	size_t nfull = cols / 64, rem = cols % 64, i = 0;
-	for (; i + 2 <= nfull; i += 2) {
-		const uint16_t *xp = xs + i * 64;
-		__m512bh x0 = (__m512bh)_mm512_load_si512(xp), x1 = (__m512bh)_mm512_load_si512(xp + 32);
-		__m512bh x2 = (__m512bh)_mm512_load_si512(xp + 64), x3 = (__m512bh)_mm512_load_si512(xp + 96);
-#pragma GCC unroll 8
-		for (int r = 0; r < 8; r++) {
-			const uint8_t *p = w + r * ld + i * 64;
-			_mm_prefetch((const char *)(p + GEMV_PREFETCH), _MM_HINT_T0);
-			_mm_prefetch((const char *)(p + 64 + GEMV_PREFETCH), _MM_HINT_T0);
-			acc[r][0] = dot64_bf16(acc[r][0], _mm512_loadu_si512(p), &tb, x0, x1);
-			acc[r][1] = dot64_bf16(acc[r][1], _mm512_loadu_si512(p + 64), &tb, x2, x3);
+	/* n_tok <= DSM_GEMV_MAX_TOKENS: the prepared activations (8 x cols_pad BF16 values) and the
+	 * accumulators (128 rows x 8 tokens) fit the scratch (dsm_fp8_gemv_scratch_size). */
+	uint16_t *xs = scratch;
+	__m512 *acc = (__m512 *)(xs + DSM_GEMV_MAX_TOKENS * dsm_cols_pad(W->cols));
+	size_t xstride = n_tok * 64, R = n_tok <= 2 ? 8 : 4;
+	prep_bf16(W, rb, x, x_ld, n_tok, xs);
+	for (size_t c0 = 0; c0 == 0 || c0 < W->cols; c0 += GEMV_COL_BLOCK) { /* 0 columns: zeros */
+		size_t c1 = c0 + GEMV_COL_BLOCK < W->cols ? c0 + GEMV_COL_BLOCK : W->cols;
+		for (size_t r = a; r < b;) {
+			size_t g = r + R <= b ? R : 1;
+			/* The next rows' same columns; after the last group, the first rows' next columns. */
+			ptrdiff_t pf = r + GEMV_PREFETCH_ROWS < b ? (ptrdiff_t)(GEMV_PREFETCH_ROWS * W->ld) :
+				       GEMV_COL_BLOCK - (ptrdiff_t)((r - a) * W->ld);
+			for (size_t t0 = 0; t0 < n_tok; t0 += BF16_MAX_T) {
+				size_t nt = n_tok - t0 < BF16_MAX_T ? n_tok - t0 : BF16_MAX_T;
+				const rows_bf16_fn *fn = g == 1 ? bf16_single : g == 8 ? bf16_group8 : bf16_group4;
+				fn[nt](W->w + r * W->ld, W->ld, c0, c1, pf, xs + t0 * 64, xstride,
+				       acc + (r - a) * 8 + t0, c0 == 0);
+			}
+			r += g;
 		}
 	}
-	for (; i < nfull + (rem > 0); i++) {
-		__mmask64 m = i < nfull ? ~0ull : (1ull << rem) - 1;
-		const uint16_t *xp = xs + i * 64;
-		__m512bh x0 = (__m512bh)_mm512_load_si512(xp), x1 = (__m512bh)_mm512_load_si512(xp + 32);
-		for (int r = 0; r < 8; r++)
-			acc[r][i % 2] = dot64_bf16(acc[r][i % 2], _mm512_maskz_loadu_epi8(m, w + r * ld + i * 64), &tb,
-						   x0, x1);
-	}
-	for (int r = 0; r < 8; r++)
-		y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+	for (size_t r = a; r < b; r++)
+		for (size_t t = 0; t < n_tok; t++)
+			y[t * y_ld + (r - a)] = _mm512_reduce_add_ps(acc[(r - a) * 8 + t]);
 }
 
 typedef void (*rows_fn)(const uint8_t *w, size_t ld, size_t cols, const void *xs, float *y, size_t y_ld);
 
-#define TARGET_bf16 DSM_BF16_TARGET
 #define TARGET_f512 DSM_AVX512F_TARGET
 #define TARGET_f256 DSM_AVX2_TARGET
 #define ROWS_FN(isa, R, T) \
 	TARGET_##isa static void rows_##isa##_r##R##_t##T(const uint8_t *w, size_t ld, size_t cols, const void *xs, \
 					     float *y, size_t y_ld) \
 	{ rows_##isa(w, ld, cols, xs, y, y_ld, R, T); }
-
-/* 1 token: row_bf16_seq or rows8_bf16_c2 above. 2-8 tokens: 4 rows x up to 4 tokens: 16 accumulators, 8
- * converted vectors and the tables fill the 32 registers; 5-8 tokens run as two passes over each group of 4
- * rows (28 KiB, in L1/L2), with the activations of all tokens prepared once per 128-row block. 4 rows sharing each activation load beat 2 rows
- * with 8 tokens, whose activations come from L2 for every row pair. The grouping never changes a (row, token)
- * chain, so results are the same for any R and any token count. */
-#define BF16_MAX_T 4
-typedef void (*rows_bf16_fn)(const uint8_t *w, size_t ld, size_t cols, const uint16_t *xs, size_t xstride, float *y,
-			     size_t y_ld);
-#define ROWS_BF16(R, T) \
-	DSM_BF16_TARGET static void rows_bf16_r##R##_t##T(const uint8_t *w, size_t ld, size_t cols, const uint16_t *xs, \
-							  size_t xstride, float *y, size_t y_ld) \
-	{ rows_bf16(w, ld, cols, xs, xstride, y, y_ld, R, T); }
-ROWS_BF16(4, 1) ROWS_BF16(4, 2) ROWS_BF16(4, 3) ROWS_BF16(4, 4)
-ROWS_BF16(1, 1) ROWS_BF16(1, 2) ROWS_BF16(1, 3) ROWS_BF16(1, 4)
-/* Group kernels by token count: groups of 4 rows, then single rows. */
-static const rows_bf16_fn bf16_group4[BF16_MAX_T + 1] = { NULL, rows_bf16_r4_t1, rows_bf16_r4_t2, rows_bf16_r4_t3,
-	rows_bf16_r4_t4 };
-static const rows_bf16_fn bf16_single[BF16_MAX_T + 1] = { NULL, rows_bf16_r1_t1, rows_bf16_r1_t2, rows_bf16_r1_t3,
-	rows_bf16_r1_t4 };
-
-/* Rows [a, b) of the block for n_tok tokens whose prepared chunks have stride n_tok * 64, in passes of up to 4
- * tokens per group of rows. */
-static void run_bf16(const rows_bf16_fn *group, int R, const struct dsm_fp8_mat *W, size_t a, size_t b,
-		     size_t n_tok, const uint16_t *xs, float *y, size_t y_ld)
-{
-	size_t xstride = n_tok * 64;
-	for (size_t r = a; r < b;) {
-		int g = r + (size_t)R <= b;
-		for (size_t t0 = 0; t0 < n_tok; t0 += BF16_MAX_T) {
-			size_t nt = n_tok - t0 < BF16_MAX_T ? n_tok - t0 : BF16_MAX_T;
-			(g ? group : bf16_single)[nt](W->w + r * W->ld, W->ld, W->cols, xs + t0 * 64, xstride,
-						     y + t0 * y_ld + (r - a), y_ld);
-		}
-		r += g ? (size_t)R : 1;
-	}
-}
-
-void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b, const float *x,
-			 size_t x_ld, size_t n_tok, float *y, size_t y_ld, void *scratch)
-{
-	/* n_tok <= DSM_GEMV_MAX_TOKENS: 8 x cols_pad BF16 values fit the scratch (sized for F32). */
-	prep_bf16(W, rb, x, x_ld, n_tok, scratch);
-	if (n_tok > 1) {
-		run_bf16(bf16_group4, 4, W, a, b, n_tok, scratch, y, y_ld);
-		return;
-	}
-	size_t r = a;
-	if (W->cols > GEMV_SEQ_MAX_COLS)
-		for (; r + 8 <= b; r += 8)
-			rows8_bf16_c2(W->w + r * W->ld, W->ld, W->cols, scratch, y + (r - a));
-	for (; r < b; r++)
-		row_bf16_seq(W->w + r * W->ld, W->cols, scratch, y + (r - a));
-}
 
 /* Rows [a, b) in groups, then one at a time. */
 static void run_rows(const rows_fn *group, const rows_fn *single, int R, const struct dsm_fp8_mat *W, size_t a,
