@@ -50,6 +50,8 @@ struct dsm_ffn_weights {
 	struct dsm_mat gate;    /* [inter, dim] */
 	struct dsm_mat up;      /* [inter, dim] */
 	struct dsm_mat down;    /* [dim, inter] */
+	int numa_home;          /* 1 + the NUMA node whose memory holds all three, whose cores alone then
+				 * compute them; 0: not one node's memory (every node computes a part) */
 };
 
 /* Matmul precision: what the multiply sees. Accumulation is always F32. */

@@ -91,6 +91,16 @@ static void make_weights(const struct expert_info *e, const void *const data[DSM
 	for (int i = 0; i < DSM_EXPERT_NPROJ; i++)
 		*m[i] = (struct dsm_mat){ .dtype = e->t[i]->dtype, .rows = (int64_t)e->t[i]->shape[0],
 			.cols = (int64_t)e->t[i]->shape[1], .row0 = 0, .data = data[i], .scale = scale[i] };
+	w->numa_home = 0;
+}
+
+/* The weights of an expert held in host memory; one of dram:N bound to node N is computed by node N's cores
+ * alone, from their local memory. */
+static void host_weights(const struct dsm_offload *o, const struct expert_info *e, struct dsm_ffn_weights *w)
+{
+	make_weights(e, (const void *const *)e->host, e->scale, w);
+	if (e->tier.kind == DSM_TIER_DRAM && o->resident[e->tier.index] && o->resident[e->tier.index]->bound)
+		w->numa_home = e->tier.index + 1;
 }
 
 /* Reads the experts of tier `kind` (for dram, those of node `node` only) into consecutive slots of pool, starting
@@ -530,7 +540,7 @@ static int compute(struct dsm_offload *o, int layer, int m)
 			const struct dsm_stream_job *job = &o->slots[o->slot_of[m]].job;
 			make_weights(e, (const void *const *)job->data, e->scale, &w);
 		} else {
-			make_weights(e, (const void *const *)e->host, e->scale, &w);
+			host_weights(o, e, &w);
 		}
 		if ((rc = o->o.cpu->ffn(o->o.cpu, &w, n, in, outp)) < 0)
 			return rc;
@@ -804,7 +814,7 @@ int dsm_offload_get(struct dsm_offload *o, int layer, int expert, struct dsm_ffn
 		return 0;
 	}
 	if (e->tier.kind == DSM_TIER_DRAM) {
-		make_weights(e, (const void *const *)e->host, e->scale, w);
+		host_weights(o, e, w);
 		return 0;
 	}
 	int slot, r;

@@ -50,6 +50,7 @@ static int load_ffn(struct dsm_model *m, struct dsm_ffn_weights *w, int64_t inte
 	const struct dsm_config *c = &m->cfg;
 	char fmt[128];
 	int rc;
+	w->numa_home = 0;
 	snprintf(fmt, sizeof fmt, "%sgate_proj.weight", prefix);
 	if ((rc = load_mat(m, &w->gate, inter, c->hidden_size, fmt, layer)) < 0)
 		return rc;

@@ -178,7 +178,8 @@ static void case_free(struct layer_case *c)
 
 /* Runs the layer; returns the output (caller frees). */
 static float *run_layer(struct layer_case *c, enum dsm_isa isa, int threads, const struct dsm_cpu_threads *plan,
-			size_t gemm_min, const struct dsm_expert_fp8 *const *experts, const struct dsm_expert_fp8 *shared)
+			size_t gemm_min, const struct dsm_expert_fp8 *const *experts, const struct dsm_expert_fp8 *shared,
+			uint64_t *node_bytes)
 {
 	struct dsm_expert_opts o = { isa, threads, plan, gemm_min };
 	struct dsm_expert_ctx *ctx = NULL;
@@ -192,6 +193,8 @@ static float *run_layer(struct layer_case *c, enum dsm_isa isa, int threads, con
 	struct dsm_moe_args a = { c->n_tok, TOP_K, c->x, c->ids, c->w, experts, N_EXP, shared, 0, y };
 	rc = dsm_moe_layer(ctx, &a);
 	CHECK(rc == 0, "moe layer: %s", dsm_errmsg());
+	for (int j = 0; node_bytes && j < DSM_EXPERT_MAX_NODES; j++)
+		node_bytes[j] = dsm_expert_ctx_node_bytes(ctx, j);
 	dsm_expert_ctx_free(ctx);
 	return y;
 }
@@ -205,9 +208,9 @@ static void test_layer(enum dsm_isa isa, size_t hidden, size_t inter, size_t n_t
 	/* gemm_min 1000: decode path only; 4: experts 0 and 1 (and the shared one) take the batched path. */
 	for (int path = 0; path < 1 + batched; path++) {
 		size_t gemm_min = path ? 4 : 1000;
-		float *y1 = run_layer(&c, isa, 1, NULL, gemm_min, c.ptrs, &c.shared.e);
-		float *y2 = run_layer(&c, isa, 2, NULL, gemm_min, c.ptrs, &c.shared.e);
-		float *y3 = run_layer(&c, isa, 3, NULL, gemm_min, c.ptrs, &c.shared.e);
+		float *y1 = run_layer(&c, isa, 1, NULL, gemm_min, c.ptrs, &c.shared.e, NULL);
+		float *y2 = run_layer(&c, isa, 2, NULL, gemm_min, c.ptrs, &c.shared.e, NULL);
+		float *y3 = run_layer(&c, isa, 3, NULL, gemm_min, c.ptrs, &c.shared.e, NULL);
 		if (!y1 || !y2 || !y3)
 			return;
 		double e = nmse(y1, c.ref, n);
@@ -220,7 +223,7 @@ static void test_layer(enum dsm_isa isa, size_t hidden, size_t inter, size_t n_t
 		for (int nodes = 2; nodes <= 4; nodes += 2) {
 			struct plan p;
 			plan_make(&p, nodes, 2);
-			float *yw = run_layer(&c, isa, 0, &p.th, gemm_min, c.ptrs, &c.shared.e);
+			float *yw = run_layer(&c, isa, 0, &p.th, gemm_min, c.ptrs, &c.shared.e, NULL);
 			struct expert placed[N_EXP + 1];
 			const struct dsm_expert_fp8 *pp[N_EXP];
 			for (int k = 0; k <= N_EXP; k++) {
@@ -241,7 +244,7 @@ static void test_layer(enum dsm_isa isa, size_t hidden, size_t inter, size_t n_t
 					d->w = own[k][j];
 					d->ld = d->cols;
 				}
-			float *yp = run_layer(&c, isa, 0, &p.th, gemm_min, pp, &placed[N_EXP].e);
+			float *yp = run_layer(&c, isa, 0, &p.th, gemm_min, pp, &placed[N_EXP].e, NULL);
 			if (yw && yp) {
 				e = nmse(yw, c.ref, n);
 				CHECK(e <= threshold(isa), "%s layer on %d nodes (%s): NMSE %.3g", dsm_isa_name(isa), nodes,
@@ -249,11 +252,41 @@ static void test_layer(enum dsm_isa isa, size_t hidden, size_t inter, size_t n_t
 				CHECK(memcmp(yw, yp, n * sizeof(float)) == 0, "%s layer on %d nodes: placed parts differ "
 				      "from windows", dsm_isa_name(isa), nodes);
 			}
+			/* Each routed expert in one node's memory (expert k on node k % nodes) is computed by that
+			 * node's threads alone; the shared expert stays split across the nodes. */
+			struct dsm_expert_fp8 homed[N_EXP];
+			const struct dsm_expert_fp8 *hp[N_EXP];
+			uint64_t got[DSM_EXPERT_MAX_NODES], want[DSM_EXPERT_MAX_NODES] = { 0 };
+			int chosen[N_EXP] = { 0 };
+			for (size_t i = 0; i < n_tok * TOP_K; i++)
+				chosen[c.ids[i]] = 1;
+			for (int k = 0; k < N_EXP; k++) {
+				homed[k] = c.ex[k].e;
+				homed[k].numa_home = 1 + k % nodes;
+				hp[k] = &homed[k];
+				want[k % nodes] += chosen[k] ? 3 * (uint64_t)hidden * inter : 0;
+			}
+			for (int j = 0; j < nodes; j++) {
+				size_t i0, i1;
+				dsm_expert_node_range(inter, nodes, j, &i0, &i1);
+				want[j] += 3 * (uint64_t)hidden * (i1 - i0);
+			}
+			float *yh = run_layer(&c, isa, 0, &p.th, gemm_min, hp, &c.shared.e, got);
+			if (yh) {
+				e = nmse(yh, c.ref, n);
+				CHECK(e <= threshold(isa), "%s layer on %d nodes, experts at home (%s): NMSE %.3g",
+				      dsm_isa_name(isa), nodes, path ? "batched" : "decode", e);
+				for (int j = 0; j < nodes; j++)
+					CHECK(got[j] == want[j], "%s layer on %d nodes, experts at home: node %d given %llu "
+					      "bytes, expected %llu", dsm_isa_name(isa), nodes, j, (unsigned long long)got[j],
+					      (unsigned long long)want[j]);
+			}
 			for (int k = 0; k <= N_EXP; k++)
 				for (int j = 0; j < nodes; j++)
 					free(own[k][j]);
 			free(yw);
 			free(yp);
+			free(yh);
 		}
 		free(y1);
 		free(y2);

@@ -354,7 +354,10 @@ static int fused_expert(const struct cpu_backend *cb, const struct dsm_ffn_weigh
 	    w->down.dtype != DSM_F8_E4M3 || w->gate.row0 || w->up.row0 || w->down.row0)
 		return 0;
 	struct dsm_fp8_mat g = fp8_stored(&w->gate), u = fp8_stored(&w->up), d = fp8_stored(&w->down);
-	return dsm_expert_fp8_init(e, &g, &u, &d) == 0;
+	if (dsm_expert_fp8_init(e, &g, &u, &d) < 0)
+		return 0;
+	e->numa_home = w->numa_home;
+	return 1;
 }
 
 int cpu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y)

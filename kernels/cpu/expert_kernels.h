@@ -158,6 +158,8 @@ struct dsm_expert_part {
 struct dsm_expert_fp8 {
 	size_t hidden, inter;
 	int n_parts;                   /* 1, or the context's node count */
+	int numa_home;                 /* 0: each node computes its part; 1 + j (with n_parts = 1): the whole
+					* expert lies in node j's memory and node j's threads compute it alone */
 	struct dsm_expert_part part[DSM_EXPERT_MAX_NODES];
 };
 
@@ -186,6 +188,8 @@ struct dsm_moe_args {
 	float *y;                      /* [n_tok, hidden] */
 };
 int dsm_moe_layer(struct dsm_expert_ctx *ctx, const struct dsm_moe_args *a);
+/* Expert weight bytes node j's threads were given by the last dsm_moe_layer or dsm_expert_ffn call. */
+uint64_t dsm_expert_ctx_node_bytes(const struct dsm_expert_ctx *ctx, int j);
 
 /* y[n, hidden] = E(x[n, hidden]), one expert (the shared expert, a dense FFN, or a routed expert). */
 int dsm_expert_ffn(struct dsm_expert_ctx *ctx, const struct dsm_expert_fp8 *e, size_t n, const float *x, float *y);

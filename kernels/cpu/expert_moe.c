@@ -37,6 +37,7 @@ struct dsm_expert_ctx {
 	size_t head_size;
 	char *buf;                                 /* the buffers of a call, grown on demand */
 	size_t buf_size;
+	uint64_t node_bytes[DSM_EXPERT_MAX_NODES]; /* expert bytes each node was given by the last call */
 };
 
 static atomic_uint ctx_ids = 1;
@@ -365,6 +366,8 @@ static void phase_down(struct dsm_expert_ctx *ctx, struct layer *L, int v)
 		struct job *jb = &L->jobs[k];
 		const struct dsm_expert_part *p = &jb->part[node];
 		size_t n = jb->n, i0 = jb->i0[node];
+		if (p->down.cols == 0) /* nothing of this expert on this node */
+			continue;
 		if (!jb->gemm) {
 			for (size_t c = a; c < b; c += DOWN_CHUNK) {
 				size_t c1 = min_sz(c + DOWN_CHUNK, b);
@@ -479,7 +482,12 @@ static int run_layer(struct dsm_expert_ctx *ctx, struct layer *L)
 	return 0;
 }
 
-/* Fills the per-node parts of a job and checks its shapes. */
+static uint64_t part_bytes(const struct dsm_expert_part *p)
+{
+	return (uint64_t)(p->gate.rows + p->up.rows) * p->gate.cols + (uint64_t)p->down.rows * p->down.cols;
+}
+
+/* Fills the per-node parts of a job and checks its shapes; counts each node's bytes. */
 static int job_init(struct dsm_expert_ctx *ctx, struct job *jb, const struct dsm_expert_fp8 *e, size_t hidden)
 {
 	if (e->hidden != hidden)
@@ -487,14 +495,30 @@ static int job_init(struct dsm_expert_ctx *ctx, struct job *jb, const struct dsm
 	jb->e = e;
 	jb->gemm = jb->n >= ctx->gemm_min && ctx->isa == DSM_ISA_AVX512BF16;
 	jb->m_pad = round_up(jb->n, 16);
+	int home = e->numa_home - 1;
+	if (home >= 0 && ctx->n_nodes > 1) {
+		/* Node home computes the whole expert from its own memory; the other nodes' parts stay empty. */
+		if (home >= ctx->n_nodes || e->n_parts != 1)
+			return dsm_fail(DSM_EARG, "expert in the memory of NUMA node %d (%d parts) on %d nodes", home,
+					e->n_parts, ctx->n_nodes);
+		jb->part[home] = e->part[0];
+		ctx->node_bytes[home] += part_bytes(&e->part[0]);
+		return 0;
+	}
 	for (int j = 0; j < ctx->n_nodes; j++) {
 		size_t i1;
 		int rc = expert_part(e, ctx->n_nodes, j, &jb->part[j]);
 		if (rc < 0)
 			return rc;
 		dsm_expert_node_range(e->inter, ctx->n_nodes, j, &jb->i0[j], &i1);
+		ctx->node_bytes[j] += part_bytes(&jb->part[j]);
 	}
 	return 0;
+}
+
+uint64_t dsm_expert_ctx_node_bytes(const struct dsm_expert_ctx *ctx, int j)
+{
+	return j >= 0 && j < ctx->n_nodes ? ctx->node_bytes[j] : 0;
 }
 
 int dsm_moe_layer(struct dsm_expert_ctx *ctx, const struct dsm_moe_args *a)
@@ -515,6 +539,7 @@ int dsm_moe_layer(struct dsm_expert_ctx *ctx, const struct dsm_moe_args *a)
 	if (!first)
 		return dsm_fail(DSM_EARG, "moe layer: no expert to run");
 	size_t hidden = first->hidden;
+	memset(ctx->node_bytes, 0, sizeof(ctx->node_bytes));
 
 	/* Counting sort of (token, weight) by expert, in the head buffer. */
 	size_t n_jobs_max = n_exp + 1;
@@ -578,6 +603,7 @@ int dsm_expert_ffn(struct dsm_expert_ctx *ctx, const struct dsm_expert_fp8 *e, s
 		return rc;
 	struct job *jb = (struct job *)ctx->head;
 	memset(jb, 0, sizeof(*jb));
+	memset(ctx->node_bytes, 0, sizeof(ctx->node_bytes));
 	jb->n = n;
 	rc = job_init(ctx, jb, e, e->hidden);
 	if (rc < 0)
