@@ -152,6 +152,9 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld,
 		for (int r = 0; r < R; r++) {
 			_mm_prefetch((const char *)(w + r * ld + c + pf), _MM_HINT_T0);
 			v[r] = _mm512_loadu_si512(w + r * ld + c);
+			/* Opaque to the compiler, so that it keeps the codes in a register rather than load them
+			 * again for each table lookup (3 loads per 64 codes): +9-15% at 1-2 tokens. */
+			__asm__("" : "+v"(v[r]));
 		}
 		step_bf16(v, &tb, xs + c / 64 * xstride, acc, R, T);
 	}
@@ -202,9 +205,12 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 		size_t c1 = c0 + GEMV_COL_BLOCK < W->cols ? c0 + GEMV_COL_BLOCK : W->cols;
 		for (size_t r = a; r < b;) {
 			size_t g = r + R <= b ? R : 1;
-			/* The next rows' same columns; after the last group, the first rows' next columns. */
-			ptrdiff_t pf = r + GEMV_PREFETCH_ROWS < b ? (ptrdiff_t)(GEMV_PREFETCH_ROWS * W->ld) :
-				       GEMV_COL_BLOCK - (ptrdiff_t)((r - a) * W->ld);
+			/* The same columns of the rows 8 further; for the last groups, the first rows' next
+			 * column block, or after the last column block the first columns of the rows below the
+			 * block (in a dense matrix, the next block's). */
+			ptrdiff_t ahead = (ptrdiff_t)(GEMV_PREFETCH_ROWS * W->ld);
+			ptrdiff_t pf = r + GEMV_PREFETCH_ROWS < b ? ahead :
+				       c1 < W->cols ? GEMV_COL_BLOCK - (ptrdiff_t)((r - a) * W->ld) : ahead - (ptrdiff_t)c0;
 			for (size_t t0 = 0; t0 < n_tok; t0 += BF16_MAX_T) {
 				size_t nt = n_tok - t0 < BF16_MAX_T ? n_tok - t0 : BF16_MAX_T;
 				const rows_bf16_fn *fn = g == 1 ? bf16_single : g == 8 ? bf16_group8 : bf16_group4;
