@@ -3,6 +3,7 @@
 #include "cpu_backend.h"
 #include "emu/emu_backend.h"
 #include "error.h"
+#include "expert_kernels.h"
 
 #include <string.h>
 
@@ -25,6 +26,11 @@ void dsm_backend_destroy(struct dsm_backend *be)
 const char *dsm_precision_name(enum dsm_precision p)
 {
 	return p == DSM_PRECISION_BF16 ? "bf16" : "f32";
+}
+
+enum dsm_precision dsm_precision_default(void)
+{
+	return dsm_isa_available(DSM_ISA_AVX512BF16) ? DSM_PRECISION_BF16 : DSM_PRECISION_F32;
 }
 
 int dsm_precision_parse(const char *s, enum dsm_precision *p)

@@ -214,5 +214,8 @@ int dsm_physical_cores(void);
 const char *dsm_precision_name(enum dsm_precision p);
 /* "f32" / "bf16" -> precision; DSM_EARG otherwise. */
 int dsm_precision_parse(const char *s, enum dsm_precision *p);
+/* BF16 where the CPU has AVX-512 BF16 (its FP8 decode kernel streams about twice the bytes per second of
+ * the F32 one, docs/kernels.md), else F32. */
+enum dsm_precision dsm_precision_default(void);
 
 #endif

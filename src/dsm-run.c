@@ -49,7 +49,8 @@ static void usage(FILE *f)
 		"  -t, --threads N        threads, at most one per physical core, each bound to its core (default: all\n"
 		"                         physical cores)\n"
 		"  --no-bind              do not bind threads to cores (several dsm processes sharing a machine)\n"
-		"  --precision P          matmul precision: f32 (default) or bf16\n"
+		"  --precision P          matmul precision: bf16 (default where the CPU has AVX-512 BF16: the fast\n"
+		"                         FP8 kernels) or f32 (exact weights and F32 activations: the reference path)\n"
 		"  --ctx N                context length in tokens (default 4096)\n"
 		"  --batch N              prompt tokens per forward step (default 128)\n"
 		"  --kv-cache T           KV cache type: bf16 (default) or f32\n"
@@ -471,7 +472,7 @@ int main(int argc, char **argv)
 	const char *force_route_path = NULL, *force_select_path = NULL;
 	const char *stops[MAX_STOP];
 	int n_stop = 0, chat = 0, think = 1, ignore_eos = 0;
-	struct dsm_model_options mo = { .precision = DSM_PRECISION_F32 };
+	struct dsm_model_options mo = { .precision = dsm_precision_default() };
 	struct dsm_session_options so = { .ctx = 4096, .max_batch = 128, .kv_dtype = DSM_BF16 };
 	struct dsm_generate_params gp = { .max_tokens = 256, .sampling = { .temperature = 0, .top_p = 1, .seed = 1 } };
 	struct run r = { 0 };

@@ -12,7 +12,7 @@ W=$top_builddir/tests/model_decode.d
 rm -rf "$W"
 mkdir -p "$W"
 CMP="$PYTHON_NUMPY $top_srcdir/tests/compare_logits.py"
-RUN="$top_builddir/dsm-run -m $W/tiny -q --threads 2"
+RUN="$top_builddir/dsm-run -m $W/tiny -q --threads 2 --precision f32"
 "$top_builddir/dsm-mkmodel" --quiet tiny "$W/tiny"
 PROMPT=0,17,342,901,5,77,640,12,1000,256,31,415,926,535,89,793,238,462,643,383
 N=24
