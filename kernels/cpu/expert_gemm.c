@@ -53,6 +53,29 @@ DSM_BF16_TARGET static inline __attribute__((always_inline)) void transpose16(__
 	}
 }
 
+DSM_BF16_TARGET void dsm_f32_transpose(const float *src, size_t src_ld, size_t rows, size_t cols, float *dst,
+				       size_t dst_ld)
+{
+	size_t r0 = 0;
+	for (; r0 + 16 <= rows; r0 += 16) {
+		size_t c0 = 0;
+		for (; c0 + 16 <= cols; c0 += 16) {
+			__m512i v[16];
+			for (int k = 0; k < 16; k++)
+				v[k] = _mm512_loadu_si512(src + (r0 + k) * src_ld + c0);
+			transpose16(v);
+			for (int k = 0; k < 16; k++)
+				_mm512_storeu_si512(dst + (c0 + k) * dst_ld + r0, v[k]);
+		}
+		for (; c0 < cols; c0++)
+			for (size_t k = 0; k < 16; k++)
+				dst[c0 * dst_ld + r0 + k] = src[(r0 + k) * src_ld + c0];
+	}
+	for (; r0 < rows; r0++)
+		for (size_t c = 0; c < cols; c++)
+			dst[c * dst_ld + r0] = src[r0 * src_ld + c];
+}
+
 /* 16 tokens x 16 column pairs at a time: each token's 32 values become 16 BF16 pairs with one
  * vcvtne2ps2bf16 (round to nearest even, as dsm_f32_to_bf16), a 16 x 16 transpose turns them into 16 rows of
  * the panel, stored whole. Tokens past m are zero rows, which also writes the padding. */

@@ -42,6 +42,10 @@ DSM_AVX512F_TARGET static inline __attribute__((always_inline)) __m512 dsm_fp8x1
 void dsm_bf16_pack_gather(const float *x, size_t x_ld, const int32_t *rows, size_t m, size_t k, size_t kp0,
 			  size_t kp1, uint16_t *a_packed);
 
+/* dst[c * dst_ld + r] = src[r * src_ld + c] for r < rows, c < cols, in 16 x 16 blocks through registers.
+ * AVX-512 BF16 only (it is the batched path's). */
+void dsm_f32_transpose(const float *src, size_t src_ld, size_t rows, size_t cols, float *dst, size_t dst_ld);
+
 /* One ISA's decode kernel on rows [a, b) of one 128-row block rb, for 1..8 tokens. */
 typedef void (*dsm_gemv_block_fn)(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b,
 				  const float *x, size_t x_ld, size_t n_tok, float *y, size_t y_ld, void *scratch);

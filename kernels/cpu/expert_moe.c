@@ -657,9 +657,7 @@ int dsm_fp8_matmul_rows(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W,
 				for (size_t c = a0; c < a1; c += GEMM_CHUNK) {
 					size_t c1 = min_sz(c + GEMM_CHUNK, a1);
 					dsm_fp8_gemm_rows(W, r0 + c, r0 + c1, a, n, tmp, m_pad, tile);
-					for (size_t t = 0; t < n; t++)
-						for (size_t i = 0; i < c1 - c; i++)
-							y[t * rows + c + i] = tmp[i * m_pad + t];
+					dsm_f32_transpose(tmp, m_pad, c1 - c, n, y + c, rows);
 				}
 			}
 		}
