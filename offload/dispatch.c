@@ -94,12 +94,18 @@ static void make_weights(const struct expert_info *e, const void *const data[DSM
 	w->numa_home = 0;
 }
 
+/* Whether the dram:node experts' memory is really bound to that node. */
+static int node_bound(const struct dsm_offload *o, int node)
+{
+	return o->resident[node] && o->resident[node]->bound;
+}
+
 /* The weights of an expert held in host memory; one of dram:N bound to node N is computed by node N's cores
  * alone, from their local memory. */
 static void host_weights(const struct dsm_offload *o, const struct expert_info *e, struct dsm_ffn_weights *w)
 {
 	make_weights(e, (const void *const *)e->host, e->scale, w);
-	if (e->tier.kind == DSM_TIER_DRAM && o->resident[e->tier.index] && o->resident[e->tier.index]->bound)
+	if (e->tier.kind == DSM_TIER_DRAM && node_bound(o, e->tier.index))
 		w->numa_home = e->tier.index + 1;
 }
 
@@ -870,7 +876,7 @@ int dsm_offload_expert_node(const struct dsm_offload *o, int layer, int expert, 
 	if (t.kind != DSM_TIER_DRAM)
 		return -1;
 	if (bound)
-		*bound = o->resident[t.index] && o->resident[t.index]->bound;
+		*bound = node_bound(o, t.index);
 	return t.index;
 }
 

@@ -205,6 +205,7 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 		size_t c1 = c0 + GEMV_COL_BLOCK < W->cols ? c0 + GEMV_COL_BLOCK : W->cols;
 		for (size_t r = a; r < b;) {
 			size_t g = r + R <= b ? R : 1;
+			const rows_bf16_fn *fn = g == 1 ? bf16_single : g == 8 ? bf16_group8 : bf16_group4;
 			/* The same columns of the rows 8 further; for the last groups, the first rows' next
 			 * column block, or after the last column block the first columns of the rows below the
 			 * block (in a dense matrix, the next block's). */
@@ -213,7 +214,6 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 				       c1 < W->cols ? GEMV_COL_BLOCK - (ptrdiff_t)((r - a) * W->ld) : ahead - (ptrdiff_t)c0;
 			for (size_t t0 = 0; t0 < n_tok; t0 += BF16_MAX_T) {
 				size_t nt = n_tok - t0 < BF16_MAX_T ? n_tok - t0 : BF16_MAX_T;
-				const rows_bf16_fn *fn = g == 1 ? bf16_single : g == 8 ? bf16_group8 : bf16_group4;
 				fn[nt](W->w + r * W->ld, W->ld, c0, c1, pf, xs + t0 * 64, xstride,
 				       acc + (r - a) * 8 + t0, c0 == 0);
 			}
