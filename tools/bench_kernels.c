@@ -1,13 +1,16 @@
 /* dsm-bench kernels: the CPU expert kernels against this machine's own limits, measured in the same run.
  *   (a) DRAM read bandwidth: a streaming AVX-512/AVX2 read loop, several accumulators, all bound threads,
- *       over a buffer of at least 1 GiB (each NUMA node's threads read memory of their node);
+ *       over the expert pool itself (at least 1 GiB; each NUMA node's threads read their node's parts);
  *   (b) the FP8 decode kernel on expert-shaped matrices (2048x7168 gate/up, 7168x2048 down) rotating over a
  *       pool of experts far larger than the last-level cache, 1/2/4/8 tokens: effective weight bandwidth;
  *   (c) GFLOP/s of the batched path and of the decode path from 1 to 512 tokens, and of oneDNN's own BF16
  *       matmul of the same shape on weights converted to BF16 (and reordered to its preferred layout)
  *       beforehand; the switch point between the two paths;
  *   (d) one MoE layer at decode (8 routed experts + the shared one) against the time its bytes take at (a).
- * Prints a table, or with --json one JSON object. Every figure is the best of several repetitions. */
+ * The host's bandwidth can drift within a second (a VM shares it), so (b) and (d) interleave the probe with
+ * the kernel: before each expert (or layer) the probe streams other experts of the pool, and a pass's ratio
+ * is the kernel's rate over the probe's, both summed over the pass. Each ratio is the median of several
+ * passes. Prints a table, or with --json one JSON object. */
 #include "expert_kernels.h"
 #include "topo.h"
 
@@ -36,19 +39,20 @@ static double now(void)
 }
 
 struct opts {
-	int json, threads, quick;
-	size_t dram_mb, pool_mb;
+	int json, threads, quick, passes;
+	size_t pool_mb;
 	enum dsm_isa isa;
 };
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: dsm-bench kernels [--json] [--threads N] [--isa NAME] [--dram-mb N] [--pool-mb N] [--quick]\n"
+	fprintf(f, "usage: dsm-bench kernels [--json] [--threads N] [--isa NAME] [--pool-mb N] [--passes N] [--quick]\n"
 		   "  --threads N   threads, one per physical core (default: every core)\n"
 		   "  --isa NAME    decode kernel: avx512bf16, avx512f, avx2, scalar (default: the best)\n"
-		   "  --dram-mb N   bandwidth probe buffer (default: the pool's size; at least 1024 except with --quick)\n"
-		   "  --pool-mb N   expert pool for (b), (c) and (d) (default: 4x the last-level cache hwloc reports,\n"
-		   "                at least 1024, at most 4096 and a quarter of the available memory)\n"
+		   "  --pool-mb N   expert pool, also read by the DRAM probe (default: 4x the last-level cache hwloc\n"
+		   "                reports, at least 1024, at most 4096 and a quarter of the available memory)\n"
+		   "  --passes N    passes per figure of (b) and (d), each interleaving probe and kernel (default 9;\n"
+		   "                ratios are their median)\n"
 		   "  --quick       small sizes, few repetitions: a smoke test, not a measurement\n");
 }
 
@@ -73,28 +77,30 @@ __attribute__((target("avx512f"))) static uint64_t read_avx512(const char *p, si
 {
 	__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
 	for (size_t i = 0; i + 512 <= n; i += 512) {
-		a0 = _mm512_xor_si512(a0, _mm512_load_si512(p + i));
-		a1 = _mm512_xor_si512(a1, _mm512_load_si512(p + i + 64));
-		a2 = _mm512_xor_si512(a2, _mm512_load_si512(p + i + 128));
-		a3 = _mm512_xor_si512(a3, _mm512_load_si512(p + i + 192));
-		a4 = _mm512_xor_si512(a4, _mm512_load_si512(p + i + 256));
-		a5 = _mm512_xor_si512(a5, _mm512_load_si512(p + i + 320));
-		a6 = _mm512_xor_si512(a6, _mm512_load_si512(p + i + 384));
-		a7 = _mm512_xor_si512(a7, _mm512_load_si512(p + i + 448));
+		a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(p + i));
+		a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(p + i + 64));
+		a2 = _mm512_xor_si512(a2, _mm512_loadu_si512(p + i + 128));
+		a3 = _mm512_xor_si512(a3, _mm512_loadu_si512(p + i + 192));
+		a4 = _mm512_xor_si512(a4, _mm512_loadu_si512(p + i + 256));
+		a5 = _mm512_xor_si512(a5, _mm512_loadu_si512(p + i + 320));
+		a6 = _mm512_xor_si512(a6, _mm512_loadu_si512(p + i + 384));
+		a7 = _mm512_xor_si512(a7, _mm512_loadu_si512(p + i + 448));
 	}
 	__m512i s = _mm512_xor_si512(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3)),
 				     _mm512_xor_si512(_mm512_xor_si512(a4, a5), _mm512_xor_si512(a6, a7)));
-	return (uint64_t)_mm512_reduce_add_epi64(s);
+	uint64_t out[8];
+	_mm512_storeu_si512(out, s);
+	return out[0] ^ out[1] ^ out[2] ^ out[3] ^ out[4] ^ out[5] ^ out[6] ^ out[7];
 }
 
 __attribute__((target("avx2"))) static uint64_t read_avx2(const char *p, size_t n)
 {
 	__m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
 	for (size_t i = 0; i + 128 <= n; i += 128) {
-		a0 = _mm256_xor_si256(a0, _mm256_load_si256((const __m256i *)(p + i)));
-		a1 = _mm256_xor_si256(a1, _mm256_load_si256((const __m256i *)(p + i + 32)));
-		a2 = _mm256_xor_si256(a2, _mm256_load_si256((const __m256i *)(p + i + 64)));
-		a3 = _mm256_xor_si256(a3, _mm256_load_si256((const __m256i *)(p + i + 96)));
+		a0 = _mm256_xor_si256(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
+		a1 = _mm256_xor_si256(a1, _mm256_loadu_si256((const __m256i *)(p + i + 32)));
+		a2 = _mm256_xor_si256(a2, _mm256_loadu_si256((const __m256i *)(p + i + 64)));
+		a3 = _mm256_xor_si256(a3, _mm256_loadu_si256((const __m256i *)(p + i + 96)));
 	}
 	__m256i s = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
 	uint64_t out[4];
@@ -125,52 +131,75 @@ static uint64_t stream_read(const char *p, size_t n)
 
 static volatile uint64_t sink;
 
-/* GB/s: the best of reps passes, each thread reading its share of its own node's buffer. */
-static double dram_read_gbps(struct dsm_topo *t, const struct dsm_topo_threads *plan, size_t bytes, int reps)
+/* Thread i of a plan is the q-th of the Q threads of its node. */
+struct share {
+	int node, q, Q;
+};
+
+static struct share thread_share(const struct dsm_topo_threads *plan, int i)
 {
-	int n_nodes = plan->th.n_nodes, n = plan->th.n_threads;
-	size_t per_node = bytes / (size_t)n_nodes / 4096 * 4096;
-	char *buf[DSM_EXPERT_MAX_NODES] = { NULL };
-	int first[DSM_EXPERT_MAX_NODES + 1] = { 0 };
-	for (int j = 0; j < n_nodes; j++) {
-		buf[j] = dsm_topo_alloc_node(t, j, per_node);
-		if (!buf[j]) {
-			fprintf(stderr, "dsm-bench: %s\n", dsm_errmsg());
-			exit(1);
+	struct share sh = { plan->thread_node[i], 0, 0 };
+	for (int k = 0; k < plan->th.n_threads; k++)
+		if (plan->thread_node[k] == sh.node) {
+			sh.q += k < i;
+			sh.Q++;
 		}
-	}
-	for (int i = 0, j = 0; j <= n_nodes; j++) {
-		while (i < n && plan->thread_node[i] < j)
-			i++;
-		first[j] = i;
-	}
-	/* Touch by the reading threads, so pages are mapped (and, unbound, local to them). */
-#pragma omp parallel num_threads(n)
+	return sh;
+}
+
+/* Seconds of one probe: every thread streams its share of each matrix of its node's part of experts
+ * first, first + 1, ... (count of them, modulo n_pool), the bytes that the kernels read (less the scales)
+ * from the memory they read them from. *bytes: what was read. */
+static double probe_experts(const struct dsm_topo_threads *plan, const struct dsm_topo_expert *pool, int n_pool,
+			    int first, int count, double *bytes)
+{
+	uint64_t acc = 0, total = 0;
+	double t0 = now();
+#pragma omp parallel num_threads(plan->th.n_threads) reduction(^ : acc) reduction(+ : total)
 	{
-		int i = omp_get_thread_num(), j = plan->thread_node[i], q = i - first[j], Q = first[j + 1] - first[j];
-		size_t a = per_node * (size_t)q / (size_t)Q / 4096 * 4096, b = per_node * (size_t)(q + 1) / (size_t)Q / 4096 * 4096;
-		memset(buf[j] + a, 1, b - a);
-	}
-	double best = 0;
-	for (int r = 0; r < reps; r++) {
-		uint64_t acc = 0;
-		double t0 = now();
-#pragma omp parallel num_threads(n) reduction(^ : acc)
-		{
-			int i = omp_get_thread_num(), j = plan->thread_node[i], q = i - first[j], Q = first[j + 1] - first[j];
-			size_t a = per_node * (size_t)q / (size_t)Q / 4096 * 4096;
-			size_t b = per_node * (size_t)(q + 1) / (size_t)Q / 4096 * 4096;
-			acc ^= stream_read(buf[j] + a, b - a);
+		struct share sh = thread_share(plan, omp_get_thread_num());
+		for (int i = 0; i < count; i++) {
+			const struct dsm_expert_part *p = &pool[(first + i) % n_pool].e.part[sh.node];
+			const struct dsm_fp8_mat *m[3] = { &p->gate, &p->up, &p->down };
+			for (int k = 0; k < 3; k++) {
+				size_t len = m[k]->rows * m[k]->ld;
+				size_t a = len * (size_t)sh.q / (size_t)sh.Q / 512 * 512;
+				size_t b = len * (size_t)(sh.q + 1) / (size_t)sh.Q / 512 * 512;
+				acc ^= stream_read((const char *)m[k]->w + a, b - a);
+				total += b - a;
+			}
 		}
-		double dt = now() - t0;
-		sink = acc;
-		double gbps = (double)per_node * n_nodes / dt / 1e9;
-		if (gbps > best)
-			best = gbps;
 	}
-	for (int j = 0; j < n_nodes; j++)
-		dsm_topo_free(t, buf[j], per_node);
-	return best;
+	double dt = now() - t0;
+	sink = acc;
+	*bytes = (double)total;
+	return dt;
+}
+
+/* Passes that interleave probe and kernel: per pass the probe's rate, the kernel's, and their ratio. */
+#define MAX_PASSES 64
+struct paired {
+	int n;
+	double probe[MAX_PASSES], value[MAX_PASSES], ratio[MAX_PASSES];
+};
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/* The median of v[0 .. n) (n >= 1), and optionally the smallest and largest value. */
+static double median(const double *v, int n, double *lo, double *hi)
+{
+	double s[MAX_PASSES];
+	memcpy(s, v, (size_t)n * sizeof(double));
+	qsort(s, (size_t)n, sizeof(double), cmp_double);
+	if (lo)
+		*lo = s[0];
+	if (hi)
+		*hi = s[n - 1];
+	return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
 }
 
 /* ---- Expert pool ---------------------------------------------------------------------------------------- */
@@ -215,17 +244,25 @@ struct onednn {
 	dnnl_stream_t st;
 };
 
+/* C[M, N] = A[M, K] (BF16) . W^T with W [N, K] in BF16, reordered once to oneDNN's preferred layout. */
+struct onednn_mm {
+	dnnl_primitive_t mm;
+	dnnl_memory_t am, wm, cm;
+	uint16_t *a;
+	float *c;
+};
+
 #define DNNL_OK(call) \
 	do { \
 		dnnl_status_t s_ = (call); \
 		if (s_ != dnnl_success) { \
 			fprintf(stderr, "dsm-bench: oneDNN %s: status %d\n", #call, (int)s_); \
-			return -1.0; \
+			exit(1); \
 		} \
 	} while (0)
 
-/* GFLOP/s of C[M, N] = A[M, K] (BF16) . W^T with W [N, K] BF16 reordered once to oneDNN's preferred layout. */
-static double onednn_gflops(struct onednn *d, const uint16_t *w_bf16, size_t M, size_t N, size_t K, int reps)
+static void onednn_setup(struct onednn *d, const uint16_t *w_bf16, size_t M, size_t N, size_t K,
+			 struct onednn_mm *m)
 {
 	dnnl_memory_desc_t a_md, w_plain, w_any, c_md;
 	dnnl_dims_t ad = { (dnnl_dim_t)M, (dnnl_dim_t)K }, wd = { (dnnl_dim_t)K, (dnnl_dim_t)N },
@@ -239,43 +276,46 @@ static double onednn_gflops(struct onednn *d, const uint16_t *w_bf16, size_t M, 
 	dnnl_primitive_desc_t pd, rpd;
 	DNNL_OK(dnnl_primitive_desc_create(&pd, &md, NULL, d->eng, NULL));
 	const dnnl_memory_desc_t *w_best = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-	dnnl_primitive_t mm, reorder;
-	DNNL_OK(dnnl_primitive_create(&mm, pd));
-	uint16_t *a = aligned_alloc(64, (M * K * 2 + 63) / 64 * 64);
-	float *c = aligned_alloc(64, (M * N * 4 + 63) / 64 * 64);
+	dnnl_primitive_t reorder;
+	DNNL_OK(dnnl_primitive_create(&m->mm, pd));
+	m->a = aligned_alloc(64, (M * K * 2 + 63) / 64 * 64);
+	m->c = aligned_alloc(64, (M * N * 4 + 63) / 64 * 64);
 	for (size_t i = 0; i < M * K; i++)
-		a[i] = 0x3f80 ^ (uint16_t)(next_u64() & 0x807f);
-	dnnl_memory_t am, wpm, wm, cm;
-	DNNL_OK(dnnl_memory_create(&am, &a_md, d->eng, a));
+		m->a[i] = 0x3f80 ^ (uint16_t)(next_u64() & 0x807f);
+	dnnl_memory_t wpm;
+	DNNL_OK(dnnl_memory_create(&m->am, &a_md, d->eng, m->a));
 	DNNL_OK(dnnl_memory_create(&wpm, &w_plain, d->eng, (void *)w_bf16));
-	DNNL_OK(dnnl_memory_create(&wm, w_best, d->eng, DNNL_MEMORY_ALLOCATE));
-	DNNL_OK(dnnl_memory_create(&cm, &c_md, d->eng, c));
+	DNNL_OK(dnnl_memory_create(&m->wm, w_best, d->eng, DNNL_MEMORY_ALLOCATE));
+	DNNL_OK(dnnl_memory_create(&m->cm, &c_md, d->eng, m->c));
 	DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, &w_plain, d->eng, w_best, d->eng, NULL));
 	DNNL_OK(dnnl_primitive_create(&reorder, rpd));
-	dnnl_exec_arg_t rargs[2] = { { DNNL_ARG_FROM, wpm }, { DNNL_ARG_TO, wm } };
+	dnnl_exec_arg_t rargs[2] = { { DNNL_ARG_FROM, wpm }, { DNNL_ARG_TO, m->wm } };
 	DNNL_OK(dnnl_primitive_execute(reorder, d->st, 2, rargs));
 	DNNL_OK(dnnl_stream_wait(d->st));
-	dnnl_exec_arg_t args[3] = { { DNNL_ARG_SRC, am }, { DNNL_ARG_WEIGHTS, wm }, { DNNL_ARG_DST, cm } };
-	double best = 1e30;
-	for (int r = 0; r < reps + 1; r++) {
-		double t0 = now();
-		DNNL_OK(dnnl_primitive_execute(mm, d->st, 3, args));
-		DNNL_OK(dnnl_stream_wait(d->st));
-		double dt = now() - t0;
-		if (r > 0 && dt < best)
-			best = dt;
-	}
-	dnnl_primitive_destroy(mm);
 	dnnl_primitive_destroy(reorder);
 	dnnl_primitive_desc_destroy(pd);
 	dnnl_primitive_desc_destroy(rpd);
-	dnnl_memory_destroy(am);
 	dnnl_memory_destroy(wpm);
-	dnnl_memory_destroy(wm);
-	dnnl_memory_destroy(cm);
-	free(a);
-	free(c);
-	return 2.0 * (double)M * (double)N * (double)K / best / 1e9;
+}
+
+/* Seconds of one multiply. */
+static double onednn_run(struct onednn *d, struct onednn_mm *m)
+{
+	dnnl_exec_arg_t args[3] = { { DNNL_ARG_SRC, m->am }, { DNNL_ARG_WEIGHTS, m->wm }, { DNNL_ARG_DST, m->cm } };
+	double t0 = now();
+	DNNL_OK(dnnl_primitive_execute(m->mm, d->st, 3, args));
+	DNNL_OK(dnnl_stream_wait(d->st));
+	return now() - t0;
+}
+
+static void onednn_free(struct onednn_mm *m)
+{
+	dnnl_primitive_destroy(m->mm);
+	dnnl_memory_destroy(m->am);
+	dnnl_memory_destroy(m->wm);
+	dnnl_memory_destroy(m->cm);
+	free(m->a);
+	free(m->c);
 }
 
 /* ---- Helpers ---------------------------------------------------------------------------------------------- */
@@ -309,23 +349,77 @@ static void check(int rc)
 	}
 }
 
-/* Seconds per call of a matmul of M tokens, rotating over the pool's gate/up matrices (best of reps). */
-static double time_matmul(struct dsm_expert_ctx *ctx, struct dsm_topo_expert *pool, int n_pool, size_t M,
-			  const float *x, float *y, int reps)
+/* Seconds per call of a matmul of M tokens, over the gate/up matrices of n_exp pool experts. */
+static double time_matmul(struct dsm_expert_ctx *ctx, struct dsm_topo_expert *pool, int n_exp, size_t M,
+			  const float *x, float *y)
 {
-	double best = 1e30;
-	int calls = 2 * (n_pool < 8 ? n_pool : 8);
-	for (int r = 0; r < reps + 1; r++) {
-		double t0 = now();
-		for (int k = 0; k < calls; k++) {
-			const struct dsm_expert_part *p = &pool[(k / 2) % n_pool].e.part[0];
-			check(dsm_fp8_matmul(ctx, k % 2 ? &p->up : &p->gate, M, x, y));
-		}
-		double dt = (now() - t0) / calls;
-		if (r > 0 && dt < best)
-			best = dt;
+	int calls = 2 * n_exp;
+	double t0 = now();
+	for (int k = 0; k < calls; k++) {
+		const struct dsm_expert_part *p = &pool[k / 2].e.part[0];
+		check(dsm_fp8_matmul(ctx, k % 2 ? &p->up : &p->gate, M, x, y));
 	}
-	return best;
+	return (now() - t0) / calls;
+}
+
+/* The half of the pool away from expert e: what a probe reads while e is computed, so that nothing of e is
+ * in cache from the probe. */
+static int away(int e, int n_pool)
+{
+	return e + n_pool / 2;
+}
+
+/* One pass of the decode kernel over every pool expert, each expert's three matrices right after a probe of
+ * another expert: both rates (GB/s) from the summed times, under the same conditions within milliseconds. */
+static void gemv_pass(struct dsm_expert_ctx *ctx, const struct dsm_topo_threads *plan, struct dsm_topo_expert *pool,
+		      struct dsm_topo_expert *flat, int n_pool, size_t n_tok, const float *x, float *y,
+		      struct paired *out)
+{
+	double t_probe = 0, t_kernel = 0, probe_bytes = 0;
+	for (int e = 0; e < n_pool; e++) {
+		double b;
+		t_probe += probe_experts(plan, pool, n_pool, away(e, n_pool), 1, &b);
+		probe_bytes += b;
+		const struct dsm_expert_part *p = &flat[e].e.part[0];
+		double t0 = now();
+		check(dsm_fp8_matmul(ctx, &p->gate, n_tok, x, y));
+		check(dsm_fp8_matmul(ctx, &p->up, n_tok, x, y));
+		check(dsm_fp8_matmul(ctx, &p->down, n_tok, x, y));
+		t_kernel += now() - t0;
+	}
+	int r = out->n++;
+	out->probe[r] = probe_bytes / t_probe / 1e9;
+	out->value[r] = (double)n_pool * (double)expert_bytes() / t_kernel / 1e9;
+	out->ratio[r] = out->value[r] / out->probe[r];
+}
+
+/* One pass of MoE layers at 1 token over the pool (8 routed experts + the shared one, a fresh set of 9 per
+ * layer), each layer right after a probe of 9 other experts. value: ms per layer; ratio: the time the
+ * layer's bytes take at the probe's rate over the layer's time. */
+static void moe_pass(struct dsm_expert_ctx *ctx, const struct dsm_topo_threads *plan, struct dsm_topo_expert *pool,
+		     const struct dsm_expert_fp8 **ptrs, int n_pool, const float *x, float *y, struct paired *out)
+{
+	int32_t ids[8];
+	float wts[8];
+	int calls = n_pool / 9;
+	double t_probe = 0, t_layer = 0, probe_bytes = 0;
+	for (int c = 0; c < calls; c++) {
+		for (int k = 0; k < 8; k++) {
+			ids[k] = 9 * c + k;
+			wts[k] = 0.125f;
+		}
+		double b;
+		t_probe += probe_experts(plan, pool, n_pool, away(9 * c, n_pool), 9, &b);
+		probe_bytes += b;
+		struct dsm_moe_args a = { 1, 8, x, ids, wts, ptrs, (size_t)n_pool, &pool[9 * c + 8].e, 0, y };
+		double t0 = now();
+		check(dsm_moe_layer(ctx, &a));
+		t_layer += now() - t0;
+	}
+	int r = out->n++;
+	out->probe[r] = probe_bytes / t_probe / 1e9;
+	out->value[r] = 1e3 * t_layer / calls;
+	out->ratio[r] = 9.0 * (double)expert_bytes() / (out->probe[r] * 1e9) / (t_layer / calls);
 }
 
 int bench_kernels_main(int argc, char **argv)
@@ -339,10 +433,14 @@ int bench_kernels_main(int argc, char **argv)
 			o.quick = 1;
 		} else if (strcmp(a, "--threads") == 0 && i + 1 < argc) {
 			o.threads = atoi(argv[++i]);
-		} else if (strcmp(a, "--dram-mb") == 0 && i + 1 < argc) {
-			o.dram_mb = (size_t)atol(argv[++i]);
 		} else if (strcmp(a, "--pool-mb") == 0 && i + 1 < argc) {
 			o.pool_mb = (size_t)atol(argv[++i]);
+		} else if (strcmp(a, "--passes") == 0 && i + 1 < argc) {
+			o.passes = atoi(argv[++i]);
+			if (o.passes < 1 || o.passes > MAX_PASSES) {
+				fprintf(stderr, "dsm-bench: --passes must be 1..%d\n", MAX_PASSES);
+				return 2;
+			}
 		} else if (strcmp(a, "--isa") == 0 && i + 1 < argc) {
 			if (dsm_isa_parse(argv[++i], &o.isa) < 0) {
 				fprintf(stderr, "dsm-bench: %s\n", dsm_errmsg());
@@ -356,16 +454,13 @@ int bench_kernels_main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (o.dram_mb && o.dram_mb < 1024 && !o.quick) {
-		fprintf(stderr, "dsm-bench: --dram-mb below 1024 is not a DRAM measurement (use --quick)\n");
+	if (o.pool_mb && o.pool_mb < 1024 && !o.quick) {
+		fprintf(stderr, "dsm-bench: --pool-mb below 1024 is not a DRAM measurement (use --quick)\n");
 		return 2;
 	}
-	if (o.quick) {
-		o.dram_mb = o.dram_mb && o.dram_mb < 1024 ? o.dram_mb : 128;
-		if (!o.pool_mb)
-			o.pool_mb = 160;
-	}
-	int reps = o.quick ? 1 : 3;
+	if (o.quick && !o.pool_mb)
+		o.pool_mb = 160;
+	int reps = o.quick ? 1 : 3, passes = o.passes ? o.passes : o.quick ? 1 : 9;
 	enum dsm_isa isa = o.isa == DSM_ISA_AUTO ? dsm_isa_best() : o.isa;
 	if (!dsm_isa_available(isa)) {
 		fprintf(stderr, "dsm-bench: this CPU lacks %s\n", dsm_isa_name(isa));
@@ -384,8 +479,8 @@ int bench_kernels_main(int argc, char **argv)
 
 	/* Sizes. The pool must be far larger than every cache: 4x the last-level cache hwloc reports. A VM may
 	 * report the host's whole L3 (this one reports about 1 GiB for two vCPUs that share one 32 MiB L3), so
-	 * the pool is clamped to [1 GiB, min(4 GiB, available memory / 4)]. The DRAM probe reads a buffer of
-	 * the same size, so that the limit and the kernel see the same memory (pages, TLB reach, caches). */
+	 * the pool is clamped to [1 GiB, min(4 GiB, available memory / 4)]. The DRAM probe reads the pool itself,
+	 * so that the limit and the kernels see the same memory (pages, nodes, TLB reach). */
 	size_t llc = dsm_topo_llc_bytes(topo);
 	size_t pool_mb = o.pool_mb;
 	if (!pool_mb) {
@@ -399,10 +494,6 @@ int bench_kernels_main(int argc, char **argv)
 	if (n_pool < 10)
 		n_pool = 10;
 	double pool_bytes = (double)n_pool * (double)expert_bytes();
-	size_t dram_bytes = o.dram_mb ? o.dram_mb << 20 : (size_t)pool_bytes;
-
-	/* (a), before the pool exists: the bench never holds both. */
-	double dram = dram_read_gbps(topo, &plan, dram_bytes, o.quick ? 2 : 5);
 
 	/* The pool: experts placed per NUMA node, from one random expert. */
 	uint8_t *sw[3];
@@ -432,25 +523,16 @@ int bench_kernels_main(int argc, char **argv)
 	for (size_t i = 0; i < 512 * HIDDEN; i++)
 		x[i] = uniform();
 
-	/* (b) decode kernel over the whole pool. */
+	/* (a) and (b): the decode kernel over the whole pool, interleaved with the probe. */
 	struct dsm_expert_ctx *gemv = make_ctx(isa, &plan, SIZE_MAX);
 	static const size_t toks[4] = { 1, 2, 4, 8 };
-	double gemv_gbps[4];
+	struct paired pg[4];
 	for (int k = 0; k < 4; k++) {
-		double best = 1e30;
-		for (int r = 0; r < reps + 1; r++) {
-			double t0 = now();
-			for (int e = 0; e < n_pool; e++) {
-				const struct dsm_expert_part *p = &flat[e].e.part[0];
-				check(dsm_fp8_matmul(gemv, &p->gate, toks[k], x, y));
-				check(dsm_fp8_matmul(gemv, &p->up, toks[k], x, y));
-				check(dsm_fp8_matmul(gemv, &p->down, toks[k], x, y));
-			}
-			double dt = now() - t0;
-			if (r > 0 && dt < best)
-				best = dt;
-		}
-		gemv_gbps[k] = (double)n_pool * (double)expert_bytes() / best / 1e9;
+		pg[k].n = 0;
+		gemv_pass(gemv, &plan, pool, flat, n_pool, toks[k], x, y, &pg[k]); /* warm-up */
+		pg[k].n = 0;
+		for (int r = 0; r < passes; r++)
+			gemv_pass(gemv, &plan, pool, flat, n_pool, toks[k], x, y, &pg[k]);
 	}
 	/* The compute roof of (b): the same kernel on one thread over 128 rows that stay in L2, times the
 	 * threads. Where (b) reaches it, the kernel is bound by arithmetic, not by memory. */
@@ -472,11 +554,12 @@ int bench_kernels_main(int argc, char **argv)
 	}
 	free(scratch);
 
-	/* (c) batched path, decode path and oneDNN from 1 to 512 tokens. */
+	/* (c) batched path, decode path and oneDNN from 1 to 512 tokens, alternating, the best of each. */
 	struct dsm_expert_ctx *gemm = isa == DSM_ISA_AVX512BF16 ? make_ctx(isa, &plan, 1) : NULL;
 	static const size_t ms[] = { 1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256, 512 };
 	enum { NM = sizeof(ms) / sizeof(ms[0]) };
 	double g_gemv[NM], g_gemm[NM], g_dnnl[NM];
+	int mm_exp = o.quick ? 1 : 8; /* n_pool >= 10 */
 	uint16_t *w_bf16 = malloc((size_t)INTER * HIDDEN * sizeof(uint16_t));
 	for (size_t i = 0; i < (size_t)INTER * HIDDEN; i++)
 		w_bf16[i] = dsm_f32_to_bf16(dsm_fp8_table[sw[0][i]] * ss[0][(i / HIDDEN / 128) * (HIDDEN / 128) +
@@ -485,10 +568,27 @@ int bench_kernels_main(int argc, char **argv)
 	int have_dnnl = dnnl_engine_create(&d.eng, dnnl_cpu, 0) == dnnl_success &&
 			dnnl_stream_create(&d.st, d.eng, dnnl_stream_default_flags) == dnnl_success;
 	for (int k = 0; k < NM; k++) {
+		int do_gemv = ms[k] <= 64, do_gemm = gemm && ms[k] >= 8, do_dnnl = have_dnnl && ms[k] >= 16;
+		struct onednn_mm mm;
+		if (do_dnnl)
+			onednn_setup(&d, w_bf16, ms[k], INTER, HIDDEN, &mm);
+		double t_gemv = 1e30, t_gemm = 1e30, t_dnnl = 1e30;
+		for (int r = 0; r < reps + 1; r++) { /* r = 0: warm-up */
+			double a = do_gemv ? time_matmul(gemv, flat, mm_exp, ms[k], x, y) : 0;
+			double b = do_gemm ? time_matmul(gemm, flat, mm_exp, ms[k], x, y) : 0;
+			double c = do_dnnl ? onednn_run(&d, &mm) : 0;
+			if (r > 0) {
+				t_gemv = a < t_gemv ? a : t_gemv;
+				t_gemm = b < t_gemm ? b : t_gemm;
+				t_dnnl = c < t_dnnl ? c : t_dnnl;
+			}
+		}
+		if (do_dnnl)
+			onednn_free(&mm);
 		double flop = 2.0 * (double)ms[k] * INTER * HIDDEN;
-		g_gemv[k] = ms[k] <= 64 ? flop / time_matmul(gemv, flat, n_pool, ms[k], x, y, reps) / 1e9 : 0;
-		g_gemm[k] = gemm && ms[k] >= 8 ? flop / time_matmul(gemm, flat, n_pool, ms[k], x, y, reps) / 1e9 : 0;
-		g_dnnl[k] = have_dnnl && ms[k] >= 16 ? onednn_gflops(&d, w_bf16, ms[k], INTER, HIDDEN, reps) : 0;
+		g_gemv[k] = do_gemv ? flop / t_gemv / 1e9 : 0;
+		g_gemm[k] = do_gemm ? flop / t_gemm / 1e9 : 0;
+		g_dnnl[k] = do_dnnl ? flop / t_dnnl / 1e9 : 0;
 	}
 	size_t switch_at = 0;
 	for (int k = 0; k < NM && gemm; k++)
@@ -497,32 +597,34 @@ int bench_kernels_main(int argc, char **argv)
 			break;
 		}
 
-	/* (d) one MoE layer at decode: 8 routed + shared, a fresh set of experts each call. */
+	/* (d) one MoE layer at decode, interleaved with the probe. */
 	struct dsm_expert_ctx *ctx = make_ctx(isa, &plan, 0);
 	const struct dsm_expert_fp8 **ptrs = calloc((size_t)n_pool, sizeof(*ptrs));
 	for (int e = 0; e < n_pool; e++)
 		ptrs[e] = &pool[e].e;
-	int calls = o.quick ? 4 : 3 * n_pool;
-	int32_t ids[8];
-	float wts[8];
-	double layer_best = 1e30;
-	for (int r = 0; r < reps + 1; r++) {
-		double t0 = now();
-		for (int c = 0; c < calls; c++) {
-			for (int k = 0; k < 8; k++) {
-				ids[k] = (9 * c + k) % n_pool;
-				wts[k] = 0.125f;
-			}
-			struct dsm_moe_args a = { 1, 8, x, ids, wts, ptrs, (size_t)n_pool, &pool[(9 * c + 8) % n_pool].e, 0, y };
-			check(dsm_moe_layer(ctx, &a));
-		}
-		double dt = (now() - t0) / calls;
-		if (r > 0 && dt < layer_best)
-			layer_best = dt;
-	}
-	double layer_bytes = 9.0 * (double)expert_bytes();
-	double layer_bound = layer_bytes / (dram * 1e9);
+	struct paired pl = { 0 };
+	moe_pass(ctx, &plan, pool, ptrs, n_pool, x, y, &pl); /* warm-up */
+	pl.n = 0;
+	for (int r = 0; r < passes; r++)
+		moe_pass(ctx, &plan, pool, ptrs, n_pool, x, y, &pl);
 
+	/* The limit: the median of every probe's rate. */
+	double probes[5 * MAX_PASSES];
+	int n_probes = 0;
+	for (int r = 0; r < passes; r++) {
+		for (int k = 0; k < 4; k++)
+			probes[n_probes++] = pg[k].probe[r];
+		probes[n_probes++] = pl.probe[r];
+	}
+	double dram_lo, dram_hi, dram = median(probes, n_probes, &dram_lo, &dram_hi);
+	double gbps[4], ratio[4], ratio_lo[4], ratio_hi[4];
+	for (int k = 0; k < 4; k++) {
+		gbps[k] = median(pg[k].value, passes, NULL, NULL);
+		ratio[k] = median(pg[k].ratio, passes, &ratio_lo[k], &ratio_hi[k]);
+	}
+	double moe_lo, moe_hi, moe_ratio = median(pl.ratio, passes, &moe_lo, &moe_hi);
+	double moe_ms = median(pl.value, passes, NULL, NULL);
+	double moe_bound = 1e3 * 9.0 * (double)expert_bytes() / (median(pl.probe, passes, NULL, NULL) * 1e9);
 	int k256 = 0;
 	for (int k = 0; k < NM; k++)
 		if (ms[k] == 256)
@@ -530,12 +632,15 @@ int bench_kernels_main(int argc, char **argv)
 	double gemm_ratio = g_dnnl[k256] > 0 ? g_gemm[k256] / g_dnnl[k256] : 0;
 	if (o.json) {
 		printf("{\"isa\": \"%s\", \"threads\": %d, \"numa_nodes\": %d, \"llc_bytes\": %zu, \"pool_bytes\": %.0f, "
-		       "\"pool_experts\": %d, \"dram_bytes\": %zu, \"dram_read_gbps\": %.2f", dsm_isa_name(isa), n,
-		       plan.th.n_nodes, llc, pool_bytes, n_pool, dram_bytes, dram);
+		       "\"pool_experts\": %d, \"passes\": %d, \"dram_read_gbps\": %.2f, \"dram_read_gbps_min\": %.2f, "
+		       "\"dram_read_gbps_max\": %.2f", dsm_isa_name(isa), n, plan.th.n_nodes, llc, pool_bytes, n_pool,
+		       passes, dram, dram_lo, dram_hi);
 		for (int k = 0; k < 4; k++)
-			printf(", \"fp8_gemv_gbps_t%zu\": %.2f, \"gemv_ratio_t%zu\": %.3f, \"gemv_compute_roof_gbps_t%zu\": %.2f, "
-			       "\"gemv_roof_ratio_t%zu\": %.3f", toks[k], gemv_gbps[k], toks[k], gemv_gbps[k] / dram, toks[k],
-			       roof_gbps[k], toks[k], gemv_gbps[k] / (roof_gbps[k] < dram ? roof_gbps[k] : dram));
+			printf(", \"fp8_gemv_gbps_t%zu\": %.2f, \"gemv_ratio_t%zu\": %.3f, \"gemv_ratio_t%zu_min\": %.3f, "
+			       "\"gemv_ratio_t%zu_max\": %.3f, \"gemv_compute_roof_gbps_t%zu\": %.2f, "
+			       "\"gemv_roof_ratio_t%zu\": %.3f", toks[k], gbps[k], toks[k], ratio[k], toks[k], ratio_lo[k],
+			       toks[k], ratio_hi[k], toks[k], roof_gbps[k], toks[k],
+			       gbps[k] / (roof_gbps[k] < dram ? roof_gbps[k] : dram));
 		for (int k = 0; k < NM; k++) {
 			if (g_gemv[k] > 0)
 				printf(", \"gemv_gflops_m%zu\": %.1f", ms[k], g_gemv[k]);
@@ -545,18 +650,19 @@ int bench_kernels_main(int argc, char **argv)
 				printf(", \"onednn_gflops_m%zu\": %.1f", ms[k], g_dnnl[k]);
 		}
 		printf(", \"gemm_ratio_m256\": %.3f, \"switch_tokens\": %zu, \"gemm_min_tokens\": %zu, "
-		       "\"moe_layer_ms\": %.3f, \"moe_layer_bound_ms\": %.3f, \"moe_layer_ratio\": %.3f}\n", gemm_ratio,
-		       switch_at, dsm_expert_ctx_gemm_min_tokens(ctx), layer_best * 1e3, layer_bound * 1e3,
-		       layer_bound / layer_best);
+		       "\"moe_layer_ms\": %.3f, \"moe_layer_bound_ms\": %.3f, \"moe_layer_ratio\": %.3f, "
+		       "\"moe_layer_ratio_min\": %.3f, \"moe_layer_ratio_max\": %.3f}\n", gemm_ratio, switch_at,
+		       dsm_expert_ctx_gemm_min_tokens(ctx), moe_ms, moe_bound, moe_ratio, moe_lo, moe_hi);
 	} else {
 		printf("dsm-bench kernels: %s, %d thread(s) on %d NUMA node(s), LLC %.0f MiB (hwloc), pool %d experts "
-		       "(%.0f MiB), DRAM probe %.0f MiB%s\n\n", dsm_isa_name(isa), n, plan.th.n_nodes, (double)llc / MiB,
-		       n_pool, pool_bytes / MiB, (double)dram_bytes / MiB, o.quick ? ", --quick: NOT a measurement" : "");
-		printf("(a) DRAM read                          %8.2f GB/s\n", dram);
+		       "(%.0f MiB), %d probe/kernel passes per figure%s\n\n", dsm_isa_name(isa), n, plan.th.n_nodes,
+		       (double)llc / MiB, n_pool, pool_bytes / MiB, passes, o.quick ? ", --quick: NOT a measurement" : "");
+		printf("(a) DRAM read, median of %d probe passes  %8.2f GB/s   (%.2f-%.2f)\n", n_probes, dram, dram_lo,
+		       dram_hi);
 		for (int k = 0; k < 4; k++)
-			printf("(b) FP8 decode GEMV, %zu token(s)        %8.2f GB/s   %5.3f of DRAM   compute roof %7.2f GB/s, "
-			       "%5.3f of min(DRAM, roof)\n", toks[k], gemv_gbps[k], gemv_gbps[k] / dram, roof_gbps[k],
-			       gemv_gbps[k] / (roof_gbps[k] < dram ? roof_gbps[k] : dram));
+			printf("(b) FP8 decode GEMV, %zu token(s)   %8.2f GB/s   %5.3f of DRAM (passes %.3f-%.3f)   compute roof "
+			       "%7.2f GB/s, %5.3f of min(DRAM, roof)\n", toks[k], gbps[k], ratio[k], ratio_lo[k], ratio_hi[k],
+			       roof_gbps[k], gbps[k] / (roof_gbps[k] < dram ? roof_gbps[k] : dram));
 		printf("\n(c) 2048x7168 matmul, GFLOP/s\n    tokens   decode path  batched path  oneDNN bf16  batched/oneDNN\n");
 		for (int k = 0; k < NM; k++) {
 			char c0[32], c1[32], c2[32];
@@ -567,8 +673,8 @@ int bench_kernels_main(int argc, char **argv)
 		}
 		printf("    switch point (batched >= decode): %zu tokens; context default %zu\n\n", switch_at,
 		       dsm_expert_ctx_gemm_min_tokens(ctx));
-		printf("(d) MoE layer, 1 token, 8 experts + shared: %.3f ms, bytes at DRAM rate %.3f ms, ratio %.3f\n",
-		       layer_best * 1e3, layer_bound * 1e3, layer_bound / layer_best);
+		printf("(d) MoE layer, 1 token, 8 experts + shared: %.3f ms, bytes at DRAM rate %.3f ms, ratio %.3f "
+		       "(passes %.3f-%.3f)\n", moe_ms, moe_bound, moe_ratio, moe_lo, moe_hi);
 	}
 
 	if (have_dnnl) {
