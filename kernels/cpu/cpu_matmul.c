@@ -311,6 +311,23 @@ int cpu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const
 	return 0;
 }
 
+/* y[t, :] += x[t * ldx] * w for t < n: w is one dequantized row, BF16 bits (bf16) or F32. */
+CPU_CLONES static void add_scaled_row(const void *w, int bf16, int64_t cols, const float *x, int64_t ldx, int64_t n,
+				      float *y)
+{
+	const uint16_t *wb = w;
+	const float *wf = w;
+	for (int64_t t = 0; t < n; t++) {
+		float xv = x[t * ldx], *yt = y + t * cols;
+		if (bf16)
+			for (int64_t o = 0; o < cols; o++)
+				yt[o] += xv * dsm_bf16_to_f32(wb[o]);
+		else
+			for (int64_t o = 0; o < cols; o++)
+				yt[o] += xv * wf[o];
+	}
+}
+
 int cpu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y)
 {
 	struct cpu_backend *cb = cpu_of(be);
@@ -320,24 +337,21 @@ int cpu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, con
 	int bf16 = be->precision == DSM_PRECISION_BF16;
 	int64_t rows = w->rows, cols = w->cols;
 	size_t esize = bf16 ? 2 : 4;
-	void *panel = cpu_scratch_get(&cb->panel, (size_t)rows * (size_t)cols * (n <= CPU_GEMV_MAX_N ? 4 : esize));
+	void *panel = cpu_scratch_get(&cb->panel, (size_t)(n <= CPU_GEMV_MAX_N ? 1 : rows) * (size_t)cols * esize);
 	if (!panel)
 		return DSM_ENOMEM;
 	if (n <= CPU_GEMV_MAX_N) {
-		/* The views used this way are small (one head of kv_b): dequantize, then sum rows. */
-		float *wf = panel;
-		dequant_rows(w, 0, rows, 0, wf);
+		/* The views used this way are small (one head of kv_b, once per head and layer at decode): one row
+		 * of W at a time is dequantized and added to y, so every output's sum runs in ascending i as in
+		 * the reference, and the loops run along rows. */
 		const float *xa = prepare_act(cb, n, rows, x, 0);
 		if (!xa)
 			return DSM_ENOMEM;
-#pragma omp parallel for schedule(static) if (rows * cols * n >= CPU_PARALLEL_MIN)
-		for (int64_t o = 0; o < cols; o++)
-			for (int64_t t = 0; t < n; t++) {
-				float acc = 0;
-				for (int64_t i = 0; i < rows; i++)
-					acc += xa[t * rows + i] * (bf16 ? round_bf16(wf[i * cols + o]) : wf[i * cols + o]);
-				y[t * cols + o] = acc;
-			}
+		memset(y, 0, sizeof(float) * (size_t)(n * cols));
+		for (int64_t i = 0; i < rows; i++) {
+			dequant_row(w, i, bf16, panel, panel);
+			add_scaled_row(panel, bf16, cols, xa + i, rows, n, y);
+		}
 		return 0;
 	}
 	const void *xa = prepare_act(cb, n, rows, x, 1);
