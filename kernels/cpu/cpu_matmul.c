@@ -320,9 +320,11 @@ CPU_CLONES static void add_scaled_row(const void *w, int bf16, int64_t cols, con
 	for (int64_t t = 0; t < n; t++) {
 		float xv = x[t * ldx], *yt = y + t * cols;
 		if (bf16)
+#pragma omp simd
 			for (int64_t o = 0; o < cols; o++)
 				yt[o] += xv * dsm_bf16_to_f32(wb[o]);
 		else
+#pragma omp simd
 			for (int64_t o = 0; o < cols; o++)
 				yt[o] += xv * wf[o];
 	}
