@@ -2,6 +2,7 @@
 #include "backend.h"
 #include "dispatch.h"
 #include "error.h"
+#include "expert_store.h"
 #include "generate.h"
 #include "model.h"
 #include "npy.h"
@@ -407,23 +408,29 @@ enum {
 	OPT_HOTNESS, OPT_RECORD_ROUTING, OPT_NO_BIND, OPT_GPU_BACKEND, OPT_NO_OFFLOAD,
 };
 
-/* 1 when the checkpoint's weights do not fit in the memory dsm may use: the tiered store then keeps what
- * fits and streams the rest, where mapping everything would page the shards in and out. Says so. */
-static int weights_exceed_memory(const struct dsm_model *m)
+/* 0 when the checkpoint's weights do not fit in the memory dsm may use (the tiered store then keeps what
+ * fits and streams the rest, where mapping everything would page the shards in and out), 1 when they fit
+ * or the sizes are unknown. *total and *usable: the two sizes (0 when unknown). */
+static int weights_fit(const struct dsm_model *m, uint64_t *total, uint64_t *usable)
 {
 	struct dsm_plan_sizes sz;
-	uint64_t usable = dsm_usable_memory();
-	if (!usable || dsm_plan_sizes_from_checkpoint(m->ck, &sz) < 0)
-		return 0;
+	*total = 0;
+	*usable = dsm_usable_memory();
+	if (!*usable || dsm_plan_sizes_from_checkpoint(m->ck, &sz) < 0)
+		return 1;
 	const struct dsm_config *c = &m->cfg;
-	uint64_t total = sz.non_expert_total + (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace) *
-					       (uint64_t)c->n_routed_experts * sz.expert_bytes;
-	if (total <= usable)
-		return 0;
-	fprintf(stderr, "dsm-run: the weights (%.3g GB) do not fit in the memory available (%.3g GB after a margin): "
-		"routed experts go through the tiered store, with a plan from the budgets (--no-offload maps "
-		"everything instead)\n", (double)total / 1e9, (double)usable / 1e9);
-	return 1;
+	*total = sz.non_expert_total + (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace) *
+				      (uint64_t)c->n_routed_experts * sz.expert_bytes;
+	return *total <= *usable;
+}
+
+/* Progress of reading the mapped weights in, on a terminal. */
+static void read_progress(uint64_t done, uint64_t total, void *arg)
+{
+	(void)arg;
+	fprintf(stderr, "\rdsm-run: reading the weights: %.1f of %.1f GB", (double)done / 1e9, (double)total / 1e9);
+	if (done == total)
+		fputc('\n', stderr);
 }
 
 static uint64_t parse_size_arg(const char *what, const char *s)
@@ -596,8 +603,18 @@ int main(int argc, char **argv)
 		rc = dsm_fail(DSM_EARG, "--no-offload contradicts the tiered-store options given");
 		goto fail;
 	}
-	if (!use_offload && !no_offload && m->cfg.n_routed_experts > 0)
-		use_offload = weights_exceed_memory(m);
+	uint64_t total, usable;
+	int fit = weights_fit(m, &total, &usable);
+	if (!use_offload && !no_offload && m->cfg.n_routed_experts > 0 && !fit) {
+		fprintf(stderr, "dsm-run: the weights (%.3g GB) do not fit in the memory available (%.3g GB after a "
+			"margin): routed experts go through the tiered store, with a plan from the budgets "
+			"(--no-offload maps everything instead)\n", (double)total / 1e9, (double)usable / 1e9);
+		use_offload = 1;
+	}
+	/* Weights that fit are read in now, not by page faults during the first tokens. */
+	if (!use_offload && fit &&
+	    (rc = dsm_weight_map_populate(m->map, !r.quiet && isatty(2) ? read_progress : NULL, NULL)) < 0)
+		goto fail;
 	if (use_offload) {
 		os.cpu = m->be;
 		if (gpu_backend) {

@@ -62,6 +62,34 @@ int dsm_weight_map_open(struct dsm_weight_map **out, const struct dsm_checkpoint
 	return 0;
 }
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22 /* Linux 5.14 */
+#endif
+#define POPULATE_STEP (256ull << 20)
+
+int dsm_weight_map_populate(struct dsm_weight_map *m, void (*progress)(uint64_t done, uint64_t total, void *arg),
+			    void *arg)
+{
+	uint64_t done = 0;
+	for (int i = 0; i < m->ck->n_shards; i++) {
+		const struct dsm_shard *s = &m->ck->shards[i];
+		for (uint64_t off = 0; off < s->file_size; off += POPULATE_STEP) {
+			uint64_t len = s->file_size - off < POPULATE_STEP ? s->file_size - off : POPULATE_STEP;
+			if (madvise((char *)m->base[i] + off, len, MADV_POPULATE_READ) < 0) {
+				int e = errno;
+				if (e == EINVAL && done == 0) /* a kernel without it: pages come on first touch */
+					return 0;
+				return dsm_fail(DSM_EIO, "%s: cannot read %llu bytes at offset %llu: %s", s->path,
+						(unsigned long long)len, (unsigned long long)off, strerror(e));
+			}
+			done += len;
+			if (progress)
+				progress(done, m->mapped, arg);
+		}
+	}
+	return 0;
+}
+
 void dsm_weight_map_usage(const struct dsm_weight_map *m, uint64_t *mapped, uint64_t *copied)
 {
 	*mapped = m->mapped;

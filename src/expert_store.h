@@ -4,7 +4,8 @@
  * Today there is one tier: the shard files mapped read-only (PROT_READ, MAP_PRIVATE) once, whole, at
  * open. A weight is a view into the mapping: nothing is converted or copied, except tensors whose data
  * is not aligned to their element size in the file (the safetensors format does not align data),
- * which are copied once into aligned memory. Pages are read from the page cache on first touch.
+ * which are copied once into aligned memory. Pages are read from the page cache on first touch, or all at
+ * once by dsm_weight_map_populate.
  *
  * struct dsm_weight_map: the mapping, for the non-expert tensors.
  * struct dsm_expert_store: routed experts by (layer, expert), through get/put, so a later store can
@@ -29,6 +30,11 @@ int dsm_weight_map_mat(struct dsm_weight_map *m, const char *name, int64_t rows,
 		       struct dsm_mat *out);
 /* The 1-D tensor `name` of n values (BF16 or F32) converted to F32 into dst[n]. */
 int dsm_weight_map_vec(struct dsm_weight_map *m, const char *name, int64_t n, float *dst);
+/* Reads every mapped page in now (MADV_POPULATE_READ), so that no page fault lands in a token and an I/O
+ * error is a message, not a SIGBUS later. progress (may be NULL) after each 256 MiB. Returns 0 (also on a
+ * kernel without MADV_POPULATE_READ, where nothing is read) or DSM_EIO naming the shard. */
+int dsm_weight_map_populate(struct dsm_weight_map *m, void (*progress)(uint64_t done, uint64_t total, void *arg),
+			    void *arg);
 /* Bytes mapped; bytes copied for alignment. */
 void dsm_weight_map_usage(const struct dsm_weight_map *m, uint64_t *mapped, uint64_t *copied);
 
