@@ -189,10 +189,10 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* The median of v[0 .. n) (n >= 1), and optionally the smallest and largest value. */
+/* The median of v[0 .. n) (1 <= n <= 5 * MAX_PASSES), and optionally the smallest and largest value. */
 static double median(const double *v, int n, double *lo, double *hi)
 {
-	double s[MAX_PASSES];
+	double s[5 * MAX_PASSES];
 	memcpy(s, v, (size_t)n * sizeof(double));
 	qsort(s, (size_t)n, sizeof(double), cmp_double);
 	if (lo)
