@@ -611,8 +611,8 @@ int main(int argc, char **argv)
 			"(--no-offload maps everything instead)\n", (double)total / 1e9, (double)usable / 1e9);
 		use_offload = 1;
 	}
-	/* Weights that fit are read in now, not by page faults during the first tokens. */
-	if (!use_offload && fit &&
+	/* Weights known to fit are read in now, not by page faults during the first tokens. */
+	if (!use_offload && fit && total &&
 	    (rc = dsm_weight_map_populate(m->map, !r.quiet && isatty(2) ? read_progress : NULL, NULL)) < 0)
 		goto fail;
 	if (use_offload) {
