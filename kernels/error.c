@@ -43,7 +43,7 @@ const char *dsm_error_name(int code)
 	static const char *const names[] = {
 		"ok", "io", "nomem", "argument", "config", "header", "json", "dtype", "shape",
 		"layout", "duplicate", "missing", "tensor", "truncated", "unsupported", "context",
-		"utf8", "template", "plan",
+		"utf8", "template", "plan", "kv_full",
 	};
 	int i = -code;
 	if (i < 0 || i >= (int)(sizeof names / sizeof names[0]))

@@ -27,6 +27,7 @@ enum dsm_error {
 	DSM_EUTF8 = -16,       /* invalid UTF-8 input */
 	DSM_ETEMPLATE = -17,   /* bad prompt template */
 	DSM_EPLAN = -18,       /* bad placement plan */
+	DSM_EKVFULL = -19,     /* no free block in the KV pool */
 };
 
 /* Sets the message (printf-style) and returns code, so that `return dsm_fail(DSM_EIO, ...)` reads well. */

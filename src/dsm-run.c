@@ -177,12 +177,12 @@ struct run {
 	const struct dsm_offload_report *offload_report;
 };
 
-static int force_route(void *user, int layer, int64_t pos, int32_t *idx, int k)
+static int force_route(void *user, int seq, int layer, int64_t pos, int32_t *idx, int k)
 {
 	return forced_apply(&((struct run *)user)->force_route, layer, pos, idx, k);
 }
 
-static int force_select(void *user, int layer, int64_t pos, int32_t *sel, int64_t n)
+static int force_select(void *user, int seq, int layer, int64_t pos, int32_t *sel, int64_t n)
 {
 	return forced_apply(&((struct run *)user)->force_select, layer, pos, sel, n);
 }
@@ -250,7 +250,7 @@ static int on_token(void *user, int32_t id)
 	return 0;
 }
 
-static void on_route(void *user, int layer, int64_t pos, const int32_t *idx, const float *w, int k)
+static void on_route(void *user, int seq, int layer, int64_t pos, const int32_t *idx, const float *w, int k)
 {
 	struct run *r = user;
 	if (r->trace)
@@ -263,7 +263,7 @@ static void on_route(void *user, int layer, int64_t pos, const int32_t *idx, con
 	fputc('\n', r->routing);
 }
 
-static void on_select(void *user, int layer, int64_t pos, const int32_t *sel, int64_t n)
+static void on_select(void *user, int seq, int layer, int64_t pos, const int32_t *sel, int64_t n)
 {
 	struct run *r = user;
 	if (!r->selection)

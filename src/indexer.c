@@ -19,6 +19,7 @@
 #include "error.h"
 
 #include <math.h>
+#include <string.h>
 
 static void fp8_round(float *x, int64_t n, int ue8m0)
 {
@@ -41,13 +42,14 @@ static void fp8_round(float *x, int64_t n, int ue8m0)
 	}
 }
 
-int dsm_indexer(struct dsm_session *s, int L, int64_t T, int *masked)
+int dsm_indexer(struct dsm_session *s, int L, int *masked)
 {
 	struct dsm_model *m = s->m;
 	struct dsm_backend *be = m->be;
 	const struct dsm_config *c = &m->cfg;
 	const struct dsm_indexer_weights *w = &m->layers[L].indexer;
-	int64_t nI = c->index_n_heads, dI = c->index_head_dim, dr = c->qk_rope_head_dim, topk = c->index_topk;
+	const struct dsm_session_hooks *hk = &s->opt.hooks;
+	int64_t T = s->T, nI = c->index_n_heads, dI = c->index_head_dim, dr = c->qk_rope_head_dim, topk = c->index_topk;
 	int fp8 = m->opts.indexer_fp8, ue8m0 = c->scale_ue8m0;
 	int rc;
 
@@ -58,17 +60,19 @@ int dsm_indexer(struct dsm_session *s, int L, int64_t T, int *masked)
 	    (rc = be->hadamard(be, T, dI, s->ik)) < 0)
 		return rc;
 	for (int64_t t = 0; t < T; t++) {
-		float *dst = s->idx_k + ((size_t)L * (size_t)s->ctx + (size_t)(s->pos + t)) * (size_t)dI;
-		for (int64_t j = 0; j < dI; j++)
-			dst[j] = s->ik[t * dI + j];
+		float *dst = dsm_kv_ik(s, s->row_seq[t], L, s->row_pos[t]);
+		memcpy(dst, s->ik + t * dI, sizeof(float) * (size_t)dI);
 		if (fp8)
 			fp8_round(dst, dI, ue8m0);
 	}
 
 	*masked = 0;
-	for (int64_t t = 0; t < T; t++)
+	int64_t choosing = 0;
+	for (int64_t t = 0; t < T; t++) {
 		s->mask[t] = (struct dsm_attn_mask){ 0 };
-	if (s->pos + T <= topk)
+		choosing += s->n_keys[t] > topk;
+	}
+	if (!choosing)
 		return 0;                 /* every query keeps all its keys: dense attention */
 
 	if ((rc = be->matmul(be, &w->wq_b, T, s->qa, s->iq)) < 0 ||                     /* [T, nI, dI] */
@@ -80,23 +84,33 @@ int dsm_indexer(struct dsm_session *s, int L, int64_t T, int *masked)
 		for (int64_t i = 0; i < T * nI; i++)
 			fp8_round(s->iq + i * dI, dI, ue8m0);
 	float wscale = (float)(1.0 / sqrt((double)nI) / sqrt((double)dI));
-	const float *keys = s->idx_k + (size_t)L * (size_t)s->ctx * (size_t)dI;
-	for (int64_t t = 0; t < T; t++) {
-		int64_t n_keys = s->n_keys[t];
-		if (n_keys <= topk)
+	for (int i = 0; i < s->n_parts; i++) {
+		const struct dsm_step_part *p = &s->parts[i];
+		int64_t t1 = p->row0 + p->n;
+		if (s->n_keys[t1 - 1] <= topk)
 			continue;
-		float *wt = s->iw + t * nI;
-		for (int64_t h = 0; h < nI; h++)
-			wt[h] *= wscale;
-		int32_t *sel = s->sel + t * topk;
-		if ((rc = be->indexer_scores(be, nI, dI, s->iq + t * nI * dI, wt, keys, n_keys, s->iscore)) < 0 ||
-		    (rc = be->topk(be, s->iscore, n_keys, topk, sel)) < 0)
-			return rc;
-		if (s->opt.hooks.force_select)
-			s->opt.hooks.force_select(s->opt.hooks.user, L, s->pos + t, sel, topk);
-		s->mask[t] = (struct dsm_attn_mask){ .sel = sel, .n_sel = topk };
-		if (s->opt.hooks.on_select)
-			s->opt.hooks.on_select(s->opt.hooks.user, L, s->pos + t, sel, topk);
+		/* the sequence's keys [0, its end), gathered from its blocks: ik_all [n, dI] */
+		for (int64_t q = 0; q < s->n_keys[t1 - 1]; q += DSM_KV_BLOCK) {
+			int64_t len = s->n_keys[t1 - 1] - q < DSM_KV_BLOCK ? s->n_keys[t1 - 1] - q : DSM_KV_BLOCK;
+			memcpy(s->ik_all + q * dI, dsm_kv_ik(s, p->seq, L, q), sizeof(float) * (size_t)(len * dI));
+		}
+		for (int64_t t = p->row0; t < t1; t++) {
+			int64_t n_keys = s->n_keys[t];
+			if (n_keys <= topk)
+				continue;
+			float *wt = s->iw + t * nI;
+			for (int64_t h = 0; h < nI; h++)
+				wt[h] *= wscale;
+			int32_t *sel = s->sel + t * topk;
+			if ((rc = be->indexer_scores(be, nI, dI, s->iq + t * nI * dI, wt, s->ik_all, n_keys, s->iscore)) < 0 ||
+			    (rc = be->topk(be, s->iscore, n_keys, topk, sel)) < 0)
+				return rc;
+			if (hk->force_select)
+				hk->force_select(hk->user, p->seq, L, s->row_pos[t], sel, topk);
+			s->mask[t] = (struct dsm_attn_mask){ .sel = sel, .n_sel = topk };
+			if (hk->on_select)
+				hk->on_select(hk->user, p->seq, L, s->row_pos[t], sel, topk);
+		}
 	}
 	*masked = 1;
 	return 0;

@@ -1,4 +1,4 @@
-/* MLA attention (docs MODEL.md "MLA attention"), for T tokens at positions pos .. pos + T - 1:
+/* MLA attention (docs MODEL.md "MLA attention"), for the T tokens of a step, each at its sequence's position:
  *
  *   qr   = RMSNorm_q(q_a_proj(x))                [T, rq]     (also feeds the indexer)
  *   q    = q_b_proj(qr)                          [T, H, dn + dr]; q_pe = last dr, roped interleaved
@@ -10,16 +10,16 @@
  *                           o = W_v[h] . sum p c
  *   out  = o_proj(o)                             [T, D]
  * The attention reads c and k_pe back from the cache in both forms, so that both see the same
- * (possibly BF16-rounded) values. */
+ * (possibly BF16-rounded) values: each sequence's entries are gathered from its KV blocks into one
+ * contiguous buffer first. */
 #include "model_internal.h"
 
 #include "error.h"
 
 #include <string.h>
 
-static void cache_store(struct dsm_session *s, void *base, int L, int64_t pos, const float *src, int64_t width)
+static void cache_store(const struct dsm_session *s, void *dst, const float *src, int64_t width)
 {
-	void *dst = dsm_cache_row(s, base, L, pos, width);
 	if (s->opt.kv_dtype == DSM_F32) {
 		memcpy(dst, src, sizeof(float) * (size_t)width);
 	} else {
@@ -29,34 +29,49 @@ static void cache_store(struct dsm_session *s, void *base, int L, int64_t pos, c
 	}
 }
 
-static void cache_load(struct dsm_session *s, void *base, int L, int64_t n, int64_t width, float *dst)
+/* Positions [0, n) of a sequence's latents and rope keys of layer L, gathered from its blocks into
+ * s->c_all [n, r] and s->pe_all [n, dr]: as F32 (to_f32), or as stored (kv_dtype). */
+static void cache_gather(struct dsm_session *s, int seq, int L, int64_t n, int to_f32)
 {
-	const void *src = dsm_cache_row(s, base, L, 0, width);
-	dsm_convert_to_f32(dst, src, s->opt.kv_dtype, (size_t)n * (size_t)width);
+	const struct dsm_config *c = &s->m->cfg;
+	int64_t r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
+	enum dsm_dtype t = s->opt.kv_dtype;
+	size_t es = to_f32 ? sizeof(float) : dsm_dtype_size(t);
+	for (int64_t p = 0; p < n; p += DSM_KV_BLOCK) {
+		int64_t len = n - p < DSM_KV_BLOCK ? n - p : DSM_KV_BLOCK;
+		char *dc = (char *)s->c_all + (size_t)(p * r) * es, *dp = (char *)s->pe_all + (size_t)(p * dr) * es;
+		if (to_f32) {
+			dsm_convert_to_f32((float *)dc, dsm_kv_c(s, seq, L, p), t, (size_t)(len * r));
+			dsm_convert_to_f32((float *)dp, dsm_kv_pe(s, seq, L, p), t, (size_t)(len * dr));
+		} else {
+			memcpy(dc, dsm_kv_c(s, seq, L, p), (size_t)(len * r) * es);
+			memcpy(dp, dsm_kv_pe(s, seq, L, p), (size_t)(len * dr) * es);
+		}
+	}
 }
 
-/* Full form: per head, k_nope and v of every key from kv_b_proj(c), then attention. */
-static int attend_full(struct dsm_session *s, int L, int64_t T, int masked)
+/* Full form, for one sequence's part: per head, k_nope and v of every key from kv_b_proj(c), then
+ * attention. */
+static int attend_full(struct dsm_session *s, int L, const struct dsm_step_part *p, int masked)
 {
 	struct dsm_model *m = s->m;
 	struct dsm_backend *be = m->be;
 	const struct dsm_config *c = &m->cfg;
 	const struct dsm_attn_weights *a = &m->layers[L].attn;
 	int64_t H = c->num_attention_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim,
-		dv = c->v_head_dim, r = c->kv_lora_rank, S = s->pos + T;
-	cache_load(s, s->kv_c, L, S, r, s->c_all);         /* [S, r] */
-	cache_load(s, s->kv_pe, L, S, dr, s->pe_all);      /* [S, dr] */
+		dv = c->v_head_dim, S = p->pos0 + p->n, t0 = p->row0;
+	cache_gather(s, p->seq, L, S, 1);                     /* [S, r], [S, dr] */
 	for (int64_t h = 0; h < H; h++) {
 		struct dsm_mat w = dsm_mat_rows(a->kv_b, h * (dn + dv), dn + dv);
 		int rc = be->matmul(be, &w, S, s->c_all, s->kv_head);  /* [S, dn + dv] */
 		if (rc < 0)
 			return rc;
 		struct dsm_attn_full_args args = {
-			.n_q = T, .dn = dn, .dr = dr, .dv = dv,
-			.q = s->q + h * (dn + dr), .ldq = H * (dn + dr),
-			.kv = s->kv_head, .k_pe = s->pe_all, .n_keys = s->n_keys,
-			.mask = masked ? s->mask : NULL, .scale = m->softmax_scale,
-			.out = s->o + h * dv, .ldo = H * dv,
+			.n_q = p->n, .dn = dn, .dr = dr, .dv = dv,
+			.q = s->q + t0 * H * (dn + dr) + h * (dn + dr), .ldq = H * (dn + dr),
+			.kv = s->kv_head, .k_pe = s->pe_all, .n_keys = s->n_keys + t0,
+			.mask = masked ? s->mask + t0 : NULL, .scale = m->softmax_scale,
+			.out = s->o + t0 * H * dv + h * dv, .ldo = H * dv,
 		};
 		if ((rc = be->attn_full(be, &args)) < 0)
 			return rc;
@@ -64,7 +79,8 @@ static int attend_full(struct dsm_session *s, int L, int64_t T, int masked)
 	return 0;
 }
 
-/* Absorbed form over the latent cache: the kv_b_proj weights move to the query and output sides. */
+/* Absorbed form over the latent cache, for rows [0, T) (the parts that take it): the kv_b_proj weights
+ * move to the query and output sides, which run as one matmul per head for all the rows. */
 static int attend_absorbed(struct dsm_session *s, int L, int64_t T, int masked)
 {
 	struct dsm_model *m = s->m;
@@ -84,20 +100,23 @@ static int attend_absorbed(struct dsm_session *s, int L, int64_t T, int masked)
 		for (int64_t t = 0; t < T; t++)
 			memcpy(s->q_lat + (t * H + h) * r, s->o_head + t * r, sizeof(float) * (size_t)r);
 	}
-	for (int64_t t = 0; t < T; t++) {
-		for (int64_t h = 0; h < H; h++)
-			memcpy(s->q_pe + h * dr, s->q + (t * H + h) * (dn + dr) + dn, sizeof(float) * (size_t)dr);
-		struct dsm_attn_latent_args args = {
-			.n_heads = H, .r = r, .dr = dr,
-			.q_lat = s->q_lat + t * H * r, .q_pe = s->q_pe,
-			.cache_dtype = s->opt.kv_dtype,
-			.c = dsm_cache_row(s, s->kv_c, L, 0, r), .k_pe = dsm_cache_row(s, s->kv_pe, L, 0, dr),
-			.n_keys = s->n_keys[t],
-			.mask = masked ? s->mask[t] : (struct dsm_attn_mask){ 0 },
-			.scale = m->softmax_scale, .o_lat = s->o_lat + t * H * r,
-		};
-		if ((rc = be->attn_latent(be, &args)) < 0)
-			return rc;
+	for (int i = 0; i < s->n_parts && s->parts[i].absorbed; i++) {
+		const struct dsm_step_part *p = &s->parts[i];
+		cache_gather(s, p->seq, L, p->pos0 + p->n, 0);
+		for (int64_t t = p->row0; t < p->row0 + p->n; t++) {
+			for (int64_t h = 0; h < H; h++)
+				memcpy(s->q_pe + h * dr, s->q + (t * H + h) * (dn + dr) + dn, sizeof(float) * (size_t)dr);
+			struct dsm_attn_latent_args args = {
+				.n_heads = H, .r = r, .dr = dr,
+				.q_lat = s->q_lat + t * H * r, .q_pe = s->q_pe,
+				.cache_dtype = s->opt.kv_dtype, .c = s->c_all, .k_pe = s->pe_all,
+				.n_keys = s->n_keys[t],
+				.mask = masked ? s->mask[t] : (struct dsm_attn_mask){ 0 },
+				.scale = m->softmax_scale, .o_lat = s->o_lat + t * H * r,
+			};
+			if ((rc = be->attn_latent(be, &args)) < 0)
+				return rc;
+		}
 	}
 	/* o[t, h] = W[h][dn:dn+dv] . o_lat[t, h]   ([dv, r] x [r] -> [dv]) */
 	for (int64_t h = 0; h < H; h++) {
@@ -112,14 +131,14 @@ static int attend_absorbed(struct dsm_session *s, int L, int64_t T, int masked)
 	return 0;
 }
 
-int dsm_attention(struct dsm_session *s, int L, int64_t T)
+int dsm_attention(struct dsm_session *s, int L)
 {
 	struct dsm_model *m = s->m;
 	struct dsm_backend *be = m->be;
 	const struct dsm_config *c = &m->cfg;
 	const struct dsm_attn_weights *a = &m->layers[L].attn;
-	int64_t D = c->hidden_size, H = c->num_attention_heads, dn = c->qk_nope_head_dim,
-		dr = c->qk_rope_head_dim, dv = c->v_head_dim, r = c->kv_lora_rank, rq = c->q_lora_rank;
+	int64_t T = s->T, D = c->hidden_size, H = c->num_attention_heads, dn = c->qk_nope_head_dim,
+		dr = c->qk_rope_head_dim, r = c->kv_lora_rank, rq = c->q_lora_rank;
 	float eps = (float)c->rms_norm_eps;
 	int rc;
 
@@ -133,26 +152,24 @@ int dsm_attention(struct dsm_session *s, int L, int64_t T)
 	    (rc = be->rope(be, T, 1, dr, s->kva + r, r + dr, 0, s->cos, s->sin, 1)) < 0)
 		return rc;
 	for (int64_t t = 0; t < T; t++) {
-		cache_store(s, s->kv_c, L, s->pos + t, s->cnorm + t * r, r);
-		cache_store(s, s->kv_pe, L, s->pos + t, s->kva + t * (r + dr) + r, dr);
+		cache_store(s, dsm_kv_c(s, s->row_seq[t], L, s->row_pos[t]), s->cnorm + t * r, r);
+		cache_store(s, dsm_kv_pe(s, s->row_seq[t], L, s->row_pos[t]), s->kva + t * (r + dr) + r, dr);
 	}
 
 	int masked = 0;
-	if (c->has_indexer && (rc = dsm_indexer(s, L, T, &masked)) < 0)
+	if (c->has_indexer && (rc = dsm_indexer(s, L, &masked)) < 0)
 		return rc;
 
-	enum dsm_mla_form form = m->opts.mla_form;
-	if (form == DSM_MLA_AUTO)
-		form = T > 1 ? DSM_MLA_FULL : DSM_MLA_ABSORBED;
-	rc = form == DSM_MLA_FULL ? attend_full(s, L, T, masked) : attend_absorbed(s, L, T, masked);
-	if (rc < 0)
+	if (s->n_absorbed && (rc = attend_absorbed(s, L, s->n_absorbed, masked)) < 0)
 		return rc;
+	for (int i = 0; i < s->n_parts; i++)
+		if (!s->parts[i].absorbed && (rc = attend_full(s, L, &s->parts[i], masked)) < 0)
+			return rc;
 
 	/* x += o_proj(o) */
 	if ((rc = be->matmul(be, &a->o, T, s->o, s->y)) < 0)                           /* [T, D] */
 		return rc;
 	for (int64_t i = 0; i < T * D; i++)
 		s->x[i] += s->y[i];
-	(void)dv;
 	return 0;
 }

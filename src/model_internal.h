@@ -5,22 +5,49 @@
 #include "model.h"
 #include "session.h"
 
+/* One sequence: its positions and the KV blocks that hold them. */
+struct dsm_seq {
+	int live;
+	int64_t pos;        /* positions held */
+	int32_t *blocks;    /* [ceil(ctx / DSM_KV_BLOCK)] block ids; [0, ceil(pos / DSM_KV_BLOCK)) in use */
+};
+
+/* A sequence's part of the current step: rows [row0, row0 + n) of the step buffers. */
+struct dsm_step_part {
+	int seq;
+	int64_t row0, n;
+	int64_t pos0;       /* position of its first token */
+	int absorbed;       /* attention in the absorbed form (rows [0, n_absorbed) of the step) */
+};
+
 struct dsm_session {
 	struct dsm_model *m;
 	struct dsm_session_options opt;
-	int64_t ctx, max_batch, pos;
+	int64_t ctx, max_batch;
+	int max_seqs;
+	struct dsm_seq *seqs;       /* [max_seqs] */
 
-	/* caches, per layer L at [L * ctx + position] */
-	void *kv_c;         /* [layers, ctx, r]  latent, o.kv_dtype */
-	void *kv_pe;        /* [layers, ctx, dr] roped key, o.kv_dtype */
-	float *idx_k;       /* [layers, ctx, dI] indexer keys (V3.2) */
+	/* The KV pool: n_blocks blocks of block_bytes; in a block, per layer L at L * layer_bytes:
+	 * c [DSM_KV_BLOCK, r] and k_pe [DSM_KV_BLOCK, dr] in kv_dtype, then indexer keys [DSM_KV_BLOCK, dI] F32. */
+	char *kv;
+	int64_t n_blocks, n_free;
+	int32_t *ref;               /* [n_blocks] sequences using each block */
+	int32_t *free_blocks;       /* [n_blocks] stack of free block ids, n_free of them */
+	size_t block_bytes, layer_bytes, pe_offset, ik_offset;
 	uint64_t kv_bytes;
 
-	/* step state for up to B = max_batch tokens at positions pos .. pos + T - 1 */
+	/* the current step: parts[n_parts], T rows, the first n_absorbed of them in the absorbed form */
+	struct dsm_step_part *parts; /* [max_seqs] */
+	int n_parts;
+	int64_t T, n_absorbed;
+	int32_t *row_seq;   /* [B] sequence of each row */
+	int64_t *row_pos;   /* [B] position of each row */
+
+	/* step state for up to B = max_batch rows */
 	float *x;           /* [B, D] residual stream */
 	float *xn;          /* [B, D] normed input of a block */
 	float *y;           /* [B, D] output of a block */
-	float *cos, *sin;   /* [B, dr/2] rope of each token */
+	float *cos, *sin;   /* [B, dr/2] rope of each row */
 	int64_t *n_keys;    /* [B] position + 1 */
 
 	/* MLA */
@@ -29,8 +56,8 @@ struct dsm_session {
 	float *kva;         /* [B, r + dr] kv_a_proj_with_mqa */
 	float *cnorm;       /* [B, r] normed latent */
 	float *o;           /* [B, H * dv] head outputs */
-	float *c_all;       /* [ctx, r] full form: cache rows as F32 */
-	float *pe_all;      /* [ctx, dr] full form: rope keys as F32 */
+	float *c_all;       /* [ctx, r] one sequence's latents: F32 (full form) or kv_dtype (absorbed form) */
+	float *pe_all;      /* [ctx, dr] its rope keys, likewise */
 	float *kv_head;     /* [ctx, dn + dv] full form: one head's k_nope and v */
 	float *q_head;      /* [B, max(dn, r)] absorbed form: one head's gathered q_nope / o_lat */
 	float *q_lat;       /* [B, H, r] absorbed form */
@@ -42,6 +69,7 @@ struct dsm_session {
 	float *ik;          /* [B, dI] */
 	float *iq;          /* [B, nI, dI] */
 	float *iw;          /* [B, nI] */
+	float *ik_all;      /* [ctx, dI] one sequence's indexer keys */
 	float *iscore;      /* [ctx] */
 	int32_t *sel;       /* [B, topk] */
 	struct dsm_attn_mask *mask; /* [B] */
@@ -53,24 +81,42 @@ struct dsm_session {
 	struct dsm_ffn_weights *ew;               /* [E] weights of the chosen experts */
 	const struct dsm_ffn_weights **ep;        /* [E] &ew[e] when e is chosen, else NULL */
 	float *ye;          /* [B, D] the shared expert's output (tiered store) */
+	float *logits;      /* [min(B, max_seqs), V] the last row of each part */
 
 	void *arena;
 	uint64_t act_bytes;
 };
 
-/* x [T, D] += Attn_L(RMSNorm(x)) for T tokens at positions s->pos .. (mla.c) */
-int dsm_attention(struct dsm_session *s, int L, int64_t T);
+/* x [T, D] += Attn_L(RMSNorm(x)) for the step's rows (mla.c) */
+int dsm_attention(struct dsm_session *s, int L);
 /* Fills s->mask[0 .. T) for layer L from the indexer and stores the new indexer keys (indexer.c).
  * xn [T, D] normed input, s->qa holds qr. *masked = 0 when every query attends to all earlier keys. */
-int dsm_indexer(struct dsm_session *s, int L, int64_t T, int *masked);
+int dsm_indexer(struct dsm_session *s, int L, int *masked);
 /* x [T, D] += FFN_L(RMSNorm(x)): dense SwiGLU or MoE (moe.c) */
-int dsm_feed_forward(struct dsm_session *s, int L, int64_t T);
+int dsm_feed_forward(struct dsm_session *s, int L);
 
-/* Rows of a cache of dtype t: [L, ctx, width] at (L, position). */
-static inline void *dsm_cache_row(const struct dsm_session *s, void *base, int L, int64_t pos, int64_t width)
+/* The KV entries of layer L at position pos of sequence seq: the latent c [r] (kv_dtype), the rope key
+ * k_pe [dr] (kv_dtype) and the indexer key [dI] (F32). */
+static inline char *dsm_kv_at(const struct dsm_session *s, int seq, int L, int64_t pos)
 {
-	size_t es = s->opt.kv_dtype == DSM_BF16 ? 2 : 4;
-	return (char *)base + (((size_t)L * (size_t)s->ctx + (size_t)pos) * (size_t)width) * es;
+	int32_t b = s->seqs[seq].blocks[pos / DSM_KV_BLOCK];
+	return s->kv + (size_t)b * s->block_bytes + (size_t)L * s->layer_bytes;
+}
+static inline void *dsm_kv_c(const struct dsm_session *s, int seq, int L, int64_t pos)
+{
+	size_t es = dsm_dtype_size(s->opt.kv_dtype);
+	return dsm_kv_at(s, seq, L, pos) + (size_t)(pos % DSM_KV_BLOCK) * (size_t)s->m->cfg.kv_lora_rank * es;
+}
+static inline void *dsm_kv_pe(const struct dsm_session *s, int seq, int L, int64_t pos)
+{
+	size_t es = dsm_dtype_size(s->opt.kv_dtype);
+	return dsm_kv_at(s, seq, L, pos) + s->pe_offset +
+	       (size_t)(pos % DSM_KV_BLOCK) * (size_t)s->m->cfg.qk_rope_head_dim * es;
+}
+static inline float *dsm_kv_ik(const struct dsm_session *s, int seq, int L, int64_t pos)
+{
+	return (float *)(dsm_kv_at(s, seq, L, pos) + s->ik_offset) +
+	       (size_t)(pos % DSM_KV_BLOCK) * (size_t)s->m->cfg.index_head_dim;
 }
 
 #endif

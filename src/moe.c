@@ -30,13 +30,14 @@ static void forced_weights(const struct dsm_config *c, const float *logits, cons
 		w[j] = (float)((c->norm_topk_prob ? w[j] / sum : w[j]) * c->routed_scaling_factor);
 }
 
-static int moe(struct dsm_session *s, int L, int64_t T)
+static int moe(struct dsm_session *s, int L)
 {
 	struct dsm_model *m = s->m;
 	struct dsm_backend *be = m->be;
 	const struct dsm_config *c = &m->cfg;
 	const struct dsm_ffn_layer *f = &m->layers[L].ffn;
-	int64_t D = c->hidden_size, E = c->n_routed_experts;
+	const struct dsm_session_hooks *hk = &s->opt.hooks;
+	int64_t T = s->T, D = c->hidden_size, E = c->n_routed_experts;
 	int k = c->num_experts_per_tok;
 	int rc;
 
@@ -50,13 +51,13 @@ static int moe(struct dsm_session *s, int L, int64_t T)
 	};
 	if ((rc = be->route(be, &ra)) < 0)                                             /* [T, k] */
 		return rc;
-	if (s->opt.hooks.force_route)
+	if (hk->force_route)
 		for (int64_t t = 0; t < T; t++)
-			if (s->opt.hooks.force_route(s->opt.hooks.user, L, s->pos + t, s->ridx + t * k, k))
+			if (hk->force_route(hk->user, s->row_seq[t], L, s->row_pos[t], s->ridx + t * k, k))
 				forced_weights(c, s->rlogits + t * E, s->ridx + t * k, s->rw + t * k);
-	if (s->opt.hooks.on_route)
+	if (hk->on_route)
 		for (int64_t t = 0; t < T; t++)
-			s->opt.hooks.on_route(s->opt.hooks.user, L, s->pos + t, s->ridx + t * k, s->rw + t * k, k);
+			hk->on_route(hk->user, s->row_seq[t], L, s->row_pos[t], s->ridx + t * k, s->rw + t * k, k);
 
 	if (m->offload) { /* the tiered expert store: the same sums in the same order, whatever the tiers */
 		memset(s->y, 0, sizeof(float) * (size_t)(T * D));
@@ -93,17 +94,17 @@ static int moe(struct dsm_session *s, int L, int64_t T)
 	return rc;
 }
 
-int dsm_feed_forward(struct dsm_session *s, int L, int64_t T)
+int dsm_feed_forward(struct dsm_session *s, int L)
 {
 	struct dsm_model *m = s->m;
 	struct dsm_backend *be = m->be;
 	const struct dsm_config *c = &m->cfg;
 	const struct dsm_ffn_layer *f = &m->layers[L].ffn;
-	int64_t D = c->hidden_size;
+	int64_t T = s->T, D = c->hidden_size;
 	int rc;
 	if ((rc = be->rmsnorm(be, T, D, s->x, D, f->norm, (float)c->rms_norm_eps, s->xn)) < 0)
 		return rc;
-	rc = f->moe ? moe(s, L, T) : be->ffn(be, &f->dense, T, s->xn, s->y);
+	rc = f->moe ? moe(s, L) : be->ffn(be, &f->dense, T, s->xn, s->y);
 	if (rc < 0)
 		return rc;
 	for (int64_t i = 0; i < T * D; i++)

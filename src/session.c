@@ -1,18 +1,19 @@
-/* The forward pass driver (docs MODEL.md section 3):
+/* The forward pass driver (docs MODEL.md section 3), for the tokens of every sequence of a step:
  *
  *   h = embed(tokens)                      no scaling
  *   for each layer L:
- *       h += Attn_L(RMSNorm(h))            mla.c (+ indexer.c on V3.2)
- *       h += FFN_L(RMSNorm(h))             moe.c: dense SwiGLU or MoE
- *   logits = lm_head(RMSNorm(h))           F32
+ *       h += Attn_L(RMSNorm(h))            mla.c (+ indexer.c on V3.2): per sequence over its KV blocks
+ *       h += FFN_L(RMSNorm(h))             moe.c: dense SwiGLU or MoE, once over all the step's tokens
+ *   logits = lm_head(RMSNorm(h))           F32, for the rows asked for
  *
- * and the session's memory: KV caches sized by ctx, step buffers sized by max_batch, all allocated here
- * once. */
+ * and the session's memory: the KV block pool, the sequences, the step buffers sized by max_batch, all
+ * allocated here once. */
 #include "model_internal.h"
 
 #include "error.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,18 +30,34 @@ static void *take(struct arena *a, size_t bytes)
 	return a->base ? a->base + at : NULL;
 }
 
-static int64_t max64(int64_t a, int64_t b)
+static size_t max_size(size_t a, size_t b)
 {
 	return a > b ? a : b;
+}
+
+static int64_t blocks_for(int64_t positions)
+{
+	return (positions + DSM_KV_BLOCK - 1) / DSM_KV_BLOCK;
 }
 
 static void layout_buffers(struct dsm_session *s, struct arena *a)
 {
 	const struct dsm_config *c = &s->m->cfg;
-	size_t B = (size_t)s->max_batch, ctx = (size_t)s->ctx, f = sizeof(float);
+	size_t B = (size_t)s->max_batch, ctx = (size_t)s->ctx, f = sizeof(float), S = (size_t)s->max_seqs;
 	size_t D = (size_t)c->hidden_size, H = (size_t)c->num_attention_heads, dn = (size_t)c->qk_nope_head_dim,
 	       dr = (size_t)c->qk_rope_head_dim, dv = (size_t)c->v_head_dim, r = (size_t)c->kv_lora_rank,
 	       rq = (size_t)c->q_lora_rank, E = (size_t)c->n_routed_experts, k = (size_t)c->num_experts_per_tok;
+	s->seqs = take(a, S * sizeof(struct dsm_seq));
+	for (size_t i = 0; i < S; i++) {
+		int32_t *blocks = take(a, (size_t)blocks_for(s->ctx) * sizeof(int32_t));
+		if (a->base)
+			s->seqs[i].blocks = blocks;
+	}
+	s->ref = take(a, (size_t)s->n_blocks * sizeof(int32_t));
+	s->free_blocks = take(a, (size_t)s->n_blocks * sizeof(int32_t));
+	s->parts = take(a, S * sizeof(struct dsm_step_part));
+	s->row_seq = take(a, B * sizeof(int32_t));
+	s->row_pos = take(a, B * sizeof(int64_t));
 	s->x = take(a, B * D * f);
 	s->xn = take(a, B * D * f);
 	s->y = take(a, B * D * f);
@@ -55,11 +72,11 @@ static void layout_buffers(struct dsm_session *s, struct arena *a)
 	s->c_all = take(a, ctx * r * f);
 	s->pe_all = take(a, ctx * dr * f);
 	s->kv_head = take(a, ctx * (dn + dv) * f);
-	s->q_head = take(a, B * (size_t)max64((int64_t)dn, (int64_t)r) * f);
+	s->q_head = take(a, B * max_size(dn, r) * f);
 	s->q_lat = take(a, B * H * r * f);
 	s->q_pe = take(a, H * dr * f);
 	s->o_lat = take(a, B * H * r * f);
-	s->o_head = take(a, B * (size_t)max64((int64_t)dv, (int64_t)r) * f);
+	s->o_head = take(a, B * max_size(dv, r) * f);
 	if (c->has_indexer) {
 		size_t nI = (size_t)c->index_n_heads, dI = (size_t)c->index_head_dim, topk = (size_t)c->index_topk;
 		if (topk > ctx)
@@ -67,6 +84,7 @@ static void layout_buffers(struct dsm_session *s, struct arena *a)
 		s->ik = take(a, B * dI * f);
 		s->iq = take(a, B * nI * dI * f);
 		s->iw = take(a, B * nI * f);
+		s->ik_all = take(a, ctx * dI * f);
 		s->iscore = take(a, ctx * f);
 		s->sel = take(a, B * topk * sizeof(int32_t));
 	}
@@ -79,15 +97,14 @@ static void layout_buffers(struct dsm_session *s, struct arena *a)
 		s->ep = take(a, E * sizeof(struct dsm_ffn_weights *));
 	}
 	s->ye = take(a, B * D * f);
+	s->logits = take(a, (B < S ? B : S) * (size_t)c->vocab_size * f);
 }
 
 void dsm_session_free(struct dsm_session *s)
 {
 	if (!s)
 		return;
-	free(s->kv_c);
-	free(s->kv_pe);
-	free(s->idx_k);
+	free(s->kv);
 	free(s->arena);
 	free(s);
 }
@@ -106,33 +123,59 @@ int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct
 	if (s->ctx > c->max_position_embeddings)
 		s->ctx = c->max_position_embeddings;
 	s->max_batch = s->opt.max_batch > 0 ? s->opt.max_batch : 128;
-	if (s->max_batch > s->ctx)
-		s->max_batch = s->ctx;
+	s->max_seqs = s->opt.max_seqs > 0 ? s->opt.max_seqs : 1;
 	if (s->opt.kv_dtype == DSM_DTYPE_INVALID)
 		s->opt.kv_dtype = DSM_BF16;
 	if (s->opt.kv_dtype != DSM_BF16 && s->opt.kv_dtype != DSM_F32) {
 		free(s);
 		return dsm_fail(DSM_EARG, "KV cache dtype must be BF16 or F32");
 	}
-	size_t L = (size_t)c->num_hidden_layers, ctx = (size_t)s->ctx, es = dsm_dtype_size(s->opt.kv_dtype);
-	size_t c_bytes = L * ctx * (size_t)c->kv_lora_rank * es, pe_bytes = L * ctx * (size_t)c->qk_rope_head_dim * es;
-	size_t ik_bytes = c->has_indexer ? L * ctx * (size_t)c->index_head_dim * sizeof(float) : 0;
-	s->kv_c = malloc(c_bytes + 1);
-	s->kv_pe = malloc(pe_bytes + 1);
-	s->idx_k = malloc(ik_bytes + 1);
-	s->kv_bytes = c_bytes + pe_bytes + ik_bytes;
+	size_t es = dsm_dtype_size(s->opt.kv_dtype), bt = DSM_KV_BLOCK;
+	s->pe_offset = bt * (size_t)c->kv_lora_rank * es;
+	s->ik_offset = s->pe_offset + bt * (size_t)c->qk_rope_head_dim * es;
+	s->layer_bytes = s->ik_offset + (c->has_indexer ? bt * (size_t)c->index_head_dim * sizeof(float) : 0);
+	s->layer_bytes = (s->layer_bytes + 63) & ~(size_t)63;
+	s->block_bytes = s->layer_bytes * (size_t)c->num_hidden_layers;
+	int64_t per_seq = blocks_for(s->ctx);
+	if (s->opt.kv_pool_bytes) {
+		uint64_t n = s->opt.kv_pool_bytes / s->block_bytes;
+		if (n < (uint64_t)per_seq) {
+			int rc = dsm_fail(DSM_EARG, "a KV pool of %llu bytes holds %llu blocks of %d positions (%zu bytes each): "
+					  "one sequence's context of %lld tokens needs %lld blocks (%llu bytes); raise the pool "
+					  "or lower the context", (unsigned long long)s->opt.kv_pool_bytes, (unsigned long long)n,
+					  DSM_KV_BLOCK, s->block_bytes, (long long)s->ctx, (long long)per_seq,
+					  (unsigned long long)per_seq * s->block_bytes);
+			free(s);
+			return rc;
+		}
+		s->n_blocks = n > INT32_MAX ? INT32_MAX : (int64_t)n;
+	} else {
+		s->n_blocks = per_seq * s->max_seqs;
+	}
+	s->kv_bytes = (uint64_t)s->n_blocks * s->block_bytes;
+	s->kv = malloc(s->kv_bytes);
 	struct arena a = { 0 };
 	layout_buffers(s, &a);
 	s->act_bytes = a.used;
 	a.base = s->arena = aligned_alloc(64, (a.used + 63) & ~(size_t)63);
-	if (!s->kv_c || !s->kv_pe || !s->idx_k || !s->arena) {
+	if (!s->kv || !s->arena) {
+		int rc = dsm_fail(DSM_ENOMEM, "out of memory: a KV pool of %llu bytes (%lld blocks of %d positions) and "
+				  "%llu bytes of buffers", (unsigned long long)s->kv_bytes, (long long)s->n_blocks,
+				  DSM_KV_BLOCK, (unsigned long long)a.used);
 		dsm_session_free(s);
-		return dsm_fail(DSM_ENOMEM, "out of memory: a context of %lld tokens needs %llu bytes of KV cache and "
-				"%llu of buffers", (long long)ctx, (unsigned long long)(c_bytes + pe_bytes + ik_bytes),
-				(unsigned long long)a.used);
+		return rc;
 	}
 	a.used = 0;
 	layout_buffers(s, &a);
+	for (int64_t b = 0; b < s->n_blocks; b++) {
+		s->ref[b] = 0;
+		s->free_blocks[b] = (int32_t)(s->n_blocks - 1 - b);
+	}
+	s->n_free = s->n_blocks;
+	for (int i = 0; i < s->max_seqs; i++)
+		s->seqs[i].live = 0;
+	s->seqs[0].live = 1;
+	s->seqs[0].pos = 0;
 	struct dsm_backend *be = m->be;
 	int rc;
 	if (be->reserve && (rc = be->reserve(be, s->ctx, c->num_attention_heads,
@@ -142,11 +185,6 @@ int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct
 	}
 	*out = s;
 	return 0;
-}
-
-int64_t dsm_session_pos(const struct dsm_session *s)
-{
-	return s->pos;
 }
 
 int64_t dsm_session_ctx(const struct dsm_session *s)
@@ -159,13 +197,9 @@ const struct dsm_model *dsm_session_model(const struct dsm_session *s)
 	return s->m;
 }
 
-int dsm_session_rewind(struct dsm_session *s, int64_t pos)
+int dsm_session_max_seqs(const struct dsm_session *s)
 {
-	if (pos < 0 || pos > s->pos)
-		return dsm_fail(DSM_EARG, "rewind to %lld: the session holds %lld tokens", (long long)pos,
-				(long long)s->pos);
-	s->pos = pos;
-	return 0;
+	return s->max_seqs;
 }
 
 void dsm_session_memory(const struct dsm_session *s, uint64_t *kv_bytes, uint64_t *act_bytes)
@@ -174,74 +208,317 @@ void dsm_session_memory(const struct dsm_session *s, uint64_t *kv_bytes, uint64_
 	*act_bytes = s->act_bytes;
 }
 
-/* cos/sin of angle p * f_i' for each token of the step (docs MODEL.md "YaRN rotary frequencies"). */
-static void rope_tables(struct dsm_session *s, int64_t T)
+void dsm_session_kv_blocks(const struct dsm_session *s, int64_t *total, int64_t *free_blocks, uint64_t *block_bytes)
+{
+	*total = s->n_blocks;
+	*free_blocks = s->n_free;
+	*block_bytes = s->block_bytes;
+}
+
+/* ---- Sequences and their blocks ---- */
+
+static int live(const struct dsm_session *s, int seq)
+{
+	return seq >= 0 && seq < s->max_seqs && s->seqs[seq].live;
+}
+
+static void block_unref(struct dsm_session *s, int32_t b)
+{
+	if (--s->ref[b] == 0)
+		s->free_blocks[s->n_free++] = b;
+}
+
+static int32_t block_new(struct dsm_session *s)
+{
+	int32_t b = s->free_blocks[--s->n_free];
+	s->ref[b] = 1;
+	return b;
+}
+
+/* Keeps the blocks of positions [0, pos) of seq, gives back the rest. */
+static void seq_truncate(struct dsm_session *s, struct dsm_seq *q, int64_t pos)
+{
+	for (int64_t b = blocks_for(pos); b < blocks_for(q->pos); b++)
+		block_unref(s, q->blocks[b]);
+	q->pos = pos;
+}
+
+int dsm_session_add(struct dsm_session *s, int parent, int64_t at)
+{
+	if (parent >= 0 && !live(s, parent))
+		return dsm_fail(DSM_EARG, "fork of sequence %d: no such sequence", parent);
+	if (parent >= 0 && (at < 0 || at > s->seqs[parent].pos))
+		return dsm_fail(DSM_EARG, "fork of sequence %d at position %lld: it holds %lld positions", parent,
+				(long long)at, (long long)s->seqs[parent].pos);
+	int id = 0;
+	while (id < s->max_seqs && s->seqs[id].live)
+		id++;
+	if (id == s->max_seqs)
+		return dsm_fail(DSM_EARG, "a new sequence: all %d sequences are in use (raise --max-seqs)", s->max_seqs);
+	struct dsm_seq *q = &s->seqs[id];
+	q->live = 1;
+	q->pos = 0;
+	if (parent >= 0) {
+		const struct dsm_seq *p = &s->seqs[parent];
+		for (int64_t b = 0; b < blocks_for(at); b++) {
+			q->blocks[b] = p->blocks[b];
+			s->ref[q->blocks[b]]++;
+		}
+		q->pos = at;
+	}
+	return id;
+}
+
+int dsm_session_remove(struct dsm_session *s, int seq)
+{
+	if (!live(s, seq))
+		return dsm_fail(DSM_EARG, "remove sequence %d: no such sequence", seq);
+	seq_truncate(s, &s->seqs[seq], 0);
+	s->seqs[seq].live = 0;
+	return 0;
+}
+
+int64_t dsm_session_seq_pos(const struct dsm_session *s, int seq)
+{
+	return live(s, seq) ? s->seqs[seq].pos : -1;
+}
+
+int dsm_session_seq_rewind(struct dsm_session *s, int seq, int64_t pos)
+{
+	if (!live(s, seq))
+		return dsm_fail(DSM_EARG, "rewind sequence %d: no such sequence", seq);
+	if (pos < 0 || pos > s->seqs[seq].pos)
+		return dsm_fail(DSM_EARG, "rewind to %lld: the sequence holds %lld tokens", (long long)pos,
+				(long long)s->seqs[seq].pos);
+	seq_truncate(s, &s->seqs[seq], pos);
+	return 0;
+}
+
+/* Makes the blocks of positions [pos, pos + n) of seq its own: new blocks past its end, a private copy of
+ * a block it shares. Changes nothing when the pool cannot supply them all. */
+static int reserve_blocks(struct dsm_session *s, int seq, int64_t n)
+{
+	struct dsm_seq *q = &s->seqs[seq];
+	int64_t b0 = q->pos / DSM_KV_BLOCK, b1 = blocks_for(q->pos + n), have = blocks_for(q->pos), need = 0;
+	for (int64_t b = b0; b < b1; b++)
+		need += b >= have || s->ref[q->blocks[b]] > 1;
+	if (need > s->n_free)
+		return dsm_fail(DSM_EKVFULL, "the KV pool is full: %lld more blocks of %d positions needed, %lld free of "
+				"%lld (raise --kv-pool, or run fewer sequences at once)", (long long)need, DSM_KV_BLOCK,
+				(long long)s->n_free, (long long)s->n_blocks);
+	for (int64_t b = b0; b < b1; b++) {
+		if (b >= have) {
+			q->blocks[b] = block_new(s);
+		} else if (s->ref[q->blocks[b]] > 1) {
+			int32_t nb = block_new(s);
+			memcpy(s->kv + (size_t)nb * s->block_bytes, s->kv + (size_t)q->blocks[b] * s->block_bytes,
+			       s->block_bytes);
+			block_unref(s, q->blocks[b]);
+			q->blocks[b] = nb;
+		}
+	}
+	return 0;
+}
+
+/* ---- The step ---- */
+
+/* cos/sin of angle p * f_i' for each row (docs MODEL.md "YaRN rotary frequencies"). */
+static void rope_tables(struct dsm_session *s)
 {
 	const struct dsm_model *m = s->m;
 	int64_t half = m->cfg.qk_rope_head_dim / 2;
-	for (int64_t t = 0; t < T; t++) {
-		double p = (double)(s->pos + t);
+	for (int64_t t = 0; t < s->T; t++) {
+		double p = (double)s->row_pos[t];
 		for (int64_t i = 0; i < half; i++) {
 			double ang = p * m->rope_freq[i];
 			s->cos[t * half + i] = (float)cos(ang) * m->rope_amp;
 			s->sin[t * half + i] = (float)sin(ang) * m->rope_amp;
 		}
-		s->n_keys[t] = s->pos + t + 1;
+		s->n_keys[t] = s->row_pos[t] + 1;
 	}
 }
 
-static void embed(struct dsm_session *s, const int32_t *tokens, int64_t T)
+static void embed(struct dsm_session *s, int64_t row, const int32_t *tokens, int64_t n)
 {
 	const struct dsm_mat *e = &s->m->embed;
 	int64_t D = e->cols;
-	for (int64_t t = 0; t < T; t++) {
-		size_t row = (size_t)tokens[t] * (size_t)D;
+	for (int64_t t = 0; t < n; t++) {
+		size_t src = (size_t)tokens[t] * (size_t)D;
+		float *x = s->x + (row + t) * D;
 		if (e->dtype == DSM_F32)
-			memcpy(s->x + t * D, (const float *)e->data + row, sizeof(float) * (size_t)D);
+			memcpy(x, (const float *)e->data + src, sizeof(float) * (size_t)D);
 		else if (e->dtype == DSM_BF16)
-			dsm_convert_to_f32(s->x + t * D, (const uint16_t *)e->data + row, DSM_BF16, (size_t)D);
+			dsm_convert_to_f32(x, (const uint16_t *)e->data + src, DSM_BF16, (size_t)D);
 		else
 			for (int64_t j = 0; j < D; j++)
-				s->x[t * D + j] = dsm_mat_get(e, tokens[t], j);
+				x[j] = dsm_mat_get(e, tokens[t], j);
 	}
 }
 
-/* One step of T <= max_batch tokens. */
-static int step(struct dsm_session *s, const int32_t *tokens, int64_t T, enum dsm_logits_mode mode,
-		float *logits)
+/* Which form the attention of a sequence's part takes. AUTO: the full form for a chunk of several tokens
+ * (prefill), the absorbed form over the latent cache for one token (decode). */
+static int part_absorbed(const struct dsm_session *s, int64_t n)
+{
+	enum dsm_mla_form f = s->m->opts.mla_form;
+	return f == DSM_MLA_AUTO ? n == 1 : f == DSM_MLA_ABSORBED;
+}
+
+static int item_fail(struct dsm_step_seq *q, int rc)
+{
+	q->rc = rc;
+	snprintf(q->error, sizeof q->error, "%s", dsm_errmsg());
+	return rc;
+}
+
+/* Checks one sequence's part of a step and reserves its blocks; sets q->rc. */
+static int admit(struct dsm_session *s, struct dsm_step_seq *q, const unsigned char *seen)
+{
+	const struct dsm_config *c = &s->m->cfg;
+	q->rc = 0;
+	q->error[0] = 0;
+	if (!live(s, q->seq))
+		return item_fail(q, dsm_fail(DSM_EARG, "step: no sequence %d", q->seq));
+	if (seen[q->seq])
+		return item_fail(q, dsm_fail(DSM_EARG, "step: sequence %d appears twice", q->seq));
+	if (q->n <= 0 || !q->tokens)
+		return item_fail(q, dsm_fail(DSM_EARG, "step: sequence %d has no tokens", q->seq));
+	int64_t pos = s->seqs[q->seq].pos;
+	if (q->n > s->ctx - pos)
+		return item_fail(q, dsm_fail(DSM_ECONTEXT, "context full: %lld tokens in the sequence plus %lld new exceed "
+					     "the context of %lld tokens (raise --ctx)", (long long)pos, (long long)q->n,
+					     (long long)s->ctx));
+	for (int64_t i = 0; i < q->n; i++)
+		if (q->tokens[i] < 0 || q->tokens[i] >= c->vocab_size)
+			return item_fail(q, dsm_fail(DSM_EARG, "token id %d at %lld is outside the vocabulary [0, %d)",
+						     q->tokens[i], (long long)i, c->vocab_size));
+	if (reserve_blocks(s, q->seq, q->n) < 0)
+		return item_fail(q, DSM_EKVFULL);
+	return 0;
+}
+
+/* The final norm and the head over the rows whose logits are asked for. The last rows of all parts go
+ * through the head as one matmul (one read of the head for a whole decode step), then to their outputs. */
+static int logits_out(struct dsm_session *s, struct dsm_step_seq *q, int n, const int *part_of)
 {
 	struct dsm_model *m = s->m;
 	struct dsm_backend *be = m->be;
-	const struct dsm_config *c = &m->cfg;
-	int64_t D = c->hidden_size;
+	int64_t D = m->cfg.hidden_size, V = m->cfg.vocab_size, rows = 0;
+	float eps = (float)m->cfg.rms_norm_eps;
 	int rc;
-	embed(s, tokens, T);
-	rope_tables(s, T);
-	for (int L = 0; L < c->num_hidden_layers; L++) {
-		if ((rc = dsm_attention(s, L, T)) < 0)
-			return dsm_fail_prefix(rc, "layer %d attention", L);
-		if ((rc = dsm_feed_forward(s, L, T)) < 0)
-			return dsm_fail_prefix(rc, "layer %d feed-forward", L);
+	for (int i = 0; i < n; i++) {
+		if (q[i].rc || q[i].mode == DSM_LOGITS_NONE)
+			continue;
+		const struct dsm_step_part *p = &s->parts[part_of[i]];
+		if (q[i].mode == DSM_LOGITS_ALL) {
+			if ((rc = be->rmsnorm(be, p->n, D, s->x + p->row0 * D, D, m->final_norm, eps, s->y)) < 0 ||
+			    (rc = be->matmul(be, &m->head, p->n, s->y, q[i].logits)) < 0)
+				return rc;
+		} else if ((rc = be->rmsnorm(be, 1, D, s->x + (p->row0 + p->n - 1) * D, D, m->final_norm, eps,
+					     s->xn + rows++ * D)) < 0) {
+			return rc;
+		}
 	}
-	if (mode == DSM_LOGITS_NONE)
+	if (!rows)
 		return 0;
-	int64_t first = mode == DSM_LOGITS_LAST ? T - 1 : 0;
-	int64_t rows = T - first;
-	if ((rc = be->rmsnorm(be, rows, D, s->x + first * D, D, m->final_norm, (float)c->rms_norm_eps, s->xn)) < 0)
+	if ((rc = be->matmul(be, &m->head, rows, s->xn, s->logits)) < 0)
 		return rc;
-	return be->matmul(be, &m->head, rows, s->xn, logits);
+	rows = 0;
+	for (int i = 0; i < n; i++)
+		if (!q[i].rc && q[i].mode == DSM_LOGITS_LAST)
+			memcpy(q[i].logits, s->logits + rows++ * V, sizeof(float) * (size_t)V);
+	return 0;
+}
+
+int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
+{
+	struct dsm_model *m = s->m;
+	const struct dsm_config *c = &m->cfg;
+	int64_t total = 0;
+	for (int i = 0; i < n; i++)
+		total += q[i].n > 0 ? q[i].n : 0;
+	if (n <= 0 || total == 0)
+		return dsm_fail(DSM_EARG, "step: no tokens to run");
+	if (total > s->max_batch)
+		return dsm_fail(DSM_EARG, "step: %lld tokens, more than the %lld of one step (--batch)", (long long)total,
+				(long long)s->max_batch);
+	if (n > s->max_seqs)
+		return dsm_fail(DSM_EARG, "step: %d sequences, more than the %d of the session", n, s->max_seqs);
+	unsigned char seen[s->max_seqs];
+	memset(seen, 0, sizeof seen);
+	int64_t pos0[n];
+	for (int i = 0; i < n; i++) {
+		pos0[i] = live(s, q[i].seq) ? s->seqs[q[i].seq].pos : 0;
+		if (admit(s, &q[i], seen) == 0)
+			seen[q[i].seq] = 1;
+	}
+	/* Rows: the parts whose attention takes the absorbed form first, so that their projections run as one. */
+	int part_of[n];
+	s->n_parts = 0;
+	s->T = 0;
+	for (int pass = 1; pass >= 0; pass--)
+		for (int i = 0; i < n; i++) {
+			if (q[i].rc || part_absorbed(s, q[i].n) != pass)
+				continue;
+			struct dsm_step_part *p = &s->parts[s->n_parts];
+			*p = (struct dsm_step_part){ .seq = q[i].seq, .row0 = s->T, .n = q[i].n, .pos0 = pos0[i],
+						     .absorbed = pass };
+			for (int64_t t = 0; t < p->n; t++) {
+				s->row_seq[p->row0 + t] = p->seq;
+				s->row_pos[p->row0 + t] = p->pos0 + t;
+			}
+			embed(s, p->row0, q[i].tokens, p->n);
+			part_of[i] = s->n_parts++;
+			s->T += p->n;
+			if (pass)
+				s->n_absorbed = s->T;
+		}
+	if (!s->n_parts)
+		return 0;
+	if (s->parts[0].absorbed == 0)
+		s->n_absorbed = 0;
+	/* Positions count as held from here, so that attention reads the new entries; undone on failure. */
+	for (int i = 0; i < s->n_parts; i++)
+		s->seqs[s->parts[i].seq].pos += s->parts[i].n;
+	rope_tables(s);
+	int rc = 0;
+	for (int L = 0; L < c->num_hidden_layers && rc == 0; L++) {
+		if ((rc = dsm_attention(s, L)) < 0)
+			dsm_fail_prefix(rc, "layer %d attention", L);
+		else if ((rc = dsm_feed_forward(s, L)) < 0)
+			dsm_fail_prefix(rc, "layer %d feed-forward", L);
+	}
+	if (rc == 0)
+		rc = logits_out(s, q, n, part_of);
+	if (rc < 0)
+		for (int i = 0; i < s->n_parts; i++)
+			s->seqs[s->parts[i].seq].pos -= s->parts[i].n;
+	return rc;
+}
+
+/* ---- One sequence ---- */
+
+int64_t dsm_session_pos(const struct dsm_session *s)
+{
+	return dsm_session_seq_pos(s, 0);
+}
+
+int dsm_session_rewind(struct dsm_session *s, int64_t pos)
+{
+	return dsm_session_seq_rewind(s, 0, pos);
 }
 
 int dsm_session_forward(struct dsm_session *s, const int32_t *tokens, int64_t n, enum dsm_logits_mode mode,
 			float *logits)
 {
 	const struct dsm_config *c = &s->m->cfg;
+	if (!live(s, 0))
+		return dsm_fail(DSM_EARG, "forward: sequence 0 was removed");
 	if (n <= 0)
 		return dsm_fail(DSM_EARG, "forward: no tokens");
-	if (n > s->ctx - s->pos)
+	int64_t pos = s->seqs[0].pos;
+	if (n > s->ctx - pos)
 		return dsm_fail(DSM_ECONTEXT, "context full: %lld tokens in the session plus %lld new exceed the "
-				"context of %lld tokens (raise --ctx)", (long long)s->pos, (long long)n,
-				(long long)s->ctx);
+				"context of %lld tokens (raise --ctx)", (long long)pos, (long long)n, (long long)s->ctx);
 	for (int64_t i = 0; i < n; i++)
 		if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
 			return dsm_fail(DSM_EARG, "token id %d at %lld is outside the vocabulary [0, %d)", tokens[i],
@@ -249,12 +526,16 @@ int dsm_session_forward(struct dsm_session *s, const int32_t *tokens, int64_t n,
 	for (int64_t done = 0; done < n;) {
 		int64_t T = n - done < s->max_batch ? n - done : s->max_batch;
 		int last = done + T == n;
-		enum dsm_logits_mode sm = mode == DSM_LOGITS_ALL ? mode : (last ? mode : DSM_LOGITS_NONE);
-		float *out = mode == DSM_LOGITS_ALL ? logits + (size_t)done * (size_t)c->vocab_size : logits;
-		int rc = step(s, tokens + done, T, sm, out);
+		struct dsm_step_seq q = {
+			.seq = 0, .tokens = tokens + done, .n = T,
+			.mode = mode == DSM_LOGITS_ALL ? mode : (last ? mode : DSM_LOGITS_NONE),
+			.logits = mode == DSM_LOGITS_ALL ? logits + (size_t)done * (size_t)c->vocab_size : logits,
+		};
+		int rc = dsm_session_step(s, &q, 1);
 		if (rc < 0)
 			return rc;
-		s->pos += T;
+		if (q.rc < 0)
+			return dsm_fail(q.rc, "%s", q.error);
 		done += T;
 	}
 	return 0;

@@ -1,12 +1,24 @@
-/* One sequence being run through the model: its KV caches and the activation buffers of a step.
+/* Sequences being run through the model: up to max_seqs of them share one model, one pool of KV blocks and
+ * the activation buffers of a step (docs/engine.md).
  *
- * Everything is allocated at dsm_session_init, sized by the context length (ctx) and the largest step
- * (max_batch tokens); dsm_session_forward allocates nothing after the first step of each size (the
- * backend's scratch grows once). Per layer and token the caches hold:
+ * The KV pool is cut into blocks of DSM_KV_BLOCK token positions; a block holds those positions' entries for
+ * every layer:
  *   - the MLA latent c [r] and rope key k_pe [dr] (576 values for the real model), BF16 by default
  *     (kv_dtype F32 on request);
  *   - on V3.2, the lightning indexer's key [dI] in F32.
- * A prompt longer than max_batch is run in steps of max_batch tokens. */
+ * A sequence owns a list of blocks. A fork shares its parent's blocks up to the fork position; a shared
+ * block is copied the first time either side writes into it (copy on write), so forks cost no copy of a
+ * prompt. Blocks come from one allocation sized at init, so sequences of very different lengths share it
+ * without fragmentation; a full pool fails the sequence that asked and nothing else.
+ *
+ * A step (dsm_session_step) runs any mix of sequences in one forward pass: some with one token (decode),
+ * some with a chunk of prompt. Attention and the indexer run per sequence over its own blocks; every other
+ * block runs once over all the step's tokens (the projections as one matmul, the MoE layer expert-major:
+ * each chosen expert once for all its tokens).
+ *
+ * Everything is allocated at init; a step allocates nothing after the first of each size (the backend's
+ * scratch grows once). The one-sequence calls (dsm_session_forward, _pos, _rewind) act on sequence 0, which
+ * init creates. */
 #ifndef DSM_SESSION_H
 #define DSM_SESSION_H
 
@@ -15,31 +27,36 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Observers for tests and tools (all optional). Positions are absolute. */
+#define DSM_KV_BLOCK 64 /* token positions per KV block */
+
+/* Observers for tests and tools (all optional). seq is the sequence, positions are absolute. */
 struct dsm_session_hooks {
 	void *user;
 	/* experts chosen for the token at pos in MoE layer `layer`: idx[k] ascending, weights in that order */
-	void (*on_route)(void *user, int layer, int64_t pos, const int32_t *idx, const float *weight, int k);
+	void (*on_route)(void *user, int seq, int layer, int64_t pos, const int32_t *idx, const float *weight, int k);
 	/* key positions the lightning indexer selected for the query at pos (only when it had to choose:
 	 * pos + 1 > index_topk); sel[n] ascending */
-	void (*on_select)(void *user, int layer, int64_t pos, const int32_t *sel, int64_t n);
+	void (*on_select)(void *user, int seq, int layer, int64_t pos, const int32_t *sel, int64_t n);
 	/* Teacher forcing, for tests that compare numerics apart from discrete choices: may overwrite the
 	 * experts chosen (idx[k], kept ascending; their weights are then recomputed from the router
 	 * scores) or the indexer's selection (sel[n], ascending); returns 1 if it did. */
-	int (*force_route)(void *user, int layer, int64_t pos, int32_t *idx, int k);
-	int (*force_select)(void *user, int layer, int64_t pos, int32_t *sel, int64_t n);
+	int (*force_route)(void *user, int seq, int layer, int64_t pos, int32_t *idx, int k);
+	int (*force_select)(void *user, int seq, int layer, int64_t pos, int32_t *sel, int64_t n);
 };
 
 struct dsm_session_options {
-	int64_t ctx;                    /* context length in tokens (default 4096, at most the model's) */
-	int64_t max_batch;              /* tokens per forward step (default 128) */
+	int64_t ctx;                    /* tokens one sequence may hold (default 4096, at most the model's) */
+	int64_t max_batch;              /* tokens of one step, all sequences together (default 128) */
+	int max_seqs;                   /* sequences at once (default 1) */
+	uint64_t kv_pool_bytes;         /* the KV block pool; 0: room for max_seqs full contexts */
 	enum dsm_dtype kv_dtype;        /* DSM_BF16 (default) or DSM_F32 */
 	struct dsm_session_hooks hooks;
 };
 
 struct dsm_session;
 
-/* Returns 0 or DSM_EARG (bad sizes) / DSM_ENOMEM with a message giving the bytes asked for. */
+/* Returns 0 or DSM_EARG (bad sizes, a pool too small for one full context) / DSM_ENOMEM with a message
+ * giving the bytes asked for. */
 int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct dsm_session_options *o);
 /* Accepts NULL. */
 void dsm_session_free(struct dsm_session *s);
@@ -50,19 +67,59 @@ enum dsm_logits_mode {
 	DSM_LOGITS_ALL,                 /* logits [n, V] of every token */
 };
 
-/* Runs tokens[0 .. n) at positions pos() .. pos() + n - 1, appending them to the caches, and writes
- * the requested F32 logits. Returns 0, DSM_ECONTEXT when the tokens do not fit in ctx (nothing is run),
- * DSM_EARG for a token id outside the vocabulary, or another negative DSM_E* code. */
+/* ---- Sequences ---- */
+
+/* A new sequence: empty (parent < 0), or a fork of sequence `parent` holding its first `at` positions
+ * (shared, copy on write). Returns the new sequence's id (>= 0) or DSM_EARG (no such parent, `at` past its
+ * end, max_seqs sequences already). */
+int dsm_session_add(struct dsm_session *s, int parent, int64_t at);
+/* Ends a sequence and gives back its blocks (those shared with forks stay theirs). DSM_EARG for no such
+ * sequence. */
+int dsm_session_remove(struct dsm_session *s, int seq);
+/* Positions held by sequence seq (-1: no such sequence). */
+int64_t dsm_session_seq_pos(const struct dsm_session *s, int seq);
+/* Forgets the positions of seq from pos on. */
+int dsm_session_seq_rewind(struct dsm_session *s, int seq, int64_t pos);
+int dsm_session_max_seqs(const struct dsm_session *s);
+
+/* One sequence's part of a step. */
+struct dsm_step_seq {
+	int seq;
+	const int32_t *tokens;          /* [n] at positions pos .. pos + n - 1 of the sequence */
+	int64_t n;
+	enum dsm_logits_mode mode;
+	float *logits;                  /* [V] (LAST) or [n, V] (ALL) */
+	/* out: 0 when the tokens ran and were appended; else this sequence's error (DSM_ECONTEXT: past ctx,
+	 * DSM_EKVFULL: no free KV block, DSM_EARG: a bad token or sequence) with its message; the other
+	 * sequences of the step ran. */
+	int rc;
+	char error[256];
+};
+
+/* Runs one forward pass over the tokens of every sequence in q[0 .. n) (each sequence at most once; the
+ * tokens of all together at most max_batch). Returns 0 when the step ran (q[i].rc says how each sequence
+ * fared), or a negative DSM_E* code when the whole step failed: no sequence with tokens, more than
+ * max_batch tokens, or an error of the forward pass itself (I/O of the expert store), after which the
+ * step's sequences hold what they held before. */
+int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n);
+
+/* ---- One sequence (sequence 0) ---- */
+
+/* Runs tokens[0 .. n) at positions pos() .. pos() + n - 1 of sequence 0, in steps of max_batch, and
+ * writes the requested F32 logits. Returns 0, DSM_ECONTEXT when the tokens do not fit in ctx (nothing is
+ * run), DSM_EARG for a token id outside the vocabulary, or another negative DSM_E* code. */
 int dsm_session_forward(struct dsm_session *s, const int32_t *tokens, int64_t n, enum dsm_logits_mode mode,
 			float *logits);
-
-/* Tokens in the caches. */
+/* Positions of sequence 0. */
 int64_t dsm_session_pos(const struct dsm_session *s);
 int64_t dsm_session_ctx(const struct dsm_session *s);
-/* Forgets the tokens from position pos on (0: empty the session). */
+/* Forgets the positions of sequence 0 from pos on (0: empty it). */
 int dsm_session_rewind(struct dsm_session *s, int64_t pos);
-/* Bytes of the KV caches, and of the activation buffers. */
+
+/* Bytes of the KV pool (all of it), and of the activation buffers. */
 void dsm_session_memory(const struct dsm_session *s, uint64_t *kv_bytes, uint64_t *act_bytes);
+/* KV blocks in all and free; bytes of one block. */
+void dsm_session_kv_blocks(const struct dsm_session *s, int64_t *total, int64_t *free, uint64_t *block_bytes);
 const struct dsm_model *dsm_session_model(const struct dsm_session *s);
 
 #endif
