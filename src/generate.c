@@ -125,6 +125,7 @@ struct req {
 	int32_t *prompt;                /* [n_prompt] own copy */
 	enum req_state state;
 	int seq;                        /* its sequence while running */
+	int64_t base;                   /* positions its sequence held before the prompt */
 	int64_t fed;                    /* prompt tokens run (or shared from a fork) */
 	int64_t max_tokens;
 	int32_t pending;
@@ -194,9 +195,8 @@ int dsm_scheduler_add(struct dsm_scheduler *sc, const struct dsm_request *r)
 	int64_t ctx = dsm_session_ctx(sc->s);
 	if (!r->prompt || r->n_prompt <= 0)
 		return dsm_fail(DSM_EARG, "a request with no prompt");
-	if (r->prefix_of >= sc->n || (r->prefix_of >= 0 && sc->reqs[r->prefix_of].r.seq >= 0) ||
-	    (r->prefix_of >= 0 && r->seq >= 0))
-		return dsm_fail(DSM_EARG, "request %d: prefix_of %d is not an earlier request on a new sequence", sc->n,
+	if (r->prefix_of >= sc->n || (r->prefix_of >= 0 && r->seq >= 0))
+		return dsm_fail(DSM_EARG, "request %d: prefix_of %d is not an earlier request (or seq is given too)", sc->n,
 				r->prefix_of);
 	int64_t held = r->seq >= 0 ? dsm_session_seq_pos(sc->s, r->seq) : 0;
 	if (held < 0)
@@ -218,6 +218,7 @@ int dsm_scheduler_add(struct dsm_scheduler *sc, const struct dsm_request *r)
 	struct req *q = &sc->reqs[sc->n];
 	memset(q, 0, sizeof *q);
 	q->r = *r;
+	q->base = held;
 	q->logits_pos = -1;
 	int64_t room = ctx - held - r->n_prompt + 1;
 	q->max_tokens = r->params.max_tokens < room ? r->params.max_tokens : room;
@@ -369,7 +370,7 @@ static int admit(struct dsm_scheduler *sc)
 		}
 		int parent = -1;
 		int64_t at = 0;
-		if (q->r.prefix_of >= 0) {
+		if (q->r.prefix_of >= 0 && sc->reqs[q->r.prefix_of].base == 0) {
 			struct req *p = &sc->reqs[q->r.prefix_of];
 			if (p->state == WAITING || p->state == PREFILL)
 				continue;

@@ -86,7 +86,7 @@ struct dsm_request {
 	int seq;                        /* -1: a new sequence, removed at the end; >= 0: continue this sequence
 					 * of the session (the prompt follows what it holds) and keep it */
 	int prefix_of;                  /* -1, or the id of an earlier request whose prompt starts like this
-					 * one's: fork its sequence */
+					 * one's: fork its sequence (when that one's sequence started empty) */
 };
 
 struct dsm_scheduler_options {

@@ -1,0 +1,422 @@
+#include "engine.h"
+
+#include "error.h"
+#include "expert_store.h"
+#include "size_parse.h"
+#include "tokenizer.h"
+#include "trace.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct dsm_engine {
+	struct dsm_engine_options o;
+	struct dsm_model *m;
+	struct tokenizer *tok;
+	struct dsm_backend *gpu;
+	struct dsm_offload *off;
+	struct dsm_plan *plan;
+	struct dsm_session *s;
+	struct dsm_trace_writer *trace;
+	struct dsm_session_hooks user_hooks;   /* the caller's, called from the engine's own */
+	uint64_t usable;
+	char notes[2048];
+};
+
+void dsm_engine_options_default(struct dsm_engine_options *o)
+{
+	memset(o, 0, sizeof *o);
+	o->model.precision = dsm_precision_default();
+	o->session = (struct dsm_session_options){ .ctx = 4096, .max_batch = 128, .max_seqs = 1, .kv_dtype = DSM_BF16 };
+	o->offload = -1;
+	o->tiers.cache_policy = -1;
+}
+
+static void note(struct dsm_engine *e, const char *fmt, ...)
+{
+	size_t used = strlen(e->notes);
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(e->notes + used, sizeof e->notes - used, fmt, ap);
+	va_end(ap);
+	used = strlen(e->notes);
+	if (used && e->notes[used - 1] != '\n' && used + 1 < sizeof e->notes)
+		strcpy(e->notes + used, "\n");
+}
+
+/* 0 when the checkpoint's weights do not fit in the memory dsm may use (the tiered store then keeps what
+ * fits and streams the rest, where mapping everything would page the shards in and out), 1 when they fit
+ * or the sizes are unknown. *total: the weights' size (0 when unknown). */
+static int weights_fit(const struct dsm_engine *e, uint64_t *total)
+{
+	struct dsm_plan_sizes sz;
+	*total = 0;
+	if (!e->usable || dsm_plan_sizes_from_checkpoint(e->m->ck, &sz) < 0)
+		return 1;
+	const struct dsm_config *c = &e->m->cfg;
+	*total = sz.non_expert_total + (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace) *
+				      (uint64_t)c->n_routed_experts * sz.expert_bytes;
+	return *total <= e->usable;
+}
+
+/* The routing trace sees every token's experts, then the caller's hook. */
+static void route_hook(void *user, int seq, int layer, int64_t pos, const int32_t *idx, const float *w, int k)
+{
+	struct dsm_engine *e = user;
+	if (e->trace)
+		dsm_trace_add_token(e->trace, layer, (uint32_t)pos, idx); /* errors come back at finish */
+	if (e->user_hooks.on_route)
+		e->user_hooks.on_route(e->user_hooks.user, seq, layer, pos, idx, w, k);
+}
+
+static void select_hook(void *user, int seq, int layer, int64_t pos, const int32_t *sel, int64_t n)
+{
+	struct dsm_engine *e = user;
+	e->user_hooks.on_select(e->user_hooks.user, seq, layer, pos, sel, n);
+}
+
+static int force_route_hook(void *user, int seq, int layer, int64_t pos, int32_t *idx, int k)
+{
+	struct dsm_engine *e = user;
+	return e->user_hooks.force_route(e->user_hooks.user, seq, layer, pos, idx, k);
+}
+
+static int force_select_hook(void *user, int seq, int layer, int64_t pos, int32_t *sel, int64_t n)
+{
+	struct dsm_engine *e = user;
+	return e->user_hooks.force_select(e->user_hooks.user, seq, layer, pos, sel, n);
+}
+
+static int open_tiers(struct dsm_engine *e)
+{
+	struct dsm_model *m = e->m;
+	struct dsm_offload_setup os = e->o.tiers;
+	const struct dsm_engine_options *o = &e->o;
+	int rc;
+	os.cpu = m->be;
+	if (o->gpu_backend) {
+		/* The device computes what the cpu would, with the same precision and threads. */
+		struct dsm_backend_options bo = { .precision = o->model.precision, .threads = o->model.threads,
+						  .device_bytes = (size_t)os.vram_budget };
+		if ((rc = dsm_backend_create(&e->gpu, o->gpu_backend, &bo)) < 0)
+			return dsm_fail_prefix(rc, "--gpu-backend");
+		if (!e->gpu->alloc)
+			return dsm_fail(DSM_EARG, "--gpu-backend %s: not a device backend (emu, or cuda where built)",
+					o->gpu_backend);
+		os.gpu = e->gpu;
+	} else if (os.vram_budget) {
+		note(e, "warning: --vram-budget without --gpu-backend: no expert goes to a GPU");
+	}
+	os.max_tokens = o->session.max_batch;
+	if ((rc = dsm_offload_setup(&e->off, &e->plan, m->ck, &os)) < 0)
+		return rc;
+	if (dsm_offload_warnings(e->off)[0])
+		note(e, "warning: %s", dsm_offload_warnings(e->off));
+	for (int L = m->cfg.first_k_dense_replace; L < m->cfg.num_hidden_layers; L++)
+		if (m->layers[L].ffn.moe)
+			dsm_offload_set_router(e->off, L, &m->layers[L].ffn.gate, m->layers[L].ffn.gate_bias);
+	m->offload = e->off;
+	return 0;
+}
+
+/* Whether an option of the tiered store was given (any of them turns it on). */
+static int tiers_asked(const struct dsm_engine_options *o)
+{
+	const struct dsm_offload_setup *t = &o->tiers;
+	return o->gpu_backend || t->plan_path || t->vram_budget || t->dram_budget || t->stream_all ||
+	       t->cache_policy >= 0 || t->cache_bytes || t->cache_off || t->hotness_trace;
+}
+
+int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_engine_options *opt)
+{
+	*out = NULL;
+	struct dsm_engine *e = calloc(1, sizeof *e);
+	if (!e)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	if (opt)
+		e->o = *opt;
+	else
+		dsm_engine_options_default(&e->o);
+	struct dsm_engine_options *o = &e->o;
+	int rc, tiered = o->offload;
+	if (tiers_asked(o)) {
+		if (o->offload == 0) {
+			rc = dsm_fail(DSM_EARG, "--no-offload contradicts the tiered-store options given");
+			goto err;
+		}
+		tiered = 1;
+	}
+	if ((rc = dsm_model_open(&e->m, dir, &o->model)) < 0)
+		goto err;
+	struct dsm_model *m = e->m;
+	e->usable = dsm_usable_memory();
+	uint64_t total;
+	int fit = weights_fit(e, &total);
+	if (tiered < 0) {
+		tiered = m->cfg.n_routed_experts > 0 && !fit;
+		if (tiered)
+			note(e, "the weights (%.3g GB) do not fit in the memory available (%.3g GB after a margin): routed "
+			     "experts go through the tiered store, with a plan from the budgets (--no-offload maps "
+			     "everything instead)", (double)total / 1e9, (double)e->usable / 1e9);
+	}
+	/* Weights known to fit are read in now, not by page faults during the first tokens. */
+	if (!tiered && fit && total && !o->no_populate &&
+	    (rc = dsm_weight_map_populate(m->map, o->progress, o->progress_arg)) < 0)
+		goto err;
+	if (tiered && (rc = open_tiers(e)) < 0)
+		goto err;
+	if (o->record_routing &&
+	    (rc = dsm_trace_create(&e->trace, o->record_routing, m->cfg.num_hidden_layers, m->cfg.first_k_dense_replace,
+				   m->cfg.n_routed_experts, m->cfg.num_experts_per_tok, m->cfg.model_type)) < 0)
+		goto err;
+	char tok_path[4096];
+	snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", dir);
+	if (access(tok_path, R_OK) == 0 && (rc = tokenizer_load_dir(&e->tok, dir)) < 0)
+		goto err;
+	struct dsm_session_options so = o->session;
+	if (so.max_seqs > 0 && so.max_batch > 0 && so.max_batch < so.max_seqs) {
+		note(e, "--batch %lld raised to --max-seqs %d: a step decodes every sequence at once",
+		     (long long)so.max_batch, so.max_seqs);
+		so.max_batch = so.max_seqs;
+	}
+	e->user_hooks = so.hooks;
+	so.hooks = (struct dsm_session_hooks){ .user = e, .on_route = route_hook,
+		.on_select = e->user_hooks.on_select ? select_hook : NULL,
+		.force_route = e->user_hooks.force_route ? force_route_hook : NULL,
+		.force_select = e->user_hooks.force_select ? force_select_hook : NULL };
+	if ((rc = dsm_session_init(&e->s, m, &so)) < 0)
+		goto err;
+	*out = e;
+	return 0;
+err:
+	dsm_engine_close(e);
+	return rc;
+}
+
+int dsm_engine_finish(struct dsm_engine *e)
+{
+	int rc = dsm_trace_close(e->trace);
+	e->trace = NULL;
+	return rc;
+}
+
+void dsm_engine_close(struct dsm_engine *e)
+{
+	if (!e)
+		return;
+	dsm_session_free(e->s);
+	dsm_trace_close(e->trace);
+	if (e->m)
+		e->m->offload = NULL;
+	dsm_offload_close(e->off);
+	dsm_backend_destroy(e->gpu);
+	dsm_plan_free(e->plan);
+	dsm_model_close(e->m);
+	tokenizer_free(e->tok);
+	free(e);
+}
+
+struct dsm_model *dsm_engine_model(const struct dsm_engine *e)
+{
+	return e->m;
+}
+
+struct dsm_session *dsm_engine_session(const struct dsm_engine *e)
+{
+	return e->s;
+}
+
+struct tokenizer *dsm_engine_tokenizer(const struct dsm_engine *e)
+{
+	return e->tok;
+}
+
+const char *dsm_engine_notes(const struct dsm_engine *e)
+{
+	return e->notes;
+}
+
+void dsm_engine_report(const struct dsm_engine *e, uint64_t n_tokens, double seconds, struct dsm_engine_report *r)
+{
+	memset(r, 0, sizeof *r);
+	r->precision = e->o.model.precision;
+	r->threads = dsm_model_threads(e->m, &r->bound);
+	dsm_model_memory(e->m, &r->weights_mapped_bytes, &r->weights_copied_bytes);
+	dsm_session_memory(e->s, &r->kv_pool_bytes, &r->buffers_bytes);
+	uint64_t block_bytes;
+	dsm_session_kv_blocks(e->s, &r->kv_blocks, &r->kv_blocks_free, &block_bytes);
+	r->usable_memory = e->usable;
+	r->memory_limit = getenv("DSM_MEMORY_AVAILABLE") ? "DSM_MEMORY_AVAILABLE" : "MemAvailable";
+	if (e->off) {
+		r->tiered = 1;
+		dsm_offload_report(e->off, e->plan, n_tokens, seconds, &r->offload);
+	}
+}
+
+/* ---- Flags ---- */
+
+enum {
+	F_THREADS = DSM_ENGINE_FLAG_BASE, F_NO_BIND, F_PRECISION, F_CTX, F_BATCH, F_MAX_SEQS, F_KV_POOL, F_KV, F_IDX_FP8,
+	F_IDX_TOPK, F_MLA, F_OFFLOAD, F_NO_OFFLOAD, F_PLAN, F_GPU_BACKEND, F_VRAM, F_DRAM, F_STREAM_EXPERTS,
+	F_CACHE_POLICY, F_CACHE_SIZE, F_CACHE_OFF, F_HOTNESS, F_RECORD_ROUTING,
+};
+
+const struct option dsm_engine_flags[] = {
+	{ "threads", required_argument, NULL, F_THREADS }, { "no-bind", no_argument, NULL, F_NO_BIND },
+	{ "precision", required_argument, NULL, F_PRECISION }, { "ctx", required_argument, NULL, F_CTX },
+	{ "batch", required_argument, NULL, F_BATCH }, { "max-seqs", required_argument, NULL, F_MAX_SEQS },
+	{ "kv-pool", required_argument, NULL, F_KV_POOL }, { "kv-cache", required_argument, NULL, F_KV },
+	{ "indexer-fp8", no_argument, NULL, F_IDX_FP8 }, { "index-topk", required_argument, NULL, F_IDX_TOPK },
+	{ "mla", required_argument, NULL, F_MLA }, { "offload", no_argument, NULL, F_OFFLOAD },
+	{ "no-offload", no_argument, NULL, F_NO_OFFLOAD }, { "plan", required_argument, NULL, F_PLAN },
+	{ "gpu-backend", required_argument, NULL, F_GPU_BACKEND }, { "vram-budget", required_argument, NULL, F_VRAM },
+	{ "dram-budget", required_argument, NULL, F_DRAM }, { "stream-experts", no_argument, NULL, F_STREAM_EXPERTS },
+	{ "cache-policy", required_argument, NULL, F_CACHE_POLICY }, { "cache-size", required_argument, NULL, F_CACHE_SIZE },
+	{ "cache-off", no_argument, NULL, F_CACHE_OFF }, { "hotness-trace", required_argument, NULL, F_HOTNESS },
+	{ "record-routing", required_argument, NULL, F_RECORD_ROUTING }, { NULL, 0, NULL, 0 },
+};
+
+static int int_arg(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *v)
+{
+	char *end;
+	errno = 0;
+	long long x = strtoll(s, &end, 10);
+	if (end == s || *end || errno || x < lo || x > hi)
+		return dsm_fail(DSM_EARG, "--%s: '%s' is not an integer in [%lld, %lld]", flag, s, (long long)lo,
+				(long long)hi);
+	*v = x;
+	return 0;
+}
+
+static int size_arg(const char *flag, const char *s, uint64_t *v)
+{
+	if (parse_size(s, v) < 0)
+		return dsm_fail(DSM_EARG, "--%s: '%s' is not a size (e.g. 24G, 512M)", flag, s);
+	return 0;
+}
+
+int dsm_engine_flag(struct dsm_engine_options *o, int code, const char *arg)
+{
+	struct dsm_offload_setup *t = &o->tiers;
+	int64_t v = 0;
+	int rc = 0;
+	switch (code) {
+	case 't':
+	case F_THREADS:
+		if ((rc = int_arg("threads", arg, 1, 4096, &v)) == 0)
+			o->model.threads = (int)v;
+		break;
+	case F_NO_BIND: o->model.no_bind = 1; break;
+	case F_PRECISION:
+		if (dsm_precision_parse(arg, &o->model.precision) < 0)
+			rc = dsm_fail_prefix(DSM_EARG, "--precision");
+		break;
+	case F_CTX:
+		if ((rc = int_arg("ctx", arg, 1, INT32_MAX, &v)) == 0)
+			o->session.ctx = v;
+		break;
+	case F_BATCH:
+		if ((rc = int_arg("batch", arg, 1, 1 << 20, &v)) == 0)
+			o->session.max_batch = v;
+		break;
+	case F_MAX_SEQS:
+		if ((rc = int_arg("max-seqs", arg, 1, 4096, &v)) == 0)
+			o->session.max_seqs = (int)v;
+		break;
+	case F_KV_POOL: rc = size_arg("kv-pool", arg, &o->session.kv_pool_bytes); break;
+	case F_KV:
+		if (strcmp(arg, "bf16") == 0)
+			o->session.kv_dtype = DSM_BF16;
+		else if (strcmp(arg, "f32") == 0)
+			o->session.kv_dtype = DSM_F32;
+		else
+			rc = dsm_fail(DSM_EARG, "--kv-cache: '%s': expected bf16 or f32", arg);
+		break;
+	case F_IDX_FP8: o->model.indexer_fp8 = 1; break;
+	case F_IDX_TOPK:
+		if ((rc = int_arg("index-topk", arg, 1, INT32_MAX, &v)) == 0)
+			o->model.index_topk = (int)v;
+		break;
+	case F_MLA:
+		if (strcmp(arg, "auto") == 0)
+			o->model.mla_form = DSM_MLA_AUTO;
+		else if (strcmp(arg, "full") == 0)
+			o->model.mla_form = DSM_MLA_FULL;
+		else if (strcmp(arg, "absorbed") == 0)
+			o->model.mla_form = DSM_MLA_ABSORBED;
+		else
+			rc = dsm_fail(DSM_EARG, "--mla: '%s': expected auto, full or absorbed", arg);
+		break;
+	case F_OFFLOAD: o->offload = 1; break;
+	case F_NO_OFFLOAD: o->offload = 0; break;
+	case F_PLAN: t->plan_path = arg; break;
+	case F_GPU_BACKEND: o->gpu_backend = arg; break;
+	case F_VRAM: rc = size_arg("vram-budget", arg, &t->vram_budget); break;
+	case F_DRAM: rc = size_arg("dram-budget", arg, &t->dram_budget); break;
+	case F_STREAM_EXPERTS: t->stream_all = 1; break;
+	case F_CACHE_POLICY:
+		if ((t->cache_policy = dsm_cache_policy_parse(arg)) < 0)
+			rc = dsm_fail(DSM_EARG, "--cache-policy: '%s': expected lru, lfu or pinned", arg);
+		break;
+	case F_CACHE_SIZE: rc = size_arg("cache-size", arg, &t->cache_bytes); break;
+	case F_CACHE_OFF: t->cache_off = 1; break;
+	case F_HOTNESS: t->hotness_trace = arg; break;
+	case F_RECORD_ROUTING: o->record_routing = arg; break;
+	default: return 0;
+	}
+	return rc < 0 ? rc : 1;
+}
+
+void dsm_engine_flags_help(FILE *f)
+{
+	fputs("engine:\n"
+	      "  -t, --threads N        threads, at most one per physical core, each bound to its core (default: all\n"
+	      "                         physical cores)\n"
+	      "  --no-bind              do not bind threads to cores (several dsm processes sharing a machine)\n"
+	      "  --precision P          matmul precision: bf16 (default where the CPU has AVX-512 BF16: the fast\n"
+	      "                         FP8 kernels) or f32 (exact weights and F32 activations: the reference path)\n"
+	      "  --ctx N                context length of one sequence in tokens (default 4096)\n"
+	      "  --batch N              tokens of one forward step, all sequences together (default 128)\n"
+	      "  --max-seqs N           sequences decoding at once (default 1, or what the program needs)\n"
+	      "  --kv-pool SIZE         memory of the KV cache pool shared by the sequences (e.g. 2G; default: room for\n"
+	      "                         --max-seqs full contexts)\n"
+	      "  --kv-cache T           KV cache type: bf16 (default) or f32\n"
+	      "  --indexer-fp8          round the indexer's q/k to FP8 as the public reference code does\n"
+	      "  --index-topk N         override the config's index_topk (tests)\n"
+	      "  --mla FORM             auto (default), full or absorbed attention (tests)\n"
+	      "routed experts across tiers (docs/offload.md, docs/plan.md; any of these turns the tiered store on, and\n"
+	      "it turns itself on when the weights do not fit in the memory dsm may use):\n"
+	      "  --offload              the tiered store with a plan computed from the budgets below\n"
+	      "  --no-offload           map every weight from the checkpoint even when it does not fit in memory\n"
+	      "  --plan FILE            placement plan (JSON, docs/plan.md)\n"
+	      "  --gpu-backend NAME     computes the experts a plan puts on gpu:0: emu (the cpu behind a device-memory\n"
+	      "                         budget of --vram-budget, default 1G; for tests) or cuda where built. Without\n"
+	      "                         it a plan naming gpu:N experts is refused\n"
+	      "  --vram-budget SIZE     GPU memory for a computed plan (e.g. 20G; needs --gpu-backend)\n"
+	      "  --dram-budget SIZE     DRAM for a computed plan (default: the memory dsm may use: the least of\n"
+	      "                         MemAvailable and the cgroup limits, minus a tenth, at least 1 GiB)\n"
+	      "  --stream-experts       every routed expert streamed from the checkpoint\n"
+	      "  --cache-policy P       expert cache of streamed experts: lru (default), lfu or pinned\n"
+	      "  --cache-size SIZE      DRAM for the expert cache (default: 2 x top-k experts)\n"
+	      "  --cache-off            read a streamed expert at every use\n"
+	      "  --hotness-trace FILE   expert hotness for the plan and the pinned policy (a --record-routing file)\n"
+	      "  --record-routing FILE  write the routing trace (docs/trace.md)\n", f);
+}
+
+struct option *dsm_engine_flags_with(const struct option *own)
+{
+	size_t a = 0, b = 0;
+	while (own[a].name)
+		a++;
+	while (dsm_engine_flags[b].name)
+		b++;
+	struct option *v = malloc(sizeof *v * (a + b + 1));
+	if (!v)
+		return NULL;
+	memcpy(v, own, sizeof *v * a);
+	memcpy(v + a, dsm_engine_flags, sizeof *v * (b + 1));
+	return v;
+}
