@@ -24,6 +24,7 @@
 #include "backend.h"
 #include "cache.h"
 #include "checkpoint.h"
+#include "memory_limit.h"
 #include "plan.h"
 #include "stream.h"
 
@@ -126,10 +127,6 @@ struct dsm_offload_setup {
 	struct dsm_backend *cpu, *gpu;    /* gpu NULL: a plan naming gpu:N experts is refused */
 	struct dsm_topo *topo;            /* as in dsm_offload_opts */
 };
-
-/* Memory dsm may fill: MemAvailable minus a margin of a tenth, at least 1 GiB; 0 when unknown. The
- * environment variable DSM_MEMORY_AVAILABLE (bytes) replaces MemAvailable (tests). */
-uint64_t dsm_usable_memory(void);
 
 /* Loads or computes the plan (validated against ck) and opens the store. *plan_out (owned by the caller)
  * says what went where. Returns 0 or a negative code with a message (a plan for another model, budgets

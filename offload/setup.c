@@ -3,6 +3,7 @@
 #include "dispatch.h"
 
 #include "error.h"
+#include "memory_limit.h"
 #include "trace.h"
 
 #include <errno.h>
@@ -11,27 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-uint64_t dsm_usable_memory(void)
-{
-	unsigned long long avail = 0;
-	const char *env = getenv("DSM_MEMORY_AVAILABLE");
-	if (env) {
-		avail = strtoull(env, NULL, 10);
-	} else {
-		FILE *f = fopen("/proc/meminfo", "r");
-		if (!f)
-			return 0;
-		char line[256];
-		while (fgets(line, sizeof line, f))
-			if (sscanf(line, "MemAvailable: %llu kB", &avail) == 1)
-				break;
-		fclose(f);
-		avail *= 1024;
-	}
-	uint64_t margin = avail / 10 < (1ull << 30) ? (1ull << 30) : avail / 10;
-	return avail > margin ? avail - margin : 0;
-}
 
 /* Hotness of every expert: counts of a routing trace, else the router bias (a larger bias is chosen more
  * often). hot is [n_layers * n_experts]. */

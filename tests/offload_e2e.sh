@@ -2,7 +2,8 @@
 # dsm-run with the tiered expert store (docs/offload.md) on the tiny preset: all-DRAM, all-streamed
 # (cache off), cached with each policy, mixed and GPU-tier plans from a plan file (GPU experts on the emu
 # backend), plans from budgets with a small emu device: every plan gives logits bit-identical to the plain run.
-# Then the report, --json, --record-routing and clear errors for bad plans and budgets. The logits check is
+# Then the report, --json, --record-routing, clear errors for bad plans and budgets, and the tiered store
+# turned on by weights past the available memory or a (fake) cgroup limit. The logits check is
 # repeated on the small preset (tests/small_preset.sh; DSM_TEST_SMALL=0 leaves it out).
 W=$top_builddir/tests/offload_e2e.d
 rm -rf "$W"
@@ -110,6 +111,32 @@ else
 	cat "$W/err"
 fi
 expect_error "--no-offload with a tiered-store option" "contradicts" --no-offload --stream-experts
+
+# The same from a cgroup v2 memory limit, set on a parent of dsm's cgroup as Slurm does, with MemAvailable
+# ample: a fake tree (offload/memory_limit.h) leaves 1 GiB of margin + 6 MB of room under the limit.
+mkdir -p "$W/cg/slurm/job_7/step_0"
+echo 2147483648 > "$W/cg/slurm/job_7/memory.max"
+echo 1067741824 > "$W/cg/slurm/job_7/memory.current"
+echo max > "$W/cg/slurm/job_7/step_0/memory.max"
+echo 0 > "$W/cg/slurm/job_7/step_0/memory.current"
+echo "0::/slurm/job_7/step_0" > "$W/proc_cgroup"
+printf 'MemTotal:       268435456 kB\nMemAvailable:   134217728 kB\n' > "$W/meminfo"
+CG="DSM_CGROUP_ROOT=$W/cg DSM_PROC_CGROUP=$W/proc_cgroup DSM_MEMINFO=$W/meminfo"
+if env $CG $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/plan.npy" > /dev/null 2> "$W/err" &&
+   grep -q "do not fit in the memory available" "$W/err" &&
+   grep -q "offload: experts gpu 0, dram [1-9][0-9]*, nvme [1-9]" "$W/err" && cmp -s "$W/base.npy" "$W/plan.npy"; then
+	ok "weights past a cgroup v2 limit: tiered store on by itself, identical logits"
+else
+	bad "weights past a cgroup v2 limit did not turn the tiered store on (or changed the logits)"
+	cat "$W/err"
+fi
+echo max > "$W/cg/slurm/job_7/memory.max"
+if env $CG $RUN -m "$W/tiny" --tokens $TOK -n 2 > /dev/null 2> "$W/err" && ! grep -q "offload:" "$W/err"; then
+	ok "no cgroup limit: every weight mapped"
+else
+	bad "the tiered store turned on without a cgroup limit"
+	cat "$W/err"
+fi
 
 # The small preset too (under AddressSanitizer only the tiny one: ten runs of the small one take minutes).
 if ldd "$top_builddir/dsm-run" 2>/dev/null | grep -q asan; then
