@@ -346,8 +346,10 @@ static void print_json(const char *prompt, const struct token_ids *ids, const st
 	cJSON_AddNumberToObject(mem, "kv_cache_bytes", (double)er->kv_pool_bytes);
 	cJSON_AddNumberToObject(mem, "kv_blocks", (double)er->kv_blocks);
 	cJSON_AddNumberToObject(mem, "buffers_bytes", (double)er->buffers_bytes);
-	cJSON_AddNumberToObject(mem, "usable_bytes", (double)er->usable_memory);
-	cJSON_AddStringToObject(mem, "usable_limit", er->memory_limit);
+	cJSON_AddNumberToObject(mem, "usable_bytes", (double)er->memory.usable);
+	cJSON_AddNumberToObject(mem, "available_bytes", (double)er->memory.available);
+	cJSON_AddStringToObject(mem, "limit", er->memory.name);
+	cJSON_AddStringToObject(mem, "limit_file", er->memory.path);
 	if (er->tiered) {
 		const struct dsm_offload_report *o = &er->offload;
 		cJSON *off = cJSON_AddObjectToObject(j, "offload");
@@ -544,8 +546,10 @@ int main(int argc, char **argv)
 	if (verbose) {
 		struct dsm_engine_report er;
 		dsm_engine_report(e, 0, 0, &er);
-		fprintf(stderr, "dsm-run: usable memory %.3g GB (%s); KV pool %.3g GB (%lld blocks of %d positions), %d "
-			"sequences of %lld tokens; weights %s\n", (double)er.usable_memory / 1e9, er.memory_limit,
+		fprintf(stderr, "dsm-run: memory dsm may fill %.3g GB (%.3g GB available by %s%s%s, less a margin); KV "
+			"pool %.3g GB (%lld blocks of %d positions), %d sequences of %lld tokens; weights %s\n",
+			(double)er.memory.usable / 1e9, (double)er.memory.available / 1e9, er.memory.name,
+			er.memory.path[0] ? " in " : "", er.memory.path,
 			(double)er.kv_pool_bytes / 1e9, (long long)er.kv_blocks, DSM_KV_BLOCK,
 			dsm_session_max_seqs(s), (long long)dsm_session_ctx(s),
 			er.tiered ? "in the tiered store" : "mapped from the checkpoint");
@@ -582,7 +586,7 @@ int main(int argc, char **argv)
 	gp.stop = stops;
 	gp.n_stop = n_stop;
 	gp.prompt_logits = logits_path != NULL;
-	/* Sample 0 continues sequence 0 and computes the prompt; the others fork it after its prefill. */
+	/* Sample 0 computes the prompt (on sequence 0, the first free); the others fork it after its prefill. */
 	if ((rc = dsm_scheduler_init(&sc, s, NULL)) < 0)
 		goto fail;
 	for (int i = 0; i < r.samples; i++) {
@@ -593,7 +597,7 @@ int main(int argc, char **argv)
 		struct dsm_request q = { .prompt = ids.ids, .n_prompt = (int64_t)ids.n, .params = gp,
 			.io = { .user = sm, .token_text = token_text, .on_text = on_text, .on_logits = on_logits,
 				.on_token = on_token },
-			.seq = i == 0 ? 0 : -1, .prefix_of = i == 0 ? -1 : 0 };
+			.seq = -1, .prefix_of = i == 0 ? -1 : 0 };
 		q.params.sampling.seed = gp.sampling.seed + (uint64_t)i;
 		q.params.prompt_logits = i == 0 && logits_path;
 		if ((rc = dsm_scheduler_add(sc, &q)) < 0)

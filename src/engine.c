@@ -22,7 +22,7 @@ struct dsm_engine {
 	struct dsm_session *s;
 	struct dsm_trace_writer *trace;
 	struct dsm_session_hooks user_hooks;   /* the caller's, called from the engine's own */
-	uint64_t usable;
+	struct dsm_memory_limit mem;       /* what dsm may fill, and which limit said so */
 	char notes[2048];
 };
 
@@ -54,12 +54,12 @@ static int weights_fit(const struct dsm_engine *e, uint64_t *total)
 {
 	struct dsm_plan_sizes sz;
 	*total = 0;
-	if (!e->usable || dsm_plan_sizes_from_checkpoint(e->m->ck, &sz) < 0)
+	if (e->mem.source == DSM_MEMORY_UNKNOWN || dsm_plan_sizes_from_checkpoint(e->m->ck, &sz) < 0)
 		return 1;
 	const struct dsm_config *c = &e->m->cfg;
 	*total = sz.non_expert_total + (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace) *
 				      (uint64_t)c->n_routed_experts * sz.expert_bytes;
-	return *total <= e->usable;
+	return *total <= e->mem.usable;
 }
 
 /* The routing trace sees every token's experts, then the caller's hook. */
@@ -152,15 +152,15 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 	if ((rc = dsm_model_open(&e->m, dir, &o->model)) < 0)
 		goto err;
 	struct dsm_model *m = e->m;
-	e->usable = dsm_usable_memory();
+	dsm_memory_limit(&e->mem);
 	uint64_t total;
 	int fit = weights_fit(e, &total);
 	if (tiered < 0) {
 		tiered = m->cfg.n_routed_experts > 0 && !fit;
 		if (tiered)
-			note(e, "the weights (%.3g GB) do not fit in the memory available (%.3g GB after a margin): routed "
-			     "experts go through the tiered store, with a plan from the budgets (--no-offload maps "
-			     "everything instead)", (double)total / 1e9, (double)e->usable / 1e9);
+			note(e, "the weights (%.3g GB) do not fit in the memory available (%.3g GB after a margin, %s): "
+			     "routed experts go through the tiered store, with a plan from the budgets (--no-offload maps "
+			     "everything instead)", (double)total / 1e9, (double)e->mem.usable / 1e9, e->mem.name);
 	}
 	/* Weights known to fit are read in now, not by page faults during the first tokens. */
 	if (!tiered && fit && total && !o->no_populate &&
@@ -248,8 +248,7 @@ void dsm_engine_report(const struct dsm_engine *e, uint64_t n_tokens, double sec
 	dsm_session_memory(e->s, &r->kv_pool_bytes, &r->buffers_bytes);
 	uint64_t block_bytes;
 	dsm_session_kv_blocks(e->s, &r->kv_blocks, &r->kv_blocks_free, &block_bytes);
-	r->usable_memory = e->usable;
-	r->memory_limit = getenv("DSM_MEMORY_AVAILABLE") ? "DSM_MEMORY_AVAILABLE" : "MemAvailable";
+	r->memory = e->mem;
 	if (e->off) {
 		r->tiered = 1;
 		dsm_offload_report(e->off, e->plan, n_tokens, seconds, &r->offload);

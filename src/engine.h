@@ -62,8 +62,7 @@ struct dsm_engine_report {
 	uint64_t weights_mapped_bytes, weights_copied_bytes;
 	uint64_t kv_pool_bytes, buffers_bytes;
 	int64_t kv_blocks, kv_blocks_free;
-	uint64_t usable_memory;             /* what dsm may fill (0: unknown) */
-	const char *memory_limit;           /* which limit gave it */
+	struct dsm_memory_limit memory;     /* what dsm may fill, and which limit gave it */
 	int tiered;                         /* 1: the tiered store is on; then `offload` holds its report */
 	struct dsm_offload_report offload;
 };

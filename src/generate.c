@@ -272,6 +272,13 @@ const char *dsm_scheduler_error(const struct dsm_scheduler *sc, int id)
 	return id >= 0 && id < sc->n ? sc->reqs[id].error : "";
 }
 
+int dsm_scheduler_seq(const struct dsm_scheduler *sc, int id)
+{
+	if (id < 0 || id >= sc->n || sc->reqs[id].state == WAITING || sc->reqs[id].state == DONE)
+		return -1;
+	return sc->reqs[id].seq;
+}
+
 void dsm_scheduler_get_stats(const struct dsm_scheduler *sc, struct dsm_scheduler_stats *st)
 {
 	*st = sc->stats;
@@ -516,6 +523,10 @@ int dsm_generate(struct dsm_session *s, const int32_t *prompt, int64_t n_prompt,
 	int rc = dsm_scheduler_init(&sc, s, NULL);
 	if (rc < 0)
 		return rc;
+	if (dsm_session_seq_pos(s, 0) < 0 && (rc = dsm_session_add(s, -1, 0)) != 0) {
+		dsm_scheduler_free(sc);
+		return rc < 0 ? rc : dsm_fail(DSM_EARG, "sequence 0 is not free");
+	}
 	if ((rc = dsm_scheduler_add(sc, &q)) >= 0 && (rc = dsm_scheduler_run(sc)) == 0) {
 		struct req *x = &sc->reqs[0];
 		rc = x->rc;

@@ -116,6 +116,8 @@ int dsm_scheduler_done(const struct dsm_scheduler *sc, int id);
  * code, whose message is dsm_scheduler_error. */
 const struct dsm_generate_result *dsm_scheduler_result(const struct dsm_scheduler *sc, int id, int *rc);
 const char *dsm_scheduler_error(const struct dsm_scheduler *sc, int id);
+/* The session sequence request id runs on, -1 when it is not running. */
+int dsm_scheduler_seq(const struct dsm_scheduler *sc, int id);
 
 struct dsm_scheduler_stats {
 	uint64_t steps;

@@ -174,8 +174,6 @@ int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct
 	s->n_free = s->n_blocks;
 	for (int i = 0; i < s->max_seqs; i++)
 		s->seqs[i].live = 0;
-	s->seqs[0].live = 1;
-	s->seqs[0].pos = 0;
 	struct dsm_backend *be = m->be;
 	int rc;
 	if (be->reserve && (rc = be->reserve(be, s->ctx, c->num_attention_heads,
@@ -497,22 +495,34 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 
 /* ---- One sequence ---- */
 
+/* The one-sequence calls start sequence 0 when it is not there. */
+static int seq0(struct dsm_session *s)
+{
+	if (live(s, 0))
+		return 0;
+	if (s->seqs[0].live || dsm_session_add(s, -1, 0) != 0)
+		return dsm_fail(DSM_EARG, "sequence 0 is not free");
+	return 0;
+}
+
 int64_t dsm_session_pos(const struct dsm_session *s)
 {
-	return dsm_session_seq_pos(s, 0);
+	return live(s, 0) ? s->seqs[0].pos : 0;
 }
 
 int dsm_session_rewind(struct dsm_session *s, int64_t pos)
 {
-	return dsm_session_seq_rewind(s, 0, pos);
+	int rc = seq0(s);
+	return rc < 0 ? rc : dsm_session_seq_rewind(s, 0, pos);
 }
 
 int dsm_session_forward(struct dsm_session *s, const int32_t *tokens, int64_t n, enum dsm_logits_mode mode,
 			float *logits)
 {
 	const struct dsm_config *c = &s->m->cfg;
-	if (!live(s, 0))
-		return dsm_fail(DSM_EARG, "forward: sequence 0 was removed");
+	int rc = seq0(s);
+	if (rc < 0)
+		return rc;
 	if (n <= 0)
 		return dsm_fail(DSM_EARG, "forward: no tokens");
 	int64_t pos = s->seqs[0].pos;
@@ -531,8 +541,7 @@ int dsm_session_forward(struct dsm_session *s, const int32_t *tokens, int64_t n,
 			.mode = mode == DSM_LOGITS_ALL ? mode : (last ? mode : DSM_LOGITS_NONE),
 			.logits = mode == DSM_LOGITS_ALL ? logits + (size_t)done * (size_t)c->vocab_size : logits,
 		};
-		int rc = dsm_session_step(s, &q, 1);
-		if (rc < 0)
+		if ((rc = dsm_session_step(s, &q, 1)) < 0)
 			return rc;
 		if (q.rc < 0)
 			return dsm_fail(q.rc, "%s", q.error);

@@ -17,8 +17,8 @@
  * each chosen expert once for all its tokens).
  *
  * Everything is allocated at init; a step allocates nothing after the first of each size (the backend's
- * scratch grows once). The one-sequence calls (dsm_session_forward, _pos, _rewind) act on sequence 0, which
- * init creates. */
+ * scratch grows once). The one-sequence calls (dsm_session_forward, _pos, _rewind) act on sequence 0, and
+ * start it when it is not there. */
 #ifndef DSM_SESSION_H
 #define DSM_SESSION_H
 
