@@ -234,6 +234,16 @@ struct tokenizer *dsm_engine_tokenizer(const struct dsm_engine *e)
 	return e->tok;
 }
 
+struct dsm_offload *dsm_engine_offload(const struct dsm_engine *e)
+{
+	return e->off;
+}
+
+const struct dsm_plan *dsm_engine_plan(const struct dsm_engine *e)
+{
+	return e->plan;
+}
+
 const char *dsm_engine_notes(const struct dsm_engine *e)
 {
 	return e->notes;
