@@ -1,0 +1,67 @@
+#include "dram_probe.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+__attribute__((target("avx512f"))) static uint64_t read_avx512(const char *p, size_t n)
+{
+	__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+	for (size_t i = 0; i + 512 <= n; i += 512) {
+		a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(p + i));
+		a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(p + i + 64));
+		a2 = _mm512_xor_si512(a2, _mm512_loadu_si512(p + i + 128));
+		a3 = _mm512_xor_si512(a3, _mm512_loadu_si512(p + i + 192));
+		a4 = _mm512_xor_si512(a4, _mm512_loadu_si512(p + i + 256));
+		a5 = _mm512_xor_si512(a5, _mm512_loadu_si512(p + i + 320));
+		a6 = _mm512_xor_si512(a6, _mm512_loadu_si512(p + i + 384));
+		a7 = _mm512_xor_si512(a7, _mm512_loadu_si512(p + i + 448));
+	}
+	__m512i s = _mm512_xor_si512(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3)),
+				     _mm512_xor_si512(_mm512_xor_si512(a4, a5), _mm512_xor_si512(a6, a7)));
+	uint64_t out[8];
+	_mm512_storeu_si512(out, s);
+	return out[0] ^ out[1] ^ out[2] ^ out[3] ^ out[4] ^ out[5] ^ out[6] ^ out[7];
+}
+
+__attribute__((target("avx2"))) static uint64_t read_avx2(const char *p, size_t n)
+{
+	__m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+	for (size_t i = 0; i + 128 <= n; i += 128) {
+		a0 = _mm256_xor_si256(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
+		a1 = _mm256_xor_si256(a1, _mm256_loadu_si256((const __m256i *)(p + i + 32)));
+		a2 = _mm256_xor_si256(a2, _mm256_loadu_si256((const __m256i *)(p + i + 64)));
+		a3 = _mm256_xor_si256(a3, _mm256_loadu_si256((const __m256i *)(p + i + 96)));
+	}
+	__m256i s = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+	uint64_t out[4];
+	_mm256_storeu_si256((__m256i *)out, s);
+	return out[0] ^ out[1] ^ out[2] ^ out[3];
+}
+
+static uint64_t read_plain(const char *p, size_t n)
+{
+	uint64_t a[8] = { 0 };
+	for (size_t i = 0; i + 64 <= n; i += 64)
+		for (int k = 0; k < 8; k++) {
+			uint64_t v;
+			memcpy(&v, p + i + 8 * k, 8);
+			a[k] ^= v;
+		}
+	return a[0] ^ a[1] ^ a[2] ^ a[3] ^ a[4] ^ a[5] ^ a[6] ^ a[7];
+}
+
+uint64_t dram_read(const void *p, size_t n)
+{
+	n = n / 512 * 512;
+	if (__builtin_cpu_supports("avx512f"))
+		return read_avx512(p, n);
+	if (__builtin_cpu_supports("avx2"))
+		return read_avx2(p, n);
+	return read_plain(p, n);
+}
+
+void dram_share(size_t n, int q, int Q, size_t *begin, size_t *end)
+{
+	*begin = n * (size_t)q / (size_t)Q / 512 * 512;
+	*end = n * (size_t)(q + 1) / (size_t)Q / 512 * 512;
+}
