@@ -5,6 +5,7 @@
  * plain sequential O_DIRECT read of the shard files (the span of each shard that holds them, in 4 MiB
  * reads). The two alternate, several rounds; the best of each is kept (the disk is shared and noisy).
  * io_ratio = streamer GB/s / sequential GB/s. */
+#include "bench_io.h"
 #include "checkpoint.h"
 #include "error.h"
 #include "plan.h"
@@ -67,22 +68,26 @@ static int self_dir(char *buf, size_t size)
 	return 0;
 }
 
-/* Writes a preset into dir with dsm-mkmodel (found beside this program); extra: more options. */
-static int make_model(const char *preset, const char *dir, const char *extra)
+int bench_model(const char *preset, const char *dir, const char *extra)
 {
-	char self[PATH_MAX], cmd[2 * PATH_MAX + 256];
-	if (self_dir(self, sizeof self) < 0 || strchr(dir, '\'') || strchr(self, '\''))
+	char self[PATH_MAX], cmd[2 * PATH_MAX + 256], cfg[PATH_MAX];
+	struct stat sb;
+	snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+	if (stat(cfg, &sb) == 0)
+		return 0;
+	if (self_dir(self, sizeof self) < 0 || strchr(dir, '\'') || strchr(self, '\'')) {
+		fprintf(stderr, "dsm-bench: no checkpoint in %s\n", dir);
 		return -1;
+	}
 	fprintf(stderr, "dsm-bench: writing the %s preset into %s (%s)\n", preset, dir,
 		strcmp(preset, "medium") == 0 ? "about 16 GB, several minutes" : "about a minute");
 	snprintf(cmd, sizeof cmd, "mkdir -p '%s' && '%s/dsm-mkmodel' --tokenizer none --quiet %s %s '%s'", dir, self,
 		 extra, preset, dir);
-	return system(cmd) == 0 ? 0 : -1;
-}
-
-static int make_medium(const char *dir)
-{
-	return make_model("medium", dir, "");
+	if (system(cmd) != 0 || stat(cfg, &sb) != 0) {
+		fprintf(stderr, "dsm-bench: no checkpoint in %s and dsm-mkmodel could not write one\n", dir);
+		return -1;
+	}
+	return 0;
 }
 
 struct expert_job {
@@ -211,13 +216,8 @@ int bench_io_main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	struct stat sb;
-	char cfg[PATH_MAX];
-	snprintf(cfg, sizeof cfg, "%s/config.json", model);
-	if (stat(cfg, &sb) != 0 && (make_medium(model) < 0 || stat(cfg, &sb) != 0)) {
-		fprintf(stderr, "dsm-bench io: no checkpoint in %s and dsm-mkmodel could not write one\n", model);
+	if (bench_model("medium", model, "") < 0)
 		return 1;
-	}
 	struct dsm_checkpoint *ck;
 	if (dsm_checkpoint_open(&ck, model) < 0) {
 		fprintf(stderr, "dsm-bench io: %s\n", dsm_errmsg());
@@ -411,8 +411,7 @@ static double jnum(const cJSON *j, const char *obj, const char *key)
 	return cJSON_IsNumber(v) ? v->valuedouble : 0;
 }
 
-/* O_DIRECT GB/s of a sequential read of up to 2 GB of the checkpoint's first shards. */
-static double odirect_gbs(const char *model)
+double odirect_gbs(const char *model)
 {
 	struct dsm_checkpoint *ck;
 	if (dsm_checkpoint_open(&ck, model) < 0)
@@ -459,13 +458,9 @@ int bench_e2e_main(int argc, char **argv)
 		usage_e2e(stderr);
 		return 2;
 	}
-	char cfg[PATH_MAX], th[32] = "";
-	struct stat sb;
-	snprintf(cfg, sizeof cfg, "%s/config.json", model);
-	if (stat(cfg, &sb) != 0 && (make_medium(model) < 0 || stat(cfg, &sb) != 0)) {
-		fprintf(stderr, "dsm-bench e2e: no checkpoint in %s\n", model);
+	char th[32] = "";
+	if (bench_model("medium", model, "") < 0)
 		return 1;
-	}
 	if (threads > 0)
 		snprintf(th, sizeof th, "--threads %d", threads);
 	char args[PATH_MAX + 256];
@@ -492,12 +487,8 @@ int bench_e2e_main(int argc, char **argv)
 
 	double lru_tps = 0, pinned_tps = 0, lru_hit = 0, pinned_hit = 0;
 	if (policies) {
-		snprintf(cfg, sizeof cfg, "%s/config.json", skew_model);
-		if (stat(cfg, &sb) != 0 && (make_model("small", skew_model, "--routing-skew 1.5") < 0 ||
-					    stat(cfg, &sb) != 0)) {
-			fprintf(stderr, "dsm-bench e2e: no checkpoint in %s\n", skew_model);
+		if (bench_model("small", skew_model, "--routing-skew 1.5") < 0)
 			return 1;
-		}
 		struct dsm_checkpoint *ck;
 		if (dsm_checkpoint_open(&ck, skew_model) < 0) {
 			fprintf(stderr, "dsm-bench e2e: %s\n", dsm_errmsg());
