@@ -411,21 +411,50 @@ static double jnum(const cJSON *j, const char *obj, const char *key)
 	return cJSON_IsNumber(v) ? v->valuedouble : 0;
 }
 
+double odirect_read(const struct dsm_checkpoint *ck, uint64_t *offset, uint64_t bytes, uint64_t *read)
+{
+	uint64_t total = 0;
+	for (int i = 0; i < ck->n_shards; i++)
+		total += ck->shards[i].file_size;
+	struct span *spans = calloc((size_t)ck->n_shards, sizeof *spans);
+	double seconds = 0;
+	*read = 0;
+	if (!spans || !total) {
+		free(spans);
+		return -1;
+	}
+	/* At most two passes: up to the end of the stream, then from its start. */
+	while (bytes) {
+		uint64_t at = *offset % total, base = 0, left = bytes, n;
+		for (int i = 0; i < ck->n_shards; base += ck->shards[i].file_size, i++) {
+			uint64_t size = ck->shards[i].file_size, begin = at > base ? at - base : 0;
+			spans[i] = (struct span){ 0, 0 };
+			if (left && at < base + size) {
+				spans[i] = (struct span){ begin, size - begin < left ? size : begin + left };
+				left -= spans[i].end - begin;
+			}
+		}
+		double t = sequential_pass(ck, spans, &n);
+		if (t < 0) {
+			seconds = -1;
+			break;
+		}
+		seconds += t;
+		*read += n;
+		*offset = (at + bytes - left) % total;
+		bytes = left;
+	}
+	free(spans);
+	return seconds;
+}
+
 double odirect_gbs(const char *model)
 {
 	struct dsm_checkpoint *ck;
 	if (dsm_checkpoint_open(&ck, model) < 0)
 		return 0;
-	struct span *spans = calloc((size_t)ck->n_shards, sizeof *spans);
-	uint64_t left = 2000000000ull;
-	for (int i = 0; spans && i < ck->n_shards && left; i++) {
-		uint64_t n = ck->shards[i].file_size < left ? ck->shards[i].file_size : left;
-		spans[i] = (struct span){ 0, n };
-		left -= n;
-	}
-	uint64_t bytes = 0;
-	double t = spans ? sequential_pass(ck, spans, &bytes) : -1;
-	free(spans);
+	uint64_t offset = 0, bytes = 0;
+	double t = odirect_read(ck, &offset, 2000000000ull, &bytes);
 	dsm_checkpoint_close(ck);
 	return t > 0 ? (double)bytes / t / 1e9 : 0;
 }
