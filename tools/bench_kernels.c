@@ -13,6 +13,7 @@
  * passes. Prints a table, or with --json one JSON object. */
 #include "dram_probe.h"
 #include "expert_kernels.h"
+#include "median.h"
 #include "topo.h"
 
 #include "dtype.h"
@@ -125,25 +126,6 @@ struct paired {
 	int n;
 	double probe[MAX_PASSES], value[MAX_PASSES], ratio[MAX_PASSES];
 };
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-/* The median of v[0 .. n) (1 <= n <= 5 * MAX_PASSES), and optionally the smallest and largest value. */
-static double median(const double *v, int n, double *lo, double *hi)
-{
-	double s[5 * MAX_PASSES];
-	memcpy(s, v, (size_t)n * sizeof(double));
-	qsort(s, (size_t)n, sizeof(double), cmp_double);
-	if (lo)
-		*lo = s[0];
-	if (hi)
-		*hi = s[n - 1];
-	return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-}
 
 /* ---- Expert pool ---------------------------------------------------------------------------------------- */
 
@@ -559,15 +541,15 @@ int bench_kernels_main(int argc, char **argv)
 			probes[n_probes++] = pg[k].probe[r];
 		probes[n_probes++] = pl.probe[r];
 	}
-	double dram_lo, dram_hi, dram = median(probes, n_probes, &dram_lo, &dram_hi);
+	double dram_lo, dram_hi, dram = median(probes, (size_t)n_probes, &dram_lo, &dram_hi);
 	double gbps[4], ratio[4], ratio_lo[4], ratio_hi[4];
 	for (int k = 0; k < 4; k++) {
-		gbps[k] = median(pg[k].value, passes, NULL, NULL);
-		ratio[k] = median(pg[k].ratio, passes, &ratio_lo[k], &ratio_hi[k]);
+		gbps[k] = median(pg[k].value, (size_t)passes, NULL, NULL);
+		ratio[k] = median(pg[k].ratio, (size_t)passes, &ratio_lo[k], &ratio_hi[k]);
 	}
-	double moe_lo, moe_hi, moe_ratio = median(pl.ratio, passes, &moe_lo, &moe_hi);
-	double moe_ms = median(pl.value, passes, NULL, NULL);
-	double moe_bound = 1e3 * 9.0 * (double)expert_bytes() / (median(pl.probe, passes, NULL, NULL) * 1e9);
+	double moe_lo, moe_hi, moe_ratio = median(pl.ratio, (size_t)passes, &moe_lo, &moe_hi);
+	double moe_ms = median(pl.value, (size_t)passes, NULL, NULL);
+	double moe_bound = 1e3 * 9.0 * (double)expert_bytes() / (median(pl.probe, (size_t)passes, NULL, NULL) * 1e9);
 	int k256 = 0;
 	for (int k = 0; k < NM; k++)
 		if (ms[k] == 256)
