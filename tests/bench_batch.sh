@@ -33,10 +33,11 @@ for part, tiered in (("small", False), ("medium", True)):
     if [r.get("B") for r in runs] != [1, 2]:
         bad.append(part + ".runs")
     for r in runs:
-        pos = ["steps", "seconds", "tokens_per_second", "speedup", "distinct_experts_per_step",
-               "dram_gbs", "step_seconds", "bound_step_seconds", "bound_tokens_per_second", "batch_efficiency",
-               "bound_rest_mem_seconds"] + (["nvme_expert_bytes_per_step", "nvme_gbs"] if tiered else
-                                            ["dram_expert_bytes_per_step"])
+        pos = ["steps", "seconds", "tokens_per_second", "speedup", "distinct_experts_per_step", "dram_gbs",
+               "dram_gbs_min", "dram_gbs_max", "step_seconds", "bound_step_seconds", "bound_tokens_per_second",
+               "batch_efficiency", "bound_rest_mem_seconds"] + (
+                   ["nvme_expert_bytes_per_step", "nvme_gbs", "nvme_gbs_min", "nvme_gbs_max"] if tiered else
+                   ["dram_expert_bytes_per_step"])
         nonneg = ["dram_expert_bytes_per_step", "nvme_expert_bytes_per_step", "streamed_bytes_per_step",
                   "nvme_gbs", "bound_dram_seconds", "bound_nvme_seconds", "bound_rest_compute_seconds"]
         bad += ["%s.runs[B=%s].%s" % (part, r.get("B"), k) for k in pos if not num(r.get(k))]

@@ -9,14 +9,17 @@
  * reads, from DRAM (mapped or DRAM-tier experts, cache hits) or from NVMe (streamed). Bound of a step:
  *   tokens / (DRAM bytes / DRAM GB/s + NVMe bytes / O_DIRECT GB/s + rest_mem + rest_compute x tokens)
  * with the DRAM probe (tools/dram_probe.h) over the resident experts and the output head, and the O_DIRECT
- * probe of the checkpoint (tools/bench_io.h) when experts stream, both before every step; rest_mem = the non-expert bytes of a step / DRAM GB/s, and
- * rest_compute = what the step time at B = 1 leaves after all its bytes. batch_efficiency = tokens/s / bound. */
+ * probe of the checkpoint (tools/bench_io.h) when experts stream, both before every step (a run's rate is the
+ * median over its steps); rest_mem = the non-expert bytes of a step / DRAM GB/s, and rest_compute = what the
+ * step time at B = 1 leaves after all its bytes. batch_efficiency = tokens/s / bound. */
+#include "bench_engine.h"
 #include "bench_io.h"
 #include "dram_probe.h"
 #include "engine.h"
 #include "error.h"
 #include "expert_store.h"
 #include "generate.h"
+#include "median.h"
 #include "rng.h"
 
 #include <cjson/cJSON.h>
@@ -76,8 +79,8 @@ struct run {
 					   * bound counts nvme and dram: gpu experts are the device's work) */
 	double streamed;                  /* what the streamer read (look-ahead reads included) */
 	double read_busy, io_wait;        /* seconds with a read in flight, and blocked on one */
-	double gbs[3];                    /* the probes over the run: O_DIRECT (nvme) and DRAM */
-	double t[3], rest_mem, rest_compute, bound_tps, tps, speedup, efficiency;
+	double gbs[2], gbs_lo[2], gbs_hi[2]; /* O_DIRECT (nvme) and DRAM probes: median and range over the steps */
+	double t[2], rest_mem, rest_compute, bound_tps, tps, speedup, efficiency; /* t: the bound's bytes terms */
 	double rest;                      /* measured: the step time less t[], for comparison with the bound's */
 };
 
@@ -149,12 +152,7 @@ static int bench_open(struct bench *b, const char *dir, struct dsm_engine_option
 	int rc = dsm_engine_open(&b->e, dir, &eo);
 	if (rc < 0)
 		return rc;
-	for (const char *n = dsm_engine_notes(b->e); *n;) {
-		const char *nl = strchr(n, '\n');
-		int len = nl ? (int)(nl - n) : (int)strlen(n);
-		fprintf(stderr, "dsm-bench batch: %.*s\n", len, n);
-		n += len + (nl != NULL);
-	}
+	bench_print_notes("batch", dsm_engine_notes(b->e));
 	b->m = dsm_engine_model(b->e);
 	b->off = dsm_engine_offload(b->e);
 	b->plan = dsm_engine_plan(b->e);
@@ -272,9 +270,11 @@ static int run_batch(struct bench *b, int B, int steps, int top_k, struct run *r
 		rc = dsm_scheduler_step(sc);
 		dsm_scheduler_get_stats(sc, &st);
 	}
-	double probe_s[3] = { 0 }, probe_bytes[3] = { 0 };
+	double *rate = calloc(2 * (size_t)steps, sizeof *rate); /* [tier][step] GB/s of each probe */
+	if (!rate)
+		rc = dsm_fail(DSM_ENOMEM, "out of memory");
 	for (int k = 0; k < WARM_STEPS + steps && rc >= 0; k++) {
-		double pb[3] = { 0 }, pt[3] = { 0 };
+		double pb[2] = { 0 }, pt[2] = { 0 };
 		pt[DRAM] = probe_dram(b, &pb[DRAM]);
 		if (b->experts[NVME] && (pt[NVME] = probe_odirect(b, &pb[NVME])) < 0)
 			rc = dsm_fail(DSM_EIO, "the O_DIRECT probe could not read the checkpoint");
@@ -294,17 +294,16 @@ static int run_batch(struct bench *b, int B, int steps, int top_k, struct run *r
 		if (rc < 0 || k < WARM_STEPS)
 			continue;
 		r->seconds += dt;
-		for (int t = NVME; t <= DRAM; t++) {
-			probe_s[t] += pt[t];
-			probe_bytes[t] += pb[t];
-		}
+		for (int t = NVME; t <= DRAM; t++)
+			rate[(size_t)t * (size_t)steps + (size_t)(k - WARM_STEPS)] = pt[t] > 0 ? pb[t] / pt[t] / 1e9 : 0;
 		count_step(b, &s0, r);
 	}
 	dsm_scheduler_free(sc);
+	for (int t = NVME; t <= DRAM && rc >= 0; t++)
+		r->gbs[t] = median(rate + (size_t)t * (size_t)steps, (size_t)steps, &r->gbs_lo[t], &r->gbs_hi[t]);
+	free(rate);
 	if (rc < 0)
 		return rc;
-	for (int t = NVME; t <= DRAM; t++)
-		r->gbs[t] = probe_s[t] > 0 ? probe_bytes[t] / probe_s[t] / 1e9 : 0;
 	r->distinct /= steps;
 	r->bytes[DRAM] /= steps;
 	r->bytes[NVME] /= steps;
@@ -342,7 +341,9 @@ static cJSON *run_json(const struct run *r)
 		{ "dram_expert_bytes_per_step", r->bytes[DRAM] }, { "nvme_expert_bytes_per_step", r->bytes[NVME] },
 		{ "gpu_expert_bytes_per_step", r->bytes[GPU] }, { "streamed_bytes_per_step", r->streamed },
 		{ "read_busy_seconds_per_step", r->read_busy }, { "io_wait_seconds_per_step", r->io_wait },
-		{ "dram_gbs", r->gbs[DRAM] }, { "nvme_gbs", r->gbs[NVME] }, { "step_seconds", step },
+		{ "dram_gbs", r->gbs[DRAM] }, { "dram_gbs_min", r->gbs_lo[DRAM] }, { "dram_gbs_max", r->gbs_hi[DRAM] },
+		{ "nvme_gbs", r->gbs[NVME] }, { "nvme_gbs_min", r->gbs_lo[NVME] }, { "nvme_gbs_max", r->gbs_hi[NVME] },
+		{ "step_seconds", step },
 		{ "rest_seconds", r->rest }, { "bound_dram_seconds", r->t[DRAM] }, { "bound_nvme_seconds", r->t[NVME] },
 		{ "bound_rest_mem_seconds", r->rest_mem }, { "bound_rest_compute_seconds", r->rest_compute },
 		{ "bound_step_seconds", r->B / r->bound_tps }, { "bound_tokens_per_second", r->bound_tps },
@@ -522,14 +523,7 @@ int bench_batch_main(int argc, char **argv)
 	dsm_engine_options_default(&o.eo);
 	int ch, status = 2;
 	optind = 1;
-	while ((ch = getopt_long(argc, argv, "t:h", opts, NULL)) != -1) {
-		int e = dsm_engine_flag(&o.eo, ch, optarg);
-		if (e < 0) {
-			fprintf(stderr, "dsm-bench batch: %s\n", dsm_errmsg());
-			goto out;
-		}
-		if (e > 0)
-			continue;
+	while ((ch = bench_getopt(argc, argv, opts, &o.eo, "batch")) != -1) {
 		switch (ch) {
 		case 'S': o.dir[0] = optarg; break;
 		case 'M': o.dir[1] = optarg; break;
