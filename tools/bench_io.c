@@ -13,7 +13,6 @@
 #include "size_parse.h"
 #include "stream.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -26,7 +25,6 @@
 #include <unistd.h>
 
 int bench_io_main(int argc, char **argv);
-int bench_e2e_main(int argc, char **argv);
 
 static double now(void)
 {
@@ -54,7 +52,7 @@ static void usage(FILE *f)
 		"  --json            one JSON object on stdout\n");
 }
 
-/* The folder of this program (where dsm-mkmodel and dsm-run are), into buf. */
+/* The folder of this program (where dsm-mkmodel is), into buf. */
 static int self_dir(char *buf, size_t size)
 {
 	ssize_t n = readlink("/proc/self/exe", buf, size - 1);
@@ -345,72 +343,6 @@ out:
 	return status;
 }
 
-/* ---- dsm-bench e2e ---- */
-
-static void usage_e2e(FILE *f)
-{
-	fprintf(f,
-		"usage: dsm-bench e2e [options]\n"
-		"\n"
-		"Runs dsm-run decode with every routed expert streamed and the cache off, and prints tokens/s next to\n"
-		"the bound: bytes read per token / O_DIRECT GB/s measured in the same run, plus the compute time per\n"
-		"token of the same run (stream_decode_ratio = tokens/s / bound). With --policies, also decodes with an\n"
-		"expert cache of half the experts under lru and under the frequency-pinned policy on a model whose\n"
-		"router is Zipf-skewed (dsm-mkmodel --routing-skew), and prints both tokens/s.\n"
-		"\n"
-		"options:\n"
-		"  --model DIR       checkpoint (default: bench-models/medium, written if missing)\n"
-		"  --tokens N        tokens to decode (default 32)\n"
-		"  --threads N       dsm-run threads (default: dsm-run's)\n"
-		"  --policies        the cache policy comparison too\n"
-		"  --skew-model DIR  its model (default: bench-models/small-skew, small preset with --routing-skew 1.5)\n"
-		"  --json            one JSON object on stdout\n");
-}
-
-/* Runs dsm-run with args and --json; returns the parsed document or NULL. */
-static cJSON *run_dsm(const char *args)
-{
-	char self[PATH_MAX], cmd[2 * PATH_MAX + 1024];
-	if (self_dir(self, sizeof self) < 0)
-		return NULL;
-	snprintf(cmd, sizeof cmd, "'%s/dsm-run' %s --json -q", self, args);
-	FILE *p = popen(cmd, "r");
-	if (!p)
-		return NULL;
-	size_t cap = 1 << 16, len = 0;
-	char *buf = malloc(cap);
-	size_t r;
-	while (buf && (r = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-		len += r;
-		if (len + 1 == cap) {
-			char *b = realloc(buf, cap *= 2);
-			if (!b) {
-				free(buf);
-				buf = NULL;
-			} else {
-				buf = b;
-			}
-		}
-	}
-	int st = pclose(p);
-	cJSON *j = NULL;
-	if (buf && st == 0) {
-		buf[len] = '\0';
-		j = cJSON_Parse(buf);
-	}
-	if (!j)
-		fprintf(stderr, "dsm-bench e2e: '%s' failed\n", cmd);
-	free(buf);
-	return j;
-}
-
-static double jnum(const cJSON *j, const char *obj, const char *key)
-{
-	const cJSON *o = cJSON_GetObjectItemCaseSensitive(j, obj);
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-	return cJSON_IsNumber(v) ? v->valuedouble : 0;
-}
-
 double odirect_read(const struct dsm_checkpoint *ck, uint64_t *offset, uint64_t bytes, uint64_t *read)
 {
 	uint64_t total = 0;
@@ -448,129 +380,9 @@ double odirect_read(const struct dsm_checkpoint *ck, uint64_t *offset, uint64_t 
 	return seconds;
 }
 
-double odirect_gbs(const char *model)
+double odirect_gbs(const struct dsm_checkpoint *ck)
 {
-	struct dsm_checkpoint *ck;
-	if (dsm_checkpoint_open(&ck, model) < 0)
-		return 0;
 	uint64_t offset = 0, bytes = 0;
 	double t = odirect_read(ck, &offset, 2000000000ull, &bytes);
-	dsm_checkpoint_close(ck);
 	return t > 0 ? (double)bytes / t / 1e9 : 0;
-}
-
-int bench_e2e_main(int argc, char **argv)
-{
-	const char *model = "bench-models/medium", *skew_model = "bench-models/small-skew";
-	int tokens = 32, threads = 0, json = 0, policies = 0;
-	static const struct option opts[] = {
-		{ "model", required_argument, NULL, 'm' }, { "tokens", required_argument, NULL, 'n' },
-		{ "threads", required_argument, NULL, 't' }, { "policies", no_argument, NULL, 'p' },
-		{ "skew-model", required_argument, NULL, 's' }, { "json", no_argument, NULL, 'j' },
-		{ "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
-	};
-	int ch;
-	optind = 1;
-	while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		switch (ch) {
-		case 'm': model = optarg; break;
-		case 'n': tokens = atoi(optarg); break;
-		case 't': threads = atoi(optarg); break;
-		case 'p': policies = 1; break;
-		case 's': skew_model = optarg; break;
-		case 'j': json = 1; break;
-		case 'h': usage_e2e(stdout); return 0;
-		default: usage_e2e(stderr); return 2;
-		}
-	}
-	if (tokens < 2 || strchr(model, '\'') || strchr(skew_model, '\'')) {
-		usage_e2e(stderr);
-		return 2;
-	}
-	char th[32] = "";
-	if (bench_model("medium", model, "") < 0)
-		return 1;
-	if (threads > 0)
-		snprintf(th, sizeof th, "--threads %d", threads);
-	char args[PATH_MAX + 256];
-	/* One prompt token: the run is decode. */
-	snprintf(args, sizeof args, "-m '%s' --tokens 0 -n %d --ignore-eos %s --stream-experts --cache-off", model,
-		 tokens, th);
-	double bw = odirect_gbs(model);
-	cJSON *j = run_dsm(args);
-	double bw2 = odirect_gbs(model);
-	if (!j)
-		return 1;
-	bw = bw2 > bw ? bw2 : bw;
-	double tps = jnum(j, "timings", "decode_tokens_per_second");
-	double n_tok = jnum(j, "timings", "prefill_tokens") + jnum(j, "timings", "decode_tokens");
-	double bpt = jnum(j, "offload", "nvme_bytes_per_token");
-	double compute = jnum(j, "offload", "attention_seconds") + jnum(j, "offload", "cpu_expert_seconds") +
-			 jnum(j, "offload", "gpu_expert_seconds");
-	double compute_pt = n_tok > 0 ? compute / n_tok : 0;
-	double bound_t = (bw > 0 ? bpt / (bw * 1e9) : 0) + compute_pt;
-	double bound = bound_t > 0 ? 1 / bound_t : 0;
-	double ratio = bound > 0 ? tps / bound : 0;
-	double read_gbs = jnum(j, "offload", "read_gbs"), io_wait = jnum(j, "offload", "io_wait_seconds");
-	cJSON_Delete(j);
-
-	double lru_tps = 0, pinned_tps = 0, lru_hit = 0, pinned_hit = 0;
-	if (policies) {
-		if (bench_model("small", skew_model, "--routing-skew 1.5") < 0)
-			return 1;
-		struct dsm_checkpoint *ck;
-		if (dsm_checkpoint_open(&ck, skew_model) < 0) {
-			fprintf(stderr, "dsm-bench e2e: %s\n", dsm_errmsg());
-			return 1;
-		}
-		struct dsm_plan_sizes sz;
-		dsm_plan_sizes_from_checkpoint(ck, &sz);
-		const struct dsm_config *c = &ck->config;
-		uint64_t half = (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace) * (uint64_t)c->n_routed_experts / 2 *
-				(sz.expert_bytes + 8192);
-		dsm_checkpoint_close(ck);
-		/* Alternate lru and pinned twice; the best of each counts. */
-		for (int round = 0; round < 2; round++)
-			for (int pol = 0; pol < 2; pol++) {
-				snprintf(args, sizeof args, "-m '%s' --tokens 0,5,9,300 -n %d --ignore-eos %s --stream-experts "
-					 "--cache-size %llu --cache-policy %s", skew_model, 4 * tokens, th,
-					 (unsigned long long)half, pol ? "pinned" : "lru");
-				cJSON *r = run_dsm(args);
-				if (!r)
-					return 1;
-				double t = jnum(r, "timings", "decode_tokens_per_second");
-				double h = jnum(r, "offload", "cache_hit_rate");
-				if (pol && t > pinned_tps) {
-					pinned_tps = t;
-					pinned_hit = h;
-				} else if (!pol && t > lru_tps) {
-					lru_tps = t;
-					lru_hit = h;
-				}
-				cJSON_Delete(r);
-			}
-	}
-	if (json) {
-		printf("{\"bench\": \"e2e\", \"model\": \"%s\", \"decode_tokens\": %d, \"tokens_per_second\": %.3f, "
-		       "\"nvme_bytes_per_token\": %.0f, \"odirect_gbs\": %.3f, \"compute_seconds_per_token\": %.4f, "
-		       "\"bound_tokens_per_second\": %.3f, \"stream_decode_ratio\": %.3f, \"read_gbs\": %.3f, "
-		       "\"io_wait_seconds\": %.3f", model, tokens, tps, bpt, bw, compute_pt, bound, ratio, read_gbs, io_wait);
-		if (policies)
-			printf(", \"skew_model\": \"%s\", \"lru_tokens_per_second\": %.3f, \"pinned_tokens_per_second\": %.3f, "
-			       "\"lru_hit_rate\": %.3f, \"pinned_hit_rate\": %.3f", skew_model, lru_tps, pinned_tps, lru_hit,
-			       pinned_hit);
-		printf("}\n");
-	} else {
-		printf("e2e: %s, %d tokens decoded, every expert streamed, cache off\n", model, tokens);
-		printf("  decode              %7.3f tok/s\n", tps);
-		printf("  bound               %7.3f tok/s  (%.1f MB/token at %.2f GB/s O_DIRECT + %.1f ms compute/token)\n",
-		       bound, bpt / 1e6, bw, 1e3 * compute_pt);
-		printf("  stream_decode_ratio %7.3f\n", ratio);
-		if (policies) {
-			printf("cache of half the experts, Zipf-skewed router (%s):\n", skew_model);
-			printf("  lru                 %7.3f tok/s  (hit rate %.1f%%)\n", lru_tps, 100 * lru_hit);
-			printf("  pinned              %7.3f tok/s  (hit rate %.1f%%)\n", pinned_tps, 100 * pinned_hit);
-		}
-	}
-	return 0;
 }

@@ -16,7 +16,7 @@ struct dsm_checkpoint;
  * read. Returns seconds, or -1 when a shard cannot be read (message on stderr); *read: the bytes read. */
 double odirect_read(const struct dsm_checkpoint *ck, uint64_t *offset, uint64_t bytes, uint64_t *read);
 
-/* GB/s of odirect_read over the first 2 GB of the checkpoint in dir (0 when it cannot be measured). */
-double odirect_gbs(const char *model);
+/* GB/s of odirect_read over the first 2 GB of the checkpoint (0 when it cannot be measured). */
+double odirect_gbs(const struct dsm_checkpoint *ck);
 
 #endif

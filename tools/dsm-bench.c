@@ -16,7 +16,7 @@ static const struct subcommand {
 } subcommands[] = {
 	{ "kernels", "DRAM bandwidth, FP8 decode GEMV, batched GEMM vs oneDNN, one MoE layer", bench_kernels_main },
 	{ "io", "expert streamer vs sequential O_DIRECT reads of the same bytes (io_ratio)", bench_io_main },
-	{ "e2e", "dsm-run decode with every expert streamed vs its bound (stream_decode_ratio); cache policies", bench_e2e_main },
+	{ "e2e", "decode with every expert streamed vs its bound (stream_decode_ratio); cache policies", bench_e2e_main },
 	{ "batch", "decode tokens/s of 1 to 64 sequences together vs the bound of what each step reads (batch_efficiency)",
 	  bench_batch_main },
 	{ "tokenizer", "encoding speed of dsm vs the JavaScript tokenizer on the same 10 MB of text", bench_tokenizer_main },
