@@ -488,8 +488,8 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 	if (rc == 0)
 		rc = logits_out(s, q, n, part_of);
 	if (rc < 0)
-		for (int i = 0; i < s->n_parts; i++)
-			s->seqs[s->parts[i].seq].pos -= s->parts[i].n;
+		for (int i = 0; i < s->n_parts; i++) /* the blocks reserved past the old end go back too */
+			seq_truncate(s, &s->seqs[s->parts[i].seq], s->parts[i].pos0);
 	return rc;
 }
 
