@@ -547,7 +547,7 @@ int main(int argc, char **argv)
 		struct dsm_engine_report er;
 		dsm_engine_report(e, 0, 0, &er);
 		fprintf(stderr, "dsm-run: memory dsm may fill %.3g GB (%.3g GB available by %s%s%s, less a margin); KV "
-			"pool %.3g GB (%lld blocks of %d positions), %d sequences of %lld tokens; weights %s\n",
+			"pool %.3g GB (%lld blocks of %d positions), sequences: %d of at most %lld tokens; weights %s\n",
 			(double)er.memory.usable / 1e9, (double)er.memory.available / 1e9, er.memory.name,
 			er.memory.path[0] ? " in " : "", er.memory.path,
 			(double)er.kv_pool_bytes / 1e9, (long long)er.kv_blocks, DSM_KV_BLOCK,
@@ -614,7 +614,8 @@ int main(int argc, char **argv)
 		int qrc;
 		const struct dsm_generate_result *res = dsm_scheduler_result(sc, i, &qrc);
 		if (qrc < 0) {
-			rc = dsm_fail(qrc, "sample %d: %s", i + 1, dsm_scheduler_error(sc, i));
+			rc = r.samples > 1 ? dsm_fail(qrc, "sample %d: %s", i + 1, dsm_scheduler_error(sc, i))
+					   : dsm_fail(qrc, "%s", dsm_scheduler_error(sc, i));
 			goto fail;
 		}
 		g[i] = *res;

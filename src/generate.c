@@ -204,6 +204,10 @@ int dsm_scheduler_add(struct dsm_scheduler *sc, const struct dsm_request *r)
 	for (int i = 0; r->seq >= 0 && i < sc->n; i++)
 		if (sc->reqs[i].r.seq == r->seq && sc->reqs[i].state != DONE)
 			return dsm_fail(DSM_EARG, "request %d: sequence %d is in use by request %d", sc->n, r->seq, i);
+	for (int64_t i = 0; i < r->n_prompt; i++)
+		if (r->prompt[i] < 0 || r->prompt[i] >= sc->vocab)
+			return dsm_fail(DSM_EARG, "token id %d at %lld is outside the vocabulary [0, %lld)", r->prompt[i],
+					(long long)i, (long long)sc->vocab);
 	if (r->n_prompt > ctx - held)
 		return dsm_fail(DSM_ECONTEXT, "the prompt (%lld tokens) does not fit in the context of %lld tokens%s "
 				"(raise --ctx)", (long long)r->n_prompt, (long long)ctx, held ? " after what the sequence holds" : "");
