@@ -118,6 +118,8 @@ static int open_tiers(struct dsm_engine *e)
 	for (int L = m->cfg.first_k_dense_replace; L < m->cfg.num_hidden_layers; L++)
 		if (m->layers[L].ffn.moe)
 			dsm_offload_set_router(e->off, L, &m->layers[L].ffn.gate, m->layers[L].ffn.gate_bias);
+	/* Look-ahead covers a whole decode step: one token of every sequence. */
+	dsm_offload_set_lookahead(e->off, o->session.max_seqs > 1 ? o->session.max_seqs : 1);
 	m->offload = e->off;
 	return 0;
 }

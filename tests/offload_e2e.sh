@@ -138,6 +138,16 @@ else
 	cat "$W/err"
 fi
 
+# Many sequences in one step: four sampled continuations decoded together give the same tokens whatever
+# the tiers (each expert runs once per step on all its tokens, in every tier).
+samples() { $RUN -m "$W/tiny" --tokens $TOK -n 10 --ignore-eos --temperature 1 --samples 4 -q "$@"; }
+samples > "$W/samples.base"
+for mode in "--stream-experts" "--stream-experts --cache-off" "--gpu-backend emu --vram-budget 2M --dram-budget 6M"; do
+	if samples $mode > "$W/samples.plan" && grep -q "^--- sample 4 of 4" "$W/samples.plan" &&
+	   cmp -s "$W/samples.base" "$W/samples.plan"
+	then ok "--samples 4, $mode: the same tokens"; else bad "--samples 4, $mode: tokens differ"; fi
+done
+
 # The small preset too (under AddressSanitizer only the tiny one: ten runs of the small one take minutes).
 if ldd "$top_builddir/dsm-run" 2>/dev/null | grep -q asan; then
 	echo "small preset left out under AddressSanitizer"
