@@ -6,6 +6,7 @@
 #include "trace.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,8 +15,8 @@
 #include <unistd.h>
 
 struct expert_info {
-	const struct dsm_tensor *t[DSM_EXPERT_NPROJ];
-	const float *scale[DSM_EXPERT_NPROJ];      /* resident block scales (NULL for BF16 weights) */
+	const struct dsm_store_expert *src;        /* its tensors in the shard files */
+	const float *scale[DSM_EXPERT_NPROJ];      /* resident block scales (NULL for BF16 or F32 weights) */
 	struct dsm_tier tier;
 	const uint8_t *host[DSM_EXPERT_NPROJ];     /* dram tier (and gpu tier without device memory) */
 	void *dev[DSM_EXPERT_NPROJ];               /* gpu tier: weights in device memory */
@@ -33,7 +34,7 @@ struct slot_info {
 enum { TODO, WAITING, READY, DONE };
 
 struct dsm_offload {
-	const struct dsm_checkpoint *ck;
+	const struct dsm_store_model *m;
 	struct dsm_offload_opts o;
 	int n_layers, first_moe, n_experts, top_k;
 	int64_t dim;
@@ -88,9 +89,11 @@ static void make_weights(const struct expert_info *e, const void *const data[DSM
 			 const float *const scale[DSM_EXPERT_NPROJ], struct dsm_ffn_weights *w)
 {
 	struct dsm_mat *m[DSM_EXPERT_NPROJ] = { &w->gate, &w->up, &w->down };
-	for (int i = 0; i < DSM_EXPERT_NPROJ; i++)
-		*m[i] = (struct dsm_mat){ .dtype = e->t[i]->dtype, .rows = (int64_t)e->t[i]->shape[0],
-			.cols = (int64_t)e->t[i]->shape[1], .row0 = 0, .data = data[i], .scale = scale[i] };
+	for (int i = 0; i < DSM_EXPERT_NPROJ; i++) {
+		const struct dsm_store_tensor *t = &e->src->w[i];
+		*m[i] = (struct dsm_mat){ .dtype = t->dtype, .rows = t->rows, .cols = t->cols, .row0 = 0, .data = data[i],
+			.scale = scale[i] };
+	}
 	w->numa_home = 0;
 }
 
@@ -153,8 +156,8 @@ static int upload_gpu(struct dsm_offload *o)
 			if (e->tier.kind != DSM_TIER_GPU)
 				continue;
 			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-				size_t nb = (size_t)e->t[j]->nbytes;
-				size_t sb = e->t[j]->scale ? (size_t)e->t[j]->scale->nbytes : 0;
+				size_t nb = (size_t)e->src->w[j].nbytes;
+				size_t sb = (size_t)e->src->scale[j].nbytes;
 				if (!(e->dev[j] = g->alloc(g, nb)) || (sb && !(e->dev_scale[j] = g->alloc(g, sb))))
 					return dsm_fail(DSM_ENOMEM, "%s: device memory exhausted uploading layer %d expert %d "
 							"(the plan puts more experts on the GPU than it holds)", g->name, l, x);
@@ -164,7 +167,7 @@ static int upload_gpu(struct dsm_offload *o)
 				if (rc < 0)
 					return rc;
 			}
-			o->stats.resident_bytes[DSM_TIER_GPU] += (uint64_t)(e->t[0]->nbytes + e->t[1]->nbytes + e->t[2]->nbytes);
+			o->stats.resident_bytes[DSM_TIER_GPU] += e->src->w[0].nbytes + e->src->w[1].nbytes + e->src->w[2].nbytes;
 		}
 	return g->sync ? g->sync(g) : 0;
 }
@@ -184,26 +187,93 @@ static void add_pool_warning(struct dsm_offload *o, const struct dsm_pool *p)
 	}
 }
 
-int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, const struct dsm_offload_opts *opt)
+/* Reads the small tensor t (a block scale) into dst: copied from where the caller mapped it, else read from its
+ * shard file (fds[shard]: opened on first use, -1 until then). */
+static int read_small(const struct dsm_store_model *m, const struct dsm_store_tensor *t, int *fds, void *dst)
+{
+	if (t->mapped) {
+		memcpy(dst, t->mapped, (size_t)t->nbytes);
+		return 0;
+	}
+	const char *path = m->shards[t->shard];
+	if (fds[t->shard] < 0 && (fds[t->shard] = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return dsm_fail(DSM_EIO, "%s: cannot open: %s", path, strerror(errno));
+	for (uint64_t done = 0; done < t->nbytes;) {
+		ssize_t r = pread(fds[t->shard], (char *)dst + done, (size_t)(t->nbytes - done), (off_t)(t->offset + done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return dsm_fail(DSM_EIO, "%s: tensor '%s': read of %llu bytes at offset %llu failed: %s", path, t->name,
+					(unsigned long long)(t->nbytes - done), (unsigned long long)(t->offset + done),
+					strerror(errno));
+		if (r == 0)
+			return dsm_fail(DSM_ETRUNCATED, "%s: tensor '%s': the file ends at offset %llu, inside the tensor", path,
+					t->name, (unsigned long long)(t->offset + done));
+		done += (uint64_t)r;
+	}
+	return 0;
+}
+
+/* The scales of every expert, read into one resident allocation (they are small and every tier needs them at
+ * once). */
+static int load_scales(struct dsm_offload *o)
+{
+	uint64_t bytes = 0;
+	for (int l = o->first_moe; l < o->n_layers; l++)
+		for (int x = 0; x < o->n_experts; x++) {
+			for (int j = 0; j < DSM_EXPERT_NPROJ; j++)
+				bytes += info(o, l, x)->src->scale[j].nbytes;
+		}
+	if (bytes && !(o->scales = malloc((size_t)bytes)))
+		return dsm_fail(DSM_ENOMEM, "offload: out of memory for %llu bytes of block scales",
+				(unsigned long long)bytes);
+	int *fds = malloc(sizeof(int) * (size_t)(o->m->n_shards > 0 ? o->m->n_shards : 1));
+	if (!fds)
+		return dsm_fail(DSM_ENOMEM, "offload: out of memory");
+	for (int i = 0; i < o->m->n_shards; i++)
+		fds[i] = -1;
+	uint64_t at = 0;
+	int rc = 0;
+	for (int l = o->first_moe; l < o->n_layers && rc == 0; l++)
+		for (int x = 0; x < o->n_experts && rc == 0; x++) {
+			struct expert_info *e = info(o, l, x);
+			for (int j = 0; j < DSM_EXPERT_NPROJ && rc == 0; j++) {
+				const struct dsm_store_tensor *s = &e->src->scale[j];
+				if (!s->nbytes)
+					continue;
+				float *dst = (float *)((char *)o->scales + at);
+				if ((rc = read_small(o->m, s, fds, dst)) == 0)
+					e->scale[j] = dst;
+				at += s->nbytes;
+			}
+		}
+	for (int i = 0; i < o->m->n_shards; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	free(fds);
+	return rc;
+}
+
+int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, const struct dsm_offload_opts *opt)
 {
 	*out = NULL;
-	const struct dsm_config *c = &ck->config;
+	const struct dsm_moe_shape *c = &m->shape;
 	const struct dsm_plan *p = opt->plan;
 	if (!p || !opt->cpu)
 		return dsm_fail(DSM_EARG, "offload: a plan and a cpu backend are required");
-	if (p->n_layers != c->num_hidden_layers || p->first_moe != c->first_k_dense_replace ||
-	    p->n_experts != c->n_routed_experts || p->hidden_size != c->hidden_size)
+	if (p->n_layers != c->n_layers || p->first_moe != c->first_moe || p->n_experts != c->n_experts ||
+	    p->hidden_size != c->hidden_size)
 		return dsm_fail(DSM_EPLAN, "%s: the placement plan is for another model (%d layers, MoE from %d, %d experts, "
-				"hidden %d)", ck->dir, p->n_layers, p->first_moe, p->n_experts, p->hidden_size);
+				"hidden %d)", m->source, p->n_layers, p->first_moe, p->n_experts, p->hidden_size);
 	struct dsm_offload *o = calloc(1, sizeof *o);
 	if (!o)
 		return dsm_fail(DSM_ENOMEM, "out of memory");
-	o->ck = ck;
+	o->m = m;
 	o->o = *opt;
-	o->n_layers = c->num_hidden_layers;
-	o->first_moe = c->first_k_dense_replace;
-	o->n_experts = c->n_routed_experts;
-	o->top_k = c->num_experts_per_tok;
+	o->n_layers = c->n_layers;
+	o->first_moe = c->first_moe;
+	o->n_experts = c->n_experts;
+	o->top_k = c->top_k;
 	o->dim = c->hidden_size;
 	int rc = DSM_ENOMEM;
 	size_t n_keys = (size_t)o->n_layers * (size_t)o->n_experts;
@@ -241,14 +311,13 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, 
 			goto err;
 		}
 
-	/* Tensors, ranges, tiers; the scales, resident. */
-	uint64_t scale_bytes = 0;
+	/* Tiers and byte ranges; the scales, resident. */
 	unsigned n_tier[3] = { 0, 0, 0 };
+	rc = 0;
 	for (int l = o->first_moe; l < o->n_layers; l++)
 		for (int x = 0; x < o->n_experts; x++) {
 			struct expert_info *e = info(o, l, x);
-			if ((rc = dsm_expert_tensors(ck, l, x, e->t)) < 0)
-				goto err;
+			e->src = dsm_store_expert(m, l, x);
 			e->tier = dsm_plan_expert_tier(p, l, x);
 			if (e->tier.kind == DSM_TIER_GPU && !(opt->gpu && opt->gpu->alloc))
 				e->tier = (struct dsm_tier){ DSM_TIER_DRAM, 0 }; /* computed by the cpu from DRAM */
@@ -263,38 +332,14 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, 
 			n_tier[e->tier.kind]++;
 			if (e->tier.kind == DSM_TIER_DRAM)
 				o->node_experts[e->tier.index]++;
-			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-				e->r[j] = (struct dsm_stream_range){ .file = e->t[j]->shard, .offset = e->t[j]->offset,
-					.nbytes = e->t[j]->nbytes, .name = e->t[j]->name };
-				if (e->t[j]->scale)
-					scale_bytes += e->t[j]->scale->nbytes;
-			}
+			for (int j = 0; j < DSM_EXPERT_NPROJ; j++)
+				e->r[j] = (struct dsm_stream_range){ .file = e->src->w[j].shard, .offset = e->src->w[j].offset,
+					.nbytes = e->src->w[j].nbytes, .name = e->src->w[j].name };
 		}
-	if (scale_bytes && !(o->scales = malloc((size_t)scale_bytes)))
-		goto nomem;
-	uint64_t at = 0;
-	for (int l = o->first_moe; l < o->n_layers; l++)
-		for (int x = 0; x < o->n_experts; x++) {
-			struct expert_info *e = info(o, l, x);
-			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-				const struct dsm_tensor *s = e->t[j]->scale;
-				if (!s)
-					continue;
-				float *dst = (float *)((char *)o->scales + at);
-				if ((rc = dsm_checkpoint_read(ck, s, dst)) < 0)
-					goto err;
-				e->scale[j] = dst;
-				at += s->nbytes;
-			}
-		}
+	if ((rc = load_scales(o)) < 0)
+		goto err;
 
-	const char **paths = calloc((size_t)ck->n_shards, sizeof *paths);
-	if (!paths)
-		goto nomem;
-	for (int i = 0; i < ck->n_shards; i++)
-		paths[i] = ck->shards[i].path;
-	rc = dsm_stream_open(&o->st, paths, ck->n_shards, &opt->stream);
-	free(paths);
+	rc = dsm_stream_open(&o->st, m->shards, m->n_shards, &opt->stream);
 	if (rc < 0)
 		goto err;
 	size_t slot_bytes = 0;
@@ -610,7 +655,7 @@ static int lookahead(struct dsm_offload *o, const struct dsm_moe_step *s)
 	if (!o->cache || next >= o->n_layers || !o->router[next].data || s->n_tokens <= 0 ||
 	    s->n_tokens > o->lookahead_tokens)
 		return 0;
-	const struct dsm_config *c = &o->ck->config;
+	const struct dsm_moe_shape *c = &o->m->shape;
 	int64_t T = s->n_tokens;
 	if (!o->la_logits) {
 		o->la_logits = malloc(sizeof(float) * (size_t)o->lookahead_tokens * (size_t)o->n_experts);

@@ -1,10 +1,11 @@
 /* The tiered store of routed experts and the dispatch of one MoE layer across its tiers
- * (docs/offload.md).
+ * (docs/offload.md). The store knows the model through a struct dsm_store_model (offload/store_model.h) that
+ * the caller fills in.
  *
  * At open, following a placement plan: every expert's block scales are read into DRAM (they always stay
  * resident); DRAM-tier experts are read (with the streamer, O_DIRECT) into a resident pool; GPU-tier
  * experts are uploaded to the gpu backend's memory (or, without a gpu backend, kept in DRAM and computed
- * by the cpu backend); nvme-tier experts stay in the checkpoint and are streamed on demand into the
+ * by the cpu backend); nvme-tier experts stay in the shard files and are streamed on demand into the
  * slots of the expert cache.
  *
  * One MoE step (dsm_offload_moe): tokens are grouped by expert (expert-major, each expert runs once on all
@@ -23,14 +24,14 @@
 
 #include "backend.h"
 #include "cache.h"
-#include "checkpoint.h"
 #include "plan.h"
+#include "store_model.h"
 #include "stream.h"
 
 #include <stdint.h>
 
 struct dsm_offload_opts {
-	const struct dsm_plan *plan;      /* required; validated against the checkpoint */
+	const struct dsm_plan *plan;      /* required; validated against the model */
 	struct dsm_backend *cpu;          /* computes dram and streamed experts (host pointers); required */
 	struct dsm_backend *gpu;          /* computes gpu-tier experts (NULL: cpu does, from DRAM copies) */
 	enum dsm_cache_policy policy;
@@ -67,12 +68,13 @@ struct dsm_offload_stats {
 struct dsm_offload;
 struct dsm_topo;
 
-/* Builds the store under plan o->plan for checkpoint ck (which must outlive it). The DRAM-tier experts of
- * each dram:N are read into one allocation bound to NUMA node N of o->topo (which must outlive the store).
+/* Builds the store of model m's routed experts under plan o->plan. m, o->topo and the backends must outlive the
+ * store; the plan is not kept. The DRAM-tier experts of each dram:N are read into one allocation bound to NUMA
+ * node N of o->topo.
  * Returns 0 or a negative DSM_E* code: DSM_EPLAN (plan for another model, a dram:N node the topology does not
  * have, a gpu:N other than gpu:0 with a gpu backend), DSM_EIO / DSM_ETRUNCATED (reading experts, with file,
  * tensor and offset), DSM_ENOMEM. Warnings (pinning, O_DIRECT refused, ...) are in dsm_offload_warnings. */
-int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, const struct dsm_offload_opts *o);
+int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, const struct dsm_offload_opts *o);
 /* Waits for reads in flight and frees everything. Accepts NULL. */
 void dsm_offload_close(struct dsm_offload *o);
 const char *dsm_offload_warnings(const struct dsm_offload *o);
@@ -131,10 +133,10 @@ struct dsm_offload_setup {
  * environment variable DSM_MEMORY_AVAILABLE (bytes) replaces MemAvailable (tests). */
 uint64_t dsm_usable_memory(void);
 
-/* Loads or computes the plan (validated against ck) and opens the store. *plan_out (owned by the caller)
- * says what went where. Returns 0 or a negative code with a message (a plan for another model, budgets
- * too small for the non-expert weights, I/O errors). */
-int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, const struct dsm_checkpoint *ck,
+/* Loads or computes the plan (validated against m) and opens the store (m must outlive it). *plan_out (owned
+ * by the caller) says what went where. Returns 0 or a negative code with a message (a plan for another model,
+ * budgets too small for the non-expert weights, I/O errors). */
+int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, const struct dsm_store_model *m,
 		      const struct dsm_offload_setup *s);
 
 /* The end-of-run report: n_tokens computed in `seconds` of forward passes. One line of text into buf,

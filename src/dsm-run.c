@@ -416,8 +416,9 @@ static int weights_fit(const struct dsm_model *m, uint64_t *total, uint64_t *usa
 	struct dsm_plan_sizes sz;
 	*total = 0;
 	*usable = dsm_usable_memory();
-	if (!*usable || dsm_plan_sizes_from_checkpoint(m->ck, &sz) < 0)
+	if (!*usable)
 		return 1;
+	dsm_plan_sizes(m->store_model, &sz);
 	const struct dsm_config *c = &m->cfg;
 	*total = sz.non_expert_total + (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace) *
 				      (uint64_t)c->n_routed_experts * sz.expert_bytes;
@@ -635,7 +636,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "dsm-run: warning: --vram-budget without --gpu-backend: no expert goes to a GPU\n");
 		}
 		os.max_tokens = so.max_batch;
-		if ((rc = dsm_offload_setup(&off, &plan, m->ck, &os)) < 0)
+		if ((rc = dsm_offload_setup(&off, &plan, m->store_model, &os)) < 0)
 			goto fail;
 		if (dsm_offload_warnings(off)[0])
 			fprintf(stderr, "dsm-run: warning: %s", dsm_offload_warnings(off));

@@ -1,20 +1,22 @@
-/* Where weights live. Every weight access of the model goes through here, so that tiers (docs
- * ARCHITECTURE.md: GPU, DRAM per NUMA node, NVMe streaming) can be added without touching model code.
+/* Where weights live, as src/ sees them: the shard files mapped, and the model described for the expert
+ * store of offload/ (offload/store_model.h), which holds the routed experts.
  *
- * Today there is one tier: the shard files mapped read-only (PROT_READ, MAP_PRIVATE) once, whole, at
- * open. A weight is a view into the mapping: nothing is converted or copied, except tensors whose data
- * is not aligned to their element size in the file (the safetensors format does not align data),
- * which are copied once into aligned memory. Pages are read from the page cache on first touch, or all at
- * once by dsm_weight_map_populate.
+ * The shard files are mapped read-only (PROT_READ, MAP_PRIVATE) once, whole, at open. A weight is a view into
+ * the mapping: nothing is converted or copied, except tensors whose data is not aligned to their element
+ * size in the file (the safetensors format does not align data), which are copied once into aligned memory.
+ * Pages are read from the page cache on first touch, or all at once by dsm_weight_map_populate.
  *
- * struct dsm_weight_map: the mapping, for the non-expert tensors.
- * struct dsm_expert_store: routed experts by (layer, expert), through get/put, so a later store can
- * stream an expert in on get and release it on put. */
+ * struct dsm_weight_map: the mapping; the model takes its non-expert tensors from it.
+ * struct dsm_expert_store: routed experts by (layer, expert), through get/put.
+ * struct dsm_store_model (offload/store_model.h): the shape of the MoE layers, every routed expert's tensors
+ * (shard, offset, bytes, dtype, shape, block scales, and their address in the mapping), the router biases
+ * and the non-expert sizes by kind: what the expert store and placement plans need, in offload's terms. */
 #ifndef DSM_EXPERT_STORE_H
 #define DSM_EXPERT_STORE_H
 
 #include "backend.h"
 #include "checkpoint.h"
+#include "store_model.h"
 
 #include <stdint.h>
 
@@ -37,6 +39,18 @@ int dsm_weight_map_populate(struct dsm_weight_map *m, void (*progress)(uint64_t 
 			    void *arg);
 /* Bytes mapped; bytes copied for alignment. */
 void dsm_weight_map_usage(const struct dsm_weight_map *m, uint64_t *mapped, uint64_t *copied);
+
+/* The shape of the MoE layers of config c. */
+void dsm_moe_shape_from_config(struct dsm_moe_shape *s, const struct dsm_config *c);
+
+/* Describes checkpoint ck for the expert store. With a weight map (may be NULL) every routed expert tensor
+ * and scale gets its address in the mapping (`mapped`). ck and map must outlive *out. Returns 0 or DSM_EMISSING (an expert's tensor or
+ * scale missing), DSM_EDTYPE / DSM_ETENSOR (a tensor a routed expert cannot be made of), DSM_EIO, DSM_ENOMEM,
+ * with a message naming the tensor. */
+int dsm_store_model_from_checkpoint(struct dsm_store_model **out, const struct dsm_checkpoint *ck,
+				    struct dsm_weight_map *map);
+/* Frees one made by dsm_store_model_from_checkpoint. Accepts NULL. */
+void dsm_store_model_free(struct dsm_store_model *m);
 
 struct dsm_expert_store;
 

@@ -157,6 +157,7 @@ void dsm_model_close(struct dsm_model *m)
 	free(m->threads);
 	dsm_topo_close(m->topo);
 	dsm_expert_store_close(m->experts);
+	dsm_store_model_free(m->store_model);
 	dsm_weight_map_close(m->map);
 	dsm_checkpoint_close(m->ck);
 	for (size_t i = 0; i < m->n_owned; i++)
@@ -199,6 +200,7 @@ int dsm_model_open(struct dsm_model **out, const char *dir, const struct dsm_mod
 	    dsm_topo_plan_threads(m->topo, m->opts.threads, m->threads) == 0)
 		bo.cpu_threads = &m->threads->th;
 	if ((rc = dsm_backend_create(&m->be, "cpu", &bo)) < 0 || (rc = dsm_weight_map_open(&m->map, m->ck)) < 0 ||
+	    (rc = dsm_store_model_from_checkpoint(&m->store_model, m->ck, m->map)) < 0 ||
 	    (rc = dsm_expert_store_open(&m->experts, m->map, c->num_hidden_layers, c->first_k_dense_replace,
 					c->n_routed_experts, c->hidden_size, c->moe_intermediate_size)) < 0 ||
 	    (rc = rope_init(m)) < 0)

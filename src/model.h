@@ -20,6 +20,7 @@
 
 struct dsm_expert_store;
 struct dsm_offload;
+struct dsm_store_model;
 struct dsm_topo;
 struct dsm_topo_threads;
 struct dsm_weight_map;
@@ -75,6 +76,8 @@ struct dsm_model {
 	struct dsm_model_options opts;
 	struct dsm_checkpoint *ck;
 	struct dsm_weight_map *map;     /* the shard files, mapped read-only */
+	struct dsm_store_model *store_model; /* the checkpoint as offload/ sees it (plans and stores are made from
+					 * it: dsm_offload_setup, dsm_plan_*); owned */
 	struct dsm_expert_store *experts;
 	struct dsm_offload *offload;    /* when set (not owned): routed experts from offload/dispatch.h */
 	struct dsm_backend *be;
