@@ -25,6 +25,7 @@ const char *dsm_tier_format(struct dsm_tier t, char *buf, size_t size)
 	switch (t.kind) {
 	case DSM_TIER_GPU: snprintf(buf, size, "gpu:%u", t.index); break;
 	case DSM_TIER_DRAM: snprintf(buf, size, "dram:%u", t.index); break;
+	case DSM_TIER_MAPPED: snprintf(buf, size, "mapped"); break;
 	default: snprintf(buf, size, "nvme"); break;
 	}
 	return buf;
@@ -529,12 +530,12 @@ char *dsm_plan_to_json(const struct dsm_plan *p)
 		if (kind_key[k])
 			cJSON_AddStringToObject(ne, kind_key[k], dsm_tier_format(p->non_expert[k], buf, sizeof buf));
 	/* The default tier of experts is the most common one. */
-	int counts[3 * 64] = { 0 };
+	int counts[DSM_TIER_KINDS * 64] = { 0 };
 	for (int l = p->first_moe; l < p->n_layers; l++)
 		for (int e = 0; e < p->n_experts; e++)
 			counts[tier_code(dsm_plan_expert_tier(p, l, e))]++;
 	int best = 0;
-	for (int i = 1; i < 3 * 64; i++)
+	for (int i = 1; i < DSM_TIER_KINDS * 64; i++)
 		if (counts[i] > counts[best])
 			best = i;
 	struct dsm_tier def = { (uint8_t)(best / 64), (uint8_t)(best % 64) };
@@ -546,12 +547,12 @@ char *dsm_plan_to_json(const struct dsm_plan *p)
 	if (!layers)
 		goto out;
 	for (int l = p->first_moe; l < p->n_layers; l++) {
-		int present[3 * 64] = { 0 };
+		int present[DSM_TIER_KINDS * 64] = { 0 };
 		for (int e = 0; e < p->n_experts; e++)
 			present[tier_code(dsm_plan_expert_tier(p, l, e))] = 1;
 		present[best] = 0;
 		cJSON *lo = NULL;
-		for (int i = 0; i < 3 * 64; i++) {
+		for (int i = 0; i < DSM_TIER_KINDS * 64; i++) {
 			if (!present[i])
 				continue;
 			if (!lo) {
@@ -581,9 +582,9 @@ out:
 	return text;
 }
 
-void dsm_plan_count(const struct dsm_plan *p, uint64_t counts[3])
+void dsm_plan_count(const struct dsm_plan *p, uint64_t counts[DSM_TIER_KINDS])
 {
-	counts[0] = counts[1] = counts[2] = 0;
+	memset(counts, 0, DSM_TIER_KINDS * sizeof *counts);
 	for (int l = p->first_moe; l < p->n_layers; l++)
 		for (int e = 0; e < p->n_experts; e++)
 			counts[dsm_plan_expert_tier(p, l, e).kind]++;

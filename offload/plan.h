@@ -9,7 +9,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum dsm_tier_kind { DSM_TIER_NVME = 0, DSM_TIER_DRAM = 1, DSM_TIER_GPU = 2 };
+/* Where an expert's bytes are. Plans name gpu, dram and nvme; "mapped" is the store's own tier (the shard
+ * files mapped by the caller, read through the page cache, computed by the cpu backend): what a store opened
+ * without a plan uses for every expert (offload/dispatch.h). */
+enum dsm_tier_kind { DSM_TIER_NVME = 0, DSM_TIER_DRAM = 1, DSM_TIER_GPU = 2, DSM_TIER_MAPPED = 3 };
+#define DSM_TIER_KINDS 4
 
 #define DSM_TIER_MAX_INDEX 63 /* gpu:0..63, dram:0..63 (NUMA node) */
 
@@ -51,16 +55,17 @@ static inline struct dsm_tier dsm_plan_expert_tier(const struct dsm_plan *p, int
 	return p->expert[(size_t)layer * (size_t)p->n_experts + (size_t)expert];
 }
 
-/* The plan as JSON (the format dsm_plan_parse reads; experts as ranges). Caller frees. NULL on ENOMEM. */
+/* The plan as JSON (the format dsm_plan_parse reads; experts as ranges; an expert a caller put on the mapped
+ * tier is written "mapped", which plan files do not accept). Caller frees. NULL on ENOMEM. */
 char *dsm_plan_to_json(const struct dsm_plan *p);
 
-/* "gpu:0", "dram:1", "nvme" into buf. */
+/* "gpu:0", "dram:1", "nvme", "mapped" into buf. */
 const char *dsm_tier_format(struct dsm_tier t, char *buf, size_t size);
-/* Parses a tier; 0 or -1. */
+/* Parses a tier of a plan ("gpu:N", "dram:N", "nvme"); 0 or -1. */
 int dsm_tier_parse(const char *s, struct dsm_tier *t);
 
 /* Counts of experts per tier kind over all MoE layers. */
-void dsm_plan_count(const struct dsm_plan *p, uint64_t counts[3]);
+void dsm_plan_count(const struct dsm_plan *p, uint64_t counts[DSM_TIER_KINDS]);
 
 /* ---- Plans from budgets ---- */
 

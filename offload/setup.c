@@ -84,7 +84,7 @@ static uint64_t plan_vram(const struct dsm_store_model *m, const struct dsm_plan
 /* A plan that names gpu:N experts needs a gpu backend: without one they would silently run on the cpu. */
 static int check_gpu_tier(const struct dsm_plan *p, const char *what, const struct dsm_backend *gpu)
 {
-	uint64_t n[3];
+	uint64_t n[DSM_TIER_KINDS];
 	dsm_plan_count(p, n);
 	if (gpu || !n[DSM_TIER_GPU])
 		return 0;
@@ -160,11 +160,12 @@ out:
 void dsm_offload_report_text(const struct dsm_offload_report *r, char *buf, size_t size)
 {
 	snprintf(buf, size,
-		 "offload: experts gpu %llu, dram %llu, nvme %llu; NVMe %.1f MB/token at %.2f GB/s; cache %s %llu slots, "
-		 "hit rate %.1f%%; prefetch hit rate %.1f%%; time: attention and the rest %.3f s, cpu experts %.3f s, "
-		 "gpu experts %.3f s, waiting on I/O %.3f s",
+		 "offload: experts gpu %llu, dram %llu, nvme %llu, mapped %llu; NVMe %.1f MB/token at %.2f GB/s; "
+		 "cache %s %llu slots, hit rate %.1f%%; prefetch hit rate %.1f%%; time: attention and the rest %.3f s, "
+		 "cpu experts %.3f s, gpu experts %.3f s, waiting on I/O %.3f s",
 		 (unsigned long long)r->experts[DSM_TIER_GPU], (unsigned long long)r->experts[DSM_TIER_DRAM],
-		 (unsigned long long)r->experts[DSM_TIER_NVME], r->nvme_bytes_per_token / 1e6, r->read_gbs,
+		 (unsigned long long)r->experts[DSM_TIER_NVME], (unsigned long long)r->experts[DSM_TIER_MAPPED],
+		 r->nvme_bytes_per_token / 1e6, r->read_gbs,
 		 r->cache_policy, (unsigned long long)r->cache_slots, 100 * r->cache_hit_rate,
 		 100 * r->prefetch_hit_rate, r->attention_seconds, r->cpu_expert_seconds, r->gpu_expert_seconds,
 		 r->io_wait_seconds);

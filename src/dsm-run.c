@@ -725,7 +725,7 @@ int main(int argc, char **argv)
 			goto fail;
 	}
 	if (off) {
-		dsm_offload_report(off, plan, (uint64_t)(g.n_prompt + (g.n > 1 ? g.n - 1 : 0)),
+		dsm_offload_report(off, (uint64_t)(g.n_prompt + (g.n > 1 ? g.n - 1 : 0)),
 				   g.prefill_seconds + g.decode_seconds, &report);
 		r.offload_report = &report;
 	}

@@ -1,5 +1,6 @@
-/* One MoE layer across tiers (offload/dispatch.h) on the tiny preset: all-DRAM (read from the shards, or copied
- * from their mapping), all-streamed (cache off, and cached with each policy), mixed (a plan from budgets), an emulated GPU (a device-memory backend over the CPU one, under a small device budget), buffered
+/* One MoE layer across tiers (offload/dispatch.h) on the tiny preset: every expert mapped (no plan), all-DRAM,
+ * all-streamed (cache off, and cached with each policy), mapped and streamed experts mixed, mixed (a plan from
+ * budgets), an emulated GPU (a device-memory backend over the CPU one, under a small device budget), buffered
  * and synchronous streaming, look-ahead prefetch: every plan gives outputs bit-identical to a plain loop over
  * experts with weights read straight from the checkpoint, for decode-sized and batched steps. Then I/O faults
  * under a running store: a clear error naming the tensor, and a clean retry. */
@@ -181,7 +182,7 @@ static void test_emu_memory(const struct dsm_backend_options *bo)
 
 struct config_case {
 	const char *name;
-	struct dsm_plan *plan;
+	struct dsm_plan *plan;    /* NULL: every expert mapped */
 	enum dsm_cache_policy policy;
 	uint64_t cache_bytes;
 	int cache_off;
@@ -296,8 +297,9 @@ static void run_case(const struct config_case *cc, struct step_data *steps, floa
 		}
 	struct dsm_offload_stats st;
 	dsm_offload_get_stats(o, &st);
-	uint64_t n[3];
-	dsm_plan_count(cc->plan, n);
+	uint64_t n[DSM_TIER_KINDS] = { [DSM_TIER_MAPPED] = (uint64_t)((NL - L0) * E) };
+	if (cc->plan)
+		dsm_plan_count(cc->plan, n);
 	if (n[DSM_TIER_NVME])
 		CHECK(st.bytes_read > 0 && st.expert_runs[DSM_TIER_NVME] > 0, "%s: nothing streamed", cc->name);
 	if (cc->gpu)
@@ -309,10 +311,25 @@ static void run_case(const struct config_case *cc, struct step_data *steps, floa
 		      (unsigned long long)st.cache.prefetches, (unsigned long long)st.cache.prefetch_hits, (unsigned long long)st.cache.prefetch_wasted);
 	if (!cc->cache_off && n[DSM_TIER_NVME] && cc->cache_bytes > 0)
 		CHECK(st.cache.hits > 0, "%s: a cache that never hits", cc->name);
+	if (n[DSM_TIER_MAPPED])
+		CHECK(st.expert_runs[DSM_TIER_MAPPED] > 0, "%s: no mapped run", cc->name);
+	if (!cc->plan)
+		CHECK(st.bytes_read == 0 && st.expert_runs[DSM_TIER_NVME] == 0 && st.resident_bytes[DSM_TIER_DRAM] == 0 &&
+		      st.steps == 2 * STEPS, "%s: an all-mapped store read %llu bytes", cc->name,
+		      (unsigned long long)st.bytes_read);
+	struct dsm_offload_report rep;
+	dsm_offload_report(o, 1, 1.0, &rep);
+	char line[512];
+	dsm_offload_report_text(&rep, line, sizeof line);
+	char counts[96];
+	snprintf(counts, sizeof counts, "experts gpu %llu, dram %llu, nvme %llu, mapped %llu;",
+		 (unsigned long long)n[DSM_TIER_GPU], (unsigned long long)n[DSM_TIER_DRAM],
+		 (unsigned long long)n[DSM_TIER_NVME], (unsigned long long)n[DSM_TIER_MAPPED]);
+	CHECK(strstr(line, counts) != NULL, "%s: report '%s' lacks '%s'", cc->name, line, counts);
 	if (getenv("VERBOSE"))
-		fprintf(stderr, "%s: runs nvme %llu dram %llu gpu %llu, read %llu bytes, hits %llu misses %llu\n",
+		fprintf(stderr, "%s: runs nvme %llu dram %llu gpu %llu mapped %llu, read %llu bytes, hits %llu misses %llu\n",
 			cc->name, (unsigned long long)st.expert_runs[0], (unsigned long long)st.expert_runs[1],
-			(unsigned long long)st.expert_runs[2], (unsigned long long)st.bytes_read,
+			(unsigned long long)st.expert_runs[2], (unsigned long long)st.expert_runs[3], (unsigned long long)st.bytes_read,
 			(unsigned long long)st.cache.hits, (unsigned long long)st.cache.misses);
 
 	/* The synchronous accessor gives the same bytes. */
@@ -438,20 +455,26 @@ int main(void)
 	CHECK(dsm_topo_open(&numa2, "numa:2 core:2 pu:1") == 0 && dsm_topo_open(&here, NULL) == 0, "topology: %s",
 	      dsm_errmsg());
 	int n_here = dsm_topo_n_nodes(here);
-	struct dsm_plan *two_nodes, *here_nodes;
+	struct dsm_plan *two_nodes, *here_nodes, *mapped_streamed;
 	dsm_plan_uniform(&two_nodes, c, t_dram, t_nvme);
 	dsm_plan_uniform(&here_nodes, c, t_dram, t_dram);
+	dsm_plan_uniform(&mapped_streamed, c, t_dram, t_nvme);
 	for (int l = L0; l < NL; l++)
 		for (int x = 0; x < E; x++) {
 			/* Two nodes: odd experts on dram:1, a quarter streamed. */
 			if (x % 4 != 3)
 				two_nodes->expert[l * E + x] = (struct dsm_tier){ DSM_TIER_DRAM, (uint8_t)(x % 2) };
 			here_nodes->expert[l * E + x] = (struct dsm_tier){ DSM_TIER_DRAM, (uint8_t)(x % n_here) };
+			/* A third of the experts where they are mapped, the rest streamed. */
+			if (x % 3 == 0)
+				mapped_streamed->expert[l * E + x] = (struct dsm_tier){ DSM_TIER_MAPPED, 0 };
 		}
 
 	const struct config_case cases[] = {
+		{ "all mapped (no plan)", NULL, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL, 1 },
 		{ "all-dram", dram, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL, 0 },
 		{ "all-dram from the mapping", dram, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL, 1 },
+		{ "mapped and streamed", mapped_streamed, DSM_CACHE_LRU, 6 * slot, 0, 0, 0, 1, NULL, 1 },
 		{ "all-streamed cache off", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 0, NULL, 0 },
 		{ "all-streamed lru", streamed, DSM_CACHE_LRU, 12 * slot, 0, 0, 0, 0, NULL, 0 },
 		{ "all-streamed lfu", streamed, DSM_CACHE_LFU, 12 * slot, 0, 0, 0, 0, NULL, 0 },
@@ -470,20 +493,26 @@ int main(void)
 	CHECK(es.used == 0 && es.allocs == 0 && es.bad_frees == 0, "emu device memory leaked: %zu bytes in %zu "
 	      "allocations, %zu bad frees", es.used, es.allocs, es.bad_frees);
 	CHECK(es.peak > 0 && es.peak <= es.budget, "emu peak %zu of %zu", es.peak, es.budget);
-	uint64_t n[3];
+	uint64_t n[DSM_TIER_KINDS];
 	dsm_plan_count(gpu, n);
 	CHECK(n[DSM_TIER_GPU] == 5 && n[DSM_TIER_DRAM] == 8, "gpu plan tiers %llu %llu", (unsigned long long)n[2],
 	      (unsigned long long)n[1]);
 	test_faults(steps, want, streamed);
 
-	/* A node the machine (or topology) lacks, and a gpu other than gpu:0: refused at open, naming the expert. */
+	/* The mapped tier needs the addresses of the mapped shards. */
 	struct dsm_offload *o;
+	struct dsm_offload_opts mo_none = { .cpu = cpu };
+	int rc = dsm_offload_open(&o, sm, &mo_none);
+	CHECK(rc == DSM_EARG && strstr(dsm_errmsg(), "is on the mapped tier but tensor 'model.layers."),
+	      "mapped without addresses: %d %s", rc, dsm_errmsg());
+
+	/* A node the machine (or topology) lacks, and a gpu other than gpu:0: refused at open, naming the expert. */
 	struct dsm_offload_opts no = { .plan = here_nodes, .cpu = cpu, .pool_flags = DSM_POOL_NO_LOCK };
 	here_nodes->expert[(L0 + 1) * E + 5] = (struct dsm_tier){ DSM_TIER_DRAM, (uint8_t)n_here };
 	char want_msg[160];
 	snprintf(want_msg, sizeof want_msg, "plan puts layer %d expert 5 on dram:%d but this machine has %d NUMA node%s",
 		 L0 + 1, n_here, n_here, n_here == 1 ? "" : "s");
-	int rc = dsm_offload_open(&o, sm, &no);
+	rc = dsm_offload_open(&o, sm, &no);
 	CHECK(rc == DSM_EPLAN && strstr(dsm_errmsg(), want_msg), "node past this machine's: %d %s", rc, dsm_errmsg());
 	no.topo = numa2;
 	no.plan = two_nodes;
@@ -532,6 +561,7 @@ int main(void)
 	dsm_plan_free(gpu);
 	dsm_plan_free(two_nodes);
 	dsm_plan_free(here_nodes);
+	dsm_plan_free(mapped_streamed);
 	dsm_topo_close(numa2);
 	dsm_topo_close(here);
 	dsm_backend_destroy(emu);

@@ -61,9 +61,10 @@ static void test_parse(void)
 	CHECK(tier_is(dsm_plan_expert_tier(p, 3, 7), DSM_TIER_NVME, 0), "3/7");
 	CHECK(tier_is(dsm_plan_expert_tier(p, 4, 9), DSM_TIER_DRAM, 0), "4/9");
 	CHECK(p->cache_policy == 2 && p->cache_bytes == 1048576, "cache");
-	uint64_t n[3];
+	uint64_t n[DSM_TIER_KINDS];
 	dsm_plan_count(p, n);
-	CHECK(n[DSM_TIER_GPU] == 4 && n[DSM_TIER_DRAM] == 17 && n[DSM_TIER_NVME] == 27, "counts %llu %llu %llu",
+	CHECK(n[DSM_TIER_GPU] == 4 && n[DSM_TIER_DRAM] == 17 && n[DSM_TIER_NVME] == 27 && n[DSM_TIER_MAPPED] == 0,
+	      "counts %llu %llu %llu",
 	      (unsigned long long)n[0], (unsigned long long)n[1], (unsigned long long)n[2]);
 
 	/* Round trip through the writer. */
@@ -152,7 +153,7 @@ static void test_budgets(void)
 	 * layers by rank (experts 0 of layers 2, 3, 4, then experts 1, ...): 4 + 3 + 3. */
 	struct dsm_plan_budget b = { .dram_bytes = 1000 + 300 + 10 * 100 + 50, .dram_reserve = 300 };
 	CHECK(dsm_plan_from_budgets(&p, &shape, &sz, &b, NULL) == 0, "budgets: %s", dsm_errmsg());
-	uint64_t n[3];
+	uint64_t n[DSM_TIER_KINDS];
 	dsm_plan_count(p, n);
 	CHECK(n[DSM_TIER_DRAM] == 10 && n[DSM_TIER_GPU] == 0, "ten in dram: %llu", (unsigned long long)n[1]);
 	CHECK(tier_is(dsm_plan_expert_tier(p, 2, 3), DSM_TIER_DRAM, 0) &&
@@ -222,7 +223,7 @@ static void test_checkpoint(const char *dir)
 	struct dsm_plan *p;
 	struct dsm_plan_budget b = { .dram_bytes = sz.non_expert_total + 20 * want, .dram_reserve = 4 * want };
 	CHECK(dsm_plan_from_budgets(&p, &sm->shape, &sz, &b, NULL) == 0, "budget plan: %s", dsm_errmsg());
-	uint64_t n[3];
+	uint64_t n[DSM_TIER_KINDS];
 	dsm_plan_count(p, n);
 	CHECK(n[DSM_TIER_DRAM] == 16 && n[DSM_TIER_NVME] == 32, "dram %llu", (unsigned long long)n[1]);
 	char *text = dsm_plan_to_json(p);
