@@ -1,4 +1,5 @@
-/* The store of routed experts and the dispatch of one MoE layer across its tiers (docs/offload.md).
+/* The store of routed experts and the dispatch of one MoE layer across its tiers (docs/offload.md). Every
+ * routed expert the model computes comes through here.
  *
  * The store knows the model through a struct dsm_store_model (offload/store_model.h) that the caller fills
  * in. Opened without a plan, every expert is on the mapped tier: computed by the cpu backend where the

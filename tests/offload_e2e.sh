@@ -1,7 +1,8 @@
 #!/bin/sh
 # dsm-run with the tiered expert store (docs/offload.md) on the tiny preset: all-DRAM, all-streamed
 # (cache off), cached with each policy, mixed and GPU-tier plans from a plan file (GPU experts on the emu
-# backend), plans from budgets with a small emu device: every plan gives logits bit-identical to the plain run.
+# backend), plans from budgets with a small emu device: every plan gives logits bit-identical to the plain run
+# (whose routed experts are all on the store's mapped tier).
 # Then the report, --json, --record-routing and clear errors for bad plans and budgets. The logits check is
 # repeated on the small preset (tests/small_preset.sh; DSM_TEST_SMALL=0 leaves it out).
 W=$top_builddir/tests/offload_e2e.d
