@@ -356,6 +356,7 @@ static void print_json(const char *prompt, const struct token_ids *ids, const st
 		cJSON_AddNumberToObject(off, "gpu_experts", (double)o->experts[DSM_TIER_GPU]);
 		cJSON_AddNumberToObject(off, "dram_experts", (double)o->experts[DSM_TIER_DRAM]);
 		cJSON_AddNumberToObject(off, "nvme_experts", (double)o->experts[DSM_TIER_NVME]);
+		cJSON_AddNumberToObject(off, "mapped_experts", (double)o->experts[DSM_TIER_MAPPED]);
 		cJSON_AddNumberToObject(off, "nvme_bytes_per_token", o->nvme_bytes_per_token);
 		cJSON_AddNumberToObject(off, "read_gbs", o->read_gbs);
 		cJSON_AddStringToObject(off, "cache_policy", o->cache_policy);

@@ -93,8 +93,6 @@ static void layout_buffers(struct dsm_session *s, struct arena *a)
 		s->rlogits = take(a, B * E * f);
 		s->ridx = take(a, B * k * sizeof(int32_t));
 		s->rw = take(a, B * k * f);
-		s->ew = take(a, E * sizeof(struct dsm_ffn_weights));
-		s->ep = take(a, E * sizeof(struct dsm_ffn_weights *));
 	}
 	s->ye = take(a, B * D * f);
 	s->logits = take(a, (B < S ? B : S) * (size_t)c->vocab_size * f);

@@ -7,6 +7,7 @@
  * io_ratio = streamer GB/s / sequential GB/s. */
 #include "checkpoint.h"
 #include "error.h"
+#include "expert_store.h"
 #include "plan.h"
 #include "pool.h"
 #include "size_parse.h"
@@ -219,8 +220,10 @@ int bench_io_main(int argc, char **argv)
 		return 1;
 	}
 	struct dsm_checkpoint *ck;
-	if (dsm_checkpoint_open(&ck, model) < 0) {
+	struct dsm_store_model *sm = NULL;
+	if (dsm_checkpoint_open(&ck, model) < 0 || dsm_store_model_from_checkpoint(&sm, ck, NULL) < 0) {
 		fprintf(stderr, "dsm-bench io: %s\n", dsm_errmsg());
+		dsm_checkpoint_close(ck);
 		return 1;
 	}
 	const struct dsm_config *c = &ck->config;
@@ -243,19 +246,15 @@ int bench_io_main(int argc, char **argv)
 	size_t k = 0;
 	for (int l = first; l < first + layers; l++)
 		for (int e = 0; e < c->n_routed_experts; e++, k++) {
-			const struct dsm_tensor *t[DSM_EXPERT_NPROJ];
-			if (dsm_expert_tensors(ck, l, e, t) < 0) {
-				fprintf(stderr, "dsm-bench io: %s\n", dsm_errmsg());
-				goto out;
-			}
+			const struct dsm_store_tensor *t = dsm_store_expert(sm, l, e)->w;
 			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-				ex[k].r[j] = (struct dsm_stream_range){ .file = t[j]->shard, .offset = t[j]->offset,
-					.nbytes = t[j]->nbytes, .name = t[j]->name };
-				struct span *sp = &spans[t[j]->shard];
-				if (t[j]->offset < sp->begin)
-					sp->begin = t[j]->offset;
-				if (t[j]->offset + t[j]->nbytes > sp->end)
-					sp->end = t[j]->offset + t[j]->nbytes;
+				ex[k].r[j] = (struct dsm_stream_range){ .file = t[j].shard, .offset = t[j].offset,
+					.nbytes = t[j].nbytes, .name = t[j].name };
+				struct span *sp = &spans[t[j].shard];
+				if (t[j].offset < sp->begin)
+					sp->begin = t[j].offset;
+				if (t[j].offset + t[j].nbytes > sp->end)
+					sp->end = t[j].offset + t[j].nbytes;
 			}
 		}
 	if (!file_order) {
@@ -341,6 +340,7 @@ out:
 	free(ex);
 	free(spans);
 	free(paths);
+	dsm_store_model_free(sm);
 	dsm_checkpoint_close(ck);
 	return status;
 }
@@ -499,15 +499,18 @@ int bench_e2e_main(int argc, char **argv)
 			return 1;
 		}
 		struct dsm_checkpoint *ck;
-		if (dsm_checkpoint_open(&ck, skew_model) < 0) {
+		struct dsm_store_model *sm = NULL;
+		if (dsm_checkpoint_open(&ck, skew_model) < 0 || dsm_store_model_from_checkpoint(&sm, ck, NULL) < 0) {
 			fprintf(stderr, "dsm-bench e2e: %s\n", dsm_errmsg());
+			dsm_checkpoint_close(ck);
 			return 1;
 		}
 		struct dsm_plan_sizes sz;
-		dsm_plan_sizes_from_checkpoint(ck, &sz);
+		dsm_plan_sizes(sm, &sz);
 		const struct dsm_config *c = &ck->config;
 		uint64_t half = (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace) * (uint64_t)c->n_routed_experts / 2 *
 				(sz.expert_bytes + 8192);
+		dsm_store_model_free(sm);
 		dsm_checkpoint_close(ck);
 		/* Alternate lru and pinned twice; the best of each counts. */
 		for (int round = 0; round < 2; round++)
