@@ -6,6 +6,7 @@
 #include "trace.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,10 +15,11 @@
 #include <unistd.h>
 
 struct expert_info {
-	const struct dsm_tensor *t[DSM_EXPERT_NPROJ];
-	const float *scale[DSM_EXPERT_NPROJ];      /* resident block scales (NULL for BF16 weights) */
+	const struct dsm_store_expert *src;        /* its tensors in the shard files (and mapped) */
+	const float *scale[DSM_EXPERT_NPROJ];      /* block scales in host memory (NULL for BF16 or F32 weights):
+						    * the mapped ones for the mapped tier, else resident copies */
 	struct dsm_tier tier;
-	const uint8_t *host[DSM_EXPERT_NPROJ];     /* dram tier (and gpu tier without device memory) */
+	const uint8_t *host[DSM_EXPERT_NPROJ];     /* mapped and dram tiers (and gpu tier without device memory) */
 	void *dev[DSM_EXPERT_NPROJ];               /* gpu tier: weights in device memory */
 	void *dev_scale[DSM_EXPERT_NPROJ];
 	struct dsm_stream_range r[DSM_EXPERT_NPROJ];
@@ -33,13 +35,14 @@ struct slot_info {
 enum { TODO, WAITING, READY, DONE };
 
 struct dsm_offload {
-	const struct dsm_checkpoint *ck;
+	const struct dsm_store_model *m;
 	struct dsm_offload_opts o;
 	int n_layers, first_moe, n_experts, top_k;
 	int64_t dim;
 	struct expert_info *ex;   /* [n_layers * n_experts] */
-	float *scales;
-	struct dsm_stream *st;
+	uint64_t n_tier[DSM_TIER_KINDS]; /* experts held per tier kind */
+	float *scales;            /* resident block scales of the experts not mapped */
+	struct dsm_stream *st;    /* NULL when every expert is mapped: nothing is ever read */
 	struct dsm_topo *topo;
 	int own_topo;
 	int n_nodes;
@@ -61,6 +64,8 @@ struct dsm_offload {
 	int32_t *first, *count, *fill; /* [n_experts] */
 	int32_t *need;            /* [n_experts] experts of the step, ascending */
 	int *state, *slot_of;     /* [n_experts] per need[] entry */
+	struct dsm_ffn_weights *host_w;          /* [n_experts] a host step's experts, for the moe op */
+	const struct dsm_ffn_weights **host_wp;  /* [n_experts] &host_w[x] for the step's experts, else NULL */
 	void *dev_x, *dev_y;      /* gpu scratch */
 	size_t dev_cap;
 	/* Look-ahead. */
@@ -88,9 +93,11 @@ static void make_weights(const struct expert_info *e, const void *const data[DSM
 			 const float *const scale[DSM_EXPERT_NPROJ], struct dsm_ffn_weights *w)
 {
 	struct dsm_mat *m[DSM_EXPERT_NPROJ] = { &w->gate, &w->up, &w->down };
-	for (int i = 0; i < DSM_EXPERT_NPROJ; i++)
-		*m[i] = (struct dsm_mat){ .dtype = e->t[i]->dtype, .rows = (int64_t)e->t[i]->shape[0],
-			.cols = (int64_t)e->t[i]->shape[1], .row0 = 0, .data = data[i], .scale = scale[i] };
+	for (int i = 0; i < DSM_EXPERT_NPROJ; i++) {
+		const struct dsm_store_tensor *t = &e->src->w[i];
+		*m[i] = (struct dsm_mat){ .dtype = t->dtype, .rows = t->rows, .cols = t->cols, .row0 = 0, .data = data[i],
+			.scale = scale[i] };
+	}
 	w->numa_home = 0;
 }
 
@@ -153,8 +160,8 @@ static int upload_gpu(struct dsm_offload *o)
 			if (e->tier.kind != DSM_TIER_GPU)
 				continue;
 			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-				size_t nb = (size_t)e->t[j]->nbytes;
-				size_t sb = e->t[j]->scale ? (size_t)e->t[j]->scale->nbytes : 0;
+				size_t nb = (size_t)e->src->w[j].nbytes;
+				size_t sb = (size_t)e->src->scale[j].nbytes;
 				if (!(e->dev[j] = g->alloc(g, nb)) || (sb && !(e->dev_scale[j] = g->alloc(g, sb))))
 					return dsm_fail(DSM_ENOMEM, "%s: device memory exhausted uploading layer %d expert %d "
 							"(the plan puts more experts on the GPU than it holds)", g->name, l, x);
@@ -164,7 +171,7 @@ static int upload_gpu(struct dsm_offload *o)
 				if (rc < 0)
 					return rc;
 			}
-			o->stats.resident_bytes[DSM_TIER_GPU] += (uint64_t)(e->t[0]->nbytes + e->t[1]->nbytes + e->t[2]->nbytes);
+			o->stats.resident_bytes[DSM_TIER_GPU] += e->src->w[0].nbytes + e->src->w[1].nbytes + e->src->w[2].nbytes;
 		}
 	return g->sync ? g->sync(g) : 0;
 }
@@ -184,72 +191,164 @@ static void add_pool_warning(struct dsm_offload *o, const struct dsm_pool *p)
 	}
 }
 
-int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, const struct dsm_offload_opts *opt)
+/* Reads the small tensor t (a block scale) into dst: copied from where the caller mapped it, else read from its
+ * shard file (fds[shard]: opened on first use, -1 until then). */
+static int read_small(const struct dsm_store_model *m, const struct dsm_store_tensor *t, int *fds, void *dst)
+{
+	if (t->mapped) {
+		memcpy(dst, t->mapped, (size_t)t->nbytes);
+		return 0;
+	}
+	const char *path = m->shards[t->shard];
+	if (fds[t->shard] < 0 && (fds[t->shard] = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return dsm_fail(DSM_EIO, "%s: cannot open: %s", path, strerror(errno));
+	for (uint64_t done = 0; done < t->nbytes;) {
+		ssize_t r = pread(fds[t->shard], (char *)dst + done, (size_t)(t->nbytes - done), (off_t)(t->offset + done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return dsm_fail(DSM_EIO, "%s: tensor '%s': read of %llu bytes at offset %llu failed: %s", path, t->name,
+					(unsigned long long)(t->nbytes - done), (unsigned long long)(t->offset + done),
+					strerror(errno));
+		if (r == 0)
+			return dsm_fail(DSM_ETRUNCATED, "%s: tensor '%s': the file ends at offset %llu, inside the tensor", path,
+					t->name, (unsigned long long)(t->offset + done));
+		done += (uint64_t)r;
+	}
+	return 0;
+}
+
+/* The scales of every expert in host memory: in place for the mapped tier, else copied into one resident
+ * allocation (they are small and every tier needs them at once). */
+static int load_scales(struct dsm_offload *o)
+{
+	uint64_t bytes = 0;
+	for (int l = o->first_moe; l < o->n_layers; l++)
+		for (int x = 0; x < o->n_experts; x++) {
+			const struct expert_info *e = info(o, l, x);
+			for (int j = 0; j < DSM_EXPERT_NPROJ && e->tier.kind != DSM_TIER_MAPPED; j++)
+				bytes += e->src->scale[j].nbytes;
+		}
+	if (bytes && !(o->scales = malloc((size_t)bytes)))
+		return dsm_fail(DSM_ENOMEM, "offload: out of memory for %llu bytes of block scales",
+				(unsigned long long)bytes);
+	int *fds = malloc(sizeof(int) * (size_t)(o->m->n_shards > 0 ? o->m->n_shards : 1));
+	if (!fds)
+		return dsm_fail(DSM_ENOMEM, "offload: out of memory");
+	for (int i = 0; i < o->m->n_shards; i++)
+		fds[i] = -1;
+	uint64_t at = 0;
+	int rc = 0;
+	for (int l = o->first_moe; l < o->n_layers && rc == 0; l++)
+		for (int x = 0; x < o->n_experts && rc == 0; x++) {
+			struct expert_info *e = info(o, l, x);
+			for (int j = 0; j < DSM_EXPERT_NPROJ && rc == 0; j++) {
+				const struct dsm_store_tensor *s = &e->src->scale[j];
+				if (!s->nbytes)
+					continue;
+				if (e->tier.kind == DSM_TIER_MAPPED) {
+					e->scale[j] = s->mapped;
+					continue;
+				}
+				float *dst = (float *)((char *)o->scales + at);
+				if ((rc = read_small(o->m, s, fds, dst)) == 0)
+					e->scale[j] = dst;
+				at += s->nbytes;
+			}
+		}
+	for (int i = 0; i < o->m->n_shards; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	free(fds);
+	return rc;
+}
+
+/* The mapped tier computes an expert where the caller mapped it: every tensor must have an address. */
+static int check_mapped(const struct dsm_offload *o, int layer, int expert, const struct dsm_store_expert *e)
+{
+	for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+		const struct dsm_store_tensor *w = &e->w[j], *s = &e->scale[j];
+		if (w->mapped && (!s->nbytes || s->mapped))
+			continue;
+		return dsm_fail(DSM_EARG, "%s: layer %d expert %d is on the mapped tier but tensor '%s' is not mapped",
+				o->m->source, layer, expert, w->mapped ? s->name : w->name);
+	}
+	return 0;
+}
+
+int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, const struct dsm_offload_opts *opt)
 {
 	*out = NULL;
-	const struct dsm_config *c = &ck->config;
+	const struct dsm_moe_shape *c = &m->shape;
 	const struct dsm_plan *p = opt->plan;
-	if (!p || !opt->cpu)
-		return dsm_fail(DSM_EARG, "offload: a plan and a cpu backend are required");
-	if (p->n_layers != c->num_hidden_layers || p->first_moe != c->first_k_dense_replace ||
-	    p->n_experts != c->n_routed_experts || p->hidden_size != c->hidden_size)
+	if (!opt->cpu)
+		return dsm_fail(DSM_EARG, "offload: a cpu backend is required");
+	if (p && (p->n_layers != c->n_layers || p->first_moe != c->first_moe || p->n_experts != c->n_experts ||
+		  p->hidden_size != c->hidden_size))
 		return dsm_fail(DSM_EPLAN, "%s: the placement plan is for another model (%d layers, MoE from %d, %d experts, "
-				"hidden %d)", ck->dir, p->n_layers, p->first_moe, p->n_experts, p->hidden_size);
+				"hidden %d)", m->source, p->n_layers, p->first_moe, p->n_experts, p->hidden_size);
+	if (c->n_layers < 0 || c->n_experts < 0 || c->first_moe < 0)
+		return dsm_fail(DSM_EARG, "%s: %d layers, MoE from %d, %d experts", m->source, c->n_layers, c->first_moe,
+				c->n_experts);
 	struct dsm_offload *o = calloc(1, sizeof *o);
 	if (!o)
 		return dsm_fail(DSM_ENOMEM, "out of memory");
-	o->ck = ck;
+	o->m = m;
 	o->o = *opt;
-	o->n_layers = c->num_hidden_layers;
-	o->first_moe = c->first_k_dense_replace;
-	o->n_experts = c->n_routed_experts;
-	o->top_k = c->num_experts_per_tok;
+	o->n_layers = c->n_layers;
+	o->first_moe = c->first_moe;
+	o->n_experts = c->n_experts;
+	o->top_k = c->top_k;
 	o->dim = c->hidden_size;
 	int rc = DSM_ENOMEM;
-	size_t n_keys = (size_t)o->n_layers * (size_t)o->n_experts;
-	o->ex = calloc(n_keys, sizeof *o->ex);
-	o->first = calloc((size_t)o->n_experts, sizeof *o->first);
-	o->count = calloc((size_t)o->n_experts, sizeof *o->count);
-	o->fill = calloc((size_t)o->n_experts, sizeof *o->fill);
-	o->need = calloc((size_t)o->n_experts, sizeof *o->need);
-	o->state = calloc((size_t)o->n_experts, sizeof *o->state);
-	o->slot_of = calloc((size_t)o->n_experts, sizeof *o->slot_of);
-	o->router = calloc((size_t)o->n_layers, sizeof *o->router);
-	o->router_bias = calloc((size_t)o->n_layers, sizeof *o->router_bias);
-	if (!o->ex || !o->first || !o->count || !o->fill || !o->need || !o->state || !o->slot_of || !o->router ||
-	    !o->router_bias)
+	size_t n_keys = (size_t)o->n_layers * (size_t)o->n_experts, E1 = (size_t)o->n_experts + 1;
+	o->ex = calloc(n_keys + 1, sizeof *o->ex);
+	o->first = calloc(E1, sizeof *o->first);
+	o->count = calloc(E1, sizeof *o->count);
+	o->fill = calloc(E1, sizeof *o->fill);
+	o->need = calloc(E1, sizeof *o->need);
+	o->state = calloc(E1, sizeof *o->state);
+	o->slot_of = calloc(E1, sizeof *o->slot_of);
+	o->host_w = calloc(E1, sizeof *o->host_w);
+	o->host_wp = calloc(E1, sizeof *o->host_wp);
+	o->router = calloc((size_t)o->n_layers + 1, sizeof *o->router);
+	o->router_bias = calloc((size_t)o->n_layers + 1, sizeof *o->router_bias);
+	if (!o->ex || !o->first || !o->count || !o->fill || !o->need || !o->state || !o->slot_of || !o->host_w ||
+	    !o->host_wp || !o->router || !o->router_bias)
 		goto nomem;
 	o->lookahead_tokens = 1;
 
-	if (opt->topo) {
-		o->topo = opt->topo;
-	} else {
-		if ((rc = dsm_topo_open(&o->topo, NULL)) < 0)
-			goto err;
-		o->own_topo = 1;
+	/* The NUMA nodes a plan's dram:N tiers name. */
+	const char *machine = "";
+	if (p) {
+		if (opt->topo) {
+			o->topo = opt->topo;
+		} else {
+			if ((rc = dsm_topo_open(&o->topo, NULL)) < 0)
+				goto err;
+			o->own_topo = 1;
+		}
+		o->n_nodes = dsm_topo_n_nodes(o->topo);
+		machine = dsm_topo_is_this_system(o->topo) ? "this machine has" : "the topology has";
+		for (int k = 0; k < DSM_KIND_COUNT; k++)
+			if (p->non_expert[k].kind == DSM_TIER_DRAM && p->non_expert[k].index >= o->n_nodes) {
+				rc = dsm_fail(DSM_EPLAN, "plan puts non-expert weights on dram:%d but %s %d NUMA node%s",
+					      p->non_expert[k].index, machine, o->n_nodes, o->n_nodes == 1 ? "" : "s");
+				goto err;
+			}
 	}
-	o->n_nodes = dsm_topo_n_nodes(o->topo);
-	o->resident = calloc((size_t)o->n_nodes, sizeof *o->resident);
-	o->node_experts = calloc((size_t)o->n_nodes, sizeof *o->node_experts);
+	o->resident = calloc((size_t)o->n_nodes + 1, sizeof *o->resident);
+	o->node_experts = calloc((size_t)o->n_nodes + 1, sizeof *o->node_experts);
 	if (!o->resident || !o->node_experts)
 		goto nomem;
-	const char *machine = dsm_topo_is_this_system(o->topo) ? "this machine has" : "the topology has";
-	for (int k = 0; k < DSM_KIND_COUNT; k++)
-		if (p->non_expert[k].kind == DSM_TIER_DRAM && p->non_expert[k].index >= o->n_nodes) {
-			rc = dsm_fail(DSM_EPLAN, "plan puts non-expert weights on dram:%d but %s %d NUMA node%s",
-				      p->non_expert[k].index, machine, o->n_nodes, o->n_nodes == 1 ? "" : "s");
-			goto err;
-		}
 
-	/* Tensors, ranges, tiers; the scales, resident. */
-	uint64_t scale_bytes = 0;
-	unsigned n_tier[3] = { 0, 0, 0 };
+	/* Tiers and byte ranges; the scales in host memory. */
+	rc = 0;
 	for (int l = o->first_moe; l < o->n_layers; l++)
 		for (int x = 0; x < o->n_experts; x++) {
 			struct expert_info *e = info(o, l, x);
-			if ((rc = dsm_expert_tensors(ck, l, x, e->t)) < 0)
-				goto err;
-			e->tier = dsm_plan_expert_tier(p, l, x);
+			e->src = dsm_store_expert(m, l, x);
+			e->tier = p ? dsm_plan_expert_tier(p, l, x) : (struct dsm_tier){ DSM_TIER_MAPPED, 0 };
 			if (e->tier.kind == DSM_TIER_GPU && !(opt->gpu && opt->gpu->alloc))
 				e->tier = (struct dsm_tier){ DSM_TIER_DRAM, 0 }; /* computed by the cpu from DRAM */
 			if (e->tier.kind == DSM_TIER_GPU && e->tier.index != 0)
@@ -258,43 +357,26 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, 
 			if (e->tier.kind == DSM_TIER_DRAM && e->tier.index >= o->n_nodes)
 				rc = dsm_fail(DSM_EPLAN, "plan puts layer %d expert %d on dram:%d but %s %d NUMA node%s", l, x,
 					      e->tier.index, machine, o->n_nodes, o->n_nodes == 1 ? "" : "s");
+			if (e->tier.kind == DSM_TIER_MAPPED && (rc = check_mapped(o, l, x, e->src)) == 0)
+				for (int j = 0; j < DSM_EXPERT_NPROJ; j++)
+					e->host[j] = e->src->w[j].mapped;
 			if (rc < 0)
 				goto err;
-			n_tier[e->tier.kind]++;
+			o->n_tier[e->tier.kind]++;
 			if (e->tier.kind == DSM_TIER_DRAM)
 				o->node_experts[e->tier.index]++;
-			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-				e->r[j] = (struct dsm_stream_range){ .file = e->t[j]->shard, .offset = e->t[j]->offset,
-					.nbytes = e->t[j]->nbytes, .name = e->t[j]->name };
-				if (e->t[j]->scale)
-					scale_bytes += e->t[j]->scale->nbytes;
-			}
+			for (int j = 0; j < DSM_EXPERT_NPROJ; j++)
+				e->r[j] = (struct dsm_stream_range){ .file = e->src->w[j].shard, .offset = e->src->w[j].offset,
+					.nbytes = e->src->w[j].nbytes, .name = e->src->w[j].name };
 		}
-	if (scale_bytes && !(o->scales = malloc((size_t)scale_bytes)))
-		goto nomem;
-	uint64_t at = 0;
-	for (int l = o->first_moe; l < o->n_layers; l++)
-		for (int x = 0; x < o->n_experts; x++) {
-			struct expert_info *e = info(o, l, x);
-			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-				const struct dsm_tensor *s = e->t[j]->scale;
-				if (!s)
-					continue;
-				float *dst = (float *)((char *)o->scales + at);
-				if ((rc = dsm_checkpoint_read(ck, s, dst)) < 0)
-					goto err;
-				e->scale[j] = dst;
-				at += s->nbytes;
-			}
-		}
+	if ((rc = load_scales(o)) < 0)
+		goto err;
+	if (!o->n_tier[DSM_TIER_NVME] && !o->n_tier[DSM_TIER_DRAM] && !o->n_tier[DSM_TIER_GPU]) {
+		*out = o; /* every expert mapped: nothing to read, ever */
+		return 0;
+	}
 
-	const char **paths = calloc((size_t)ck->n_shards, sizeof *paths);
-	if (!paths)
-		goto nomem;
-	for (int i = 0; i < ck->n_shards; i++)
-		paths[i] = ck->shards[i].path;
-	rc = dsm_stream_open(&o->st, paths, ck->n_shards, &opt->stream);
-	free(paths);
+	rc = dsm_stream_open(&o->st, m->shards, m->n_shards, &opt->stream);
 	if (rc < 0)
 		goto err;
 	size_t slot_bytes = 0;
@@ -328,10 +410,10 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, 
 		o->stats.resident_bytes[DSM_TIER_DRAM] += (uint64_t)o->node_experts[j] * slot_bytes;
 	}
 	/* The GPU tier, staged through DRAM for the upload; the staging is freed once uploaded. */
-	if (n_tier[DSM_TIER_GPU]) {
+	if (o->n_tier[DSM_TIER_GPU]) {
 		struct dsm_pool *staging;
-		if ((rc = dsm_pool_init(&staging, slot_bytes, n_tier[DSM_TIER_GPU], opt->pool_flags | DSM_POOL_NO_LOCK,
-					opt->stream.io)) < 0)
+		if ((rc = dsm_pool_init(&staging, slot_bytes, (unsigned)o->n_tier[DSM_TIER_GPU],
+					opt->pool_flags | DSM_POOL_NO_LOCK, opt->stream.io)) < 0)
 			goto err;
 		if ((rc = load_resident(o, staging, DSM_TIER_GPU, 0)) >= 0)
 			rc = upload_gpu(o);
@@ -345,13 +427,13 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, 
 	}
 
 	/* The expert cache for streamed experts. */
-	if (n_tier[DSM_TIER_NVME]) {
+	if (o->n_tier[DSM_TIER_NVME]) {
 		uint64_t min_slots = 2u * (unsigned)(o->top_k > 0 ? o->top_k : 1);
 		uint64_t n_slots = opt->cache_bytes / slot_bytes;
 		if (n_slots < min_slots)
 			n_slots = min_slots;
-		if (n_slots > n_tier[DSM_TIER_NVME] + min_slots)
-			n_slots = n_tier[DSM_TIER_NVME] + min_slots;
+		if (n_slots > o->n_tier[DSM_TIER_NVME] + min_slots)
+			n_slots = o->n_tier[DSM_TIER_NVME] + min_slots;
 		/* Pinned policy: every slot but the working area of one step and one look-ahead layer (2 x top_k)
 		 * holds a pinned expert; an lru area smaller than one token's experts would only thrash. */
 		unsigned n_pinned = n_slots > 2 * min_slots ? (unsigned)(n_slots - min_slots) : (unsigned)(n_slots / 2);
@@ -423,6 +505,8 @@ void dsm_offload_close(struct dsm_offload *o)
 	free(o->need);
 	free(o->state);
 	free(o->slot_of);
+	free(o->host_w);
+	free(o->host_wp);
 	free(o->router);
 	free(o->router_bias);
 	free(o->la_logits);
@@ -610,7 +694,7 @@ static int lookahead(struct dsm_offload *o, const struct dsm_moe_step *s)
 	if (!o->cache || next >= o->n_layers || !o->router[next].data || s->n_tokens <= 0 ||
 	    s->n_tokens > o->lookahead_tokens)
 		return 0;
-	const struct dsm_config *c = &o->ck->config;
+	const struct dsm_moe_shape *c = &o->m->shape;
 	int64_t T = s->n_tokens;
 	if (!o->la_logits) {
 		o->la_logits = malloc(sizeof(float) * (size_t)o->lookahead_tokens * (size_t)o->n_experts);
@@ -674,6 +758,36 @@ static void abandon_step(struct dsm_offload *o, int n_need)
 	}
 }
 
+/* A step whose experts are all in host memory (mapped or dram): one call of the cpu backend's moe op for the
+ * whole layer (one parallel region instead of one per expert). It adds the experts' weighted outputs to each
+ * token in ascending expert order, as the combine of dsm_offload_moe does, so the sums are the same. */
+static int moe_host(struct dsm_offload *o, const struct dsm_moe_step *s, int n_need)
+{
+	int rc = lookahead(o, s); /* the next layer's streamed experts are read while this one computes */
+	if (rc < 0)
+		return rc;
+	for (int m = 0; m < n_need; m++) {
+		int x = o->need[m];
+		host_weights(o, info(o, s->layer, x), &o->host_w[x]);
+		o->host_wp[x] = &o->host_w[x];
+	}
+	struct dsm_moe_op_args a = { .n_tokens = s->n_tokens, .top_k = s->top_k, .idx = s->idx, .weight = s->weight,
+		.experts = o->host_wp, .n_experts = o->n_experts, .shared = NULL, .x = s->x, .y = s->y };
+	struct dsm_backend *cpu = o->o.cpu;
+	double t0 = now();
+	rc = cpu->moe(cpu, &a);
+	o->stats.cpu_expert_seconds += now() - t0;
+	for (int m = 0; m < n_need; m++) {
+		int x = o->need[m];
+		o->host_wp[x] = NULL;
+		if (rc == 0)
+			o->stats.expert_runs[info(o, s->layer, x)->tier.kind]++;
+	}
+	if (rc == 0)
+		o->stats.steps++;
+	return rc;
+}
+
 int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
 {
 	int L = s->layer;
@@ -682,9 +796,7 @@ int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
 	if (L < o->first_moe || L >= o->n_layers || T < 0 || k <= 0)
 		return dsm_fail(DSM_EARG, "offload: layer %d is not a MoE layer (or a bad step shape)", L);
 	size_t R = (size_t)T * (size_t)k;
-	int rc = ensure_rows(o, R ? R : 1);
-	if (rc < 0)
-		return rc;
+	int rc;
 	/* Expert-major rows: experts ascending, tokens in order within an expert. */
 	memset(o->count, 0, (size_t)o->n_experts * sizeof *o->count);
 	for (size_t i = 0; i < R; i++) {
@@ -707,6 +819,16 @@ int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
 			n_need++;
 		}
 	}
+	int host = 1;
+	for (int m = 0; m < n_need && host; m++) {
+		int kind = info(o, L, o->need[m])->tier.kind;
+		host = kind == DSM_TIER_MAPPED || kind == DSM_TIER_DRAM;
+	}
+	if (host)
+		return moe_host(o, s, n_need);
+
+	if ((rc = ensure_rows(o, R ? R : 1)) < 0)
+		return rc;
 	for (int64_t t = 0; t < T; t++)
 		for (int j = 0; j < k; j++) {
 			int32_t x = s->idx[t * k + j];
@@ -819,7 +941,7 @@ int dsm_offload_get(struct dsm_offload *o, int layer, int expert, struct dsm_ffn
 		make_weights(e, (const void *const *)e->dev, (const float *const *)e->dev_scale, w);
 		return 0;
 	}
-	if (e->tier.kind == DSM_TIER_DRAM) {
+	if (e->tier.kind == DSM_TIER_DRAM || e->tier.kind == DSM_TIER_MAPPED) {
 		host_weights(o, e, w);
 		return 0;
 	}
@@ -883,26 +1005,30 @@ int dsm_offload_expert_node(const struct dsm_offload *o, int layer, int expert, 
 void dsm_offload_get_stats(const struct dsm_offload *o, struct dsm_offload_stats *s)
 {
 	*s = o->stats;
-	struct dsm_stream_stats ss;
-	dsm_stream_get_stats(o->st, &ss);
-	s->bytes_read = ss.bytes_wanted - o->stream_bytes0;
-	s->bytes_read_device = ss.bytes_read - o->stream_dev0;
-	s->read_busy_seconds = ss.busy_seconds - o->stream_busy0;
+	if (o->st) {
+		struct dsm_stream_stats ss;
+		dsm_stream_get_stats(o->st, &ss);
+		s->bytes_read = ss.bytes_wanted - o->stream_bytes0;
+		s->bytes_read_device = ss.bytes_read - o->stream_dev0;
+		s->read_busy_seconds = ss.busy_seconds - o->stream_busy0;
+	}
 	if (o->cache)
 		dsm_cache_total_stats(o->cache, &s->cache);
 }
 
 void dsm_offload_reset_stats(struct dsm_offload *o)
 {
-	uint64_t keep[3];
+	uint64_t keep[DSM_TIER_KINDS];
 	memcpy(keep, o->stats.resident_bytes, sizeof keep);
 	memset(&o->stats, 0, sizeof o->stats);
 	memcpy(o->stats.resident_bytes, keep, sizeof keep);
-	struct dsm_stream_stats ss;
-	dsm_stream_get_stats(o->st, &ss);
-	o->stream_bytes0 = ss.bytes_wanted;
-	o->stream_dev0 = ss.bytes_read;
-	o->stream_busy0 = ss.busy_seconds;
+	if (o->st) {
+		struct dsm_stream_stats ss;
+		dsm_stream_get_stats(o->st, &ss);
+		o->stream_bytes0 = ss.bytes_wanted;
+		o->stream_dev0 = ss.bytes_read;
+		o->stream_busy0 = ss.busy_seconds;
+	}
 	if (o->cache)
 		dsm_cache_reset_stats(o->cache);
 }
@@ -947,13 +1073,12 @@ const struct dsm_cache *dsm_offload_cache(const struct dsm_offload *o)
 
 /* ---- Report ---- */
 
-void dsm_offload_report(const struct dsm_offload *o, const struct dsm_plan *p, uint64_t n_tokens, double seconds,
-			struct dsm_offload_report *r)
+void dsm_offload_report(const struct dsm_offload *o, uint64_t n_tokens, double seconds, struct dsm_offload_report *r)
 {
 	memset(r, 0, sizeof *r);
 	struct dsm_offload_stats st;
 	dsm_offload_get_stats(o, &st);
-	dsm_plan_count(p, r->experts);
+	memcpy(r->experts, o->n_tier, sizeof r->experts);
 	r->nvme_bytes_per_token = n_tokens ? (double)st.bytes_read / (double)n_tokens : 0;
 	r->read_gbs = st.read_busy_seconds > 0 ? (double)st.bytes_read / st.read_busy_seconds / 1e9 : 0;
 	uint64_t uses = st.cache.hits + st.cache.misses;

@@ -1,18 +1,21 @@
-/* The tiered store of routed experts and the dispatch of one MoE layer across its tiers
- * (docs/offload.md).
+/* The store of routed experts and the dispatch of one MoE layer across its tiers (docs/offload.md). Every
+ * routed expert the model computes comes through here.
  *
- * At open, following a placement plan: every expert's block scales are read into DRAM (they always stay
- * resident); DRAM-tier experts are read (with the streamer, O_DIRECT) into a resident pool; GPU-tier
- * experts are uploaded to the gpu backend's memory (or, without a gpu backend, kept in DRAM and computed
- * by the cpu backend); nvme-tier experts stay in the checkpoint and are streamed on demand into the
- * slots of the expert cache.
+ * The store knows the model through a struct dsm_store_model (offload/store_model.h) that the caller fills
+ * in. Opened without a plan, every expert is on the mapped tier: computed by the cpu backend where the
+ * caller mapped the shard files (the `mapped` address of each tensor), nothing read, nothing copied. With a
+ * placement plan: every expert's block scales are read into DRAM (they always stay resident); DRAM-tier
+ * experts are read (with the streamer, O_DIRECT) into a resident pool; GPU-tier experts are uploaded to the
+ * gpu backend's memory (or, without a gpu backend, kept in DRAM and computed by the cpu backend); nvme-tier
+ * experts stay in the shard files and are streamed on demand into the slots of the expert cache.
  *
- * One MoE step (dsm_offload_moe): tokens are grouped by expert (expert-major, each expert runs once on all
- * its tokens); every cache miss is submitted to the streamer at once; experts already resident are
- * computed while the reads are in flight, and each streamed expert as soon as its bytes land. Outputs
- * are combined after all experts ran, in ascending expert order and token order within an expert: the
- * same additions in the same order as a plain loop over experts, so the result is bit-identical for every
- * plan, cache policy and completion order.
+ * One MoE step (dsm_offload_moe): when every chosen expert is in host memory (mapped or dram), the whole
+ * step is one call of the cpu backend's moe op. Otherwise tokens are grouped by expert (expert-major, each
+ * expert runs once on all its tokens); every cache miss is submitted to the streamer at once; experts
+ * already resident are computed while the reads are in flight, and each streamed expert as soon as its
+ * bytes land. Outputs are combined after all experts ran, in ascending expert order and token order within
+ * an expert: the same additions in the same order as the moe op and as a plain loop over experts, so the
+ * result is bit-identical for every plan, cache policy and completion order.
  *
  * Look-ahead (dsm_offload_prefetch): experts predicted for the next layer are read one layer early; a
  * later use of one counts as a prefetch hit.
@@ -23,16 +26,16 @@
 
 #include "backend.h"
 #include "cache.h"
-#include "checkpoint.h"
 #include "memory_limit.h"
 #include "plan.h"
+#include "store_model.h"
 #include "stream.h"
 
 #include <stdint.h>
 
 struct dsm_offload_opts {
-	const struct dsm_plan *plan;      /* required; validated against the checkpoint */
-	struct dsm_backend *cpu;          /* computes dram and streamed experts (host pointers); required */
+	const struct dsm_plan *plan;      /* validated against the model; NULL: every expert mapped */
+	struct dsm_backend *cpu;          /* computes mapped, dram and streamed experts (host pointers); required */
 	struct dsm_backend *gpu;          /* computes gpu-tier experts (NULL: cpu does, from DRAM copies) */
 	enum dsm_cache_policy policy;
 	uint64_t cache_bytes;             /* DRAM for streamed experts; 0: the minimum, 2 x top_k slots */
@@ -55,25 +58,28 @@ struct dsm_moe_step {
 
 struct dsm_offload_stats {
 	uint64_t steps;                   /* MoE layer steps */
-	uint64_t expert_runs[3];          /* expert computations by tier kind (nvme, dram, gpu) */
+	uint64_t expert_runs[DSM_TIER_KINDS]; /* expert computations by tier kind (enum dsm_tier_kind) */
 	uint64_t bytes_read;              /* expert bytes streamed (wanted bytes) */
 	uint64_t bytes_read_device;       /* bytes the reads returned (with alignment padding) */
 	double read_busy_seconds;         /* time with a read in flight */
 	double io_wait_seconds;           /* time a step spent blocked waiting for expert bytes */
 	double cpu_expert_seconds, gpu_expert_seconds;
 	struct dsm_cache_layer_stats cache; /* summed over layers */
-	uint64_t resident_bytes[3];       /* bytes of experts held per tier kind (nvme: the cache slots) */
+	uint64_t resident_bytes[DSM_TIER_KINDS]; /* bytes of experts held per tier kind (nvme: the cache slots;
+						  * mapped: none, the page cache holds them) */
 };
 
 struct dsm_offload;
 struct dsm_topo;
 
-/* Builds the store under plan o->plan for checkpoint ck (which must outlive it). The DRAM-tier experts of
- * each dram:N are read into one allocation bound to NUMA node N of o->topo (which must outlive the store).
- * Returns 0 or a negative DSM_E* code: DSM_EPLAN (plan for another model, a dram:N node the topology does not
- * have, a gpu:N other than gpu:0 with a gpu backend), DSM_EIO / DSM_ETRUNCATED (reading experts, with file,
- * tensor and offset), DSM_ENOMEM. Warnings (pinning, O_DIRECT refused, ...) are in dsm_offload_warnings. */
-int dsm_offload_open(struct dsm_offload **out, const struct dsm_checkpoint *ck, const struct dsm_offload_opts *o);
+/* Builds the store of model m's routed experts under plan o->plan (NULL: all mapped). m, o->topo and the
+ * backends must outlive the store; the plan is not kept. The DRAM-tier experts of each dram:N are read into
+ * one allocation bound to NUMA node N of o->topo. Returns 0 or a negative DSM_E* code: DSM_EPLAN (plan for
+ * another model, a dram:N node the topology does not have, a gpu:N other than gpu:0 with a gpu backend),
+ * DSM_EARG (a mapped expert whose tensor has no address), DSM_EIO / DSM_ETRUNCATED (reading experts, with
+ * file, tensor and offset), DSM_ENOMEM. Warnings (pinning, O_DIRECT refused, ...) are in
+ * dsm_offload_warnings. */
+int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, const struct dsm_offload_opts *o);
 /* Waits for reads in flight and frees everything. Accepts NULL. */
 void dsm_offload_close(struct dsm_offload *o);
 const char *dsm_offload_warnings(const struct dsm_offload *o);
@@ -128,16 +134,16 @@ struct dsm_offload_setup {
 	struct dsm_topo *topo;            /* as in dsm_offload_opts */
 };
 
-/* Loads or computes the plan (validated against ck) and opens the store. *plan_out (owned by the caller)
- * says what went where. Returns 0 or a negative code with a message (a plan for another model, budgets
- * too small for the non-expert weights, I/O errors). */
-int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, const struct dsm_checkpoint *ck,
+/* Loads or computes the plan (validated against m) and opens the store (m must outlive it). *plan_out (owned
+ * by the caller) says what went where. Returns 0 or a negative code with a message (a plan for another model,
+ * budgets too small for the non-expert weights, I/O errors). */
+int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, const struct dsm_store_model *m,
 		      const struct dsm_offload_setup *s);
 
 /* The end-of-run report: n_tokens computed in `seconds` of forward passes. One line of text into buf,
  * and the same figures as members of a JSON object (cJSON *) when json is not NULL. */
 struct dsm_offload_report {
-	uint64_t experts[3];              /* experts per tier kind */
+	uint64_t experts[DSM_TIER_KINDS]; /* experts per tier kind, as the store holds them */
 	double nvme_bytes_per_token;
 	double read_gbs;                  /* bytes streamed / read busy time */
 	double cache_hit_rate;            /* hits / uses of streamed experts */
@@ -147,8 +153,7 @@ struct dsm_offload_report {
 	uint64_t cache_slots;
 	const char *cache_policy;
 };
-void dsm_offload_report(const struct dsm_offload *o, const struct dsm_plan *p, uint64_t n_tokens, double seconds,
-			struct dsm_offload_report *r);
+void dsm_offload_report(const struct dsm_offload *o, uint64_t n_tokens, double seconds, struct dsm_offload_report *r);
 /* "offload: ..." (no newline). */
 void dsm_offload_report_text(const struct dsm_offload_report *r, char *buf, size_t size);
 

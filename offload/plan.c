@@ -25,6 +25,7 @@ const char *dsm_tier_format(struct dsm_tier t, char *buf, size_t size)
 	switch (t.kind) {
 	case DSM_TIER_GPU: snprintf(buf, size, "gpu:%u", t.index); break;
 	case DSM_TIER_DRAM: snprintf(buf, size, "dram:%u", t.index); break;
+	case DSM_TIER_MAPPED: snprintf(buf, size, "mapped"); break;
 	default: snprintf(buf, size, "nvme"); break;
 	}
 	return buf;
@@ -75,25 +76,23 @@ static void normalize(struct dsm_plan *p)
 	p->non_expert[DSM_KIND_MTP] = (struct dsm_tier){ DSM_TIER_NVME, 0 };
 }
 
-static int plan_alloc(struct dsm_plan **out, const struct dsm_config *c)
+static int plan_alloc(struct dsm_plan **out, const struct dsm_moe_shape *c)
 {
 	*out = NULL;
-	if (c->num_hidden_layers <= 0 || c->n_routed_experts <= 0 || c->num_hidden_layers > 4096 ||
-	    c->n_routed_experts > 65536)
-		return dsm_fail(DSM_EARG, "plan: config has %d layers and %d experts", c->num_hidden_layers,
-				c->n_routed_experts);
+	if (c->n_layers <= 0 || c->n_experts <= 0 || c->n_layers > 4096 || c->n_experts > 65536)
+		return dsm_fail(DSM_EARG, "plan: the model has %d layers and %d experts", c->n_layers, c->n_experts);
 	struct dsm_plan *p = calloc(1, sizeof *p);
 	if (!p)
 		return dsm_fail(DSM_ENOMEM, "plan: out of memory");
-	p->expert = calloc((size_t)c->num_hidden_layers * (size_t)c->n_routed_experts, sizeof *p->expert);
+	p->expert = calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof *p->expert);
 	if (!p->expert) {
 		free(p);
 		return dsm_fail(DSM_ENOMEM, "plan: out of memory");
 	}
 	snprintf(p->model_type, sizeof p->model_type, "%s", c->model_type);
-	p->n_layers = c->num_hidden_layers;
-	p->first_moe = c->first_k_dense_replace;
-	p->n_experts = c->n_routed_experts;
+	p->n_layers = c->n_layers;
+	p->first_moe = c->first_moe;
+	p->n_experts = c->n_experts;
 	p->hidden_size = c->hidden_size;
 	p->moe_intermediate_size = c->moe_intermediate_size;
 	p->cache_policy = -1;
@@ -104,7 +103,7 @@ static int plan_alloc(struct dsm_plan **out, const struct dsm_config *c)
 	return 0;
 }
 
-int dsm_plan_uniform(struct dsm_plan **out, const struct dsm_config *c, struct dsm_tier non_expert,
+int dsm_plan_uniform(struct dsm_plan **out, const struct dsm_moe_shape *c, struct dsm_tier non_expert,
 		     struct dsm_tier experts)
 {
 	int rc = plan_alloc(out, c);
@@ -148,7 +147,7 @@ static int check_model_int(const cJSON *model, const char *key, int want, const 
 	return 0;
 }
 
-static int parse_model(const cJSON *model, const struct dsm_config *c, const char *what)
+static int parse_model(const cJSON *model, const struct dsm_moe_shape *c, const char *what)
 {
 	if (!cJSON_IsObject(model))
 		return dsm_fail(DSM_EPLAN, "%s: \"model\" must be an object describing the checkpoint", what);
@@ -159,9 +158,9 @@ static int parse_model(const cJSON *model, const struct dsm_config *c, const cha
 		return dsm_fail(DSM_EPLAN, "%s: the plan is for another model: model.model_type is \"%s\", the "
 				"checkpoint's config has \"%s\"", what, mt->valuestring, c->model_type);
 	int rc;
-	if ((rc = check_model_int(model, "num_hidden_layers", c->num_hidden_layers, what)) < 0 ||
-	    (rc = check_model_int(model, "first_k_dense_replace", c->first_k_dense_replace, what)) < 0 ||
-	    (rc = check_model_int(model, "n_routed_experts", c->n_routed_experts, what)) < 0 ||
+	if ((rc = check_model_int(model, "num_hidden_layers", c->n_layers, what)) < 0 ||
+	    (rc = check_model_int(model, "first_k_dense_replace", c->first_moe, what)) < 0 ||
+	    (rc = check_model_int(model, "n_routed_experts", c->n_experts, what)) < 0 ||
 	    (rc = check_model_int(model, "hidden_size", c->hidden_size, what)) < 0 ||
 	    (rc = check_model_int(model, "moe_intermediate_size", c->moe_intermediate_size, what)) < 0)
 		return rc;
@@ -390,7 +389,7 @@ static int parse_cache(struct dsm_plan *p, const cJSON *cache, const char *what)
 }
 
 int dsm_plan_parse(struct dsm_plan **out, const char *text, size_t len, const char *what,
-		   const struct dsm_config *c)
+		   const struct dsm_moe_shape *c)
 {
 	*out = NULL;
 	cJSON *root = cJSON_ParseWithLength(text, len);
@@ -443,7 +442,7 @@ out:
 	return rc;
 }
 
-int dsm_plan_load(struct dsm_plan **out, const char *path, const struct dsm_config *c)
+int dsm_plan_load(struct dsm_plan **out, const char *path, const struct dsm_moe_shape *c)
 {
 	*out = NULL;
 	FILE *f = fopen(path, "rb");
@@ -531,12 +530,12 @@ char *dsm_plan_to_json(const struct dsm_plan *p)
 		if (kind_key[k])
 			cJSON_AddStringToObject(ne, kind_key[k], dsm_tier_format(p->non_expert[k], buf, sizeof buf));
 	/* The default tier of experts is the most common one. */
-	int counts[3 * 64] = { 0 };
+	int counts[DSM_TIER_KINDS * 64] = { 0 };
 	for (int l = p->first_moe; l < p->n_layers; l++)
 		for (int e = 0; e < p->n_experts; e++)
 			counts[tier_code(dsm_plan_expert_tier(p, l, e))]++;
 	int best = 0;
-	for (int i = 1; i < 3 * 64; i++)
+	for (int i = 1; i < DSM_TIER_KINDS * 64; i++)
 		if (counts[i] > counts[best])
 			best = i;
 	struct dsm_tier def = { (uint8_t)(best / 64), (uint8_t)(best % 64) };
@@ -548,12 +547,12 @@ char *dsm_plan_to_json(const struct dsm_plan *p)
 	if (!layers)
 		goto out;
 	for (int l = p->first_moe; l < p->n_layers; l++) {
-		int present[3 * 64] = { 0 };
+		int present[DSM_TIER_KINDS * 64] = { 0 };
 		for (int e = 0; e < p->n_experts; e++)
 			present[tier_code(dsm_plan_expert_tier(p, l, e))] = 1;
 		present[best] = 0;
 		cJSON *lo = NULL;
-		for (int i = 0; i < 3 * 64; i++) {
+		for (int i = 0; i < DSM_TIER_KINDS * 64; i++) {
 			if (!present[i])
 				continue;
 			if (!lo) {
@@ -583,85 +582,35 @@ out:
 	return text;
 }
 
-void dsm_plan_count(const struct dsm_plan *p, uint64_t counts[3])
+void dsm_plan_count(const struct dsm_plan *p, uint64_t counts[DSM_TIER_KINDS])
 {
-	counts[0] = counts[1] = counts[2] = 0;
+	memset(counts, 0, DSM_TIER_KINDS * sizeof *counts);
 	for (int l = p->first_moe; l < p->n_layers; l++)
 		for (int e = 0; e < p->n_experts; e++)
 			counts[dsm_plan_expert_tier(p, l, e).kind]++;
 }
 
-/* ---- Checkpoint sizes and plans from budgets ---- */
+/* ---- Sizes and plans from budgets ---- */
 
-static const struct dsm_tensor *find_tensor(const struct dsm_checkpoint *ck, const char *name)
-{
-	size_t lo = 0, hi = ck->n_tensors;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		int c = strcmp(ck->tensors[mid].name, name);
-		if (c == 0)
-			return &ck->tensors[mid];
-		if (c < 0)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return NULL;
-}
-
-const struct dsm_tensor *dsm_plan_tensor(const struct dsm_checkpoint *ck, const char *name)
-{
-	return find_tensor(ck, name);
-}
-
-int dsm_expert_tensors(const struct dsm_checkpoint *ck, int layer, int expert,
-		       const struct dsm_tensor *t[DSM_EXPERT_NPROJ])
-{
-	static const char *const proj[DSM_EXPERT_NPROJ] = { "gate_proj", "up_proj", "down_proj" };
-	for (int i = 0; i < DSM_EXPERT_NPROJ; i++) {
-		char name[DSM_NAME_MAX];
-		snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.%s.weight", layer, expert, proj[i]);
-		t[i] = find_tensor(ck, name);
-		if (!t[i])
-			return dsm_fail(DSM_EMISSING, "%s: tensor '%s' is missing", ck->dir, name);
-	}
-	return 0;
-}
-
-int dsm_plan_sizes_from_checkpoint(const struct dsm_checkpoint *ck, struct dsm_plan_sizes *sz)
+void dsm_plan_sizes(const struct dsm_store_model *m, struct dsm_plan_sizes *sz)
 {
 	memset(sz, 0, sizeof *sz);
-	const struct dsm_config *c = &ck->config;
-	for (size_t i = 0; i < ck->n_layout; i++) {
-		const struct dsm_layout_entry *e = &ck->layout[i];
-		if (e->kind == DSM_KIND_MTP || e->kind == DSM_KIND_ROUTED)
-			continue;
-		const struct dsm_tensor *t = find_tensor(ck, e->name);
-		if (!t)
-			continue;
-		sz->non_expert_bytes[e->kind] += t->nbytes + (t->scale ? t->scale->nbytes : 0);
-	}
-	if (c->first_k_dense_replace < c->num_hidden_layers) {
-		const struct dsm_tensor *t[DSM_EXPERT_NPROJ];
-		for (int l = c->first_k_dense_replace; l < c->num_hidden_layers; l++) {
-			for (int x = 0; x < c->n_routed_experts; x++) {
-				int rc = dsm_expert_tensors(ck, l, x, t);
-				if (rc < 0)
-					return rc;
-				uint64_t w = 0;
-				for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-					w += t[j]->nbytes;
-					if (t[j]->scale)
-						sz->non_expert_bytes[DSM_KIND_ROUTER] += t[j]->scale->nbytes;
-				}
-				if (w > sz->expert_bytes)
-					sz->expert_bytes = w;
+	for (int k = 0; k < DSM_KIND_COUNT; k++)
+		if (k != DSM_KIND_ROUTED && k != DSM_KIND_MTP)
+			sz->non_expert_bytes[k] = m->non_expert_bytes[k];
+	for (int l = m->shape.first_moe; l < m->shape.n_layers; l++)
+		for (int x = 0; x < m->shape.n_experts; x++) {
+			const struct dsm_store_expert *e = dsm_store_expert(m, l, x);
+			uint64_t w = 0;
+			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+				w += e->w[j].nbytes;
+				sz->non_expert_bytes[DSM_KIND_ROUTER] += e->scale[j].nbytes;
 			}
+			if (w > sz->expert_bytes)
+				sz->expert_bytes = w;
 		}
-	}
 	for (int k = 0; k < DSM_KIND_COUNT; k++)
 		sz->non_expert_total += sz->non_expert_bytes[k];
-	return 0;
 }
 
 struct order_key {
@@ -685,7 +634,7 @@ static double gib(uint64_t b)
 	return (double)b / (1024.0 * 1024.0 * 1024.0);
 }
 
-int dsm_plan_from_budgets(struct dsm_plan **out, const struct dsm_config *c, const struct dsm_plan_sizes *sz,
+int dsm_plan_from_budgets(struct dsm_plan **out, const struct dsm_moe_shape *c, const struct dsm_plan_sizes *sz,
 			  const struct dsm_plan_budget *b, const double *hotness)
 {
 	int rc = plan_alloc(out, c);

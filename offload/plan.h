@@ -1,15 +1,19 @@
 /* Placement plans (docs/plan.md): which tier holds every routed expert of every MoE layer, and where the
- * non-expert weights live. A plan is JSON, validated on load against the checkpoint's config (a plan made
- * for another model is refused, naming the key that differs), or computed from memory budgets. */
+ * non-expert weights live. A plan is JSON, validated on load against the model's shape (a plan made for
+ * another model is refused, naming the key that differs), or computed from memory budgets. */
 #ifndef DSM_PLAN_H
 #define DSM_PLAN_H
 
-#include "checkpoint.h" /* brings the model config (src/config.h) and layout.h */
+#include "store_model.h"
 
 #include <stddef.h>
 #include <stdint.h>
 
-enum dsm_tier_kind { DSM_TIER_NVME = 0, DSM_TIER_DRAM = 1, DSM_TIER_GPU = 2 };
+/* Where an expert's bytes are. Plans name gpu, dram and nvme; "mapped" is the store's own tier (the shard
+ * files mapped by the caller, read through the page cache, computed by the cpu backend): what a store opened
+ * without a plan uses for every expert (offload/dispatch.h). */
+enum dsm_tier_kind { DSM_TIER_NVME = 0, DSM_TIER_DRAM = 1, DSM_TIER_GPU = 2, DSM_TIER_MAPPED = 3 };
+#define DSM_TIER_KINDS 4
 
 #define DSM_TIER_MAX_INDEX 63 /* gpu:0..63, dram:0..63 (NUMA node) */
 
@@ -19,7 +23,7 @@ struct dsm_tier {
 };
 
 struct dsm_plan {
-	/* The model the plan is for (copied from the config it was validated against). */
+	/* The model the plan is for (copied from the shape it was validated against). */
 	char model_type[32];
 	int n_layers;             /* num_hidden_layers */
 	int first_moe;            /* first_k_dense_replace */
@@ -32,17 +36,18 @@ struct dsm_plan {
 	uint64_t cache_bytes;     /* 0 when the plan does not say */
 };
 
-/* Parses plan JSON and validates it against config c. `what` names the file in messages.
+/* Parses plan JSON and validates it against the model's shape. `what` names the file in messages.
  * Returns 0 or DSM_EJSON (not JSON), DSM_EPLAN (wrong shape, another model, a missing expert, a tier
  * that does not parse) with a message naming the key. */
 int dsm_plan_parse(struct dsm_plan **out, const char *text, size_t len, const char *what,
-		   const struct dsm_config *c);
+		   const struct dsm_moe_shape *shape);
 /* Reads and parses the file at path. */
-int dsm_plan_load(struct dsm_plan **out, const char *path, const struct dsm_config *c);
+int dsm_plan_load(struct dsm_plan **out, const char *path, const struct dsm_moe_shape *shape);
+/* Accepts NULL. */
 void dsm_plan_free(struct dsm_plan *p);
 
 /* A plan with everything in one tier: non-expert weights and experts. */
-int dsm_plan_uniform(struct dsm_plan **out, const struct dsm_config *c, struct dsm_tier non_expert,
+int dsm_plan_uniform(struct dsm_plan **out, const struct dsm_moe_shape *shape, struct dsm_tier non_expert,
 		     struct dsm_tier experts);
 
 static inline struct dsm_tier dsm_plan_expert_tier(const struct dsm_plan *p, int layer, int expert)
@@ -50,16 +55,17 @@ static inline struct dsm_tier dsm_plan_expert_tier(const struct dsm_plan *p, int
 	return p->expert[(size_t)layer * (size_t)p->n_experts + (size_t)expert];
 }
 
-/* The plan as JSON (the format dsm_plan_parse reads; experts as ranges). Caller frees. NULL on ENOMEM. */
+/* The plan as JSON (the format dsm_plan_parse reads; experts as ranges; an expert a caller put on the mapped
+ * tier is written "mapped", which plan files do not accept). Caller frees. NULL on ENOMEM. */
 char *dsm_plan_to_json(const struct dsm_plan *p);
 
-/* "gpu:0", "dram:1", "nvme" into buf. */
+/* "gpu:0", "dram:1", "nvme", "mapped" into buf. */
 const char *dsm_tier_format(struct dsm_tier t, char *buf, size_t size);
-/* Parses a tier; 0 or -1. */
+/* Parses a tier of a plan ("gpu:N", "dram:N", "nvme"); 0 or -1. */
 int dsm_tier_parse(const char *s, struct dsm_tier *t);
 
 /* Counts of experts per tier kind over all MoE layers. */
-void dsm_plan_count(const struct dsm_plan *p, uint64_t counts[3]);
+void dsm_plan_count(const struct dsm_plan *p, uint64_t counts[DSM_TIER_KINDS]);
 
 /* ---- Plans from budgets ---- */
 
@@ -69,8 +75,9 @@ struct dsm_plan_sizes {
 	uint64_t non_expert_total;
 };
 
-/* Sizes of the checkpoint's tensors by kind. Returns 0 or DSM_EMISSING when an expert lacks a tensor. */
-int dsm_plan_sizes_from_checkpoint(const struct dsm_checkpoint *ck, struct dsm_plan_sizes *sz);
+/* Sizes of the model's weights by kind: the non-expert ones as m gives them, plus the routed experts' scales
+ * under ROUTER; expert_bytes is the largest expert's weights. */
+void dsm_plan_sizes(const struct dsm_store_model *m, struct dsm_plan_sizes *sz);
 
 struct dsm_plan_budget {
 	uint64_t vram_bytes;      /* gpu:0 (0: no GPU tier) */
@@ -82,19 +89,7 @@ struct dsm_plan_budget {
  * hottest first (hotness[layer * n_experts + expert], higher hotter; NULL: spread evenly across layers,
  * the same number per layer), to the GPU while it has room, then to DRAM, the rest to nvme.
  * Returns 0, or DSM_EPLAN when the budgets cannot hold the non-expert weights (message with the sizes). */
-int dsm_plan_from_budgets(struct dsm_plan **out, const struct dsm_config *c, const struct dsm_plan_sizes *sz,
+int dsm_plan_from_budgets(struct dsm_plan **out, const struct dsm_moe_shape *shape, const struct dsm_plan_sizes *sz,
 			  const struct dsm_plan_budget *b, const double *hotness);
-
-/* ---- Expert tensors in the checkpoint ---- */
-
-enum { DSM_EXPERT_GATE, DSM_EXPERT_UP, DSM_EXPERT_DOWN, DSM_EXPERT_NPROJ };
-
-/* The checkpoint's tensor `name`, or NULL (binary search of the sorted tensor table). */
-const struct dsm_tensor *dsm_plan_tensor(const struct dsm_checkpoint *ck, const char *name);
-
-/* The weight tensors (gate, up, down) of routed expert (layer, expert); their scales are t[i]->scale.
- * Returns 0 or DSM_EMISSING with a message. */
-int dsm_expert_tensors(const struct dsm_checkpoint *ck, int layer, int expert,
-		       const struct dsm_tensor *t[DSM_EXPERT_NPROJ]);
 
 #endif

@@ -15,68 +15,43 @@
 
 /* Hotness of every expert: counts of a routing trace, else the router bias (a larger bias is chosen more
  * often). hot is [n_layers * n_experts]. */
-static int expert_hotness(const struct dsm_checkpoint *ck, const char *trace, double *hot)
+static int expert_hotness(const struct dsm_store_model *m, const char *trace, double *hot)
 {
-	const struct dsm_config *c = &ck->config;
-	size_t n = (size_t)c->num_hidden_layers * (size_t)c->n_routed_experts;
+	const struct dsm_moe_shape *c = &m->shape;
+	size_t n = (size_t)c->n_layers * (size_t)c->n_experts;
 	if (trace) {
 		struct dsm_trace_info in;
 		uint64_t *counts;
 		int rc = dsm_trace_counts(trace, &in, &counts);
 		if (rc < 0)
 			return rc;
-		if (in.n_layers != (uint32_t)c->num_hidden_layers || in.n_experts != (uint32_t)c->n_routed_experts) {
+		if (in.n_layers != (uint32_t)c->n_layers || in.n_experts != (uint32_t)c->n_experts) {
 			free(counts);
 			return dsm_fail(DSM_EARG, "%s: the routing trace is for a model with %u layers and %u experts, the "
-					"checkpoint has %d and %d", trace, in.n_layers, in.n_experts, c->num_hidden_layers,
-					c->n_routed_experts);
+					"checkpoint has %d and %d", trace, in.n_layers, in.n_experts, c->n_layers, c->n_experts);
 		}
 		for (size_t i = 0; i < n; i++)
 			hot[i] = (double)counts[i];
 		free(counts);
 		return 0;
 	}
-	float *b = malloc(sizeof(float) * (size_t)c->n_routed_experts);
-	void *raw = malloc(sizeof(float) * (size_t)c->n_routed_experts);
-	int rc = 0;
-	if (!b || !raw) {
-		rc = dsm_fail(DSM_ENOMEM, "out of memory");
-		goto out;
-	}
-	for (int l = c->first_k_dense_replace; l < c->num_hidden_layers; l++) {
-		char name[DSM_NAME_MAX];
-		snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
-		const struct dsm_tensor *t = dsm_plan_tensor(ck, name);
-		if (!t || t->nbytes > sizeof(float) * (size_t)c->n_routed_experts)
-			continue;
-		if ((rc = dsm_checkpoint_read(ck, t, raw)) < 0)
-			goto out;
-		dsm_convert_to_f32(b, raw, t->dtype, (size_t)c->n_routed_experts);
-		for (int x = 0; x < c->n_routed_experts; x++)
-			hot[(size_t)l * c->n_routed_experts + x] = b[x];
-	}
-out:
-	free(b);
-	free(raw);
-	return rc;
+	for (size_t i = 0; m->router_bias && i < n; i++)
+		hot[i] = m->router_bias[i];
+	return 0;
 }
 
 /* The VRAM budget as dsm_plan_from_budgets counts it (FP8 weights only): on the device each expert also takes
  * its block scales and the allocation's rounding, and one expert's activations (in and out) are there too. */
-static uint64_t plan_vram(const struct dsm_checkpoint *ck, const struct dsm_plan_sizes *sz, uint64_t vram,
+static uint64_t plan_vram(const struct dsm_store_model *m, const struct dsm_plan_sizes *sz, uint64_t vram,
 			  int64_t max_tokens)
 {
-	const struct dsm_config *c = &ck->config;
-	const struct dsm_tensor *t[DSM_EXPERT_NPROJ];
-	if (!vram || c->first_k_dense_replace >= c->num_hidden_layers || !sz->expert_bytes ||
-	    dsm_expert_tensors(ck, c->first_k_dense_replace, 0, t) < 0)
+	const struct dsm_moe_shape *c = &m->shape;
+	if (!vram || c->first_moe >= c->n_layers || c->n_experts <= 0 || !sz->expert_bytes)
 		return vram;
+	const struct dsm_store_expert *e = dsm_store_expert(m, c->first_moe, 0);
 	uint64_t dev = 0;
-	for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-		dev += (t[j]->nbytes + 63) / 64 * 64;
-		if (t[j]->scale)
-			dev += (t[j]->scale->nbytes + 63) / 64 * 64;
-	}
+	for (int j = 0; j < DSM_EXPERT_NPROJ; j++)
+		dev += (e->w[j].nbytes + 63) / 64 * 64 + (e->scale[j].nbytes + 63) / 64 * 64;
 	uint64_t rows = (uint64_t)(max_tokens > 0 ? max_tokens : 128);
 	uint64_t act = 2 * ((rows * (uint64_t)c->hidden_size * sizeof(float) + 63) / 64 * 64);
 	if (vram <= act)
@@ -89,7 +64,7 @@ static uint64_t plan_vram(const struct dsm_checkpoint *ck, const struct dsm_plan
 /* A plan that names gpu:N experts needs a gpu backend: without one they would silently run on the cpu. */
 static int check_gpu_tier(const struct dsm_plan *p, const char *what, const struct dsm_backend *gpu)
 {
-	uint64_t n[3];
+	uint64_t n[DSM_TIER_KINDS];
 	dsm_plan_count(p, n);
 	if (gpu || !n[DSM_TIER_GPU])
 		return 0;
@@ -104,25 +79,23 @@ static int check_gpu_tier(const struct dsm_plan *p, const char *what, const stru
 	return 0;
 }
 
-int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, const struct dsm_checkpoint *ck,
+int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, const struct dsm_store_model *m,
 		      const struct dsm_offload_setup *s)
 {
 	*out = NULL;
 	*plan_out = NULL;
-	const struct dsm_config *c = &ck->config;
+	const struct dsm_moe_shape *c = &m->shape;
 	struct dsm_plan *p = NULL;
-	size_t n_keys = (size_t)c->num_hidden_layers * (size_t)c->n_routed_experts;
+	size_t n_keys = (size_t)c->n_layers * (size_t)c->n_experts;
 	double *hot = calloc(n_keys ? n_keys : 1, sizeof *hot);
 	int rc;
 	if (!hot)
 		return dsm_fail(DSM_ENOMEM, "out of memory");
-	if ((rc = expert_hotness(ck, s->hotness_trace, hot)) < 0)
+	if ((rc = expert_hotness(m, s->hotness_trace, hot)) < 0)
 		goto out;
 	struct dsm_plan_sizes sz;
-	if ((rc = dsm_plan_sizes_from_checkpoint(ck, &sz)) < 0)
-		goto out;
-	uint64_t min_cache = 2ull * (uint64_t)(c->num_experts_per_tok > 0 ? c->num_experts_per_tok : 1) *
-			     (sz.expert_bytes + 65536);
+	dsm_plan_sizes(m, &sz);
+	uint64_t min_cache = 2ull * (uint64_t)(c->top_k > 0 ? c->top_k : 1) * (sz.expert_bytes + 65536);
 	if (s->plan_path) {
 		if ((rc = dsm_plan_load(&p, s->plan_path, c)) < 0 || (rc = check_gpu_tier(p, s->plan_path, s->gpu)) < 0)
 			goto out;
@@ -130,7 +103,7 @@ int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, cons
 		uint64_t dram = s->dram_budget;
 		if (!dram)
 			dram = dsm_usable_memory();
-		struct dsm_plan_budget b = { .vram_bytes = s->gpu ? plan_vram(ck, &sz, s->vram_budget, s->max_tokens) : 0,
+		struct dsm_plan_budget b = { .vram_bytes = s->gpu ? plan_vram(m, &sz, s->vram_budget, s->max_tokens) : 0,
 			.dram_bytes = dram,
 			.dram_reserve = s->cache_bytes ? s->cache_bytes : min_cache };
 		if (s->stream_all)
@@ -148,7 +121,7 @@ int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, cons
 		.cache_bytes = s->cache_bytes ? s->cache_bytes : p->cache_bytes,
 		.cache_off = s->cache_off, .hotness = hot, .stream = s->stream, .topo = s->topo,
 	};
-	if ((rc = dsm_offload_open(out, ck, &oo)) < 0)
+	if ((rc = dsm_offload_open(out, m, &oo)) < 0)
 		goto out;
 	if (oo.policy == DSM_CACHE_PINNED && !oo.cache_off && (rc = dsm_offload_warm(*out)) < 0) {
 		dsm_offload_close(*out);
@@ -167,11 +140,12 @@ out:
 void dsm_offload_report_text(const struct dsm_offload_report *r, char *buf, size_t size)
 {
 	snprintf(buf, size,
-		 "offload: experts gpu %llu, dram %llu, nvme %llu; NVMe %.1f MB/token at %.2f GB/s; cache %s %llu slots, "
-		 "hit rate %.1f%%; prefetch hit rate %.1f%%; time: attention and the rest %.3f s, cpu experts %.3f s, "
-		 "gpu experts %.3f s, waiting on I/O %.3f s",
+		 "offload: experts gpu %llu, dram %llu, nvme %llu, mapped %llu; NVMe %.1f MB/token at %.2f GB/s; "
+		 "cache %s %llu slots, hit rate %.1f%%; prefetch hit rate %.1f%%; time: attention and the rest %.3f s, "
+		 "cpu experts %.3f s, gpu experts %.3f s, waiting on I/O %.3f s",
 		 (unsigned long long)r->experts[DSM_TIER_GPU], (unsigned long long)r->experts[DSM_TIER_DRAM],
-		 (unsigned long long)r->experts[DSM_TIER_NVME], r->nvme_bytes_per_token / 1e6, r->read_gbs,
+		 (unsigned long long)r->experts[DSM_TIER_NVME], (unsigned long long)r->experts[DSM_TIER_MAPPED],
+		 r->nvme_bytes_per_token / 1e6, r->read_gbs,
 		 r->cache_policy, (unsigned long long)r->cache_slots, 100 * r->cache_hit_rate,
 		 100 * r->prefetch_hit_rate, r->attention_seconds, r->cpu_expert_seconds, r->gpu_expert_seconds,
 		 r->io_wait_seconds);

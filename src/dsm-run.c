@@ -356,6 +356,7 @@ static void print_json(const char *prompt, const struct token_ids *ids, const st
 		cJSON_AddNumberToObject(off, "gpu_experts", (double)o->experts[DSM_TIER_GPU]);
 		cJSON_AddNumberToObject(off, "dram_experts", (double)o->experts[DSM_TIER_DRAM]);
 		cJSON_AddNumberToObject(off, "nvme_experts", (double)o->experts[DSM_TIER_NVME]);
+		cJSON_AddNumberToObject(off, "mapped_experts", (double)o->experts[DSM_TIER_MAPPED]);
 		cJSON_AddNumberToObject(off, "nvme_bytes_per_token", o->nvme_bytes_per_token);
 		cJSON_AddNumberToObject(off, "read_gbs", o->read_gbs);
 		cJSON_AddStringToObject(off, "cache_policy", o->cache_policy);
@@ -547,7 +548,7 @@ int main(int argc, char **argv)
 		struct dsm_engine_report er;
 		dsm_engine_report(e, 0, 0, &er);
 		fprintf(stderr, "dsm-run: memory dsm may fill %.3g GB (%.3g GB available by %s%s%s, less a margin); KV "
-			"pool %.3g GB (%lld blocks of %d positions), %d sequences of %lld tokens; weights %s\n",
+			"pool %.3g GB (%lld blocks of %d positions), sequences: %d of at most %lld tokens; weights %s\n",
 			(double)er.memory.usable / 1e9, (double)er.memory.available / 1e9, er.memory.name,
 			er.memory.path[0] ? " in " : "", er.memory.path,
 			(double)er.kv_pool_bytes / 1e9, (long long)er.kv_blocks, DSM_KV_BLOCK,
@@ -614,7 +615,8 @@ int main(int argc, char **argv)
 		int qrc;
 		const struct dsm_generate_result *res = dsm_scheduler_result(sc, i, &qrc);
 		if (qrc < 0) {
-			rc = dsm_fail(qrc, "sample %d: %s", i + 1, dsm_scheduler_error(sc, i));
+			rc = r.samples > 1 ? dsm_fail(qrc, "sample %d: %s", i + 1, dsm_scheduler_error(sc, i))
+					   : dsm_fail(qrc, "%s", dsm_scheduler_error(sc, i));
 			goto fail;
 		}
 		g[i] = *res;

@@ -54,8 +54,9 @@ static int weights_fit(const struct dsm_engine *e, uint64_t *total)
 {
 	struct dsm_plan_sizes sz;
 	*total = 0;
-	if (e->mem.source == DSM_MEMORY_UNKNOWN || dsm_plan_sizes_from_checkpoint(e->m->ck, &sz) < 0)
+	if (e->mem.source == DSM_MEMORY_UNKNOWN)
 		return 1;
+	dsm_plan_sizes(e->m->store_model, &sz);
 	const struct dsm_config *c = &e->m->cfg;
 	*total = sz.non_expert_total + (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace) *
 				      (uint64_t)c->n_routed_experts * sz.expert_bytes;
@@ -111,15 +112,13 @@ static int open_tiers(struct dsm_engine *e)
 		note(e, "warning: --vram-budget without --gpu-backend: no expert goes to a GPU");
 	}
 	os.max_tokens = o->session.max_batch;
-	if ((rc = dsm_offload_setup(&e->off, &e->plan, m->ck, &os)) < 0)
+	if ((rc = dsm_offload_setup(&e->off, &e->plan, m->store_model, &os)) < 0)
 		return rc;
 	if (dsm_offload_warnings(e->off)[0])
 		note(e, "warning: %s", dsm_offload_warnings(e->off));
-	for (int L = m->cfg.first_k_dense_replace; L < m->cfg.num_hidden_layers; L++)
-		if (m->layers[L].ffn.moe)
-			dsm_offload_set_router(e->off, L, &m->layers[L].ffn.gate, m->layers[L].ffn.gate_bias);
-	m->offload = e->off;
-	return 0;
+	/* Look-ahead covers a whole decode step: one token of every sequence. */
+	dsm_offload_set_lookahead(e->off, o->session.max_seqs > 1 ? o->session.max_seqs : 1);
+	return dsm_model_set_experts(m, e->off);
 }
 
 /* Whether an option of the tiered store was given (any of them turns it on). */
@@ -210,7 +209,7 @@ void dsm_engine_close(struct dsm_engine *e)
 	dsm_session_free(e->s);
 	dsm_trace_close(e->trace);
 	if (e->m)
-		e->m->offload = NULL;
+		dsm_model_set_experts(e->m, NULL);
 	dsm_offload_close(e->off);
 	dsm_backend_destroy(e->gpu);
 	dsm_plan_free(e->plan);
@@ -232,11 +231,6 @@ struct dsm_session *dsm_engine_session(const struct dsm_engine *e)
 struct tokenizer *dsm_engine_tokenizer(const struct dsm_engine *e)
 {
 	return e->tok;
-}
-
-struct dsm_offload *dsm_engine_offload(const struct dsm_engine *e)
-{
-	return e->off;
 }
 
 const struct dsm_plan *dsm_engine_plan(const struct dsm_engine *e)
@@ -261,7 +255,7 @@ void dsm_engine_report(const struct dsm_engine *e, uint64_t n_tokens, double sec
 	r->memory = e->mem;
 	if (e->off) {
 		r->tiered = 1;
-		dsm_offload_report(e->off, e->plan, n_tokens, seconds, &r->offload);
+		dsm_offload_report(e->off, n_tokens, seconds, &r->offload);
 	}
 }
 

@@ -52,8 +52,7 @@ struct dsm_model *dsm_engine_model(const struct dsm_engine *e);
 struct dsm_session *dsm_engine_session(const struct dsm_engine *e);
 /* The checkpoint's tokenizer, NULL when it has no tokenizer.json. */
 struct tokenizer *dsm_engine_tokenizer(const struct dsm_engine *e);
-/* The tiered expert store and its placement plan, NULL when the store is off (the weights mapped). */
-struct dsm_offload *dsm_engine_offload(const struct dsm_engine *e);
+/* The placement plan of the tiered expert store, NULL when every expert is mapped. */
 const struct dsm_plan *dsm_engine_plan(const struct dsm_engine *e);
 /* What the user should know about the choices made at open, one line each ("" when nothing). */
 const char *dsm_engine_notes(const struct dsm_engine *e);

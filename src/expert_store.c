@@ -170,72 +170,145 @@ int dsm_weight_map_vec(struct dsm_weight_map *m, const char *name, int64_t n, fl
 	return 0;
 }
 
-/* ---- routed experts ------------------------------------------------------------------------------ */
+/* ---- the model as the expert store sees it ------------------------------------------------------------ */
 
-struct dsm_expert_store {
-	struct dsm_weight_map *map;
-	int n_layers, first_moe, n_experts;
-	int64_t dim, inter;
-	struct dsm_ffn_weights *w;      /* [n_layers * n_experts], resolved on first get */
-	unsigned char *resolved;
-};
+void dsm_moe_shape_from_config(struct dsm_moe_shape *s, const struct dsm_config *c)
+{
+	memset(s, 0, sizeof *s);
+	snprintf(s->model_type, sizeof s->model_type, "%s", c->model_type);
+	s->n_layers = c->num_hidden_layers;
+	s->first_moe = c->first_k_dense_replace;
+	s->n_experts = c->n_routed_experts;
+	s->hidden_size = c->hidden_size;
+	s->moe_intermediate_size = c->moe_intermediate_size;
+	s->top_k = c->num_experts_per_tok;
+	s->n_group = c->n_group;
+	s->topk_group = c->topk_group;
+	s->norm_topk_prob = c->norm_topk_prob;
+	s->routed_scaling_factor = c->routed_scaling_factor;
+}
 
-int dsm_expert_store_open(struct dsm_expert_store **out, struct dsm_weight_map *map, int n_layers,
-			  int first_moe, int n_experts, int64_t dim, int64_t inter)
+void dsm_store_model_free(struct dsm_store_model *m)
+{
+	if (!m)
+		return;
+	free(m->shards);
+	free(m->experts);
+	free(m->router_bias);
+	free(m);
+}
+
+static struct dsm_store_tensor store_tensor(const struct dsm_tensor *t)
+{
+	return (struct dsm_store_tensor){ .name = t->name, .shard = t->shard, .offset = t->offset, .nbytes = t->nbytes,
+		.dtype = t->dtype, .rows = (int64_t)t->shape[0], .cols = (int64_t)t->shape[1] };
+}
+
+/* The tensors of routed expert (layer, expert), with their addresses in the mapping when there is one. */
+static int describe_expert(const struct dsm_checkpoint *ck, struct dsm_weight_map *map, int layer, int expert,
+			   struct dsm_store_expert *e)
+{
+	static const char *const proj[DSM_EXPERT_NPROJ] = { "gate_proj", "up_proj", "down_proj" };
+	for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+		char name[DSM_NAME_MAX];
+		snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.%s.weight", layer, expert, proj[j]);
+		const struct dsm_tensor *t = dsm_checkpoint_find(ck, name);
+		if (!t)
+			return dsm_fail(DSM_EMISSING, "%s: tensor '%s' is missing", ck->dir, name);
+		const char *file = ck->shards[t->shard].path;
+		if (t->ndim != 2)
+			return dsm_fail(DSM_ETENSOR, "%s: tensor '%s' must be a matrix", file, name);
+		if (t->dtype != DSM_F8_E4M3 && t->dtype != DSM_BF16 && t->dtype != DSM_F32)
+			return dsm_fail(DSM_EDTYPE, "%s: tensor '%s' has dtype %s; an expert's weight must be F8_E4M3, "
+					"BF16 or F32", file, name, dsm_dtype_name(t->dtype));
+		if (t->dtype == DSM_F8_E4M3 && !t->scale)
+			return dsm_fail(DSM_EMISSING, "%s: tensor '%s' is F8_E4M3 without a weight_scale_inv", file, name);
+		e->w[j] = store_tensor(t);
+		if (t->scale)
+			e->scale[j] = store_tensor(t->scale);
+		if (map) {
+			struct dsm_mat v;
+			int rc = dsm_weight_map_mat(map, name, e->w[j].rows, e->w[j].cols, &v);
+			if (rc < 0)
+				return rc;
+			e->w[j].mapped = v.data;
+			e->scale[j].mapped = v.scale;
+		}
+	}
+	return 0;
+}
+
+/* The e_score_correction_bias of every MoE layer as F32, [n_layers * n_experts]. */
+static int read_router_bias(const struct dsm_checkpoint *ck, struct dsm_weight_map *map, float *bias)
+{
+	const struct dsm_config *c = &ck->config;
+	int64_t E = c->n_routed_experts;
+	for (int l = c->first_k_dense_replace; l < c->num_hidden_layers; l++) {
+		char name[DSM_NAME_MAX];
+		snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
+		float *dst = bias + (size_t)l * (size_t)E;
+		if (map) {
+			int rc = dsm_weight_map_vec(map, name, E, dst);
+			if (rc < 0)
+				return rc;
+			continue;
+		}
+		const struct dsm_tensor *t = dsm_checkpoint_find(ck, name);
+		if (!t)
+			return dsm_fail(DSM_EMISSING, "%s: missing tensor '%s'", ck->dir, name);
+		if (t->ndim != 1 || (int64_t)t->shape[0] != E || (t->dtype != DSM_BF16 && t->dtype != DSM_F32))
+			return dsm_fail(DSM_ETENSOR, "%s: tensor '%s' must be [%lld] of BF16 or F32",
+					ck->shards[t->shard].path, name, (long long)E);
+		void *raw = malloc(t->nbytes);
+		if (!raw)
+			return dsm_fail(DSM_ENOMEM, "out of memory");
+		int rc = dsm_checkpoint_read(ck, t, raw);
+		if (rc == 0)
+			dsm_convert_to_f32(dst, raw, t->dtype, (size_t)E);
+		free(raw);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+int dsm_store_model_from_checkpoint(struct dsm_store_model **out, const struct dsm_checkpoint *ck,
+				    struct dsm_weight_map *map)
 {
 	*out = NULL;
-	struct dsm_expert_store *s = calloc(1, sizeof *s);
-	size_t n = (size_t)n_layers * (size_t)(n_experts > 0 ? n_experts : 0);
-	if (!s)
+	const struct dsm_config *c = &ck->config;
+	struct dsm_store_model *m = calloc(1, sizeof *m);
+	if (!m)
 		return dsm_fail(DSM_ENOMEM, "out of memory");
-	*s = (struct dsm_expert_store){ .map = map, .n_layers = n_layers, .first_moe = first_moe,
-					.n_experts = n_experts, .dim = dim, .inter = inter };
-	s->w = calloc(n + 1, sizeof *s->w);
-	s->resolved = calloc(n + 1, 1);
-	if (!s->w || !s->resolved) {
-		dsm_expert_store_close(s);
-		return dsm_fail(DSM_ENOMEM, "out of memory");
+	dsm_moe_shape_from_config(&m->shape, c);
+	m->source = ck->dir;
+	m->n_shards = ck->n_shards;
+	size_t n = (size_t)c->num_hidden_layers * (size_t)(c->n_routed_experts > 0 ? c->n_routed_experts : 0);
+	m->shards = calloc((size_t)ck->n_shards + 1, sizeof *m->shards);
+	m->experts = calloc(n + 1, sizeof *m->experts);
+	m->router_bias = calloc(n + 1, sizeof *m->router_bias);
+	int rc = 0;
+	if (!m->shards || !m->experts || !m->router_bias) {
+		rc = dsm_fail(DSM_ENOMEM, "out of memory");
+		goto err;
 	}
-	*out = s;
-	return 0;
-}
-
-void dsm_expert_store_close(struct dsm_expert_store *s)
-{
-	if (!s)
-		return;
-	free(s->w);
-	free(s->resolved);
-	free(s);
-}
-
-int dsm_expert_store_get(struct dsm_expert_store *s, int layer, int expert, struct dsm_ffn_weights *out)
-{
-	if (layer < s->first_moe || layer >= s->n_layers || expert < 0 || expert >= s->n_experts)
-		return dsm_fail(DSM_EARG, "expert store: no expert %d in layer %d", expert, layer);
-	size_t i = (size_t)layer * (size_t)s->n_experts + (size_t)expert;
-	if (!s->resolved[i]) {
-		char name[160];
-		struct dsm_ffn_weights *w = &s->w[i];
-		int rc;
-		snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.gate_proj.weight", layer, expert);
-		if ((rc = dsm_weight_map_mat(s->map, name, s->inter, s->dim, &w->gate)) < 0)
-			return rc;
-		snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.up_proj.weight", layer, expert);
-		if ((rc = dsm_weight_map_mat(s->map, name, s->inter, s->dim, &w->up)) < 0)
-			return rc;
-		snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.down_proj.weight", layer, expert);
-		if ((rc = dsm_weight_map_mat(s->map, name, s->dim, s->inter, &w->down)) < 0)
-			return rc;
-		s->resolved[i] = 1;
+	for (int i = 0; i < ck->n_shards; i++)
+		m->shards[i] = ck->shards[i].path;
+	for (int l = c->first_k_dense_replace; l < c->num_hidden_layers; l++)
+		for (int x = 0; x < c->n_routed_experts; x++)
+			if ((rc = describe_expert(ck, map, l, x, &m->experts[(size_t)l * (size_t)c->n_routed_experts + (size_t)x])) < 0)
+				goto err;
+	if ((rc = read_router_bias(ck, map, m->router_bias)) < 0)
+		goto err;
+	for (size_t i = 0; i < ck->n_layout; i++) {
+		const struct dsm_layout_entry *e = &ck->layout[i];
+		const struct dsm_tensor *t = dsm_checkpoint_find(ck, e->name);
+		if (t && e->kind != DSM_KIND_ROUTED && e->kind != DSM_KIND_MTP)
+			m->non_expert_bytes[e->kind] += t->nbytes + (t->scale ? t->scale->nbytes : 0);
 	}
-	*out = s->w[i];
+	*out = m;
 	return 0;
-}
-
-void dsm_expert_store_put(struct dsm_expert_store *s, int layer, int expert)
-{
-	(void)s;
-	(void)layer;
-	(void)expert;
+err:
+	dsm_store_model_free(m);
+	return rc;
 }

@@ -1,20 +1,21 @@
-/* Where weights live. Every weight access of the model goes through here, so that tiers (docs
- * ARCHITECTURE.md: GPU, DRAM per NUMA node, NVMe streaming) can be added without touching model code.
+/* Where weights live, as src/ sees them: the shard files mapped, and the model described for the expert
+ * store of offload/ (offload/store_model.h), which holds the routed experts.
  *
- * Today there is one tier: the shard files mapped read-only (PROT_READ, MAP_PRIVATE) once, whole, at
- * open. A weight is a view into the mapping: nothing is converted or copied, except tensors whose data
- * is not aligned to their element size in the file (the safetensors format does not align data),
- * which are copied once into aligned memory. Pages are read from the page cache on first touch, or all at
- * once by dsm_weight_map_populate.
+ * The shard files are mapped read-only (PROT_READ, MAP_PRIVATE) once, whole, at open. A weight is a view into
+ * the mapping: nothing is converted or copied, except tensors whose data is not aligned to their element
+ * size in the file (the safetensors format does not align data), which are copied once into aligned memory.
+ * Pages are read from the page cache on first touch, or all at once by dsm_weight_map_populate.
  *
- * struct dsm_weight_map: the mapping, for the non-expert tensors.
- * struct dsm_expert_store: routed experts by (layer, expert), through get/put, so a later store can
- * stream an expert in on get and release it on put. */
+ * struct dsm_weight_map: the mapping; the model takes its non-expert tensors from it.
+ * struct dsm_store_model (offload/store_model.h): the shape of the MoE layers, every routed expert's tensors
+ * (shard, offset, bytes, dtype, shape, block scales, and their address in the mapping), the router biases
+ * and the non-expert sizes by kind: what the expert store and placement plans need, in offload's terms. */
 #ifndef DSM_EXPERT_STORE_H
 #define DSM_EXPERT_STORE_H
 
 #include "backend.h"
 #include "checkpoint.h"
+#include "store_model.h"
 
 #include <stdint.h>
 
@@ -38,19 +39,17 @@ int dsm_weight_map_populate(struct dsm_weight_map *m, void (*progress)(uint64_t 
 /* Bytes mapped; bytes copied for alignment. */
 void dsm_weight_map_usage(const struct dsm_weight_map *m, uint64_t *mapped, uint64_t *copied);
 
-struct dsm_expert_store;
+/* The shape of the MoE layers of config c. */
+void dsm_moe_shape_from_config(struct dsm_moe_shape *s, const struct dsm_config *c);
 
-/* n_layers x n_experts routed experts of [inter, dim] (named model.layers.L.mlp.experts.E.*). Layers
- * below first_moe have none. */
-int dsm_expert_store_open(struct dsm_expert_store **out, struct dsm_weight_map *map, int n_layers,
-			  int first_moe, int n_experts, int64_t dim, int64_t inter);
-/* Accepts NULL. */
-void dsm_expert_store_close(struct dsm_expert_store *s);
-
-/* The weights of routed expert `expert` of `layer` (FP8 data and scales, or BF16), valid until the
- * matching put. Returns 0 or a negative DSM_E* code naming the tensor. */
-int dsm_expert_store_get(struct dsm_expert_store *s, int layer, int expert, struct dsm_ffn_weights *out);
-/* The caller is done with the expert's weights for this step. */
-void dsm_expert_store_put(struct dsm_expert_store *s, int layer, int expert);
+/* Describes checkpoint ck for the expert store. With a weight map (may be NULL) every routed expert tensor
+ * and scale gets its address in the mapping (`mapped`), so that a store opened without a plan computes the
+ * experts where they are. ck and map must outlive *out. Returns 0 or DSM_EMISSING (an expert's tensor or
+ * scale missing), DSM_EDTYPE / DSM_ETENSOR (a tensor a routed expert cannot be made of), DSM_EIO, DSM_ENOMEM,
+ * with a message naming the tensor. */
+int dsm_store_model_from_checkpoint(struct dsm_store_model **out, const struct dsm_checkpoint *ck,
+				    struct dsm_weight_map *map);
+/* Frees one made by dsm_store_model_from_checkpoint. Accepts NULL. */
+void dsm_store_model_free(struct dsm_store_model *m);
 
 #endif

@@ -129,9 +129,9 @@ struct req {
 	int64_t fed;                    /* prompt tokens run (or shared from a fork) */
 	int64_t max_tokens;
 	int32_t pending;
-	float *logits;                  /* [V] the last position's */
+	float *logits;                  /* [V] the last position's, while it runs */
 	int64_t logits_pos;             /* position of `logits` in the sequence, -1: none */
-	float *prompt_logits;           /* [n_prompt, V] with params.prompt_logits */
+	float *prompt_logits;           /* [n_prompt, V] with params.prompt_logits, while it runs */
 	struct dsm_sampler sampler;
 	struct streamer st;
 	struct dsm_generate_result res;
@@ -204,6 +204,10 @@ int dsm_scheduler_add(struct dsm_scheduler *sc, const struct dsm_request *r)
 	for (int i = 0; r->seq >= 0 && i < sc->n; i++)
 		if (sc->reqs[i].r.seq == r->seq && sc->reqs[i].state != DONE)
 			return dsm_fail(DSM_EARG, "request %d: sequence %d is in use by request %d", sc->n, r->seq, i);
+	for (int64_t i = 0; i < r->n_prompt; i++)
+		if (r->prompt[i] < 0 || r->prompt[i] >= sc->vocab)
+			return dsm_fail(DSM_EARG, "token id %d at %lld is outside the vocabulary [0, %lld)", r->prompt[i],
+					(long long)i, (long long)sc->vocab);
 	if (r->n_prompt > ctx - held)
 		return dsm_fail(DSM_ECONTEXT, "the prompt (%lld tokens) does not fit in the context of %lld tokens%s "
 				"(raise --ctx)", (long long)r->n_prompt, (long long)ctx, held ? " after what the sequence holds" : "");
@@ -228,11 +232,8 @@ int dsm_scheduler_add(struct dsm_scheduler *sc, const struct dsm_request *r)
 	if (rc < 0)
 		return rc;
 	q->prompt = malloc(sizeof(int32_t) * (size_t)r->n_prompt);
-	q->logits = malloc(sizeof(float) * (size_t)sc->vocab);
 	q->res.ids = malloc(sizeof(int32_t) * (size_t)(q->max_tokens + 1));
-	if (r->params.prompt_logits)
-		q->prompt_logits = malloc(sizeof(float) * (size_t)sc->vocab * (size_t)r->n_prompt);
-	if (!q->prompt || !q->logits || !q->res.ids || (r->params.prompt_logits && !q->prompt_logits)) {
+	if (!q->prompt || !q->res.ids) {
 		q->state = DONE;
 		req_release(sc, q);
 		return dsm_fail(DSM_ENOMEM, "out of memory");
@@ -297,6 +298,10 @@ static void finish(struct dsm_scheduler *sc, struct req *q, enum dsm_stop_reason
 	if (q->state != WAITING && q->r.seq < 0)
 		dsm_session_remove(sc->s, q->seq);
 	q->state = DONE;
+	free(q->logits);
+	free(q->prompt_logits);
+	q->logits = q->prompt_logits = NULL;
+	q->logits_pos = -1;
 }
 
 static void fail(struct dsm_scheduler *sc, struct req *q, int rc, const char *msg)
@@ -375,6 +380,10 @@ static int admit(struct dsm_scheduler *sc)
 			finish(sc, q, DSM_STOP_CALLER);
 			continue;
 		}
+		size_t vb = sizeof(float) * (size_t)sc->vocab;
+		if ((!q->logits && !(q->logits = malloc(vb))) ||
+		    (q->r.params.prompt_logits && !q->prompt_logits && !(q->prompt_logits = malloc(vb * (size_t)q->r.n_prompt))))
+			return dsm_fail(DSM_ENOMEM, "out of memory for the logits of request %d", i);
 		int parent = -1;
 		int64_t at = 0;
 		if (q->r.prefix_of >= 0 && sc->reqs[q->r.prefix_of].base == 0) {
@@ -391,7 +400,7 @@ static int admit(struct dsm_scheduler *sc)
 			if (at > 0) {
 				parent = p->seq;
 				if (reuse)
-					memcpy(q->logits, p->logits, sizeof(float) * (size_t)sc->vocab);
+					memcpy(q->logits, p->logits, vb);
 			}
 		}
 		if (q->r.seq >= 0) {

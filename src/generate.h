@@ -100,7 +100,8 @@ int dsm_scheduler_init(struct dsm_scheduler **out, struct dsm_session *s, const 
 /* Accepts NULL. Sequences of unfinished requests are removed. */
 void dsm_scheduler_free(struct dsm_scheduler *sc);
 /* Queues a request. Returns its id (>= 0, in order of addition) or DSM_ECONTEXT (the prompt does not fit
- * in the context), DSM_EARG (no prompt, bad parameters, a bad seq or prefix_of), DSM_ENOMEM. */
+ * in the context), DSM_EARG (no prompt, a token outside the vocabulary, bad parameters, a bad seq or
+ * prefix_of), DSM_ENOMEM. */
 int dsm_scheduler_add(struct dsm_scheduler *sc, const struct dsm_request *r);
 /* Ends a request at the next step (reason DSM_STOP_CALLER). */
 int dsm_scheduler_cancel(struct dsm_scheduler *sc, int id);

@@ -4,21 +4,10 @@
 #define DSM_LAYOUT_H
 
 #include "config.h"
+#include "store_model.h" /* enum dsm_kind: offload/ places weights by kind */
 
 #include <stddef.h>
 #include <stdint.h>
-
-enum dsm_kind {
-	DSM_KIND_EMBED,      /* embeddings, final norm, head */
-	DSM_KIND_ATTENTION,  /* MLA projections and the layer norms */
-	DSM_KIND_INDEXER,    /* V3.2 lightning indexer */
-	DSM_KIND_DENSE,      /* dense FFN of the first layers */
-	DSM_KIND_ROUTER,     /* MoE gate and its bias */
-	DSM_KIND_SHARED,     /* shared experts */
-	DSM_KIND_ROUTED,     /* routed experts */
-	DSM_KIND_MTP,        /* the multi-token-prediction layer(s), skipped by the engine */
-	DSM_KIND_COUNT
-};
 
 enum dsm_wtype {
 	DSM_W_QUANT,  /* F8_E4M3 with a weight_scale_inv, or BF16/F32 in a dequantized checkpoint */

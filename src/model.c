@@ -1,6 +1,7 @@
 /* Opening a model: config, weight views, rope frequencies, softmax scale (docs MODEL.md sections 1-3). */
 #include "model.h"
 
+#include "dispatch.h"
 #include "error.h"
 #include "expert_store.h"
 #include "topo.h"
@@ -151,12 +152,13 @@ void dsm_model_close(struct dsm_model *m)
 {
 	if (!m)
 		return;
+	dsm_offload_close(m->mapped_experts);
+	dsm_store_model_free(m->store_model);
 	dsm_backend_destroy(m->be);
 	if (m->threads)
 		dsm_topo_threads_free(m->threads);
 	free(m->threads);
 	dsm_topo_close(m->topo);
-	dsm_expert_store_close(m->experts);
 	dsm_weight_map_close(m->map);
 	dsm_checkpoint_close(m->ck);
 	for (size_t i = 0; i < m->n_owned; i++)
@@ -199,10 +201,13 @@ int dsm_model_open(struct dsm_model **out, const char *dir, const struct dsm_mod
 	    dsm_topo_plan_threads(m->topo, m->opts.threads, m->threads) == 0)
 		bo.cpu_threads = &m->threads->th;
 	if ((rc = dsm_backend_create(&m->be, "cpu", &bo)) < 0 || (rc = dsm_weight_map_open(&m->map, m->ck)) < 0 ||
-	    (rc = dsm_expert_store_open(&m->experts, m->map, c->num_hidden_layers, c->first_k_dense_replace,
-					c->n_routed_experts, c->hidden_size, c->moe_intermediate_size)) < 0 ||
-	    (rc = rope_init(m)) < 0)
+	    (rc = dsm_store_model_from_checkpoint(&m->store_model, m->ck, m->map)) < 0 || (rc = rope_init(m)) < 0)
 		goto err;
+	/* Routed experts: a store without a plan, every expert computed by the cpu backend where it is mapped. */
+	struct dsm_offload_opts eo = { .plan = NULL, .cpu = m->be };
+	if ((rc = dsm_offload_open(&m->mapped_experts, m->store_model, &eo)) < 0)
+		goto err;
+	m->offload = m->mapped_experts;
 	m->layers = calloc((size_t)c->num_hidden_layers + 1, sizeof *m->layers);
 	if (!m->layers) {
 		rc = dsm_fail(DSM_ENOMEM, "out of memory");
@@ -221,6 +226,20 @@ int dsm_model_open(struct dsm_model **out, const char *dir, const struct dsm_mod
 err:
 	dsm_model_close(m);
 	return rc;
+}
+
+int dsm_model_set_experts(struct dsm_model *m, struct dsm_offload *o)
+{
+	if (!o)
+		o = m->mapped_experts;
+	for (int L = 0; L < m->cfg.num_hidden_layers; L++) {
+		const struct dsm_ffn_layer *f = &m->layers[L].ffn;
+		int rc;
+		if (f->moe && (rc = dsm_offload_set_router(o, L, &f->gate, f->gate_bias)) < 0)
+			return rc;
+	}
+	m->offload = o;
+	return 0;
 }
 
 int dsm_model_threads(const struct dsm_model *m, int *bound)

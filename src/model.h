@@ -2,9 +2,9 @@
  *
  * Three structs, as llama2.c has them: the config (struct dsm_config, from config.json), the weights
  * (struct dsm_model: views of the checkpoint's tensors, mapped read-only from the shard files; routed
- * experts behind the expert store) and the run state (struct dsm_session in session.h: KV caches and
- * activation buffers of one sequence). The forward pass itself is in session.c (driver), mla.c
- * (attention), indexer.c (lightning indexer) and moe.c (dense and MoE feed-forward).
+ * experts behind the expert store of offload/dispatch.h) and the run state (struct dsm_session in
+ * session.h: KV caches and activation buffers of one sequence). The forward pass itself is in session.c
+ * (driver), mla.c (attention), indexer.c (lightning indexer) and moe.c (dense and MoE feed-forward).
  *
  * Shapes use the names of MODEL.md: D hidden_size, H heads, dn/dr/dv qk_nope/qk_rope/v head dims,
  * r kv_lora_rank, rq q_lora_rank, nI/dI indexer heads/head dim, E routed experts, V vocab_size. */
@@ -18,8 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct dsm_expert_store;
 struct dsm_offload;
+struct dsm_store_model;
 struct dsm_topo;
 struct dsm_topo_threads;
 struct dsm_weight_map;
@@ -75,8 +75,11 @@ struct dsm_model {
 	struct dsm_model_options opts;
 	struct dsm_checkpoint *ck;
 	struct dsm_weight_map *map;     /* the shard files, mapped read-only */
-	struct dsm_expert_store *experts;
-	struct dsm_offload *offload;    /* when set (not owned): routed experts from offload/dispatch.h */
+	struct dsm_store_model *store_model; /* the checkpoint as offload/ sees it (plans and stores are made from
+					 * it: dsm_offload_setup, dsm_plan_*); owned */
+	struct dsm_offload *mapped_experts; /* every routed expert computed where it is mapped; owned */
+	struct dsm_offload *offload;    /* the store the routed experts come from: mapped_experts, or a tiered
+					 * store set with dsm_model_set_experts (not owned) */
 	struct dsm_backend *be;
 	struct dsm_topo *topo;          /* hwloc: where the backend's threads run */
 	struct dsm_topo_threads *threads; /* one thread per physical core, bound; NULL: unbound */
@@ -99,6 +102,12 @@ struct dsm_model {
 int dsm_model_open(struct dsm_model **out, const char *dir, const struct dsm_model_options *o);
 /* Accepts NULL and half-built models. */
 void dsm_model_close(struct dsm_model *m);
+
+/* Routed experts from store o from now on (NULL: the model's own, every expert mapped). o stays the caller's:
+ * it must have been opened from m->store_model with m->be as its cpu backend, and must outlive its use (set
+ * NULL before closing it if the model is used further). The routers of the MoE layers are handed to o for
+ * its look-ahead prefetch. Returns 0 or DSM_EARG. */
+int dsm_model_set_experts(struct dsm_model *m, struct dsm_offload *o);
 
 /* Threads the backend runs; *bound: 1 when each is bound to its own physical core. */
 int dsm_model_threads(const struct dsm_model *m, int *bound);

@@ -78,8 +78,6 @@ struct dsm_session {
 	float *rlogits;     /* [B, E] router logits */
 	int32_t *ridx;      /* [B, k] */
 	float *rw;          /* [B, k] */
-	struct dsm_ffn_weights *ew;               /* [E] weights of the chosen experts */
-	const struct dsm_ffn_weights **ep;        /* [E] &ew[e] when e is chosen, else NULL */
 	float *ye;          /* [B, D] the shared expert's output (tiered store) */
 	float *logits;      /* [min(B, max_seqs), V] the last row of each part */
 

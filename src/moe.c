@@ -6,15 +6,14 @@
  *                                                                      the unbiased scores, x scaling
  *                  y = sum_k w_k Expert_idx_k(x) + Shared(x)
  *
- * The routed experts run expert-major: each chosen expert once per step on all its tokens, its weights
- * fetched from the expert store, the whole layer in one backend call (moe). Outputs are added to each token
- * in ascending expert order, then the shared expert's, so the sum is the same whatever the order of
- * computation, and the same through the tiered store (dsm_offload_moe). */
+ * The routed experts come from the model's expert store (offload/dispatch.h: its own with every expert mapped,
+ * or a tiered one), which runs them expert-major, each chosen expert once per step on all its tokens, and adds
+ * their weighted outputs to each token in ascending expert order, whatever the tiers; then the shared expert's
+ * output is added. */
 #include "model_internal.h"
 
-#include "error.h"
 #include "dispatch.h"
-#include "expert_store.h"
+#include "error.h"
 
 #include <math.h>
 #include <string.h>
@@ -59,39 +58,17 @@ static int moe(struct dsm_session *s, int L)
 		for (int64_t t = 0; t < T; t++)
 			hk->on_route(hk->user, s->row_seq[t], L, s->row_pos[t], s->ridx + t * k, s->rw + t * k, k);
 
-	if (m->offload) { /* the tiered expert store: the same sums in the same order, whatever the tiers */
-		memset(s->y, 0, sizeof(float) * (size_t)(T * D));
-		struct dsm_moe_step ms = { .layer = L, .n_tokens = T, .top_k = k, .idx = s->ridx, .weight = s->rw,
-					   .x = s->xn, .y = s->y };
-		if ((rc = dsm_offload_moe(m->offload, &ms)) < 0)
+	struct dsm_moe_step ms = { .layer = L, .n_tokens = T, .top_k = k, .idx = s->ridx, .weight = s->rw,
+				   .x = s->xn, .y = s->y };
+	if ((rc = dsm_offload_moe(m->offload, &ms)) < 0)                       /* [T, D] */
+		return rc;
+	if (c->n_shared_experts > 0) {
+		if ((rc = be->ffn(be, &f->shared, T, s->xn, s->ye)) < 0)                /* [T, D] */
 			return rc;
-		if (c->n_shared_experts > 0) {
-			if ((rc = be->ffn(be, &f->shared, T, s->xn, s->ye)) < 0)        /* [T, D] */
-				return rc;
-			for (int64_t i = 0; i < T * D; i++)
-				s->y[i] += s->ye[i];
-		}
-		return 0;
+		for (int64_t i = 0; i < T * D; i++)
+			s->y[i] += s->ye[i];
 	}
-
-	/* The chosen experts' weights from the expert store, handed back after the layer. */
-	memset(s->ep, 0, sizeof(*s->ep) * (size_t)E);
-	for (int64_t i = 0; i < T * k && rc == 0; i++) {
-		int e = s->ridx[i];
-		if (!s->ep[e] && (rc = dsm_expert_store_get(m->experts, L, e, &s->ew[e])) == 0)
-			s->ep[e] = &s->ew[e];
-	}
-	if (rc == 0) {
-		struct dsm_moe_op_args a = {
-			.n_tokens = T, .top_k = k, .idx = s->ridx, .weight = s->rw, .experts = s->ep, .n_experts = E,
-			.shared = c->n_shared_experts > 0 ? &f->shared : NULL, .x = s->xn, .y = s->y,
-		};
-		rc = be->moe(be, &a);                                                   /* [T, D] */
-	}
-	for (int e = 0; e < E; e++)
-		if (s->ep[e])
-			dsm_expert_store_put(m->experts, L, e);
-	return rc;
+	return 0;
 }
 
 int dsm_feed_forward(struct dsm_session *s, int L)

@@ -93,8 +93,6 @@ static void layout_buffers(struct dsm_session *s, struct arena *a)
 		s->rlogits = take(a, B * E * f);
 		s->ridx = take(a, B * k * sizeof(int32_t));
 		s->rw = take(a, B * k * f);
-		s->ew = take(a, E * sizeof(struct dsm_ffn_weights));
-		s->ep = take(a, E * sizeof(struct dsm_ffn_weights *));
 	}
 	s->ye = take(a, B * D * f);
 	s->logits = take(a, (B < S ? B : S) * (size_t)c->vocab_size * f);
@@ -488,8 +486,8 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 	if (rc == 0)
 		rc = logits_out(s, q, n, part_of);
 	if (rc < 0)
-		for (int i = 0; i < s->n_parts; i++)
-			s->seqs[s->parts[i].seq].pos -= s->parts[i].n;
+		for (int i = 0; i < s->n_parts; i++) /* the blocks reserved past the old end go back too */
+			seq_truncate(s, &s->seqs[s->parts[i].seq], s->parts[i].pos0);
 	return rc;
 }
 

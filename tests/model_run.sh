@@ -51,6 +51,23 @@ $RUN -m "$W/tiny" --tokens 0,5,9 -n 16 --temperature 1 --top-p 0.9 --top-k 40 --
 $RUN -m "$W/tiny" --tokens 0,5,9 -n 16 --temperature 1 --top-p 0.9 --top-k 40 --seed 11 --json -q > "$W/s2.json"
 if [ "$(json "$W/s1.json" "d['tokens']")" = "$(json "$W/s2.json" "d['tokens']")" ]; then ok "seeded sampling"; else bad "seeded sampling"; fi
 
+# --samples: N continuations from one shared prefill, seeds seed .. seed + N - 1; each equals the single
+# run with its seed; greedy samples are all the same
+$RUN -m "$W/tiny" --tokens 0,5,9 -n 16 --ignore-eos --temperature 1 --seed 7 --samples 4 --json -q > "$W/samples.json"
+$RUN -m "$W/tiny" --tokens 0,5,9 -n 16 --ignore-eos --temperature 1 --seed 9 --json -q > "$W/seed9.json"
+if [ "$(json "$W/samples.json" "len(d['samples']), [s['seed'] for s in d['samples']], len(set(str(s['tokens']) for s in d['samples']))")" = "(4, [7, 8, 9, 10], 4)" ] &&
+   [ "$(json "$W/samples.json" "d['samples'][2]['tokens']")" = "$(json "$W/seed9.json" "d['tokens']")" ]
+then ok "--samples 4"; else bad "--samples 4"; cat "$W/samples.json"; fi
+if $RUN -m "$W/tiny" --tokens 0,5,9 -n 8 --ignore-eos --samples 3 > "$W/samples.txt" 2> "$W/samples.err" &&
+   [ "$(grep -c '^--- sample [123] of 3' "$W/samples.txt")" = 3 ] && grep -q "all samples" "$W/samples.err"
+then ok "--samples text"; else bad "--samples text"; cat "$W/samples.txt" "$W/samples.err"; fi
+# -v says which memory limit applied
+if $RUN -m "$W/tiny" --tokens 0 -n 1 -v -q 2> "$W/v.err" > /dev/null && grep -q "available by MemAvailable" "$W/v.err"
+then ok "-v: $(cat "$W/v.err")"; else bad "-v"; cat "$W/v.err"; fi
+if $RUN -m "$W/tiny" --tokens 0 -n 1 --kv-pool 64K -q 2> "$W/pool.err" > /dev/null; then bad "a KV pool too small accepted"
+elif grep -q "one sequence's context" "$W/pool.err"; then ok "KV pool too small: $(cat "$W/pool.err")"
+else bad "KV pool message"; cat "$W/pool.err"; fi
+
 # the context: a prompt that does not fit is an error; generation stops when it is full
 if $RUN -m "$W/tiny" --tokens 1,2,3,4,5,6,7,8,9,10 --ctx 8 -q > /dev/null 2> "$W/ctx.err"; then
 	bad "prompt over --ctx accepted"

@@ -1,7 +1,8 @@
 #!/bin/sh
 # dsm-run with the tiered expert store (docs/offload.md) on the tiny preset: all-DRAM, all-streamed
 # (cache off), cached with each policy, mixed and GPU-tier plans from a plan file (GPU experts on the emu
-# backend), plans from budgets with a small emu device: every plan gives logits bit-identical to the plain run.
+# backend), plans from budgets with a small emu device: every plan gives logits bit-identical to the plain run
+# (whose routed experts are all on the store's mapped tier).
 # Then the report, --json, --record-routing, clear errors for bad plans and budgets, and the tiered store
 # turned on by weights past the available memory or a (fake) cgroup limit. The logits check is
 # repeated on the small preset (tests/small_preset.sh; DSM_TEST_SMALL=0 leaves it out).
@@ -51,12 +52,12 @@ check_plans "$W/tiny" tiny
 # DRAM and, with 6 MiB of DRAM, the rest on nvme.
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --vram-budget 1M --dram-budget 6M \
 	> /dev/null 2> "$W/err" &&
-   grep -q "offload: experts gpu [1-9][0-9]*, dram [1-9][0-9]*, nvme [1-9][0-9]*;" "$W/err"
+   grep -q "offload: experts gpu [1-9][0-9]*, dram [1-9][0-9]*, nvme [1-9][0-9]*, mapped 0;" "$W/err"
 then ok "emu device: some experts on gpu:0"; else bad "emu device: some experts on gpu:0"; cat "$W/err"; fi
 
 # The report on stderr and in --json; a routing trace that the next run uses as hotness.
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --stream-experts --record-routing "$W/r.trace" > /dev/null 2> "$W/err" &&
-   grep -q "offload: experts gpu 0, dram 0, nvme 48; NVMe .* MB/token at .* GB/s; cache lru .* hit rate .*; prefetch hit rate .*; time: attention and the rest .* s, cpu experts .* s, gpu experts .* s, waiting on I/O .* s" "$W/err" &&
+   grep -q "offload: experts gpu 0, dram 0, nvme 48, mapped 0; NVMe .* MB/token at .* GB/s; cache lru .* hit rate .*; prefetch hit rate .*; time: attention and the rest .* s, cpu experts .* s, gpu experts .* s, waiting on I/O .* s" "$W/err" &&
    [ "$(wc -c < "$W/r.trace")" -eq $((64 + 13 * 32)) ]
 then ok "report and routing trace"; else bad "report and routing trace"; cat "$W/err"; fi
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --stream-experts --cache-policy pinned --hotness-trace "$W/r.trace" \
@@ -97,7 +98,7 @@ expect_error "bad cache policy" "expected lru, lfu or pinned" --cache-policy mru
 $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/base.npy" -q > /dev/null || bad "tiny: plain run"
 if DSM_MEMORY_AVAILABLE=1079741824 $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/plan.npy" \
 	> /dev/null 2> "$W/err" && grep -q "do not fit in the memory available" "$W/err" &&
-   grep -q "offload: experts gpu 0, dram [1-9][0-9]*, nvme [1-9]" "$W/err" && cmp -s "$W/base.npy" "$W/plan.npy"; then
+   grep -q "offload: experts gpu 0, dram [1-9][0-9]*, nvme [1-9][0-9]*, mapped 0;" "$W/err" && cmp -s "$W/base.npy" "$W/plan.npy"; then
 	ok "weights past the available memory: tiered store on by itself, identical logits"
 else
 	bad "weights past the available memory did not turn the tiered store on (or changed the logits)"
@@ -137,6 +138,16 @@ else
 	bad "the tiered store turned on without a cgroup limit"
 	cat "$W/err"
 fi
+
+# Many sequences in one step: four sampled continuations decoded together give the same tokens whatever
+# the tiers (each expert runs once per step on all its tokens, in every tier).
+samples() { $RUN -m "$W/tiny" --tokens $TOK -n 10 --ignore-eos --temperature 1 --samples 4 -q "$@"; }
+samples > "$W/samples.base"
+for mode in "--stream-experts" "--stream-experts --cache-off" "--gpu-backend emu --vram-budget 2M --dram-budget 6M"; do
+	if samples $mode > "$W/samples.plan" && grep -q "^--- sample 4 of 4" "$W/samples.plan" &&
+	   cmp -s "$W/samples.base" "$W/samples.plan"
+	then ok "--samples 4, $mode: the same tokens"; else bad "--samples 4, $mode: tokens differ"; fi
+done
 
 # The small preset too (under AddressSanitizer only the tiny one: ten runs of the small one take minutes).
 if ldd "$top_builddir/dsm-run" 2>/dev/null | grep -q asan; then

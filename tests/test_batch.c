@@ -49,6 +49,7 @@ static struct {
 	const struct dsm_scheduler *sc;         /* forcing: the batch, to find a sequence's request */
 	const int *ids;
 	int n_req;
+	const int *seq_req;                     /* forcing without a scheduler: request of each sequence */
 	struct choice *rows;
 	size_t n, cap;
 } forced;
@@ -57,6 +58,8 @@ static int request_of(int seq)
 {
 	if (forced.recording)
 		return forced.cur;
+	if (forced.seq_req)
+		return forced.seq_req[seq];
 	for (int i = 0; i < forced.n_req; i++)
 		if (dsm_scheduler_seq(forced.sc, forced.ids[i]) == seq)
 			return i;
@@ -202,9 +205,61 @@ static void captures_free(struct capture *c, int n)
 	free(c);
 }
 
-/* Runs specs alone one by one, then together; compares. Returns the worst NMSE. */
+/* Feeds every request its prompt (chunks of `chunk`) then the tokens it generated alone (teacher forcing),
+ * all of them in each step, capturing the logits after each generated token. */
+static int run_teacher(struct dsm_session *s, const struct spec *sp, int n, int64_t chunk,
+		       const struct dsm_generate_result *ra, struct capture *cap)
+{
+	int64_t V = dsm_session_model(s)->cfg.vocab_size, fed[MAX_REQ] = { 0 }, len[MAX_REQ];
+	int32_t stream[MAX_REQ][64 + MAX_GEN];
+	int seq_req[MAX_REQ], seq[MAX_REQ], rc = 0;
+	float *logits = malloc(sizeof(float) * (size_t)V * (size_t)n);
+	struct dsm_step_seq q[MAX_REQ];
+	forced.seq_req = seq_req;
+	for (int i = 0; i < n; i++) {
+		seq[i] = dsm_session_add(s, -1, 0);
+		seq_req[seq[i]] = i;
+		memcpy(stream[i], sp[i].prompt, sizeof(int32_t) * (size_t)sp[i].n_prompt);
+		memcpy(stream[i] + sp[i].n_prompt, ra[i].ids, sizeof(int32_t) * (size_t)(ra[i].n - 1));
+		len[i] = sp[i].n_prompt + ra[i].n - 1;
+	}
+	for (;;) {
+		int m = 0;
+		int64_t budget = 64;
+		for (int i = 0; i < n && budget > 0; i++) {
+			if (fed[i] == len[i])
+				continue;
+			int64_t take = fed[i] < sp[i].n_prompt ? sp[i].n_prompt - fed[i] : 1;
+			take = take < chunk ? take : chunk;
+			take = take < budget ? take : budget;
+			q[m++] = (struct dsm_step_seq){ .seq = seq[i], .tokens = stream[i] + fed[i], .n = take,
+							.mode = DSM_LOGITS_LAST, .logits = logits + (size_t)i * (size_t)V };
+			budget -= take;
+		}
+		if (!m || (rc = dsm_session_step(s, q, m)) < 0)
+			break;
+		for (int j = 0; j < m; j++) {
+			int i = seq_req[q[j].seq];
+			fed[i] += q[j].n;
+			int64_t k = fed[i] - sp[i].n_prompt; /* logits after generated token k - 1 */
+			if (q[j].rc == 0 && k >= 1 && k < MAX_GEN) {
+				memcpy(cap[i].logits + (size_t)k * (size_t)V, logits + (size_t)i * (size_t)V, sizeof(float) * (size_t)V);
+				cap[i].have[k] = 1;
+			}
+		}
+	}
+	for (int i = 0; i < n; i++)
+		dsm_session_remove(s, seq[i]);
+	forced.seq_req = NULL;
+	free(logits);
+	return rc;
+}
+
+/* Runs specs alone one by one, then together; compares. Returns the worst NMSE. With teacher, the batch is
+ * fed the tokens each request generated alone, and only the logits are compared: the BF16 kernels for
+ * one row and for many round differently, which flips near-tied greedy choices on a random model. */
 static double compare(struct dsm_session *s, struct spec *sp, int n, int64_t chunk, int stagger, double limit,
-		      const char *what)
+		      const char *what, int teacher)
 {
 	int64_t V = dsm_session_model(s)->cfg.vocab_size;
 	struct capture *alone = captures(n, V), *together = captures(n, V);
@@ -222,19 +277,21 @@ static double compare(struct dsm_session *s, struct spec *sp, int n, int64_t chu
 		CHECK(rc == 0 && rca[i] == 0, "%s: request %d alone: %s", what, i, dsm_errmsg());
 	}
 	forced.recording = 0;
-	int rc = run(s, sp, n, chunk, stagger, together, rt, rct);
+	int rc = teacher ? run_teacher(s, sp, n, chunk, ra, together) : run(s, sp, n, chunk, stagger, together, rt, rct);
 	CHECK(rc == 0, "%s: the batch failed: %s", what, dsm_errmsg());
 	for (int i = 0; i < n && rc == 0; i++) {
-		CHECK(rct[i] == 0, "%s: request %d failed in the batch", what, i);
-		CHECK(rt[i].n == ra[i].n && memcmp(rt[i].ids, ra[i].ids, sizeof(int32_t) * (size_t)ra[i].n) == 0,
-		      "%s: request %d: the greedy continuation differs in the batch", what, i);
+		if (!teacher) {
+			CHECK(rct[i] == 0, "%s: request %d failed in the batch", what, i);
+			CHECK(rt[i].n == ra[i].n && memcmp(rt[i].ids, ra[i].ids, sizeof(int32_t) * (size_t)ra[i].n) == 0,
+			      "%s: request %d: the greedy continuation differs in the batch", what, i);
+			free(rt[i].ids);
+		}
 		for (int k = 1; k < MAX_GEN && k < ra[i].n; k++) {
 			CHECK(alone[i].have[k] && together[i].have[k], "%s: request %d: no logits at step %d", what, i, k);
 			double e = nmse(together[i].logits + (size_t)k * (size_t)V, alone[i].logits + (size_t)k * (size_t)V,
 					(size_t)V);
 			worst = e > worst ? e : worst;
 		}
-		free(rt[i].ids);
 	}
 	for (int i = 0; i < n; i++)
 		free(ra[i].ids);
@@ -386,34 +443,32 @@ int main(void)
 	struct dsm_session *s = dsm_engine_session(e);
 	int V = (int)dsm_session_model(s)->cfg.vocab_size;
 	struct spec sp[MAX_REQ];
-	static const int sizes[] = { 1, 2, 5, 16 };
-	for (int i = 0; i < 4; i++) {
+	static const int sizes[] = { 1, 16 }; /* and every size between as requests join and leave below */
+	for (int i = 0; i < 2; i++) {
 		make_specs(sp, sizes[i], V, 0);
-		compare(s, sp, sizes[i], 0, 0, 1e-10, "f32: together from the start");
+		compare(s, sp, sizes[i], 0, 0, 1e-10, "f32: together from the start", 0);
 	}
 	make_specs(sp, 16, V, 0);
-	compare(s, sp, 16, 5, 0, 1e-10, "f32: prompts in chunks of 5 tokens");
+	compare(s, sp, 16, 5, 0, 1e-10, "f32: prompts in chunks of 5 tokens", 0);
 	make_specs(sp, 24, V, 0);
 	for (int i = 0; i < 24; i++)
 		sp[i].join_step = (i * 3) % 17;
-	compare(s, sp, 24, 12, 1, 1e-10, "f32: joining and leaving mid-way (24 over 16)");
+	compare(s, sp, 24, 12, 1, 1e-10, "f32: joining and leaving mid-way (24 over 16)", 0);
 	make_specs(sp, 12, V, 1);
-	compare(s, sp, 12, 0, 0, 1e-10, "f32: forks of a shared prompt");
+	compare(s, sp, 12, 0, 0, 1e-10, "f32: forks of a shared prompt", 0);
 	make_specs(sp, 12, V, 1);
 	for (int i = 0; i < 12; i++)
 		sp[i].join_step = i;
-	compare(s, sp, 12, 7, 1, 1e-10, "f32: forks joining later");
+	compare(s, sp, 12, 7, 1, 1e-10, "f32: forks joining later", 0);
 	dsm_engine_close(e);
 
-	/* bf16, BF16 cache: choices forced to those made alone; no forks (a fork's prefix was computed by
-	 * another request, whose choices on it may differ in BF16) */
+	/* bf16, BF16 cache: the tokens and choices each request made alone, fed to the batch; no forks (a fork's
+	 * prefix was computed by another request, whose choices on it may differ in BF16) */
 	e = open_engine(dir, DSM_PRECISION_BF16, DSM_BF16, 16, 256, 0);
 	if (e) {
 		forced.on = 1;
 		make_specs(sp, 16, V, 0);
-		for (int i = 0; i < 16; i++)
-			sp[i].join_step = i / 2;
-		compare(dsm_engine_session(e), sp, 16, 5, 1, 1e-2, "bf16 (choices forced): joining, chunks of 5");
+		compare(dsm_engine_session(e), sp, 16, 5, 0, 1e-2, "bf16 (tokens and choices forced), chunks of 5", 1);
 		forced.on = 0;
 		dsm_engine_close(e);
 	}

@@ -1,13 +1,15 @@
-/* One MoE layer across tiers (offload/dispatch.h) on the tiny preset: all-DRAM, all-streamed (cache off,
- * and cached with each policy), mixed (a plan from budgets), an emulated GPU (a device-memory backend over
- * the CPU one, under a small device budget), buffered and synchronous streaming, look-ahead prefetch:
- * every plan gives outputs bit-identical to a plain loop over experts with weights read straight from the
- * checkpoint. Then I/O faults under a running store: a clear error naming the tensor, and a clean retry. */
+/* One MoE layer across tiers (offload/dispatch.h) on the tiny preset: every expert mapped (no plan), all-DRAM,
+ * all-streamed (cache off, and cached with each policy), mapped and streamed experts mixed, mixed (a plan from
+ * budgets), an emulated GPU (a device-memory backend over the CPU one, under a small device budget), buffered
+ * and synchronous streaming, look-ahead prefetch: every plan gives outputs bit-identical to a plain loop over
+ * experts with weights read straight from the checkpoint, for decode-sized and batched steps. Then I/O faults
+ * under a running store: a clear error naming the tensor, and a clean retry. */
 #include "backend.h"
 #include "checkpoint.h"
 #include "dispatch.h"
 #include "emu/emu_backend.h"
 #include "error.h"
+#include "expert_store.h"
 #include "io_methods.h"
 #include "mkmodel.h"
 #include "plan.h"
@@ -20,15 +22,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { T = 7, STEPS = 6 };
+enum { T = 40, STEPS = 7 };
 
 static struct dsm_checkpoint *ck;
+static struct dsm_store_model *sm;        /* the checkpoint for offload/, without addresses: every byte read */
+static struct dsm_store_model *sm_mapped; /* the same with the addresses of the mapped shards */
 static struct dsm_backend *cpu;
 static int D, K, E, L0, NL;
 
 /* Routing of step s (layer and choices) and its inputs, a pure function of s. */
 struct step_data {
 	int layer;
+	int64_t n;                /* tokens: decode-sized steps, and one batched step */
 	int32_t idx[T * 8];
 	float w[T * 8];
 	float *x;
@@ -42,17 +47,22 @@ static uint64_t rng(uint64_t *s)
 	return *s;
 }
 
+/* Step s: 7 tokens, or (the last) T tokens most of which choose the same experts, so that those run on the
+ * batched path of the expert kernels. */
 static void make_step(int s, struct step_data *d)
 {
 	uint64_t r = 0x1234567ull + (uint64_t)s * 7919;
 	d->layer = L0 + s % (NL - L0);
-	for (int t = 0; t < T; t++) {
+	d->n = s == STEPS - 1 ? T : 7;
+	for (int t = 0; t < d->n; t++) {
 		int chosen = 0;
 		while (chosen < K) {
 			/* Skewed toward low experts so that caches see repeats. */
 			int x = (int)(rng(&r) % (uint64_t)E);
 			if (rng(&r) % 2)
 				x /= 3;
+			if (d->n == T && t % 8)
+				x = chosen;
 			int dup = 0;
 			for (int j = 0; j < chosen; j++)
 				dup |= d->idx[t * K + j] == x;
@@ -63,8 +73,17 @@ static void make_step(int s, struct step_data *d)
 			chosen++;
 		}
 	}
-	for (int i = 0; i < T * D; i++)
+	for (int i = 0; i < d->n * D; i++)
 		d->x[i] = (float)((int64_t)(rng(&r) % 2001) - 1000) / 500.0f;
+}
+
+/* The checkpoint's tensor j (gate, up, down) of routed expert (layer, x). */
+static const struct dsm_tensor *expert_tensor(int layer, int x, int j)
+{
+	static const char *const proj[3] = { "gate_proj", "up_proj", "down_proj" };
+	char name[128];
+	snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.%s.weight", layer, x, proj[j]);
+	return dsm_checkpoint_find(ck, name);
 }
 
 /* The plain loop: experts ascending, weights read with dsm_checkpoint_read. */
@@ -76,7 +95,7 @@ static void reference(const struct step_data *d, float *y)
 	float wt[T];
 	for (int x = 0; x < E; x++) {
 		int n = 0;
-		for (int t = 0; t < T; t++)
+		for (int t = 0; t < d->n; t++)
 			for (int j = 0; j < K; j++)
 				if (d->idx[t * K + j] == x) {
 					tok[n] = t;
@@ -87,7 +106,8 @@ static void reference(const struct step_data *d, float *y)
 		if (!n)
 			continue;
 		const struct dsm_tensor *tt[3];
-		dsm_expert_tensors(ck, d->layer, x, tt);
+		for (int j = 0; j < 3; j++)
+			tt[j] = expert_tensor(d->layer, x, j);
 		void *data[3];
 		float *scale[3];
 		struct dsm_ffn_weights w;
@@ -162,7 +182,7 @@ static void test_emu_memory(const struct dsm_backend_options *bo)
 
 struct config_case {
 	const char *name;
-	struct dsm_plan *plan;
+	struct dsm_plan *plan;    /* NULL: every expert mapped */
 	enum dsm_cache_policy policy;
 	uint64_t cache_bytes;
 	int cache_off;
@@ -170,6 +190,7 @@ struct config_case {
 	int gpu;
 	int prefetch;
 	struct dsm_topo *topo;    /* NULL: this machine's */
+	int mapped;               /* opened with the addresses of the mapped shards */
 };
 
 /* Pinned policy: after the warm-up every pinned streamed expert is in memory (its first use is a hit, nothing
@@ -219,9 +240,7 @@ static void check_nodes(const struct config_case *cc, struct dsm_offload *o)
 			n_bound++;
 			struct dsm_ffn_weights w;
 			CHECK(dsm_offload_get(o, l, x, &w) == 0, "%s: get: %s", cc->name, dsm_errmsg());
-			const struct dsm_tensor *tt[3];
-			dsm_expert_tensors(ck, l, x, tt);
-			int mn = dsm_topo_memory_node(cc->topo, w.gate.data, tt[0]->nbytes);
+			int mn = dsm_topo_memory_node(cc->topo, w.gate.data, dsm_store_expert(sm, l, x)->w[0].nbytes);
 			if (mn >= 0) {
 				n_queried++;
 				CHECK(mn == t.index, "%s: layer %d expert %d: memory on node %d, not %d", cc->name, l, x, mn, t.index);
@@ -248,7 +267,7 @@ static void run_case(const struct config_case *cc, struct step_data *steps, floa
 	if (cc->policy == DSM_CACHE_PINNED)
 		oo.hotness = hot;
 	struct dsm_offload *o;
-	int rc = dsm_offload_open(&o, ck, &oo);
+	int rc = dsm_offload_open(&o, cc->mapped ? sm_mapped : sm, &oo);
 	free(hot);
 	CHECK(rc == 0, "%s: open: %s", cc->name, dsm_errmsg());
 	if (rc)
@@ -269,17 +288,18 @@ static void run_case(const struct config_case *cc, struct step_data *steps, floa
 				CHECK(dsm_offload_prefetch(o, steps[s + 1].layer, K, guess) == 0, "%s: prefetch: %s", cc->name,
 				      dsm_errmsg());
 			}
-			struct dsm_moe_step ms = { .layer = d->layer, .n_tokens = T, .top_k = K, .idx = d->idx,
+			struct dsm_moe_step ms = { .layer = d->layer, .n_tokens = d->n, .top_k = K, .idx = d->idx,
 				.weight = d->w, .x = d->x, .y = y };
 			rc = dsm_offload_moe(o, &ms);
 			CHECK(rc == 0, "%s: step %d: %s", cc->name, s, dsm_errmsg());
-			CHECK(memcmp(y, want[s], sizeof(float) * (size_t)(T * D)) == 0, "%s: step %d (round %d): output "
+			CHECK(memcmp(y, want[s], sizeof(float) * (size_t)(d->n * D)) == 0, "%s: step %d (round %d): output "
 			      "differs from the plain loop", cc->name, s, round);
 		}
 	struct dsm_offload_stats st;
 	dsm_offload_get_stats(o, &st);
-	uint64_t n[3];
-	dsm_plan_count(cc->plan, n);
+	uint64_t n[DSM_TIER_KINDS] = { [DSM_TIER_MAPPED] = (uint64_t)((NL - L0) * E) };
+	if (cc->plan)
+		dsm_plan_count(cc->plan, n);
 	if (n[DSM_TIER_NVME])
 		CHECK(st.bytes_read > 0 && st.expert_runs[DSM_TIER_NVME] > 0, "%s: nothing streamed", cc->name);
 	if (cc->gpu)
@@ -291,21 +311,35 @@ static void run_case(const struct config_case *cc, struct step_data *steps, floa
 		      (unsigned long long)st.cache.prefetches, (unsigned long long)st.cache.prefetch_hits, (unsigned long long)st.cache.prefetch_wasted);
 	if (!cc->cache_off && n[DSM_TIER_NVME] && cc->cache_bytes > 0)
 		CHECK(st.cache.hits > 0, "%s: a cache that never hits", cc->name);
+	if (n[DSM_TIER_MAPPED])
+		CHECK(st.expert_runs[DSM_TIER_MAPPED] > 0, "%s: no mapped run", cc->name);
+	if (!cc->plan)
+		CHECK(st.bytes_read == 0 && st.expert_runs[DSM_TIER_NVME] == 0 && st.resident_bytes[DSM_TIER_DRAM] == 0 &&
+		      st.steps == 2 * STEPS, "%s: an all-mapped store read %llu bytes", cc->name,
+		      (unsigned long long)st.bytes_read);
+	struct dsm_offload_report rep;
+	dsm_offload_report(o, 1, 1.0, &rep);
+	char line[512];
+	dsm_offload_report_text(&rep, line, sizeof line);
+	char counts[96];
+	snprintf(counts, sizeof counts, "experts gpu %llu, dram %llu, nvme %llu, mapped %llu;",
+		 (unsigned long long)n[DSM_TIER_GPU], (unsigned long long)n[DSM_TIER_DRAM],
+		 (unsigned long long)n[DSM_TIER_NVME], (unsigned long long)n[DSM_TIER_MAPPED]);
+	CHECK(strstr(line, counts) != NULL, "%s: report '%s' lacks '%s'", cc->name, line, counts);
 	if (getenv("VERBOSE"))
-		fprintf(stderr, "%s: runs nvme %llu dram %llu gpu %llu, read %llu bytes, hits %llu misses %llu\n",
+		fprintf(stderr, "%s: runs nvme %llu dram %llu gpu %llu mapped %llu, read %llu bytes, hits %llu misses %llu\n",
 			cc->name, (unsigned long long)st.expert_runs[0], (unsigned long long)st.expert_runs[1],
-			(unsigned long long)st.expert_runs[2], (unsigned long long)st.bytes_read,
+			(unsigned long long)st.expert_runs[2], (unsigned long long)st.expert_runs[3], (unsigned long long)st.bytes_read,
 			(unsigned long long)st.cache.hits, (unsigned long long)st.cache.misses);
 
 	/* The synchronous accessor gives the same bytes. */
 	struct dsm_ffn_weights w;
 	CHECK(dsm_offload_get(o, L0, 3, &w) == 0, "%s: get: %s", cc->name, dsm_errmsg());
-	const struct dsm_tensor *tt[3];
-	dsm_expert_tensors(ck, L0, 3, tt);
-	uint8_t *down = malloc(tt[2]->nbytes);
-	dsm_checkpoint_read(ck, tt[2], down);
+	const struct dsm_tensor *td = expert_tensor(L0, 3, 2);
+	uint8_t *down = malloc(td->nbytes);
+	dsm_checkpoint_read(ck, td, down);
 	if (!cc->gpu || dsm_plan_expert_tier(cc->plan, L0, 3).kind != DSM_TIER_GPU)
-		CHECK(memcmp(down, w.down.data, tt[2]->nbytes) == 0, "%s: get: wrong bytes", cc->name);
+		CHECK(memcmp(down, w.down.data, td->nbytes) == 0, "%s: get: wrong bytes", cc->name);
 	free(down);
 	dsm_offload_put(o, L0, 3);
 	free(y);
@@ -321,15 +355,15 @@ static void test_faults(struct step_data *steps, float *const *want, struct dsm_
 		.stream = { .io = io, .queue_depth = 4, .chunk_bytes = 16384, .max_retries = 8 },
 		.pool_flags = DSM_POOL_NO_LOCK };
 	struct dsm_offload *o;
-	CHECK(dsm_offload_open(&o, ck, &oo) == 0, "faults: open: %s", dsm_errmsg());
+	CHECK(dsm_offload_open(&o, sm, &oo) == 0, "faults: open: %s", dsm_errmsg());
 	float *y = malloc(sizeof(float) * (size_t)(T * D));
-	struct dsm_moe_step ms = { .layer = steps[0].layer, .n_tokens = T, .top_k = K, .idx = steps[0].idx,
+	struct dsm_moe_step ms = { .layer = steps[0].layer, .n_tokens = steps[0].n, .top_k = K, .idx = steps[0].idx,
 		.weight = steps[0].w, .x = steps[0].x, .y = y };
 
 	/* Short reads and EAGAIN: clean retries, same numbers. */
 	dsm_io_fault_add(f, &(struct dsm_fault_rule){ .kind = DSM_FAULT_SHORT, .first = 1, .every = 3 });
 	dsm_io_fault_add(f, &(struct dsm_fault_rule){ .kind = DSM_FAULT_ERROR, .first = 2, .every = 5, .arg = EAGAIN });
-	CHECK(dsm_offload_moe(o, &ms) == 0 && memcmp(y, want[0], sizeof(float) * (size_t)(T * D)) == 0,
+	CHECK(dsm_offload_moe(o, &ms) == 0 && memcmp(y, want[0], sizeof(float) * (size_t)(steps[0].n * D)) == 0,
 	      "faults: short/EAGAIN: %s", dsm_errmsg());
 	/* EIO: a clear error naming the tensor; then the same step succeeds once the disk is back. */
 	dsm_io_fault_clear(f);
@@ -338,7 +372,7 @@ static void test_faults(struct step_data *steps, float *const *want, struct dsm_
 	CHECK(rc == DSM_EIO && strstr(dsm_errmsg(), "tensor 'model.layers.") && strstr(dsm_errmsg(), "offset"),
 	      "faults: EIO: %d %s", rc, dsm_errmsg());
 	dsm_io_fault_clear(f);
-	CHECK(dsm_offload_moe(o, &ms) == 0 && memcmp(y, want[0], sizeof(float) * (size_t)(T * D)) == 0,
+	CHECK(dsm_offload_moe(o, &ms) == 0 && memcmp(y, want[0], sizeof(float) * (size_t)(steps[0].n * D)) == 0,
 	      "faults: retry after EIO: %s", dsm_errmsg());
 	/* A shard cut short under the running store. */
 	dsm_io_fault_add(f, &(struct dsm_fault_rule){ .kind = DSM_FAULT_TRUNCATE, .offset = 4096 });
@@ -358,7 +392,9 @@ int main(void)
 	char dir[4096];
 	snprintf(dir, sizeof dir, "%s/tests/offload-dispatch-tiny", top);
 	struct mkmodel_options mo = { .config = tiny->config, .seed = 11, .shard_bytes = tiny->shard_bytes, .quiet = 1 };
-	if (mkmodel_write(&mo, dir) < 0 || dsm_checkpoint_open(&ck, dir) < 0) {
+	struct dsm_weight_map *map;
+	if (mkmodel_write(&mo, dir) < 0 || dsm_checkpoint_open(&ck, dir) < 0 || dsm_weight_map_open(&map, ck) < 0 ||
+	    dsm_store_model_from_checkpoint(&sm, ck, NULL) < 0 || dsm_store_model_from_checkpoint(&sm_mapped, ck, map) < 0) {
 		fprintf(stderr, "tiny checkpoint: %s\n", dsm_errmsg());
 		return 99;
 	}
@@ -368,12 +404,12 @@ int main(void)
 		return 99;
 	}
 	test_emu_memory(&bo);
-	const struct dsm_config *c = &ck->config;
+	const struct dsm_moe_shape *c = &sm->shape;
 	D = c->hidden_size;
-	K = c->num_experts_per_tok;
-	E = c->n_routed_experts;
-	L0 = c->first_k_dense_replace;
-	NL = c->num_hidden_layers;
+	K = c->top_k;
+	E = c->n_experts;
+	L0 = c->first_moe;
+	NL = c->n_layers;
 
 	struct step_data steps[STEPS];
 	float *want[STEPS];
@@ -389,7 +425,7 @@ int main(void)
 	dsm_plan_uniform(&dram, c, t_dram, t_dram);
 	dsm_plan_uniform(&streamed, c, t_dram, t_nvme);
 	struct dsm_plan_sizes sz;
-	dsm_plan_sizes_from_checkpoint(ck, &sz);
+	dsm_plan_sizes(sm, &sz);
 	/* Mixed: a third of the experts in DRAM, hottest (lowest numbers, as the steps favour) first. */
 	double *hot = calloc((size_t)(NL * E), sizeof *hot);
 	for (int l = L0; l < NL; l++)
@@ -419,30 +455,37 @@ int main(void)
 	CHECK(dsm_topo_open(&numa2, "numa:2 core:2 pu:1") == 0 && dsm_topo_open(&here, NULL) == 0, "topology: %s",
 	      dsm_errmsg());
 	int n_here = dsm_topo_n_nodes(here);
-	struct dsm_plan *two_nodes, *here_nodes;
+	struct dsm_plan *two_nodes, *here_nodes, *mapped_streamed;
 	dsm_plan_uniform(&two_nodes, c, t_dram, t_nvme);
 	dsm_plan_uniform(&here_nodes, c, t_dram, t_dram);
+	dsm_plan_uniform(&mapped_streamed, c, t_dram, t_nvme);
 	for (int l = L0; l < NL; l++)
 		for (int x = 0; x < E; x++) {
 			/* Two nodes: odd experts on dram:1, a quarter streamed. */
 			if (x % 4 != 3)
 				two_nodes->expert[l * E + x] = (struct dsm_tier){ DSM_TIER_DRAM, (uint8_t)(x % 2) };
 			here_nodes->expert[l * E + x] = (struct dsm_tier){ DSM_TIER_DRAM, (uint8_t)(x % n_here) };
+			/* A third of the experts where they are mapped, the rest streamed. */
+			if (x % 3 == 0)
+				mapped_streamed->expert[l * E + x] = (struct dsm_tier){ DSM_TIER_MAPPED, 0 };
 		}
 
 	const struct config_case cases[] = {
-		{ "all-dram", dram, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL },
-		{ "all-streamed cache off", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 0, NULL },
-		{ "all-streamed lru", streamed, DSM_CACHE_LRU, 12 * slot, 0, 0, 0, 0, NULL },
-		{ "all-streamed lfu", streamed, DSM_CACHE_LFU, 12 * slot, 0, 0, 0, 0, NULL },
-		{ "all-streamed pinned", streamed, DSM_CACHE_PINNED, 12 * slot, 0, 0, 0, 0, NULL },
-		{ "all-streamed buffered", streamed, DSM_CACHE_LRU, 0, 1, DSM_STREAM_BUFFERED, 0, 0, NULL },
-		{ "all-streamed sync", streamed, DSM_CACHE_LRU, 0, 1, DSM_STREAM_SYNC, 0, 0, NULL },
-		{ "all-streamed prefetch", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 1, NULL },
-		{ "mixed", mixed, DSM_CACHE_PINNED, 10 * slot, 0, 0, 0, 1, NULL },
-		{ "emulated gpu", gpu, DSM_CACHE_LRU, 0, 0, 0, 1, 1, NULL },
-		{ "two NUMA nodes (synthetic)", two_nodes, DSM_CACHE_LRU, 10 * slot, 0, 0, 0, 1, numa2 },
-		{ "this machine's NUMA nodes", here_nodes, DSM_CACHE_LRU, 0, 0, 0, 0, 0, here },
+		{ "all mapped (no plan)", NULL, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL, 1 },
+		{ "all-dram", dram, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL, 0 },
+		{ "all-dram from the mapping", dram, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL, 1 },
+		{ "mapped and streamed", mapped_streamed, DSM_CACHE_LRU, 6 * slot, 0, 0, 0, 1, NULL, 1 },
+		{ "all-streamed cache off", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 0, NULL, 0 },
+		{ "all-streamed lru", streamed, DSM_CACHE_LRU, 12 * slot, 0, 0, 0, 0, NULL, 0 },
+		{ "all-streamed lfu", streamed, DSM_CACHE_LFU, 12 * slot, 0, 0, 0, 0, NULL, 0 },
+		{ "all-streamed pinned", streamed, DSM_CACHE_PINNED, 12 * slot, 0, 0, 0, 0, NULL, 0 },
+		{ "all-streamed buffered", streamed, DSM_CACHE_LRU, 0, 1, DSM_STREAM_BUFFERED, 0, 0, NULL, 0 },
+		{ "all-streamed sync", streamed, DSM_CACHE_LRU, 0, 1, DSM_STREAM_SYNC, 0, 0, NULL, 0 },
+		{ "all-streamed prefetch", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 1, NULL, 0 },
+		{ "mixed", mixed, DSM_CACHE_PINNED, 10 * slot, 0, 0, 0, 1, NULL, 0 },
+		{ "emulated gpu", gpu, DSM_CACHE_LRU, 0, 0, 0, 1, 1, NULL, 0 },
+		{ "two NUMA nodes (synthetic)", two_nodes, DSM_CACHE_LRU, 10 * slot, 0, 0, 0, 1, numa2, 0 },
+		{ "this machine's NUMA nodes", here_nodes, DSM_CACHE_LRU, 0, 0, 0, 0, 0, here, 0 },
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
 		run_case(&cases[i], steps, want);
@@ -450,25 +493,31 @@ int main(void)
 	CHECK(es.used == 0 && es.allocs == 0 && es.bad_frees == 0, "emu device memory leaked: %zu bytes in %zu "
 	      "allocations, %zu bad frees", es.used, es.allocs, es.bad_frees);
 	CHECK(es.peak > 0 && es.peak <= es.budget, "emu peak %zu of %zu", es.peak, es.budget);
-	uint64_t n[3];
+	uint64_t n[DSM_TIER_KINDS];
 	dsm_plan_count(gpu, n);
 	CHECK(n[DSM_TIER_GPU] == 5 && n[DSM_TIER_DRAM] == 8, "gpu plan tiers %llu %llu", (unsigned long long)n[2],
 	      (unsigned long long)n[1]);
 	test_faults(steps, want, streamed);
 
-	/* A node the machine (or topology) lacks, and a gpu other than gpu:0: refused at open, naming the expert. */
+	/* The mapped tier needs the addresses of the mapped shards. */
 	struct dsm_offload *o;
+	struct dsm_offload_opts mo_none = { .cpu = cpu };
+	int rc = dsm_offload_open(&o, sm, &mo_none);
+	CHECK(rc == DSM_EARG && strstr(dsm_errmsg(), "is on the mapped tier but tensor 'model.layers."),
+	      "mapped without addresses: %d %s", rc, dsm_errmsg());
+
+	/* A node the machine (or topology) lacks, and a gpu other than gpu:0: refused at open, naming the expert. */
 	struct dsm_offload_opts no = { .plan = here_nodes, .cpu = cpu, .pool_flags = DSM_POOL_NO_LOCK };
 	here_nodes->expert[(L0 + 1) * E + 5] = (struct dsm_tier){ DSM_TIER_DRAM, (uint8_t)n_here };
 	char want_msg[160];
 	snprintf(want_msg, sizeof want_msg, "plan puts layer %d expert 5 on dram:%d but this machine has %d NUMA node%s",
 		 L0 + 1, n_here, n_here, n_here == 1 ? "" : "s");
-	int rc = dsm_offload_open(&o, ck, &no);
+	rc = dsm_offload_open(&o, sm, &no);
 	CHECK(rc == DSM_EPLAN && strstr(dsm_errmsg(), want_msg), "node past this machine's: %d %s", rc, dsm_errmsg());
 	no.topo = numa2;
 	no.plan = two_nodes;
 	two_nodes->expert[L0 * E + 2] = (struct dsm_tier){ DSM_TIER_DRAM, 2 };
-	rc = dsm_offload_open(&o, ck, &no);
+	rc = dsm_offload_open(&o, sm, &no);
 	CHECK(rc == DSM_EPLAN && strstr(dsm_errmsg(), "expert 2 on dram:2 but the topology has 2 NUMA nodes"),
 	      "node past the topology's: %d %s", rc, dsm_errmsg());
 	no.topo = NULL;
@@ -479,7 +528,7 @@ int main(void)
 			gpu->expert[i].index = 1;
 			break;
 		}
-	rc = dsm_offload_open(&o, ck, &no);
+	rc = dsm_offload_open(&o, sm, &no);
 	CHECK(rc == DSM_EPLAN && strstr(dsm_errmsg(), "on gpu:1 but the emu backend is one device"), "gpu:1: %d %s", rc,
 	      dsm_errmsg());
 	for (int i = 0; i < NL * E; i++)
@@ -493,7 +542,7 @@ int main(void)
 	eo.device_bytes = sz.expert_bytes;
 	CHECK(dsm_backend_create(&small, "emu", &eo) == 0, "small emu: %s", dsm_errmsg());
 	struct dsm_offload_opts oo = { .plan = gpu, .cpu = cpu, .gpu = small, .pool_flags = DSM_POOL_NO_LOCK };
-	CHECK(dsm_offload_open(&o, ck, &oo) == DSM_ENOMEM && strstr(dsm_errmsg(), "device memory"), "device full: %s",
+	CHECK(dsm_offload_open(&o, sm, &oo) == DSM_ENOMEM && strstr(dsm_errmsg(), "device memory"), "device full: %s",
 	      dsm_errmsg());
 	struct dsm_emu_stats ss = { 0 };
 	dsm_emu_get_stats(small, &ss);
@@ -512,10 +561,14 @@ int main(void)
 	dsm_plan_free(gpu);
 	dsm_plan_free(two_nodes);
 	dsm_plan_free(here_nodes);
+	dsm_plan_free(mapped_streamed);
 	dsm_topo_close(numa2);
 	dsm_topo_close(here);
 	dsm_backend_destroy(emu);
 	dsm_backend_destroy(cpu);
+	dsm_store_model_free(sm_mapped);
+	dsm_store_model_free(sm);
+	dsm_weight_map_close(map);
 	dsm_checkpoint_close(ck);
 	return TEST_EXIT();
 }

@@ -1,7 +1,9 @@
-/* Placement plans: parsing and validation against a checkpoint (tiny preset), every refusal with a clear
- * message, the JSON round trip, the example of docs/plan.md, and plans computed from budgets. */
+/* Placement plans: parsing and validation against a model's shape (tiny preset), every refusal with a clear
+ * message, the JSON round trip, the example of docs/plan.md, and plans computed from budgets; the checkpoint
+ * described for offload/ (struct dsm_store_model) with and without its mapping. */
 #include "checkpoint.h"
 #include "error.h"
+#include "expert_store.h"
 #include "mkmodel.h"
 #include "plan.h"
 #include "test_util.h"
@@ -13,7 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static struct dsm_config cfg; /* tiny: 5 layers, 2 dense, 16 experts */
+static struct dsm_moe_shape shape; /* tiny: 5 layers, 2 dense, 16 experts */
 
 #define MODEL_TINY "\"model\": {\"model_type\": \"deepseek_v32\", \"num_hidden_layers\": 5, " \
 	"\"first_k_dense_replace\": 2, \"n_routed_experts\": 16, \"hidden_size\": 256, \"moe_intermediate_size\": 96}"
@@ -21,7 +23,7 @@ static struct dsm_config cfg; /* tiny: 5 layers, 2 dense, 16 experts */
 static struct dsm_plan *parse(const char *text)
 {
 	struct dsm_plan *p = NULL;
-	int rc = dsm_plan_parse(&p, text, strlen(text), "plan.json", &cfg);
+	int rc = dsm_plan_parse(&p, text, strlen(text), "plan.json", &shape);
 	CHECK(rc == 0, "plan rejected: %s\n%s", dsm_errmsg(), text);
 	return p;
 }
@@ -29,7 +31,7 @@ static struct dsm_plan *parse(const char *text)
 static void refuse(const char *why, const char *text, int code, const char *mention)
 {
 	struct dsm_plan *p = NULL;
-	int rc = dsm_plan_parse(&p, text, strlen(text), "plan.json", &cfg);
+	int rc = dsm_plan_parse(&p, text, strlen(text), "plan.json", &shape);
 	CHECK(rc == code && !p, "%s: got %d (%s), want %d", why, rc, dsm_errmsg(), code);
 	CHECK(strstr(dsm_errmsg(), mention) && strstr(dsm_errmsg(), "plan.json"), "%s: message '%s' lacks '%s'", why,
 	      dsm_errmsg(), mention);
@@ -59,9 +61,10 @@ static void test_parse(void)
 	CHECK(tier_is(dsm_plan_expert_tier(p, 3, 7), DSM_TIER_NVME, 0), "3/7");
 	CHECK(tier_is(dsm_plan_expert_tier(p, 4, 9), DSM_TIER_DRAM, 0), "4/9");
 	CHECK(p->cache_policy == 2 && p->cache_bytes == 1048576, "cache");
-	uint64_t n[3];
+	uint64_t n[DSM_TIER_KINDS];
 	dsm_plan_count(p, n);
-	CHECK(n[DSM_TIER_GPU] == 4 && n[DSM_TIER_DRAM] == 17 && n[DSM_TIER_NVME] == 27, "counts %llu %llu %llu",
+	CHECK(n[DSM_TIER_GPU] == 4 && n[DSM_TIER_DRAM] == 17 && n[DSM_TIER_NVME] == 27 && n[DSM_TIER_MAPPED] == 0,
+	      "counts %llu %llu %llu",
 	      (unsigned long long)n[0], (unsigned long long)n[1], (unsigned long long)n[2]);
 
 	/* Round trip through the writer. */
@@ -138,7 +141,7 @@ static void test_refusals(void)
 	       "must be a list");
 #undef WITH
 	struct dsm_plan *p;
-	CHECK(dsm_plan_load(&p, "no/such/plan.json", &cfg) == DSM_EMISSING && strstr(dsm_errmsg(), "no/such/plan.json"),
+	CHECK(dsm_plan_load(&p, "no/such/plan.json", &shape) == DSM_EMISSING && strstr(dsm_errmsg(), "no/such/plan.json"),
 	      "missing file: %s", dsm_errmsg());
 }
 
@@ -149,8 +152,8 @@ static void test_budgets(void)
 	/* DRAM for the non-expert weights, the reserve and exactly ten experts: spread over the three MoE
 	 * layers by rank (experts 0 of layers 2, 3, 4, then experts 1, ...): 4 + 3 + 3. */
 	struct dsm_plan_budget b = { .dram_bytes = 1000 + 300 + 10 * 100 + 50, .dram_reserve = 300 };
-	CHECK(dsm_plan_from_budgets(&p, &cfg, &sz, &b, NULL) == 0, "budgets: %s", dsm_errmsg());
-	uint64_t n[3];
+	CHECK(dsm_plan_from_budgets(&p, &shape, &sz, &b, NULL) == 0, "budgets: %s", dsm_errmsg());
+	uint64_t n[DSM_TIER_KINDS];
 	dsm_plan_count(p, n);
 	CHECK(n[DSM_TIER_DRAM] == 10 && n[DSM_TIER_GPU] == 0, "ten in dram: %llu", (unsigned long long)n[1]);
 	CHECK(tier_is(dsm_plan_expert_tier(p, 2, 3), DSM_TIER_DRAM, 0) &&
@@ -165,7 +168,7 @@ static void test_budgets(void)
 	hot[4 * 16 + 1] = 8;
 	hot[2 * 16 + 5] = 7;
 	b = (struct dsm_plan_budget){ .vram_bytes = 1000 + 100, .dram_bytes = 100 + 5, .dram_reserve = 0 };
-	CHECK(dsm_plan_from_budgets(&p, &cfg, &sz, &b, hot) == 0, "hot: %s", dsm_errmsg());
+	CHECK(dsm_plan_from_budgets(&p, &shape, &sz, &b, hot) == 0, "hot: %s", dsm_errmsg());
 	CHECK(tier_is(p->non_expert[DSM_KIND_EMBED], DSM_TIER_GPU, 0), "non-expert on the gpu");
 	CHECK(tier_is(dsm_plan_expert_tier(p, 3, 7), DSM_TIER_GPU, 0), "hottest on the gpu");
 	CHECK(tier_is(dsm_plan_expert_tier(p, 4, 1), DSM_TIER_DRAM, 0), "second in dram");
@@ -173,41 +176,66 @@ static void test_budgets(void)
 	dsm_plan_free(p);
 
 	b = (struct dsm_plan_budget){ .vram_bytes = 500, .dram_bytes = 900 };
-	CHECK(dsm_plan_from_budgets(&p, &cfg, &sz, &b, NULL) == DSM_EPLAN && !p &&
+	CHECK(dsm_plan_from_budgets(&p, &shape, &sz, &b, NULL) == DSM_EPLAN && !p &&
 	      strstr(dsm_errmsg(), "cannot hold the non-expert weights"), "too small: %s", dsm_errmsg());
 }
 
 static void test_checkpoint(const char *dir)
 {
 	struct dsm_checkpoint *ck;
-	if (dsm_checkpoint_open(&ck, dir) < 0) {
+	struct dsm_weight_map *map = NULL;
+	struct dsm_store_model *sm = NULL, *mapped = NULL;
+	if (dsm_checkpoint_open(&ck, dir) < 0 || dsm_weight_map_open(&map, ck) < 0 ||
+	    dsm_store_model_from_checkpoint(&sm, ck, NULL) < 0 || dsm_store_model_from_checkpoint(&mapped, ck, map) < 0) {
 		CHECK(0, "checkpoint: %s", dsm_errmsg());
+		dsm_store_model_free(sm);
+		dsm_weight_map_close(map);
+		dsm_checkpoint_close(ck);
 		return;
 	}
 	struct dsm_plan_sizes sz;
-	CHECK(dsm_plan_sizes_from_checkpoint(ck, &sz) == 0, "sizes: %s", dsm_errmsg());
+	dsm_plan_sizes(sm, &sz);
 	uint64_t want = 3ull * 96 * 256; /* gate, up [96, 256] and down [256, 96], FP8 */
 	CHECK(sz.expert_bytes == want, "expert bytes %llu, want %llu", (unsigned long long)sz.expert_bytes,
 	      (unsigned long long)want);
 	uint64_t experts = 3ull * 16 * want;
 	CHECK(sz.non_expert_total > 0 && sz.non_expert_total + experts <= ck->total_bytes, "non-expert %llu",
 	      (unsigned long long)sz.non_expert_total);
-	const struct dsm_tensor *t[DSM_EXPERT_NPROJ];
-	CHECK(dsm_expert_tensors(ck, 3, 15, t) == 0 && t[2]->shape[0] == 256 && t[0]->scale, "expert tensors");
-	CHECK(dsm_expert_tensors(ck, 3, 16, t) == DSM_EMISSING && strstr(dsm_errmsg(), "experts.16"), "missing");
+
+	/* Every routed expert's tensors as the checkpoint has them; addresses only with the mapping. */
+	const struct dsm_store_expert *e = dsm_store_expert(sm, 3, 15), *em = dsm_store_expert(mapped, 3, 15);
+	const struct dsm_tensor *t = dsm_checkpoint_find(ck, "model.layers.3.mlp.experts.15.down_proj.weight");
+	CHECK(t && t->scale && e->w[DSM_EXPERT_DOWN].rows == 256 && e->w[DSM_EXPERT_DOWN].cols == 96 &&
+	      e->w[DSM_EXPERT_DOWN].offset == t->offset && e->w[DSM_EXPERT_DOWN].nbytes == t->nbytes &&
+	      e->w[DSM_EXPERT_DOWN].shard == t->shard && e->w[DSM_EXPERT_DOWN].dtype == DSM_F8_E4M3 &&
+	      e->scale[DSM_EXPERT_DOWN].nbytes == t->scale->nbytes && strcmp(e->w[DSM_EXPERT_DOWN].name, t->name) == 0,
+	      "expert tensors");
+	CHECK(!e->w[0].mapped && !e->scale[0].mapped && em->w[0].mapped && em->scale[0].mapped, "mapped addresses");
+	uint8_t *bytes = t ? malloc(t->nbytes) : NULL;
+	CHECK(bytes && dsm_checkpoint_read(ck, t, bytes) == 0 &&
+	      memcmp(bytes, em->w[DSM_EXPERT_DOWN].mapped, t->nbytes) == 0, "mapped bytes");
+	free(bytes);
+	CHECK(sm->n_shards == ck->n_shards && strcmp(sm->shards[0], ck->shards[0].path) == 0, "shards");
+	CHECK(sm->router_bias && mapped->router_bias &&
+	      memcmp(sm->router_bias, mapped->router_bias, sizeof(float) * 5 * 16) == 0 && sm->router_bias[0] == 0 &&
+	      sm->router_bias[2 * 16 + 3] != 0, "router bias");
+
 	struct dsm_plan *p;
 	struct dsm_plan_budget b = { .dram_bytes = sz.non_expert_total + 20 * want, .dram_reserve = 4 * want };
-	CHECK(dsm_plan_from_budgets(&p, &ck->config, &sz, &b, NULL) == 0, "budget plan: %s", dsm_errmsg());
-	uint64_t n[3];
+	CHECK(dsm_plan_from_budgets(&p, &sm->shape, &sz, &b, NULL) == 0, "budget plan: %s", dsm_errmsg());
+	uint64_t n[DSM_TIER_KINDS];
 	dsm_plan_count(p, n);
 	CHECK(n[DSM_TIER_DRAM] == 16 && n[DSM_TIER_NVME] == 32, "dram %llu", (unsigned long long)n[1]);
 	char *text = dsm_plan_to_json(p);
 	struct dsm_plan *q = NULL;
-	CHECK(text && dsm_plan_parse(&q, text, strlen(text), "generated", &ck->config) == 0, "generated plan: %s",
+	CHECK(text && dsm_plan_parse(&q, text, strlen(text), "generated", &sm->shape) == 0, "generated plan: %s",
 	      dsm_errmsg());
 	free(text);
 	dsm_plan_free(q);
 	dsm_plan_free(p);
+	dsm_store_model_free(mapped);
+	dsm_store_model_free(sm);
+	dsm_weight_map_close(map);
 	dsm_checkpoint_close(ck);
 }
 
@@ -215,7 +243,7 @@ int main(void)
 {
 	const char *top = getenv("top_builddir") ? getenv("top_builddir") : ".";
 	const struct mkmodel_preset *tiny = mkmodel_preset("tiny");
-	cfg = tiny->config;
+	dsm_moe_shape_from_config(&shape, &tiny->config);
 	test_parse();
 	test_refusals();
 	test_budgets();
@@ -244,7 +272,8 @@ int main(void)
 	char *end = begin ? strstr(begin + 8, "\n```") : NULL;
 	CHECK(begin && end, "%s: no json example", path);
 	if (begin && end) {
-		struct dsm_config full = mkmodel_preset("full")->config;
+		struct dsm_moe_shape full;
+		dsm_moe_shape_from_config(&full, &mkmodel_preset("full")->config);
 		struct dsm_plan *p;
 		int rc = dsm_plan_parse(&p, begin + 8, (size_t)(end - begin - 8), "docs/plan.md example", &full);
 		CHECK(rc == 0, "docs example: %s", dsm_errmsg());

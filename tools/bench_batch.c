@@ -17,7 +17,6 @@
 #include "dram_probe.h"
 #include "engine.h"
 #include "error.h"
-#include "expert_store.h"
 #include "generate.h"
 #include "median.h"
 #include "rng.h"
@@ -58,8 +57,8 @@ struct region {
 struct bench {
 	struct dsm_engine *e;
 	struct dsm_model *m;
-	struct dsm_offload *off;          /* the tiered store; NULL: every expert mapped */
-	const struct dsm_plan *plan;
+	struct dsm_offload *store;        /* the model's expert store: mapped, or tiered under plan */
+	const struct dsm_plan *plan;      /* NULL: every expert mapped */
 	int n_layers, first_moe, n_experts, threads;
 	uint64_t expert_bytes;            /* one routed expert's FP8 weights */
 	uint64_t step_bytes;              /* the non-expert weights one decode step reads */
@@ -105,10 +104,12 @@ static int add_region(struct bench *b, const struct dsm_mat *m)
 	return 0;
 }
 
-/* The tier kind an expert is read from when it is not a cache hit. */
+/* The tier an expert is read from when it is not a cache hit: NVME, DRAM (dram or mapped: host memory) or
+ * GPU. */
 static int expert_tier(const struct bench *b, int layer, int expert)
 {
-	return b->plan ? dsm_plan_expert_tier(b->plan, layer, expert).kind : DRAM;
+	int kind = b->plan ? dsm_plan_expert_tier(b->plan, layer, expert).kind : DSM_TIER_MAPPED;
+	return kind == DSM_TIER_MAPPED ? DRAM : kind;
 }
 
 /* The probe's memory: every DRAM-resident routed expert and the output head (always resident, and enough
@@ -122,7 +123,7 @@ static int collect_regions(struct bench *b)
 			if (tier != DRAM)
 				continue;
 			struct dsm_ffn_weights w;
-			if ((rc = b->off ? dsm_offload_get(b->off, l, x, &w) : dsm_expert_store_get(b->m->experts, l, x, &w)) < 0 ||
+			if ((rc = dsm_offload_get(b->store, l, x, &w)) < 0 ||
 			    (rc = add_region(b, &w.gate)) < 0 || (rc = add_region(b, &w.up)) < 0 ||
 			    (rc = add_region(b, &w.down)) < 0)
 				return rc;
@@ -134,10 +135,8 @@ static void bench_close(struct bench *b)
 {
 	for (int l = b->first_moe; b->m && l < b->n_layers; l++)
 		for (int x = 0; x < b->n_experts; x++) {
-			if (!b->off)
-				dsm_expert_store_put(b->m->experts, l, x);
-			else if (expert_tier(b, l, x) == DRAM)
-				dsm_offload_put(b->off, l, x);
+			if (expert_tier(b, l, x) == DRAM)
+				dsm_offload_put(b->store, l, x);
 		}
 	dsm_engine_close(b->e);
 	free(b->used);
@@ -154,7 +153,7 @@ static int bench_open(struct bench *b, const char *dir, struct dsm_engine_option
 		return rc;
 	bench_print_notes("batch", dsm_engine_notes(b->e));
 	b->m = dsm_engine_model(b->e);
-	b->off = dsm_engine_offload(b->e);
+	b->store = b->m->offload;
 	b->plan = dsm_engine_plan(b->e);
 	const struct dsm_config *c = &b->m->cfg;
 	b->n_layers = c->num_hidden_layers;
@@ -163,12 +162,11 @@ static int bench_open(struct bench *b, const char *dir, struct dsm_engine_option
 	int bound;
 	b->threads = dsm_model_threads(b->m, &bound);
 	struct dsm_plan_sizes sz;
-	if ((rc = dsm_plan_sizes_from_checkpoint(b->m->ck, &sz)) < 0)
-		return rc;
+	dsm_plan_sizes(b->m->store_model, &sz);
 	/* Of the embeddings a step reads one row per token. */
-	const struct dsm_tensor *embed = dsm_plan_tensor(b->m->ck, "model.embed_tokens.weight");
+	const struct dsm_mat *embed = &b->m->embed;
 	b->expert_bytes = sz.expert_bytes;
-	b->step_bytes = sz.non_expert_total - (embed ? embed->nbytes : 0);
+	b->step_bytes = sz.non_expert_total - (uint64_t)(embed->rows * embed->cols) * dsm_dtype_size(embed->dtype);
 	b->used = calloc((size_t)b->n_layers * (size_t)b->n_experts, 1);
 	if (!b->used)
 		return dsm_fail(DSM_ENOMEM, "out of memory");
@@ -226,9 +224,9 @@ static void count_step(struct bench *b, const struct dsm_offload_stats *s0, stru
 			b->used[i] = 0;
 		}
 	uint64_t streamed = 0;
-	if (b->off) {
+	if (b->plan) {
 		struct dsm_offload_stats s1;
-		dsm_offload_get_stats(b->off, &s1);
+		dsm_offload_get_stats(b->store, &s1);
 		/* A miss, or a first use of what a look-ahead read brought in, was read from NVMe in this step. */
 		streamed = s1.cache.misses - s0->cache.misses + s1.cache.prefetch_hits - s0->cache.prefetch_hits;
 		streamed = streamed < n[NVME] ? streamed : n[NVME];
@@ -278,9 +276,8 @@ static int run_batch(struct bench *b, int B, int steps, int top_k, struct run *r
 		pt[DRAM] = probe_dram(b, &pb[DRAM]);
 		if (b->experts[NVME] && (pt[NVME] = probe_odirect(b, &pb[NVME])) < 0)
 			rc = dsm_fail(DSM_EIO, "the O_DIRECT probe could not read the checkpoint");
-		struct dsm_offload_stats s0 = { 0 };
-		if (b->off)
-			dsm_offload_get_stats(b->off, &s0);
+		struct dsm_offload_stats s0;
+		dsm_offload_get_stats(b->store, &s0);
 		memset(b->used, 0, (size_t)b->n_layers * (size_t)b->n_experts);
 		uint64_t decoded = st.decode_tokens;
 		double t0 = now();
@@ -380,24 +377,20 @@ struct opts {
 	struct dsm_engine_options eo;
 };
 
-/* A DRAM budget for (b): the non-expert weights, the expert cache (cache_bytes, else the minimum as
+/* A DRAM budget for (b): the non-expert weights, the expert cache (eo's size, else the minimum as
  * offload/setup.c sizes it) and a quarter of the routed experts; the rest stream. */
-static int quarter_budget(const char *dir, uint64_t cache_bytes, uint64_t *budget)
+static int quarter_budget(const char *dir, const struct dsm_engine_options *eo, uint64_t *budget)
 {
-	struct dsm_checkpoint *ck;
-	int rc = dsm_checkpoint_open(&ck, dir);
+	struct dsm_plan_sizes sz;
+	struct dsm_moe_shape m;
+	int rc = bench_sizes(dir, eo, &sz, &m);
 	if (rc < 0)
 		return rc;
-	struct dsm_plan_sizes sz;
-	const struct dsm_config *c = &ck->config;
-	if ((rc = dsm_plan_sizes_from_checkpoint(ck, &sz)) == 0) {
-		uint64_t experts = (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace) * (uint64_t)c->n_routed_experts;
-		if (!cache_bytes)
-			cache_bytes = 2ull * (uint64_t)c->num_experts_per_tok * (sz.expert_bytes + 65536);
-		*budget = sz.non_expert_total + cache_bytes + experts / 4 * sz.expert_bytes;
-	}
-	dsm_checkpoint_close(ck);
-	return rc;
+	uint64_t experts = (uint64_t)(m.n_layers - m.first_moe) * (uint64_t)m.n_experts, cache = eo->tiers.cache_bytes;
+	if (!cache)
+		cache = 2ull * (uint64_t)m.top_k * (sz.expert_bytes + 65536);
+	*budget = sz.non_expert_total + cache + experts / 4 * sz.expert_bytes;
+	return 0;
 }
 
 /* Runs one preset; adds its object to json (may be NULL). Returns 0 or a negative code (message set). */
@@ -416,7 +409,7 @@ static int bench_preset(const struct opts *o, int which, cJSON *json)
 	uint64_t budget = o->dram_budget;
 	int rc;
 	if (which == 1) {
-		if (!budget && (rc = quarter_budget(dir, eo.tiers.cache_bytes, &budget)) < 0)
+		if (!budget && (rc = quarter_budget(dir, &eo, &budget)) < 0)
 			return rc;
 		eo.offload = 1;
 		eo.tiers.dram_budget = budget;
@@ -445,7 +438,7 @@ static int bench_preset(const struct opts *o, int which, cJSON *json)
 	}
 	cJSON *p = cJSON_AddObjectToObject(json, preset[which]);
 	cJSON_AddStringToObject(p, "model", dir);
-	cJSON_AddBoolToObject(p, "tiered", b.off != NULL);
+	cJSON_AddBoolToObject(p, "tiered", b.plan != NULL);
 	cJSON_AddNumberToObject(p, "dram_budget", (double)budget);
 	cJSON_AddNumberToObject(p, "threads", b.threads);
 	cJSON_AddNumberToObject(p, "expert_bytes", (double)b.expert_bytes);

@@ -81,17 +81,11 @@ static int decode(const char *dir, const struct dsm_engine_options *eo, const in
 /* Bytes of an expert cache holding half the routed experts of dir (slots with some room for alignment). */
 static int half_the_experts(const char *dir, const struct dsm_engine_options *eo, uint64_t *bytes)
 {
-	struct dsm_engine *e;
-	int rc = dsm_engine_open(&e, dir, eo);
-	if (rc < 0)
-		return rc;
-	const struct dsm_model *m = dsm_engine_model(e);
-	const struct dsm_config *c = &m->cfg;
 	struct dsm_plan_sizes sz;
-	if ((rc = dsm_plan_sizes_from_checkpoint(m->ck, &sz)) == 0)
-		*bytes = (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace) * (uint64_t)c->n_routed_experts / 2 *
-			 (sz.expert_bytes + 8192);
-	dsm_engine_close(e);
+	struct dsm_moe_shape m;
+	int rc = bench_sizes(dir, eo, &sz, &m);
+	if (rc == 0)
+		*bytes = (uint64_t)(m.n_layers - m.first_moe) * (uint64_t)m.n_experts / 2 * (sz.expert_bytes + 8192);
 	return rc;
 }
 

@@ -19,6 +19,25 @@ int bench_getopt(int argc, char **argv, const struct option *opts, struct dsm_en
 	return -1;
 }
 
+int bench_sizes(const char *dir, const struct dsm_engine_options *eo, struct dsm_plan_sizes *sz,
+		struct dsm_moe_shape *shape)
+{
+	struct dsm_engine_options o;
+	dsm_engine_options_default(&o);
+	o.model = eo->model;
+	o.offload = 0;
+	o.no_populate = 1;
+	struct dsm_engine *e;
+	int rc = dsm_engine_open(&e, dir, &o);
+	if (rc < 0)
+		return rc;
+	const struct dsm_store_model *m = dsm_engine_model(e)->store_model;
+	dsm_plan_sizes(m, sz);
+	*shape = m->shape;
+	dsm_engine_close(e);
+	return 0;
+}
+
 void bench_print_notes(const char *who, const char *notes)
 {
 	while (*notes) {

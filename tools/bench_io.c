@@ -8,6 +8,7 @@
 #include "bench_io.h"
 #include "checkpoint.h"
 #include "error.h"
+#include "expert_store.h"
 #include "plan.h"
 #include "pool.h"
 #include "size_parse.h"
@@ -217,8 +218,10 @@ int bench_io_main(int argc, char **argv)
 	if (bench_model("medium", model, "") < 0)
 		return 1;
 	struct dsm_checkpoint *ck;
-	if (dsm_checkpoint_open(&ck, model) < 0) {
+	struct dsm_store_model *sm = NULL;
+	if (dsm_checkpoint_open(&ck, model) < 0 || dsm_store_model_from_checkpoint(&sm, ck, NULL) < 0) {
 		fprintf(stderr, "dsm-bench io: %s\n", dsm_errmsg());
+		dsm_checkpoint_close(ck);
 		return 1;
 	}
 	const struct dsm_config *c = &ck->config;
@@ -241,19 +244,15 @@ int bench_io_main(int argc, char **argv)
 	size_t k = 0;
 	for (int l = first; l < first + layers; l++)
 		for (int e = 0; e < c->n_routed_experts; e++, k++) {
-			const struct dsm_tensor *t[DSM_EXPERT_NPROJ];
-			if (dsm_expert_tensors(ck, l, e, t) < 0) {
-				fprintf(stderr, "dsm-bench io: %s\n", dsm_errmsg());
-				goto out;
-			}
+			const struct dsm_store_tensor *t = dsm_store_expert(sm, l, e)->w;
 			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-				ex[k].r[j] = (struct dsm_stream_range){ .file = t[j]->shard, .offset = t[j]->offset,
-					.nbytes = t[j]->nbytes, .name = t[j]->name };
-				struct span *sp = &spans[t[j]->shard];
-				if (t[j]->offset < sp->begin)
-					sp->begin = t[j]->offset;
-				if (t[j]->offset + t[j]->nbytes > sp->end)
-					sp->end = t[j]->offset + t[j]->nbytes;
+				ex[k].r[j] = (struct dsm_stream_range){ .file = t[j].shard, .offset = t[j].offset,
+					.nbytes = t[j].nbytes, .name = t[j].name };
+				struct span *sp = &spans[t[j].shard];
+				if (t[j].offset < sp->begin)
+					sp->begin = t[j].offset;
+				if (t[j].offset + t[j].nbytes > sp->end)
+					sp->end = t[j].offset + t[j].nbytes;
 			}
 		}
 	if (!file_order) {
@@ -339,6 +338,7 @@ out:
 	free(ex);
 	free(spans);
 	free(paths);
+	dsm_store_model_free(sm);
 	dsm_checkpoint_close(ck);
 	return status;
 }

@@ -9,14 +9,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct dsm_config c;
-	memset(&c, 0, sizeof c);
-	strcpy(c.model_type, "deepseek_v32");
-	c.num_hidden_layers = 5;
-	c.first_k_dense_replace = 2;
-	c.n_routed_experts = 16;
-	c.hidden_size = 256;
-	c.moe_intermediate_size = 96;
+	struct dsm_moe_shape c = { .model_type = "deepseek_v32", .n_layers = 5, .first_moe = 2, .n_experts = 16,
+				   .hidden_size = 256, .moe_intermediate_size = 96 };
 	struct dsm_plan *p = NULL;
 	if (dsm_plan_parse(&p, (const char *)data, size, "plan.json", &c) == 0) {
 		char *text = dsm_plan_to_json(p);
