@@ -62,7 +62,7 @@ struct bench {
 	int n_layers, first_moe, n_experts, threads;
 	uint64_t expert_bytes;            /* one routed expert's FP8 weights */
 	uint64_t step_bytes;              /* the non-expert weights one decode step reads */
-	uint64_t experts[3];              /* routed experts by tier kind (enum dsm_tier_kind) */
+	uint64_t experts[3];              /* routed experts by tier (NVME, DRAM, GPU; see expert_tier) */
 	uint8_t *used;                    /* [n_layers * n_experts]: routed to in the current step */
 	struct region *regions;
 	size_t n_regions, next_region;
@@ -74,8 +74,8 @@ struct run {
 	int B, steps;
 	double seconds;                   /* the timed steps */
 	double distinct;                  /* distinct experts */
-	double bytes[3];                  /* of the distinct experts, by the tier kind they were read from (the
-					   * bound counts nvme and dram: gpu experts are the device's work) */
+	double bytes[3];                  /* of the distinct experts, by the tier they were read from (the bound
+					   * counts NVME and DRAM: GPU experts are the device's work) */
 	double streamed;                  /* what the streamer read (look-ahead reads included) */
 	double read_busy, io_wait;        /* seconds with a read in flight, and blocked on one */
 	double gbs[2], gbs_lo[2], gbs_hi[2]; /* O_DIRECT (nvme) and DRAM probes: median and range over the steps */
