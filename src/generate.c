@@ -218,6 +218,12 @@ int dsm_scheduler_add(struct dsm_scheduler *sc, const struct dsm_request *r)
 			return dsm_fail(DSM_ENOMEM, "out of memory");
 		sc->reqs = v;
 		sc->cap = cap;
+		/* a request's streamer points into the request, which has moved */
+		for (int i = 0; i < sc->n; i++) {
+			struct req *x = &sc->reqs[i];
+			x->st = (struct streamer){ .p = &x->r.params, .io = &x->r.io, .text = &x->res.text,
+						   .emitted = x->st.emitted };
+		}
 	}
 	struct req *q = &sc->reqs[sc->n];
 	memset(q, 0, sizeof *q);
