@@ -1,4 +1,6 @@
-/* dsm-run: generate text from a DeepSeek-V3.2 / DeepSeekMath-V2 checkpoint, streaming it to stdout. */
+/* dsm-run: generate text from a DeepSeek-V3.2 / DeepSeekMath-V2 checkpoint, streaming it to stdout; with
+ * --prove, search for a proof (dsm-run-prove.c). */
+#include "dsm-run-prove.h"
 #include "engine.h"
 #include "error.h"
 #include "generate.h"
@@ -44,6 +46,8 @@ static void usage(FILE *f)
 		"  --samples N            N continuations of the prompt decoded together from one shared prefill,\n"
 		"                         sampled with seeds seed .. seed + N - 1 (default 1)\n"
 		"  -v, --verbose          what the engine chose at open (memory limit, tiers) and its report\n"
+		"  --prove                search for a proof of the problem: generate, verify, refine (its options:\n"
+		"                         dsm-run --prove --help; docs/prove.md)\n"
 		"  -q, --quiet            no speeds on stderr\n"
 		"  -h, --help             this text\n"
 		"\n", MAX_STOP);
@@ -415,6 +419,9 @@ static void print_notes(const char *notes)
 
 int main(int argc, char **argv)
 {
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], "--prove") == 0)
+			return dsm_run_prove(argc, argv);
 	static const struct option own[] = {
 		{ "model", required_argument, NULL, 'm' }, { "prompt", required_argument, NULL, 'p' },
 		{ "file", required_argument, NULL, 'f' }, { "chat", no_argument, NULL, OPT_CHAT },
