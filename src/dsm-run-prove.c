@@ -75,29 +75,6 @@ enum {
 	OPT_OUT, OPT_JSON,
 };
 
-static int64_t int_arg(const char *opt, const char *s, int64_t lo, int64_t hi)
-{
-	char *end;
-	errno = 0;
-	long long v = strtoll(s, &end, 10);
-	if (end == s || *end || errno || v < lo || v > hi) {
-		fprintf(stderr, "dsm-run: %s: '%s' is not an integer in [%lld, %lld]\n", opt, s, (long long)lo, (long long)hi);
-		exit(2);
-	}
-	return v;
-}
-
-static double number_arg(const char *opt, const char *s)
-{
-	char *end;
-	double v = strtod(s, &end);
-	if (end == s || *end) {
-		fprintf(stderr, "dsm-run: %s: '%s' is not a number\n", opt, s);
-		exit(2);
-	}
-	return v;
-}
-
 static double now(void)
 {
 	struct timespec ts;
@@ -250,26 +227,26 @@ int dsm_run_prove(int argc, char **argv)
 				return 2;
 			}
 			break;
-		case OPT_CANDIDATES: st.n_candidates = (int)int_arg("--candidates", optarg, 1, 65536); break;
-		case OPT_VERIFICATIONS: st.n_verifications = (int)int_arg("--verifications", optarg, 1, 4096); break;
-		case OPT_BEST: st.n_best = (int)int_arg("--best", optarg, 1, 65536); break;
-		case OPT_EVALUATIONS: st.n_evaluations = (int)int_arg("--evaluations", optarg, 0, REFINEMENT_MAX_EVALUATIONS); break;
-		case OPT_SAMPLES: st.n_samples = (int)int_arg("--refine-samples", optarg, 1, 4096); break;
-		case OPT_ROUNDS: st.max_rounds = (int)int_arg("--rounds", optarg, 1, 1000); break;
-		case OPT_THRESHOLD: st.threshold = number_arg("--threshold", optarg); break;
-		case OPT_TEMP: st.temperature = (float)number_arg("--temperature", optarg); break;
-		case OPT_TOP_P: st.top_p = (float)number_arg("--top-p", optarg); break;
-		case OPT_SEED: st.seed = (uint64_t)int_arg("--seed", optarg, 0, ((int64_t)1 << 53) - 1); break;
-		case OPT_PROOF_TOKENS: st.proof_tokens = int_arg("--proof-tokens", optarg, 1, INT32_MAX); break;
-		case OPT_VER_TOKENS: st.verification_tokens = int_arg("--verification-tokens", optarg, 1, INT32_MAX); break;
+		case OPT_CANDIDATES: st.n_candidates = (int)dsm_run_int_arg("--candidates", optarg, 1, 65536); break;
+		case OPT_VERIFICATIONS: st.n_verifications = (int)dsm_run_int_arg("--verifications", optarg, 1, 4096); break;
+		case OPT_BEST: st.n_best = (int)dsm_run_int_arg("--best", optarg, 1, 65536); break;
+		case OPT_EVALUATIONS: st.n_evaluations = (int)dsm_run_int_arg("--evaluations", optarg, 0, REFINEMENT_MAX_EVALUATIONS); break;
+		case OPT_SAMPLES: st.n_samples = (int)dsm_run_int_arg("--refine-samples", optarg, 1, 4096); break;
+		case OPT_ROUNDS: st.max_rounds = (int)dsm_run_int_arg("--rounds", optarg, 1, 1000); break;
+		case OPT_THRESHOLD: st.threshold = dsm_run_number_arg("--threshold", optarg); break;
+		case OPT_TEMP: st.temperature = (float)dsm_run_number_arg("--temperature", optarg); break;
+		case OPT_TOP_P: st.top_p = (float)dsm_run_number_arg("--top-p", optarg); break;
+		case OPT_SEED: st.seed = (uint64_t)dsm_run_int_arg("--seed", optarg, 0, ((int64_t)1 << 53) - 1); break;
+		case OPT_PROOF_TOKENS: st.proof_tokens = dsm_run_int_arg("--proof-tokens", optarg, 1, INT32_MAX); break;
+		case OPT_VER_TOKENS: st.verification_tokens = dsm_run_int_arg("--verification-tokens", optarg, 1, INT32_MAX); break;
 		case OPT_NO_THINK: st.thinking = 0; break;
 		case OPT_NO_RULES: st.rule_checks = 0; break;
 		case OPT_TEMPLATES: templates_path = optarg; break;
 		case OPT_VERIFIER: verifier_dir = strcmp(optarg, "self") == 0 ? NULL : optarg; break;
-		case OPT_VER_THREADS: verifier_threads = (int)int_arg("--verifier-threads", optarg, 1, 4096); break;
+		case OPT_VER_THREADS: verifier_threads = (int)dsm_run_int_arg("--verifier-threads", optarg, 1, 4096); break;
 		case OPT_META: st.meta_verify = 1; break;
 		case OPT_CHECK_CMD: st.check_cmd = optarg; break;
-		case OPT_CHECK_TIMEOUT: st.check_timeout = number_arg("--check-timeout", optarg); break;
+		case OPT_CHECK_TIMEOUT: st.check_timeout = dsm_run_number_arg("--check-timeout", optarg); break;
 		case OPT_CHECK_WEIGHT:
 			if (strcmp(optarg, "gate") == 0) {
 				st.check_weight = DSM_CHECK_GATE;

@@ -267,7 +267,7 @@ static int parse_ids(const char *s, struct token_ids *out)
 		return dsm_fail(DSM_EARG, "--tokens: no ids in '%s'", s);
 	return 0;
 }
-static int64_t parse_int(const char *opt, const char *s, int64_t lo, int64_t hi)
+int64_t dsm_run_int_arg(const char *opt, const char *s, int64_t lo, int64_t hi)
 {
 	char *end;
 	errno = 0;
@@ -279,7 +279,7 @@ static int64_t parse_int(const char *opt, const char *s, int64_t lo, int64_t hi)
 	}
 	return v;
 }
-static double parse_double(const char *opt, const char *s)
+double dsm_run_number_arg(const char *opt, const char *s)
 {
 	char *end;
 	double v = strtod(s, &end);
@@ -471,11 +471,11 @@ int main(int argc, char **argv)
 		case OPT_NO_THINK: think = 0; break;
 		case OPT_SYSTEM: system = optarg; break;
 		case OPT_TOKENS: tokens_arg = optarg; break;
-		case 'n': gp.max_tokens = parse_int("--max-tokens", optarg, 0, INT32_MAX); break;
-		case OPT_TEMP: gp.sampling.temperature = (float)parse_double("--temperature", optarg); break;
-		case OPT_TOP_P: gp.sampling.top_p = (float)parse_double("--top-p", optarg); break;
-		case OPT_TOP_K: gp.sampling.top_k = (int)parse_int("--top-k", optarg, 0, INT32_MAX); break;
-		case OPT_SEED: gp.sampling.seed = (uint64_t)parse_int("--seed", optarg, 0, INT64_MAX); break;
+		case 'n': gp.max_tokens = dsm_run_int_arg("--max-tokens", optarg, 0, INT32_MAX); break;
+		case OPT_TEMP: gp.sampling.temperature = (float)dsm_run_number_arg("--temperature", optarg); break;
+		case OPT_TOP_P: gp.sampling.top_p = (float)dsm_run_number_arg("--top-p", optarg); break;
+		case OPT_TOP_K: gp.sampling.top_k = (int)dsm_run_int_arg("--top-k", optarg, 0, INT32_MAX); break;
+		case OPT_SEED: gp.sampling.seed = (uint64_t)dsm_run_int_arg("--seed", optarg, 0, INT64_MAX); break;
 		case OPT_STOP:
 			if (n_stop == MAX_STOP) {
 				fprintf(stderr, "dsm-run: at most %d --stop strings\n", MAX_STOP);
@@ -484,7 +484,7 @@ int main(int argc, char **argv)
 			stops[n_stop++] = optarg;
 			break;
 		case OPT_IGNORE_EOS: ignore_eos = 1; break;
-		case OPT_SAMPLES: r.samples = (int)parse_int("--samples", optarg, 1, 4096); break;
+		case OPT_SAMPLES: r.samples = (int)dsm_run_int_arg("--samples", optarg, 1, 4096); break;
 		case OPT_JSON: r.json = 1; break;
 		case OPT_DUMP_LOGITS: logits_path = optarg; break;
 		case OPT_DUMP_ALL: r.dump_all = 1; break;
