@@ -300,11 +300,15 @@ int dsm_run_prove(int argc, char **argv)
 	int ctx_given = eo.session.ctx > 0, seqs_given = eo.session.max_seqs > 0;
 	if (!ctx_given)
 		eo.session.ctx = need;
-	if (!seqs_given)
-		eo.session.max_seqs = cap(verifier_dir ? st.n_candidates > st.n_best * st.n_samples ? st.n_candidates :
-					  st.n_best * st.n_samples : st.n_candidates * (st.n_verifications + 1));
+	if (!seqs_given) {
+		/* with a verifier checkpoint, this engine runs only generations and refinements */
+		int refinements = st.n_best * st.n_samples;
+		eo.session.max_seqs = cap(!verifier_dir ? st.n_candidates * (st.n_verifications + 1) :
+					  st.n_candidates > refinements ? st.n_candidates : refinements);
+	}
 	if ((rc = dsm_engine_open(&e, dir, &eo)) < 0)
 		goto fail;
+	dsm_run_print_notes(dsm_engine_notes(e));
 	struct dsm_engine_report er;
 	dsm_engine_report(e, 0, 0, &er);
 	if (verifier_dir) {
@@ -320,6 +324,7 @@ int dsm_run_prove(int argc, char **argv)
 			rc = dsm_fail_prefix(rc, "--verifier %s", verifier_dir);
 			goto fail;
 		}
+		dsm_run_print_notes(dsm_engine_notes(ve));
 	}
 	if (!pr.quiet) {
 		fprintf(stderr, "dsm-run: proof search: %d candidates, %d verifications each, %d best refined with %d "

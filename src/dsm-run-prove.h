@@ -12,5 +12,7 @@ int dsm_run_prove(int argc, char **argv);
  * message naming the flag. */
 int64_t dsm_run_int_arg(const char *opt, const char *s, int64_t lo, int64_t hi);
 double dsm_run_number_arg(const char *opt, const char *s);
+/* Prints each line of an engine's notes on stderr with the program's name. */
+void dsm_run_print_notes(const char *notes);
 
 #endif

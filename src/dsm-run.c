@@ -406,8 +406,7 @@ static double now(void)
 	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Prints each line of notes with the program's name. */
-static void print_notes(const char *notes)
+void dsm_run_print_notes(const char *notes)
 {
 	while (*notes) {
 		const char *nl = strchr(notes, '\n');
@@ -546,7 +545,7 @@ int main(int argc, char **argv)
 	if ((rc = dsm_engine_open(&e, dir, &eo)) < 0)
 		goto fail;
 	const char *notes = dsm_engine_notes(e);
-	print_notes(notes);
+	dsm_run_print_notes(notes);
 	r.tok = dsm_engine_tokenizer(e);
 	const struct dsm_model *m = dsm_engine_model(e);
 	struct dsm_session *s = dsm_engine_session(e);
