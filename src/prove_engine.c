@@ -9,10 +9,15 @@
 #include <string.h>
 #include <time.h>
 
+/* A request that shares fewer prompt tokens than this with every running one computes its prompt alone. */
+#define MIN_SHARED_PREFIX DSM_KV_BLOCK
+
 /* One request: its callback, its text decoder, and its share of the steps' time. Heap-allocated so that
  * the scheduler's token_text callback can keep a pointer to it. */
 struct gen_req {
 	struct dsm_prove_engine *pe;
+	int32_t *prompt;                /* [n_prompt] its tokens, to find prefixes later requests can share */
+	int64_t n_prompt;
 	void (*on_done)(void *arg, int id, const struct dsm_gen_output *out);
 	void *arg;
 	int cancelled;
@@ -60,6 +65,7 @@ static int token_text(void *user, int32_t id, struct dsm_text *out)
 static void req_free(struct gen_req *g)
 {
 	if (g) {
+		free(g->prompt);
 		text_buffer_free(&g->piece);
 		free(g);
 	}
@@ -78,6 +84,29 @@ static int grow_int(int **v, int *cap, int need)
 	*v = p;
 	*cap = c;
 	return 0;
+}
+
+/* The running request whose prompt starts with the longest run of these tokens (at least
+ * MIN_SHARED_PREFIX), -1 when none: the scheduler forks its sequence there instead of computing the run
+ * again. The search's prompts of one kind share their template's head and the problem (verifications of
+ * different candidates, refinements and the first generation prompt). */
+static int shared_prefix_source(const struct dsm_prove_engine *pe, const int32_t *ids, int64_t n)
+{
+	int best = -1;
+	int64_t best_len = MIN_SHARED_PREFIX - 1;
+	for (int i = 0; i < pe->n_live; i++) {
+		const struct gen_req *g = pe->reqs[pe->live[i]];
+		if (g->cancelled)
+			continue;
+		int64_t k = 0, m = g->n_prompt < n ? g->n_prompt : n;
+		while (k < m && g->prompt[k] == ids[k])
+			k++;
+		if (k >= best_len) {
+			best_len = k;
+			best = pe->live[i];
+		}
+	}
+	return best;
 }
 
 static int gen_add(void *self, const struct dsm_gen_request *r)
@@ -105,12 +134,16 @@ static int gen_add(void *self, const struct dsm_gen_request *r)
 		goto out;
 	struct dsm_request q = { .prompt = ids.ids, .n_prompt = (int64_t)ids.n,
 		.params = { .max_tokens = r->max_tokens, .sampling = r->sampling, .eos_id = pe->eos },
-		.io = { .user = g, .token_text = token_text }, .seq = -1, .prefix_of = r->prefix_of };
+		.io = { .user = g, .token_text = token_text }, .seq = -1,
+		.prefix_of = r->prefix_of >= 0 ? r->prefix_of : shared_prefix_source(pe, ids.ids, (int64_t)ids.n) };
 	if ((rc = dsm_scheduler_add(pe->sc, &q)) < 0)
 		goto out;
 	pe->reqs[pe->n++] = g; /* the scheduler's ids count up from 0 like ours */
 	pe->live[pe->n_live++] = rc;
 	pe->prompt_tokens += ids.n;
+	g->prompt = ids.ids;
+	g->n_prompt = (int64_t)ids.n;
+	ids = (struct token_ids){ 0 };
 	g = NULL;
 out:
 	token_ids_free(&ids);
