@@ -68,8 +68,6 @@ static char *copy_text(const char *s, size_t n)
 	return c;
 }
 
-static void fatal(struct dsm_prove *p, int rc);
-
 /* ---- Requests ---- */
 
 static void ticket_unlink(struct dsm_prove *p, struct ticket *t)
