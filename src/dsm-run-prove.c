@@ -64,7 +64,8 @@ static void usage(FILE *f)
 	      "  -q, --quiet               no progress on stderr\n"
 	      "  -h, --help                this text\n"
 	      "The engine's --ctx defaults to what a proof and its verification need, --max-seqs to N x (M + 1)\n"
-	      "at most 64 (requests wait for a free sequence).\n\n", f);
+	      "at most 64 (with --verifier DIR: the larger of N and K x S; the verifier N x M at most 64);\n"
+	      "requests wait for a free sequence.\n\n", f);
 	dsm_engine_flags_help(f);
 }
 
