@@ -1,4 +1,6 @@
-/* dsm-run: generate text from a DeepSeek-V3.2 / DeepSeekMath-V2 checkpoint, streaming it to stdout. */
+/* dsm-run: generate text from a DeepSeek-V3.2 / DeepSeekMath-V2 checkpoint, streaming it to stdout; with
+ * --prove, search for a proof (dsm-run-prove.c). */
+#include "dsm-run-prove.h"
 #include "engine.h"
 #include "error.h"
 #include "generate.h"
@@ -44,6 +46,8 @@ static void usage(FILE *f)
 		"  --samples N            N continuations of the prompt decoded together from one shared prefill,\n"
 		"                         sampled with seeds seed .. seed + N - 1 (default 1)\n"
 		"  -v, --verbose          what the engine chose at open (memory limit, tiers) and its report\n"
+		"  --prove                search for a proof of the problem: generate, verify, refine (its options:\n"
+		"                         dsm-run --prove --help; docs/prove.md)\n"
 		"  -q, --quiet            no speeds on stderr\n"
 		"  -h, --help             this text\n"
 		"\n", MAX_STOP);
@@ -263,7 +267,7 @@ static int parse_ids(const char *s, struct token_ids *out)
 		return dsm_fail(DSM_EARG, "--tokens: no ids in '%s'", s);
 	return 0;
 }
-static int64_t parse_int(const char *opt, const char *s, int64_t lo, int64_t hi)
+int64_t dsm_run_int_arg(const char *opt, const char *s, int64_t lo, int64_t hi)
 {
 	char *end;
 	errno = 0;
@@ -275,7 +279,7 @@ static int64_t parse_int(const char *opt, const char *s, int64_t lo, int64_t hi)
 	}
 	return v;
 }
-static double parse_double(const char *opt, const char *s)
+double dsm_run_number_arg(const char *opt, const char *s)
 {
 	char *end;
 	double v = strtod(s, &end);
@@ -403,8 +407,7 @@ static double now(void)
 	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Prints each line of notes with the program's name. */
-static void print_notes(const char *notes)
+void dsm_run_print_notes(const char *notes)
 {
 	while (*notes) {
 		const char *nl = strchr(notes, '\n');
@@ -416,6 +419,9 @@ static void print_notes(const char *notes)
 
 int main(int argc, char **argv)
 {
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], "--prove") == 0)
+			return dsm_run_prove(argc, argv);
 	static const struct option own[] = {
 		{ "model", required_argument, NULL, 'm' }, { "prompt", required_argument, NULL, 'p' },
 		{ "file", required_argument, NULL, 'f' }, { "chat", no_argument, NULL, OPT_CHAT },
@@ -465,11 +471,11 @@ int main(int argc, char **argv)
 		case OPT_NO_THINK: think = 0; break;
 		case OPT_SYSTEM: system = optarg; break;
 		case OPT_TOKENS: tokens_arg = optarg; break;
-		case 'n': gp.max_tokens = parse_int("--max-tokens", optarg, 0, INT32_MAX); break;
-		case OPT_TEMP: gp.sampling.temperature = (float)parse_double("--temperature", optarg); break;
-		case OPT_TOP_P: gp.sampling.top_p = (float)parse_double("--top-p", optarg); break;
-		case OPT_TOP_K: gp.sampling.top_k = (int)parse_int("--top-k", optarg, 0, INT32_MAX); break;
-		case OPT_SEED: gp.sampling.seed = (uint64_t)parse_int("--seed", optarg, 0, INT64_MAX); break;
+		case 'n': gp.max_tokens = dsm_run_int_arg("--max-tokens", optarg, 0, INT32_MAX); break;
+		case OPT_TEMP: gp.sampling.temperature = (float)dsm_run_number_arg("--temperature", optarg); break;
+		case OPT_TOP_P: gp.sampling.top_p = (float)dsm_run_number_arg("--top-p", optarg); break;
+		case OPT_TOP_K: gp.sampling.top_k = (int)dsm_run_int_arg("--top-k", optarg, 0, INT32_MAX); break;
+		case OPT_SEED: gp.sampling.seed = (uint64_t)dsm_run_int_arg("--seed", optarg, 0, INT64_MAX); break;
 		case OPT_STOP:
 			if (n_stop == MAX_STOP) {
 				fprintf(stderr, "dsm-run: at most %d --stop strings\n", MAX_STOP);
@@ -478,7 +484,7 @@ int main(int argc, char **argv)
 			stops[n_stop++] = optarg;
 			break;
 		case OPT_IGNORE_EOS: ignore_eos = 1; break;
-		case OPT_SAMPLES: r.samples = (int)parse_int("--samples", optarg, 1, 4096); break;
+		case OPT_SAMPLES: r.samples = (int)dsm_run_int_arg("--samples", optarg, 1, 4096); break;
 		case OPT_JSON: r.json = 1; break;
 		case OPT_DUMP_LOGITS: logits_path = optarg; break;
 		case OPT_DUMP_ALL: r.dump_all = 1; break;
@@ -540,7 +546,7 @@ int main(int argc, char **argv)
 	if ((rc = dsm_engine_open(&e, dir, &eo)) < 0)
 		goto fail;
 	const char *notes = dsm_engine_notes(e);
-	print_notes(notes);
+	dsm_run_print_notes(notes);
 	r.tok = dsm_engine_tokenizer(e);
 	const struct dsm_model *m = dsm_engine_model(e);
 	struct dsm_session *s = dsm_engine_session(e);

@@ -218,6 +218,12 @@ int dsm_scheduler_add(struct dsm_scheduler *sc, const struct dsm_request *r)
 			return dsm_fail(DSM_ENOMEM, "out of memory");
 		sc->reqs = v;
 		sc->cap = cap;
+		/* a request's streamer points into the request, which has moved */
+		for (int i = 0; i < sc->n; i++) {
+			struct req *x = &sc->reqs[i];
+			x->st = (struct streamer){ .p = &x->r.params, .io = &x->r.io, .text = &x->res.text,
+						   .emitted = x->st.emitted };
+		}
 	}
 	struct req *q = &sc->reqs[sc->n];
 	memset(q, 0, sizeof *q);
@@ -271,6 +277,21 @@ const struct dsm_generate_result *dsm_scheduler_result(const struct dsm_schedule
 const char *dsm_scheduler_error(const struct dsm_scheduler *sc, int id)
 {
 	return id >= 0 && id < sc->n ? sc->reqs[id].error : "";
+}
+
+int dsm_scheduler_release(struct dsm_scheduler *sc, int id)
+{
+	if (!dsm_scheduler_done(sc, id))
+		return dsm_fail(DSM_EARG, "request %d is not finished", id);
+	struct req *q = &sc->reqs[id];
+	req_release(sc, q);
+	/* a later request naming this one as prefix_of finds nothing to share */
+	q->prompt = NULL;
+	q->logits = q->prompt_logits = NULL;
+	q->fed = 0;
+	q->sampler = (struct dsm_sampler){ 0 };
+	q->res = (struct dsm_generate_result){ 0 };
+	return 0;
 }
 
 int dsm_scheduler_seq(const struct dsm_scheduler *sc, int id)
@@ -493,6 +514,7 @@ int dsm_scheduler_step(struct dsm_scheduler *sc)
 			continue;
 		}
 		sc->stats.prefill_tokens += (uint64_t)it->n;
+		q->res.n_prefilled += it->n;
 		q->fed += it->n;
 		if (q->fed < q->r.n_prompt)
 			continue;

@@ -56,6 +56,7 @@ struct dsm_generate_result {
 	struct dsm_text text;           /* the generated text (without EOS, cut before a stop string) */
 	enum dsm_stop_reason reason;
 	int64_t n_prompt;
+	int64_t n_prefilled;            /* prompt tokens computed for it (n_prompt less what a fork shared) */
 	double prefill_seconds;         /* the prompt's forward pass and the first token */
 	double decode_seconds;          /* every later token */
 };
@@ -117,6 +118,10 @@ int dsm_scheduler_done(const struct dsm_scheduler *sc, int id);
  * code, whose message is dsm_scheduler_error. */
 const struct dsm_generate_result *dsm_scheduler_result(const struct dsm_scheduler *sc, int id, int *rc);
 const char *dsm_scheduler_error(const struct dsm_scheduler *sc, int id);
+/* Frees the buffers of finished request id (prompt, logits, result); its result is then empty. For
+ * long-lived schedulers that run many requests: a caller that has read a result gives its memory back.
+ * DSM_EARG when the request is not finished. */
+int dsm_scheduler_release(struct dsm_scheduler *sc, int id);
 /* The session sequence request id runs on, -1 when it is not running. */
 int dsm_scheduler_seq(const struct dsm_scheduler *sc, int id);
 

@@ -110,6 +110,8 @@ int32_t dsm_sample(struct dsm_sampler *s, const float *logits)
 		for (int64_t i = 0; i < n; i++)
 			sum += s->cand[i].p;
 	}
+	/* Only the nucleus needs the candidates in order; without top-p the draw runs over them as they are
+	 * (sorting a whole vocabulary per token costs more than a batched decode step). */
 	if (s->p.top_p < 1) {
 		/* Candidates below (1 - top_p) / (n - 1) of the total cannot be in the nucleus. */
 		double cutoff = (1.0 - s->p.top_p) / (double)(n > 1 ? n - 1 : 1) * sum;
@@ -118,11 +120,9 @@ int32_t dsm_sample(struct dsm_sampler *s, const float *logits)
 			if (s->cand[i].p >= cutoff)
 				s->cand[m++] = s->cand[i];
 		n = m;
-	}
-	qsort(s->cand, (size_t)n, sizeof *s->cand, by_p_desc);
-	if (s->p.top_p < 1) {
+		qsort(s->cand, (size_t)n, sizeof *s->cand, by_p_desc);
 		double acc = 0, limit = s->p.top_p * sum;
-		int64_t m = 0;
+		m = 0;
 		while (m < n) {
 			acc += s->cand[m++].p;
 			if (acc >= limit)

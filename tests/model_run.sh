@@ -58,6 +58,10 @@ $RUN -m "$W/tiny" --tokens 0,5,9 -n 16 --ignore-eos --temperature 1 --seed 9 --j
 if [ "$(json "$W/samples.json" "len(d['samples']), [s['seed'] for s in d['samples']], len(set(str(s['tokens']) for s in d['samples']))")" = "(4, [7, 8, 9, 10], 4)" ] &&
    [ "$(json "$W/samples.json" "d['samples'][2]['tokens']")" = "$(json "$W/seed9.json" "d['tokens']")" ]
 then ok "--samples 4"; else bad "--samples 4"; cat "$W/samples.json"; fi
+# more samples than the scheduler's first allocation of requests (16): each still streams its own text
+if $RUN -m "$W/tiny" --tokens 0,5,9 -n 6 --ignore-eos --temperature 1 --seed 7 --samples 20 --json -q > "$W/samples20.json" &&
+   [ "$(json "$W/samples20.json" "len(d['samples']), set(len(s['tokens']) for s in d['samples']), [s['seed'] for s in d['samples']] == list(range(7, 27))")" = "(20, {6}, True)" ]
+then ok "--samples 20"; else bad "--samples 20"; fi
 if $RUN -m "$W/tiny" --tokens 0,5,9 -n 8 --ignore-eos --samples 3 > "$W/samples.txt" 2> "$W/samples.err" &&
    [ "$(grep -c '^--- sample [123] of 3' "$W/samples.txt")" = 3 ] && grep -q "all samples" "$W/samples.err"
 then ok "--samples text"; else bad "--samples text"; cat "$W/samples.txt" "$W/samples.err"; fi
