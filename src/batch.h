@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 /* ---- Input ---- */
@@ -112,27 +113,6 @@ struct batch_result {           /* what status, merge and report need from a res
 };
 /* Parses a result line; 0, or DSM_EJSON with a message. */
 int batch_result_parse(const char *text, size_t len, struct batch_result *r);
-
-/* ---- The job (batch_run.c) ---- */
-
-#include "engine.h"
-
-struct batch_options {
-	const char *model_dir, *in_path, *out_path, *errors_path;  /* errors_path NULL: OUT.errors.jsonl */
-	struct dsm_engine_options engine;
-	struct dsm_prove_settings search;   /* the job's settings (templates loaded) */
-	int concurrent;                     /* problems in flight */
-	int resume;
-	int shard, shards;
-	int64_t max_problem_tokens;         /* 0: no limit */
-	double max_problem_seconds;         /* 0: no limit */
-	double log_every;                   /* seconds between log lines when stderr is not a terminal */
-	double drain_seconds;               /* after the first SIGINT/SIGTERM: time left to in-flight problems */
-	int quiet;
-};
-/* Runs the job. Returns the exit status: 0 every problem of the shard has its result or its error line,
- * 1 the job failed (the message says why; the results written stay), 128 + signal when stopped by one. */
-int batch_run(const struct batch_options *o);
 
 /* ---- Subcommands (batch_report.c) ---- */
 

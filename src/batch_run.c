@@ -1,6 +1,6 @@
 /* dsm-batch's job: problems in, one durable result line each out, several searches sharing the engine
  * (batch.h, docs/batch.md). */
-#include "batch.h"
+#include "batch_run.h"
 
 #include "error.h"
 #include "json_util.h"
@@ -521,7 +521,7 @@ int batch_run(const struct batch_options *o)
 	goto out;
 fail:
 	fprintf(stderr, "%sdsm-batch: %s\n", j.tty ? "\r\033[K" : "", dsm_errmsg());
-	if (j.results.fd >= 0) {
+	if (j.results.fd >= 0 && j.n_done_before + j.n_done + (int)j.done.n > 0) {
 		abandon(&j);
 		j.phase = "failed";
 		write_state(&j);
