@@ -419,6 +419,8 @@ static int run_loop(struct job *j)
 			struct timespec ts = { 0, 5000000 };
 			nanosleep(&ts, NULL);
 		}
+		if (work == 0 && checks == 0 && j->n_act > 0)
+			return dsm_fail(DSM_EARG, "problem \"%s\": its search waits for nothing", j->in.p[j->act[0]->idx].id);
 		progress(j, 0);
 	}
 }
@@ -501,7 +503,8 @@ int batch_run(const struct batch_options *o)
 	rc = run_loop(&j);
 	sigaction(SIGINT, &old_int, NULL);
 	sigaction(SIGTERM, &old_term, NULL);
-	j.phase = rc < 0 ? "failed" : signals_seen ? "interrupted" : "finished";
+	int complete = j.n_done == j.n_todo;  /* a signal during the last problems may still leave none undone */
+	j.phase = rc < 0 ? "failed" : complete ? "finished" : "interrupted";
 	progress(&j, 1);
 	if (j.tty && !o->quiet)
 		fputc('\n', stderr);
@@ -514,10 +517,10 @@ int batch_run(const struct batch_options *o)
 			"%llu tokens in %.1f s, %.1f tok/s\n", j.phase, j.n_done, j.n_done_before, j.n_done + j.n_done_before,
 			j.in.n, j.n_errors, j.n_errors ? " in " : "", j.n_errors ? errors_path : "",
 			(unsigned long long)tokens(&j), el, el > 0 ? (double)tokens(&j) / el : 0.0);
-		if (signals_seen)
+		if (!complete)
 			fprintf(stderr, "dsm-batch: --resume continues the job\n");
 	}
-	status = signals_seen ? 128 + (int)first_signal : 0;
+	status = complete ? 0 : 128 + (int)first_signal;
 	goto out;
 fail:
 	fprintf(stderr, "%sdsm-batch: %s\n", j.tty ? "\r\033[K" : "", dsm_errmsg());

@@ -32,6 +32,7 @@ static void usage(FILE *f)
 	      "selected proof and its mean score on stdout. Scores are the verifier's, parsed from its output: a\n"
 	      "verifier can be fooled, and a score is not a statement that a proof is correct (docs/prove.md).\n"
 	      "\n"
+	      "verifier:\n"
 	      "  --verifier self|DIR       self (default): the same model verifies; DIR: a second checkpoint verifies,\n"
 	      "                            its steps interleaved with the main model's in one loop\n"
 	      "  --verifier-threads N      threads of the verifier checkpoint (default: the same as --threads)\n"
