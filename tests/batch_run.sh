@@ -14,6 +14,11 @@ bad() { echo "FAIL: $*"; fail=1; }
 search="--templates $top_srcdir/tests/batch/templates.json --candidates 2 --verifications 1 --best 1 --rounds 2
 	--proof-tokens 24 --verification-tokens 12 --no-rule-checks --threads 1 -q"
 run() { "$exe" -m "$work/tiny" $search "$@"; }
+lines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+wait_lines() {  # wait_lines FILE N: until FILE has more than N lines (at most 120 s)
+	t=0
+	while [ "$(lines "$1")" -le "$2" ] && [ $t -lt 1200 ]; do sleep 0.1; t=$((t + 1)); done
+}
 
 # --- bad input lines go to the errors file with their line numbers; the others run
 cat >"$work/mixed.jsonl" <<'JSONL'
@@ -119,7 +124,7 @@ python3 -c 'import json; [print(json.dumps({"id":"t%02d"%i,"problem":"Prove that
 	>"$work/many.jsonl"
 "$exe" -m "$work/tiny" $search --in "$work/many.jsonl" --out "$work/term.jsonl" --drain 0 &
 pid=$!
-sleep 2
+wait_lines "$work/term.jsonl" 0
 kill -TERM $pid
 wait $pid
 rc=$?
@@ -127,12 +132,12 @@ rc=$?
 $check "$work/term.jsonl" "$work/many.jsonl" >/dev/null || bad "SIGTERM left a bad output"
 grep -q '"state":	"interrupted"' "$work/term.jsonl.state.json" || bad "state after SIGTERM: $(grep state\" "$work/term.jsonl.state.json")"
 n=$(wc -l <"$work/term.jsonl")
-[ "$n" -gt 0 ] && [ "$n" -lt 200 ] || bad "SIGTERM after 2 s: $n results"
+[ "$n" -gt 0 ] && [ "$n" -lt 200 ] || bad "SIGTERM after the first result: $n results"
 "$exe" -m "$work/tiny" $search --in "$work/many.jsonl" --out "$work/term.jsonl" --resume --drain 1000 &
 pid=$!
-sleep 2
+wait_lines "$work/term.jsonl" "$n"
 kill -TERM $pid
-sleep 0.5
+sleep 0.2
 kill -TERM $pid
 t0=$(date +%s)
 wait $pid
