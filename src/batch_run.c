@@ -127,6 +127,7 @@ static int result_line_seen(void *arg, int lineno, const char *text, size_t len)
 
 /* ---- State file ---- */
 
+/* Tokens generated (decode rows) and prompt tokens computed (prefill rows) by the engine in this run. */
 static uint64_t tokens(const struct job *j)
 {
 	if (!j->pe)
@@ -134,6 +135,15 @@ static uint64_t tokens(const struct job *j)
 	struct dsm_prove_engine_stats st;
 	dsm_prove_engine_get_stats(j->pe, &st);
 	return st.scheduler.decode_tokens;
+}
+
+static uint64_t prompt_tokens(const struct job *j)
+{
+	if (!j->pe)
+		return 0;
+	struct dsm_prove_engine_stats st;
+	dsm_prove_engine_get_stats(j->pe, &st);
+	return st.scheduler.prefill_tokens;
 }
 
 static int write_state(struct job *j)
@@ -211,9 +221,10 @@ static void progress(struct job *j, int force)
 	dsm_engine_report(j->e, 0, 0, &er);
 	if (er.tiered)
 		snprintf(cache, sizeof cache, "expert cache %.1f%% hits", 100 * er.offload.cache_hit_rate);
-	fprintf(stderr, "%sdsm-batch: %d/%d done, %d running (best %s), %d errors, %.1f tok/s, %s, ETA %s%s",
-		j->tty ? "\r\033[K" : "", j->n_done_before + j->n_done, j->in.n, j->n_act, j->n_act ? best : "-",
-		j->n_errors, el > 0 ? (double)tokens(j) / el : 0.0, cache, eta, j->tty ? "" : "\n");
+	fprintf(stderr, "%sdsm-batch: %d/%d done, %d running (best %s), %d errors, %.1f tok/s generated, %.1f prompt "
+		"tok/s, %s, ETA %s%s", j->tty ? "\r\033[K" : "", j->n_done_before + j->n_done, j->in.n, j->n_act,
+		j->n_act ? best : "-", j->n_errors, el > 0 ? (double)tokens(j) / el : 0.0,
+		el > 0 ? (double)prompt_tokens(j) / el : 0.0, cache, eta, j->tty ? "" : "\n");
 	fflush(stderr);
 }
 
