@@ -114,8 +114,12 @@ int dsm_prove_flags_json(struct dsm_prove_settings *s, const cJSON *obj)
 	if (!cJSON_IsObject(obj))
 		return dsm_fail(DSM_EARG, "settings: expected an object of search flags");
 	for (const cJSON *it = obj->child; it; it = it->next) {
+		char name[32];  /* "proof_tokens" names --proof-tokens too, as the result document spells it */
+		snprintf(name, sizeof name, "%s", it->string);
+		for (char *c = name; *c; c++)
+			*c = *c == '_' ? '-' : *c;
 		const struct option *o = dsm_prove_flags;
-		while (o->name && strcmp(o->name, it->string) != 0)
+		while (o->name && strcmp(o->name, name) != 0)
 			o++;
 		if (!o->name || o->val == F_SEARCH || o->val == F_TEMPLATES)
 			return dsm_fail(DSM_EARG, "settings: \"%s\" is not a per-problem search setting (%s)", it->string,

@@ -19,8 +19,8 @@ extern const struct option dsm_prove_flags[];
  * message naming the flag for a bad value. */
 int dsm_prove_flag(struct dsm_prove_settings *s, const char **templates_path, int code, const char *arg);
 
-/* Applies a JSON object of overrides keyed by flag name (numbers, strings, true for flags without an
- * argument; "search" and "templates" are not allowed per problem). Returns 0, or DSM_EARG with a message
+/* Applies a JSON object of overrides keyed by flag name, '_' or '-' between words (numbers, strings, true
+ * for flags without an argument; "search" and "templates" are not allowed per problem). Returns 0, or DSM_EARG with a message
  * naming the key. */
 int dsm_prove_flags_json(struct dsm_prove_settings *s, const cJSON *obj);
 

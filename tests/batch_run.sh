@@ -23,7 +23,7 @@ wait_lines() {  # wait_lines FILE N: until FILE has more than N lines (at most 1
 # --- bad input lines go to the errors file with their line numbers; the others run
 cat >"$work/mixed.jsonl" <<'JSONL'
 {"id": "p1", "problem": "Prove that 1 + 1 = 2."}
-{"id": "p2", "problem": "Prove that there are infinitely many primes.", "settings": {"candidates": 1, "no-think": true}}
+{"id": "p2", "problem": "Prove that there are infinitely many primes.", "settings": {"candidates": 1, "no-think": true, "proof_tokens": 20}}
 this is not json
 {"id": "p1", "problem": "a duplicate id"}
 {"problem": "no id"}
@@ -51,6 +51,7 @@ assert [e["id"] for e in errs if e["line"] == 4] == ["p1"]
 # the per-problem settings were applied: p2 ran one candidate without thinking
 doc = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["id"] == "p2"][0]
 assert doc["settings"]["candidates"] == 1 and doc["settings"]["thinking"] is False, doc["settings"]
+assert doc["settings"]["proof_tokens"] == 20, doc["settings"]
 assert len([c for c in doc["candidates"] if c["round"] == 0]) == 1
 PY
 # a result line is the proof search's document with the id: it validates against the schema
