@@ -6,6 +6,7 @@
 #include "json_util.h"
 #include "prove.h"
 #include "prove_engine.h"
+#include "prove_flags.h"
 #include "templates.h"
 #include "tokenizer.h"
 
@@ -31,50 +32,23 @@ static void usage(FILE *f)
 	      "selected proof and its mean score on stdout. Scores are the verifier's, parsed from its output: a\n"
 	      "verifier can be fooled, and a score is not a statement that a proof is correct (docs/prove.md).\n"
 	      "\n"
-	      "search (defaults: the small setting; --search paper: the released script's):\n"
-	      "  --search small|paper      small: N 4, M 2, K 2, E 2, S 1, R 2, 512 / 256 tokens; paper: N 128, M 64,\n"
-	      "                            K 32, E 8, S 4, R 20, 131072 / 65536 tokens (flags after it override)\n"
-	      "  --candidates N            proofs generated in round 0\n"
-	      "  --verifications M         verifications of each candidate\n"
-	      "  --best K                  candidates refined after each round\n"
-	      "  --evaluations E           evaluations shown with each (at most 8; those that found problems first)\n"
-	      "  --refine-samples S        refinements written from each of the K\n"
-	      "  --rounds R                rounds in all, round 0 included\n"
-	      "  --threshold X             stop when a candidate's mean score reaches X (default 0.99999)\n"
-	      "  --temperature T, --top-p P, --seed N   sampling of every request (default 1.0, 0.95, 1)\n"
-	      "  --proof-tokens N          token limit of a proof (generation or refinement)\n"
-	      "  --verification-tokens N   token limit of a verification\n"
-	      "  --no-think                prompts end with </think> instead of <think> (non-thinking)\n"
-	      "  --no-rule-checks          verify every candidate: the answer is the proof when it has no Solution\n"
-	      "                            section (benchmarks, models that do not follow the format)\n"
-	      "  --templates FILE          prompt templates (JSON, docs/templates.md)\n"
-	      "verification:\n"
+	      "verifier:\n"
 	      "  --verifier self|DIR       self (default): the same model verifies; DIR: a second checkpoint verifies,\n"
 	      "                            its steps interleaved with the main model's in one loop\n"
 	      "  --verifier-threads N      threads of the verifier checkpoint (default: the same as --threads)\n"
-	      "  --meta-verify             meta-verify each scored verification; those rated 0 are discarded\n"
-	      "  --check-cmd CMD           external checker: /bin/sh -c CMD with the proof on stdin, the problem in\n"
-	      "                            $DSM_PROBLEM, the candidate's index in $DSM_CANDIDATE\n"
-	      "  --check-timeout SECONDS   kill the checker after this long (default 60)\n"
-	      "  --check-weight gate|record  gate (default): a candidate the checker fails is not verified; record:\n"
-	      "                            the result is only written down\n"
 	      "output:\n"
 	      "  --out FILE                write the result document (JSON, docs/prove-result.schema.json)\n"
 	      "  --json                    print the result document on stdout instead of the proof\n"
 	      "  -q, --quiet               no progress on stderr\n"
-	      "  -h, --help                this text\n"
-	      "The engine's --ctx defaults to what a proof and its verification need, --max-seqs to N x (M + 1)\n"
+	      "  -h, --help                this text\n", f);
+	dsm_prove_flags_help(f);
+	fputs("The engine's --ctx defaults to what a proof and its verification need, --max-seqs to N x (M + 1)\n"
 	      "at most 64 (with --verifier DIR: the larger of N and K x S; the verifier N x M at most 64);\n"
 	      "requests wait for a free sequence.\n\n", f);
 	dsm_engine_flags_help(f);
 }
 
-enum {
-	OPT_PROVE = 256, OPT_SEARCH, OPT_CANDIDATES, OPT_VERIFICATIONS, OPT_BEST, OPT_EVALUATIONS, OPT_SAMPLES, OPT_ROUNDS,
-	OPT_THRESHOLD, OPT_TEMP, OPT_TOP_P, OPT_SEED, OPT_PROOF_TOKENS, OPT_VER_TOKENS, OPT_NO_THINK, OPT_NO_RULES,
-	OPT_TEMPLATES, OPT_VERIFIER, OPT_VER_THREADS, OPT_META, OPT_CHECK_CMD, OPT_CHECK_TIMEOUT, OPT_CHECK_WEIGHT,
-	OPT_OUT, OPT_JSON,
-};
+enum { OPT_PROVE = 256, OPT_VERIFIER, OPT_VER_THREADS, OPT_OUT, OPT_JSON };
 
 static double now(void)
 {
@@ -144,21 +118,6 @@ static int write_atomic(const char *path, const char *text)
 	return rc;
 }
 
-/* What one prompt of the search and its answer need: the template's own text, the problem, a proof, the
- * shown evaluations, the answer. */
-static int64_t context_needed(const struct dsm_prove_settings *s, int64_t problem_tokens)
-{
-	int64_t overhead = 1024, ver = overhead + problem_tokens + s->proof_tokens + s->verification_tokens;
-	int64_t refine = overhead + problem_tokens + s->proof_tokens * 2 + (int64_t)s->n_evaluations * s->verification_tokens;
-	int64_t meta = ver + s->verification_tokens;
-	int64_t need = ver;
-	if (s->max_rounds > 1 && refine > need)
-		need = refine;
-	if (s->meta_verify && meta > need)
-		need = meta;
-	return need;
-}
-
 static int cap(int v)
 {
 	return v < 1 ? 1 : v > MAX_SEQS_DEFAULT_CAP ? MAX_SEQS_DEFAULT_CAP : v;
@@ -169,24 +128,14 @@ int dsm_run_prove(int argc, char **argv)
 	static const struct option own[] = {
 		{ "prove", no_argument, NULL, OPT_PROVE }, { "model", required_argument, NULL, 'm' },
 		{ "prompt", required_argument, NULL, 'p' }, { "file", required_argument, NULL, 'f' },
-		{ "search", required_argument, NULL, OPT_SEARCH }, { "candidates", required_argument, NULL, OPT_CANDIDATES },
-		{ "verifications", required_argument, NULL, OPT_VERIFICATIONS }, { "best", required_argument, NULL, OPT_BEST },
-		{ "evaluations", required_argument, NULL, OPT_EVALUATIONS },
-		{ "refine-samples", required_argument, NULL, OPT_SAMPLES }, { "rounds", required_argument, NULL, OPT_ROUNDS },
-		{ "threshold", required_argument, NULL, OPT_THRESHOLD }, { "temperature", required_argument, NULL, OPT_TEMP },
-		{ "top-p", required_argument, NULL, OPT_TOP_P }, { "seed", required_argument, NULL, OPT_SEED },
-		{ "proof-tokens", required_argument, NULL, OPT_PROOF_TOKENS },
-		{ "verification-tokens", required_argument, NULL, OPT_VER_TOKENS },
-		{ "no-think", no_argument, NULL, OPT_NO_THINK }, { "no-rule-checks", no_argument, NULL, OPT_NO_RULES },
-		{ "templates", required_argument, NULL, OPT_TEMPLATES }, { "verifier", required_argument, NULL, OPT_VERIFIER },
-		{ "verifier-threads", required_argument, NULL, OPT_VER_THREADS },
-		{ "meta-verify", no_argument, NULL, OPT_META }, { "check-cmd", required_argument, NULL, OPT_CHECK_CMD },
-		{ "check-timeout", required_argument, NULL, OPT_CHECK_TIMEOUT },
-		{ "check-weight", required_argument, NULL, OPT_CHECK_WEIGHT }, { "out", required_argument, NULL, OPT_OUT },
+		{ "verifier", required_argument, NULL, OPT_VERIFIER },
+		{ "verifier-threads", required_argument, NULL, OPT_VER_THREADS }, { "out", required_argument, NULL, OPT_OUT },
 		{ "json", no_argument, NULL, OPT_JSON }, { "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
 	};
-	struct option *opts = dsm_engine_flags_with(own);
+	struct option *own_prove = dsm_flags_concat(own, dsm_prove_flags);
+	struct option *opts = own_prove ? dsm_engine_flags_with(own_prove) : NULL;
+	free(own_prove);
 	if (!opts) {
 		fprintf(stderr, "dsm-run: out of memory\n");
 		return 1;
@@ -205,6 +154,8 @@ int dsm_run_prove(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "m:p:f:t:qh", opts, NULL)) != -1) {
 		int e = dsm_engine_flag(&eo, c, optarg);
+		if (e == 0)
+			e = dsm_prove_flag(&st, &templates_path, c, optarg);
 		if (e < 0) {
 			fprintf(stderr, "dsm-run: %s\n", dsm_errmsg());
 			free(opts);
@@ -217,48 +168,8 @@ int dsm_run_prove(int argc, char **argv)
 		case 'm': dir = optarg; break;
 		case 'p': prompt = optarg; break;
 		case 'f': file = optarg; break;
-		case OPT_SEARCH:
-			if (strcmp(optarg, "paper") == 0) {
-				dsm_prove_settings_paper(&st);
-			} else if (strcmp(optarg, "small") == 0) {
-				dsm_prove_settings_default(&st);
-			} else {
-				fprintf(stderr, "dsm-run: --search: '%s': expected small or paper\n", optarg);
-				free(opts);
-				return 2;
-			}
-			break;
-		case OPT_CANDIDATES: st.n_candidates = (int)dsm_run_int_arg("--candidates", optarg, 1, 65536); break;
-		case OPT_VERIFICATIONS: st.n_verifications = (int)dsm_run_int_arg("--verifications", optarg, 1, 4096); break;
-		case OPT_BEST: st.n_best = (int)dsm_run_int_arg("--best", optarg, 1, 65536); break;
-		case OPT_EVALUATIONS: st.n_evaluations = (int)dsm_run_int_arg("--evaluations", optarg, 0, REFINEMENT_MAX_EVALUATIONS); break;
-		case OPT_SAMPLES: st.n_samples = (int)dsm_run_int_arg("--refine-samples", optarg, 1, 4096); break;
-		case OPT_ROUNDS: st.max_rounds = (int)dsm_run_int_arg("--rounds", optarg, 1, 1000); break;
-		case OPT_THRESHOLD: st.threshold = dsm_run_number_arg("--threshold", optarg); break;
-		case OPT_TEMP: st.temperature = (float)dsm_run_number_arg("--temperature", optarg); break;
-		case OPT_TOP_P: st.top_p = (float)dsm_run_number_arg("--top-p", optarg); break;
-		case OPT_SEED: st.seed = (uint64_t)dsm_run_int_arg("--seed", optarg, 0, ((int64_t)1 << 53) - 1); break;
-		case OPT_PROOF_TOKENS: st.proof_tokens = dsm_run_int_arg("--proof-tokens", optarg, 1, INT32_MAX); break;
-		case OPT_VER_TOKENS: st.verification_tokens = dsm_run_int_arg("--verification-tokens", optarg, 1, INT32_MAX); break;
-		case OPT_NO_THINK: st.thinking = 0; break;
-		case OPT_NO_RULES: st.rule_checks = 0; break;
-		case OPT_TEMPLATES: templates_path = optarg; break;
 		case OPT_VERIFIER: verifier_dir = strcmp(optarg, "self") == 0 ? NULL : optarg; break;
 		case OPT_VER_THREADS: verifier_threads = (int)dsm_run_int_arg("--verifier-threads", optarg, 1, 4096); break;
-		case OPT_META: st.meta_verify = 1; break;
-		case OPT_CHECK_CMD: st.check_cmd = optarg; break;
-		case OPT_CHECK_TIMEOUT: st.check_timeout = dsm_run_number_arg("--check-timeout", optarg); break;
-		case OPT_CHECK_WEIGHT:
-			if (strcmp(optarg, "gate") == 0) {
-				st.check_weight = DSM_CHECK_GATE;
-			} else if (strcmp(optarg, "record") == 0) {
-				st.check_weight = DSM_CHECK_RECORD;
-			} else {
-				fprintf(stderr, "dsm-run: --check-weight: '%s': expected gate or record\n", optarg);
-				free(opts);
-				return 2;
-			}
-			break;
 		case OPT_OUT: out_path = optarg; break;
 		case OPT_JSON: json = 1; break;
 		case 'q': pr.quiet = 1; break;
@@ -297,7 +208,7 @@ int dsm_run_prove(int argc, char **argv)
 		goto fail;
 	/* a proof, its verification and what a refinement shows fit in the context; sequences for the work that
 	 * runs at once (requests wait for free ones) */
-	int64_t need = context_needed(&st, (int64_t)strlen(prompt)); /* bytes: at least the tokens */
+	int64_t need = dsm_prove_context_needed(&st, (int64_t)strlen(prompt)); /* bytes: at least the tokens */
 	int ctx_given = eo.session.ctx > 0, seqs_given = eo.session.max_seqs > 0;
 	if (!ctx_given)
 		eo.session.ctx = need;

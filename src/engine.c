@@ -409,17 +409,22 @@ void dsm_engine_flags_help(FILE *f)
 	      "  --record-routing FILE  write the routing trace (docs/trace.md)\n", f);
 }
 
-struct option *dsm_engine_flags_with(const struct option *own)
+struct option *dsm_flags_concat(const struct option *first, const struct option *second)
 {
 	size_t a = 0, b = 0;
-	while (own[a].name)
+	while (first[a].name)
 		a++;
-	while (dsm_engine_flags[b].name)
+	while (second[b].name)
 		b++;
 	struct option *v = malloc(sizeof *v * (a + b + 1));
 	if (!v)
 		return NULL;
-	memcpy(v, own, sizeof *v * a);
-	memcpy(v + a, dsm_engine_flags, sizeof *v * (b + 1));
+	memcpy(v, first, sizeof *v * a);
+	memcpy(v + a, second, sizeof *v * (b + 1));
 	return v;
+}
+
+struct option *dsm_engine_flags_with(const struct option *own)
+{
+	return dsm_flags_concat(own, dsm_engine_flags);
 }

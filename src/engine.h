@@ -82,5 +82,7 @@ int dsm_engine_flag(struct dsm_engine_options *o, int code, const char *arg);
 void dsm_engine_flags_help(FILE *f);
 /* own (terminated by a zero entry) followed by dsm_engine_flags; free() it. NULL on ENOMEM. */
 struct option *dsm_engine_flags_with(const struct option *own);
+/* first followed by second (each terminated by a zero entry); free() it. NULL on ENOMEM. */
+struct option *dsm_flags_concat(const struct option *first, const struct option *second);
 
 #endif

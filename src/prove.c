@@ -735,6 +735,19 @@ int dsm_prove_finished(const struct dsm_prove *p)
 	return p->finished;
 }
 
+void dsm_prove_stop(struct dsm_prove *p, enum dsm_prove_stop why)
+{
+	finish(p, why);
+}
+
+uint64_t dsm_prove_generated_tokens(const struct dsm_prove *p)
+{
+	uint64_t n = 0;
+	for (int k = 0; k < DSM_PROVE_KINDS; k++)
+		n += p->r.phase[k].generated_tokens;
+	return n;
+}
+
 const struct dsm_prove_result *dsm_prove_result(const struct dsm_prove *p)
 {
 	return &p->r;

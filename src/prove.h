@@ -105,6 +105,9 @@ void dsm_prove_settings_default(struct dsm_prove_settings *s);
  * samples and up to 8 evaluations, 20 rounds, temperature 1.0, top-p 0.95, threshold 0.99999, 128K tokens
  * per proof and 64K per verification. */
 void dsm_prove_settings_paper(struct dsm_prove_settings *s);
+/* The context one prompt of the search and its answer need for a problem of problem_tokens tokens: the
+ * templates' own text, the problem, a proof, the evaluations a refinement shows, the answer. */
+int64_t dsm_prove_context_needed(const struct dsm_prove_settings *s, int64_t problem_tokens);
 /* DSM_EARG with a message naming the setting when one is out of range. */
 int dsm_prove_settings_check(const struct dsm_prove_settings *s);
 
@@ -187,8 +190,10 @@ enum dsm_prove_stop {
 	DSM_PROVE_ROUNDS,               /* max_rounds done */
 	DSM_PROVE_NOTHING_TO_REFINE,    /* no candidate was verified */
 	DSM_PROVE_FAILED,               /* an error that stops the search (error says which) */
+	DSM_PROVE_TOKEN_LIMIT,          /* ended by its caller: the tokens allowed to the problem are spent */
+	DSM_PROVE_TIME_LIMIT,           /* ended by its caller: the time allowed to the problem is over */
 };
-/* "running", "threshold", "rounds", "nothing_to_refine", "error" */
+/* "running", "threshold", "rounds", "nothing_to_refine", "error", "token_limit", "time_limit" */
 const char *dsm_prove_stop_name(enum dsm_prove_stop s);
 
 struct dsm_prove_result {
@@ -231,6 +236,11 @@ void dsm_prove_free(struct dsm_prove *p);
 /* Polls the external checkers and reacts to those that finished. Returns how many still run. */
 int dsm_prove_poll(struct dsm_prove *p);
 int dsm_prove_finished(const struct dsm_prove *p);
+/* Ends a running search now with reason `why` (DSM_PROVE_TOKEN_LIMIT or DSM_PROVE_TIME_LIMIT): requests in
+ * flight are cancelled, checkers killed; the result keeps what finished, and selects the best of it. */
+void dsm_prove_stop(struct dsm_prove *p, enum dsm_prove_stop why);
+/* Tokens generated so far, every kind. */
+uint64_t dsm_prove_generated_tokens(const struct dsm_prove *p);
 /* Complete once finished; candidates as they stand before. */
 const struct dsm_prove_result *dsm_prove_result(const struct dsm_prove *p);
 
@@ -240,5 +250,7 @@ int dsm_prove_run(struct dsm_prove *const *searches, int n_searches, struct dsm_
 
 /* The result as the JSON document of docs/prove-result.schema.json. NULL when out of memory. */
 cJSON *dsm_prove_to_json(const struct dsm_prove_result *r);
+/* The document's "settings" object. */
+cJSON *dsm_prove_settings_json(const struct dsm_prove_settings *s);
 
 #endif

@@ -16,7 +16,7 @@ static void add_score(cJSON *o, const char *key, const char *note_key, const str
 	cJSON_AddStringToObject(o, note_key, s->note);
 }
 
-static cJSON *settings_json(const struct dsm_prove_settings *s)
+cJSON *dsm_prove_settings_json(const struct dsm_prove_settings *s)
 {
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddNumberToObject(o, "candidates", s->n_candidates);
@@ -162,7 +162,7 @@ cJSON *dsm_prove_to_json(const struct dsm_prove_result *r)
 	if (!j)
 		return NULL;
 	cJSON_AddStringToObject(j, "problem", r->problem ? r->problem : "");
-	cJSON_AddItemToObject(j, "settings", settings_json(&r->settings));
+	cJSON_AddItemToObject(j, "settings", dsm_prove_settings_json(&r->settings));
 	cJSON *cands = cJSON_AddArrayToObject(j, "candidates");
 	for (int i = 0; i < r->n_cand; i++)
 		cJSON_AddItemToArray(cands, candidate_json(r, &r->cand[i]));

@@ -12,8 +12,9 @@ const char *dsm_prove_kind_name(enum dsm_prove_kind k)
 
 const char *dsm_prove_stop_name(enum dsm_prove_stop s)
 {
-	static const char *const names[] = { "running", "threshold", "rounds", "nothing_to_refine", "error" };
-	return (unsigned)s <= DSM_PROVE_FAILED ? names[s] : "unknown";
+	static const char *const names[] = { "running", "threshold", "rounds", "nothing_to_refine", "error",
+					     "token_limit", "time_limit" };
+	return (unsigned)s <= DSM_PROVE_TIME_LIMIT ? names[s] : "unknown";
 }
 
 void dsm_prove_settings_default(struct dsm_prove_settings *s)
@@ -62,4 +63,19 @@ int dsm_prove_settings_check(const struct dsm_prove_settings *s)
 	if (!s->templates)
 		return dsm_fail(DSM_EARG, "no templates");
 	return 0;
+}
+
+/* What one prompt of the search and its answer need: the template's own text, the problem, a proof, the
+ * shown evaluations, the answer. */
+int64_t dsm_prove_context_needed(const struct dsm_prove_settings *s, int64_t problem_tokens)
+{
+	int64_t overhead = 1024, ver = overhead + problem_tokens + s->proof_tokens + s->verification_tokens;
+	int64_t refine = overhead + problem_tokens + s->proof_tokens * 2 + (int64_t)s->n_evaluations * s->verification_tokens;
+	int64_t meta = ver + s->verification_tokens;
+	int64_t need = ver;
+	if (s->max_rounds > 1 && refine > need)
+		need = refine;
+	if (s->meta_verify && meta > need)
+		need = meta;
+	return need;
 }
