@@ -988,7 +988,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "dsm-serve: %s\n", dsm_errmsg());
 		goto out;
 	}
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 	unsigned limit = (unsigned)max_queue + (unsigned)dsm_session_max_seqs(s) + 64;
