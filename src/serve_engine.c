@@ -351,7 +351,7 @@ static void run_prove(struct serve_engine *se, struct serve_job *job)
 	}
 	if (dsm_prove_finished(p)) {
 		cJSON *j = dsm_prove_to_json(dsm_prove_result(p));
-		char *text = j ? cJSON_Print(j) : NULL;
+		char *text = j ? cJSON_PrintUnformatted(j) : NULL;  /* one line: an SSE data line */
 		cJSON_Delete(j);
 		if (!text) {
 			snprintf(msg, sizeof msg, "out of memory");
