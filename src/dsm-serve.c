@@ -140,53 +140,6 @@ static const char *finish_reason(enum dsm_stop_reason r)
 	return r == DSM_STOP_LENGTH || r == DSM_STOP_CONTEXT ? "length" : "stop";
 }
 
-/* ---- the thinking split of a stream: reasoning up to the first </think>, the answer after it ---- */
-
-struct split_state {
-	size_t sent;            /* bytes of the choice's text handed out */
-	int in_answer;          /* </think> seen (or thinking off) */
-	int answer_started;     /* a non-space byte of the answer handed out (leading space is dropped) */
-	int role_sent, finish_sent;
-};
-
-/* The next pieces of text[sent .. len): *reasoning and *content (views), keeping back a tail that could
- * still become "</think>" unless final. */
-static void split_next(struct split_state *st, const char *text, size_t len, int final, struct text_view *reasoning,
-		       struct text_view *content)
-{
-	static const char tag[] = "</think>";
-	*reasoning = *content = (struct text_view){ text + st->sent, 0 };
-	if (!st->in_answer) {
-		const char *s = text + st->sent;
-		size_t n = len - st->sent;
-		const char *at = memmem(s, n, tag, 8);
-		if (!at) {
-			size_t hold = 0;
-			for (size_t k = n < 7 ? n : 7; k > 0 && !final; k--)
-				if (memcmp(s + n - k, tag, k) == 0) {
-					hold = k;
-					break;
-				}
-			*reasoning = (struct text_view){ s, n - hold };
-			st->sent += n - hold;
-			return;
-		}
-		*reasoning = (struct text_view){ s, (size_t)(at - s) };
-		st->sent = (size_t)(at - text) + 8;
-		st->in_answer = 1;
-	}
-	const char *s = text + st->sent;
-	size_t n = len - st->sent;
-	while (!st->answer_started && n && strchr(" \t\r\n", *s)) {
-		s++;
-		n--;
-	}
-	if (n)
-		st->answer_started = 1;
-	*content = (struct text_view){ s, n };
-	st->sent = len;
-}
-
 static cJSON *string_n(const char *s, size_t n)
 {
 	char *t = strndup(s, n);
@@ -232,7 +185,7 @@ static cJSON *full_response(const struct server *sv, const struct serve_job *job
 		if (chat) {
 			cJSON *m = cJSON_AddObjectToObject(o, "message");
 			cJSON_AddStringToObject(m, "role", "assistant");
-			if (p->thinking) {
+			if (p->thinking && p->separate_reasoning) {
 				struct output_split split;
 				output_split_thinking(text, c->text.len, &split);
 				cJSON_AddItemToObject(m, "content", string_n(split.answer.data, split.answer.len));
@@ -259,7 +212,7 @@ struct stream {
 	struct serve_params p;
 	char id[48];
 	struct MHD_Connection *conn;
-	struct split_state *st;         /* [n] */
+	struct serve_split *st;         /* [n] */
 	struct text_buffer out;         /* SSE bytes not yet written */
 	size_t out_pos;
 	uint64_t seen;                  /* job version read */
@@ -331,14 +284,15 @@ static void stream_events(struct stream *sm)
 	} else {
 		for (int i = 0; i < job->n; i++) {
 			struct serve_choice *c = &job->choice[i];
-			struct split_state *st = &sm->st[i];
+			struct serve_split *st = &sm->st[i];
 			if (st->finish_sent)
 				continue;
 			struct text_view reasoning, content;
 			const char *text = c->text.data ? c->text.data : "";
 			if (c->text.len > st->sent || !st->role_sent) {
-				if (sm->p.kind == SERVE_CHAT && sm->p.thinking) {
-					split_next(st, text, c->text.len, c->done, &reasoning, &content);
+				if (sm->p.kind == SERVE_CHAT && sm->p.thinking && sm->p.separate_reasoning) {
+					serve_split_next(st, text, c->text.len, c->done, &reasoning.data, &reasoning.len,
+							 &content.data, &content.len);
 				} else {
 					reasoning = (struct text_view){ text, 0 };
 					content = (struct text_view){ text + st->sent, c->text.len - st->sent };

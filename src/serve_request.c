@@ -359,7 +359,7 @@ int serve_parse_request(enum serve_kind kind, const char *body, size_t len, cons
 			struct serve_params *p, struct serve_error *err)
 {
 	memset(p, 0, sizeof *p);
-	*p = (struct serve_params){ .kind = kind, .thinking = 1, .max_tokens = -1, .temperature = 1, .top_p = 1, .n = 1 };
+	*p = (struct serve_params){ .kind = kind, .thinking = 1, .separate_reasoning = 1, .max_tokens = -1, .temperature = 1, .top_p = 1, .n = 1 };
 	if (kind == SERVE_PROVE)
 		p->temperature = p->top_p = NAN;   /* not given: the search's own defaults */
 	size_t bad;
@@ -389,7 +389,8 @@ int serve_parse_request(enum serve_kind kind, const char *body, size_t len, cons
 		oom(err);
 		goto out;
 	}
-	if (get_thinking(root, &p->thinking, err) < 0 || get_bool(root, "stream", &p->stream, err) < 0)
+	if (get_thinking(root, &p->thinking, err) < 0 || get_bool(root, "stream", &p->stream, err) < 0 ||
+	    get_bool(root, "separate_reasoning", &p->separate_reasoning, err) < 0)
 		goto out;
 	const cJSON *so = member(root, "stream_options");
 	if (so && (!cJSON_IsObject(so) || get_bool(so, "include_usage", &p->include_usage, err) < 0)) {
@@ -443,4 +444,43 @@ out:
 	if (rc < 0)
 		serve_params_free(p);
 	return rc;
+}
+
+void serve_split_next(struct serve_split *st, const char *text, size_t len, int final, const char **reasoning,
+		      size_t *reasoning_len, const char **content, size_t *content_len)
+{
+	static const char tag[] = "</think>";
+	*reasoning = *content = text + st->sent;
+	*reasoning_len = *content_len = 0;
+	if (!st->in_answer) {
+		const char *s = text + st->sent;
+		size_t n = len - st->sent;
+		const char *at = memmem(s, n, tag, 8);
+		if (!at) {
+			/* keep back a tail that may still become the tag */
+			size_t hold = 0;
+			for (size_t k = n < 7 ? n : 7; k > 0 && !final; k--)
+				if (memcmp(s + n - k, tag, k) == 0) {
+					hold = k;
+					break;
+				}
+			*reasoning_len = n - hold;
+			st->sent += n - hold;
+			return;
+		}
+		*reasoning_len = (size_t)(at - s);
+		st->sent = (size_t)(at - text) + 8;
+		st->in_answer = 1;
+	}
+	const char *s = text + st->sent;
+	size_t n = len - st->sent;
+	while (!st->answer_started && n && strchr(" \t\r\n", *s)) {
+		s++;
+		n--;
+	}
+	if (n)
+		st->answer_started = 1;
+	*content = s;
+	*content_len = n;
+	st->sent = len;
 }

@@ -35,6 +35,9 @@ struct serve_params {
 	int32_t *prompt_ids;    /* completion: a prompt given as token ids ([n_prompt_ids]), else NULL */
 	int64_t n_prompt_ids;
 	int thinking;           /* chat: 1 (default) the shell ends with <think>; 0 with </think> */
+	int separate_reasoning; /* chat with thinking: 1 (default) the thinking goes to reasoning_content; 0
+				 * (SGLang's "separate_reasoning": false) the content is the raw text, "</think>"
+				 * included */
 	int64_t max_tokens;     /* -1: not given (the rest of the context) */
 	double temperature;     /* default 1 (OpenAI's); 0: greedy */
 	double top_p;           /* default 1 */
@@ -76,5 +79,18 @@ int serve_error_set(struct serve_error *err, int status, const char *type, const
 	__attribute__((format(printf, 5, 6)));
 /* OpenAI's error object: {"error": {"message", "type", "param", "code"}}; malloc'd, NULL on ENOMEM. */
 char *serve_error_json(const struct serve_error *err);
+
+/* The thinking split of a stream: the text up to the first "</think>" is reasoning, what follows it the
+ * answer (white space at its start dropped, as the non-streamed answer is trimmed). Each call hands out
+ * what text[0 .. len) adds since the last call, keeping back a tail that could still become "</think>"
+ * unless final. Start from a zeroed state. */
+struct serve_split {
+	size_t sent;            /* bytes of text handed out */
+	int in_answer;          /* "</think>" seen */
+	int answer_started;     /* a non-space byte of the answer handed out */
+	int role_sent, finish_sent;  /* the server's stream state */
+};
+void serve_split_next(struct serve_split *st, const char *text, size_t len, int final, const char **reasoning,
+		      size_t *reasoning_len, const char **content, size_t *content_len);
 
 #endif

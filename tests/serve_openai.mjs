@@ -72,6 +72,12 @@ async function main() {
 	check(off.choices[0].message.reasoning_content === undefined && off.choices[0].message.content.length > 0,
 		'thinking off', off.choices[0].message);
 
+	// thinking on, reasoning not separated (SGLang's separate_reasoning: false): the raw text is the content
+	const raw = await client.chat.completions.create({ model, messages: user('Prove that 1 + 1 = 2.'), max_tokens: 16, ...greedy,
+		separate_reasoning: false });
+	check(raw.choices[0].message.reasoning_content === undefined && raw.choices[0].message.content === m.reasoning_content,
+		'separate_reasoning: false', raw.choices[0].message);
+
 	// a conversation with a system prompt
 	const conv = await client.chat.completions.create({ model, max_tokens: 4, ...greedy, messages: [
 		{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' },
