@@ -265,7 +265,9 @@ static void chunk(struct stream *sm, int i, const struct text_view *reasoning, c
 	else
 		cJSON_AddNullToObject(o, "finish_reason");
 	cJSON_AddItemToArray(choices, o);
-	if (sm->p.include_usage)
+	if (sm->p.continuous_usage)
+		add_usage(j, sm->job);
+	else if (sm->p.include_usage)
 		cJSON_AddNullToObject(j, "usage");
 	sse_data(&sm->out, NULL, j);
 }

@@ -393,7 +393,8 @@ int serve_parse_request(enum serve_kind kind, const char *body, size_t len, cons
 	    get_bool(root, "separate_reasoning", &p->separate_reasoning, err) < 0)
 		goto out;
 	const cJSON *so = member(root, "stream_options");
-	if (so && (!cJSON_IsObject(so) || get_bool(so, "include_usage", &p->include_usage, err) < 0)) {
+	if (so && (!cJSON_IsObject(so) || get_bool(so, "include_usage", &p->include_usage, err) < 0 ||
+		   get_bool(so, "continuous_usage_stats", &p->continuous_usage, err) < 0)) {
 		if (!cJSON_IsObject(so))
 			serve_error_set(err, 400, INVALID, "stream_options", "'stream_options' must be an object");
 		goto out;

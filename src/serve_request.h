@@ -47,6 +47,7 @@ struct serve_params {
 	int n;                  /* choices, default 1 */
 	int stream;
 	int include_usage;      /* stream_options.include_usage */
+	int continuous_usage;   /* stream_options.continuous_usage_stats (vLLM's): usage in every chunk */
 	int ignore_eos;         /* an extension, as in vLLM */
 	char *stop[SERVE_MAX_STOP];
 	int n_stop;

@@ -4,8 +4,8 @@ For each client count B: B clients stream /v1/completions at once, each with a d
 token ids and its own seed, sampled like dsm-bench batch (temperature 1, top-k 50, no end-of-sequence
 token), --tokens tokens each. Aggregate decode tokens/s is counted between the moment the last client got
 its first token (every prompt prefilled) and the moment the first client got its last one (all B still
-decoding), from the arrival times of the tokens at the clients: HTTP, JSON and the server's threads are
-inside the figure.
+decoding), from the arrival times of the tokens at the clients (each chunk carries the request's token
+count: stream_options.continuous_usage_stats): HTTP, JSON and the server's threads are inside the figure.
 
 usage: bench_serve.py URL [--sizes 1,8,32] [--tokens N] [--json]
 """
@@ -23,22 +23,18 @@ def client(url, i, tokens, out):
     rng = random.Random(1000 + i)
     prompt = [rng.randrange(2, 1000) for _ in range(rng.randrange(8, 16))]
     body = {"prompt": prompt, "max_tokens": tokens, "temperature": 1, "top_k": 50, "seed": 7 + i, "ignore_eos": True,
-            "stream": True}
+            "stream": True, "stream_options": {"continuous_usage_stats": True}}
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
     c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
     r = c.getresponse()
     if r.status != 200:
         raise SystemExit(f"bench_serve: HTTP {r.status}: {r.read()[:300]!r}")
-    arrivals = []
+    arrivals = []  # (arrival time, tokens generated so far), from the usage every chunk carries
     for line in r:
-        if not line.startswith(b"data: {"):
-            continue
-        ev = json.loads(line[6:])
-        text = ev["choices"][0]["text"] if ev["choices"] else ""
-        # without a tokenizer every token is " id": count the ids; with one, count the chunks with text
-        n = len(text.split()) if text.strip() else 0
-        if n:
-            arrivals.append((time.monotonic(), n))
+        if line.startswith(b"data: {"):
+            usage = json.loads(line[6:]).get("usage")
+            if usage and usage["completion_tokens"] > (arrivals[-1][1] if arrivals else 0):
+                arrivals.append((time.monotonic(), usage["completion_tokens"]))
     c.close()
     out[i] = arrivals
 
@@ -53,8 +49,10 @@ def measure(url, B, tokens):
         t.join()
     start = max(a[0][0] for a in out)
     end = min(a[-1][0] for a in out)
-    n = sum(k for a in out for (t, k) in a if start < t <= end)
-    total = sum(k for a in out for (t, k) in a)
+    # tokens that arrived in (start, end]: each client's count at end less its count at start
+    at = lambda a, t: max([k for (s, k) in a if s <= t] or [0])
+    n = sum(at(a, end) - at(a, start) for a in out)
+    total = sum(a[-1][1] for a in out)
     return {"B": B, "tokens_per_second": n / (end - start) if end > start else 0.0, "window_seconds": end - start,
             "window_tokens": n, "tokens": total, "wall_seconds": time.monotonic() - t0}
 
