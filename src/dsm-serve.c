@@ -291,7 +291,10 @@ static void stream_events(struct stream *sm)
 				continue;
 			struct text_view reasoning, content;
 			const char *text = c->text.data ? c->text.data : "";
-			if (c->text.len > st->sent || !st->role_sent) {
+			/* a chunk for new text; with continuous usage also for tokens without text */
+			int more = sm->p.continuous_usage && c->n_tokens > st->tokens_sent;
+			st->tokens_sent = c->n_tokens;
+			if (c->text.len > st->sent || !st->role_sent || more) {
 				if (sm->p.kind == SERVE_CHAT && sm->p.thinking && sm->p.separate_reasoning) {
 					serve_split_next(st, text, c->text.len, c->done, &reasoning.data, &reasoning.len,
 							 &content.data, &content.len);
@@ -300,7 +303,7 @@ static void stream_events(struct stream *sm)
 					content = (struct text_view){ text + st->sent, c->text.len - st->sent };
 					st->sent = c->text.len;
 				}
-				if (reasoning.len || content.len || !st->role_sent)
+				if (reasoning.len || content.len || !st->role_sent || more)
 					chunk(sm, i, &reasoning, &content, NULL);
 			}
 			if (c->done && !job->error_status) {

@@ -193,6 +193,7 @@ static int on_token(void *user, int32_t id)
 	serve_lock(c->job->se);
 	c->n_tokens++;
 	c->job->se->m.completion_tokens++;
+	job_changed(c->job);
 	serve_unlock(c->job->se);
 	return 0;
 }

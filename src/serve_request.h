@@ -90,6 +90,7 @@ struct serve_split {
 	int in_answer;          /* "</think>" seen */
 	int answer_started;     /* a non-space byte of the answer handed out */
 	int role_sent, finish_sent;  /* the server's stream state */
+	int64_t tokens_sent;    /* the token count of the last chunk (continuous usage) */
 };
 void serve_split_next(struct serve_split *st, const char *text, size_t len, int final, const char **reasoning,
 		      size_t *reasoning_len, const char **content, size_t *content_len);
