@@ -965,6 +965,8 @@ int main(int argc, char **argv)
 	       ai->ai_family == AF_INET6 ? "[" : "", host, ai->ai_family == AF_INET6 ? "]" : "", bound, sv.model_name,
 	       dsm_session_max_seqs(s), (long long)sv.ctx);
 	fflush(stdout);
+	if (!sv.api_key && !sv.loopback_only && !sv.quiet)
+		fprintf(stderr, "dsm-serve: no --api-key: every client that reaches %s is served\n", host);
 	int sig = 0;
 	sigwait(&sigs, &sig);
 	if (!sv.quiet)

@@ -39,9 +39,9 @@ def runs(d):
                 return r
     return None
 batch = {r["B"]: r["tokens_per_second"] for r in runs(json.load(open(sys.argv[1])))}
-serve = {r["B"]: r["tokens_per_second"] for r in json.load(open(sys.argv[2]))["runs"]}
-print(f"round {sys.argv[3]}: " + "; ".join(f"B {b}: batch {batch[b]:.2f} tok/s, serve {serve[b]:.2f} tok/s, "
-      f"ratio {serve[b] / batch[b]:.3f}" for b in sorted(serve)))
+srv = {r["B"]: r for r in json.load(open(sys.argv[2]))["runs"]}
+print(f"round {sys.argv[3]}: " + "; ".join(f"B {b}: batch {batch[b]:.2f} tok/s, serve {srv[b]['tokens_per_second']:.2f} "
+      f"tok/s, ratio {srv[b]['tokens_per_second'] / batch[b]:.3f}, engine busy {srv[b]['engine_busy']:.3f}" for b in sorted(srv)))
 PYEOF
 	r=$((r + 1))
 done

@@ -39,7 +39,18 @@ def client(url, i, tokens, out):
     out[i] = arrivals
 
 
+def step_seconds(url):
+    """The server's time in engine steps so far (/metrics)."""
+    u = urllib.parse.urlparse(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("dsm_step_seconds_total ")))
+
+
 def measure(url, B, tokens):
+    s0 = step_seconds(url)
     out = [None] * B
     threads = [threading.Thread(target=client, args=(url, i, tokens, out)) for i in range(B)]
     t0 = time.monotonic()
@@ -53,8 +64,11 @@ def measure(url, B, tokens):
     at = lambda a, t: max([k for (s, k) in a if s <= t] or [0])
     n = sum(at(a, end) - at(a, start) for a in out)
     total = sum(a[-1][1] for a in out)
-    return {"B": B, "tokens_per_second": n / (end - start) if end > start else 0.0, "window_seconds": end - start,
-            "window_tokens": n, "tokens": total, "wall_seconds": time.monotonic() - t0}
+    wall = time.monotonic() - t0
+    # the share of the wall time the engine thread spent in steps: what HTTP, JSON and waking it up leave
+    busy = (step_seconds(url) - s0) / wall
+    return {"engine_busy": busy, "B": B, "tokens_per_second": n / (end - start) if end > start else 0.0, "window_seconds": end - start,
+            "window_tokens": n, "tokens": total, "wall_seconds": wall}
 
 
 def main():
@@ -70,7 +84,7 @@ def main():
     else:
         for r in runs:
             print(f"B {r['B']:3d}: {r['tokens_per_second']:8.2f} tok/s over {r['window_seconds']:.2f} s "
-                  f"({r['window_tokens']} tokens of {r['tokens']})")
+                  f"({r['window_tokens']} tokens of {r['tokens']}), engine in steps {r['engine_busy']:.3f} of the time")
 
 
 main()
