@@ -1,5 +1,5 @@
 #!/bin/sh
-# dsm-serve under load on loopback (tests/serve_load.py): 12 clients for two rounds of 4 s against 4
+# dsm-serve under load on loopback (tests/serve_load_client.py): 12 clients for two rounds of 4 s against 4
 # sequences and a queue of 4 (so that some requests meet a full queue, get 503 and retry); every answer
 # valid and complete, none lost, resident memory flat between the rounds, the server settled afterwards.
 # Then a shutdown with a stream in flight: the stream ends with an error event and [DONE], the server
@@ -20,7 +20,7 @@ mkdir -p "$W"
 "$top_builddir/dsm-mkmodel" --quiet tiny "$W/tiny" || exit 99
 serve_start "$W/serve.log" -m "$W/tiny" --threads 2 --ctx 512 --max-seqs 4 --max-queue 4 -q
 status=0
-timeout 120 "$PY" "$top_srcdir/tests/serve_load.py" "$SERVE_URL" "$SERVE_PID" 12 4 || status=1
+timeout 120 "$PY" "$top_srcdir/tests/serve_load_client.py" "$SERVE_URL" "$SERVE_PID" 12 4 || status=1
 
 serve_stop || status=1
 
