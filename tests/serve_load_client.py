@@ -1,10 +1,11 @@
-"""Load test of dsm-serve on loopback (run by tests/serve_load.sh; not named serve_load.py, whose log would be serve_load.sh's): a bounded number of clients for a bounded
+"""Load test of dsm-serve on loopback (run by tests/serve_load.sh; not named serve_load.py, whose test log
+would be serve_load.sh's): a bounded number of clients for a bounded
 time send a mix of requests (plain and streamed chat, streamed completions with n = 2, bad JSON, clients
 that leave in the middle of a stream); every answer must be valid and complete, a full queue answers 503
 with Retry-After and the client retries, so that no request is lost; the server's resident memory after a
 second identical round must be what it was after the first.
 
-usage: serve_load.py URL PID CLIENTS SECONDS
+usage: serve_load_client.py URL PID CLIENTS SECONDS
 """
 import http.client
 import json
