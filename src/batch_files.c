@@ -73,7 +73,8 @@ int batch_problem_settings(const struct batch_problem *p, const struct dsm_prove
 			   struct dsm_prove_settings *out)
 {
 	*out = *base;
-	return p->settings ? dsm_prove_flags_json(out, p->settings) : 0;
+	const char *bad;
+	return p->settings ? dsm_prove_flags_json(out, p->settings, 1, &bad) : 0;
 }
 
 int batch_input_read(const char *path, int shard, int shards, const struct dsm_prove_settings *base,

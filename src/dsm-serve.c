@@ -8,6 +8,7 @@
 #include "error.h"
 #include "output_parse.h"
 #include "prove.h"
+#include "prove_flags.h"
 #include "serve_http.h"
 #include "templates.h"
 #include "tokenizer.h"
@@ -136,29 +137,17 @@ static uint64_t random_seed(struct server *sv)
 static int fill_prove(struct server *sv, const struct serve_params *p, struct serve_job *job, struct serve_error *err)
 {
 	struct dsm_prove_settings *s = &job->prove_settings;
-	const struct serve_prove_options *o = &p->prove;
-	if (o->search_paper == 1)
-		dsm_prove_settings_paper(s);
-	else
-		dsm_prove_settings_default(s);
-	if (o->candidates > 0) s->n_candidates = o->candidates;
-	if (o->verifications > 0) s->n_verifications = o->verifications;
-	if (o->best > 0) s->n_best = o->best;
-	if (o->evaluations > 0) s->n_evaluations = o->evaluations;
-	if (o->refine_samples > 0) s->n_samples = o->refine_samples;
-	if (o->rounds > 0) s->max_rounds = o->rounds;
-	if (o->proof_tokens > 0) s->proof_tokens = o->proof_tokens;
-	if (o->verification_tokens > 0) s->verification_tokens = o->verification_tokens;
-	if (!isnan(o->threshold)) s->threshold = o->threshold;
-	if (o->rule_checks >= 0) s->rule_checks = o->rule_checks;
-	if (o->meta_verify >= 0) s->meta_verify = o->meta_verify;
+	dsm_prove_settings_default(s);
+	s->templates = &sv->tpl;
+	const char *bad = NULL;
+	if (p->prove_settings && dsm_prove_flags_json(s, p->prove_settings, 0, &bad) < 0)
+		return serve_error_set(err, 400, "invalid_request_error", bad ? bad : "settings", "%s", dsm_errmsg());
 	if (!isnan(p->temperature)) s->temperature = (float)p->temperature;
 	if (!isnan(p->top_p)) s->top_p = (float)p->top_p;
 	if (p->has_seed) s->seed = p->seed;
-	s->thinking = p->thinking;
+	s->thinking = s->thinking && p->thinking;  /* off when either the request or its settings turn it off */
 	s->check_cmd = NULL;
 	s->verifier_name = "self";
-	s->templates = &sv->tpl;
 	if (dsm_prove_settings_check(s) < 0)
 		return serve_error_set(err, 400, "invalid_request_error", "settings", "%s", dsm_errmsg());
 	if (!(job->problem = strdup(p->prompt)))

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,11 +110,60 @@ int dsm_prove_flag(struct dsm_prove_settings *s, const char **templates_path, in
 	return rc < 0 ? rc : 1;
 }
 
-int dsm_prove_flags_json(struct dsm_prove_settings *s, const cJSON *obj)
+/* The result document's booleans ("settings" of docs/prove-result.schema.json), beside the flags. */
+static int document_bool(struct dsm_prove_settings *s, const cJSON *it, int *handled)
 {
+	static const struct { const char *name; size_t off; } keys[] = {
+		{ "thinking", offsetof(struct dsm_prove_settings, thinking) },
+		{ "rule_checks", offsetof(struct dsm_prove_settings, rule_checks) },
+		{ "meta_verify", offsetof(struct dsm_prove_settings, meta_verify) },
+	};
+	*handled = 0;
+	for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+		if (strcmp(it->string, keys[i].name) == 0) {
+			*handled = 1;
+			if (!cJSON_IsBool(it))
+				return dsm_fail(DSM_EARG, "settings: \"%s\": expected true or false", it->string);
+			*(int *)((char *)s + keys[i].off) = cJSON_IsTrue(it);
+		}
+	return 0;
+}
+
+static int json_arg(const struct option *o, const cJSON *it, char *num, size_t size, const char **arg)
+{
+	if (o->has_arg == no_argument) {
+		if (!cJSON_IsTrue(it))
+			return dsm_fail(DSM_EARG, "settings: \"%s\": expected true", it->string);
+		*arg = NULL;
+	} else if (cJSON_IsString(it)) {
+		*arg = it->valuestring;
+	} else if (cJSON_IsNumber(it)) {
+		snprintf(num, size, "%.17g", it->valuedouble);
+		*arg = num;
+	} else {
+		return dsm_fail(DSM_EARG, "settings: \"%s\": expected a number or a string", it->string);
+	}
+	return 0;
+}
+
+int dsm_prove_flags_json(struct dsm_prove_settings *s, const cJSON *obj, int allow_commands, const char **bad_key)
+{
+	*bad_key = NULL;
 	if (!cJSON_IsObject(obj))
-		return dsm_fail(DSM_EARG, "settings: expected an object of search flags");
+		return dsm_fail(DSM_EARG, "settings: expected an object of search settings");
+	/* "search" first: the other members override the setting it chooses */
+	const cJSON *search = cJSON_GetObjectItemCaseSensitive(obj, "search");
+	if (search && (!cJSON_IsString(search) || dsm_prove_flag(s, NULL, F_SEARCH, search->valuestring) < 0)) {
+		*bad_key = "search";
+		return dsm_fail(DSM_EARG, "settings: \"search\": expected \"small\" or \"paper\"");
+	}
 	for (const cJSON *it = obj->child; it; it = it->next) {
+		int handled, rc = document_bool(s, it, &handled);
+		*bad_key = it->string;
+		if (rc < 0)
+			return rc;
+		if (handled || it == search)
+			continue;
 		char name[32];  /* "proof_tokens" names --proof-tokens too, as the result document spells it */
 		snprintf(name, sizeof name, "%s", it->string);
 		for (char *c = name; *c; c++)
@@ -121,27 +171,17 @@ int dsm_prove_flags_json(struct dsm_prove_settings *s, const cJSON *obj)
 		const struct option *o = dsm_prove_flags;
 		while (o->name && strcmp(o->name, name) != 0)
 			o++;
-		if (!o->name || o->val == F_SEARCH || o->val == F_TEMPLATES)
-			return dsm_fail(DSM_EARG, "settings: \"%s\" is not a per-problem search setting (%s)", it->string,
-					o->name ? "give it on the command line" : "see dsm-batch --help");
+		if (!o->name || o->val == F_TEMPLATES)
+			return dsm_fail(DSM_EARG, "settings: \"%s\" is not a search setting%s", it->string,
+					o->name ? " of one problem (give it for all)" : "");
+		if (!allow_commands && (o->val == F_CHECK_CMD || o->val == F_CHECK_TIMEOUT || o->val == F_CHECK_WEIGHT))
+			return dsm_fail(DSM_EARG, "settings: \"%s\": the external checker is not available here", it->string);
 		char num[64];
-		const char *arg;
-		if (o->has_arg == no_argument) {
-			if (!cJSON_IsTrue(it))
-				return dsm_fail(DSM_EARG, "settings: \"%s\": expected true", it->string);
-			arg = NULL;
-		} else if (cJSON_IsString(it)) {
-			arg = it->valuestring;
-		} else if (cJSON_IsNumber(it)) {
-			snprintf(num, sizeof num, "%.17g", it->valuedouble);
-			arg = num;
-		} else {
-			return dsm_fail(DSM_EARG, "settings: \"%s\": expected a number or a string", it->string);
-		}
-		int rc = dsm_prove_flag(s, NULL, o->val, arg);
-		if (rc < 0)
+		const char *arg = NULL;
+		if ((rc = json_arg(o, it, num, sizeof num, &arg)) < 0 || (rc = dsm_prove_flag(s, NULL, o->val, arg)) < 0)
 			return dsm_fail_prefix(rc, "settings");
 	}
+	*bad_key = NULL;
 	return dsm_prove_settings_check(s) < 0 ? dsm_fail_prefix(DSM_EARG, "settings") : 0;
 }
 

@@ -19,10 +19,13 @@ extern const struct option dsm_prove_flags[];
  * message naming the flag for a bad value. */
 int dsm_prove_flag(struct dsm_prove_settings *s, const char **templates_path, int code, const char *arg);
 
-/* Applies a JSON object of overrides keyed by flag name, '_' or '-' between words (numbers, strings, true
- * for flags without an argument; "search" and "templates" are not allowed per problem). Returns 0, or DSM_EARG with a message
- * naming the key. */
-int dsm_prove_flags_json(struct dsm_prove_settings *s, const cJSON *obj);
+/* Applies a JSON object of settings: each member a search flag by its name, '_' or '-' between words
+ * (numbers or strings for flags with a value, true for the others: "no-think": true), or a boolean of the
+ * result document's "settings" ("thinking", "rule_checks", "meta_verify"). "search" applies first, the
+ * others override it; "templates" is refused; the external checker's flags only with allow_commands.
+ * Returns 0, or DSM_EARG with a message naming the member, which *bad_key points at (NULL when the
+ * settings are wrong together). */
+int dsm_prove_flags_json(struct dsm_prove_settings *s, const cJSON *obj, int allow_commands, const char **bad_key);
 
 /* The search flags' help text. */
 void dsm_prove_flags_help(FILE *f);

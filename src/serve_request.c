@@ -1,7 +1,9 @@
 /* dsm-serve's request bodies (serve_request.h). */
 #include "serve_request.h"
 
+#include "error.h"
 #include "json_util.h"
+#include "prove_flags.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -53,6 +55,7 @@ void serve_params_free(struct serve_params *p)
 	free(p->model);
 	free(p->prompt);
 	free(p->prompt_ids);
+	cJSON_Delete(p->prove_settings);
 	for (int i = 0; i < p->n_stop; i++)
 		free(p->stop[i]);
 	memset(p, 0, sizeof *p);
@@ -326,32 +329,20 @@ static int get_prove(const cJSON *root, struct serve_params *p, struct serve_err
 		return serve_error_set(err, 400, INVALID, "problem", "'problem' must be a non-empty string");
 	if (!(p->prompt = strdup(pr->valuestring)))
 		return oom(err);
-	struct serve_prove_options *o = &p->prove;
-	*o = (struct serve_prove_options){ -1, -1, -1, -1, -1, -1, -1, -1, -1, NAN, -1, -1 };
 	const cJSON *s = member(root, "settings");
 	if (!s)
 		return 0;
-	if (!cJSON_IsObject(s))
-		return serve_error_set(err, 400, INVALID, "settings", "'settings' must be an object");
-	const cJSON *search = member(s, "search");
-	if (search) {
-		if (!cJSON_IsString(search) || (strcmp(search->valuestring, "small") && strcmp(search->valuestring, "paper")))
-			return serve_error_set(err, 400, INVALID, "search", "'search' must be \"small\" or \"paper\"");
-		o->search_paper = strcmp(search->valuestring, "paper") == 0;
-	}
-	static const char *const ints[] = { "candidates", "verifications", "best", "evaluations", "refine_samples", "rounds" };
-	int *dst[] = { &o->candidates, &o->verifications, &o->best, &o->evaluations, &o->refine_samples, &o->rounds };
-	for (int i = 0; i < 6; i++) {
-		int64_t v = -1;
-		if (get_int(s, ints[i], 1, 4096, &v, err) < 0)
-			return -1;
-		*dst[i] = (int)v;
-	}
-	if (get_int(s, "proof_tokens", 1, INT32_MAX, &o->proof_tokens, err) < 0 ||
-	    get_int(s, "verification_tokens", 1, INT32_MAX, &o->verification_tokens, err) < 0 ||
-	    get_number(s, "threshold", 0, 1, &o->threshold, err) < 0 || get_bool(s, "rule_checks", &o->rule_checks, err) < 0 ||
-	    get_bool(s, "meta_verify", &o->meta_verify, err) < 0)
-		return -1;
+	/* checked here, applied to the search's settings when the job is made (dsm-serve.c); no external
+	 * checker over HTTP: a request must not run commands on the server */
+	static const struct templates any;  /* settings_check only wants templates to be there */
+	struct dsm_prove_settings st;
+	dsm_prove_settings_default(&st);
+	st.templates = &any;
+	const char *bad;
+	if (dsm_prove_flags_json(&st, s, 0, &bad) < 0)
+		return serve_error_set(err, 400, INVALID, bad ? bad : "settings", "%s", dsm_errmsg());
+	if (!(p->prove_settings = cJSON_Duplicate(s, 1)))
+		return oom(err);
 	return 0;
 }
 

@@ -9,6 +9,7 @@
 #define DSM_SERVE_REQUEST_H
 
 #include <stddef.h>
+#include <cjson/cJSON.h>
 #include <stdint.h>
 
 #define SERVE_MAX_STOP 16
@@ -51,14 +52,9 @@ struct serve_params {
 	int ignore_eos;         /* an extension, as in vLLM */
 	char *stop[SERVE_MAX_STOP];
 	int n_stop;
-	/* prove: the members of "settings" that were given (-1 / NAN: not given) */
-	struct serve_prove_options {
-		int search_paper;       /* "search": "paper" */
-		int candidates, verifications, best, evaluations, refine_samples, rounds;
-		int64_t proof_tokens, verification_tokens;
-		double threshold;
-		int rule_checks, meta_verify;   /* -1: not given */
-	} prove;
+	/* prove: the "settings" object (search settings by flag or document name, prove_flags.h), checked;
+	 * NULL when absent */
+	cJSON *prove_settings;
 };
 
 struct serve_error {

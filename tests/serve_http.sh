@@ -61,6 +61,8 @@ check(st == 200 and len(progress) >= 1 and progress[-1]["round_done"] and len(re
       and events[-1] == (None, "[DONE]"), f"/v1/prove streamed: {len(progress)} progress events, the result, [DONE]", events[-3:])
 st, _, e = req("POST", "/v1/prove", {"problem": problem, "settings": {"candidates": 0}})
 check(st == 400 and e["error"]["param"] == "candidates", "/v1/prove: a bad setting", e)
+st, _, e = req("POST", "/v1/prove", {"problem": problem, "settings": {"check_cmd": "touch /tmp/x"}})
+check(st == 400 and e["error"]["param"] == "check_cmd", "/v1/prove: no external checker over HTTP", e)
 
 # the chat shell: the same prompt tokens as dsm-run --chat
 chat = json.load(open(f"{W}/chat.json"))
