@@ -32,7 +32,7 @@ this is not json
 {"id": "p3", "problem": "Show that 2 is even.", "settings": {"candidatez": 3}}
 {"id": "p4"}
 {"id": "p5", "problem": "Show that 3 is odd.", "settings": {"rounds": 0}}
-{"id": "p6", "problem": "Show that 4 is even."}
+{"id": "p6", "problem": "Show that 4 is even.", "settings": {"thinking": false, "search": "small"}}
 JSONL
 run --in "$work/mixed.jsonl" --out "$work/mixed.out" || bad "a run with bad lines exited $?"
 $check "$work/mixed.out" "$work/mixed.jsonl" --complete --errors "$work/mixed.out.errors.jsonl" || bad "mixed results"
@@ -52,6 +52,8 @@ assert [e["id"] for e in errs if e["line"] == 4] == ["p1"]
 doc = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["id"] == "p2"][0]
 assert doc["settings"]["candidates"] == 1 and doc["settings"]["thinking"] is False, doc["settings"]
 assert doc["settings"]["proof_tokens"] == 20, doc["settings"]
+doc = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["id"] == "p6"][0]
+assert doc["settings"]["thinking"] is False, doc["settings"]
 assert len([c for c in doc["candidates"] if c["round"] == 0]) == 1
 PY
 # a result line is the proof search's document with the id: it validates against the schema
