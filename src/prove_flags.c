@@ -70,14 +70,20 @@ int dsm_prove_flag(struct dsm_prove_settings *s, const char **templates_path, in
 	double x = 0;
 	int rc = 0;
 	switch (code) {
-	case F_SEARCH:
+	case F_SEARCH: {
+		/* the search's numbers; what is not a search setting stays */
+		const struct templates *templates = s->templates;
+		const char *verifier = s->verifier_name;
 		if (arg && strcmp(arg, "paper") == 0)
 			dsm_prove_settings_paper(s);
 		else if (arg && strcmp(arg, "small") == 0)
 			dsm_prove_settings_default(s);
 		else
 			return dsm_fail(DSM_EARG, "--search: '%s': expected small or paper", arg ? arg : "");
+		s->templates = templates;
+		s->verifier_name = verifier;
 		return 1;
+	}
 	case F_CANDIDATES: rc = int_arg(code, arg, 1, 65536, &v); s->n_candidates = (int)v; break;
 	case F_VERIFICATIONS: rc = int_arg(code, arg, 1, 4096, &v); s->n_verifications = (int)v; break;
 	case F_BEST: rc = int_arg(code, arg, 1, 65536, &v); s->n_best = (int)v; break;
