@@ -52,9 +52,9 @@ assert [e["id"] for e in errs if e["line"] == 4] == ["p1"]
 doc = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["id"] == "p2"][0]
 assert doc["settings"]["candidates"] == 1 and doc["settings"]["thinking"] is False, doc["settings"]
 assert doc["settings"]["proof_tokens"] == 20, doc["settings"]
+assert len([c for c in doc["candidates"] if c["round"] == 0]) == 1
 doc = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l)["id"] == "p6"][0]
 assert doc["settings"]["thinking"] is False, doc["settings"]
-assert len([c for c in doc["candidates"] if c["round"] == 0]) == 1
 PY
 # a result line is the proof search's document with the id: it validates against the schema
 if python3 -c 'import jsonschema' 2>/dev/null || true; then
