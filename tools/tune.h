@@ -20,7 +20,8 @@ struct tune_model {
 	uint64_t expert_bytes;        /* one routed expert: FP8 weights and block scales */
 	uint64_t slot_bytes;          /* one expert as the streamer reads it (each projection rounded to 4 KiB) */
 	uint64_t non_expert_bytes;    /* every other weight the engine keeps resident (MTP left out) */
-	uint64_t non_expert_read;     /* of those, the bytes one decode step reads (the embeddings: one row) */
+	uint64_t non_expert_read;     /* of those, the bytes one decode step reads as the engine holds them (BF16;
+				       * the embeddings: one row) */
 	double *bias;                 /* [n_layers * n_experts] router bias; NULL without weights */
 };
 
@@ -42,6 +43,8 @@ struct tune_node {
 	int cores;
 	uint64_t dram_bytes;          /* memory of the node */
 	double dram_gbs;              /* read bandwidth of the node's memory from its cores */
+	double dense_gbs;             /* BF16 weights the cpu backend's matmul reads per second at one token (the
+				       * non-expert weights at decode); 0 in a file: dram_gbs */
 	double expert_gbs[TUNE_RATE_POINTS]; /* FP8 expert weights one expert call computes per second on the
 					      * node's cores, at 1, 8, 64 tokens per call */
 };

@@ -10,6 +10,9 @@ int tune_probe_main(int argc, char **argv);
 int tune_validate_main(int argc, char **argv);
 int tune_report_main(int argc, char **argv);
 
+/* Measures this machine (tools/tune_probe.c): expert kernel at the model's shape (model may be NULL: the real
+ * one), NVMe reads of file (NULL: the model's largest shard; none without either). 0 or -1 (message set). */
+int tune_probe(struct tune_hw *hw, const char *model, const char *file, const char *name, int verbose);
 /* Prints "dsm-tune WHO: <dsm_errmsg()>" on stderr; returns 1. */
 int tune_fail(const char *who);
 /* Writes text to path ("-": stdout); 0 or 1 after a message. */

@@ -104,7 +104,7 @@ int tune_hw_parse(struct tune_hw *hw, const char *text, size_t len, const char *
 		dsm_fail(DSM_EARG, "%s: numa_nodes must be an array of 1 to %d nodes", what, TUNE_MAX_NODES);
 		goto out;
 	}
-	static const char *const node_keys[] = { "cores", "dram_bytes", "dram_read_gbs", "expert_gbs", NULL };
+	static const char *const node_keys[] = { "cores", "dram_bytes", "dram_read_gbs", "dense_gbs", "expert_gbs", NULL };
 	const cJSON *n;
 	cJSON_ArrayForEach(n, nodes) {
 		struct tune_node *t = &hw->node[hw->n_nodes];
@@ -121,6 +121,9 @@ int tune_hw_parse(struct tune_hw *hw, const char *text, size_t len, const char *
 			goto out;
 		t->dram_bytes = (uint64_t)v;
 		if (get_num(n, "dram_read_gbs", 1, 1, &t->dram_gbs, what, where) < 0)
+			goto out;
+		t->dense_gbs = t->dram_gbs;
+		if (get_num(n, "dense_gbs", 1, 0, &t->dense_gbs, what, where) < 0)
 			goto out;
 		const cJSON *eg = cJSON_GetObjectItemCaseSensitive(n, "expert_gbs");
 		char w2[128];
@@ -232,6 +235,7 @@ char *tune_hw_to_json(const struct tune_hw *hw, const char *comment)
 		cJSON_AddNumberToObject(n, "cores", hw->node[j].cores);
 		cJSON_AddNumberToObject(n, "dram_bytes", (double)hw->node[j].dram_bytes);
 		cJSON_AddNumberToObject(n, "dram_read_gbs", round(hw->node[j].dram_gbs * 100) / 100);
+		cJSON_AddNumberToObject(n, "dense_gbs", round(hw->node[j].dense_gbs * 100) / 100);
 		cJSON *eg = cJSON_AddObjectToObject(n, "expert_gbs");
 		for (int i = 0; i < TUNE_RATE_POINTS; i++) {
 			char key[8];

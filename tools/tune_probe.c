@@ -12,6 +12,7 @@
 #include "tune.h"
 #include "tune_cli.h"
 
+#include "backend.h"
 #include "dram_probe.h"
 #include "error.h"
 #include "expert_kernels.h"
@@ -63,6 +64,42 @@ static double probe_dram(const struct dsm_topo_threads *plan, size_t bytes)
 	return median(v, 3, NULL, NULL);
 }
 
+/* GB/s of the cpu backend's matmul at one token over BF16 matrices [4096, D] rotating through 256 MB: how the
+ * engine reads its non-expert weights (held in BF16) at decode. */
+static double probe_dense(const struct dsm_topo_threads *plan, size_t D)
+{
+	struct dsm_backend *be;
+	struct dsm_backend_options bo = { .precision = DSM_PRECISION_BF16, .cpu_threads = &plan->th };
+	if (dsm_backend_create(&be, "cpu", &bo) < 0)
+		return 0;
+	size_t rows = 4096, mat = rows * D * 2, n_mat = (256u << 20) / mat + 1;
+	uint16_t *w = aligned_alloc(4096, (mat * n_mat + 4095) / 4096 * 4096);
+	float *x = calloc(D, sizeof(float)), *y = calloc(rows, sizeof(float));
+	double v[3] = { 0, 0, 0 };
+	if (w && x && y) {
+		for (size_t i = 0; i < mat / 2 * n_mat; i++)
+			w[i] = 0x3c00 + (uint16_t)(i % 61);
+		for (size_t i = 0; i < D; i++)
+			x[i] = 0.01f * (float)(i % 13);
+		for (int r = 0; r < 3; r++) {
+			double t0 = now(), bytes = 0;
+			size_t k = 0;
+			do {
+				struct dsm_mat m = { .dtype = DSM_BF16, .rows = (int64_t)rows, .cols = (int64_t)D,
+					.data = (const uint8_t *)w + mat * k };
+				if (be->matmul(be, &m, 1, x, y) < 0)
+					break;
+				bytes += (double)mat;
+				k = (k + 1) % n_mat;
+			} while (now() - t0 < 0.25);
+			v[r] = bytes / (now() - t0) / 1e9;
+		}
+	}
+	free(w), free(x), free(y);
+	dsm_backend_destroy(be);
+	return median(v, 3, NULL, NULL);
+}
+
 struct probe_expert {
 	struct dsm_fp8_mat m[DSM_EXPERT_NPROJ];
 };
@@ -72,6 +109,7 @@ static int probe_experts(const struct dsm_topo_threads *plan, size_t D, size_t I
 {
 	size_t wbytes = 3 * I * D, sbytes = 3 * ((I + 127) / 128) * ((D + 127) / 128) * sizeof(float);
 	size_t want = 4 * llc > (256u << 20) ? 4 * llc : (256u << 20);
+	want = want > (512u << 20) ? (512u << 20) : want;
 	int n_pool = (int)(want / wbytes) + 1;
 	n_pool = n_pool < 4 ? 4 : n_pool;
 	uint8_t *w = aligned_alloc(4096, (wbytes * (size_t)n_pool + 4095) / 4096 * 4096);
@@ -80,7 +118,7 @@ static int probe_experts(const struct dsm_topo_threads *plan, size_t D, size_t I
 	size_t rows = D > I ? D : I;
 	float *x = calloc(64 * rows, sizeof(float)), *y = calloc(64 * rows, sizeof(float));
 	struct dsm_expert_ctx *ctx = NULL;
-	struct dsm_expert_opts eo = { .threads = &plan->th };
+	struct dsm_expert_opts eo = { .isa = DSM_ISA_AUTO, .threads = &plan->th };
 	int rc = DSM_ENOMEM;
 	if (!w || !s || !pool || !x || !y)
 		goto out;
@@ -112,7 +150,7 @@ static int probe_experts(const struct dsm_topo_threads *plan, size_t D, size_t I
 						goto out;
 				bytes += (double)(wbytes + sbytes);
 				e = (e + 1) % n_pool;
-			} while (now() - t0 < 0.25 || e != 0);
+			} while (now() - t0 < 0.25);
 			v[r] = bytes / (now() - t0) / 1e9;
 		}
 		gbs[k] = median(v, 3, NULL, NULL);
@@ -214,6 +252,74 @@ static int largest_shard(const char *dir, char *buf, size_t size)
 	return best > 0 ? 0 : -1;
 }
 
+int tune_probe(struct tune_hw *hw, const char *model, const char *file, const char *name, int verbose)
+{
+	struct tune_model m = { 0 };
+	size_t D = 7168, I = 2048;
+	char shard[2048] = "";
+	if (model) {
+		if (tune_model_load(&m, model) < 0)
+			return -1;
+		D = (size_t)m.shape.hidden_size, I = (size_t)m.shape.moe_intermediate_size;
+		tune_model_free(&m);
+		if (!file && largest_shard(model, shard, sizeof shard) == 0)
+			file = shard;
+	}
+	struct dsm_topo *topo;
+	struct dsm_topo_threads plan;
+	if (dsm_topo_open(&topo, NULL) < 0 || dsm_topo_plan_threads(topo, 0, &plan) < 0)
+		return -1;
+	memset(hw, 0, sizeof *hw);
+	snprintf(hw->name, sizeof hw->name, "%s", name);
+	hw->n_nodes = dsm_topo_n_nodes(topo);
+	hw->n_nodes = hw->n_nodes < 1 ? 1 : hw->n_nodes > TUNE_MAX_NODES ? TUNE_MAX_NODES : hw->n_nodes;
+	int cores = dsm_topo_n_cores(topo);
+	size_t llc = dsm_topo_llc_bytes(topo);
+	long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+	uint64_t mem = (uint64_t)pages * (uint64_t)psize;
+	if (verbose) fprintf(stderr, "dsm-tune probe: %d NUMA node(s), %d cores, LLC %zu MB; DRAM ...\n", hw->n_nodes, cores, llc >> 20);
+	double dram = probe_dram(&plan, 1u << 30);
+	if (verbose) fprintf(stderr, "dsm-tune probe: DRAM %.1f GB/s; expert kernel (%zu x %zu) ...\n", dram, I, D);
+	double dense = probe_dense(&plan, D);
+	double gbs[3];
+	if (probe_experts(&plan, D, I, llc, gbs) < 0) {
+		dsm_topo_threads_free(&plan);
+		dsm_topo_close(topo);
+		return -1;
+	}
+	for (int j = 0; j < hw->n_nodes; j++) {
+		int c = dsm_topo_node_cores(topo, j);
+		double share = cores > 0 ? (double)c / cores : 1.0 / hw->n_nodes;
+		hw->node[j].cores = c > 0 ? c : 1;
+		hw->node[j].dram_bytes = (uint64_t)((double)mem * share);
+		hw->node[j].dram_gbs = dram * share;
+		hw->node[j].dense_gbs = dense * share;
+		for (int k = 0; k < 3; k++)
+			hw->node[j].expert_gbs[k] = gbs[k] * share;
+	}
+	if (verbose) fprintf(stderr, "dsm-tune probe: experts %.1f / %.1f / %.1f GB/s at 1 / 8 / 64 tokens; BF16 matmul %.1f GB/s\n",
+				     gbs[0], gbs[1], gbs[2], dense);
+	if (file) {
+		static const int qds[] = { 1, 4, 16 };
+		int direct = 1;
+		for (int i = 0; i < 3; i++) {
+			double g = probe_nvme(file, qds[i], &direct);
+			if (g > 0) {
+				hw->qd[hw->n_qd] = qds[i];
+				hw->nvme_gbs[hw->n_qd++] = g;
+			}
+		}
+		if (verbose) fprintf(stderr, "dsm-tune probe: %s reads of %s: %.2f GB/s at queue depth 1, %.2f at 16%s\n",
+			direct ? "O_DIRECT" : "buffered", file, hw->n_qd ? hw->nvme_gbs[0] : 0,
+			hw->n_qd ? hw->nvme_gbs[hw->n_qd - 1] : 0, direct ? "" : " (O_DIRECT refused: this is the page cache)");
+	} else {
+		if (verbose) fprintf(stderr, "dsm-tune probe: no NVMe figures (give -m DIR or --file FILE to measure reads)\n");
+	}
+	dsm_topo_threads_free(&plan);
+	dsm_topo_close(topo);
+	return 0;
+}
+
 int tune_probe_main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -246,69 +352,14 @@ int tune_probe_main(int argc, char **argv)
 		fprintf(stderr, "dsm-tune probe: unexpected argument %s\n", argv[optind]);
 		return 2;
 	}
-	struct tune_model m = { 0 };
-	size_t D = 7168, I = 2048;
-	char shard[2048] = "";
-	if (model) {
-		if (tune_model_load(&m, model) < 0)
-			return tune_fail("probe");
-		D = (size_t)m.shape.hidden_size, I = (size_t)m.shape.moe_intermediate_size;
-		tune_model_free(&m);
-		if (!file && largest_shard(model, shard, sizeof shard) == 0)
-			file = shard;
-	}
-	struct dsm_topo *topo;
-	struct dsm_topo_threads plan;
-	if (dsm_topo_open(&topo, NULL) < 0 || dsm_topo_plan_threads(topo, 0, &plan) < 0)
+	struct tune_hw hw;
+	if (tune_probe(&hw, model, file, name, 1) < 0)
 		return tune_fail("probe");
-	struct tune_hw hw = { 0 };
-	snprintf(hw.name, sizeof hw.name, "%s", name);
-	hw.n_nodes = dsm_topo_n_nodes(topo);
-	hw.n_nodes = hw.n_nodes < 1 ? 1 : hw.n_nodes > TUNE_MAX_NODES ? TUNE_MAX_NODES : hw.n_nodes;
-	int cores = dsm_topo_n_cores(topo);
-	size_t llc = dsm_topo_llc_bytes(topo);
-	long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
-	uint64_t mem = (uint64_t)pages * (uint64_t)psize;
-	fprintf(stderr, "dsm-tune probe: %d NUMA node(s), %d cores, LLC %zu MB; DRAM ...\n", hw.n_nodes, cores, llc >> 20);
-	double dram = probe_dram(&plan, 1u << 30);
-	fprintf(stderr, "dsm-tune probe: DRAM %.1f GB/s; expert kernel (%zu x %zu) ...\n", dram, I, D);
-	double gbs[3];
-	if (probe_experts(&plan, D, I, llc, gbs) < 0) {
-		dsm_topo_threads_free(&plan);
-		dsm_topo_close(topo);
-		return tune_fail("probe");
-	}
-	for (int j = 0; j < hw.n_nodes; j++) {
-		int c = dsm_topo_node_cores(topo, j);
-		double share = cores > 0 ? (double)c / cores : 1.0 / hw.n_nodes;
-		hw.node[j].cores = c > 0 ? c : 1;
-		hw.node[j].dram_bytes = (uint64_t)((double)mem * share);
-		hw.node[j].dram_gbs = dram * share;
-		for (int k = 0; k < 3; k++)
-			hw.node[j].expert_gbs[k] = gbs[k] * share;
-	}
-	fprintf(stderr, "dsm-tune probe: experts %.1f / %.1f / %.1f GB/s at 1 / 8 / 64 tokens\n", gbs[0], gbs[1], gbs[2]);
-	if (file) {
-		static const int qds[] = { 1, 4, 16 };
-		int direct = 1;
-		for (int i = 0; i < 3; i++) {
-			double g = probe_nvme(file, qds[i], &direct);
-			if (g > 0) {
-				hw.qd[hw.n_qd] = qds[i];
-				hw.nvme_gbs[hw.n_qd++] = g;
-			}
-		}
-		fprintf(stderr, "dsm-tune probe: %s reads of %s: %.2f GB/s at queue depth 1, %.2f at 16%s\n",
-			direct ? "O_DIRECT" : "buffered", file, hw.n_qd ? hw.nvme_gbs[0] : 0,
-			hw.n_qd ? hw.nvme_gbs[hw.n_qd - 1] : 0, direct ? "" : " (O_DIRECT refused: this is the page cache)");
-	} else {
-		fprintf(stderr, "dsm-tune probe: no NVMe figures (give -m DIR or --file FILE to measure reads)\n");
-	}
-	dsm_topo_threads_free(&plan);
-	dsm_topo_close(topo);
+	int cores = 0;
+	for (int j = 0; j < hw.n_nodes; j++)
+		cores += hw.node[j].cores;
 	char comment[256];
-	snprintf(comment, sizeof comment, "dsm-tune probe: %d cores, last-level cache %zu bytes, expert shape %zu x %zu",
-		 cores, llc, I, D);
+	snprintf(comment, sizeof comment, "dsm-tune probe: %d cores%s", cores, model ? ", expert shape of the model" : "");
 	char *json = tune_hw_to_json(&hw, comment);
 	int rc = json ? tune_write(out, json, "probe") : 1;
 	free(json);

@@ -11,8 +11,10 @@
  *   only for what the previous layer's expert compute and this layer's attention do not cover (the first
  *   MoE layer of a step waits for all of its reads):
  *     layer = non-expert share + max(GPU experts, max over nodes of CPU experts + I/O wait) + overhead.
- *   The non-expert weights (attention, dense layers, shared experts, head) are read once per step at the
- *   rate of their tier, spread evenly over the layers.
+ *   The non-expert weights (attention, dense layers, shared experts, head; BF16 as the engine holds them)
+ *   are read once per step at the rate of their tier (GPU memory bandwidth, or the cpu backend's BF16 matmul
+ *   on node 0: dense_gbs), spread
+ *   evenly over the layers.
  *
  * The cache decisions come first, over the whole trace (Belady needs the future): the sequence of streamed
  * expert uses is built, replayed through offload/cache.c (lru, lfu, pinned: the engine's own code) or
@@ -260,7 +262,7 @@ int tune_simulate(const struct tune_model *m, const struct dsm_plan *p, const st
 
 	/* Pass 2: the times. */
 	int ne_gpu = p->non_expert[DSM_KIND_ATTENTION].kind == DSM_TIER_GPU;
-	double ne_rate = ne_gpu ? hw->gpu[0].read_gbs : tune_cpu_rate(hw, 0, B);
+	double ne_rate = ne_gpu ? hw->gpu[0].read_gbs : hw->node[0].dense_gbs;
 	double ne_step = (double)m->non_expert_read / (ne_rate * 1e9);
 	double ne_layer = ne_step / L;
 	double nvme = tune_nvme_gbs(hw) * 1e9, gpu_bw = hw->n_gpus ? hw->gpu[0].read_gbs * 1e9 : 1;
