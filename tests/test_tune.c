@@ -143,6 +143,7 @@ static void small_model(struct tune_model *m, int layers, int first, int E, int 
 	m->slot_bytes = 1000000;
 	m->non_expert_bytes = 10000000;
 	m->non_expert_read = 2000000;
+	m->non_expert_read_cpu = 2000000;
 }
 
 static void small_hw(struct tune_hw *hw, int nodes)
@@ -152,7 +153,7 @@ static void small_hw(struct tune_hw *hw, int nodes)
 	hw->n_nodes = nodes;
 	for (int j = 0; j < nodes; j++)
 		hw->node[j] = (struct tune_node){ .cores = 4, .dram_bytes = 100000000, .dram_gbs = 2,
-			.expert_gbs = { 1, 1, 1 } }; /* 1 GB/s: an expert takes 1 ms */
+			.dense_gbs = 1, .expert_gbs = { 1, 1, 1 } }; /* 1 GB/s: an expert takes 1 ms */
 	hw->n_qd = 1, hw->qd[0] = 8, hw->nvme_gbs[0] = 0.5; /* a read takes 2 ms */
 }
 

@@ -56,6 +56,7 @@ char *tune_plan_json(const struct dsm_plan *p, const struct tune_model *m, const
 	cJSON_AddNumberToObject(x, "slot_bytes", (double)m->slot_bytes);
 	cJSON_AddNumberToObject(x, "non_expert_bytes", (double)m->non_expert_bytes);
 	cJSON_AddNumberToObject(x, "non_expert_read", (double)m->non_expert_read);
+	cJSON_AddNumberToObject(x, "non_expert_read_cpu", (double)m->non_expert_read_cpu);
 	text = cJSON_Print(d);
 	cJSON_Delete(d);
 	return text;
@@ -83,10 +84,11 @@ int tune_load_plan(struct dsm_plan **p, struct tune_model *m, const char *plan_p
 	const cJSON *model = cJSON_GetObjectItemCaseSensitive(d, "model");
 	const cJSON *x = cJSON_GetObjectItemCaseSensitive(d, "_dsm_tune");
 	struct dsm_moe_shape *s = &m->shape;
-	uint64_t v[5];
+	uint64_t v[6];
 	static const char *const mk[] = { "num_hidden_layers", "first_k_dense_replace", "n_routed_experts",
 					  "hidden_size", "moe_intermediate_size" };
-	static const char *const xk[] = { "top_k", "expert_bytes", "slot_bytes", "non_expert_bytes", "non_expert_read" };
+	static const char *const xk[] = { "top_k", "expert_bytes", "slot_bytes", "non_expert_bytes", "non_expert_read",
+					  "non_expert_read_cpu" };
 	rc = 0;
 	if (!cJSON_IsObject(model) || !cJSON_IsObject(x))
 		rc = dsm_fail(DSM_EARG, "%s: the plan has no %s: give the model with -m DIR|config.json", plan_path,
@@ -100,12 +102,13 @@ int tune_load_plan(struct dsm_plan **p, struct tune_model *m, const char *plan_p
 		s->n_layers = (int)v[0], s->first_moe = (int)v[1], s->n_experts = (int)v[2];
 		s->hidden_size = (int)v[3], s->moe_intermediate_size = (int)v[4];
 	}
-	for (int i = 0; i < 5 && rc == 0; i++)
+	for (int i = 0; i < 6 && rc == 0; i++)
 		if (json_get_u64(x, xk[i], (uint64_t)1 << 50, &v[i], DSM_EARG, plan_path) != 0)
 			rc = dsm_fail(DSM_EARG, "%s: _dsm_tune.%s missing or not a size", plan_path, xk[i]);
 	if (rc == 0) {
 		s->top_k = (int)v[0];
 		m->expert_bytes = v[1], m->slot_bytes = v[2], m->non_expert_bytes = v[3], m->non_expert_read = v[4];
+		m->non_expert_read_cpu = v[5];
 		if (!s->top_k || !m->expert_bytes || !m->slot_bytes)
 			rc = dsm_fail(DSM_EARG, "%s: _dsm_tune sizes must not be zero", plan_path);
 	}

@@ -20,8 +20,9 @@ struct tune_model {
 	uint64_t expert_bytes;        /* one routed expert: FP8 weights and block scales */
 	uint64_t slot_bytes;          /* one expert as the streamer reads it (each projection rounded to 4 KiB) */
 	uint64_t non_expert_bytes;    /* every other weight the engine keeps resident (MTP left out) */
-	uint64_t non_expert_read;     /* of those, the bytes one decode step reads as the engine holds them (BF16;
-				       * the embeddings: one row) */
+	uint64_t non_expert_read;     /* of those, the bytes one decode step reads as stored (FP8 with scales; the
+				       * embeddings: one row): what a GPU reads */
+	uint64_t non_expert_read_cpu; /* the same as the cpu backend holds them (BF16, its default precision) */
 	double *bias;                 /* [n_layers * n_experts] router bias; NULL without weights */
 };
 

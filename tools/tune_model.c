@@ -132,10 +132,13 @@ int tune_model_load(struct tune_model *m, const char *path)
 		/* A decode step reads every resident weight once, but only one row of the embeddings per token; the
 		 * engine holds the non-expert matrices in BF16 (its default precision), FP8 ones too. */
 		uint64_t held = l[i].ndim == 2 && l[i].wtype != DSM_W_F32 ? 2 * l[i].shape[0] * l[i].shape[1] : b;
-		if (strcmp(l[i].name, "model.embed_tokens.weight") == 0)
-			m->non_expert_read += held / l[i].shape[0];
-		else
-			m->non_expert_read += held;
+		if (strcmp(l[i].name, "model.embed_tokens.weight") == 0) {
+			m->non_expert_read += b / l[i].shape[0];
+			m->non_expert_read_cpu += held / l[i].shape[0];
+		} else {
+			m->non_expert_read += b;
+			m->non_expert_read_cpu += held;
+		}
 	}
 	free(l);
 	for (int p = 0; p < DSM_EXPERT_NPROJ; p++) {

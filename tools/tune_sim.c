@@ -11,7 +11,8 @@
  *   only for what the previous layer's expert compute and this layer's attention do not cover (the first
  *   MoE layer of a step waits for all of its reads):
  *     layer = non-expert share + max(GPU experts, max over nodes of CPU experts + I/O wait) + overhead.
- *   The non-expert weights (attention, dense layers, shared experts, head; BF16 as the engine holds them)
+ *   The non-expert weights (attention, dense layers, shared experts, head; FP8 as stored on a GPU, BF16 as
+ *   the cpu backend holds them)
  *   are read once per step at the rate of their tier (GPU memory bandwidth, or the cpu backend's BF16 matmul
  *   on node 0: dense_gbs), spread
  *   evenly over the layers.
@@ -263,7 +264,8 @@ int tune_simulate(const struct tune_model *m, const struct dsm_plan *p, const st
 	/* Pass 2: the times. */
 	int ne_gpu = p->non_expert[DSM_KIND_ATTENTION].kind == DSM_TIER_GPU;
 	double ne_rate = ne_gpu ? hw->gpu[0].read_gbs : hw->node[0].dense_gbs;
-	double ne_step = (double)m->non_expert_read / (ne_rate * 1e9);
+	double ne_bytes = (double)(ne_gpu ? m->non_expert_read : m->non_expert_read_cpu);
+	double ne_step = ne_bytes / (ne_rate * 1e9);
 	double ne_layer = ne_step / L;
 	double nvme = tune_nvme_gbs(hw) * 1e9, gpu_bw = hw->n_gpus ? hw->gpu[0].read_gbs * 1e9 : 1;
 	double dram_bw = 0;
@@ -274,9 +276,9 @@ int tune_simulate(const struct tune_model *m, const struct dsm_plan *p, const st
 	size_t ki = 0;
 	for (uint64_t st = 0; st < steps; st++) {
 		uint64_t t0 = st * (uint64_t)B, t1 = t0 + (uint64_t)B > tokens ? tokens : t0 + (uint64_t)B;
-		double prev_cpu = 0;
+		double prev_cpu = 0, step_gpu = 0, step_dram = 0, step_nvme = 0;
 		r->non_expert_seconds += ne_step;
-		bound_seconds += (double)m->non_expert_read / (ne_gpu ? gpu_bw : dram_bw);
+		bound_seconds += ne_bytes / (ne_gpu ? gpu_bw : dram_bw);
 		for (int l = s->first_moe; l < L; l++) {
 			struct tune_sim_layer *ly = &r->layer[l];
 			int n = step_union(t, l, t0, t1, mark, ++stamp, u, cnt);
@@ -318,9 +320,11 @@ int tune_simulate(const struct tune_model *m, const struct dsm_plan *p, const st
 			r->io_wait_seconds += wait;
 			r->overhead_seconds += hw->step_overhead_s;
 			prev_cpu = cpu_t;
-			double bg = b_gpu / gpu_bw, bd = b_dram / dram_bw, bn = nvme > 0 ? b_nvme / nvme : 0;
-			bound_seconds += bg > bd ? (bg > bn ? bg : bn) : (bd > bn ? bd : bn);
+			step_gpu += b_gpu / gpu_bw, step_dram += b_dram / dram_bw, step_nvme += nvme > 0 ? b_nvme / nvme : 0;
 		}
+		/* The tiers overlapped over the whole step. */
+		bound_seconds += step_gpu > step_dram ? (step_gpu > step_nvme ? step_gpu : step_nvme)
+						      : (step_dram > step_nvme ? step_dram : step_nvme);
 	}
 	r->tokens = tokens;
 	r->steps = steps;
