@@ -54,7 +54,7 @@ cat > "$tmp/big.json" <<'HW'
   "nvme": { "read_gbs": { "1": 2.5, "32": 7 } } }
 HW
 start=$(date +%s)
-"$tune" trace -m "$tmp/config.json" --zipf 0.8 --tokens 5000 --out "$tmp/full.trace" || { echo "FAIL full trace"; exit 1; }
+"$tune" trace -m "$tmp/config.json" --zipf 0.8 --tokens 1500 --out "$tmp/full.trace" || { echo "FAIL full trace"; exit 1; }
 "$tune" plan -m "$tmp/config.json" --hw "$tmp/big.json" --trace "$tmp/full.trace" --out "$tmp/full-plan.json" ||
 	{ echo "FAIL full plan"; exit 1; }
 "$tune" simulate --plan "$tmp/full-plan.json" --trace "$tmp/full.trace" --hw "$tmp/big.json" | tail -2 || fail=1

@@ -11,8 +11,10 @@ int tune_validate_main(int argc, char **argv);
 int tune_report_main(int argc, char **argv);
 
 /* Measures this machine (tools/tune_probe.c): expert kernel at the model's shape (model may be NULL: the real
- * one), NVMe reads of file (NULL: the model's largest shard; none without either). 0 or -1 (message set). */
-int tune_probe(struct tune_hw *hw, const char *model, const char *file, const char *name, int verbose);
+ * one), NVMe reads of file (NULL: the model's largest shard; none without either). quick: one short pass of
+ * each figure, the expert kernel at one token only (0 at 8 and 64) and NVMe at queue depth 16 only. 0 or -1
+ * (message set). */
+int tune_probe(struct tune_hw *hw, const char *model, const char *file, const char *name, int verbose, int quick);
 /* Prints "dsm-tune WHO: <dsm_errmsg()>" on stderr; returns 1. */
 int tune_fail(const char *who);
 /* Writes text to path ("-": stdout); 0 or 1 after a message. */

@@ -14,6 +14,23 @@
 
 static const int rate_tokens[TUNE_RATE_POINTS] = { 1, 8, 64 };
 
+const char *tune_bytes(uint64_t b, char *buf, size_t size)
+{
+	double v = (double)b;
+	if (v >= 1e12)
+		snprintf(buf, size, "%.2f TB", v / 1e12);
+	else if (v >= 1e9)
+		snprintf(buf, size, "%.2f GB", v / 1e9);
+	else if (v >= 1e6)
+		snprintf(buf, size, "%.2f MB", v / 1e6);
+	else if (v >= 1e3)
+		snprintf(buf, size, "%.2f kB", v / 1e3);
+	else
+		snprintf(buf, size, "%llu bytes", (unsigned long long)b);
+	return buf;
+}
+
+
 double tune_cpu_rate(const struct tune_hw *hw, int j, double t)
 {
 	const double *r = hw->node[j].expert_gbs;

@@ -14,22 +14,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-const char *tune_bytes(uint64_t b, char *buf, size_t size)
-{
-	double v = (double)b;
-	if (v >= 1e12)
-		snprintf(buf, size, "%.2f TB", v / 1e12);
-	else if (v >= 1e9)
-		snprintf(buf, size, "%.2f GB", v / 1e9);
-	else if (v >= 1e6)
-		snprintf(buf, size, "%.2f MB", v / 1e6);
-	else if (v >= 1e3)
-		snprintf(buf, size, "%.2f kB", v / 1e3);
-	else
-		snprintf(buf, size, "%llu bytes", (unsigned long long)b);
-	return buf;
-}
-
 /* Bytes of one tensor as the checkpoint stores it: FP8 with its block scales when the config says FP8. */
 static uint64_t entry_bytes(const struct dsm_config *c, const struct dsm_layout_entry *e)
 {

@@ -40,6 +40,11 @@ static double now(void)
 
 static volatile uint64_t sink;
 
+/* Passes per figure and seconds per pass: 3 and 0.25 s; a quick probe (validate's, beside every measured
+ * decode) takes one short pass of each and leaves out what the caller keeps from a full probe. */
+static int passes = 3;
+static double pass_seconds = 0.25;
+
 static double probe_dram(const struct dsm_topo_threads *plan, size_t bytes)
 {
 	uint8_t *buf = aligned_alloc(4096, bytes);
@@ -48,7 +53,7 @@ static double probe_dram(const struct dsm_topo_threads *plan, size_t bytes)
 	memset(buf, 1, bytes);
 	double v[3];
 	int n = plan->th.n_threads;
-	for (int r = 0; r < 3; r++) {
+	for (int r = 0; r < passes; r++) {
 		double t0 = now();
 #pragma omp parallel num_threads(n)
 		{
@@ -61,7 +66,7 @@ static double probe_dram(const struct dsm_topo_threads *plan, size_t bytes)
 		v[r] = (double)bytes / (now() - t0) / 1e9;
 	}
 	free(buf);
-	return median(v, 3, NULL, NULL);
+	return median(v, (size_t)passes, NULL, NULL);
 }
 
 /* GB/s of the cpu backend's matmul at one token over BF16 matrices [4096, D] rotating through 256 MB: how the
@@ -81,7 +86,7 @@ static double probe_dense(const struct dsm_topo_threads *plan, size_t D)
 			w[i] = 0x3c00 + (uint16_t)(i % 61);
 		for (size_t i = 0; i < D; i++)
 			x[i] = 0.01f * (float)(i % 13);
-		for (int r = 0; r < 3; r++) {
+		for (int r = 0; r < passes; r++) {
 			double t0 = now(), bytes = 0;
 			size_t k = 0;
 			do {
@@ -91,13 +96,13 @@ static double probe_dense(const struct dsm_topo_threads *plan, size_t D)
 					break;
 				bytes += (double)mat;
 				k = (k + 1) % n_mat;
-			} while (now() - t0 < 0.25);
+			} while (now() - t0 < pass_seconds);
 			v[r] = bytes / (now() - t0) / 1e9;
 		}
 	}
 	free(w), free(x), free(y);
 	dsm_backend_destroy(be);
-	return median(v, 3, NULL, NULL);
+	return median(v, (size_t)passes, NULL, NULL);
 }
 
 struct probe_expert {
@@ -139,9 +144,9 @@ static int probe_experts(const struct dsm_topo_threads *plan, size_t D, size_t I
 	if ((rc = dsm_expert_ctx_init(&ctx, &eo)) < 0)
 		goto out;
 	static const size_t toks[3] = { 1, 8, 64 };
-	for (int k = 0; k < 3; k++) {
+	for (int k = 0; k < (passes < 3 ? 1 : 3); k++) {
 		double v[3];
-		for (int r = 0; r < 3; r++) {
+		for (int r = 0; r < passes; r++) {
 			double t0 = now(), bytes = 0;
 			int e = 0;
 			do {
@@ -150,10 +155,10 @@ static int probe_experts(const struct dsm_topo_threads *plan, size_t D, size_t I
 						goto out;
 				bytes += (double)(wbytes + sbytes);
 				e = (e + 1) % n_pool;
-			} while (now() - t0 < 0.25);
+			} while (now() - t0 < pass_seconds);
 			v[r] = bytes / (now() - t0) / 1e9;
 		}
-		gbs[k] = median(v, 3, NULL, NULL);
+		gbs[k] = median(v, (size_t)passes, NULL, NULL);
 	}
 	rc = 0;
 out:
@@ -209,12 +214,12 @@ static double probe_nvme(const char *path, int qd, int *direct)
 		return 0;
 	}
 	double v[3];
-	for (int rep = 0; rep < 3; rep++) {
+	for (int rep = 0; rep < passes; rep++) {
 		struct reader r[64];
 		pthread_t th[64];
 		double t0 = now();
 		for (int i = 0; i < qd; i++) {
-			r[i] = (struct reader){ fd, (uint64_t)st.st_size, t0 + 0.4, 0, 0x1234567ull * (uint64_t)(i + 1 + 64 * rep), 0 };
+			r[i] = (struct reader){ fd, (uint64_t)st.st_size, t0 + 1.6 * pass_seconds, 0, 0x1234567ull * (uint64_t)(i + 1 + 64 * rep), 0 };
 			pthread_create(&th[i], NULL, read_loop, &r[i]);
 		}
 		uint64_t bytes = 0;
@@ -225,7 +230,7 @@ static double probe_nvme(const char *path, int qd, int *direct)
 		v[rep] = (double)bytes / (now() - t0) / 1e9;
 	}
 	close(fd);
-	return median(v, 3, NULL, NULL);
+	return median(v, (size_t)passes, NULL, NULL);
 }
 
 /* The largest *.safetensors file in dir into buf; 0 or -1. */
@@ -252,8 +257,10 @@ static int largest_shard(const char *dir, char *buf, size_t size)
 	return best > 0 ? 0 : -1;
 }
 
-int tune_probe(struct tune_hw *hw, const char *model, const char *file, const char *name, int verbose)
+int tune_probe(struct tune_hw *hw, const char *model, const char *file, const char *name, int verbose, int quick)
 {
+	passes = quick ? 1 : 3;
+	pass_seconds = quick ? 0.1 : 0.25;
 	struct tune_model m = { 0 };
 	size_t D = 7168, I = 2048;
 	char shard[2048] = "";
@@ -278,10 +285,10 @@ int tune_probe(struct tune_hw *hw, const char *model, const char *file, const ch
 	long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
 	uint64_t mem = (uint64_t)pages * (uint64_t)psize;
 	if (verbose) fprintf(stderr, "dsm-tune probe: %d NUMA node(s), %d cores, LLC %zu MB; DRAM ...\n", hw->n_nodes, cores, llc >> 20);
-	double dram = probe_dram(&plan, 1u << 30);
+	double dram = probe_dram(&plan, passes < 3 ? 256u << 20 : 1u << 30);
 	if (verbose) fprintf(stderr, "dsm-tune probe: DRAM %.1f GB/s; expert kernel (%zu x %zu) ...\n", dram, I, D);
 	double dense = probe_dense(&plan, D);
-	double gbs[3];
+	double gbs[3] = { 0, 0, 0 };
 	if (probe_experts(&plan, D, I, llc, gbs) < 0) {
 		dsm_topo_threads_free(&plan);
 		dsm_topo_close(topo);
@@ -302,7 +309,7 @@ int tune_probe(struct tune_hw *hw, const char *model, const char *file, const ch
 	if (file) {
 		static const int qds[] = { 1, 4, 16 };
 		int direct = 1;
-		for (int i = 0; i < 3; i++) {
+		for (int i = passes < 3 ? 2 : 0; i < 3; i++) {
 			double g = probe_nvme(file, qds[i], &direct);
 			if (g > 0) {
 				hw->qd[hw->n_qd] = qds[i];
@@ -353,7 +360,7 @@ int tune_probe_main(int argc, char **argv)
 		return 2;
 	}
 	struct tune_hw hw;
-	if (tune_probe(&hw, model, file, name, 1) < 0)
+	if (tune_probe(&hw, model, file, name, 1, 0) < 0)
 		return tune_fail("probe");
 	int cores = 0;
 	for (int j = 0; j < hw.n_nodes; j++)

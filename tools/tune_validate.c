@@ -3,9 +3,9 @@
  *   1. probe this machine (tune_probe: the expert kernel at the model's shape, NVMe reads of its shards);
  *   2. decode once through the engine recording the routing (every plan gives the same tokens, so this trace
  *      is the routing of every later run);
- *   3. rounds: probe the machine again, then for each plan and cache policy predict tokens/s by simulating
- *      that trace on the figures just probed, and measure it by decoding in-process through the engine with
- *      the plan. Rounds alternate the plans (the machine is shared and its speed drifts); each pair is the
+ *   3. rounds: for each plan and cache policy, a quick probe (one short pass of each figure), then the
+ *      prediction of tokens/s by simulating that trace on the figures just probed, then the measurement by
+ *      decoding in-process through the engine with the plan. Rounds alternate the plans (the machine is shared and its speed drifts); each pair is the
  *      median prediction against the median measurement over the rounds.
  * Prints each pair with its error, and the median and worst absolute error; --json FILE writes them all. */
 #include "tune.h"
@@ -98,7 +98,7 @@ static int validate_model(const char *dir, const char *label, int tokens, int ro
 	fprintf(stderr, "dsm-tune validate: %s: probing this machine\n", label);
 	char name[96];
 	snprintf(name, sizeof name, "this machine (validate, %s)", label);
-	if (tune_probe(&hw, dir, NULL, name, 0) < 0) {
+	if (tune_probe(&hw, dir, NULL, name, 0, 0) < 0) {
 		tune_fail("validate");
 		goto out;
 	}
@@ -140,13 +140,19 @@ static int validate_model(const char *dir, const char *label, int tokens, int ro
 			goto fail;
 	}
 	for (int round = 0; round < rounds; round++) {
-		/* The machine is shared: probe it again each round, and predict from what it gives now. */
-		if (round > 0 && tune_probe(&hw, dir, NULL, name, 0) < 0)
-			goto fail;
 		for (int i = 0; i < n; i++) {
+			/* The machine is shared and its speed moves within seconds: a quick probe right before each
+			 * decode, and the prediction from what it gives then (the kernel's rates at 8 and 64 tokens,
+			 * which a decode of one sequence does not use, from the full probe). */
+			struct tune_hw now_hw;
+			if (tune_probe(&now_hw, dir, NULL, name, 0, 1) < 0)
+				goto fail;
+			for (int j = 0; j < now_hw.n_nodes; j++)
+				for (int k = 1; k < TUNE_RATE_POINTS; k++)
+					now_hw.node[j].expert_gbs[k] = hw.node[j].expert_gbs[k];
 			struct tune_sim_opts so = { .policy = -1, .batch = 1 };
 			struct tune_sim_result r;
-			if (tune_simulate(&m, cs[i].plan, &hw, &t, &so, &r) < 0)
+			if (tune_simulate(&m, cs[i].plan, &now_hw, &t, &so, &r) < 0)
 				goto fail;
 			cs[i].pred[round] = r.tokens_per_second, cs[i].bound = r.bound_tokens_per_second;
 			cs[i].hit_rate = r.hit_rate;
