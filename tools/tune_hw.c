@@ -64,6 +64,8 @@ static int get_num(const cJSON *obj, const char *key, int positive, int required
 	}
 	if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
 		return dsm_fail(DSM_EARG, "%s: %s%s must be a number", what, where, key);
+	if (v->valuedouble > 1e18) /* sizes become uint64_t: keep them representable */
+		return dsm_fail(DSM_EARG, "%s: %s%s is %g: impossible (too large)", what, where, key, v->valuedouble);
 	if (positive ? v->valuedouble <= 0 : v->valuedouble < 0)
 		return dsm_fail(DSM_EARG, "%s: %s%s is %g: impossible (it must be %s)", what, where, key, v->valuedouble,
 				positive ? "positive" : "zero or more");
@@ -133,6 +135,10 @@ int tune_hw_parse(struct tune_hw *hw, const char *text, size_t len, const char *
 		}
 		if (get_num(n, "cores", 1, 1, &v, what, where) < 0)
 			goto out;
+		if (v > 1e6) {
+			dsm_fail(DSM_EARG, "%s: %scores is %g: impossible (too large)", what, where, v);
+			goto out;
+		}
 		t->cores = (int)v;
 		if (get_num(n, "dram_bytes", 1, 1, &v, what, where) < 0)
 			goto out;
