@@ -94,9 +94,6 @@ void batch_log_close(struct batch_log *l);
 int batch_jsonl_read(const char *path, int (*line)(void *arg, int lineno, const char *text, size_t len), void *arg,
 		     size_t *partial);
 
-/* Writes text to path through a temporary file, fsync and rename. */
-int batch_write_atomic(const char *path, const char *text);
-
 /* OUT + suffix (malloc'd). */
 char *batch_path(const char *out, const char *suffix);
 

@@ -399,27 +399,6 @@ int batch_jsonl_read(const char *path, int (*line)(void *arg, int lineno, const 
 	return rc;
 }
 
-int batch_write_atomic(const char *path, const char *text)
-{
-	char *tmp = batch_path(path, ".tmp");
-	if (!tmp)
-		return dsm_fail(DSM_ENOMEM, "out of memory");
-	FILE *f = fopen(tmp, "w");
-	int rc = 0;
-	if (!f) {
-		rc = dsm_fail(DSM_EIO, "%s: %s", tmp, strerror(errno));
-	} else {
-		int bad = fputs(text, f) < 0 || fflush(f) != 0 || fsync(fileno(f)) != 0;
-		bad |= fclose(f) != 0;
-		if (bad || rename(tmp, path) != 0) {
-			rc = dsm_fail(DSM_EIO, "%s: %s", path, strerror(errno));
-			unlink(tmp);
-		}
-	}
-	free(tmp);
-	return rc;
-}
-
 char *batch_path(const char *out, const char *suffix)
 {
 	size_t a = strlen(out), b = strlen(suffix);

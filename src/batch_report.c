@@ -321,7 +321,7 @@ int batch_merge(const char *out_path, char *const *shards, int n_shards, const c
 		fprintf(stderr, "dsm-batch merge: ... %d missing in all\n", missing);
 	if (!used || written < in.n - missing) {
 		fprintf(stderr, "dsm-batch merge: out of memory\n");
-	} else if ((rc = batch_write_atomic(out_path, all.data ? all.data : "")) < 0) {
+	} else if ((rc = write_file_atomic(out_path, all.data ? all.data : "")) < 0) {
 		fprintf(stderr, "dsm-batch merge: %s\n", dsm_errmsg());
 	} else {
 		printf("%s: %d results of %d problems in %s; %d with an error line, %d missing, %d duplicates, %d not in "

@@ -179,7 +179,7 @@ static int write_state(struct job *j)
 	cJSON_Delete(s);
 	if (!text)
 		return dsm_fail(DSM_ENOMEM, "out of memory");
-	int rc = batch_write_atomic(j->state_path, text);
+	int rc = write_file_atomic(j->state_path, text);
 	free(text);
 	return rc;
 }

@@ -94,30 +94,6 @@ static void on_progress(void *arg, const struct dsm_prove_progress *g)
 		g->verifications_done, g->verifications, best, g->seconds > 0 ? (double)g->generated_tokens / g->seconds : 0.0);
 }
 
-/* Writes text to path through a temporary file and a rename, so that a kill never leaves half a document. */
-static int write_atomic(const char *path, const char *text)
-{
-	size_t n = strlen(path) + 32;
-	char *tmp = malloc(n);
-	if (!tmp)
-		return dsm_fail(DSM_ENOMEM, "out of memory");
-	snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-	FILE *f = fopen(tmp, "w");
-	int rc = 0;
-	if (!f) {
-		rc = dsm_fail(DSM_EIO, "%s: %s", tmp, strerror(errno));
-	} else {
-		int bad = fputs(text, f) < 0 || fputc('\n', f) < 0 || fflush(f) != 0 || fsync(fileno(f)) != 0;
-		bad |= fclose(f) != 0;
-		if (bad || rename(tmp, path) != 0) {
-			rc = dsm_fail(DSM_EIO, "%s: %s", path, strerror(errno));
-			unlink(tmp);
-		}
-	}
-	free(tmp);
-	return rc;
-}
-
 static int cap(int v)
 {
 	return v < 1 ? 1 : v > MAX_SEQS_DEFAULT_CAP ? MAX_SEQS_DEFAULT_CAP : v;
@@ -269,7 +245,7 @@ int dsm_run_prove(int argc, char **argv)
 		rc = dsm_fail(DSM_ENOMEM, "out of memory for the result document");
 		goto fail;
 	}
-	if (out_path && (rc = write_atomic(out_path, doc)) < 0)
+	if (out_path && (rc = write_file_atomic(out_path, doc)) < 0)
 		goto fail;
 	if (json) {
 		printf("%s\n", doc);

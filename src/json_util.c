@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -161,4 +162,28 @@ int json_get_bool(const cJSON *obj, const char *key, int *out, int err, const ch
 		return dsm_fail(err, "%s: key '%s' must be true or false", what, key);
 	*out = cJSON_IsTrue(item);
 	return 0;
+}
+
+int write_file_atomic(const char *path, const char *text)
+{
+	size_t n = strlen(path) + 32, len = strlen(text);
+	char *tmp = malloc(n);
+	if (!tmp)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
+	FILE *f = fopen(tmp, "w");
+	int rc = 0;
+	if (!f) {
+		rc = dsm_fail(DSM_EIO, "%s: %s", tmp, strerror(errno));
+	} else {
+		int bad = fputs(text, f) < 0 || (len && text[len - 1] != '\n' && fputc('\n', f) < 0);
+		bad |= fflush(f) != 0 || fsync(fileno(f)) != 0;
+		bad |= fclose(f) != 0;
+		if (bad || rename(tmp, path) != 0) {
+			rc = dsm_fail(DSM_EIO, "%s: %s", path, strerror(errno));
+			unlink(tmp);
+		}
+	}
+	free(tmp);
+	return rc;
 }

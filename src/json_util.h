@@ -11,6 +11,10 @@
  * Returns 0, or DSM_EIO / DSM_ENOMEM / DSM_ETRUNCATED (too large) with a message naming the file. */
 int read_file(const char *path, size_t max_bytes, char **data, size_t *len);
 
+/* Writes text to path through a temporary file, fsync and a rename, so that a kill never leaves half a
+ * file; a newline ends it when text has one missing. 0, or DSM_EIO / DSM_ENOMEM naming the file. */
+int write_file_atomic(const char *path, const char *text);
+
 /* 1 if the len bytes are valid UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF). On failure
  * *bad_offset is the byte offset of the first invalid sequence. */
 int utf8_valid(const char *s, size_t len, size_t *bad_offset);

@@ -89,6 +89,9 @@ struct tune_trace {
 	uint16_t *ex;                 /* [n][n_moe][top_k]; 0xFFFF: layer not run */
 };
 
+struct rng;
+/* An index drawn with probability proportional to its step of the cumulative sums cdf[0..n-1]. */
+int tune_draw(const double *cdf, int n, struct rng *r);
 /* Reads a whole trace; with a model, refuses a trace of another model (naming the field). */
 int tune_trace_load(struct tune_trace *t, const char *path, const struct tune_model *m);
 void tune_trace_free(struct tune_trace *t);

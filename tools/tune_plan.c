@@ -89,16 +89,7 @@ static int sample_trace(struct tune_trace *t, const struct tune_model *m, const 
 			for (int k = 0; k < K; k++) {
 				int pick, tries = 0;
 				do {
-					double u = (double)(rng_next(&r) >> 11) * (1.0 / 9007199254740992.0) * sum;
-					int lo = 0, hi = E - 1;
-					while (lo < hi) {
-						int mid = (lo + hi) / 2;
-						if (cdf[mid] > u)
-							hi = mid;
-						else
-							lo = mid + 1;
-					}
-					pick = lo;
+					pick = tune_draw(cdf, E, &r);
 					if (++tries > 1000) /* a handful of experts hold nearly all the mass: take the next free */
 						for (pick = 0; taken[pick] == stamp; pick++)
 							;

@@ -87,9 +87,18 @@ double *tune_trace_popularity(const struct tune_trace *t)
 	return pop;
 }
 
-static double uniform01(struct rng *r)
+int tune_draw(const double *cdf, int n, struct rng *r)
 {
-	return (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+	double u = (double)(rng_next(r) >> 11) * (1.0 / 9007199254740992.0) * cdf[n - 1];
+	int lo = 0, hi = n - 1;
+	while (lo < hi) {
+		int mid = (lo + hi) / 2;
+		if (cdf[mid] > u)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return lo;
 }
 
 int tune_trace_synth(const char *path, const struct tune_synth *s)
@@ -142,18 +151,9 @@ int tune_trace_synth(const char *path, const struct tune_synth *s)
 			stamp++;
 			for (int k = 0; k < K; k++) {
 				int pick;
-				do {
-					double u = uniform01(&r) * sum;
-					int lo = 0, hi = E - 1;
-					while (lo < hi) {
-						int mid = (lo + hi) / 2;
-						if (cdf[mid] > u)
-							hi = mid;
-						else
-							lo = mid + 1;
-					}
-					pick = lo;
-				} while (taken[pick] == stamp);
+				do
+					pick = tune_draw(cdf, E, &r);
+				while (taken[pick] == stamp);
 				taken[pick] = stamp;
 				idx[k] = rank[(size_t)l * (size_t)E + (size_t)pick];
 			}
