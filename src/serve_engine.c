@@ -239,6 +239,22 @@ static int start_job(struct serve_engine *se, struct serve_job *job)
 }
 
 /* Lock held. The job's choices have all finished: read the results and free the scheduler's copies. */
+/* A running job has ended (under the lock): the metrics, its state, its waiters, the engine's reference. */
+static void job_ended(struct serve_engine *se, struct serve_job *job)
+{
+	se->m.running_requests--;
+	if (job->error_status)
+		se->m.requests_failed++;
+	else if (job->cancel)
+		se->m.requests_cancelled++;
+	else
+		se->m.requests_finished++;
+	job->state = SERVE_DONE;
+	job->finished_at = now();
+	job_changed(job);
+	job_unref(job);
+}
+
 static void finish_job(struct serve_engine *se, struct serve_job *job)
 {
 	for (int i = 0; i < job->n; i++) {
@@ -258,17 +274,7 @@ static void finish_job(struct serve_engine *se, struct serve_job *job)
 	}
 	se->free_seqs += job->n;
 	se->m.running_sequences -= job->n;
-	se->m.running_requests--;
-	if (job->error_status)
-		se->m.requests_failed++;
-	else if (job->cancel)
-		se->m.requests_cancelled++;
-	else
-		se->m.requests_finished++;
-	job->state = SERVE_DONE;
-	job->finished_at = now();
-	job_changed(job);
-	job_unref(job);
+	job_ended(se, job);
 }
 
 static void update_report(struct serve_engine *se, double t)
@@ -370,15 +376,7 @@ out:
 		fail_job(job, status, msg);
 	else if (!job->prove_json)
 		fail_job(job, 503, "the server stopped or the client left before the search finished");
-	se->m.running_requests--;
-	if (job->error_status)
-		se->m.requests_failed++;
-	else
-		se->m.requests_finished++;
-	job->state = SERVE_DONE;
-	job->finished_at = now();
-	job_changed(job);
-	job_unref(job);
+	job_ended(se, job);
 	serve_unlock(se);
 }
 
