@@ -14,8 +14,8 @@
 
 #define GiB (1ull << 30)
 
-static char dir[4096];
-static char case_dir[4096];
+static char dir[512];
+static char case_dir[1024];  /* dir and a case name; with a file name it fits a path[4096] */
 
 /* Writes text into case_dir/rel, making the folders on the way. */
 static void put(const char *rel, const char *text)
