@@ -103,7 +103,7 @@ struct batch_result {           /* what status, merge and report need from a res
 	char *id;
 	int selected;               /* -1: none */
 	double best;                /* the selected candidate's mean score */
-	int rounds, candidates;
+	int rounds;
 	uint64_t tokens;
 	double seconds;
 	char stop[24];

@@ -424,7 +424,6 @@ int batch_result_parse(const char *text, size_t len, struct batch_result *r)
 	}
 	r->id = strdup(id->valuestring);
 	const cJSON *sel = cJSON_GetObjectItemCaseSensitive(j, "selected");
-	r->candidates = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "candidates"));
 	const cJSON *sc = cJSON_GetObjectItemCaseSensitive(sel, "candidate");
 	const cJSON *mean = cJSON_GetObjectItemCaseSensitive(sel, "mean_score");
 	if (cJSON_IsNumber(sc) && cJSON_IsNumber(mean)) {

@@ -16,7 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_SEQS_DEFAULT_CAP 64
 
 static volatile sig_atomic_t signals_seen, first_signal;
 
@@ -329,11 +328,6 @@ static int plan_todo(struct job *j)
 	return j->rc;
 }
 
-static int cap(int64_t v)
-{
-	return v < 1 ? 1 : v > MAX_SEQS_DEFAULT_CAP ? MAX_SEQS_DEFAULT_CAP : (int)v;
-}
-
 static int open_engine(struct job *j)
 {
 	const struct batch_options *o = j->o;
@@ -352,7 +346,7 @@ static int open_engine(struct job *j)
 	if (eo.session.ctx <= 0)
 		eo.session.ctx = need > 0 ? need : 4096;  /* the session caps it at the model's context */
 	if (eo.session.max_seqs <= 0)
-		eo.session.max_seqs = cap(seqs * o->concurrent);
+		eo.session.max_seqs = dsm_prove_default_seqs(seqs * o->concurrent);
 	int rc = dsm_engine_open(&j->e, o->model_dir, &eo);
 	if (rc < 0)
 		return rc;

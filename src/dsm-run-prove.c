@@ -19,7 +19,6 @@
 #include <unistd.h>
 
 #define PROBLEM_MAX_BYTES ((size_t)1 << 20)
-#define MAX_SEQS_DEFAULT_CAP 64
 
 static void usage(FILE *f)
 {
@@ -92,11 +91,6 @@ static void on_progress(void *arg, const struct dsm_prove_progress *g)
 	fprintf(stderr, "dsm-run: round %d%s: candidates %d/%d done, verifications %d/%d done, best mean score %s, "
 		"%.1f tok/s\n", g->round, g->round_done ? " finished" : "", g->candidates_done, g->candidates,
 		g->verifications_done, g->verifications, best, g->seconds > 0 ? (double)g->generated_tokens / g->seconds : 0.0);
-}
-
-static int cap(int v)
-{
-	return v < 1 ? 1 : v > MAX_SEQS_DEFAULT_CAP ? MAX_SEQS_DEFAULT_CAP : v;
 }
 
 int dsm_run_prove(int argc, char **argv)
@@ -191,7 +185,7 @@ int dsm_run_prove(int argc, char **argv)
 	if (!seqs_given) {
 		/* with a verifier checkpoint, this engine runs only generations and refinements */
 		int refinements = st.n_best * st.n_samples;
-		eo.session.max_seqs = cap(!verifier_dir ? st.n_candidates * (st.n_verifications + 1) :
+		eo.session.max_seqs = dsm_prove_default_seqs(!verifier_dir ? st.n_candidates * (st.n_verifications + 1) :
 					  st.n_candidates > refinements ? st.n_candidates : refinements);
 	}
 	if ((rc = dsm_engine_open(&e, dir, &eo)) < 0)
@@ -206,7 +200,7 @@ int dsm_run_prove(int argc, char **argv)
 		vo.model.no_bind = eo.model.no_bind;
 		vo.model.threads = verifier_threads ? verifier_threads : er.threads;
 		vo.session.ctx = eo.session.ctx;
-		vo.session.max_seqs = seqs_given ? eo.session.max_seqs : cap(st.n_candidates * st.n_verifications);
+		vo.session.max_seqs = seqs_given ? eo.session.max_seqs : dsm_prove_default_seqs(st.n_candidates * st.n_verifications);
 		vo.session.kv_dtype = eo.session.kv_dtype;
 		if ((rc = dsm_engine_open(&ve, verifier_dir, &vo)) < 0) {
 			rc = dsm_fail_prefix(rc, "--verifier %s", verifier_dir);

@@ -108,6 +108,9 @@ void dsm_prove_settings_paper(struct dsm_prove_settings *s);
 /* The context one prompt of the search and its answer need for a problem of problem_tokens tokens: the
  * templates' own text, the problem, a proof, the evaluations a refinement shows, the answer. */
 int64_t dsm_prove_context_needed(const struct dsm_prove_settings *s, int64_t problem_tokens);
+/* The engine's default number of sequences for searches wanting n at once: n, within [1, 64] (requests
+ * wait for a free sequence beyond it). */
+int dsm_prove_default_seqs(int64_t n);
 /* DSM_EARG with a message naming the setting when one is out of range. */
 int dsm_prove_settings_check(const struct dsm_prove_settings *s);
 

@@ -79,3 +79,8 @@ int64_t dsm_prove_context_needed(const struct dsm_prove_settings *s, int64_t pro
 		need = meta;
 	return need;
 }
+
+int dsm_prove_default_seqs(int64_t n)
+{
+	return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
