@@ -100,6 +100,23 @@ struct dsm_attn_latent_args {
 	float *o_lat;                   /* [H, r] */
 };
 
+/* One small matmul per attention head, all heads in one call (the absorbed MLA form's kv_b halves).
+ * Head h's weight W_h is rows [h * head_stride, h * head_stride + head_rows) of the view w; its input for
+ * token t is x + t * ldx + h * x_head, its output y + t * ldy + h * y_head:
+ *   transposed = 0:  y[t, h][0 .. head_rows) = W_h . x[t, h][0 .. w.cols)
+ *   transposed = 1:  y[t, h][0 .. w.cols)    = x[t, h][0 .. head_rows) . W_h
+ * Each head's result equals matmul (or matmul_t) on that head's view alone. */
+struct dsm_matmul_heads_args {
+	const struct dsm_mat *w;
+	int64_t n_heads, head_stride, head_rows;
+	int transposed;
+	int64_t n;                      /* tokens */
+	const float *x;
+	int64_t ldx, x_head;
+	float *y;
+	int64_t ldy, y_head;
+};
+
 /* Group-limited sigmoid routing (noaux_tc): see docs MODEL.md "MoE layer". */
 struct dsm_route_args {
 	int64_t n_tokens, n_experts;    /* T, E */
@@ -131,7 +148,7 @@ struct dsm_moe_op_args {
 enum dsm_op {
 	DSM_OP_MATMUL, DSM_OP_MATMUL_T, DSM_OP_FFN, DSM_OP_MOE, DSM_OP_RMSNORM, DSM_OP_LAYERNORM, DSM_OP_ROPE,
 	DSM_OP_HADAMARD, DSM_OP_ATTN_FULL, DSM_OP_ATTN_LATENT, DSM_OP_INDEXER_SCORES, DSM_OP_TOPK,
-	DSM_OP_ROUTE, DSM_OP_COUNT
+	DSM_OP_ROUTE, DSM_OP_MATMUL_HEADS, DSM_OP_COUNT
 };
 
 struct dsm_backend {
@@ -158,6 +175,8 @@ struct dsm_backend {
 	int (*matmul)(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
 	/* y[n, w.cols] = x[n, w.rows] . w (the transposed use, for the absorbed MLA form). */
 	int (*matmul_t)(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
+	/* Per-head matmuls of every head in one call (see struct dsm_matmul_heads_args). */
+	int (*matmul_heads)(struct dsm_backend *be, const struct dsm_matmul_heads_args *a);
 	/* y[n, dim] = down(silu(gate(x)) * up(x)) for n tokens x[n, dim]: one expert or dense FFN. */
 	int (*ffn)(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y);
 	/* The routed and shared experts of one MoE layer (see struct dsm_moe_op_args). */
@@ -210,6 +229,14 @@ void dsm_backend_destroy(struct dsm_backend *be);
 
 /* Physical cores of this machine (hwloc), at least 1. */
 int dsm_physical_cores(void);
+
+/* The cpu backend's FP8 decode kernel: measures its memory-walk variants on the FP8 matrices mats[0 .. n) (in
+ * memory, not in cache) and keeps the fastest (dsm_gemv_tune, kernels/cpu/expert_kernels.h). DSM_EUNSUPPORTED
+ * when the backend's decode kernel has no variants (not the AVX-512 BF16 one). */
+struct dsm_fp8_mat;
+struct dsm_gemv_tune_result;
+int dsm_cpu_gemv_tune(struct dsm_backend *cpu, const struct dsm_fp8_mat *mats, size_t n,
+		      struct dsm_gemv_tune_result *r);
 
 const char *dsm_precision_name(enum dsm_precision p);
 /* "f32" / "bf16" -> precision; DSM_EARG otherwise. */

@@ -24,6 +24,8 @@ struct dsm_engine {
 	struct dsm_session_hooks user_hooks;   /* the caller's, called from the engine's own */
 	struct dsm_memory_limit mem;       /* what dsm may fill, and which limit said so */
 	char notes[2048];
+	struct dsm_gemv_tune_result tune; /* what the decode kernel's measurement at open found, when tuned */
+	int tuned;
 };
 
 void dsm_engine_options_default(struct dsm_engine_options *o)
@@ -165,6 +167,13 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 	if (!tiered && fit && total && !o->no_populate &&
 	    (rc = dsm_weight_map_populate(m->map, o->progress, o->progress_arg)) < 0)
 		goto err;
+	/* With the experts in memory, the decode kernel's memory walk is chosen for this host (docs/kernels.md). */
+	if (!tiered && fit && total && !o->no_populate) {
+		int trc = dsm_model_tune_kernels(m, &e->tune);
+		if (trc == 0)
+			note(e, "decode kernel: %s; measured in %.0f ms", e->tune.why, e->tune.seconds * 1e3);
+		e->tuned = trc == 0;
+	}
 	if (tiered && (rc = open_tiers(e)) < 0)
 		goto err;
 	if (o->record_routing &&
@@ -253,6 +262,8 @@ void dsm_engine_report(const struct dsm_engine *e, uint64_t n_tokens, double sec
 	uint64_t block_bytes;
 	dsm_session_kv_blocks(e->s, &r->kv_blocks, &r->kv_blocks_free, &block_bytes);
 	r->memory = e->mem;
+	r->tuned = e->tuned;
+	r->tune = e->tune;
 	if (e->off) {
 		r->tiered = 1;
 		dsm_offload_report(e->off, n_tokens, seconds, &r->offload);

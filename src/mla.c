@@ -80,7 +80,7 @@ static int attend_full(struct dsm_session *s, int L, const struct dsm_step_part 
 }
 
 /* Absorbed form over the latent cache, for rows [0, T) (the parts that take it): the kv_b_proj weights
- * move to the query and output sides, which run as one matmul per head for all the rows. */
+ * move to the query and output sides: one per-head multiply of every head and row on each side. */
 static int attend_absorbed(struct dsm_session *s, int L, int64_t T, int masked)
 {
 	struct dsm_model *m = s->m;
@@ -90,16 +90,13 @@ static int attend_absorbed(struct dsm_session *s, int L, int64_t T, int masked)
 	int64_t H = c->num_attention_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim,
 		dv = c->v_head_dim, r = c->kv_lora_rank;
 	int rc;
-	/* q_lat[t, h] = q_nope[t, h] . W[h][0:dn]   ([dn] x [dn, r] -> [r]) */
-	for (int64_t h = 0; h < H; h++) {
-		for (int64_t t = 0; t < T; t++)
-			memcpy(s->q_head + t * dn, s->q + (t * H + h) * (dn + dr), sizeof(float) * (size_t)dn);
-		struct dsm_mat wk = dsm_mat_rows(a->kv_b, h * (dn + dv), dn);
-		if ((rc = be->matmul_t(be, &wk, T, s->q_head, s->o_head)) < 0)
-			return rc;
-		for (int64_t t = 0; t < T; t++)
-			memcpy(s->q_lat + (t * H + h) * r, s->o_head + t * r, sizeof(float) * (size_t)r);
-	}
+	/* q_lat[t, h] = q_nope[t, h] . W[h][0:dn]   ([dn] x [dn, r] -> [r]), every head in one call */
+	struct dsm_matmul_heads_args qa = {
+		.w = &a->kv_b, .n_heads = H, .head_stride = dn + dv, .head_rows = dn, .transposed = 1, .n = T,
+		.x = s->q, .ldx = H * (dn + dr), .x_head = dn + dr, .y = s->q_lat, .ldy = H * r, .y_head = r,
+	};
+	if ((rc = be->matmul_heads(be, &qa)) < 0)
+		return rc;
 	for (int i = 0; i < s->n_parts && s->parts[i].absorbed; i++) {
 		const struct dsm_step_part *p = &s->parts[i];
 		cache_gather(s, p->seq, L, p->pos0 + p->n, 0);
@@ -118,17 +115,13 @@ static int attend_absorbed(struct dsm_session *s, int L, int64_t T, int masked)
 				return rc;
 		}
 	}
-	/* o[t, h] = W[h][dn:dn+dv] . o_lat[t, h]   ([dv, r] x [r] -> [dv]) */
-	for (int64_t h = 0; h < H; h++) {
-		for (int64_t t = 0; t < T; t++)
-			memcpy(s->q_head + t * r, s->o_lat + (t * H + h) * r, sizeof(float) * (size_t)r);
-		struct dsm_mat wv = dsm_mat_rows(a->kv_b, h * (dn + dv) + dn, dv);
-		if ((rc = be->matmul(be, &wv, T, s->q_head, s->o_head)) < 0)
-			return rc;
-		for (int64_t t = 0; t < T; t++)
-			memcpy(s->o + (t * H + h) * dv, s->o_head + t * dv, sizeof(float) * (size_t)dv);
-	}
-	return 0;
+	/* o[t, h] = W[h][dn:dn+dv] . o_lat[t, h]   ([dv, r] x [r] -> [dv]), every head in one call */
+	struct dsm_mat wv = dsm_mat_rows(a->kv_b, dn, H * (dn + dv) - dn);
+	struct dsm_matmul_heads_args oa = {
+		.w = &wv, .n_heads = H, .head_stride = dn + dv, .head_rows = dv, .transposed = 0, .n = T,
+		.x = s->o_lat, .ldx = H * r, .x_head = r, .y = s->o, .ldy = H * dv, .y_head = dv,
+	};
+	return be->matmul_heads(be, &oa);
 }
 
 int dsm_attention(struct dsm_session *s, int L)

@@ -242,6 +242,31 @@ int dsm_model_set_experts(struct dsm_model *m, struct dsm_offload *o)
 	return 0;
 }
 
+#define TUNE_MATS 144                   /* matrices measured on, at most */
+#define TUNE_BYTES (216ull << 20)       /* bytes measured on, at most: 3 rounds x 3 variants x 24 MiB */
+#define TUNE_MIN_BYTES (64ull << 20)
+
+int dsm_model_tune_kernels(struct dsm_model *m, struct dsm_gemv_tune_result *r)
+{
+	const struct dsm_store_model *sm = m->store_model;
+	struct dsm_fp8_mat mats[TUNE_MATS];
+	size_t n = 0;
+	uint64_t bytes = 0;
+	for (int L = 0; L < sm->shape.n_layers && n < TUNE_MATS && bytes < TUNE_BYTES; L++)
+		for (int e = 0; e < sm->shape.n_experts && n < TUNE_MATS && bytes < TUNE_BYTES; e++)
+			for (int p = 0; p < DSM_EXPERT_NPROJ && n < TUNE_MATS && bytes < TUNE_BYTES; p++) {
+				const struct dsm_store_expert *x = dsm_store_expert(sm, L, e);
+				const struct dsm_store_tensor *w = &x->w[p], *sc = &x->scale[p];
+				if (!w->nbytes || w->dtype != DSM_F8_E4M3 || !w->mapped || !sc->mapped)
+					continue;
+				mats[n++] = dsm_fp8_mat_dense(w->mapped, sc->mapped, (size_t)w->rows, (size_t)w->cols);
+				bytes += w->nbytes;
+			}
+	if (bytes < TUNE_MIN_BYTES)
+		return dsm_fail(DSM_EARG, "%.0f MB of FP8 experts in memory: too few to measure on", (double)bytes / 1e6);
+	return dsm_cpu_gemv_tune(m->be, mats, n, r);
+}
+
 int dsm_model_threads(const struct dsm_model *m, int *bound)
 {
 	*bound = m->threads != NULL;

@@ -111,6 +111,11 @@ int dsm_model_set_experts(struct dsm_model *m, struct dsm_offload *o);
 
 /* Threads the backend runs; *bound: 1 when each is bound to its own physical core. */
 int dsm_model_threads(const struct dsm_model *m, int *bound);
+/* Chooses the FP8 decode kernel's memory walk for this host (dsm_cpu_gemv_tune) on the routed experts of the
+ * first MoE layers, which must be in memory (read in) and no longer in cache. DSM_EUNSUPPORTED when the kernel
+ * has no variants, DSM_EARG when the model has too few expert bytes to measure on (nothing changes then). */
+struct dsm_gemv_tune_result;
+int dsm_model_tune_kernels(struct dsm_model *m, struct dsm_gemv_tune_result *r);
 /* Bytes of the shard files mapped, and of weights copied into memory (norms, realigned tensors). */
 void dsm_model_memory(const struct dsm_model *m, uint64_t *mapped, uint64_t *copied);
 

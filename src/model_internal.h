@@ -43,6 +43,8 @@ struct dsm_session {
 	int32_t *row_seq;   /* [B] sequence of each row */
 	int64_t *row_pos;   /* [B] position of each row */
 
+	struct dsm_step_times times; /* wall time by part of the pass (dsm_session_times) */
+
 	/* step state for up to B = max_batch rows */
 	float *x;           /* [B, D] residual stream */
 	float *xn;          /* [B, D] normed input of a block */
@@ -59,11 +61,9 @@ struct dsm_session {
 	float *c_all;       /* [ctx, r] one sequence's latents: F32 (full form) or kv_dtype (absorbed form) */
 	float *pe_all;      /* [ctx, dr] its rope keys, likewise */
 	float *kv_head;     /* [ctx, dn + dv] full form: one head's k_nope and v */
-	float *q_head;      /* [B, max(dn, r)] absorbed form: one head's gathered q_nope / o_lat */
 	float *q_lat;       /* [B, H, r] absorbed form */
 	float *q_pe;        /* [H, dr] absorbed form: one token's rope queries */
 	float *o_lat;       /* [B, H, r] absorbed form */
-	float *o_head;      /* [B, max(dv, r)] absorbed form: one head's output */
 
 	/* lightning indexer */
 	float *ik;          /* [B, dI] */
@@ -116,5 +116,8 @@ static inline float *dsm_kv_ik(const struct dsm_session *s, int seq, int L, int6
 	return (float *)(dsm_kv_at(s, seq, L, pos) + s->ik_offset) +
 	       (size_t)(pos % DSM_KV_BLOCK) * (size_t)s->m->cfg.index_head_dim;
 }
+
+/* Monotonic wall time in seconds (for the step times). */
+double dsm_now(void);
 
 #endif

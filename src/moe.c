@@ -40,6 +40,7 @@ static int moe(struct dsm_session *s, int L)
 	int k = c->num_experts_per_tok;
 	int rc;
 
+	double t0 = dsm_now();
 	if ((rc = be->matmul(be, &f->gate, T, s->xn, s->rlogits)) < 0)                 /* [T, E] */
 		return rc;
 	struct dsm_route_args ra = {
@@ -58,6 +59,8 @@ static int moe(struct dsm_session *s, int L)
 		for (int64_t t = 0; t < T; t++)
 			hk->on_route(hk->user, s->row_seq[t], L, s->row_pos[t], s->ridx + t * k, s->rw + t * k, k);
 
+	double t1 = dsm_now();
+	s->times.router += t1 - t0;
 	struct dsm_moe_step ms = { .layer = L, .n_tokens = T, .top_k = k, .idx = s->ridx, .weight = s->rw,
 				   .x = s->xn, .y = s->y };
 	if ((rc = dsm_offload_moe(m->offload, &ms)) < 0)                       /* [T, D] */
@@ -68,6 +71,7 @@ static int moe(struct dsm_session *s, int L)
 		for (int64_t i = 0; i < T * D; i++)
 			s->y[i] += s->ye[i];
 	}
+	s->times.experts += dsm_now() - t1;
 	return 0;
 }
 
@@ -81,7 +85,13 @@ int dsm_feed_forward(struct dsm_session *s, int L)
 	int rc;
 	if ((rc = be->rmsnorm(be, T, D, s->x, D, f->norm, (float)c->rms_norm_eps, s->xn)) < 0)
 		return rc;
-	rc = f->moe ? moe(s, L) : be->ffn(be, &f->dense, T, s->xn, s->y);
+	if (f->moe) {
+		rc = moe(s, L);
+	} else {
+		double t = dsm_now();
+		rc = be->ffn(be, &f->dense, T, s->xn, s->y);
+		s->times.dense += dsm_now() - t;
+	}
 	if (rc < 0)
 		return rc;
 	for (int64_t i = 0; i < T * D; i++)

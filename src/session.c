@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Carves aligned arrays out of one allocation: a first pass counts, the second assigns. */
 struct arena {
@@ -28,11 +29,6 @@ static void *take(struct arena *a, size_t bytes)
 	size_t at = (a->used + 63) & ~(size_t)63;
 	a->used = at + bytes;
 	return a->base ? a->base + at : NULL;
-}
-
-static size_t max_size(size_t a, size_t b)
-{
-	return a > b ? a : b;
 }
 
 static int64_t blocks_for(int64_t positions)
@@ -72,11 +68,9 @@ static void layout_buffers(struct dsm_session *s, struct arena *a)
 	s->c_all = take(a, ctx * r * f);
 	s->pe_all = take(a, ctx * dr * f);
 	s->kv_head = take(a, ctx * (dn + dv) * f);
-	s->q_head = take(a, B * max_size(dn, r) * f);
 	s->q_lat = take(a, B * H * r * f);
 	s->q_pe = take(a, H * dr * f);
 	s->o_lat = take(a, B * H * r * f);
-	s->o_head = take(a, B * max_size(dv, r) * f);
 	if (c->has_indexer) {
 		size_t nI = (size_t)c->index_n_heads, dI = (size_t)c->index_head_dim, topk = (size_t)c->index_topk;
 		if (topk > ctx)
@@ -434,6 +428,7 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 		total += q[i].n > 0 ? q[i].n : 0;
 	if (n <= 0 || total == 0)
 		return dsm_fail(DSM_EARG, "step: no tokens to run");
+	double t0 = dsm_now(), busy0 = s->times.attention + s->times.router + s->times.experts + s->times.dense;
 	if (total > s->max_batch)
 		return dsm_fail(DSM_EARG, "step: %lld tokens, more than the %lld of one step (--batch)", (long long)total,
 				(long long)s->max_batch);
@@ -478,17 +473,38 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 	rope_tables(s);
 	int rc = 0;
 	for (int L = 0; L < c->num_hidden_layers && rc == 0; L++) {
+		double t = dsm_now();
 		if ((rc = dsm_attention(s, L)) < 0)
 			dsm_fail_prefix(rc, "layer %d attention", L);
-		else if ((rc = dsm_feed_forward(s, L)) < 0)
+		s->times.attention += dsm_now() - t;
+		if (rc == 0 && (rc = dsm_feed_forward(s, L)) < 0)
 			dsm_fail_prefix(rc, "layer %d feed-forward", L);
 	}
+	double t = dsm_now();
 	if (rc == 0)
 		rc = logits_out(s, q, n, part_of);
+	s->times.head += dsm_now() - t;
+	s->times.other += t - t0 - (s->times.attention + s->times.router + s->times.experts + s->times.dense - busy0);
+	s->times.steps++;
+	s->times.tokens += s->T;
 	if (rc < 0)
 		for (int i = 0; i < s->n_parts; i++) /* the blocks reserved past the old end go back too */
 			seq_truncate(s, &s->seqs[s->parts[i].seq], s->parts[i].pos0);
 	return rc;
+}
+
+double dsm_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void dsm_session_times(struct dsm_session *s, struct dsm_step_times *t, int reset)
+{
+	*t = s->times;
+	if (reset)
+		memset(&s->times, 0, sizeof s->times);
 }
 
 /* ---- One sequence ---- */

@@ -116,6 +116,20 @@ int64_t dsm_session_ctx(const struct dsm_session *s);
 /* Forgets the positions of sequence 0 from pos on (0: empty it). */
 int dsm_session_rewind(struct dsm_session *s, int64_t pos);
 
+/* Wall time of the steps run so far, by part of the forward pass, in seconds. A part's time includes its
+ * threads' waits (barriers, the ends of parallel regions). */
+struct dsm_step_times {
+	double attention;   /* input norm, MLA projections, indexer, attention, o_proj */
+	double router;      /* router logits and the choice of experts */
+	double experts;     /* routed and shared experts */
+	double dense;       /* the dense layers' FFN */
+	double head;        /* final norm and output head */
+	double other;       /* the rest of a step: embedding, rope tables, norms, residual adds */
+	int64_t steps, tokens;
+};
+/* The times since the session began or since times were last reset (reset != 0 zeroes them after copying). */
+void dsm_session_times(struct dsm_session *s, struct dsm_step_times *t, int reset);
+
 /* Bytes of the KV pool (all of it), and of the activation buffers. */
 void dsm_session_memory(const struct dsm_session *s, uint64_t *kv_bytes, uint64_t *act_bytes);
 /* KV blocks in all and free; bytes of one block. */

@@ -131,6 +131,49 @@ static void test_matmul(struct dsm_backend *be)
 		}
 }
 
+/* matmul_heads (the absorbed attention's per-head multiplies) against the reference of each head's view alone:
+ * heads of 40 or 56 rows at a stride of 96 rows (as kv_b's k and v halves), inputs and outputs at padded head
+ * strides whose gaps must stay untouched; 200 columns (a ragged end after the 64-column chunks). */
+static void test_matmul_heads(struct dsm_backend *be)
+{
+	static const enum dsm_dtype types[] = { DSM_F8_E4M3, DSM_BF16, DSM_F32 };
+	static const int64_t ns[] = { 1, 2, 4, 5, 9 };
+	const int64_t H = 5, stride = 96, cols = 200;
+	for (int ti = 0; ti < 3; ti++)
+		for (int ni = 0; ni < 5; ni++)
+			for (int tr = 0; tr < 2; tr++) {
+				int64_t n = ns[ni], rows = tr ? 40 : 56, r0 = tr ? 0 : 40;
+				struct weight w;
+				weight_init(&w, types[ti], H * stride, cols);
+				struct dsm_mat v = dsm_mat_rows(w.m, r0, H * stride - r0);
+				int64_t in = tr ? rows : cols, out = tr ? cols : rows, xh = in + 3, yh = out + 5;
+				float *x = rand_buf((size_t)(n * H * xh), 1), *y = out_buf((size_t)(n * H * yh));
+				struct dsm_matmul_heads_args a = { .w = &v, .n_heads = H, .head_stride = stride, .head_rows = rows,
+					.transposed = tr, .n = n, .x = x, .ldx = H * xh, .x_head = xh, .y = y, .ldy = H * yh,
+					.y_head = yh };
+				CHECK(be->matmul_heads(be, &a) == 0, "%s", dsm_errmsg());
+				float *xg = malloc(sizeof(float) * (size_t)(n * in)), *yr = malloc(sizeof(float) * (size_t)(n * out));
+				float *yg = malloc(sizeof(float) * (size_t)(n * out));
+				for (int64_t h = 0; h < H; h++) {
+					struct dsm_mat wh = dsm_mat_rows(v, h * stride, rows);
+					for (int64_t t = 0; t < n; t++) {
+						memcpy(xg + t * in, x + t * H * xh + h * xh, sizeof(float) * (size_t)in);
+						memcpy(yg + t * out, y + t * H * yh + h * yh, sizeof(float) * (size_t)out);
+						for (int64_t j = out; j < yh; j++)
+							CHECK(memcmp(y + t * H * yh + h * yh + j, &sentinel_bits, 4) == 0,
+							      "matmul_heads wrote between heads");
+					}
+					CHECK((tr ? dsm_ref_matmul_t : dsm_ref_matmul)(be->precision, &wh, n, xg, yr) == 0, "%s",
+					      dsm_errmsg());
+					CHECK_NMSE(yg, yr, (size_t)(n * out), 5e-4, "matmul_heads %s n=%lld transposed=%d head %lld",
+						   dsm_dtype_name(types[ti]), (long long)n, tr, (long long)h);
+				}
+				CHECK(sentinels_ok(y, (size_t)(n * H * yh)), "matmul_heads wrote past its output");
+				free(x), free(y), free(xg), free(yr), free(yg);
+				weight_free(&w);
+			}
+}
+
 static void test_ffn(struct dsm_backend *be)
 {
 	static const int64_t ns[] = { 1, 2, 9 };
@@ -387,6 +430,7 @@ int main(void)
 		}
 		worst_nmse = 0;
 		test_matmul(be);
+		test_matmul_heads(be);
 		test_ffn(be);
 		test_moe(be);
 		test_elementwise(be);

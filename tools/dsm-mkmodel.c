@@ -204,7 +204,7 @@ int main(int argc, char **argv)
 	const struct mkmodel_preset *p = mkmodel_preset(argv[optind]);
 	const char *dir = argv[optind + 1];
 	if (!p) {
-		fprintf(stderr, "dsm-mkmodel: unknown preset '%s' (tiny, small, medium, full)\n", argv[optind]);
+		fprintf(stderr, "dsm-mkmodel: unknown preset '%s' (tiny, small, mid, wide, medium, full)\n", argv[optind]);
 		return 1;
 	}
 	o.config = p->config;

@@ -8,6 +8,7 @@
 #include <hwloc.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <string.h>
 
 void *cpu_scratch_get(struct cpu_scratch *s, size_t bytes)
 {
@@ -98,6 +99,14 @@ int dsm_physical_cores(void)
 	return n > 0 ? n : 1;
 }
 
+int dsm_cpu_gemv_tune(struct dsm_backend *be, const struct dsm_fp8_mat *mats, size_t n, struct dsm_gemv_tune_result *r)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	if (strcmp(be->name, "cpu") != 0 || !cb->experts || dsm_expert_ctx_isa(cb->experts) != DSM_ISA_AVX512BF16)
+		return dsm_fail(DSM_EUNSUPPORTED, "the decode kernel in use has no variants to choose from");
+	return dsm_gemv_tune(cb->experts, mats, n, r);
+}
+
 int dsm_cpu_backend_create(struct dsm_backend **out, const struct dsm_backend_options *o)
 {
 	*out = NULL;
@@ -129,6 +138,7 @@ int dsm_cpu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->reserve = cpu_reserve;
 	be->matmul = cpu_matmul;
 	be->matmul_t = cpu_matmul_t;
+	be->matmul_heads = cpu_matmul_heads;
 	be->ffn = cpu_ffn;
 	be->moe = cpu_moe;
 	be->rmsnorm = cpu_rmsnorm;

@@ -48,6 +48,64 @@ static inline float fp8_value(uint8_t code)
 	return v.f * 0x1p120f;
 }
 
+/* Dot products on 16-float vectors (GCC/Clang vector extensions: one AVX-512 register, two AVX2 or four
+ * SSE ones, per compiled clone); the 16 partial sums are added in a fixed order at the end. */
+typedef float v16f __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
+typedef uint8_t v16b __attribute__((vector_size(16)));
+#define LANES 16
+
+static inline __attribute__((always_inline)) float sum_lanes(v16f a)
+{
+	float s = 0;
+	for (int l = 0; l < LANES; l++)
+		s += a[l];
+	return s;
+}
+
+static inline __attribute__((always_inline)) v16f load_f32(const float *p)
+{
+	v16f v;
+	memcpy(&v, p, sizeof v);
+	return v;
+}
+
+/* 16 FP8 codes -> F32, the same values as fp8_value, without touching a subnormal F32 (a multiply with a
+ * subnormal operand takes a microcode assist, about 100 times slower): normal codes get the exponent bias
+ * difference added to their bits, subnormal codes (exponent 0: m * 2^-9) are converted from the integer m. */
+typedef int32_t v16i __attribute__((vector_size(64)));
+static inline __attribute__((always_inline)) v16f load_fp8(const uint8_t *p)
+{
+	v16b b;
+	memcpy(&b, p, sizeof b);
+	v16u u = __builtin_convertvector(__builtin_convertvector(b, v16h), v16u), mag = u & 0x7f;
+	v16u normal = (mag << 20) + (120u << 23);
+	v16u sub = (v16u)(__builtin_convertvector((v16i)mag, v16f) * 0x1p-9f);
+	v16u is_sub = (v16u)(mag < 8);
+	return (v16f)(((sub & is_sub) | (normal & ~is_sub)) | ((u & 0x80) << 24));
+}
+
+static inline __attribute__((always_inline)) v16f load_bf16(const uint16_t *p)
+{
+	v16h h;
+	memcpy(&h, p, sizeof h);
+	return (v16f)(__builtin_convertvector(h, v16u) << 16);
+}
+
+/* x rounded to BF16 (nearest even), as F32 bits with the low half zero, 16 at a time (finite inputs). */
+static inline __attribute__((always_inline)) v16u bf16_bits(v16f x)
+{
+	v16u u = (v16u)x;
+	return (u + 0x7fff + ((u >> 16) & 1)) & 0xffff0000u;
+}
+
+/* x rounded to BF16 and back (finite inputs). */
+static inline __attribute__((always_inline)) v16f round_bf16_v(v16f x)
+{
+	return (v16f)bf16_bits(x);
+}
+
 /* Row i of the view, dequantized into df (F32) or db (BF16 bits). */
 CPU_CLONES static void dequant_row(const struct dsm_mat *w, int64_t i, int bf16, float *df, uint16_t *db)
 {
@@ -58,13 +116,20 @@ CPU_CLONES static void dequant_row(const struct dsm_mat *w, int64_t i, int bf16,
 		for (int64_t j0 = 0; j0 < cols; j0 += DSM_BLOCK) {
 			int64_t j1 = j0 + DSM_BLOCK < cols ? j0 + DSM_BLOCK : cols;
 			float s = sc[j0 / DSM_BLOCK];
-			if (bf16) {
-#pragma omp simd
-				for (int64_t j = j0; j < j1; j++)
+			int64_t j = j0;
+			for (; j + LANES <= j1; j += LANES) {
+				v16f v = load_fp8(src + j) * s;
+				if (bf16) {
+					v16h h = __builtin_convertvector(bf16_bits(v) >> 16, v16h);
+					memcpy(db + j, &h, sizeof h);
+				} else {
+					memcpy(df + j, &v, sizeof v);
+				}
+			}
+			for (; j < j1; j++) {
+				if (bf16)
 					db[j] = dsm_f32_to_bf16(fp8_value(src[j]) * s);
-			} else {
-#pragma omp simd
-				for (int64_t j = j0; j < j1; j++)
+				else
 					df[j] = fp8_value(src[j]) * s;
 			}
 		}
@@ -115,54 +180,6 @@ static const void *prepare_act(struct cpu_backend *cb, int64_t n, int64_t k, con
 			f[i] = round_bf16(x[i]);
 	}
 	return buf;
-}
-
-/* Dot products on 16-float vectors (GCC/Clang vector extensions: one AVX-512 register, two AVX2 or four
- * SSE ones, per compiled clone); the 16 partial sums are added in a fixed order at the end. */
-typedef float v16f __attribute__((vector_size(64)));
-typedef uint32_t v16u __attribute__((vector_size(64)));
-typedef uint16_t v16h __attribute__((vector_size(32)));
-typedef uint8_t v16b __attribute__((vector_size(16)));
-#define LANES 16
-
-static inline __attribute__((always_inline)) float sum_lanes(v16f a)
-{
-	float s = 0;
-	for (int l = 0; l < LANES; l++)
-		s += a[l];
-	return s;
-}
-
-static inline __attribute__((always_inline)) v16f load_f32(const float *p)
-{
-	v16f v;
-	memcpy(&v, p, sizeof v);
-	return v;
-}
-
-/* 16 FP8 codes -> F32, as fp8_value does it. */
-static inline __attribute__((always_inline)) v16f load_fp8(const uint8_t *p)
-{
-	v16b b;
-	memcpy(&b, p, sizeof b);
-	v16u u = __builtin_convertvector(__builtin_convertvector(b, v16h), v16u);
-	v16u bits = ((u & 0x80) << 24) | ((u & 0x7f) << 20);
-	return (v16f)bits * 0x1p120f;
-}
-
-static inline __attribute__((always_inline)) v16f load_bf16(const uint16_t *p)
-{
-	v16h h;
-	memcpy(&h, p, sizeof h);
-	return (v16f)(__builtin_convertvector(h, v16u) << 16);
-}
-
-/* x rounded to BF16 (nearest even) and back, 16 at a time (finite inputs). */
-static inline __attribute__((always_inline)) v16f round_bf16_v(v16f x)
-{
-	v16u u = (v16u)x;
-	u = (u + 0x7fff + ((u >> 16) & 1)) & 0xffff0000u;
-	return (v16f)u;
 }
 
 /* sum_j W(r, j) x[j] over a row of FP8 blocks: vector partial sums per block, scaled, kept as vectors
@@ -253,6 +270,30 @@ static void gemv(const struct dsm_mat *w, int64_t n, const float *x, float *y, i
 	}
 }
 
+/* The vector GEMV of BF16 weights (bf16_gemv.c): rows split evenly across the threads in groups of 4. */
+static int bf16_gemv(struct cpu_backend *cb, const struct dsm_mat *w, int64_t n, const float *x, float *y, int bf16)
+{
+	int64_t rows = w->rows, cols = w->cols;
+	const uint16_t *wb = (const uint16_t *)w->data + (size_t)w->row0 * (size_t)cols;
+	uint16_t *xb = NULL;
+	if (bf16) {
+		if (!(xb = cpu_scratch_get(&cb->act, sizeof(uint16_t) * (size_t)(n * cpu_bf16_act_ld(cols)))))
+			return DSM_ENOMEM;
+		cpu_bf16_gemv_pack(x, n, cols, xb);
+	}
+	int64_t groups = (rows + 3) / 4;
+#pragma omp parallel if (rows * cols * n >= CPU_PARALLEL_MIN)
+	{
+		int64_t team = omp_get_num_threads(), tid = omp_get_thread_num();
+		int64_t a = groups * tid / team * 4, b = groups * (tid + 1) / team * 4;
+		if (b > rows)
+			b = rows;
+		if (a < b)
+			cpu_bf16_gemv_rows(wb, cols, a, b, n, x, xb, cpu_gemv_prefetch, y + a, rows);
+	}
+	return 0;
+}
+
 /* FP8 multiplies go to the expert kernels for every n: their per-token arithmetic does not depend on how
  * many tokens share a call, so decode equals prefill. */
 static int use_expert_kernels(const struct cpu_backend *cb, int64_t n)
@@ -277,6 +318,8 @@ int cpu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const
 		return dsm_fp8_matmul_rows(cb->experts, &m, (size_t)w->row0, (size_t)(w->row0 + w->rows), (size_t)n, x, y);
 	}
 	int bf16 = be->precision == DSM_PRECISION_BF16;
+	if (n <= CPU_GEMV_MAX_N && w->dtype == DSM_BF16 && cpu_bf16_gemv_available(bf16))
+		return bf16_gemv(cb, w, n, x, y, bf16);
 	if (n <= CPU_GEMV_MAX_N) {
 		const float *xa = prepare_act(cb, n, w->cols, x, 0);
 		if (!xa)
@@ -311,14 +354,14 @@ int cpu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const
 	return 0;
 }
 
-/* y[t, :] += x[t * ldx] * w for t < n: w is one dequantized row, BF16 bits (bf16) or F32. */
+/* y[t * ldy + :cols] += x[t * ldx] * w for t < n: w is one dequantized row, BF16 bits (bf16) or F32. */
 CPU_CLONES static void add_scaled_row(const void *w, int bf16, int64_t cols, const float *x, int64_t ldx, int64_t n,
-				      float *y)
+				      float *y, int64_t ldy)
 {
 	const uint16_t *wb = w;
 	const float *wf = w;
 	for (int64_t t = 0; t < n; t++) {
-		float xv = x[t * ldx], *yt = y + t * cols;
+		float xv = x[t * ldx], *yt = y + t * ldy;
 		if (bf16)
 #pragma omp simd
 			for (int64_t o = 0; o < cols; o++)
@@ -352,7 +395,7 @@ int cpu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, con
 		memset(y, 0, sizeof(float) * (size_t)(n * cols));
 		for (int64_t i = 0; i < rows; i++) {
 			dequant_row(w, i, bf16, panel, panel);
-			add_scaled_row(panel, bf16, cols, xa + i, rows, n, y);
+			add_scaled_row(panel, bf16, cols, xa + i, rows, n, y, cols);
 		}
 		return 0;
 	}
@@ -361,6 +404,112 @@ int cpu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, con
 		return DSM_ENOMEM;
 	dequant_rows(w, 0, rows, bf16, panel);
 	return dsm_dnnl_matmul(cb->dnnl, bf16, n, cols, rows, xa, rows, panel, cols, 0, y, cols);
+}
+
+/* Weights (i, c .. c + 16) of a view as the multiply sees them (bf16: rounded, as dequant_row gives them). */
+static inline __attribute__((always_inline)) v16f load_w16(const struct dsm_mat *w, int64_t i, int64_t c, int bf16)
+{
+	int64_t r = w->row0 + i;
+	v16f v;
+	if (w->dtype == DSM_F8_E4M3) {
+		float s = w->scale[(r / DSM_BLOCK) * ((w->cols + DSM_BLOCK - 1) / DSM_BLOCK) + c / DSM_BLOCK];
+		v = load_fp8((const uint8_t *)w->data + (size_t)r * (size_t)w->cols + c) * s;
+	} else if (w->dtype == DSM_BF16) {
+		return load_bf16((const uint16_t *)w->data + (size_t)r * (size_t)w->cols + c);
+	} else {
+		v = load_f32((const float *)w->data + (size_t)r * (size_t)w->cols + c);
+	}
+	return bf16 ? round_bf16_v(v) : v;
+}
+
+/* y[t * ldy + c] = sum_i xh[t * rows + i] W(i, c) for the rows of one head, t < n <= CPU_GEMV_MAX_N: 64 columns
+ * at a time held in registers while every row is added, in ascending i (the order matmul_t adds them). */
+CPU_CLONES static void head_t(const struct dsm_mat *w, int64_t rows, int64_t n, const float *xh, int bf16, float *y,
+			      int64_t ldy)
+{
+	int64_t cols = w->cols, c = 0;
+	for (; c + 4 * LANES <= cols; c += 4 * LANES) {
+		v16f acc[CPU_GEMV_MAX_N][4] = { { { 0 } } };
+		for (int64_t i = 0; i < rows; i++)
+			for (int k = 0; k < 4; k++) {
+				v16f v = load_w16(w, i, c + k * LANES, bf16);
+				for (int64_t t = 0; t < n; t++)
+					acc[t][k] += xh[t * rows + i] * v;
+			}
+		for (int64_t t = 0; t < n; t++)
+			memcpy(y + t * ldy + c, acc[t], sizeof acc[t]);
+	}
+	for (; c < cols; c++) /* a ragged end, one column at a time */
+		for (int64_t t = 0; t < n; t++) {
+			float a = 0;
+			for (int64_t i = 0; i < rows; i++) {
+				float v = dsm_mat_get(w, i, c);
+				a += xh[t * rows + i] * (bf16 ? round_bf16(v) : v);
+			}
+			y[t * ldy + c] = a;
+		}
+}
+
+/* The transposed per-head multiply at decode: heads split across the threads. */
+static int heads_t_decode(struct cpu_backend *cb, const struct dsm_matmul_heads_args *a)
+{
+	const struct dsm_mat *w = a->w;
+	int bf16 = cb->be.precision == DSM_PRECISION_BF16;
+	int64_t rows = a->head_rows, cols = w->cols, n = a->n, nt = omp_get_max_threads();
+	size_t per = ((size_t)(n * rows) + 15) / 16 * 16; /* per thread: the head's inputs [n, rows] */
+	float *scratch = cpu_scratch_get(&cb->panel, sizeof(float) * per * (size_t)nt);
+	if (!scratch)
+		return DSM_ENOMEM;
+#pragma omp parallel for schedule(static) if (a->n_heads > 1 && a->n_heads * rows * cols * n >= CPU_PARALLEL_MIN)
+	for (int64_t h = 0; h < a->n_heads; h++) {
+		float *xh = scratch + per * (size_t)omp_get_thread_num();
+		for (int64_t t = 0; t < n; t++) {
+			const float *xt = a->x + t * a->ldx + h * a->x_head;
+			for (int64_t i = 0; i < rows; i++)
+				xh[t * rows + i] = bf16 ? round_bf16(xt[i]) : xt[i];
+		}
+		struct dsm_mat wh = dsm_mat_rows(*w, h * a->head_stride, rows);
+		head_t(&wh, rows, n, xh, bf16, a->y + h * a->y_head, a->ldy);
+	}
+	return 0;
+}
+
+int cpu_matmul_heads(struct dsm_backend *be, const struct dsm_matmul_heads_args *a)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	const struct dsm_mat *w = a->w;
+	int rc = check(w);
+	int64_t H = a->n_heads, n = a->n, rows = a->head_rows, cols = w->cols;
+	if (rc < 0 || H <= 0 || n <= 0)
+		return rc;
+	if ((H - 1) * a->head_stride + rows > w->rows)
+		return dsm_fail(DSM_EARG, "matmul heads: %lld heads of %lld rows at stride %lld in a %lld-row view",
+				(long long)H, (long long)rows, (long long)a->head_stride, (long long)w->rows);
+	if (!a->transposed && w->dtype == DSM_F8_E4M3 && use_expert_kernels(cb, n) && n <= 8 &&
+	    (size_t)n < dsm_expert_ctx_gemm_min_tokens(cb->experts)) {
+		struct dsm_fp8_mat m = fp8_stored(w);
+		return dsm_fp8_matmul_heads(cb->experts, &m, (size_t)w->row0, (size_t)a->head_stride, (size_t)rows,
+					    (size_t)H, (size_t)n, a->x, (size_t)a->ldx, (size_t)a->x_head, a->y,
+					    (size_t)a->ldy, (size_t)a->y_head);
+	}
+	if (a->transposed && n <= CPU_GEMV_MAX_N)
+		return heads_t_decode(cb, a);
+	/* Else one head at a time: its inputs gathered, the matmul, its outputs scattered. */
+	int64_t in = a->transposed ? rows : cols, out = a->transposed ? cols : rows;
+	float *xh = cpu_scratch_get(&cb->ffn, sizeof(float) * (size_t)(n * (in + out)));
+	if (!xh)
+		return DSM_ENOMEM;
+	float *yh = xh + n * in;
+	for (int64_t h = 0; h < H; h++) {
+		struct dsm_mat wh = dsm_mat_rows(*w, h * a->head_stride, rows);
+		for (int64_t t = 0; t < n; t++)
+			memcpy(xh + t * in, a->x + t * a->ldx + h * a->x_head, sizeof(float) * (size_t)in);
+		if ((rc = a->transposed ? cpu_matmul_t(be, &wh, n, xh, yh) : cpu_matmul(be, &wh, n, xh, yh)) < 0)
+			return rc;
+		for (int64_t t = 0; t < n; t++)
+			memcpy(a->y + t * a->ldy + h * a->y_head, yh + t * out, sizeof(float) * (size_t)out);
+	}
+	return 0;
 }
 
 /* An FFN the fused expert kernels take whole: FP8 matrices from their first stored row. */

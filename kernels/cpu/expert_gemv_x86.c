@@ -129,8 +129,13 @@ DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const stru
  * streams 45-54 GB/s instead of 33-42 at 2 tokens and 36-47 instead of 27-34 at 4 (2048 x 7168 and
  * 7168 x 2048, 2 threads, alternating in one process), and the same at 1 token as the best whole-row kernels,
  * which it replaces. The accumulators live in the scratch between column blocks; the chains are unchanged. */
-#define GEMV_COL_BLOCK 1024
-#define GEMV_PREFETCH_ROWS 8
+
+const struct dsm_gemv_variant dsm_gemv_variants[DSM_GEMV_VARIANTS] = {
+	{ "cblock1024-ahead8", 1024, 8, 1, 0 },
+	{ "rows4-ahead4", 0, 4, 1, 0 },
+	{ "rows1-pf4k", 0, 1, 0, 4096 },
+};
+int dsm_gemv_variant;
 
 /* R rows at w over columns [c0, c1) (c0 a multiple of 64; past cols only in the last chunk) for T tokens:
  * acc_mem[r * 8 + t] continued (or started when first), and the same columns at w + pf prefetched. */
@@ -199,19 +204,21 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 	 * accumulators (128 rows x 8 tokens) fit the scratch (dsm_fp8_gemv_scratch_size). */
 	uint16_t *xs = scratch;
 	__m512 *acc = (__m512 *)(xs + DSM_GEMV_MAX_TOKENS * dsm_cols_pad(W->cols));
-	size_t xstride = n_tok * 64, R = n_tok <= 2 ? 8 : 4;
+	const struct dsm_gemv_variant *var = &dsm_gemv_variants[dsm_gemv_variant];
+	size_t xstride = n_tok * 64, R = n_tok <= 2 ? var->group : var->group < 4 ? var->group : 4;
 	prep_bf16(W, rb, x, x_ld, n_tok, xs);
-	for (size_t c0 = 0; c0 == 0 || c0 < W->cols; c0 += GEMV_COL_BLOCK) { /* 0 columns: zeros */
-		size_t c1 = c0 + GEMV_COL_BLOCK < W->cols ? c0 + GEMV_COL_BLOCK : W->cols;
+	size_t cblock = var->col_block ? var->col_block : W->cols;
+	for (size_t c0 = 0; c0 == 0 || c0 < W->cols; c0 += cblock) { /* 0 columns: zeros */
+		size_t c1 = c0 + cblock < W->cols ? c0 + cblock : W->cols;
 		for (size_t r = a; r < b;) {
 			size_t g = r + R <= b ? R : 1;
 			const rows_bf16_fn *fn = g == 1 ? bf16_single : g == 8 ? bf16_group8 : bf16_group4;
-			/* The same columns of the rows 8 further; for the last groups, the first rows' next
-			 * column block, or after the last column block the first columns of the rows below the
-			 * block (in a dense matrix, the next block's). */
-			ptrdiff_t ahead = (ptrdiff_t)(GEMV_PREFETCH_ROWS * W->ld);
-			ptrdiff_t pf = r + GEMV_PREFETCH_ROWS < b ? ahead :
-				       c1 < W->cols ? GEMV_COL_BLOCK - (ptrdiff_t)((r - a) * W->ld) : ahead - (ptrdiff_t)c0;
+			/* Rows ahead: the same columns of the rows 8 further; for the last groups, the first rows'
+			 * next column block, or after the last column block the first columns of the rows below
+			 * the block (in a dense matrix, the next block's). Else a distance ahead in each row. */
+			ptrdiff_t ahead = (ptrdiff_t)(R * W->ld);
+			ptrdiff_t pf = !var->rows_ahead ? var->prefetch : r + R < b ? ahead :
+				       c1 < W->cols ? (ptrdiff_t)cblock - (ptrdiff_t)((r - a) * W->ld) : ahead - (ptrdiff_t)c0;
 			for (size_t t0 = 0; t0 < n_tok; t0 += BF16_MAX_T) {
 				size_t nt = n_tok - t0 < BF16_MAX_T ? n_tok - t0 : BF16_MAX_T;
 				fn[nt](W->w + r * W->ld, W->ld, c0, c1, pf, xs + t0 * 64, xstride,

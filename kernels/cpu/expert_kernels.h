@@ -82,6 +82,39 @@ int dsm_isa_parse(const char *name, enum dsm_isa *isa);
 void dsm_fp8_gemv_ref(const struct dsm_fp8_mat *W, const float *x, size_t x_ld, size_t n_tok, float *y,
 		      size_t y_ld);
 
+/* How the AVX-512 BF16 decode kernel walks a matrix (the memory side; the arithmetic is the same): column
+ * blocks of col_block (0: whole rows) and a software prefetch per line, either the same columns rows_ahead
+ * rows further or `prefetch` bytes further in the same row. Which streams best depends on the host's memory
+ * system: dsm_gemv_tune measures them. */
+struct dsm_gemv_variant {
+	const char *name;
+	size_t col_block;
+	size_t group;        /* rows per group at 1-2 tokens: 8, 4 or 1 */
+	int rows_ahead;
+	ptrdiff_t prefetch;
+};
+#define DSM_GEMV_VARIANTS 3
+extern const struct dsm_gemv_variant dsm_gemv_variants[DSM_GEMV_VARIANTS];
+extern int dsm_gemv_variant; /* the one in use, 0 by default */
+
+struct dsm_expert_ctx;
+
+/* What dsm_gemv_tune measured: each variant's rate (GB/s, median of the rounds) and the choice. */
+struct dsm_gemv_tune_result {
+	double gbps[DSM_GEMV_VARIANTS];
+	int rounds;
+	size_t bytes;                  /* bytes of weights each variant read per round */
+	double seconds;                /* the whole measurement */
+	int chosen;                    /* the variant now in use */
+	char why[160];
+};
+/* Measures the variants on one token against the FP8 matrices mats[0 .. n) (in memory, each read once: the
+ * caller gives matrices that are not in cache), each round reading a fresh part of them per variant, in
+ * rotating order, and sets dsm_gemv_variant to the fastest median unless it beats the default by less than 8%
+ * (the host's noise). The variants give identical results; only the speed differs. DSM_EARG when the matrices
+ * are too few for three rounds (nothing changes then). */
+int dsm_gemv_tune(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *mats, size_t n, struct dsm_gemv_tune_result *r);
+
 /* Bytes of scratch dsm_fp8_gemv_rows needs for a matrix of `cols` columns (any n_tok <= 8). */
 size_t dsm_fp8_gemv_scratch_size(size_t cols);
 
@@ -144,6 +177,14 @@ int dsm_fp8_matmul(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W, size
 /* y[n, r1 - r0] = x[n, W.cols] . W[r0 .. r1)^T: a band of rows, which may start inside a 128-row block. */
 int dsm_fp8_matmul_rows(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W, size_t r0, size_t r1, size_t n,
 			const float *x, float *y);
+
+/* Per-head bands of one matrix, all heads in one parallel region (split across threads by head): for h <
+ * n_heads, y + h * y_head [n, ldy] = x + h * x_head [n, ldx] . W[r0 .. r0 + rows)^T, r0 = row0 + h * stride.
+ * Decode path only: n <= 8 and below the batched path's token count (DSM_EARG otherwise). Each head's result
+ * equals dsm_fp8_matmul_rows on its band. */
+int dsm_fp8_matmul_heads(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W, size_t row0, size_t stride,
+			 size_t rows, size_t n_heads, size_t n, const float *x, size_t ldx, size_t x_head, float *y,
+			 size_t ldy, size_t y_head);
 
 /* ---- Experts and the MoE layer ---------------------------------------------------------------------- */
 

@@ -665,6 +665,33 @@ int dsm_fp8_matmul_rows(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W,
 	return 0;
 }
 
+int dsm_fp8_matmul_heads(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W, size_t row0, size_t stride,
+			 size_t rows, size_t n_heads, size_t n, const float *x, size_t ldx, size_t x_head, float *y,
+			 size_t ldy, size_t y_head)
+{
+	if (n == 0 || n_heads == 0)
+		return 0;
+	if (n > 8 || n >= ctx->gemm_min || row0 + (n_heads - 1) * stride + rows > W->rows)
+		return dsm_fail(DSM_EARG, "fp8 matmul heads: %zu tokens, %zu heads of %zu rows", n, n_heads, rows);
+	int N = ctx->n_threads;
+	size_t per_size = dsm_fp8_gemv_scratch_size(W->cols);
+	int rc = reserve(&ctx->buf, &ctx->buf_size, (size_t)N * per_size);
+	if (rc < 0)
+		return rc;
+	/* Heads split evenly across the threads; each head is one thread's rows in the order matmul takes them. */
+#pragma omp parallel num_threads(N) if (N > 1 && n_heads > 1)
+	{
+		int team = omp_get_num_threads(), tid = omp_get_thread_num();
+		bind_self(ctx, tid, team);
+		void *scratch = ctx->buf + (size_t)tid * per_size;
+		for (size_t h = n_heads * (size_t)tid / (size_t)team; h < n_heads * (size_t)(tid + 1) / (size_t)team; h++) {
+			size_t r0 = row0 + h * stride;
+			dsm_fp8_gemv_rows(ctx->isa, W, r0, r0 + rows, x + h * x_head, ldx, n, y + h * y_head, ldy, scratch);
+		}
+	}
+	return 0;
+}
+
 int dsm_fp8_matmul(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W, size_t n, const float *x, float *y)
 {
 	return dsm_fp8_matmul_rows(ctx, W, 0, W->rows, n, x, y);

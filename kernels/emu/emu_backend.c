@@ -120,6 +120,12 @@ static int emu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t
 	return c->matmul_t(c, w, n, x, y);
 }
 
+static int emu_matmul_heads(struct dsm_backend *be, const struct dsm_matmul_heads_args *a)
+{
+	struct dsm_backend *c = cpu_of_emu(be);
+	return c->matmul_heads(c, a);
+}
+
 static int emu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y)
 {
 	struct dsm_backend *c = cpu_of_emu(be);
@@ -210,6 +216,7 @@ int dsm_emu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->reserve = emu_reserve;
 	be->matmul = emu_matmul;
 	be->matmul_t = emu_matmul_t;
+	be->matmul_heads = emu_matmul_heads;
 	be->ffn = emu_ffn;
 	be->rmsnorm = emu_rmsnorm;
 	be->layernorm = emu_layernorm;

@@ -1,0 +1,165 @@
+/* The decode GEMV of BF16 weights (the output head and the router): a few activation vectors against rows
+ * read once, 4 rows at a time so that each loaded activation chunk serves 4 rows and 4 independent chains
+ * hide the multiply's latency. Each row stream is prefetched a host-chosen distance ahead (cpu_gemv_tune).
+ *
+ *   bf16 precision, AVX-512 BF16: activations rounded to BF16 once per call; vdpbf16ps multiplies pairs of
+ *     BF16 values exactly and adds them in F32 (the products are those of the scalar path; only the order of
+ *     the additions differs);
+ *   f32 precision, AVX-512F: each BF16 weight widened exactly to F32, FMA with the F32 activations.
+ * Without these ISAs the caller runs its portable loop. */
+#include "cpu_backend.h"
+#include "expert_internal.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#define ROWS 4
+
+int64_t cpu_gemv_prefetch = 1024;
+
+static ALWAYS_INLINE __mmask32 mask32(int64_t c, int64_t cols)
+{
+	int64_t left = cols - c;
+	return left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1);
+}
+
+DSM_BF16_TARGET static ALWAYS_INLINE float hsum(__m512 v)
+{
+	return _mm512_reduce_add_ps(v);
+}
+
+/* rows [r, r + R) x n tokens, BF16 products; xb [n][xb_ld] BF16 bits, zero past cols. */
+DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint16_t *w, int64_t cols, int64_t r, int R, int n,
+						    const uint16_t *xb, int64_t xb_ld, int64_t pf, float *y, int64_t ldy,
+						    int64_t r0)
+{
+	__m512 acc[ROWS][CPU_GEMV_MAX_N];
+	for (int i = 0; i < R; i++)
+		for (int t = 0; t < n; t++)
+			acc[i][t] = _mm512_setzero_ps();
+	const uint16_t *wr[ROWS];
+	for (int i = 0; i < R; i++)
+		wr[i] = w + (r + i) * cols;
+	for (int64_t c = 0; c < cols; c += 32) {
+		__m512i xv[CPU_GEMV_MAX_N];
+		for (int t = 0; t < n; t++)
+			xv[t] = _mm512_load_si512(xb + t * xb_ld + c);
+		__mmask32 m = mask32(c, cols);
+		for (int i = 0; i < R; i++) {
+			_mm_prefetch((const char *)(wr[i] + c) + pf, _MM_HINT_T0);
+			__m512i wv = _mm512_maskz_loadu_epi16(m, wr[i] + c);
+			for (int t = 0; t < n; t++)
+				acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)wv, (__m512bh)xv[t]);
+		}
+	}
+	for (int i = 0; i < R; i++)
+		for (int t = 0; t < n; t++)
+			y[t * ldy + r + i - r0] = hsum(acc[i][t]);
+}
+
+/* The same with F32 activations x [n][x_ld] and exact F32 weights. */
+DSM_AVX512F_TARGET static ALWAYS_INLINE void rows_f32(const uint16_t *w, int64_t cols, int64_t r, int R, int n,
+						      const float *x, int64_t x_ld, int64_t pf, float *y, int64_t ldy,
+						      int64_t r0)
+{
+	__m512 acc[ROWS][CPU_GEMV_MAX_N];
+	for (int i = 0; i < R; i++)
+		for (int t = 0; t < n; t++)
+			acc[i][t] = _mm512_setzero_ps();
+	const uint16_t *wr[ROWS];
+	for (int i = 0; i < R; i++)
+		wr[i] = w + (r + i) * cols;
+	for (int64_t c = 0; c < cols; c += 16) {
+		__mmask16 m = cols - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (cols - c)) - 1);
+		__m512 xv[CPU_GEMV_MAX_N];
+		for (int t = 0; t < n; t++)
+			xv[t] = _mm512_maskz_loadu_ps(m, x + t * x_ld + c);
+		for (int i = 0; i < R; i++) {
+			if (c % 32 == 0)
+				_mm_prefetch((const char *)(wr[i] + c) + pf, _MM_HINT_T0);
+			__m256i h;
+			if (m == 0xFFFF) {
+				h = _mm256_loadu_si256((const __m256i *)(wr[i] + c));
+			} else {
+				uint16_t part[16] = { 0 };
+				memcpy(part, wr[i] + c, sizeof(uint16_t) * (size_t)(cols - c));
+				h = _mm256_loadu_si256((const __m256i *)part);
+			}
+			__m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+			for (int t = 0; t < n; t++)
+				acc[i][t] = _mm512_fmadd_ps(wv, xv[t], acc[i][t]);
+		}
+	}
+	for (int i = 0; i < R; i++)
+		for (int t = 0; t < n; t++)
+			y[t * ldy + r + i - r0] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+/* One loop per token count, so that the register arrays have constant bounds. */
+#define ROW_LOOP(kernel, xp, xld)                                                                         \
+	do {                                                                                              \
+		int64_t r = r0;                                                                           \
+		for (; r + ROWS <= r1; r += ROWS)                                                         \
+			kernel(w, cols, r, ROWS, N, xp, xld, pf, y, ldy, r0);                            \
+		for (; r < r1; r++)                                                                       \
+			kernel(w, cols, r, 1, N, xp, xld, pf, y, ldy, r0);                               \
+	} while (0)
+
+#define BY_TOKENS(fn)                                \
+	switch (n) {                                 \
+	case 1: { enum { N = 1 }; fn; break; }       \
+	case 2: { enum { N = 2 }; fn; break; }       \
+	case 3: { enum { N = 3 }; fn; break; }       \
+	default: { enum { N = 4 }; fn; break; }      \
+	}
+
+DSM_BF16_TARGET static void gemv_bf16(const uint16_t *w, int64_t cols, int64_t r0, int64_t r1, int n,
+				      const uint16_t *xb, int64_t xb_ld, int64_t pf, float *y, int64_t ldy)
+{
+	BY_TOKENS(ROW_LOOP(rows_bf16, xb, xb_ld))
+}
+
+DSM_AVX512F_TARGET static void gemv_f32(const uint16_t *w, int64_t cols, int64_t r0, int64_t r1, int n,
+					const float *x, int64_t x_ld, int64_t pf, float *y, int64_t ldy)
+{
+	BY_TOKENS(ROW_LOOP(rows_f32, x, x_ld))
+}
+
+int64_t cpu_bf16_act_ld(int64_t cols)
+{
+	return (cols + 31) / 32 * 32;
+}
+
+DSM_BF16_TARGET static void pack_bf16(const float *x, int64_t n, int64_t cols, uint16_t *xb)
+{
+	int64_t ld = cpu_bf16_act_ld(cols);
+	for (int64_t t = 0; t < n; t++)
+		for (int64_t c = 0; c < ld; c += 32) {
+			__mmask16 m0 = c >= cols ? 0 : cols - c >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - c)) - 1);
+			__mmask16 m1 = c + 16 >= cols ? 0 : cols - c - 16 >= 16 ? 0xFFFF :
+					(__mmask16)((1u << (cols - c - 16)) - 1);
+			__m512 a = _mm512_maskz_loadu_ps(m0, x + t * cols + c);
+			__m512 b = _mm512_maskz_loadu_ps(m1, x + t * cols + c + 16);
+			_mm512_store_si512(xb + t * ld + c, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+		}
+}
+
+int cpu_bf16_gemv_available(int bf16)
+{
+	return dsm_isa_available(bf16 ? DSM_ISA_AVX512BF16 : DSM_ISA_AVX512F);
+}
+
+void cpu_bf16_gemv_pack(const float *x, int64_t n, int64_t cols, uint16_t *xb)
+{
+	pack_bf16(x, n, cols, xb);
+}
+
+void cpu_bf16_gemv_rows(const uint16_t *w, int64_t cols, int64_t r0, int64_t r1, int64_t n, const float *x,
+			const uint16_t *xb, int64_t pf, float *y, int64_t ldy)
+{
+	if (xb)
+		gemv_bf16(w, cols, r0, r1, (int)n, xb, cpu_bf16_act_ld(cols), pf, y, ldy);
+	else
+		gemv_f32(w, cols, r0, r1, (int)n, x, cols, pf, y, ldy);
+}
