@@ -230,6 +230,10 @@ void dsm_backend_destroy(struct dsm_backend *be);
 /* Physical cores of this machine (hwloc), at least 1. */
 int dsm_physical_cores(void);
 
+/* The cpu backend's threads' waiting in its parallel regions so far (barriers, ends of regions while other
+ * threads still work), in seconds summed over the threads; 0 for another backend. */
+double dsm_cpu_wait_seconds(struct dsm_backend *cpu);
+
 /* The cpu backend's FP8 decode kernel: measures its memory-walk variants on the FP8 matrices mats[0 .. n) (in
  * memory, not in cache) and keeps the fastest (dsm_gemv_tune, kernels/cpu/expert_kernels.h). DSM_EUNSUPPORTED
  * when the backend's decode kernel has no variants (not the AVX-512 BF16 one). */

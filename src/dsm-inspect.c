@@ -85,6 +85,8 @@ static void print_text(const cJSON *doc)
 	       gb(ex, "bytes_per_token_decode"));
 	printf("resident        %.3f GB of non-expert weights (attention, dense, shared, embeddings, head)\n",
 	       gb(doc, "resident_bytes"));
+	printf("decode          one token reads %.3f GB of weights (its experts, every resident weight but the "
+	       "embedding table)\n", gb(doc, "decode_bytes_per_token"));
 	const cJSON *fit = cJSON_GetObjectItem(doc, "placement");
 	if (fit) {
 		printf("\nbudgets         vram %.1f GiB, dram %.1f GiB\n", gb(fit, "vram_budget") * 1e9 / (1 << 30),

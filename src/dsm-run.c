@@ -690,9 +690,9 @@ int main(int argc, char **argv)
 			dsm_session_times(s, &st, 0);
 			double all = st.attention + st.router + st.experts + st.dense + st.head + st.other;
 			fprintf(stderr, "dsm-run: %lld steps, %.3f s: attention %.1f%%, router %.1f%%, experts %.1f%%, dense "
-				"%.1f%%, head %.1f%%, other %.1f%%\n", (long long)st.steps, all, 100 * st.attention / all,
-				100 * st.router / all, 100 * st.experts / all, 100 * st.dense / all, 100 * st.head / all,
-				100 * st.other / all);
+				"%.1f%%, head %.1f%%, other %.1f%% (threads waiting %.1f%% within)\n", (long long)st.steps, all,
+				100 * st.attention / all, 100 * st.router / all, 100 * st.experts / all, 100 * st.dense / all,
+				100 * st.head / all, 100 * st.other / all, 100 * st.waiting / all);
 		}
 	}
 	status = 0;

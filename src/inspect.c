@@ -122,6 +122,12 @@ cJSON *dsm_inspect(const struct dsm_checkpoint *ck, uint64_t vram, uint64_t dram
 	/* Resident weights: everything the engine reads except routed experts (MTP is never read). */
 	uint64_t resident = ck->total_bytes - all_experts - kind_bytes[DSM_KIND_MTP];
 	cJSON_AddNumberToObject(doc, "resident_bytes", (double)resident);
+	/* What one decode token reads: its routed experts and every resident weight but the embedding table, of
+	 * which it reads one row. */
+	const struct dsm_tensor *emb = dsm_checkpoint_find(ck, "model.embed_tokens.weight");
+	uint64_t emb_bytes = emb ? weight_bytes(emb) : 0;
+	cJSON_AddNumberToObject(doc, "decode_bytes_per_token",
+				(double)(resident - emb_bytes) + (double)one_expert_bytes * c->num_experts_per_tok * moe_layers);
 	if (vram || dram) {
 		cJSON *fit = cJSON_AddObjectToObject(doc, "placement");
 		cJSON_AddNumberToObject(fit, "vram_budget", (double)vram);

@@ -429,6 +429,7 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 	if (n <= 0 || total == 0)
 		return dsm_fail(DSM_EARG, "step: no tokens to run");
 	double t0 = dsm_now(), busy0 = s->times.attention + s->times.router + s->times.experts + s->times.dense;
+	double wait0 = dsm_cpu_wait_seconds(m->be);
 	if (total > s->max_batch)
 		return dsm_fail(DSM_EARG, "step: %lld tokens, more than the %lld of one step (--batch)", (long long)total,
 				(long long)s->max_batch);
@@ -485,6 +486,8 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 		rc = logits_out(s, q, n, part_of);
 	s->times.head += dsm_now() - t;
 	s->times.other += t - t0 - (s->times.attention + s->times.router + s->times.experts + s->times.dense - busy0);
+	int bound;
+	s->times.waiting += (dsm_cpu_wait_seconds(m->be) - wait0) / dsm_model_threads(m, &bound);
 	s->times.steps++;
 	s->times.tokens += s->T;
 	if (rc < 0)

@@ -125,6 +125,8 @@ struct dsm_step_times {
 	double dense;       /* the dense layers' FFN */
 	double head;        /* final norm and output head */
 	double other;       /* the rest of a step: embedding, rope tables, norms, residual adds */
+	double waiting;     /* within the parts above: the cpu threads' waiting at barriers and ends of parallel
+			     * regions, averaged over the threads */
 	int64_t steps, tokens;
 };
 /* The times since the session began or since times were last reset (reset != 0 zeroes them after copying). */

@@ -207,6 +207,63 @@ static void check_token_independence(enum dsm_isa isa, size_t cols)
 	fp8_free(&b);
 }
 
+/* Every memory-walk variant of the BF16 kernel gives the default's results bit for bit (they change the order
+ * of loads and prefetches, never the arithmetic), on shapes with ragged ends and several column blocks. */
+static void check_variants(void)
+{
+	static const size_t shapes[][3] = { { 200, 300, 1 }, { 131, 5000, 2 }, { 64, 2048, 4 }, { 37, 4163, 8 },
+					     { 9, 7168, 3 } };
+	for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+		size_t rows = shapes[s][0], cols = shapes[s][1], n = shapes[s][2];
+		struct fp8_buf b;
+		fp8_random(&b, rows, cols, cols, ANY_CODE);
+		float *x = malloc(n * cols * sizeof(float)), *y0 = malloc(n * rows * sizeof(float));
+		float *y = malloc(n * rows * sizeof(float));
+		for (size_t i = 0; i < n * cols; i++)
+			x[i] = uniform();
+		void *scratch = aligned_alloc(64, dsm_fp8_gemv_scratch_size(cols));
+		dsm_gemv_variant = 0;
+		dsm_fp8_gemv_rows(DSM_ISA_AVX512BF16, &b.m, 0, rows, x, cols, n, y0, rows, scratch);
+		for (int v = 1; v < DSM_GEMV_VARIANTS; v++) {
+			dsm_gemv_variant = v;
+			dsm_fp8_gemv_rows(DSM_ISA_AVX512BF16, &b.m, 0, rows, x, cols, n, y, rows, scratch);
+			CHECK(memcmp(y, y0, n * rows * sizeof(float)) == 0, "variant %s differs from %s on %zux%zu x %zu",
+			      dsm_gemv_variants[v].name, dsm_gemv_variants[0].name, rows, cols, n);
+		}
+		dsm_gemv_variant = 0;
+		free(scratch), free(x), free(y0), free(y);
+		fp8_free(&b);
+	}
+}
+
+/* dsm_gemv_tune: refuses too few matrices and changes nothing then; with enough, measures every variant and
+ * keeps one of them. */
+static void check_tune(void)
+{
+	struct dsm_expert_ctx *ctx;
+	CHECK(dsm_expert_ctx_init(&ctx, &(struct dsm_expert_opts){ .isa = DSM_ISA_AVX512BF16, .n_threads = 2 }) == 0,
+	      "%s", dsm_errmsg());
+	enum { M = 18 };
+	struct fp8_buf b[M];
+	struct dsm_fp8_mat mats[M];
+	for (int i = 0; i < M; i++) {
+		fp8_random(&b[i], 256, 1024, 1024, ANY_CODE);
+		mats[i] = b[i].m;
+	}
+	struct dsm_gemv_tune_result r;
+	CHECK(dsm_gemv_tune(ctx, mats, 8, &r) == DSM_EARG && dsm_gemv_variant == 0, "8 matrices: not refused");
+	CHECK(dsm_gemv_tune(ctx, mats, M, &r) == 0, "%s", dsm_errmsg());
+	int measured = 1;
+	for (int v = 0; v < DSM_GEMV_VARIANTS; v++)
+		measured &= r.gbps[v] > 0;
+	CHECK(measured && r.rounds == 3 && r.chosen == dsm_gemv_variant && r.chosen >= 0 && r.chosen < DSM_GEMV_VARIANTS &&
+	      r.why[0], "tune: rates %g %g, chose %d: %s", r.gbps[0], r.gbps[1], r.chosen, r.why);
+	dsm_gemv_variant = 0;
+	for (int i = 0; i < M; i++)
+		fp8_free(&b[i]);
+	dsm_expert_ctx_free(ctx);
+}
+
 int main(void)
 {
 	test_bf16_table();
@@ -253,6 +310,8 @@ int main(void)
 		};
 		for (size_t s = 0; s < sizeof(gshapes) / sizeof(gshapes[0]); s++)
 			check_gemm(gshapes[s][0], gshapes[s][1], gshapes[s][2], gshapes[s][3], gshapes[s][4]);
+		check_variants();
+		check_tune();
 	} else {
 		fprintf(stderr, "batched path: no AVX-512 BF16 on this CPU, skipped\n");
 	}

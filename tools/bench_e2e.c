@@ -9,11 +9,14 @@
  * and under the frequency-pinned policy. */
 #include "bench_engine.h"
 #include "bench_io.h"
+#include "dram_probe.h"
 #include "engine.h"
 #include "error.h"
 #include "generate.h"
+#include "inspect.h"
 
 #include <getopt.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,8 +34,15 @@ static void usage(FILE *f)
 		"an expert cache of half the experts under lru and under the frequency-pinned policy on a model whose\n"
 		"router is Zipf-skewed (dsm-mkmodel --routing-skew), and prints both tokens/s.\n"
 		"\n"
+		"With --resident, decodes with every weight in memory instead (the plain run) and prints the time of a\n"
+		"token by part (attention, router, experts, dense layers, head, the rest, and the threads' waiting within\n"
+		"them) and its weight traffic (bytes per token x tokens/s) against the DRAM read probe run on the same\n"
+		"threads over the model's experts just before and after (traffic_ratio).\n"
+		"\n"
 		"options:\n"
-		"  --model DIR       checkpoint (default: bench-models/medium, written if missing)\n"
+		"  --model DIR       checkpoint (default: bench-models/medium, or bench-models/mid with --resident;\n"
+		"                    written if missing)\n"
+		"  --resident        the in-memory decode and its breakdown\n"
 		"  --tokens N        tokens to decode (default 32)\n"
 		"  --policies        the cache policy comparison too\n"
 		"  --skew-model DIR  its model (default: bench-models/small-skew, small preset with --routing-skew 1.5)\n"
@@ -78,6 +88,100 @@ static int decode(const char *dir, const struct dsm_engine_options *eo, const in
 	return rc;
 }
 
+/* The DRAM probe on the cpu backend's threads over the model's routed experts (in memory, far more than the
+ * last-level cache: the bytes the decode reads), each thread its share of every tensor. GB/s. */
+static double probe_experts(const struct dsm_store_model *sm)
+{
+	uint64_t total = 0;
+	volatile uint64_t sink = 0;
+	double t = omp_get_wtime();
+#pragma omp parallel reduction(+ : total)
+	{
+		int q = omp_get_thread_num(), Q = omp_get_num_threads();
+		uint64_t x = 0;
+		for (int L = sm->shape.first_moe; L < sm->shape.n_layers; L++)
+			for (int e = 0; e < sm->shape.n_experts; e++)
+				for (int p = 0; p < DSM_EXPERT_NPROJ; p++) {
+					const struct dsm_store_tensor *w = &dsm_store_expert(sm, L, e)->w[p];
+					size_t a, b;
+					if (!w->mapped)
+						continue;
+					dram_share((size_t)w->nbytes, q, Q, &a, &b);
+					x ^= dram_read((const char *)w->mapped + a, b - a);
+					total += b - a;
+				}
+		sink ^= x;
+	}
+	t = omp_get_wtime() - t;
+	(void)sink;
+	return t > 0 ? (double)total / t / 1e9 : 0;
+}
+
+/* The resident decode: every weight in memory (the plain run), one prompt token, then `tokens` decoded. Prints
+ * the per-token breakdown of the session's step times and the token's weight traffic (bytes per token x
+ * tokens/s) against the DRAM probe run on the same threads just before and just after. */
+static int resident(const char *dir, const struct dsm_engine_options *eo, int tokens, int json)
+{
+	struct dsm_engine *e;
+	int rc = dsm_engine_open(&e, dir, eo);
+	if (rc < 0)
+		return rc;
+	bench_print_notes("e2e", dsm_engine_notes(e));
+	const struct dsm_model *m = dsm_engine_model(e);
+	cJSON *doc = dsm_inspect(m->ck, 0, 0);
+	double bpt = doc ? cJSON_GetNumberValue(cJSON_GetObjectItem(doc, "decode_bytes_per_token")) : 0;
+	cJSON_Delete(doc);
+	struct dsm_session *s = dsm_engine_session(e);
+	static const int32_t one[] = { 0 };
+	struct dsm_generate_params p = { .max_tokens = tokens + 1, .eos_id = -1, .sampling = { .top_p = 1, .seed = 1 } };
+	struct dsm_generate_io io = { 0 };
+	struct dsm_generate_result g;
+	struct dsm_step_times st;
+	double before = probe_experts(m->store_model);
+	dsm_session_times(s, &st, 1);
+	rc = dsm_generate(s, one, 1, &p, &io, &g);
+	dsm_session_times(s, &st, 1);
+	double after = probe_experts(m->store_model);
+	if (rc == 0) {
+		struct dsm_engine_report er;
+		dsm_engine_report(e, (uint64_t)g.n, g.prefill_seconds + g.decode_seconds, &er);
+		double n = (double)st.steps, tps = n / (st.attention + st.router + st.experts + st.dense + st.head + st.other);
+		double probe = (before + after) / 2, eff = bpt * tps / 1e9, ratio = probe > 0 ? eff / probe : 0;
+		const char *variant = dsm_gemv_variants[dsm_gemv_variant].name;
+		struct { const char *name; double s; } part[] = {
+			{ "attention", st.attention }, { "router", st.router }, { "experts", st.experts }, { "dense", st.dense },
+			{ "head", st.head }, { "other", st.other }, { "waiting", st.waiting },
+		};
+		if (json) {
+			printf("{\"bench\": \"e2e\", \"mode\": \"resident\", \"model\": \"%s\", \"threads\": %d, "
+			       "\"steps\": %lld, \"tokens_per_second\": %.3f, \"bytes_per_token\": %.0f, \"effective_gbs\": %.3f, "
+			       "\"dram_probe_gbs\": %.3f, \"dram_probe_before_gbs\": %.3f, \"dram_probe_after_gbs\": %.3f, "
+			       "\"traffic_ratio\": %.3f, \"decode_kernel\": \"%s\"", dir, er.threads, (long long)st.steps, tps, bpt,
+			       eff, probe, before, after, ratio, variant);
+			for (size_t i = 0; i < sizeof part / sizeof part[0]; i++)
+				printf(", \"%s_ms_per_token\": %.3f", part[i].name, 1e3 * part[i].s / n);
+			printf("}\n");
+		} else {
+			printf("e2e: %s, every weight in memory, %lld decode steps of one token, %d threads\n", dir,
+			       (long long)st.steps, er.threads);
+			printf("  decode              %7.3f tok/s\n", tps);
+			printf("  weights per token   %7.1f MB (experts chosen, every resident weight but the embeddings)\n",
+			       bpt / 1e6);
+			printf("  effective read      %7.2f GB/s = %.3f of the DRAM probe %.2f GB/s (%.2f before, %.2f after)\n",
+			       eff, ratio, probe, before, after);
+			printf("  decode kernel       %s\n", er.tuned ? er.tune.why : variant);
+			printf("  per token:");
+			for (size_t i = 0; i < sizeof part / sizeof part[0]; i++)
+				printf("%s %s %.2f ms (%.0f%%)", i == sizeof part / sizeof part[0] - 1 ? ";" : i ? "," : "",
+				       part[i].name, 1e3 * part[i].s / n, 100 * part[i].s * tps / n);
+			printf(" within the parts\n");
+		}
+	}
+	dsm_generate_result_free(&g);
+	dsm_engine_close(e);
+	return rc;
+}
+
 /* Bytes of an expert cache holding half the routed experts of dir (slots with some room for alignment). */
 static int half_the_experts(const char *dir, const struct dsm_engine_options *eo, uint64_t *bytes)
 {
@@ -94,23 +198,25 @@ int bench_e2e_main(int argc, char **argv)
 	static const struct option own[] = {
 		{ "model", required_argument, NULL, 'm' }, { "tokens", required_argument, NULL, 'n' },
 		{ "policies", no_argument, NULL, 'p' }, { "skew-model", required_argument, NULL, 's' },
-		{ "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
+		{ "json", no_argument, NULL, 'j' }, { "resident", no_argument, NULL, 'r' },
+		{ "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 },
 	};
 	struct option *opts = dsm_engine_flags_with(own);
 	if (!opts)
 		return 1;
 	const char *model = "bench-models/medium", *skew_model = "bench-models/small-skew";
-	int tokens = 32, json = 0, policies = 0, ch, status = 2;
+	int tokens = 32, json = 0, policies = 0, in_memory = 0, model_given = 0, ch, status = 2;
 	struct dsm_engine_options eo;
 	dsm_engine_options_default(&eo);
 	optind = 1;
 	while ((ch = bench_getopt(argc, argv, opts, &eo, "e2e")) != -1) {
 		switch (ch) {
-		case 'm': model = optarg; break;
+		case 'm': model = optarg; model_given = 1; break;
 		case 'n': tokens = atoi(optarg); break;
 		case 'p': policies = 1; break;
 		case 's': skew_model = optarg; break;
 		case 'j': json = 1; break;
+		case 'r': in_memory = 1; break;
 		case 'h': usage(stdout); status = 0; goto out;
 		default: usage(stderr); goto out;
 		}
@@ -120,6 +226,16 @@ int bench_e2e_main(int argc, char **argv)
 		goto out;
 	}
 	status = 1;
+	if (in_memory) {
+		if (!model_given)
+			model = "bench-models/mid";
+		if (bench_model("mid", model, "") < 0)
+			goto out;
+		if (resident(model, &eo, tokens, json) < 0)
+			goto fail;
+		status = 0;
+		goto out;
+	}
 	if (bench_model("medium", model, "") < 0)
 		goto out;
 	/* One prompt token: the run is decode. */

@@ -99,6 +99,14 @@ int dsm_physical_cores(void)
 	return n > 0 ? n : 1;
 }
 
+double dsm_cpu_wait_seconds(struct dsm_backend *be)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	if (strcmp(be->name, "cpu") != 0)
+		return 0;
+	return cb->wait.seconds + (cb->experts ? dsm_expert_ctx_wait_seconds(cb->experts) : 0);
+}
+
 int dsm_cpu_gemv_tune(struct dsm_backend *be, const struct dsm_fp8_mat *mats, size_t n, struct dsm_gemv_tune_result *r)
 {
 	struct cpu_backend *cb = cpu_of(be);

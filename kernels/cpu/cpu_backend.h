@@ -26,6 +26,7 @@ struct cpu_backend {
 	struct cpu_scratch ffn;         /* gate/up outputs of the FFN */
 	struct cpu_scratch attn;        /* attention scores */
 	struct cpu_scratch moe;         /* the MoE layer's experts, or its gathered tokens */
+	struct dsm_wait_clock wait;     /* waiting in the backend's own parallel regions (the head, per-head ops) */
 };
 
 static inline struct cpu_backend *cpu_of(struct dsm_backend *be)

@@ -282,15 +282,23 @@ static int bf16_gemv(struct cpu_backend *cb, const struct dsm_mat *w, int64_t n,
 		cpu_bf16_gemv_pack(x, n, cols, xb);
 	}
 	int64_t groups = (rows + 3) / 4;
+	int teams = 1;
+	double t_start = dsm_wall_seconds();
 #pragma omp parallel if (rows * cols * n >= CPU_PARALLEL_MIN)
 	{
 		int64_t team = omp_get_num_threads(), tid = omp_get_thread_num();
+		if (tid == 0)
+			teams = (int)team;
+		double t = dsm_wall_seconds();
 		int64_t a = groups * tid / team * 4, b = groups * (tid + 1) / team * 4;
 		if (b > rows)
 			b = rows;
 		if (a < b)
 			cpu_bf16_gemv_rows(wb, cols, a, b, n, x, xb, cpu_gemv_prefetch, y + a, rows);
+		if (tid < DSM_WAIT_MAX_THREADS)
+			cb->wait.busy[tid * 8] += dsm_wall_seconds() - t;
 	}
+	dsm_wait_end(&cb->wait, teams, dsm_wall_seconds() - t_start);
 	return 0;
 }
 
@@ -460,17 +468,28 @@ static int heads_t_decode(struct cpu_backend *cb, const struct dsm_matmul_heads_
 	float *scratch = cpu_scratch_get(&cb->panel, sizeof(float) * per * (size_t)nt);
 	if (!scratch)
 		return DSM_ENOMEM;
-#pragma omp parallel for schedule(static) if (a->n_heads > 1 && a->n_heads * rows * cols * n >= CPU_PARALLEL_MIN)
-	for (int64_t h = 0; h < a->n_heads; h++) {
-		float *xh = scratch + per * (size_t)omp_get_thread_num();
-		for (int64_t t = 0; t < n; t++) {
-			const float *xt = a->x + t * a->ldx + h * a->x_head;
-			for (int64_t i = 0; i < rows; i++)
-				xh[t * rows + i] = bf16 ? round_bf16(xt[i]) : xt[i];
+	int teams = 1;
+	double t_start = dsm_wall_seconds();
+#pragma omp parallel if (a->n_heads > 1 && a->n_heads * rows * cols * n >= CPU_PARALLEL_MIN)
+	{
+		int64_t team = omp_get_num_threads(), tid = omp_get_thread_num(), H = a->n_heads;
+		if (tid == 0)
+			teams = (int)team;
+		double t0 = dsm_wall_seconds();
+		float *xh = scratch + per * (size_t)tid;
+		for (int64_t h = H * tid / team; h < H * (tid + 1) / team; h++) {
+			for (int64_t t = 0; t < n; t++) {
+				const float *xt = a->x + t * a->ldx + h * a->x_head;
+				for (int64_t i = 0; i < rows; i++)
+					xh[t * rows + i] = bf16 ? round_bf16(xt[i]) : xt[i];
+			}
+			struct dsm_mat wh = dsm_mat_rows(*w, h * a->head_stride, rows);
+			head_t(&wh, rows, n, xh, bf16, a->y + h * a->y_head, a->ldy);
 		}
-		struct dsm_mat wh = dsm_mat_rows(*w, h * a->head_stride, rows);
-		head_t(&wh, rows, n, xh, bf16, a->y + h * a->y_head, a->ldy);
+		if (tid < DSM_WAIT_MAX_THREADS)
+			cb->wait.busy[tid * 8] += dsm_wall_seconds() - t0;
 	}
+	dsm_wait_end(&cb->wait, teams, dsm_wall_seconds() - t_start);
 	return 0;
 }
 

@@ -99,6 +99,19 @@ extern int dsm_gemv_variant; /* the one in use, 0 by default */
 
 struct dsm_expert_ctx;
 
+/* The threads' waiting in parallel regions (barriers, the end of a region while others still work): per region,
+ * the team's wall time minus each thread's working time. Threads add their working time to busy[tid * 8]
+ * (a cache line each); dsm_wait_end adds the region's waiting to seconds and clears busy. */
+#define DSM_WAIT_MAX_THREADS 256
+struct dsm_wait_clock {
+	double seconds;
+	double busy[DSM_WAIT_MAX_THREADS * 8];
+};
+double dsm_wall_seconds(void);
+void dsm_wait_end(struct dsm_wait_clock *w, int team, double wall);
+/* The waiting of the context's regions so far (seconds summed over threads). */
+double dsm_expert_ctx_wait_seconds(const struct dsm_expert_ctx *ctx);
+
 /* What dsm_gemv_tune measured: each variant's rate (GB/s, median of the rounds) and the choice. */
 struct dsm_gemv_tune_result {
 	double gbps[DSM_GEMV_VARIANTS];

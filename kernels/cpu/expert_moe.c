@@ -18,6 +18,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define DEFAULT_GEMM_MIN 32  /* see docs/kernels.md "switch point" */
 #define UP_CHUNK 128         /* gate/up rows per step of the decode path: one scale block */
@@ -38,7 +39,40 @@ struct dsm_expert_ctx {
 	char *buf;                                 /* the buffers of a call, grown on demand */
 	size_t buf_size;
 	uint64_t node_bytes[DSM_EXPERT_MAX_NODES]; /* expert bytes each node was given by the last call */
+	struct dsm_wait_clock wait;
 };
+
+double dsm_wall_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void dsm_wait_end(struct dsm_wait_clock *w, int team, double wall)
+{
+	double busy = 0;
+	for (int i = 0; i < team && i < DSM_WAIT_MAX_THREADS; i++) {
+		busy += w->busy[i * 8];
+		w->busy[i * 8] = 0;
+	}
+	if (team > 1 && team * wall > busy)
+		w->seconds += team * wall - busy;
+}
+
+double dsm_expert_ctx_wait_seconds(const struct dsm_expert_ctx *ctx)
+{
+	return ctx->wait.seconds;
+}
+
+/* Adds the time since t0 to thread tid's working time; returns now. */
+static double worked(struct dsm_expert_ctx *ctx, int tid, double t0)
+{
+	double t = dsm_wall_seconds();
+	if (tid < DSM_WAIT_MAX_THREADS)
+		ctx->wait.busy[tid * 8] += t - t0;
+	return t;
+}
 
 static atomic_uint ctx_ids = 1;
 static _Thread_local unsigned bound_ctx;
@@ -460,25 +494,37 @@ static int run_layer(struct dsm_expert_ctx *ctx, struct layer *L)
 	b.base = ctx->buf;
 	b.off = 0;
 	layout(ctx, L, &b);
-	int N = ctx->n_threads;
+	int N = ctx->n_threads, teams = 1;
+	double t_start = dsm_wall_seconds();
 #pragma omp parallel num_threads(N) if (N > 1)
 	{
 		int team = omp_get_num_threads(), tid = omp_get_thread_num();
+		if (tid == 0)
+			teams = team;
 		bind_self(ctx, tid, team);
+		double t = dsm_wall_seconds();
 		for (int v = tid; v < N; v += team)
 			phase_gather(ctx, L, v);
+		worked(ctx, tid, t);
 #pragma omp barrier
+		t = dsm_wall_seconds();
 		for (int v = tid; v < N; v += team)
 			phase_up(ctx, L, v);
+		worked(ctx, tid, t);
 #pragma omp barrier
+		t = dsm_wall_seconds();
 		for (int v = tid; v < N; v += team)
 			phase_down(ctx, L, v);
+		worked(ctx, tid, t);
 		if (ctx->n_nodes > 1) {
 #pragma omp barrier
+			t = dsm_wall_seconds();
 			for (int v = tid; v < N; v += team)
 				phase_reduce(ctx, L, v);
+			worked(ctx, tid, t);
 		}
 	}
+	dsm_wait_end(&ctx->wait, teams, dsm_wall_seconds() - t_start);
 	return 0;
 }
 
@@ -633,10 +679,15 @@ int dsm_fp8_matmul_rows(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W,
 		return rc;
 	uint16_t *a = (uint16_t *)ctx->buf;
 	char *per = ctx->buf + a_size;
+	int teams = 1;
+	double t_start = dsm_wall_seconds();
 #pragma omp parallel num_threads(N) if (N > 1)
 	{
 		int team = omp_get_num_threads(), tid = omp_get_thread_num();
+		if (tid == 0)
+			teams = team;
 		bind_self(ctx, tid, team);
+		double t = dsm_wall_seconds();
 		size_t a0, a1;
 		if (!gemm) {
 			for (int v = tid; v < N; v += team) {
@@ -649,7 +700,9 @@ int dsm_fp8_matmul_rows(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W,
 				split((W->cols + 1) / 2, N, v, &a0, &a1);
 				dsm_bf16_pack(x, W->cols, n, W->cols, a0, a1, a);
 			}
+			worked(ctx, tid, t);
 #pragma omp barrier
+			t = dsm_wall_seconds();
 			for (int v = tid; v < N; v += team) {
 				void *tile = per + (size_t)v * per_size;
 				float *tmp = (float *)((char *)tile + dsm_fp8_gemm_scratch_size());
@@ -661,7 +714,9 @@ int dsm_fp8_matmul_rows(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W,
 				}
 			}
 		}
+		worked(ctx, tid, t);
 	}
+	dsm_wait_end(&ctx->wait, teams, dsm_wall_seconds() - t_start);
 	return 0;
 }
 
@@ -679,16 +734,23 @@ int dsm_fp8_matmul_heads(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W
 	if (rc < 0)
 		return rc;
 	/* Heads split evenly across the threads; each head is one thread's rows in the order matmul takes them. */
+	int teams = 1;
+	double t_start = dsm_wall_seconds();
 #pragma omp parallel num_threads(N) if (N > 1 && n_heads > 1)
 	{
 		int team = omp_get_num_threads(), tid = omp_get_thread_num();
+		if (tid == 0)
+			teams = team;
 		bind_self(ctx, tid, team);
+		double t = dsm_wall_seconds();
 		void *scratch = ctx->buf + (size_t)tid * per_size;
 		for (size_t h = n_heads * (size_t)tid / (size_t)team; h < n_heads * (size_t)(tid + 1) / (size_t)team; h++) {
 			size_t r0 = row0 + h * stride;
 			dsm_fp8_gemv_rows(ctx->isa, W, r0, r0 + rows, x + h * x_head, ldx, n, y + h * y_head, ldy, scratch);
 		}
+		worked(ctx, tid, t);
 	}
+	dsm_wait_end(&ctx->wait, teams, dsm_wall_seconds() - t_start);
 	return 0;
 }
 

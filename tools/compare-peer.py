@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""dsm against llama.cpp on the same weights, one sitting, the engines alternating (docs/kernels.md, "Against
+llama.cpp").
+
+  tools/compare-peer.py --llama-bench PATH --dsm-run PATH \\
+      --model NAME DSM_DIR GGUF [--model NAME DSM_DIR GGUF ...] [--threads 1,2] [--rounds 3] \\
+      [--decode 64] [--prefill 256] [--json OUT]
+
+Each round runs, for every model and thread count, in this order: llama-bench decode (-p 0 -n N) and
+prefill (-p P -n 0), then dsm-run decode (--tokens 0 -n N+1 --ignore-eos) and prefill (P prompt tokens,
+-n 1). Both engines decode N tokens from an empty context, one at a time, and prefill P tokens in one go.
+The medians over the rounds and their ratios (dsm / llama.cpp) are printed at the end.
+
+llama.cpp is built outside this repository (a CPU Release build); GGUF files come from
+../shared/tools/to_gguf.py on a `dsm-mkmodel --v3` checkpoint and llama-quantize.
+"""
+import argparse, json, os, re, statistics, subprocess, sys
+
+
+def llama(bench, gguf, threads, p, n):
+    out = subprocess.run([bench, "-m", gguf, "-p", str(p), "-n", str(n), "-t", str(threads), "-r", "1",
+                          "-o", "json"], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]["avg_ts"]
+
+
+def dsm(run, model, threads, prompt, n):
+    args = [run, "-m", model, "--tokens", ",".join(str(100 + i) for i in range(prompt)), "-n", str(n),
+            "--ignore-eos", "-t", str(threads), "--ctx", str(max(prompt + n + 16, 512)),
+            "--batch", str(max(prompt, 128))]
+    err = subprocess.run(args, capture_output=True, text=True, check=True).stderr
+    m = re.search(r"prefill \d+ tokens in [\d.]+ s \(([\d.]+) tok/s\), decode \d+ tokens in [\d.]+ s \(([\d.]+) tok/s",
+                  err)
+    if not m:
+        sys.exit("compare-peer: no speed line from dsm-run:\n" + err)
+    return float(m.group(1)), float(m.group(2))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--llama-bench", required=True)
+    ap.add_argument("--dsm-run", required=True)
+    ap.add_argument("--model", nargs=3, action="append", required=True, metavar=("NAME", "DSM_DIR", "GGUF"))
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--prefill", type=int, default=256)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    threads = [int(t) for t in a.threads.split(",")]
+    runs = []
+    for r in range(a.rounds):
+        for name, ddir, gguf in a.model:
+            for t in threads:
+                row = {"round": r + 1, "model": name, "threads": t}
+                row["llama_decode"] = llama(a.llama_bench, gguf, t, 0, a.decode)
+                row["llama_prefill"] = llama(a.llama_bench, gguf, t, a.prefill, 0)
+                _, row["dsm_decode"] = dsm(a.dsm_run, ddir, t, 1, a.decode + 1)
+                row["dsm_prefill"], _ = dsm(a.dsm_run, ddir, t, a.prefill, 1)
+                runs.append(row)
+                print("round %d %-8s %d thread(s): decode dsm %.2f llama.cpp %.2f tok/s, prefill dsm %.1f llama.cpp "
+                      "%.1f tok/s" % (r + 1, name, t, row["dsm_decode"], row["llama_decode"], row["dsm_prefill"],
+                                      row["llama_prefill"]), flush=True)
+    print("\n| model | threads | decode dsm | decode llama.cpp | dsm / llama.cpp | prefill dsm | prefill llama.cpp "
+          "| dsm / llama.cpp |\n|---|---|---|---|---|---|---|---|")
+    summary = []
+    for name, _, _ in a.model:
+        for t in threads:
+            rows = [x for x in runs if x["model"] == name and x["threads"] == t]
+            med = {k: statistics.median(x[k] for x in rows)
+                   for k in ("dsm_decode", "llama_decode", "dsm_prefill", "llama_prefill")}
+            med.update(model=name, threads=t, rounds=len(rows),
+                       decode_ratio=med["dsm_decode"] / med["llama_decode"],
+                       prefill_ratio=med["dsm_prefill"] / med["llama_prefill"])
+            summary.append(med)
+            print("| %s | %d | %.2f | %.2f | **%.2f** | %.1f | %.1f | **%.2f** |" % (
+                name, t, med["dsm_decode"], med["llama_decode"], med["decode_ratio"], med["dsm_prefill"],
+                med["llama_prefill"], med["prefill_ratio"]))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"runs": runs, "medians": summary}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
