@@ -1,6 +1,7 @@
 #!/bin/sh
 # dsm-bench kernels --quick runs every part of the benchmark on small sizes (a smoke test, not a
-# measurement): one JSON object with the documented keys, every rate and ratio a positive number; the table
+# measurement): one JSON object with the documented keys, every rate and ratio a positive number, the decode
+# kernel's memory walk named with the reason it was chosen; the table
 # form has each part; bad options exit 2.
 set -e
 bin="$top_builddir/dsm-bench"
@@ -20,6 +21,8 @@ if d["isa"] == "avx512bf16":
 bad = [k for k in keys if not (isinstance(d.get(k), (int, float)) and math.isfinite(d[k]) and d[k] > 0)]
 if bad:
     sys.exit("FAIL: missing or not a positive number: " + ", ".join(bad))
+if d.get("decode_variant") not in ("cblock1024-ahead8", "rows4-ahead4", "rows1-pf4k") or not d.get("decode_variant_why"):
+    sys.exit("FAIL: no decode kernel variant and reason: %r" % d.get("decode_variant"))
 if d["passes"] != 13 or not d["gemv_ratio_t1_min"] <= d["gemv_ratio_t1"] <= d["gemv_ratio_t1_max"]:
     sys.exit("FAIL: not 13 passes, or the median ratio is outside its passes' range")
 PY

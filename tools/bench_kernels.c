@@ -448,8 +448,24 @@ int bench_kernels_main(int argc, char **argv)
 	for (size_t i = 0; i < 512 * HIDDEN; i++)
 		x[i] = uniform();
 
-	/* (a) and (b): the decode kernel over the whole pool, interleaved with the probe. */
+	/* The decode kernel's memory walk, chosen as the engine chooses it at open (dsm_gemv_tune), on the first
+	 * experts of the pool (written first, long out of cache); (b) and (d) then run with it. */
 	struct dsm_expert_ctx *gemv = make_ctx(isa, &plan, SIZE_MAX);
+	struct dsm_gemv_tune_result tune = { .chosen = dsm_gemv_variant };
+	snprintf(tune.why, sizeof tune.why, "the %s kernel has no variants", dsm_isa_name(isa));
+	if (isa == DSM_ISA_AVX512BF16) {
+		struct dsm_fp8_mat tm[18];
+		int nt = 0;
+		for (int e = 0; e < n_pool && nt < 18; e++) {
+			tm[nt++] = flat[e].e.part[0].gate;
+			tm[nt++] = flat[e].e.part[0].up;
+			tm[nt++] = flat[e].e.part[0].down;
+		}
+		if (dsm_gemv_tune(gemv, tm, (size_t)nt, &tune) < 0)
+			snprintf(tune.why, sizeof tune.why, "not measured: %s", dsm_errmsg());
+	}
+
+	/* (a) and (b): the decode kernel over the whole pool, interleaved with the probe. */
 	static const size_t toks[4] = { 1, 2, 4, 8 };
 	struct paired pg[4];
 	for (int k = 0; k < 4; k++) {
@@ -576,12 +592,18 @@ int bench_kernels_main(int argc, char **argv)
 		}
 		printf(", \"gemm_ratio_m256\": %.3f, \"switch_tokens\": %zu, \"gemm_min_tokens\": %zu, "
 		       "\"moe_layer_ms\": %.3f, \"moe_layer_bound_ms\": %.3f, \"moe_layer_ratio\": %.3f, "
-		       "\"moe_layer_ratio_min\": %.3f, \"moe_layer_ratio_max\": %.3f}\n", gemm_ratio, switch_at,
+		       "\"moe_layer_ratio_min\": %.3f, \"moe_layer_ratio_max\": %.3f", gemm_ratio, switch_at,
 		       dsm_expert_ctx_gemm_min_tokens(ctx), moe_ms, moe_bound, moe_ratio, moe_lo, moe_hi);
+		printf(", \"decode_variant\": \"%s\", \"decode_variant_why\": \"%s\"", dsm_gemv_variants[tune.chosen].name,
+		       tune.why);
+		for (int v = 0; v < DSM_GEMV_VARIANTS && tune.rounds; v++)
+			printf(", \"variant_gbps_%s\": %.2f", dsm_gemv_variants[v].name, tune.gbps[v]);
+		printf("}\n");
 	} else {
 		printf("dsm-bench kernels: %s, %d thread(s) on %d NUMA node(s), LLC %.0f MiB (hwloc), pool %d experts "
 		       "(%.0f MiB), %d probe/kernel passes per figure%s\n\n", dsm_isa_name(isa), n, plan.th.n_nodes,
 		       (double)llc / MiB, n_pool, pool_bytes / MiB, passes, o.quick ? ", --quick: NOT a measurement" : "");
+		printf("decode kernel's memory walk: %s\n", tune.why);
 		printf("(a) DRAM read, median of %d probe passes  %8.2f GB/s   (%.2f-%.2f)\n", n_probes, dram, dram_lo,
 		       dram_hi);
 		for (int k = 0; k < 4; k++)

@@ -6,7 +6,7 @@ llama.cpp").
       --model NAME DSM_DIR GGUF [--model NAME DSM_DIR GGUF ...] [--threads 1,2] [--rounds 3] \\
       [--decode 64] [--prefill 256] [--json OUT]
 
-Each round runs, for every model and thread count, in this order: llama-bench decode (-p 0 -n N) and
+For each model in turn, each round runs, for every thread count, in this order: llama-bench decode (-p 0 -n N) and
 prefill (-p P -n 0), then dsm-run decode (--tokens 0 -n N+1 --ignore-eos) and prefill (P prompt tokens,
 -n 1). Both engines decode N tokens from an empty context, one at a time, and prefill P tokens in one go.
 The medians over the rounds and their ratios (dsm / llama.cpp) are printed at the end.
@@ -48,8 +48,8 @@ def main():
     a = ap.parse_args()
     threads = [int(t) for t in a.threads.split(",")]
     runs = []
-    for r in range(a.rounds):
-        for name, ddir, gguf in a.model:
+    for name, ddir, gguf in a.model:  # one model at a time: its files stay in the page cache
+        for r in range(a.rounds):
             for t in threads:
                 row = {"round": r + 1, "model": name, "threads": t}
                 row["llama_decode"] = llama(a.llama_bench, gguf, t, 0, a.decode)
