@@ -58,34 +58,6 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint16_t *w, int64_t c
 			y[t * ldy + r + i - r0] = hsum(acc[i][t]);
 }
 
-/* One row at a time as one sequential stream (no software prefetch: the hardware follows it), four
- * accumulators per token over interleaved 32-column chunks. */
-DSM_BF16_TARGET static ALWAYS_INLINE void row_bf16_seq(const uint16_t *w, int64_t cols, int64_t r, int n,
-						       const uint16_t *xb, int64_t xb_ld, float *y, int64_t ldy, int64_t r0)
-{
-	__m512 acc[4][CPU_GEMV_MAX_N];
-	for (int k = 0; k < 4; k++)
-		for (int t = 0; t < n; t++)
-			acc[k][t] = _mm512_setzero_ps();
-	const uint16_t *wr = w + r * cols;
-	int64_t c = 0;
-	for (; c + 128 <= cols; c += 128)
-		for (int k = 0; k < 4; k++) {
-			__m512i wv = _mm512_loadu_si512(wr + c + 32 * k);
-			for (int t = 0; t < n; t++)
-				acc[k][t] = _mm512_dpbf16_ps(acc[k][t], (__m512bh)wv,
-							     (__m512bh)_mm512_load_si512(xb + t * xb_ld + c + 32 * k));
-		}
-	for (; c < cols; c += 32) {
-		__m512i wv = _mm512_maskz_loadu_epi16(mask32(c, cols), wr + c);
-		for (int t = 0; t < n; t++)
-			acc[0][t] = _mm512_dpbf16_ps(acc[0][t], (__m512bh)wv, (__m512bh)_mm512_load_si512(xb + t * xb_ld + c));
-	}
-	for (int t = 0; t < n; t++)
-		y[t * ldy + r - r0] = hsum(_mm512_add_ps(_mm512_add_ps(acc[0][t], acc[1][t]),
-							 _mm512_add_ps(acc[2][t], acc[3][t])));
-}
-
 /* The same with F32 activations x [n][x_ld] and exact F32 weights. */
 DSM_AVX512F_TARGET static ALWAYS_INLINE void rows_f32(const uint16_t *w, int64_t cols, int64_t r, int R, int n,
 						      const float *x, int64_t x_ld, int64_t pf, float *y, int64_t ldy,
@@ -142,19 +114,10 @@ DSM_AVX512F_TARGET static ALWAYS_INLINE void rows_f32(const uint16_t *w, int64_t
 	default: { enum { N = 4 }; fn; break; }      \
 	}
 
-#define SEQ_LOOP()                                                                                  \
-	do {                                                                                        \
-		for (int64_t r = r0; r < r1; r++)                                                   \
-			row_bf16_seq(w, cols, r, N, xb, xb_ld, y, ldy, r0);                          \
-	} while (0)
-
 DSM_BF16_TARGET static void gemv_bf16(const uint16_t *w, int64_t cols, int64_t r0, int64_t r1, int n,
 				      const uint16_t *xb, int64_t xb_ld, int64_t pf, float *y, int64_t ldy)
 {
-	if (pf < 0)
-		BY_TOKENS(SEQ_LOOP())
-	else
-		BY_TOKENS(ROW_LOOP(rows_bf16, xb, xb_ld))
+	BY_TOKENS(ROW_LOOP(rows_bf16, xb, xb_ld))
 }
 
 DSM_AVX512F_TARGET static void gemv_f32(const uint16_t *w, int64_t cols, int64_t r0, int64_t r1, int n,
