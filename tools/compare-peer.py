@@ -4,12 +4,14 @@ llama.cpp").
 
   tools/compare-peer.py --llama-bench PATH --dsm-run PATH \\
       --model NAME DSM_DIR GGUF [--model NAME DSM_DIR GGUF ...] [--threads 1,2] [--rounds 3] \\
-      [--decode 64] [--prefill 256] [--json OUT]
+      [--decode 64] [--prefill 256] [--dsm-bench PATH] [--json OUT]
 
-For each model in turn, each round runs, for every thread count, in this order: llama-bench decode (-p 0 -n N) and
+For each model in turn (after one uncounted decode of each engine, which brings the model's files into the
+page cache), each round runs, for every thread count, in this order: llama-bench decode (-p 0 -n N) and
 prefill (-p P -n 0), then dsm-run decode (--tokens 0 -n N+1 --ignore-eos) and prefill (P prompt tokens,
 -n 1). Both engines decode N tokens from an empty context, one at a time, and prefill P tokens in one go.
-The medians over the rounds and their ratios (dsm / llama.cpp) are printed at the end.
+The medians over the rounds and their ratios (dsm / llama.cpp) are printed at the end; with --dsm-bench, the
+DRAM read probe of `dsm-bench kernels` before and after the sitting.
 
 llama.cpp is built outside this repository (a CPU Release build); GGUF files come from
 ../shared/tools/to_gguf.py on a `dsm-mkmodel --v3` checkpoint and llama-quantize.
@@ -35,6 +37,12 @@ def dsm(run, model, threads, prompt, n):
     return float(m.group(1)), float(m.group(2))
 
 
+def probe(bench):
+    out = subprocess.run([bench, "kernels", "--json", "--passes", "3"], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out)["dram_read_gbps"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llama-bench", required=True)
@@ -44,11 +52,17 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--prefill", type=int, default=256)
+    ap.add_argument("--dsm-bench", help="dsm-bench: the DRAM read probe (dsm-bench kernels) before and after")
     ap.add_argument("--json")
     a = ap.parse_args()
     threads = [int(t) for t in a.threads.split(",")]
+    probes = [probe(a.dsm_bench)] if a.dsm_bench else []
     runs = []
     for name, ddir, gguf in a.model:  # one model at a time: its files stay in the page cache
+        # Not counted: a first decode of each, which reads the model's files into the page cache (the kernel
+        # reclaiming the previous model's pages then takes a core for seconds).
+        llama(a.llama_bench, gguf, threads[0], 0, 8)
+        dsm(a.dsm_run, ddir, threads[0], 1, 9)
         for r in range(a.rounds):
             for t in threads:
                 row = {"round": r + 1, "model": name, "threads": t}
@@ -60,6 +74,9 @@ def main():
                 print("round %d %-8s %d thread(s): decode dsm %.2f llama.cpp %.2f tok/s, prefill dsm %.1f llama.cpp "
                       "%.1f tok/s" % (r + 1, name, t, row["dsm_decode"], row["llama_decode"], row["dsm_prefill"],
                                       row["llama_prefill"]), flush=True)
+    if a.dsm_bench:
+        probes.append(probe(a.dsm_bench))
+        print("DRAM read probe (dsm-bench kernels, 2 threads): %.1f GB/s before, %.1f after" % tuple(probes))
     print("\n| model | threads | decode dsm | decode llama.cpp | dsm / llama.cpp | prefill dsm | prefill llama.cpp "
           "| dsm / llama.cpp |\n|---|---|---|---|---|---|---|---|")
     summary = []
@@ -77,7 +94,7 @@ def main():
                 med["llama_prefill"], med["prefill_ratio"]))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"runs": runs, "medians": summary}, f, indent=1)
+            json.dump({"runs": runs, "medians": summary, "dram_probe_gbps": probes}, f, indent=1)
 
 
 if __name__ == "__main__":

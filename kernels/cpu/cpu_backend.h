@@ -54,15 +54,13 @@ void cpu_scratch_free(struct cpu_scratch *s);
 
 /* BF16-weight decode GEMV (bf16_gemv.c): y[t * ldy + r - r0] = sum_c W[r, c] x[t, c] for rows [r0, r1) of
  * w [*, cols], t < n <= CPU_GEMV_MAX_N. With xb (activations packed by cpu_bf16_gemv_pack) the multiply sees
- * BF16 activations (precision bf16), else F32 x [n, cols] and exact F32 weights. Each weight row is prefetched
- * pf bytes ahead. Only where cpu_bf16_gemv_available(bf16). */
+ * BF16 activations (precision bf16), else F32 x [n, cols] and exact F32 weights. Only where
+ * cpu_bf16_gemv_available(bf16). */
 int cpu_bf16_gemv_available(int bf16);
 int64_t cpu_bf16_act_ld(int64_t cols);
 void cpu_bf16_gemv_pack(const float *x, int64_t n, int64_t cols, uint16_t *xb);
 void cpu_bf16_gemv_rows(const uint16_t *w, int64_t cols, int64_t r0, int64_t r1, int64_t n, const float *x,
-			const uint16_t *xb, int64_t pf, float *y, int64_t ldy);
-/* The prefetch distance of the BF16 GEMV, bytes (set at backend creation, see cpu_gemv_tune). */
-extern int64_t cpu_gemv_prefetch;
+			const uint16_t *xb, float *y, int64_t ldy);
 
 int cpu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
 int cpu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);

@@ -294,7 +294,7 @@ static int bf16_gemv(struct cpu_backend *cb, const struct dsm_mat *w, int64_t n,
 		if (b > rows)
 			b = rows;
 		if (a < b)
-			cpu_bf16_gemv_rows(wb, cols, a, b, n, x, xb, cpu_gemv_prefetch, y + a, rows);
+			cpu_bf16_gemv_rows(wb, cols, a, b, n, x, xb, y + a, rows);
 		if (tid < DSM_WAIT_MAX_THREADS)
 			cb->wait.busy[tid * 8] += dsm_wall_seconds() - t;
 	}
