@@ -38,10 +38,11 @@ static inline float round_bf16(float x)
 	return dsm_bf16_to_f32(dsm_f32_to_bf16(x));
 }
 
-/* FP8 E4M3 code -> F32 without a table, so that loops vectorize: the code's exponent and mantissa bits
- * placed at the top of an F32 exponent/mantissa give the value times 2^-120, for normal codes (an F32
- * normal) and subnormal ones (an F32 subnormal) alike; the multiply by 2^120 is then exact. NaN codes
- * (never present in weights) come out as +-480. Needs subnormals (no flush-to-zero), the C default. */
+/* FP8 E4M3 code -> F32, one at a time (ragged ends; load_fp8 below is the vector form): the code's exponent
+ * and mantissa bits placed at the top of an F32 exponent/mantissa give the value times 2^-120, for normal
+ * codes (an F32 normal) and subnormal ones (an F32 subnormal) alike; the multiply by 2^120 is then exact.
+ * NaN codes (never present in weights) come out as +-480. Needs subnormals (no flush-to-zero), the C
+ * default. */
 static inline float fp8_value(uint8_t code)
 {
 	union { uint32_t u; float f; } v = { .u = ((uint32_t)(code & 0x80) << 24) | ((uint32_t)(code & 0x7f) << 20) };
@@ -362,14 +363,14 @@ int cpu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const
 	return 0;
 }
 
-/* y[t * ldy + :cols] += x[t * ldx] * w for t < n: w is one dequantized row, BF16 bits (bf16) or F32. */
+/* y[t, :] += x[t * ldx] * w for t < n: w is one dequantized row, BF16 bits (bf16) or F32. */
 CPU_CLONES static void add_scaled_row(const void *w, int bf16, int64_t cols, const float *x, int64_t ldx, int64_t n,
-				      float *y, int64_t ldy)
+				      float *y)
 {
 	const uint16_t *wb = w;
 	const float *wf = w;
 	for (int64_t t = 0; t < n; t++) {
-		float xv = x[t * ldx], *yt = y + t * ldy;
+		float xv = x[t * ldx], *yt = y + t * cols;
 		if (bf16)
 #pragma omp simd
 			for (int64_t o = 0; o < cols; o++)
@@ -403,7 +404,7 @@ int cpu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, con
 		memset(y, 0, sizeof(float) * (size_t)(n * cols));
 		for (int64_t i = 0; i < rows; i++) {
 			dequant_row(w, i, bf16, panel, panel);
-			add_scaled_row(panel, bf16, cols, xa + i, rows, n, y, cols);
+			add_scaled_row(panel, bf16, cols, xa + i, rows, n, y);
 		}
 		return 0;
 	}
