@@ -184,14 +184,7 @@ static int token_text(void *user, int32_t id, struct dsm_text *out)
 		int n = snprintf(buf, sizeof buf, "%s%d", sm->n_generated > 1 ? " " : "", id);
 		return dsm_text_append(out, buf, (size_t)n);
 	}
-	/* ids past the tokenizer's vocabulary are padding rows of the embedding: no text */
-	if ((size_t)id >= tokenizer_vocab_size(r->tok) || !tokenizer_token_string(r->tok, id, NULL))
-		return 0;
-	sm->piece.len = 0;
-	int rc = token_stream_push(&sm->ts, id, &sm->piece);
-	if (rc < 0)
-		return rc;
-	return sm->piece.len ? dsm_text_append(out, sm->piece.data, sm->piece.len) : 0;
+	return dsm_token_text(&sm->ts, id, &sm->piece, out);
 }
 
 static int on_text(void *user, const char *text, size_t len)

@@ -2,6 +2,7 @@
 
 #include "error.h"
 #include "expert_store.h"
+#include "generate.h"
 #include "size_parse.h"
 #include "tokenizer.h"
 #include "trace.h"
@@ -268,6 +269,17 @@ void dsm_engine_report(const struct dsm_engine *e, uint64_t n_tokens, double sec
 		r->tiered = 1;
 		dsm_offload_report(e->off, n_tokens, seconds, &r->offload);
 	}
+}
+
+int dsm_token_text(struct token_stream *ts, int32_t id, struct text_buffer *piece, struct dsm_text *out)
+{
+	if ((size_t)id >= tokenizer_vocab_size(ts->tok) || !tokenizer_token_string(ts->tok, id, NULL))
+		return 0;
+	piece->len = 0;
+	int rc = token_stream_push(ts, id, piece);
+	if (rc < 0)
+		return rc;
+	return piece->len ? dsm_text_append(out, piece->data, piece->len) : 0;
 }
 
 /* ---- Flags ---- */

@@ -52,6 +52,14 @@ struct dsm_model *dsm_engine_model(const struct dsm_engine *e);
 struct dsm_session *dsm_engine_session(const struct dsm_engine *e);
 /* The checkpoint's tokenizer, NULL when it has no tokenizer.json. */
 struct tokenizer *dsm_engine_tokenizer(const struct dsm_engine *e);
+
+/* For a request's token_text callback: appends to out the text that token id adds to the stream ts (the
+ * tokenizer's incremental decoding), nothing for ids past the tokenizer's vocabulary (padding rows of the
+ * embedding). piece is the caller's scratch. Returns 0 or a negative DSM_E* code. */
+struct token_stream;
+struct text_buffer;
+struct dsm_text;
+int dsm_token_text(struct token_stream *ts, int32_t id, struct text_buffer *piece, struct dsm_text *out);
 /* The placement plan of the tiered expert store, NULL when every expert is mapped. */
 const struct dsm_plan *dsm_engine_plan(const struct dsm_engine *e);
 /* What the user should know about the choices made at open, one line each ("" when nothing). */

@@ -51,15 +51,7 @@ static double now(void)
 static int token_text(void *user, int32_t id, struct dsm_text *out)
 {
 	struct gen_req *g = user;
-	const struct tokenizer *tok = g->pe->tok;
-	/* ids past the tokenizer's vocabulary are padding rows of the embedding: no text */
-	if ((size_t)id >= tokenizer_vocab_size(tok) || !tokenizer_token_string(tok, id, NULL))
-		return 0;
-	g->piece.len = 0;
-	int rc = token_stream_push(&g->ts, id, &g->piece);
-	if (rc < 0)
-		return rc;
-	return g->piece.len ? dsm_text_append(out, g->piece.data, g->piece.len) : 0;
+	return dsm_token_text(&g->ts, id, &g->piece, out);
 }
 
 static void req_free(struct gen_req *g)

@@ -161,19 +161,12 @@ int serve_submit(struct serve_engine *se, struct serve_job *job)
 static int token_text(void *user, int32_t id, struct dsm_text *out)
 {
 	struct serve_choice *c = user;
-	const struct tokenizer *tok = c->ts.tok;
-	if (!tok) {
+	if (!c->ts.tok) {
 		char buf[32];
 		int n = snprintf(buf, sizeof buf, "%s%d", c->n_tokens > 0 ? " " : "", id);
 		return dsm_text_append(out, buf, (size_t)n);
 	}
-	if ((size_t)id >= tokenizer_vocab_size(tok) || !tokenizer_token_string(tok, id, NULL))
-		return 0;
-	c->piece.len = 0;
-	int rc = token_stream_push(&c->ts, id, &c->piece);
-	if (rc < 0)
-		return rc;
-	return c->piece.len ? dsm_text_append(out, c->piece.data, c->piece.len) : 0;
+	return dsm_token_text(&c->ts, id, &c->piece, out);
 }
 
 static int on_text(void *user, const char *text, size_t len)
