@@ -7,7 +7,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 const char *dsm_stop_reason_name(enum dsm_stop_reason r)
 {
@@ -44,13 +43,6 @@ void dsm_generate_result_free(struct dsm_generate_result *r)
 	free(r->ids);
 	dsm_text_free(&r->text);
 	memset(r, 0, sizeof *r);
-}
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* Streaming with stop strings: text[0 .. emitted) has been handed out; the rest is held while it could
@@ -311,7 +303,7 @@ static void finish(struct dsm_scheduler *sc, struct req *q, enum dsm_stop_reason
 	if (why != DSM_STOP_STRING && q->rc == 0 && emit(&q->st, q->res.text.len) && why != DSM_STOP_EOS)
 		why = DSM_STOP_CALLER;
 	q->res.reason = why;
-	double t = now();
+	double t = dsm_now();
 	if (q->res.n == 0)
 		q->t1 = t;
 	q->res.prefill_seconds = q->t1 - q->t0;
@@ -344,7 +336,7 @@ static void next_token(struct dsm_scheduler *sc, struct req *q)
 	int32_t id = dsm_sample(&q->sampler, q->logits);
 	q->res.ids[q->res.n++] = id;
 	if (q->res.n == 1)
-		q->t1 = now();
+		q->t1 = dsm_now();
 	if (io->on_token && io->on_token(io->user, id)) {
 		finish(sc, q, DSM_STOP_CALLER);
 		return;
@@ -435,7 +427,7 @@ static int admit(struct dsm_scheduler *sc)
 				sc->stats.forks++;
 		}
 		q->fed = parent >= 0 ? at : 0;
-		q->t0 = now();
+		q->t0 = dsm_now();
 		q->state = PREFILL;
 		if (q->fed == q->r.n_prompt) {
 			q->logits_pos = q->fed - 1;

@@ -8,17 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define ROUNDS 3
 #define MARGIN 1.08 /* a variant replaces the default only this much faster: the host's noise is larger below */
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static double median3(const double *v)
 {
@@ -43,7 +35,7 @@ int dsm_gemv_tune(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *mats, si
 		return dsm_fail(DSM_ENOMEM, "out of memory");
 	for (size_t j = 0; j < max_cols; j++)
 		x[j] = (float)(j % 7) - 3.0f;
-	double rate[DSM_GEMV_VARIANTS][ROUNDS], t_all = now();
+	double rate[DSM_GEMV_VARIANTS][ROUNDS], t_all = dsm_wall_seconds();
 	int keep = dsm_gemv_variant, rc = 0;
 	for (int k = 0; k < ROUNDS && rc == 0; k++)
 		for (int i = 0; i < DSM_GEMV_VARIANTS && rc == 0; i++) {
@@ -51,12 +43,12 @@ int dsm_gemv_tune(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *mats, si
 			const struct dsm_fp8_mat *part = mats + (size_t)(k * DSM_GEMV_VARIANTS + i) * per;
 			size_t bytes = 0;
 			dsm_gemv_variant = v;
-			double t = now();
+			double t = dsm_wall_seconds();
 			for (size_t j = 0; j < per && rc == 0; j++) {
 				rc = dsm_fp8_matmul(ctx, &part[j], 1, x, x + max_cols);
 				bytes += part[j].rows * part[j].cols;
 			}
-			rate[v][k] = (double)bytes / (now() - t) / 1e9;
+			rate[v][k] = (double)bytes / (dsm_wall_seconds() - t) / 1e9;
 			if (k == 0 && i == 0)
 				r->bytes = bytes;
 		}
@@ -71,7 +63,7 @@ int dsm_gemv_tune(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *mats, si
 			best = v;
 	}
 	r->rounds = ROUNDS;
-	r->seconds = now() - t_all;
+	r->seconds = dsm_wall_seconds() - t_all;
 	if (best != 0 && r->gbps[best] >= MARGIN * r->gbps[0]) {
 		dsm_gemv_variant = best;
 		snprintf(r->why, sizeof r->why, "%s streamed %.1f GB/s against %.1f for %s (median of %d rounds)",
