@@ -23,7 +23,6 @@
 
 #include <cjson/cJSON.h>
 #include <getopt.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,11 +47,6 @@ static double now(void)
 }
 
 /* Memory the DRAM probe reads: the weights decode steps read from DRAM. */
-struct region {
-	const char *p;
-	size_t n;
-};
-
 /* One preset opened through the engine. */
 struct bench {
 	struct dsm_engine *e;
@@ -64,7 +58,7 @@ struct bench {
 	uint64_t step_bytes;              /* the non-expert weights one decode step reads */
 	uint64_t experts[3];              /* routed experts by tier (NVME, DRAM, GPU; see expert_tier) */
 	uint8_t *used;                    /* [n_layers * n_experts]: routed to in the current step */
-	struct region *regions;
+	struct dram_region *regions;
 	size_t n_regions, next_region;
 	uint64_t odirect_offset;          /* where the next O_DIRECT probe reads */
 };
@@ -95,12 +89,12 @@ static void on_route(void *user, int seq, int layer, int64_t pos, const int32_t 
 
 static int add_region(struct bench *b, const struct dsm_mat *m)
 {
-	struct region *v = realloc(b->regions, sizeof *v * (b->n_regions + 1));
+	struct dram_region *v = realloc(b->regions, sizeof *v * (b->n_regions + 1));
 	if (!v)
 		return dsm_fail(DSM_ENOMEM, "out of memory");
 	b->regions = v;
 	size_t row = (size_t)m->cols * dsm_dtype_size(m->dtype);
-	v[b->n_regions++] = (struct region){ (const char *)m->data + (size_t)m->row0 * row, (size_t)m->rows * row };
+	v[b->n_regions++] = (struct dram_region){ (const char *)m->data + (size_t)m->row0 * row, (size_t)m->rows * row };
 	return 0;
 }
 
@@ -173,8 +167,6 @@ static int bench_open(struct bench *b, const char *dir, struct dsm_engine_option
 	return collect_regions(b);
 }
 
-static volatile uint64_t sink;
-
 /* Seconds of one DRAM probe: about PROBE_BYTES of the regions, from where the last probe stopped, every
  * thread of the engine reading its share of each region. *bytes: what was read. */
 static double probe_dram(struct bench *b, double *bytes)
@@ -183,23 +175,7 @@ static double probe_dram(struct bench *b, double *bytes)
 	for (uint64_t sum = 0; sum < PROBE_BYTES; count++)
 		sum += b->regions[(first + count) % b->n_regions].n;
 	b->next_region = (first + count) % b->n_regions;
-	uint64_t acc = 0, total = 0;
-	double t0 = now();
-#pragma omp parallel num_threads(b->threads) reduction(^ : acc) reduction(+ : total)
-	{
-		int q = omp_get_thread_num(), Q = omp_get_num_threads();
-		for (size_t i = 0; i < count; i++) {
-			const struct region *r = &b->regions[(first + i) % b->n_regions];
-			size_t begin, end;
-			dram_share(r->n, q, Q, &begin, &end);
-			acc ^= dram_read(r->p + begin, end - begin);
-			total += end - begin;
-		}
-	}
-	double dt = now() - t0;
-	sink = acc;
-	*bytes = (double)total;
-	return dt;
+	return dram_read_regions(b->regions, b->n_regions, first, count, b->threads, bytes);
 }
 
 /* Seconds of one O_DIRECT probe: ODIRECT_BYTES of the checkpoint's shards, from where the last one stopped.

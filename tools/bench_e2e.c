@@ -16,7 +16,6 @@
 #include "inspect.h"
 
 #include <getopt.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,32 +88,25 @@ static int decode(const char *dir, const struct dsm_engine_options *eo, const in
 }
 
 /* The DRAM probe on the cpu backend's threads over the model's routed experts (in memory, far more than the
- * last-level cache: the bytes the decode reads), each thread its share of every tensor. GB/s. */
+ * last-level cache: the bytes the decode reads), each thread its share of every tensor. GB/s; 0 when the
+ * experts are not in memory or on error. */
 static double probe_experts(const struct dsm_store_model *sm)
 {
-	uint64_t total = 0;
-	volatile uint64_t sink = 0;
-	double t = omp_get_wtime();
-#pragma omp parallel reduction(+ : total)
-	{
-		int q = omp_get_thread_num(), Q = omp_get_num_threads();
-		uint64_t x = 0;
-		for (int L = sm->shape.first_moe; L < sm->shape.n_layers; L++)
-			for (int e = 0; e < sm->shape.n_experts; e++)
-				for (int p = 0; p < DSM_EXPERT_NPROJ; p++) {
-					const struct dsm_store_tensor *w = &dsm_store_expert(sm, L, e)->w[p];
-					size_t a, b;
-					if (!w->mapped)
-						continue;
-					dram_share((size_t)w->nbytes, q, Q, &a, &b);
-					x ^= dram_read((const char *)w->mapped + a, b - a);
-					total += b - a;
-				}
-		sink ^= x;
-	}
-	t = omp_get_wtime() - t;
-	(void)sink;
-	return t > 0 ? (double)total / t / 1e9 : 0;
+	size_t n = 0;
+	struct dram_region *r = malloc(sizeof *r * (size_t)sm->shape.n_layers * (size_t)sm->shape.n_experts *
+				       DSM_EXPERT_NPROJ + sizeof *r);
+	if (!r)
+		return 0;
+	for (int L = sm->shape.first_moe; L < sm->shape.n_layers; L++)
+		for (int e = 0; e < sm->shape.n_experts; e++)
+			for (int p = 0; p < DSM_EXPERT_NPROJ; p++) {
+				const struct dsm_store_tensor *w = &dsm_store_expert(sm, L, e)->w[p];
+				if (w->mapped)
+					r[n++] = (struct dram_region){ w->mapped, (size_t)w->nbytes };
+			}
+	double bytes = 0, t = n ? dram_read_regions(r, n, 0, n, 0, &bytes) : 0;
+	free(r);
+	return t > 0 ? bytes / t / 1e9 : 0;
 }
 
 /* The resident decode: every weight in memory (the plain run), one prompt token, then `tokens` decoded. Prints

@@ -1,6 +1,7 @@
 #include "dram_probe.h"
 
 #include <immintrin.h>
+#include <omp.h>
 #include <string.h>
 
 __attribute__((target("avx512f"))) static uint64_t read_avx512(const char *p, size_t n)
@@ -64,4 +65,29 @@ void dram_share(size_t n, int q, int Q, size_t *begin, size_t *end)
 {
 	*begin = n * (size_t)q / (size_t)Q / 512 * 512;
 	*end = n * (size_t)(q + 1) / (size_t)Q / 512 * 512;
+}
+
+static volatile uint64_t regions_sink;
+
+double dram_read_regions(const struct dram_region *r, size_t n_regions, size_t first, size_t count, int threads,
+			 double *bytes)
+{
+	uint64_t acc = 0, total = 0;
+	double t0 = omp_get_wtime();
+#pragma omp parallel num_threads(threads > 0 ? threads : omp_get_max_threads()) reduction(^ : acc) \
+	reduction(+ : total)
+	{
+		int q = omp_get_thread_num(), Q = omp_get_num_threads();
+		for (size_t i = 0; i < count; i++) {
+			const struct dram_region *x = &r[(first + i) % n_regions];
+			size_t begin, end;
+			dram_share(x->n, q, Q, &begin, &end);
+			acc ^= dram_read(x->p + begin, end - begin);
+			total += end - begin;
+		}
+	}
+	double dt = omp_get_wtime() - t0;
+	regions_sink = acc;
+	*bytes = (double)total;
+	return dt;
 }

@@ -16,4 +16,16 @@ uint64_t dram_read(const void *p, size_t n);
 /* Share q of Q of n bytes, cut at 512-byte boundaries: bytes [*begin, *end). */
 void dram_share(size_t n, int q, int Q, size_t *begin, size_t *end);
 
+/* A region of memory to probe. */
+struct dram_region {
+	const char *p;
+	size_t n;
+};
+
+/* The probe over regions r[(first + i) % n_regions] for i < count: every thread of an OpenMP team of
+ * `threads` (0: the default team) reads its share (dram_share) of each region. Returns the seconds; *bytes:
+ * the bytes read. */
+double dram_read_regions(const struct dram_region *r, size_t n_regions, size_t first, size_t count, int threads,
+			 double *bytes);
+
 #endif
