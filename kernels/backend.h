@@ -151,6 +151,9 @@ enum dsm_op {
 	DSM_OP_ROUTE, DSM_OP_MATMUL_HEADS, DSM_OP_COUNT
 };
 
+struct dsm_queue;  /* a backend's queue of work (a CUDA stream) */
+struct dsm_event;  /* a point in a queue (a CUDA event) */
+
 struct dsm_backend {
 	const char *name;               /* "cpu", ... */
 	void *impl;                     /* backend state */
@@ -165,11 +168,39 @@ struct dsm_backend {
 	void (*free)(struct dsm_backend *be, void *p);
 	int (*copy_in)(struct dsm_backend *be, void *dst, const void *src, size_t bytes);
 	int (*copy_out)(struct dsm_backend *be, void *dst, const void *src, size_t bytes);
+	/* Waits for all work of every queue; returns the first failure not yet returned. */
 	int (*sync)(struct dsm_backend *be);
 	/* (optional) The largest attention the caller will run: up to max_keys keys, n_heads heads of
 	 * width head_dim (latent + rope for the absorbed form). The backend allocates its scratch now so
 	 * that no op allocates later as the context grows. */
 	int (*reserve)(struct dsm_backend *be, int64_t max_keys, int64_t n_heads, int64_t head_dim);
+	/* (optional) Host memory the device copies from and to at full speed (pinned); NULL: plain malloc. */
+	void *(*host_alloc)(struct dsm_backend *be, size_t bytes);
+	void (*host_free)(struct dsm_backend *be, void *p);
+
+	/* Asynchronous execution (optional: NULL on host backends, whose calls have ended when they return).
+	 * A queue runs the work submitted to it in submission order, concurrently with the caller and with
+	 * other queues. While a queue is current (set_queue), copy_in, copy_out and every op are submitted to
+	 * it and return at once: they read their argument structs, weight descriptors and mask tables during
+	 * the call, and the data those point to when the queue reaches the work, so that data must stay valid
+	 * and unchanged until an event recorded after the work has completed. The first failure inside a
+	 * queue skips the queue's later copies and ops and is returned, with its message, by the next
+	 * event_sync of an event recorded on that queue after it (or by sync). */
+	int (*queue_create)(struct dsm_backend *be, struct dsm_queue **q);
+	/* Waits for q's work, then frees it. Accepts NULL. */
+	void (*queue_destroy)(struct dsm_backend *be, struct dsm_queue *q);
+	/* q becomes the queue of the later calls on be (NULL: calls run synchronously again). */
+	void (*set_queue)(struct dsm_backend *be, struct dsm_queue *q);
+	int (*event_create)(struct dsm_backend *be, struct dsm_event **e);
+	void (*event_destroy)(struct dsm_backend *be, struct dsm_event *e);
+	/* e completes when the work submitted to q before this call has ended. */
+	int (*event_record)(struct dsm_backend *be, struct dsm_event *e, struct dsm_queue *q);
+	/* q's later work waits until e completes (e recorded on another queue). */
+	int (*queue_wait)(struct dsm_backend *be, struct dsm_queue *q, struct dsm_event *e);
+	/* The caller waits until e completes; returns 0 or the first failure of its queue's work before it. */
+	int (*event_sync)(struct dsm_backend *be, struct dsm_event *e);
+	/* Seconds from a's completion to b's (both completed, recorded on the same device). */
+	int (*event_elapsed)(struct dsm_backend *be, struct dsm_event *a, struct dsm_event *b, double *seconds);
 
 	/* y[n, w.rows] = x[n, w.cols] . w^T (a Linear layer). */
 	int (*matmul)(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
@@ -218,10 +249,13 @@ struct dsm_backend_options {
 	/* Where the cpu backend's OpenMP threads run: each binds itself to its core the first time it works.
 	 * NULL: unbound. With a plan, its thread count replaces `threads`. Must outlive the backend. */
 	const struct dsm_cpu_threads *cpu_threads;
-	size_t device_bytes;            /* emu: device memory budget, 0: 1 GiB */
+	size_t device_bytes;            /* emu: device memory budget, 0: 1 GiB; cuda: 0: the free memory less a
+					 * margin */
+	int device;                     /* cuda: the device's index */
 };
 
-/* Creates the named backend: "cpu", or "emu" (the cpu backend behind a device-memory budget, kernels/emu/).
+/* Creates the named backend: "cpu", "emu" (the cpu backend behind a device-memory budget, kernels/emu/), or
+ * "cuda" where built (kernels/cuda/).
  * Returns 0 or DSM_EARG (unknown name) / DSM_ENOMEM / DSM_EUNSUPPORTED. */
 int dsm_backend_create(struct dsm_backend **out, const char *name, const struct dsm_backend_options *o);
 /* Accepts NULL. */
