@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum { T = 40, STEPS = 7 };
 
@@ -178,6 +179,85 @@ static void test_emu_memory(const struct dsm_backend_options *bo)
 	      "emu: after frees used %zu allocs %zu peak %zu bad %zu", st.used, st.allocs, st.peak, st.bad_frees);
 	CHECK(dsm_emu_get_stats(cpu, &st) == DSM_EARG, "emu stats of the cpu backend");
 	dsm_backend_destroy(e);
+}
+
+/* The emu backend's queues: work runs on the queue's thread in submission order while the caller goes on; a
+ * queue waits for another queue's event; queued ops give the bits of the same ops called directly; a failure
+ * inside a queue skips the queue's later work and comes back from event_sync with its message. */
+static void test_emu_queues(const struct dsm_backend_options *bo)
+{
+	struct dsm_backend *e;
+	struct dsm_queue *q1 = NULL, *q2 = NULL;
+	struct dsm_event *e1 = NULL, *e2 = NULL;
+	if (dsm_backend_create(&e, "emu", bo) < 0 || e->queue_create(e, &q1) < 0 || e->queue_create(e, &q2) < 0 ||
+	    e->event_create(e, &e1) < 0 || e->event_create(e, &e2) < 0) {
+		CHECK(0, "emu queues: %s", dsm_errmsg());
+		return;
+	}
+	enum { N = 4, ROWS = 64, COLS = 256 };
+	float *dev = e->alloc(e, sizeof(float) * COLS * N), *src = malloc(sizeof(float) * COLS * N);
+	float *out = calloc(COLS * N, sizeof(float)), *w = malloc(sizeof(float) * ROWS * COLS);
+	float y0[N * ROWS], y1[N * ROWS], z1[N * ROWS];
+	for (int i = 0; i < COLS * N; i++)
+		src[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+	for (int i = 0; i < ROWS * COLS; i++)
+		w[i] = (float)((i * 53) % 97) / 48.0f - 1.0f;
+
+	/* q2 is held: its copy cannot run, and q1's copy waits for q2's event. */
+	dsm_emu_queue_hold(e, q2, 1);
+	e->set_queue(e, q2);
+	CHECK(e->copy_in(e, dev, src, sizeof(float) * COLS * N) == 0 && e->event_record(e, e2, q2) == 0, "queue q2");
+	e->set_queue(e, q1);
+	CHECK(e->queue_wait(e, q1, e2) == 0 && e->copy_out(e, out, dev, sizeof(float) * COLS * N) == 0 &&
+	      e->event_record(e, e1, q1) == 0, "queue q1");
+	e->set_queue(e, NULL);
+	struct timespec pause = { 0, 20 * 1000 * 1000 };
+	nanosleep(&pause, NULL);
+	CHECK(out[0] == 0 && out[COLS * N - 1] == 0, "emu: q1 ran before the event of held q2");
+	dsm_emu_queue_hold(e, q2, 0);
+	CHECK(e->event_sync(e, e1) == 0 && memcmp(out, src, sizeof(float) * COLS * N) == 0, "emu: queued copies");
+	double dt = -1;
+	CHECK(e->event_elapsed(e, e2, e1, &dt) == 0 && dt >= 0, "emu: event_elapsed %g", dt);
+
+	/* The same matmul directly, then queued. */
+	struct dsm_mat m = { .dtype = DSM_F32, .rows = ROWS, .cols = COLS, .data = w };
+	CHECK(e->matmul(e, &m, N, src, y0) == 0, "emu: matmul: %s", dsm_errmsg());
+	e->set_queue(e, q1);
+	CHECK(e->matmul(e, &m, N, dev, y1) == 0 && e->rmsnorm(e, N, ROWS, y1, ROWS, w, 1e-6f, z1) == 0 &&
+	      e->event_record(e, e1, q1) == 0, "emu: queued matmul");
+	m.rows = 0; /* the descriptor was copied at the call: changing it now changes nothing */
+	e->set_queue(e, NULL);
+	CHECK(e->event_sync(e, e1) == 0 && memcmp(y0, y1, sizeof y0) == 0, "emu: queued matmul differs");
+	float z0[N * ROWS];
+	CHECK(e->rmsnorm(e, N, ROWS, y0, ROWS, w, 1e-6f, z0) == 0 && memcmp(z0, z1, sizeof z0) == 0,
+	      "emu: queued rmsnorm differs");
+
+	/* A failure (Hadamard of 3 values) skips the copy after it and is returned once, with its message. */
+	memset(out, 0, sizeof(float) * COLS * N);
+	e->set_queue(e, q1);
+	CHECK(e->hadamard(e, 1, 3, y1) == 0 && e->copy_out(e, out, dev, sizeof(float) * COLS * N) == 0 &&
+	      e->event_record(e, e1, q1) == 0, "emu: queued failure submitted");
+	e->set_queue(e, NULL);
+	int rc = e->event_sync(e, e1);
+	CHECK(rc == DSM_EARG && strstr(dsm_errmsg(), "power of two") && out[0] == 0, "emu: queued failure: %d %s", rc,
+	      dsm_errmsg());
+	e->set_queue(e, q1);
+	CHECK(e->copy_out(e, out, dev, sizeof(float) * COLS * N) == 0 && e->event_record(e, e1, q1) == 0, "emu: after");
+	e->set_queue(e, NULL);
+	CHECK(e->event_sync(e, e1) == 0 && out[0] == src[0] && e->sync(e) == 0, "emu: a queue works after a failure");
+	struct dsm_emu_stats st;
+	dsm_emu_get_stats(e, &st);
+	CHECK(st.jobs == 6 && st.queue_busy_seconds > 0, "emu: %zu jobs, %g s", st.jobs, st.queue_busy_seconds);
+
+	e->free(e, dev);
+	e->event_destroy(e, e1);
+	e->event_destroy(e, e2);
+	e->queue_destroy(e, q1);
+	e->queue_destroy(e, q2);
+	dsm_backend_destroy(e);
+	free(src);
+	free(out);
+	free(w);
 }
 
 struct config_case {
@@ -404,6 +484,7 @@ int main(void)
 		return 99;
 	}
 	test_emu_memory(&bo);
+	test_emu_queues(&bo);
 	const struct dsm_moe_shape *c = &sm->shape;
 	D = c->hidden_size;
 	K = c->top_k;

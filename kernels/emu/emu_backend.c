@@ -1,11 +1,15 @@
-/* The emu backend (emu_backend.h): device memory under a budget, ops delegated to an owned cpu backend. */
+/* The emu backend (emu_backend.h): device memory under a budget, ops delegated to an owned cpu backend, and
+ * queues that really run concurrently with the caller: a worker thread per queue. */
 #include "emu/emu_backend.h"
 
 #include "error.h"
 
+#include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Every allocation starts with this header, so that free knows its size and catches double frees;
  * 64 bytes keeps the returned pointer 64-byte aligned. */
@@ -17,9 +21,64 @@ struct emu_header {
 	size_t bytes;           /* counted bytes (request rounded up to 64) */
 };
 
+/* One piece of work in a queue. An op's arguments are copied at submission (weight descriptors and the
+ * attention mask table too); the data they point to is read when the worker runs the job. */
+enum job_kind { JOB_COPY, JOB_OP, JOB_RECORD, JOB_WAIT };
+
+struct emu_job {
+	struct emu_job *next;
+	enum job_kind kind;
+	struct dsm_event *ev;                   /* JOB_RECORD, JOB_WAIT */
+	void *dst;                              /* JOB_COPY */
+	const void *src;
+	size_t bytes;
+	enum dsm_op op;                         /* JOB_OP: the op and its arguments */
+	struct dsm_mat w;
+	struct dsm_ffn_weights ffn;
+	int64_t n, d, n_heads, k, ldx, ldh;
+	float eps;
+	int interleaved;
+	const float *x, *wv, *b, *cos, *sin, *keys;
+	float *y;
+	int32_t *idx;
+	union {
+		struct dsm_matmul_heads_args heads;
+		struct dsm_attn_full_args full;
+		struct dsm_attn_latent_args latent;
+		struct dsm_route_args route;
+	} a;
+	struct dsm_attn_mask *mask;             /* owned copy of attn_full's mask table */
+};
+
+struct dsm_queue {
+	struct emu_backend *eb;
+	struct dsm_queue *next;                 /* the backend's list of queues */
+	pthread_t thread;
+	struct dsm_backend *cpu;                /* the worker's own cpu backend (one thread: one device) */
+	struct emu_job *head, *tail;
+	int running;                            /* the worker is running a job */
+	int held;                               /* dsm_emu_queue_hold */
+	int stop, ready, create_rc;
+	int rc;                                 /* first failure not yet returned */
+	char msg[512];
+};
+
+struct dsm_event {
+	int pending;                            /* records submitted and not reached */
+	double t;                               /* when the last record was reached */
+	int rc;                                 /* its queue's unreturned failure at that point */
+	struct dsm_queue *q;
+	char msg[512];
+};
+
 struct emu_backend {
 	struct dsm_backend be;  /* first: a struct dsm_backend * points here */
 	struct dsm_backend *cpu;
+	struct dsm_backend_options opts;
+	int64_t reserve[3];     /* the largest reserve asked for, for queues created later */
+	struct dsm_queue *queues, *cur;
+	pthread_mutex_t mu;     /* guards the queues, their jobs and the events */
+	pthread_cond_t cv;      /* broadcast on every change of them */
 	struct dsm_emu_stats st;
 };
 
@@ -33,10 +92,336 @@ static struct dsm_backend *cpu_of_emu(struct dsm_backend *be)
 	return ((struct emu_backend *)be)->cpu;
 }
 
+static double emu_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- The queues' workers ---- */
+
+static int run_op(struct dsm_backend *c, struct emu_job *j)
+{
+	switch (j->op) {
+	case DSM_OP_MATMUL: return c->matmul(c, &j->w, j->n, j->x, j->y);
+	case DSM_OP_MATMUL_T: return c->matmul_t(c, &j->w, j->n, j->x, j->y);
+	case DSM_OP_MATMUL_HEADS: return c->matmul_heads(c, &j->a.heads);
+	case DSM_OP_FFN: return c->ffn(c, &j->ffn, j->n, j->x, j->y);
+	case DSM_OP_RMSNORM: return c->rmsnorm(c, j->n, j->d, j->x, j->ldx, j->wv, j->eps, j->y);
+	case DSM_OP_LAYERNORM: return c->layernorm(c, j->n, j->d, j->x, j->wv, j->b, j->eps, j->y);
+	case DSM_OP_ROPE:
+		return c->rope(c, j->n, j->n_heads, j->d, j->y, j->ldx, j->ldh, j->cos, j->sin, j->interleaved);
+	case DSM_OP_HADAMARD: return c->hadamard(c, j->n, j->d, j->y);
+	case DSM_OP_ATTN_FULL: return c->attn_full(c, &j->a.full);
+	case DSM_OP_ATTN_LATENT: return c->attn_latent(c, &j->a.latent);
+	case DSM_OP_INDEXER_SCORES: return c->indexer_scores(c, j->n_heads, j->d, j->x, j->wv, j->keys, j->n, j->y);
+	case DSM_OP_TOPK: return c->topk(c, j->x, j->n, j->k, j->idx);
+	case DSM_OP_ROUTE: return c->route(c, &j->a.route);
+	default: return dsm_fail(DSM_EUNSUPPORTED, "emu: op %d cannot be queued", (int)j->op);
+	}
+}
+
+/* Runs one job outside the lock; returns its result. Skipped (0) after an unreturned failure. */
+static int run_job(struct dsm_queue *q, struct emu_job *j)
+{
+	if (j->kind == JOB_COPY) {
+		if (j->bytes)
+			memcpy(j->dst, j->src, j->bytes);
+		return 0;
+	}
+	return run_op(q->cpu, j);
+}
+
+static void free_job(struct emu_job *j)
+{
+	free(j->mask);
+	free(j);
+}
+
+static void *worker(void *arg)
+{
+	struct dsm_queue *q = arg;
+	struct emu_backend *eb = q->eb;
+	struct dsm_backend_options o = eb->opts;
+	o.threads = 1;          /* the device: one more processor beside the caller's threads */
+	o.cpu_threads = NULL;
+	int rc = dsm_backend_create(&q->cpu, "cpu", &o); /* here: its OpenMP settings are this thread's */
+	if (rc == 0 && q->cpu->reserve && eb->reserve[0])
+		rc = q->cpu->reserve(q->cpu, eb->reserve[0], eb->reserve[1], eb->reserve[2]);
+	pthread_mutex_lock(&eb->mu);
+	q->ready = 1;
+	q->create_rc = rc;
+	if (rc < 0)
+		snprintf(q->msg, sizeof q->msg, "%s", dsm_errmsg());
+	pthread_cond_broadcast(&eb->cv);
+	while (rc == 0) {
+		while (!q->stop && (!q->head || q->held))
+			pthread_cond_wait(&eb->cv, &eb->mu);
+		struct emu_job *j = q->head;
+		if (!j)
+			break; /* stopping with nothing left */
+		if (j->kind == JOB_WAIT) {
+			while (j->ev->pending > 0)
+				pthread_cond_wait(&eb->cv, &eb->mu);
+		} else if (j->kind == JOB_RECORD) {
+			struct dsm_event *e = j->ev;
+			e->pending--;
+			e->t = emu_now();
+			e->rc = q->rc;
+			e->q = q;
+			memcpy(e->msg, q->msg, sizeof e->msg);
+		} else if (q->rc == 0) {
+			q->running = 1;
+			pthread_mutex_unlock(&eb->mu);
+			double t0 = emu_now();
+			int r = run_job(q, j);
+			double busy = emu_now() - t0;
+			pthread_mutex_lock(&eb->mu);
+			q->running = 0;
+			eb->st.jobs++;
+			eb->st.queue_busy_seconds += busy;
+			if (r < 0) {
+				q->rc = r;
+				snprintf(q->msg, sizeof q->msg, "%s", dsm_errmsg());
+			}
+		}
+		q->head = j->next;
+		if (!q->head)
+			q->tail = NULL;
+		free_job(j);
+		pthread_cond_broadcast(&eb->cv);
+	}
+	pthread_mutex_unlock(&eb->mu);
+	return NULL;
+}
+
+/* Appends job j (owned from now on) to the current queue. */
+static int submit(struct emu_backend *eb, struct emu_job *j)
+{
+	struct dsm_queue *q = eb->cur;
+	pthread_mutex_lock(&eb->mu);
+	j->next = NULL;
+	if (q->tail)
+		q->tail->next = j;
+	else
+		q->head = j;
+	q->tail = j;
+	pthread_cond_broadcast(&eb->cv);
+	pthread_mutex_unlock(&eb->mu);
+	return 0;
+}
+
+static struct emu_job *new_job(enum job_kind kind)
+{
+	struct emu_job *j = calloc(1, sizeof *j);
+	if (j)
+		j->kind = kind;
+	return j;
+}
+
+static struct emu_job *new_op(enum dsm_op op)
+{
+	struct emu_job *j = new_job(JOB_OP);
+	if (j)
+		j->op = op;
+	return j;
+}
+
+/* Waits until q has run everything submitted to it (the lock held). */
+static void drain_locked(struct emu_backend *eb, struct dsm_queue *q)
+{
+	while (q->head || q->running)
+		pthread_cond_wait(&eb->cv, &eb->mu);
+}
+
+/* Returns q's unreturned failure with its message (the lock held), and clears it. */
+static int take_failure_locked(struct dsm_queue *q)
+{
+	int rc = q->rc;
+	if (rc < 0)
+		dsm_fail(rc, "%s", q->msg);
+	q->rc = 0;
+	return rc;
+}
+
+static int emu_queue_create(struct dsm_backend *be, struct dsm_queue **out)
+{
+	struct emu_backend *eb = emu_of(be);
+	*out = NULL;
+	struct dsm_queue *q = calloc(1, sizeof *q);
+	if (!q)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	q->eb = eb;
+	if (pthread_create(&q->thread, NULL, worker, q) != 0) {
+		free(q);
+		return dsm_fail(DSM_ENOMEM, "emu: cannot start a queue's thread");
+	}
+	pthread_mutex_lock(&eb->mu);
+	while (!q->ready)
+		pthread_cond_wait(&eb->cv, &eb->mu);
+	int rc = q->create_rc;
+	if (rc == 0) {
+		q->next = eb->queues;
+		eb->queues = q;
+	}
+	pthread_mutex_unlock(&eb->mu);
+	if (rc < 0) {
+		pthread_join(q->thread, NULL);
+		dsm_fail(rc, "emu queue: %s", q->msg);
+		dsm_backend_destroy(q->cpu);
+		free(q);
+		return rc;
+	}
+	*out = q;
+	return 0;
+}
+
+static void emu_queue_destroy(struct dsm_backend *be, struct dsm_queue *q)
+{
+	struct emu_backend *eb = emu_of(be);
+	if (!q)
+		return;
+	pthread_mutex_lock(&eb->mu);
+	q->held = 0;
+	q->stop = 1;
+	pthread_cond_broadcast(&eb->cv);
+	for (struct dsm_queue **p = &eb->queues; *p; p = &(*p)->next)
+		if (*p == q) {
+			*p = q->next;
+			break;
+		}
+	if (eb->cur == q)
+		eb->cur = NULL;
+	pthread_mutex_unlock(&eb->mu);
+	pthread_join(q->thread, NULL);
+	dsm_backend_destroy(q->cpu);
+	free(q);
+}
+
+static void emu_set_queue(struct dsm_backend *be, struct dsm_queue *q)
+{
+	emu_of(be)->cur = q;
+}
+
+static int emu_event_create(struct dsm_backend *be, struct dsm_event **e)
+{
+	(void)be;
+	if (!(*e = calloc(1, sizeof **e)))
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	return 0;
+}
+
+static void emu_event_destroy(struct dsm_backend *be, struct dsm_event *e)
+{
+	struct emu_backend *eb = emu_of(be);
+	if (!e)
+		return;
+	pthread_mutex_lock(&eb->mu); /* a record or wait in a queue may still refer to it */
+	while (e->pending > 0)
+		pthread_cond_wait(&eb->cv, &eb->mu);
+	for (struct dsm_queue *q = eb->queues; q; q = q->next)
+		for (struct emu_job *j = q->head; j; j = j->next)
+			if (j->ev == e) {
+				drain_locked(eb, q);
+				break;
+			}
+	pthread_mutex_unlock(&eb->mu);
+	free(e);
+}
+
+static int emu_event_record(struct dsm_backend *be, struct dsm_event *e, struct dsm_queue *q)
+{
+	struct emu_backend *eb = emu_of(be);
+	struct emu_job *j = new_job(JOB_RECORD);
+	if (!j)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	j->ev = e;
+	pthread_mutex_lock(&eb->mu);
+	e->pending++;
+	pthread_mutex_unlock(&eb->mu);
+	struct dsm_queue *cur = eb->cur;
+	eb->cur = q;
+	submit(eb, j);
+	eb->cur = cur;
+	return 0;
+}
+
+static int emu_queue_wait(struct dsm_backend *be, struct dsm_queue *q, struct dsm_event *e)
+{
+	struct emu_backend *eb = emu_of(be);
+	struct emu_job *j = new_job(JOB_WAIT);
+	if (!j)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	j->ev = e;
+	struct dsm_queue *cur = eb->cur;
+	eb->cur = q;
+	submit(eb, j);
+	eb->cur = cur;
+	return 0;
+}
+
+static int emu_event_sync(struct dsm_backend *be, struct dsm_event *e)
+{
+	struct emu_backend *eb = emu_of(be);
+	pthread_mutex_lock(&eb->mu);
+	while (e->pending > 0)
+		pthread_cond_wait(&eb->cv, &eb->mu);
+	int rc = e->rc;
+	if (rc < 0) {
+		dsm_fail(rc, "%s", e->msg);
+		if (e->q && e->q->rc == rc)
+			e->q->rc = 0; /* returned now */
+		e->rc = 0;
+	}
+	pthread_mutex_unlock(&eb->mu);
+	return rc;
+}
+
+static int emu_event_elapsed(struct dsm_backend *be, struct dsm_event *a, struct dsm_event *b, double *seconds)
+{
+	struct emu_backend *eb = emu_of(be);
+	pthread_mutex_lock(&eb->mu);
+	int ok = a->pending == 0 && b->pending == 0 && a->q && b->q;
+	*seconds = ok ? b->t - a->t : 0;
+	pthread_mutex_unlock(&eb->mu);
+	return ok ? 0 : dsm_fail(DSM_EARG, "emu: event_elapsed of an event not recorded or not completed");
+}
+
+static int emu_sync(struct dsm_backend *be)
+{
+	struct emu_backend *eb = emu_of(be);
+	int rc = 0;
+	pthread_mutex_lock(&eb->mu);
+	for (struct dsm_queue *q = eb->queues; q; q = q->next) {
+		drain_locked(eb, q);
+		int r = take_failure_locked(q);
+		if (rc == 0)
+			rc = r;
+	}
+	pthread_mutex_unlock(&eb->mu);
+	return rc;
+}
+
+void dsm_emu_queue_hold(struct dsm_backend *be, struct dsm_queue *q, int hold)
+{
+	struct emu_backend *eb = emu_of(be);
+	pthread_mutex_lock(&eb->mu);
+	q->held = hold;
+	pthread_cond_broadcast(&eb->cv);
+	pthread_mutex_unlock(&eb->mu);
+}
+
+/* ---- Memory ---- */
+
 static void emu_destroy(struct dsm_backend *be)
 {
 	struct emu_backend *eb = emu_of(be);
+	while (eb->queues)
+		emu_queue_destroy(be, eb->queues);
 	dsm_backend_destroy(eb->cpu);
+	pthread_mutex_destroy(&eb->mu);
+	pthread_cond_destroy(&eb->cv);
 	free(eb);
 }
 
@@ -87,47 +472,91 @@ static void emu_free(struct dsm_backend *be, void *p)
 	free(h);
 }
 
-static int emu_copy(struct dsm_backend *be, void *dst, const void *src, size_t bytes)
+static void *emu_host_alloc(struct dsm_backend *be, size_t bytes)
 {
 	(void)be;
+	return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+}
+
+static void emu_host_free(struct dsm_backend *be, void *p)
+{
+	(void)be;
+	free(p);
+}
+
+static int emu_copy(struct dsm_backend *be, void *dst, const void *src, size_t bytes)
+{
+	struct emu_backend *eb = emu_of(be);
+	if (eb->cur) {
+		struct emu_job *j = new_job(JOB_COPY);
+		if (!j)
+			return dsm_fail(DSM_ENOMEM, "out of memory");
+		j->dst = dst;
+		j->src = src;
+		j->bytes = bytes;
+		return submit(eb, j);
+	}
 	if (bytes)
 		memcpy(dst, src, bytes);
 	return 0;
 }
 
-static int emu_sync(struct dsm_backend *be)
-{
-	(void)be;
-	return 0;
-}
-
 static int emu_reserve(struct dsm_backend *be, int64_t max_keys, int64_t n_heads, int64_t head_dim)
 {
-	struct dsm_backend *c = cpu_of_emu(be);
-	return c->reserve ? c->reserve(c, max_keys, n_heads, head_dim) : 0;
+	struct emu_backend *eb = emu_of(be);
+	struct dsm_backend *c = eb->cpu;
+	if (!c->reserve)
+		return 0;
+	int rc = c->reserve(c, max_keys, n_heads, head_dim);
+	eb->reserve[0] = max_keys;
+	eb->reserve[1] = n_heads;
+	eb->reserve[2] = head_dim;
+	pthread_mutex_lock(&eb->mu);
+	for (struct dsm_queue *q = eb->queues; q && rc == 0; q = q->next) {
+		drain_locked(eb, q);
+		rc = q->cpu->reserve(q->cpu, max_keys, n_heads, head_dim);
+	}
+	pthread_mutex_unlock(&eb->mu);
+	return rc;
 }
 
-/* The ops: the cpu backend's, called with the cpu backend (its ops take their own state from it). */
+/* ---- The ops: the cpu backend's, called with the cpu backend (its ops take their own state from it), or
+ * queued with a copy of their arguments while a queue is current. ---- */
+
+#define QUEUE_OR_RUN(eb, op, j, fill) do { \
+	if ((eb)->cur) { \
+		struct emu_job *j = new_op(op); \
+		if (!j) \
+			return dsm_fail(DSM_ENOMEM, "out of memory"); \
+		fill; \
+		return submit((eb), j); \
+	} \
+} while (0)
+
 static int emu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y)
 {
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_MATMUL, j, (j->w = *w, j->n = n, j->x = x, j->y = y));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->matmul(c, w, n, x, y);
 }
 
 static int emu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y)
 {
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_MATMUL_T, j, (j->w = *w, j->n = n, j->x = x, j->y = y));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->matmul_t(c, w, n, x, y);
 }
 
 static int emu_matmul_heads(struct dsm_backend *be, const struct dsm_matmul_heads_args *a)
 {
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_MATMUL_HEADS, j, (j->w = *a->w, j->a.heads = *a, j->a.heads.w = &j->w));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->matmul_heads(c, a);
 }
 
 static int emu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y)
 {
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_FFN, j, (j->ffn = *w, j->n = n, j->x = x, j->y = y));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->ffn(c, w, n, x, y);
 }
@@ -135,6 +564,7 @@ static int emu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int6
 static int emu_rmsnorm(struct dsm_backend *be, int64_t n, int64_t d, const float *x, int64_t ldx, const float *w,
 		       float eps, float *y)
 {
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_RMSNORM, j, (j->n = n, j->d = d, j->x = x, j->ldx = ldx, j->wv = w, j->eps = eps, j->y = y));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->rmsnorm(c, n, d, x, ldx, w, eps, y);
 }
@@ -142,6 +572,7 @@ static int emu_rmsnorm(struct dsm_backend *be, int64_t n, int64_t d, const float
 static int emu_layernorm(struct dsm_backend *be, int64_t n, int64_t d, const float *x, const float *w,
 			 const float *b, float eps, float *y)
 {
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_LAYERNORM, j, (j->n = n, j->d = d, j->x = x, j->wv = w, j->b = b, j->eps = eps, j->y = y));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->layernorm(c, n, d, x, w, b, eps, y);
 }
@@ -149,24 +580,44 @@ static int emu_layernorm(struct dsm_backend *be, int64_t n, int64_t d, const flo
 static int emu_rope(struct dsm_backend *be, int64_t n, int64_t n_heads, int64_t dim, float *x, int64_t ldx,
 		    int64_t ldh, const float *cos, const float *sin, int interleaved)
 {
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_ROPE, j, (j->n = n, j->n_heads = n_heads, j->d = dim, j->y = x, j->ldx = ldx, j->ldh = ldh,
+				     j->cos = cos, j->sin = sin, j->interleaved = interleaved));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->rope(c, n, n_heads, dim, x, ldx, ldh, cos, sin, interleaved);
 }
 
 static int emu_hadamard(struct dsm_backend *be, int64_t n, int64_t d, float *x)
 {
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_HADAMARD, j, (j->n = n, j->d = d, j->y = x));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->hadamard(c, n, d, x);
 }
 
 static int emu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a)
 {
+	struct emu_backend *eb = emu_of(be);
+	if (eb->cur) {
+		struct emu_job *j = new_op(DSM_OP_ATTN_FULL);
+		if (!j)
+			return dsm_fail(DSM_ENOMEM, "out of memory");
+		j->a.full = *a;
+		if (a->mask && a->n_q > 0) {
+			if (!(j->mask = malloc(sizeof *j->mask * (size_t)a->n_q))) {
+				free(j);
+				return dsm_fail(DSM_ENOMEM, "out of memory");
+			}
+			memcpy(j->mask, a->mask, sizeof *j->mask * (size_t)a->n_q);
+			j->a.full.mask = j->mask;
+		}
+		return submit(eb, j);
+	}
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->attn_full(c, a);
 }
 
 static int emu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a)
 {
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_ATTN_LATENT, j, (j->a.latent = *a));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->attn_latent(c, a);
 }
@@ -174,18 +625,22 @@ static int emu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_
 static int emu_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q, const float *w,
 			      const float *k, int64_t n_keys, float *out)
 {
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_INDEXER_SCORES, j, (j->n_heads = n_heads, j->d = d, j->x = q, j->wv = w, j->keys = k, j->n = n_keys,
+				     j->y = out));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->indexer_scores(c, n_heads, d, q, w, k, n_keys, out);
 }
 
 static int emu_topk(struct dsm_backend *be, const float *x, int64_t n, int64_t k, int32_t *idx)
 {
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_TOPK, j, (j->x = x, j->n = n, j->k = k, j->idx = idx));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->topk(c, x, n, k, idx);
 }
 
 static int emu_route(struct dsm_backend *be, const struct dsm_route_args *a)
 {
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_ROUTE, j, (j->a.route = *a));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->route(c, a);
 }
@@ -201,6 +656,10 @@ int dsm_emu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 		free(eb);
 		return dsm_fail_prefix(rc, "emu backend");
 	}
+	if (o)
+		eb->opts = *o;
+	pthread_mutex_init(&eb->mu, NULL);
+	pthread_cond_init(&eb->cv, NULL);
 	eb->st.budget = o && o->device_bytes ? o->device_bytes : DSM_EMU_DEFAULT_BYTES;
 	struct dsm_backend *be = &eb->be;
 	be->name = "emu";
@@ -214,6 +673,17 @@ int dsm_emu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->copy_out = emu_copy;
 	be->sync = emu_sync;
 	be->reserve = emu_reserve;
+	be->host_alloc = emu_host_alloc;
+	be->host_free = emu_host_free;
+	be->queue_create = emu_queue_create;
+	be->queue_destroy = emu_queue_destroy;
+	be->set_queue = emu_set_queue;
+	be->event_create = emu_event_create;
+	be->event_destroy = emu_event_destroy;
+	be->event_record = emu_event_record;
+	be->queue_wait = emu_queue_wait;
+	be->event_sync = emu_event_sync;
+	be->event_elapsed = emu_event_elapsed;
 	be->matmul = emu_matmul;
 	be->matmul_t = emu_matmul_t;
 	be->matmul_heads = emu_matmul_heads;
@@ -235,6 +705,9 @@ int dsm_emu_get_stats(const struct dsm_backend *be, struct dsm_emu_stats *s)
 {
 	if (!be || be->destroy != emu_destroy)
 		return dsm_fail(DSM_EARG, "not an emu backend");
-	*s = ((const struct emu_backend *)be)->st;
+	struct emu_backend *eb = (struct emu_backend *)be;
+	pthread_mutex_lock(&eb->mu);
+	*s = eb->st;
+	pthread_mutex_unlock(&eb->mu);
 	return 0;
 }
