@@ -32,7 +32,7 @@ struct slot_info {
 	int waiter;               /* step expert waiting for this slot, -1 */
 };
 
-enum { TODO, WAITING, READY, DONE };
+enum { TODO, WAITING, READY, DONE, ON_GPU };
 
 struct dsm_offload {
 	const struct dsm_store_model *m;
@@ -66,8 +66,12 @@ struct dsm_offload {
 	int *state, *slot_of;     /* [n_experts] per need[] entry */
 	struct dsm_ffn_weights *host_w;          /* [n_experts] a host step's experts, for the moe op */
 	const struct dsm_ffn_weights **host_wp;  /* [n_experts] &host_w[x] for the step's experts, else NULL */
-	void *dev_x, *dev_y;      /* gpu scratch */
-	size_t dev_cap;
+	int pinned_rows;          /* X and Y come from the gpu backend's host_alloc */
+	/* The GPU's part of a step: its experts run on queue gq while the CPU computes the others. */
+	struct dsm_queue *gq;     /* NULL: the gpu backend has no queues (its calls are synchronous) */
+	struct dsm_event *ev_start, *ev_done;
+	float *dev_x, *dev_y;     /* [dev_rows, dim] the step's rows on the device */
+	size_t dev_rows;
 	/* Look-ahead. */
 	struct dsm_mat *router;   /* [n_layers] gate of each MoE layer (data NULL: not set) */
 	const float **router_bias;/* [n_layers] */
@@ -87,6 +91,23 @@ static double now(void)
 static struct expert_info *info(struct dsm_offload *o, int layer, int expert)
 {
 	return &o->ex[(size_t)layer * (size_t)o->n_experts + (size_t)expert];
+}
+
+/* The step's gathered rows: pinned host memory when a GPU copies them, so that its copies run at full speed
+ * and asynchronously. */
+static float *alloc_rows(struct dsm_offload *o, size_t bytes)
+{
+	struct dsm_backend *g = o->o.gpu;
+	return o->pinned_rows ? g->host_alloc(g, bytes) : malloc(bytes);
+}
+
+static void free_rows(struct dsm_offload *o, float *p)
+{
+	struct dsm_backend *g = o->o.gpu;
+	if (p && o->pinned_rows)
+		g->host_free(g, p);
+	else
+		free(p);
 }
 
 static void make_weights(const struct expert_info *e, const void *const data[DSM_EXPERT_NPROJ],
@@ -424,6 +445,11 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, 
 		dsm_pool_free(staging);
 		if (rc < 0)
 			goto err;
+		struct dsm_backend *g = opt->gpu;
+		o->pinned_rows = g->host_alloc && g->host_free;
+		if (g->queue_create && ((rc = g->queue_create(g, &o->gq)) < 0 || (rc = g->event_create(g, &o->ev_start)) < 0 ||
+					(rc = g->event_create(g, &o->ev_done)) < 0))
+			goto err;
 	}
 
 	/* The expert cache for streamed experts. */
@@ -473,6 +499,14 @@ void dsm_offload_close(struct dsm_offload *o)
 	if (!o)
 		return;
 	dsm_stream_close(o->st);
+	if (o->o.gpu && o->o.gpu->queue_create) {
+		struct dsm_backend *g = o->o.gpu;
+		g->queue_destroy(g, o->gq); /* waits for its work */
+		if (o->ev_start)
+			g->event_destroy(g, o->ev_start);
+		if (o->ev_done)
+			g->event_destroy(g, o->ev_done);
+	}
 	if (o->o.gpu && o->o.gpu->free && o->ex) {
 		for (size_t i = 0; i < (size_t)o->n_layers * (size_t)o->n_experts; i++)
 			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
@@ -497,8 +531,8 @@ void dsm_offload_close(struct dsm_offload *o)
 	free(o->scales);
 	free(o->row_tok);
 	free(o->row_w);
-	free(o->X);
-	free(o->Y);
+	free_rows(o, o->X);
+	free_rows(o, o->Y);
 	free(o->first);
 	free(o->count);
 	free(o->fill);
@@ -583,19 +617,18 @@ static int ensure_rows(struct dsm_offload *o, size_t rows)
 	float *w = realloc(o->row_w, rows * sizeof *w);
 	if (w)
 		o->row_w = w;
-	float *x = realloc(o->X, rows * d * sizeof *x);
-	if (x)
-		o->X = x;
-	float *y = realloc(o->Y, rows * d * sizeof *y);
-	if (y)
-		o->Y = y;
+	/* X and Y need not keep their contents: every step fills them anew. */
+	free_rows(o, o->X);
+	free_rows(o, o->Y);
+	float *x = o->X = alloc_rows(o, rows * d * sizeof *x);
+	float *y = o->Y = alloc_rows(o, rows * d * sizeof *y);
 	if (!t || !w || !x || !y)
 		return dsm_fail(DSM_ENOMEM, "offload: out of memory for a step of %zu expert rows", rows);
 	o->cap_rows = rows;
 	return 0;
 }
 
-/* Runs step expert m (need[m]) from wherever its bytes are. */
+/* Runs step expert m (need[m]), held in host memory, on the cpu backend. */
 static int compute(struct dsm_offload *o, int layer, int m)
 {
 	int x = o->need[m];
@@ -605,37 +638,16 @@ static int compute(struct dsm_offload *o, int layer, int m)
 	float *outp = o->Y + (size_t)o->first[x] * (size_t)o->dim;
 	struct dsm_ffn_weights w;
 	double t0 = now();
-	int rc;
-	if (e->tier.kind == DSM_TIER_GPU) {
-		struct dsm_backend *g = o->o.gpu;
-		size_t bytes = (size_t)n * (size_t)o->dim * sizeof(float);
-		if (bytes > o->dev_cap) {
-			if (o->dev_x)
-				g->free(g, o->dev_x);
-			if (o->dev_y)
-				g->free(g, o->dev_y);
-			o->dev_x = g->alloc(g, bytes);
-			o->dev_y = g->alloc(g, bytes);
-			o->dev_cap = o->dev_x && o->dev_y ? bytes : 0;
-			if (!o->dev_cap)
-				return dsm_fail(DSM_ENOMEM, "%s: no device memory for the activations of an expert", g->name);
-		}
-		make_weights(e, (const void *const *)e->dev, (const float *const *)e->dev_scale, &w);
-		if ((rc = g->copy_in(g, o->dev_x, in, bytes)) < 0 || (rc = g->ffn(g, &w, n, o->dev_x, o->dev_y)) < 0 ||
-		    (rc = g->copy_out(g, outp, o->dev_y, bytes)) < 0 || (g->sync && (rc = g->sync(g)) < 0))
-			return rc;
-		o->stats.gpu_expert_seconds += now() - t0;
+	if (e->tier.kind == DSM_TIER_NVME) {
+		const struct dsm_stream_job *job = &o->slots[o->slot_of[m]].job;
+		make_weights(e, (const void *const *)job->data, e->scale, &w);
 	} else {
-		if (e->tier.kind == DSM_TIER_NVME) {
-			const struct dsm_stream_job *job = &o->slots[o->slot_of[m]].job;
-			make_weights(e, (const void *const *)job->data, e->scale, &w);
-		} else {
-			host_weights(o, e, &w);
-		}
-		if ((rc = o->o.cpu->ffn(o->o.cpu, &w, n, in, outp)) < 0)
-			return rc;
-		o->stats.cpu_expert_seconds += now() - t0;
+		host_weights(o, e, &w);
 	}
+	int rc = o->o.cpu->ffn(o->o.cpu, &w, n, in, outp);
+	if (rc < 0)
+		return rc;
+	o->stats.cpu_expert_seconds += now() - t0;
 	o->stats.expert_runs[e->tier.kind]++;
 	if (e->tier.kind == DSM_TIER_NVME) {
 		o->slots[o->slot_of[m]].waiter = -1;
@@ -740,9 +752,11 @@ void dsm_offload_set_lookahead(struct dsm_offload *o, int max_tokens)
 	o->lookahead_tokens = max_tokens;
 }
 
-/* Releases what a failed step still holds, after draining its reads. */
+/* Releases what a failed step still holds, after draining its reads and its GPU work. */
 static void abandon_step(struct dsm_offload *o, int n_need)
 {
+	if (o->gq && o->o.gpu->sync)
+		o->o.gpu->sync(o->o.gpu);
 	for (int m = 0; m < n_need; m++) {
 		int slot = o->slot_of[m];
 		if (slot < 0)
@@ -786,6 +800,87 @@ static int moe_host(struct dsm_offload *o, const struct dsm_moe_step *s, int n_n
 	if (rc == 0)
 		o->stats.steps++;
 	return rc;
+}
+
+/* Submits the step's GPU-tier experts to the GPU: their rows in, each expert, their outputs out, all on the
+ * queue, so that the GPU computes them while the CPU computes the others. Returns how many, or a negative
+ * code. Without queues the calls run synchronously, and the count is the same. */
+static int submit_gpu(struct dsm_offload *o, int layer, int n_need)
+{
+	struct dsm_backend *g = o->o.gpu;
+	size_t D = (size_t)o->dim, rows = 0;
+	int n_gpu = 0;
+	for (int m = 0; m < n_need; m++)
+		if (info(o, layer, o->need[m])->tier.kind == DSM_TIER_GPU) {
+			rows += (size_t)o->count[o->need[m]];
+			n_gpu++;
+		}
+	if (!n_gpu)
+		return 0;
+	if (rows > o->dev_rows) {
+		g->free(g, o->dev_x);
+		g->free(g, o->dev_y);
+		o->dev_x = g->alloc(g, rows * D * sizeof(float));
+		o->dev_y = g->alloc(g, rows * D * sizeof(float));
+		o->dev_rows = o->dev_x && o->dev_y ? rows : 0;
+		if (!o->dev_rows)
+			return dsm_fail(DSM_ENOMEM, "%s: no device memory for the activations of %zu expert rows (%zu bytes)",
+					g->name, rows, 2 * rows * D * sizeof(float));
+	}
+	int rc = 0;
+	if (o->gq) {
+		g->set_queue(g, o->gq);
+		rc = g->event_record(g, o->ev_start, o->gq);
+	}
+	size_t dev_off = 0; /* the GPU experts' rows, packed on the device */
+	for (int m = 0; m < n_need && rc == 0; m++) {
+		int x = o->need[m];
+		struct expert_info *e = info(o, layer, x);
+		if (e->tier.kind != DSM_TIER_GPU)
+			continue;
+		size_t off = (size_t)o->first[x] * D, bytes = (size_t)o->count[x] * D * sizeof(float);
+		struct dsm_ffn_weights w;
+		make_weights(e, (const void *const *)e->dev, (const float *const *)e->dev_scale, &w);
+		if ((rc = g->copy_in(g, o->dev_x + dev_off, o->X + off, bytes)) == 0 &&
+		    (rc = g->ffn(g, &w, o->count[x], o->dev_x + dev_off, o->dev_y + dev_off)) == 0)
+			rc = g->copy_out(g, o->Y + off, o->dev_y + dev_off, bytes);
+		dev_off += (size_t)o->count[x] * D;
+		o->state[m] = ON_GPU;
+	}
+	if (o->gq) {
+		if (rc == 0)
+			rc = g->event_record(g, o->ev_done, o->gq);
+		g->set_queue(g, NULL);
+	}
+	return rc < 0 ? rc : n_gpu;
+}
+
+/* Waits for the GPU's part of the step and accounts for it. t_submit: when its submission started,
+ * t_submitted: when it ended, t_cpu_end: when the CPU's part ended. With a queue the GPU was busy from its
+ * start event to its done event, and the overlap is the part of that time within the CPU's part (both start
+ * at the submission); without one, the submission itself was the GPU's work, overlapping nothing. */
+static int finish_gpu(struct dsm_offload *o, int n_need, double t_submit, double t_submitted, double t_cpu_end)
+{
+	struct dsm_backend *g = o->o.gpu;
+	double t0 = now();
+	int rc = o->gq ? g->event_sync(g, o->ev_done) : g->sync ? g->sync(g) : 0;
+	double busy = t_submitted - t_submit, overlap = 0;
+	if (rc < 0)
+		return rc;
+	if (o->gq) {
+		if ((rc = g->event_elapsed(g, o->ev_start, o->ev_done, &busy)) < 0)
+			return rc;
+		overlap = busy < t_cpu_end - t_submit ? busy : t_cpu_end - t_submit;
+		o->stats.gpu_wait_seconds += now() - t0;
+	}
+	o->stats.gpu_expert_seconds += busy;
+	o->stats.overlap_seconds += overlap > 0 ? overlap : 0;
+	for (int m = 0; m < n_need; m++)
+		if (o->state[m] == ON_GPU) {
+			o->state[m] = DONE;
+			o->stats.expert_runs[DSM_TIER_GPU]++;
+		}
+	return 0;
 }
 
 int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
@@ -838,8 +933,15 @@ int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
 			memcpy(o->X + row * (size_t)D, s->x + t * D, sizeof(float) * (size_t)D);
 		}
 
+	double t_submit = now();
+	int n_gpu = o->o.gpu ? submit_gpu(o, L, n_need) : 0;
+	double t_submitted = now();
+	if (n_gpu < 0) {
+		rc = n_gpu;
+		goto fail;
+	}
 	int done = 0, steal = 0, steal_tried = 0, first_pass = 1;
-	while (done < n_need) {
+	while (done < n_need - n_gpu) {
 		if ((rc = acquire_pass(o, L, n_need, steal)) < 0)
 			goto fail;
 		int progress = rc;
@@ -858,7 +960,7 @@ int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
 			if ((rc = dsm_stream_poll(o->st)) < 0)
 				goto fail;
 		}
-		if (done == n_need)
+		if (done == n_need - n_gpu)
 			break;
 		int waiting = 0;
 		for (int m = 0; m < n_need; m++)
@@ -884,6 +986,8 @@ int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
 			o->state[o->slots[slot].waiter] = READY;
 	}
 
+	if (n_gpu && (rc = finish_gpu(o, n_need, t_submit, t_submitted, now())) < 0)
+		goto fail;
 	/* Combine in a fixed order: experts ascending, tokens in order. */
 	memset(s->y, 0, sizeof(float) * (size_t)(T * D));
 	for (int m = 0; m < n_need; m++) {
@@ -1087,7 +1191,15 @@ void dsm_offload_report(const struct dsm_offload *o, uint64_t n_tokens, double s
 	r->cpu_expert_seconds = st.cpu_expert_seconds;
 	r->gpu_expert_seconds = st.gpu_expert_seconds;
 	r->io_wait_seconds = st.io_wait_seconds;
-	double rest = seconds - st.cpu_expert_seconds - st.gpu_expert_seconds - st.io_wait_seconds;
+	r->gpu_wait_seconds = st.gpu_wait_seconds;
+	r->overlap_seconds = st.overlap_seconds;
+	double per = n_tokens ? 1.0 / (double)n_tokens : 0;
+	r->gpu_busy_per_token = st.gpu_expert_seconds * per;
+	r->cpu_busy_per_token = st.cpu_expert_seconds * per;
+	r->io_wait_per_token = st.io_wait_seconds * per;
+	r->overlap_per_token = st.overlap_seconds * per;
+	/* The GPU's time within the steps' wall time is what did not overlap the CPU's part. */
+	double rest = seconds - st.cpu_expert_seconds - st.io_wait_seconds - (st.gpu_expert_seconds - st.overlap_seconds);
 	r->attention_seconds = rest > 0 ? rest : 0;
 	r->cache_slots = o->cache ? dsm_cache_slots(o->cache) : 0;
 	r->cache_policy = dsm_cache_policy_name(o->o.policy);

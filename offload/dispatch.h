@@ -63,7 +63,10 @@ struct dsm_offload_stats {
 	uint64_t bytes_read_device;       /* bytes the reads returned (with alignment padding) */
 	double read_busy_seconds;         /* time with a read in flight */
 	double io_wait_seconds;           /* time a step spent blocked waiting for expert bytes */
-	double cpu_expert_seconds, gpu_expert_seconds;
+	double cpu_expert_seconds;        /* CPU computing experts */
+	double gpu_expert_seconds;        /* GPU busy with experts (its queue's events; overlaps the CPU's time) */
+	double gpu_wait_seconds;          /* steps blocked waiting for the GPU after their CPU part */
+	double overlap_seconds;           /* GPU busy while the step's CPU part ran (computing or waiting on I/O) */
 	struct dsm_cache_layer_stats cache; /* summed over layers */
 	uint64_t resident_bytes[DSM_TIER_KINDS]; /* bytes of experts held per tier kind (nvme: the cache slots;
 						  * mapped: none, the page cache holds them) */
@@ -148,8 +151,12 @@ struct dsm_offload_report {
 	double read_gbs;                  /* bytes streamed / read busy time */
 	double cache_hit_rate;            /* hits / uses of streamed experts */
 	double prefetch_hit_rate;         /* prefetch hits / prefetches */
-	double attention_seconds;         /* seconds minus the expert and I/O times: attention and the rest */
-	double cpu_expert_seconds, gpu_expert_seconds, io_wait_seconds;
+	double attention_seconds;         /* seconds minus the expert steps' time: attention and the rest */
+	double cpu_expert_seconds, gpu_expert_seconds, io_wait_seconds; /* as in struct dsm_offload_stats */
+	double gpu_wait_seconds, overlap_seconds;
+	/* The timeline of a token, in seconds per token: GPU busy, CPU busy (experts), I/O wait (steps blocked on
+	 * expert reads), overlap (GPU busy while the CPU's part of a step ran). */
+	double gpu_busy_per_token, cpu_busy_per_token, io_wait_per_token, overlap_per_token;
 	uint64_t cache_slots;
 	const char *cache_policy;
 };

@@ -364,6 +364,13 @@ static void print_json(const char *prompt, const struct token_ids *ids, const st
 		cJSON_AddNumberToObject(off, "cpu_expert_seconds", o->cpu_expert_seconds);
 		cJSON_AddNumberToObject(off, "gpu_expert_seconds", o->gpu_expert_seconds);
 		cJSON_AddNumberToObject(off, "io_wait_seconds", o->io_wait_seconds);
+		cJSON_AddNumberToObject(off, "gpu_wait_seconds", o->gpu_wait_seconds);
+		cJSON_AddNumberToObject(off, "overlap_seconds", o->overlap_seconds);
+		cJSON *tl = cJSON_AddObjectToObject(off, "timeline_ms_per_token");
+		cJSON_AddNumberToObject(tl, "gpu_busy", 1e3 * o->gpu_busy_per_token);
+		cJSON_AddNumberToObject(tl, "cpu_busy", 1e3 * o->cpu_busy_per_token);
+		cJSON_AddNumberToObject(tl, "io_wait", 1e3 * o->io_wait_per_token);
+		cJSON_AddNumberToObject(tl, "overlap", 1e3 * o->overlap_per_token);
 	}
 	/* resident memory: anonymous (heap: caches, buffers, scratch) and file-backed (mapped weights) */
 	cJSON_AddNumberToObject(mem, "rss_anon_after_first_token_bytes", (double)r->anon_first);

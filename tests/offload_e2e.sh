@@ -52,12 +52,14 @@ check_plans "$W/tiny" tiny
 # DRAM and, with 6 MiB of DRAM, the rest on nvme.
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --vram-budget 1M --dram-budget 6M \
 	> /dev/null 2> "$W/err" &&
-   grep -q "offload: experts gpu [1-9][0-9]*, dram [1-9][0-9]*, nvme [1-9][0-9]*, mapped 0;" "$W/err"
-then ok "emu device: some experts on gpu:0"; else bad "emu device: some experts on gpu:0"; cat "$W/err"; fi
+   grep -q "offload: experts gpu [1-9][0-9]*, dram [1-9][0-9]*, nvme [1-9][0-9]*, mapped 0;" "$W/err" &&
+   grep -q "per token: gpu busy [0-9.]*[1-9][0-9]* ms, cpu busy [0-9.]* ms, I/O wait [0-9.]* ms, overlap [0-9.]* ms" "$W/err"
+then ok "emu device: some experts on gpu:0, its busy time on the timeline"
+else bad "emu device: some experts on gpu:0, its busy time on the timeline"; cat "$W/err"; fi
 
 # The report on stderr and in --json; a routing trace that the next run uses as hotness.
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --stream-experts --record-routing "$W/r.trace" > /dev/null 2> "$W/err" &&
-   grep -q "offload: experts gpu 0, dram 0, nvme 48, mapped 0; NVMe .* MB/token at .* GB/s; cache lru .* hit rate .*; prefetch hit rate .*; time: attention and the rest .* s, cpu experts .* s, gpu experts .* s, waiting on I/O .* s" "$W/err" &&
+   grep -q "offload: experts gpu 0, dram 0, nvme 48, mapped 0; NVMe .* MB/token at .* GB/s; cache lru .* hit rate .*; prefetch hit rate .*; time: attention and the rest .* s, cpu experts .* s, gpu experts .* s, waiting on I/O .* s; per token: gpu busy .* ms, cpu busy .* ms, I/O wait .* ms, overlap .* ms" "$W/err" &&
    [ "$(wc -c < "$W/r.trace")" -eq $((64 + 13 * 32)) ]
 then ok "report and routing trace"; else bad "report and routing trace"; cat "$W/err"; fi
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --stream-experts --cache-policy pinned --hotness-trace "$W/r.trace" \

@@ -382,8 +382,14 @@ static void run_case(const struct config_case *cc, struct step_data *steps, floa
 		dsm_plan_count(cc->plan, n);
 	if (n[DSM_TIER_NVME])
 		CHECK(st.bytes_read > 0 && st.expert_runs[DSM_TIER_NVME] > 0, "%s: nothing streamed", cc->name);
-	if (cc->gpu)
+	if (cc->gpu) {
 		CHECK(st.expert_runs[DSM_TIER_GPU] > 0 && st.resident_bytes[DSM_TIER_GPU] > 0, "%s: no gpu run", cc->name);
+		/* The GPU's experts ran on its queue, timed by its events, overlapping the CPU's part at most fully. */
+		CHECK(emu_stats().jobs > 0 && st.gpu_expert_seconds > 0 && st.overlap_seconds >= 0 &&
+		      st.overlap_seconds <= st.gpu_expert_seconds + 1e-9 && st.gpu_wait_seconds >= 0,
+		      "%s: gpu queue: %zu jobs, busy %g s, overlap %g s", cc->name, emu_stats().jobs, st.gpu_expert_seconds,
+		      st.overlap_seconds);
+	}
 	if (cc->cache_off)
 		CHECK(st.cache.hits == 0 || st.cache.prefetch_hits > 0, "%s: hits with the cache off", cc->name);
 	if (cc->prefetch)
@@ -514,10 +520,10 @@ int main(void)
 			hot[l * E + x] = E - x;
 	struct dsm_plan_budget b = { .dram_bytes = sz.non_expert_total + (uint64_t)((NL - L0) * E / 3) * sz.expert_bytes };
 	CHECK(dsm_plan_from_budgets(&mixed, c, &sz, &b, hot) == 0, "mixed plan: %s", dsm_errmsg());
-	/* Emulated GPU: a device budget for a few experts, the hottest of them there, some in DRAM, rest
-	 * streamed. */
+	/* Emulated GPU: a device budget for a few experts and the activations of a step's rows, the hottest
+	 * experts there, some in DRAM, rest streamed. */
 	struct dsm_backend_options eo = bo;
-	eo.device_bytes = 6 * (sz.expert_bytes + 4096);
+	eo.device_bytes = 6 * (sz.expert_bytes + 4096) + 2 * sizeof(float) * (size_t)(T * K * D);
 	if (dsm_backend_create(&emu, "emu", &eo) < 0) {
 		fprintf(stderr, "emu backend: %s\n", dsm_errmsg());
 		return 99;

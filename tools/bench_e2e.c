@@ -241,7 +241,8 @@ int bench_e2e_main(int argc, char **argv)
 	if (rc < 0)
 		goto fail;
 	double bw = d.odirect_gbs, tps = d.tokens_per_second, bpt = o->nvme_bytes_per_token;
-	double compute_pt = (o->attention_seconds + o->cpu_expert_seconds + o->gpu_expert_seconds) / (double)d.tokens;
+	double compute_pt = (o->attention_seconds + o->cpu_expert_seconds + o->gpu_expert_seconds - o->overlap_seconds) /
+			    (double)d.tokens;
 	double bound_t = (bw > 0 ? bpt / (bw * 1e9) : 0) + compute_pt;
 	double bound = bound_t > 0 ? 1 / bound_t : 0;
 	double ratio = bound > 0 ? tps / bound : 0;
