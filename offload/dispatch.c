@@ -25,6 +25,13 @@ struct expert_info {
 	struct dsm_stream_range r[DSM_EXPERT_NPROJ];
 };
 
+struct shared_dev {
+	int set, on_gpu;
+	struct dsm_ffn_weights w;                 /* its weights: on the device when on_gpu, else the caller's */
+	void *dev[DSM_EXPERT_NPROJ];              /* device copies of the weights and scales */
+	void *dev_scale[DSM_EXPERT_NPROJ];
+};
+
 struct slot_info {
 	struct dsm_stream_job job;
 	int in_flight;            /* read submitted, completion not handled yet */
@@ -70,8 +77,16 @@ struct dsm_offload {
 	/* The GPU's part of a step: its experts run on queue gq while the CPU computes the others. */
 	struct dsm_queue *gq;     /* NULL: the gpu backend has no queues (its calls are synchronous) */
 	struct dsm_event *ev_start, *ev_done;
-	float *dev_x, *dev_y;     /* [dev_rows, dim] the step's rows on the device */
+	int gpu_pending;          /* the GPU's part of the step was submitted and not waited for */
+	float *dev_x, *dev_y;     /* [dev_rows, dim] the step's GPU-tier rows on the device */
 	size_t dev_rows;
+	/* The shared expert of each MoE layer (dsm_offload_set_shared), on the GPU where the plan puts it. */
+	struct shared_dev *shared;/* [n_layers], NULL: none set */
+	int shared_to_gpu;        /* the plan puts the shared experts on the GPU, and there is one */
+	float *shared_x, *shared_y; /* [cap_tokens, dim] its input and output in host memory (pinned with a GPU) */
+	size_t cap_tokens;
+	float *dev_sx, *dev_sy;   /* [dev_tokens, dim] its input and output on the device */
+	size_t dev_tokens;
 	/* Look-ahead. */
 	struct dsm_mat *router;   /* [n_layers] gate of each MoE layer (data NULL: not set) */
 	const float **router_bias;/* [n_layers] */
@@ -447,6 +462,7 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, 
 			goto err;
 		struct dsm_backend *g = opt->gpu;
 		o->pinned_rows = g->host_alloc && g->host_free;
+		o->shared_to_gpu = p->non_expert[DSM_KIND_SHARED].kind == DSM_TIER_GPU;
 		if (g->queue_create && ((rc = g->queue_create(g, &o->gq)) < 0 || (rc = g->event_create(g, &o->ev_start)) < 0 ||
 					(rc = g->event_create(g, &o->ev_done)) < 0))
 			goto err;
@@ -519,7 +535,21 @@ void dsm_offload_close(struct dsm_offload *o)
 			o->o.gpu->free(o->o.gpu, o->dev_x);
 		if (o->dev_y)
 			o->o.gpu->free(o->o.gpu, o->dev_y);
+		if (o->dev_sx)
+			o->o.gpu->free(o->o.gpu, o->dev_sx);
+		if (o->dev_sy)
+			o->o.gpu->free(o->o.gpu, o->dev_sy);
+		for (int l = 0; o->shared && l < o->n_layers; l++)
+			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+				if (o->shared[l].dev[j])
+					o->o.gpu->free(o->o.gpu, o->shared[l].dev[j]);
+				if (o->shared[l].dev_scale[j])
+					o->o.gpu->free(o->o.gpu, o->shared[l].dev_scale[j]);
+			}
 	}
+	free(o->shared);
+	free_rows(o, o->shared_x);
+	free_rows(o, o->shared_y);
 	for (int j = 0; o->resident && j < o->n_nodes; j++)
 		dsm_pool_free(o->resident[j]);
 	free(o->resident);
@@ -625,6 +655,22 @@ static int ensure_rows(struct dsm_offload *o, size_t rows)
 	if (!t || !w || !x || !y)
 		return dsm_fail(DSM_ENOMEM, "offload: out of memory for a step of %zu expert rows", rows);
 	o->cap_rows = rows;
+	return 0;
+}
+
+/* The shared expert's host buffers for `tokens` tokens. */
+static int ensure_tokens(struct dsm_offload *o, size_t tokens)
+{
+	if (tokens <= o->cap_tokens)
+		return 0;
+	size_t bytes = tokens * (size_t)o->dim * sizeof(float);
+	free_rows(o, o->shared_x);
+	free_rows(o, o->shared_y);
+	o->shared_x = alloc_rows(o, bytes);
+	o->shared_y = alloc_rows(o, bytes);
+	o->cap_tokens = o->shared_x && o->shared_y ? tokens : 0;
+	if (!o->cap_tokens)
+		return dsm_fail(DSM_ENOMEM, "offload: out of memory for the shared expert of %zu tokens", tokens);
 	return 0;
 }
 
@@ -737,6 +783,46 @@ int dsm_offload_set_router(struct dsm_offload *o, int layer, const struct dsm_ma
 	return 0;
 }
 
+/* Bytes of matrix w's weights, and of its block scales. */
+static size_t mat_bytes(const struct dsm_mat *w, size_t *scale_bytes)
+{
+	int64_t rows = w->row0 + w->rows;
+	*scale_bytes = w->dtype == DSM_F8_E4M3 ? sizeof(float) * (size_t)((rows + 127) / 128) * (size_t)((w->cols + 127) / 128)
+					       : 0;
+	return (size_t)rows * (size_t)w->cols * dsm_dtype_size(w->dtype);
+}
+
+int dsm_offload_set_shared(struct dsm_offload *o, int layer, const struct dsm_ffn_weights *w)
+{
+	if (layer < o->first_moe || layer >= o->n_layers || w->down.rows != o->dim)
+		return dsm_fail(DSM_EARG, "offload: shared expert of layer %d: wrong layer or shape", layer);
+	if (!o->shared && !(o->shared = calloc((size_t)o->n_layers, sizeof *o->shared)))
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	struct shared_dev *sh = &o->shared[layer];
+	sh->set = 1;
+	sh->w = *w;
+	if (!o->shared_to_gpu || !o->pinned_rows)
+		return 0;
+	struct dsm_backend *g = o->o.gpu;
+	struct dsm_mat *m[DSM_EXPERT_NPROJ] = { &sh->w.gate, &sh->w.up, &sh->w.down };
+	for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+		size_t sb, nb = mat_bytes(m[j], &sb);
+		if (!(sh->dev[j] = g->alloc(g, nb)) || (sb && !(sh->dev_scale[j] = g->alloc(g, sb))))
+			return dsm_fail(DSM_ENOMEM, "%s: device memory exhausted uploading the shared expert of layer %d "
+					"(%zu bytes)", g->name, layer, nb + sb);
+		int rc = g->copy_in(g, sh->dev[j], m[j]->data, nb);
+		if (rc == 0 && sb)
+			rc = g->copy_in(g, sh->dev_scale[j], m[j]->scale, sb);
+		if (rc < 0)
+			return rc;
+		m[j]->data = sh->dev[j];
+		m[j]->scale = sh->dev_scale[j];
+	}
+	sh->w.numa_home = 0;
+	sh->on_gpu = 1;
+	return g->sync ? g->sync(g) : 0;
+}
+
 void dsm_offload_set_lookahead(struct dsm_offload *o, int max_tokens)
 {
 	if (max_tokens < 0)
@@ -755,8 +841,9 @@ void dsm_offload_set_lookahead(struct dsm_offload *o, int max_tokens)
 /* Releases what a failed step still holds, after draining its reads and its GPU work. */
 static void abandon_step(struct dsm_offload *o, int n_need)
 {
-	if (o->gq && o->o.gpu->sync)
+	if (o->gpu_pending && o->o.gpu->sync)
 		o->o.gpu->sync(o->o.gpu);
+	o->gpu_pending = 0;
 	for (int m = 0; m < n_need; m++) {
 		int slot = o->slot_of[m];
 		if (slot < 0)
@@ -797,45 +884,65 @@ static int moe_host(struct dsm_offload *o, const struct dsm_moe_step *s, int n_n
 		if (rc == 0)
 			o->stats.expert_runs[info(o, s->layer, x)->tier.kind]++;
 	}
-	if (rc == 0)
-		o->stats.steps++;
 	return rc;
 }
 
-/* Submits the step's GPU-tier experts to the GPU: their rows in, each expert, their outputs out, all on the
- * queue, so that the GPU computes them while the CPU computes the others. Returns how many, or a negative
- * code. Without queues the calls run synchronously, and the count is the same. */
-static int submit_gpu(struct dsm_offload *o, int layer, int n_need)
+/* Device buffers of at least `rows` rows of the model's width: grown when a step needs more. */
+static int ensure_dev(struct dsm_offload *o, float **x, float **y, size_t *cap, size_t rows)
 {
 	struct dsm_backend *g = o->o.gpu;
+	size_t bytes = rows * (size_t)o->dim * sizeof(float);
+	if (rows <= *cap)
+		return 0;
+	g->free(g, *x);
+	g->free(g, *y);
+	*x = g->alloc(g, bytes);
+	*y = g->alloc(g, bytes);
+	*cap = *x && *y ? rows : 0;
+	if (!*cap)
+		return dsm_fail(DSM_ENOMEM, "%s: no device memory for the activations of %zu rows (2 x %zu bytes)", g->name,
+				rows, bytes);
+	return 0;
+}
+
+/* Submits the GPU's part of a step: the shared expert when it is resident there, and (unless every expert of
+ * the step is in host memory) the GPU-tier experts: their rows in, each expert, their outputs out, all on the
+ * queue, so that the GPU computes them while the CPU computes the others. Returns how many GPU-tier experts,
+ * or a negative code. Without queues the calls run synchronously, with the same results. */
+static int submit_gpu(struct dsm_offload *o, const struct dsm_moe_step *s, int n_need, int host)
+{
+	struct dsm_backend *g = o->o.gpu;
+	const struct shared_dev *sh = o->shared ? &o->shared[s->layer] : NULL;
 	size_t D = (size_t)o->dim, rows = 0;
-	int n_gpu = 0;
-	for (int m = 0; m < n_need; m++)
-		if (info(o, layer, o->need[m])->tier.kind == DSM_TIER_GPU) {
+	int n_gpu = 0, rc;
+	for (int m = 0; m < n_need && !host; m++)
+		if (info(o, s->layer, o->need[m])->tier.kind == DSM_TIER_GPU) {
 			rows += (size_t)o->count[o->need[m]];
 			n_gpu++;
 		}
-	if (!n_gpu)
+	int shared = sh && sh->on_gpu && s->n_tokens > 0;
+	if (!n_gpu && !shared)
 		return 0;
-	if (rows > o->dev_rows) {
-		g->free(g, o->dev_x);
-		g->free(g, o->dev_y);
-		o->dev_x = g->alloc(g, rows * D * sizeof(float));
-		o->dev_y = g->alloc(g, rows * D * sizeof(float));
-		o->dev_rows = o->dev_x && o->dev_y ? rows : 0;
-		if (!o->dev_rows)
-			return dsm_fail(DSM_ENOMEM, "%s: no device memory for the activations of %zu expert rows (%zu bytes)",
-					g->name, rows, 2 * rows * D * sizeof(float));
-	}
-	int rc = 0;
+	if ((n_gpu && (rc = ensure_dev(o, &o->dev_x, &o->dev_y, &o->dev_rows, rows)) < 0) ||
+	    (shared && (rc = ensure_dev(o, &o->dev_sx, &o->dev_sy, &o->dev_tokens, (size_t)s->n_tokens)) < 0) ||
+	    (shared && (rc = ensure_tokens(o, (size_t)s->n_tokens)) < 0))
+		return rc;
+	rc = 0;
 	if (o->gq) {
 		g->set_queue(g, o->gq);
 		rc = g->event_record(g, o->ev_start, o->gq);
 	}
+	if (shared && rc == 0) {
+		size_t bytes = (size_t)s->n_tokens * D * sizeof(float);
+		memcpy(o->shared_x, s->x, bytes); /* pinned, and s->x may change before the copy runs */
+		if ((rc = g->copy_in(g, o->dev_sx, o->shared_x, bytes)) == 0 &&
+		    (rc = g->ffn(g, &sh->w, s->n_tokens, o->dev_sx, o->dev_sy)) == 0)
+			rc = g->copy_out(g, o->shared_y, o->dev_sy, bytes);
+	}
 	size_t dev_off = 0; /* the GPU experts' rows, packed on the device */
-	for (int m = 0; m < n_need && rc == 0; m++) {
+	for (int m = 0; m < n_need && n_gpu && rc == 0; m++) {
 		int x = o->need[m];
-		struct expert_info *e = info(o, layer, x);
+		struct expert_info *e = info(o, s->layer, x);
 		if (e->tier.kind != DSM_TIER_GPU)
 			continue;
 		size_t off = (size_t)o->first[x] * D, bytes = (size_t)o->count[x] * D * sizeof(float);
@@ -852,6 +959,7 @@ static int submit_gpu(struct dsm_offload *o, int layer, int n_need)
 			rc = g->event_record(g, o->ev_done, o->gq);
 		g->set_queue(g, NULL);
 	}
+	o->gpu_pending = 1;
 	return rc < 0 ? rc : n_gpu;
 }
 
@@ -863,6 +971,7 @@ static int finish_gpu(struct dsm_offload *o, int n_need, double t_submit, double
 {
 	struct dsm_backend *g = o->o.gpu;
 	double t0 = now();
+	o->gpu_pending = 0;
 	int rc = o->gq ? g->event_sync(g, o->ev_done) : g->sync ? g->sync(g) : 0;
 	double busy = t_submitted - t_submit, overlap = 0;
 	if (rc < 0)
@@ -881,6 +990,100 @@ static int finish_gpu(struct dsm_offload *o, int n_need, double t_submit, double
 			o->stats.expert_runs[DSM_TIER_GPU]++;
 		}
 	return 0;
+}
+
+/* y += shared(x): the GPU's output when it ran there, else computed now by the cpu backend. */
+static int add_shared(struct dsm_offload *o, const struct dsm_moe_step *s)
+{
+	const struct shared_dev *sh = o->shared ? &o->shared[s->layer] : NULL;
+	if (!sh || !sh->set || s->n_tokens <= 0)
+		return 0;
+	size_t n = (size_t)s->n_tokens * (size_t)o->dim;
+	int rc;
+	if (!sh->on_gpu) {
+		struct dsm_backend *cpu = o->o.cpu;
+		double t0 = now();
+		if ((rc = ensure_tokens(o, (size_t)s->n_tokens)) < 0 ||
+		    (rc = cpu->ffn(cpu, &sh->w, s->n_tokens, s->x, o->shared_y)) < 0)
+			return rc;
+		o->stats.cpu_expert_seconds += now() - t0;
+	}
+	for (size_t i = 0; i < n; i++)
+		s->y[i] += o->shared_y[i];
+	if (sh->on_gpu)
+		o->stats.shared_runs_gpu++;
+	else
+		o->stats.shared_runs_cpu++;
+	return 0;
+}
+
+/* The step's tiered part: every expert where it is, the GPU ones already submitted (n_gpu of them); then the
+ * weighted outputs combined into s->y in a fixed order. */
+static int moe_tiered(struct dsm_offload *o, const struct dsm_moe_step *s, int n_need, int n_gpu)
+{
+	int L = s->layer;
+	int rc, done = 0, steal = 0, steal_tried = 0, first_pass = 1;
+	while (done < n_need - n_gpu) {
+		if ((rc = acquire_pass(o, L, n_need, steal)) < 0)
+			return rc;
+		int progress = rc;
+		steal = 0;
+		/* The next layer's reads start once this layer's are queued. */
+		if (first_pass && (rc = lookahead(o, s)) < 0)
+			return rc;
+		first_pass = 0;
+		/* Resident experts and hits compute while the reads are in flight. */
+		for (int m = 0; m < n_need; m++) {
+			if (o->state[m] != READY)
+				continue;
+			if ((rc = compute(o, L, m)) < 0)
+				return rc;
+			done++;
+			if ((rc = dsm_stream_poll(o->st)) < 0)
+				return rc;
+		}
+		if (done == n_need - n_gpu)
+			break;
+		int waiting = 0;
+		for (int m = 0; m < n_need; m++)
+			waiting += o->state[m] == WAITING;
+		if (!waiting && !progress && !dsm_stream_busy(o->st)) {
+			/* Only unused look-ahead reads are left to evict: take them. */
+			if (!steal_tried) {
+				steal = steal_tried = 1;
+				continue;
+			}
+			return dsm_fail(DSM_ENOMEM, "offload: the expert cache (%u slots) cannot hold the experts of one step",
+					dsm_cache_slots(o->cache));
+		}
+		steal_tried = 0;
+		if (!waiting && !dsm_stream_busy(o->st))
+			continue;
+		/* One read lands: compute its expert if this step waits for it. */
+		int slot;
+		if ((rc = reap_one(o, &slot)) < 0)
+			return rc;
+		if (slot >= 0 && o->slots[slot].waiter >= 0 && o->state[o->slots[slot].waiter] == WAITING)
+			o->state[o->slots[slot].waiter] = READY;
+	}
+	return 0;
+}
+
+/* y[t] = sum over t's experts, ascending, of weight * output: the same additions in the same order as the moe
+ * op and a plain loop over experts. */
+static void combine(struct dsm_offload *o, const struct dsm_moe_step *s, int n_need)
+{
+	int64_t D = o->dim;
+	memset(s->y, 0, sizeof(float) * (size_t)(s->n_tokens * D));
+	for (int m = 0; m < n_need; m++) {
+		int x = o->need[m];
+		for (int32_t i = o->first[x]; i < o->first[x] + o->count[x]; i++) {
+			float *yt = s->y + (int64_t)o->row_tok[i] * D, wt = o->row_w[i];
+			const float *ye = o->Y + (size_t)i * (size_t)D;
+			for (int64_t j = 0; j < D; j++)
+				yt[j] += wt * ye[j];
+		}
+	}
 }
 
 int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
@@ -919,86 +1122,34 @@ int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
 		int kind = info(o, L, o->need[m])->tier.kind;
 		host = kind == DSM_TIER_MAPPED || kind == DSM_TIER_DRAM;
 	}
-	if (host)
-		return moe_host(o, s, n_need);
-
-	if ((rc = ensure_rows(o, R ? R : 1)) < 0)
+	if (!host && (rc = ensure_rows(o, R)) < 0)
 		return rc;
-	for (int64_t t = 0; t < T; t++)
-		for (int j = 0; j < k; j++) {
-			int32_t x = s->idx[t * k + j];
-			size_t row = (size_t)(o->first[x] + o->fill[x]++);
-			o->row_tok[row] = (int32_t)t;
-			o->row_w[row] = s->weight[t * k + j];
-			memcpy(o->X + row * (size_t)D, s->x + t * D, sizeof(float) * (size_t)D);
-		}
+	if (!host)
+		for (int64_t t = 0; t < T; t++)
+			for (int j = 0; j < k; j++) {
+				int32_t x = s->idx[t * k + j];
+				size_t row = (size_t)(o->first[x] + o->fill[x]++);
+				o->row_tok[row] = (int32_t)t;
+				o->row_w[row] = s->weight[t * k + j];
+				memcpy(o->X + row * (size_t)D, s->x + t * D, sizeof(float) * (size_t)D);
+			}
 
+	/* The GPU's part first (the shared expert where it is resident, the GPU experts), then the CPU's. */
 	double t_submit = now();
-	int n_gpu = o->o.gpu ? submit_gpu(o, L, n_need) : 0;
+	int n_gpu = o->o.gpu ? submit_gpu(o, s, n_need, host) : 0;
 	double t_submitted = now();
 	if (n_gpu < 0) {
 		rc = n_gpu;
 		goto fail;
 	}
-	int done = 0, steal = 0, steal_tried = 0, first_pass = 1;
-	while (done < n_need - n_gpu) {
-		if ((rc = acquire_pass(o, L, n_need, steal)) < 0)
-			goto fail;
-		int progress = rc;
-		steal = 0;
-		/* The next layer's reads start once this layer's are queued. */
-		if (first_pass && (rc = lookahead(o, s)) < 0)
-			goto fail;
-		first_pass = 0;
-		/* Resident experts and hits compute while the reads are in flight. */
-		for (int m = 0; m < n_need; m++) {
-			if (o->state[m] != READY)
-				continue;
-			if ((rc = compute(o, L, m)) < 0)
-				goto fail;
-			done++;
-			if ((rc = dsm_stream_poll(o->st)) < 0)
-				goto fail;
-		}
-		if (done == n_need - n_gpu)
-			break;
-		int waiting = 0;
-		for (int m = 0; m < n_need; m++)
-			waiting += o->state[m] == WAITING;
-		if (!waiting && !progress && !dsm_stream_busy(o->st)) {
-			/* Only unused look-ahead reads are left to evict: take them. */
-			if (!steal_tried) {
-				steal = steal_tried = 1;
-				continue;
-			}
-			rc = dsm_fail(DSM_ENOMEM, "offload: the expert cache (%u slots) cannot hold the experts of one step",
-				      dsm_cache_slots(o->cache));
-			goto fail;
-		}
-		steal_tried = 0;
-		if (!waiting && !dsm_stream_busy(o->st))
-			continue;
-		/* One read lands: compute its expert if this step waits for it. */
-		int slot;
-		if ((rc = reap_one(o, &slot)) < 0)
-			goto fail;
-		if (slot >= 0 && o->slots[slot].waiter >= 0 && o->state[o->slots[slot].waiter] == WAITING)
-			o->state[o->slots[slot].waiter] = READY;
-	}
-
-	if (n_gpu && (rc = finish_gpu(o, n_need, t_submit, t_submitted, now())) < 0)
+	if ((rc = host ? moe_host(o, s, n_need) : moe_tiered(o, s, n_need, n_gpu)) < 0)
 		goto fail;
-	/* Combine in a fixed order: experts ascending, tokens in order. */
-	memset(s->y, 0, sizeof(float) * (size_t)(T * D));
-	for (int m = 0; m < n_need; m++) {
-		int x = o->need[m];
-		for (int32_t i = o->first[x]; i < o->first[x] + o->count[x]; i++) {
-			float *yt = s->y + (int64_t)o->row_tok[i] * D, wt = o->row_w[i];
-			const float *ye = o->Y + (size_t)i * (size_t)D;
-			for (int64_t j = 0; j < D; j++)
-				yt[j] += wt * ye[j];
-		}
-	}
+	if (o->gpu_pending && (rc = finish_gpu(o, n_need, t_submit, t_submitted, now())) < 0)
+		goto fail;
+	if (!host)
+		combine(o, s, n_need);
+	if ((rc = add_shared(o, s)) < 0)
+		return rc;
 	o->stats.steps++;
 	return 0;
 fail:
@@ -1193,6 +1344,8 @@ void dsm_offload_report(const struct dsm_offload *o, uint64_t n_tokens, double s
 	r->io_wait_seconds = st.io_wait_seconds;
 	r->gpu_wait_seconds = st.gpu_wait_seconds;
 	r->overlap_seconds = st.overlap_seconds;
+	r->shared_runs_gpu = st.shared_runs_gpu;
+	r->shared_runs_cpu = st.shared_runs_cpu;
 	double per = n_tokens ? 1.0 / (double)n_tokens : 0;
 	r->gpu_busy_per_token = st.gpu_expert_seconds * per;
 	r->cpu_busy_per_token = st.cpu_expert_seconds * per;

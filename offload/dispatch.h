@@ -59,6 +59,7 @@ struct dsm_moe_step {
 struct dsm_offload_stats {
 	uint64_t steps;                   /* MoE layer steps */
 	uint64_t expert_runs[DSM_TIER_KINDS]; /* expert computations by tier kind (enum dsm_tier_kind) */
+	uint64_t shared_runs_gpu, shared_runs_cpu; /* shared expert computations on the GPU and the CPU */
 	uint64_t bytes_read;              /* expert bytes streamed (wanted bytes) */
 	uint64_t bytes_read_device;       /* bytes the reads returned (with alignment padding) */
 	double read_busy_seconds;         /* time with a read in flight */
@@ -100,6 +101,13 @@ int dsm_offload_prefetch(struct dsm_offload *o, int layer, int n, const int32_t 
  * own reads are submitted. Returns 0 or DSM_EARG. */
 int dsm_offload_set_router(struct dsm_offload *o, int layer, const struct dsm_mat *gate, const float *bias);
 void dsm_offload_set_lookahead(struct dsm_offload *o, int max_tokens);
+
+/* The shared expert of MoE layer `layer` (weights kept by the caller): each step of that layer then adds
+ * shared(x) to its output, after the routed experts' sum. Where the plan puts the shared experts on the GPU
+ * (and a gpu backend with pinned memory is in use) its weights are uploaded now, and it runs on the GPU's
+ * queue while the CPU computes the step's experts; otherwise the cpu backend computes it. Returns 0,
+ * DSM_EARG, or DSM_ENOMEM (device memory exhausted, with the sizes). */
+int dsm_offload_set_shared(struct dsm_offload *o, int layer, const struct dsm_ffn_weights *w);
 
 /* Synchronous access to one expert (streamed and waited for when needed); put releases it. */
 int dsm_offload_get(struct dsm_offload *o, int layer, int expert, struct dsm_ffn_weights *w);
@@ -154,6 +162,7 @@ struct dsm_offload_report {
 	double attention_seconds;         /* seconds minus the expert steps' time: attention and the rest */
 	double cpu_expert_seconds, gpu_expert_seconds, io_wait_seconds; /* as in struct dsm_offload_stats */
 	double gpu_wait_seconds, overlap_seconds;
+	uint64_t shared_runs_gpu, shared_runs_cpu;
 	/* The timeline of a token, in seconds per token: GPU busy, CPU busy (experts), I/O wait (steps blocked on
 	 * expert reads), overlap (GPU busy while the CPU's part of a step ran). */
 	double gpu_busy_per_token, cpu_busy_per_token, io_wait_per_token, overlap_per_token;

@@ -143,12 +143,12 @@ void dsm_offload_report_text(const struct dsm_offload_report *r, char *buf, size
 		 "offload: experts gpu %llu, dram %llu, nvme %llu, mapped %llu; NVMe %.1f MB/token at %.2f GB/s; "
 		 "cache %s %llu slots, hit rate %.1f%%; prefetch hit rate %.1f%%; time: attention and the rest %.3f s, "
 		 "cpu experts %.3f s, gpu experts %.3f s, waiting on I/O %.3f s; per token: gpu busy %.2f ms, cpu busy "
-		 "%.2f ms, I/O wait %.2f ms, overlap %.2f ms",
+		 "%.2f ms, I/O wait %.2f ms, overlap %.2f ms; shared expert runs: gpu %llu, cpu %llu",
 		 (unsigned long long)r->experts[DSM_TIER_GPU], (unsigned long long)r->experts[DSM_TIER_DRAM],
 		 (unsigned long long)r->experts[DSM_TIER_NVME], (unsigned long long)r->experts[DSM_TIER_MAPPED],
 		 r->nvme_bytes_per_token / 1e6, r->read_gbs,
 		 r->cache_policy, (unsigned long long)r->cache_slots, 100 * r->cache_hit_rate,
 		 100 * r->prefetch_hit_rate, r->attention_seconds, r->cpu_expert_seconds, r->gpu_expert_seconds,
 		 r->io_wait_seconds, 1e3 * r->gpu_busy_per_token, 1e3 * r->cpu_busy_per_token, 1e3 * r->io_wait_per_token,
-		 1e3 * r->overlap_per_token);
+		 1e3 * r->overlap_per_token, (unsigned long long)r->shared_runs_gpu, (unsigned long long)r->shared_runs_cpu);
 }

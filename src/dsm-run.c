@@ -366,6 +366,8 @@ static void print_json(const char *prompt, const struct token_ids *ids, const st
 		cJSON_AddNumberToObject(off, "io_wait_seconds", o->io_wait_seconds);
 		cJSON_AddNumberToObject(off, "gpu_wait_seconds", o->gpu_wait_seconds);
 		cJSON_AddNumberToObject(off, "overlap_seconds", o->overlap_seconds);
+		cJSON_AddNumberToObject(off, "shared_runs_gpu", (double)o->shared_runs_gpu);
+		cJSON_AddNumberToObject(off, "shared_runs_cpu", (double)o->shared_runs_cpu);
 		cJSON *tl = cJSON_AddObjectToObject(off, "timeline_ms_per_token");
 		cJSON_AddNumberToObject(tl, "gpu_busy", 1e3 * o->gpu_busy_per_token);
 		cJSON_AddNumberToObject(tl, "cpu_busy", 1e3 * o->cpu_busy_per_token);

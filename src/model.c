@@ -221,6 +221,8 @@ int dsm_model_open(struct dsm_model **out, const char *dir, const struct dsm_mod
 	for (int L = 0; L < c->num_hidden_layers; L++)
 		if ((rc = load_layer(m, L)) < 0)
 			goto err;
+	if ((rc = dsm_model_set_experts(m, NULL)) < 0)
+		goto err;
 	*out = m;
 	return 0;
 err:
@@ -236,6 +238,8 @@ int dsm_model_set_experts(struct dsm_model *m, struct dsm_offload *o)
 		const struct dsm_ffn_layer *f = &m->layers[L].ffn;
 		int rc;
 		if (f->moe && (rc = dsm_offload_set_router(o, L, &f->gate, f->gate_bias)) < 0)
+			return rc;
+		if (f->moe && m->cfg.n_shared_experts > 0 && (rc = dsm_offload_set_shared(o, L, &f->shared)) < 0)
 			return rc;
 	}
 	m->offload = o;

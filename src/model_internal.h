@@ -78,7 +78,6 @@ struct dsm_session {
 	float *rlogits;     /* [B, E] router logits */
 	int32_t *ridx;      /* [B, k] */
 	float *rw;          /* [B, k] */
-	float *ye;          /* [B, D] the shared expert's output (tiered store) */
 	float *logits;      /* [min(B, max_seqs), V] the last row of each part */
 
 	void *arena;

@@ -8,8 +8,8 @@
  *
  * The routed experts come from the model's expert store (offload/dispatch.h: its own with every expert mapped,
  * or a tiered one), which runs them expert-major, each chosen expert once per step on all its tokens, and adds
- * their weighted outputs to each token in ascending expert order, whatever the tiers; then the shared expert's
- * output is added. */
+ * their weighted outputs to each token in ascending expert order, whatever the tiers; then it adds the shared
+ * expert's output (dsm_offload_set_shared), computed on the GPU where the plan puts it. */
 #include "model_internal.h"
 
 #include "dispatch.h"
@@ -36,7 +36,7 @@ static int moe(struct dsm_session *s, int L)
 	const struct dsm_config *c = &m->cfg;
 	const struct dsm_ffn_layer *f = &m->layers[L].ffn;
 	const struct dsm_session_hooks *hk = &s->opt.hooks;
-	int64_t T = s->T, D = c->hidden_size, E = c->n_routed_experts;
+	int64_t T = s->T, E = c->n_routed_experts;
 	int k = c->num_experts_per_tok;
 	int rc;
 
@@ -63,14 +63,8 @@ static int moe(struct dsm_session *s, int L)
 	s->times.router += t1 - t0;
 	struct dsm_moe_step ms = { .layer = L, .n_tokens = T, .top_k = k, .idx = s->ridx, .weight = s->rw,
 				   .x = s->xn, .y = s->y };
-	if ((rc = dsm_offload_moe(m->offload, &ms)) < 0)                       /* [T, D] */
+	if ((rc = dsm_offload_moe(m->offload, &ms)) < 0)      /* [T, D], the shared expert's output added */
 		return rc;
-	if (c->n_shared_experts > 0) {
-		if ((rc = be->ffn(be, &f->shared, T, s->xn, s->ye)) < 0)                /* [T, D] */
-			return rc;
-		for (int64_t i = 0; i < T * D; i++)
-			s->y[i] += s->ye[i];
-	}
 	s->times.experts += dsm_now() - t1;
 	return 0;
 }

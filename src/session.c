@@ -88,7 +88,6 @@ static void layout_buffers(struct dsm_session *s, struct arena *a)
 		s->ridx = take(a, B * k * sizeof(int32_t));
 		s->rw = take(a, B * k * f);
 	}
-	s->ye = take(a, B * D * f);
 	s->logits = take(a, (B < S ? B : S) * (size_t)c->vocab_size * f);
 }
 

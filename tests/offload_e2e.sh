@@ -27,15 +27,18 @@ cat > "$W/mixed.json" <<'JSON'
                "layers": { "2": { "dram:0": ["0-7"] }, "3": { "gpu:0": [1, 2], "dram:0": [5, "9-11"] } } },
   "cache": { "policy": "lfu", "bytes": 400000 } }
 JSON
+# The same with the non-expert weights on the GPU: the shared experts run there, beside the CPU's experts.
+sed 's/"non_expert": "dram:0"/"non_expert": "gpu:0"/' "$W/mixed.json" > "$W/gpu-shared.json"
 
 check_plans() { # model dir, label
 	$RUN -m "$1" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/base.npy" -q > /dev/null || { bad "$2: plain run"; return; }
 	for mode in "--offload --dram-budget 64G" "--stream-experts --cache-off" "--stream-experts --cache-policy lru" \
 		"--stream-experts --cache-policy lfu --cache-size 2M" "--stream-experts --cache-policy pinned --cache-size 2M" \
 		"--plan $W/mixed.json --gpu-backend emu" "--plan $W/mixed.json --gpu-backend emu --cache-off" \
+		"--plan $W/gpu-shared.json --gpu-backend emu" \
 		"--gpu-backend emu --vram-budget 1M" "--gpu-backend emu --vram-budget 1M --dram-budget 6M" \
 		"--gpu-backend emu --vram-budget 24M --dram-budget 1000M"; do
-		case "$mode" in *mixed.json*|*"--dram-budget 6M"*) [ "$2" = tiny ] || continue ;;
+		case "$mode" in *.json*|*"--dram-budget 6M"*) [ "$2" = tiny ] || continue ;;
 		*"--dram-budget 1000M"*) [ "$2" = small ] || continue ;; esac
 		if $RUN -m "$1" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/plan.npy" -q $mode > /dev/null 2> "$W/err" &&
 		   cmp -s "$W/base.npy" "$W/plan.npy"; then
@@ -56,6 +59,12 @@ if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --vram-bu
    grep -q "per token: gpu busy [0-9.]*[1-9][0-9]* ms, cpu busy [0-9.]* ms, I/O wait [0-9.]* ms, overlap [0-9.]* ms" "$W/err"
 then ok "emu device: some experts on gpu:0, its busy time on the timeline"
 else bad "emu device: some experts on gpu:0, its busy time on the timeline"; cat "$W/err"; fi
+
+# With the shared experts on the emu device every step (1 prefill, 5 decode, 3 MoE layers) runs one there,
+# overlapping the CPU's experts.
+if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --plan "$W/gpu-shared.json" --gpu-backend emu > /dev/null 2> "$W/err" &&
+   grep -q "per token: gpu busy [0-9.]*[1-9][0-9]* ms, .*, overlap [0-9.]*[1-9][0-9]* ms; shared expert runs: gpu 18, cpu 0" "$W/err"
+then ok "shared experts on the emu device"; else bad "shared experts on the emu device"; cat "$W/err"; fi
 
 # The report on stderr and in --json; a routing trace that the next run uses as hotness.
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --stream-experts --record-routing "$W/r.trace" > /dev/null 2> "$W/err" &&
