@@ -174,6 +174,8 @@ struct dsm_backend {
 	 * width head_dim (latent + rope for the absorbed form). The backend allocates its scratch now so
 	 * that no op allocates later as the context grows. */
 	int (*reserve)(struct dsm_backend *be, int64_t max_keys, int64_t n_heads, int64_t head_dim);
+	/* (optional) Device memory that alloc can still give, and its total (the budget the backend keeps to). */
+	int (*mem_info)(struct dsm_backend *be, size_t *free_bytes, size_t *total_bytes);
 	/* (optional) Host memory the device copies from and to at full speed (pinned); NULL: plain malloc. */
 	void *(*host_alloc)(struct dsm_backend *be, size_t bytes);
 	void (*host_free)(struct dsm_backend *be, void *p);

@@ -111,6 +111,12 @@ static int open_tiers(struct dsm_engine *e)
 			return dsm_fail(DSM_EARG, "--gpu-backend %s: not a device backend (emu, or cuda where built)",
 					o->gpu_backend);
 		os.gpu = e->gpu;
+		size_t free_bytes, total;
+		if (!os.vram_budget && !os.plan_path && e->gpu->mem_info && e->gpu->mem_info(e->gpu, &free_bytes, &total) == 0) {
+			os.vram_budget = free_bytes;
+			note(e, "--vram-budget: %.3g GB, free on the %s device (of %.3g GB it may use)", (double)free_bytes / 1e9,
+			     e->gpu->name, (double)total / 1e9);
+		}
 	} else if (os.vram_budget) {
 		note(e, "warning: --vram-budget without --gpu-backend: no expert goes to a GPU");
 	}
@@ -418,10 +424,12 @@ void dsm_engine_flags_help(FILE *f)
 	      "  --offload              the tiered store with a plan computed from the budgets below\n"
 	      "  --no-offload           map every weight from the checkpoint even when it does not fit in memory\n"
 	      "  --plan FILE            placement plan (JSON, docs/plan.md)\n"
-	      "  --gpu-backend NAME     computes the experts a plan puts on gpu:0: emu (the cpu behind a device-memory\n"
-	      "                         budget of --vram-budget, default 1G; for tests) or cuda where built. Without\n"
-	      "                         it a plan naming gpu:N experts is refused\n"
-	      "  --vram-budget SIZE     GPU memory for a computed plan (e.g. 20G; needs --gpu-backend)\n"
+	      "  --gpu-backend NAME     the GPU: cuda (where built) or emu (the cpu behind a device-memory budget of\n"
+	      "                         --vram-budget, default 1G; for tests). It computes the experts, and the shared\n"
+	      "                         experts, that the plan puts on gpu:0, on its own queue while the CPU computes\n"
+	      "                         the others. Without it a plan naming gpu:N experts is refused\n"
+	      "  --vram-budget SIZE     GPU memory for a computed plan (e.g. 20G; default with --gpu-backend: what the\n"
+	      "                         device has free, less a margin)\n"
 	      "  --dram-budget SIZE     DRAM for a computed plan (default: the memory dsm may use: the least of\n"
 	      "                         MemAvailable and the cgroup limits, minus a tenth, at least 1 GiB)\n"
 	      "  --stream-experts       every routed expert streamed from the checkpoint\n"

@@ -472,6 +472,14 @@ static void emu_free(struct dsm_backend *be, void *p)
 	free(h);
 }
 
+static int emu_mem_info(struct dsm_backend *be, size_t *free_bytes, size_t *total_bytes)
+{
+	struct emu_backend *eb = emu_of(be);
+	*free_bytes = eb->st.budget - eb->st.used;
+	*total_bytes = eb->st.budget;
+	return 0;
+}
+
 static void *emu_host_alloc(struct dsm_backend *be, size_t bytes)
 {
 	(void)be;
@@ -673,6 +681,7 @@ int dsm_emu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->copy_out = emu_copy;
 	be->sync = emu_sync;
 	be->reserve = emu_reserve;
+	be->mem_info = emu_mem_info;
 	be->host_alloc = emu_host_alloc;
 	be->host_free = emu_host_free;
 	be->queue_create = emu_queue_create;
