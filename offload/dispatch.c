@@ -87,6 +87,10 @@ struct dsm_offload {
 	size_t cap_tokens;
 	float *dev_sx, *dev_sy;   /* [dev_tokens, dim] its input and output on the device */
 	size_t dev_tokens;
+	/* A DRAM expert with at least upload_min tokens in a step is copied to the GPU (into the staging slot) and
+	 * computed there (0: never). */
+	int64_t upload_min;
+	void *stage[DSM_EXPERT_NPROJ], *stage_scale[DSM_EXPERT_NPROJ];
 	/* Look-ahead. */
 	struct dsm_mat *router;   /* [n_layers] gate of each MoE layer (data NULL: not set) */
 	const float **router_bias;/* [n_layers] */
@@ -312,6 +316,8 @@ static int check_mapped(const struct dsm_offload *o, int layer, int expert, cons
 	return 0;
 }
 
+static int upload_threshold(struct dsm_offload *o);
+
 int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, const struct dsm_offload_opts *opt)
 {
 	*out = NULL;
@@ -460,11 +466,16 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, 
 		dsm_pool_free(staging);
 		if (rc < 0)
 			goto err;
+	}
+	/* The GPU's queue for the hybrid step, and when a batch makes a DRAM expert worth copying to it. */
+	if (opt->gpu && opt->gpu->alloc) {
 		struct dsm_backend *g = opt->gpu;
 		o->pinned_rows = g->host_alloc && g->host_free;
-		o->shared_to_gpu = p->non_expert[DSM_KIND_SHARED].kind == DSM_TIER_GPU;
+		o->shared_to_gpu = p && p->non_expert[DSM_KIND_SHARED].kind == DSM_TIER_GPU;
 		if (g->queue_create && ((rc = g->queue_create(g, &o->gq)) < 0 || (rc = g->event_create(g, &o->ev_start)) < 0 ||
 					(rc = g->event_create(g, &o->ev_done)) < 0))
+			goto err;
+		if (o->n_tier[DSM_TIER_DRAM] && opt->gpu_upload_tokens >= 0 && (rc = upload_threshold(o)) < 0)
 			goto err;
 	}
 
@@ -535,6 +546,12 @@ void dsm_offload_close(struct dsm_offload *o)
 			o->o.gpu->free(o->o.gpu, o->dev_x);
 		if (o->dev_y)
 			o->o.gpu->free(o->o.gpu, o->dev_y);
+		for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+			if (o->stage[j])
+				o->o.gpu->free(o->o.gpu, o->stage[j]);
+			if (o->stage_scale[j])
+				o->o.gpu->free(o->o.gpu, o->stage_scale[j]);
+		}
 		if (o->dev_sx)
 			o->o.gpu->free(o->o.gpu, o->dev_sx);
 		if (o->dev_sy)
@@ -905,6 +922,90 @@ static int ensure_dev(struct dsm_offload *o, float **x, float **y, size_t *cap, 
 	return 0;
 }
 
+/* Whether step expert m runs on the GPU: a GPU-tier expert, or a DRAM one whose tokens pay for its copy. */
+static int runs_on_gpu(struct dsm_offload *o, int layer, int m)
+{
+	int x = o->need[m], kind = info(o, layer, x)->tier.kind;
+	return kind == DSM_TIER_GPU || (kind == DSM_TIER_DRAM && o->upload_min > 0 && o->count[x] >= o->upload_min);
+}
+
+/* Seconds of the fastest of 3 runs of one expert on n rows: by the cpu backend from host memory (gpu = 0), or
+ * by the GPU from the staging slot, with its rows' copies in and out (gpu = 1). */
+static double time_ffn(struct dsm_offload *o, const struct expert_info *e, int64_t n, int gpu)
+{
+	struct dsm_backend *be = gpu ? o->o.gpu : o->o.cpu;
+	size_t bytes = (size_t)n * (size_t)o->dim * sizeof(float);
+	struct dsm_ffn_weights w;
+	if (gpu)
+		make_weights(e, (const void *const *)o->stage, (const float *const *)o->stage_scale, &w);
+	else
+		host_weights(o, e, &w);
+	double best = 1e30;
+	for (int i = 0; i < 3; i++) {
+		double t0 = now();
+		int rc = gpu ? be->copy_in(be, o->dev_x, o->X, bytes) : 0;
+		if (rc == 0)
+			rc = be->ffn(be, &w, n, gpu ? o->dev_x : o->X, gpu ? o->dev_y : o->Y);
+		if (rc == 0 && gpu && (rc = be->copy_out(be, o->Y, o->dev_y, bytes)) == 0 && be->sync)
+			rc = be->sync(be);
+		if (rc < 0)
+			return -1;
+		double t = now() - t0;
+		best = t < best ? t : best;
+	}
+	return best;
+}
+
+/* Measures when copying a DRAM expert to the GPU and computing it there beats computing it on the CPU, on the
+ * first DRAM expert: the copy's time, and each side's time on 16 and 64 rows, fitted as a + b n. The threshold
+ * is the least n with copy + a_gpu + b_gpu n < a_cpu + b_cpu n; none when the GPU's time per row is not the
+ * smaller (docs/offload.md). Without device memory for the staging slot, DRAM experts stay on the CPU. */
+static int upload_threshold(struct dsm_offload *o)
+{
+	struct dsm_backend *g = o->o.gpu;
+	const struct expert_info *e = NULL;
+	for (int l = o->first_moe; l < o->n_layers && !e; l++)
+		for (int x = 0; x < o->n_experts && !e; x++)
+			if (info(o, l, x)->tier.kind == DSM_TIER_DRAM)
+				e = info(o, l, x);
+	for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+		size_t nb = (size_t)e->src->w[j].nbytes, sb = (size_t)e->src->scale[j].nbytes;
+		if (!(o->stage[j] = g->alloc(g, nb)) || (sb && !(o->stage_scale[j] = g->alloc(g, sb)))) {
+			add_warning(o, "no device memory for a staging slot: DRAM experts stay on the CPU at any batch size");
+			return 0;
+		}
+	}
+	int rc;
+	if ((rc = ensure_rows(o, 64)) < 0 || (rc = ensure_dev(o, &o->dev_x, &o->dev_y, &o->dev_rows, 64)) < 0)
+		return rc;
+	if (o->o.gpu_upload_tokens > 0) {
+		o->upload_min = o->o.gpu_upload_tokens;
+		return 0;
+	}
+	memset(o->X, 0, 64 * (size_t)o->dim * sizeof(float));
+	double t0 = now();
+	for (int j = 0; j < DSM_EXPERT_NPROJ && rc == 0; j++) {
+		if ((rc = g->copy_in(g, o->stage[j], e->host[j], (size_t)e->src->w[j].nbytes)) == 0 && o->stage_scale[j])
+			rc = g->copy_in(g, o->stage_scale[j], e->scale[j], (size_t)e->src->scale[j].nbytes);
+	}
+	if (rc == 0 && g->sync)
+		rc = g->sync(g);
+	if (rc < 0)
+		return rc;
+	double copy = now() - t0;
+	double c16 = time_ffn(o, e, 16, 0), c64 = time_ffn(o, e, 64, 0);
+	double g16 = time_ffn(o, e, 16, 1), g64 = time_ffn(o, e, 64, 1);
+	if (c16 < 0 || c64 < 0 || g16 < 0 || g64 < 0)
+		return dsm_fail_prefix(DSM_EIO, "offload: measuring the upload threshold");
+	double bc = (c64 - c16) / 48, ac = c16 - 16 * bc, bg = (g64 - g16) / 48, ag = g16 - 16 * bg;
+	o->upload_min = 0;
+	if (bc > bg) {
+		double n = (copy + ag - ac) / (bc - bg);
+		o->upload_min = n < 1 ? 1 : n > 1e9 ? 0 : (int64_t)n + 1;
+	}
+	return 0;
+}
+
 /* Submits the GPU's part of a step: the shared expert when it is resident there, and (unless every expert of
  * the step is in host memory) the GPU-tier experts: their rows in, each expert, their outputs out, all on the
  * queue, so that the GPU computes them while the CPU computes the others. Returns how many GPU-tier experts,
@@ -916,7 +1017,7 @@ static int submit_gpu(struct dsm_offload *o, const struct dsm_moe_step *s, int n
 	size_t D = (size_t)o->dim, rows = 0;
 	int n_gpu = 0, rc;
 	for (int m = 0; m < n_need && !host; m++)
-		if (info(o, s->layer, o->need[m])->tier.kind == DSM_TIER_GPU) {
+		if (runs_on_gpu(o, s->layer, m)) {
 			rows += (size_t)o->count[o->need[m]];
 			n_gpu++;
 		}
@@ -943,12 +1044,19 @@ static int submit_gpu(struct dsm_offload *o, const struct dsm_moe_step *s, int n
 	for (int m = 0; m < n_need && n_gpu && rc == 0; m++) {
 		int x = o->need[m];
 		struct expert_info *e = info(o, s->layer, x);
-		if (e->tier.kind != DSM_TIER_GPU)
+		if (!runs_on_gpu(o, s->layer, m))
 			continue;
 		size_t off = (size_t)o->first[x] * D, bytes = (size_t)o->count[x] * D * sizeof(float);
 		struct dsm_ffn_weights w;
-		make_weights(e, (const void *const *)e->dev, (const float *const *)e->dev_scale, &w);
-		if ((rc = g->copy_in(g, o->dev_x + dev_off, o->X + off, bytes)) == 0 &&
+		if (e->tier.kind == DSM_TIER_GPU) {
+			make_weights(e, (const void *const *)e->dev, (const float *const *)e->dev_scale, &w);
+		} else { /* a DRAM expert, copied into the staging slot first (the queue orders its uses) */
+			for (int j = 0; j < DSM_EXPERT_NPROJ && rc == 0; j++)
+				if ((rc = g->copy_in(g, o->stage[j], e->host[j], (size_t)e->src->w[j].nbytes)) == 0 && o->stage_scale[j])
+					rc = g->copy_in(g, o->stage_scale[j], e->scale[j], (size_t)e->src->scale[j].nbytes);
+			make_weights(e, (const void *const *)o->stage, (const float *const *)o->stage_scale, &w);
+		}
+		if (rc == 0 && (rc = g->copy_in(g, o->dev_x + dev_off, o->X + off, bytes)) == 0 &&
 		    (rc = g->ffn(g, &w, o->count[x], o->dev_x + dev_off, o->dev_y + dev_off)) == 0)
 			rc = g->copy_out(g, o->Y + off, o->dev_y + dev_off, bytes);
 		dev_off += (size_t)o->count[x] * D;
@@ -967,7 +1075,8 @@ static int submit_gpu(struct dsm_offload *o, const struct dsm_moe_step *s, int n
  * t_submitted: when it ended, t_cpu_end: when the CPU's part ended. With a queue the GPU was busy from its
  * start event to its done event, and the overlap is the part of that time within the CPU's part (both start
  * at the submission); without one, the submission itself was the GPU's work, overlapping nothing. */
-static int finish_gpu(struct dsm_offload *o, int n_need, double t_submit, double t_submitted, double t_cpu_end)
+static int finish_gpu(struct dsm_offload *o, int layer, int n_need, double t_submit, double t_submitted,
+		      double t_cpu_end)
 {
 	struct dsm_backend *g = o->o.gpu;
 	double t0 = now();
@@ -986,8 +1095,10 @@ static int finish_gpu(struct dsm_offload *o, int n_need, double t_submit, double
 	o->stats.overlap_seconds += overlap > 0 ? overlap : 0;
 	for (int m = 0; m < n_need; m++)
 		if (o->state[m] == ON_GPU) {
+			int kind = info(o, layer, o->need[m])->tier.kind;
 			o->state[m] = DONE;
-			o->stats.expert_runs[DSM_TIER_GPU]++;
+			o->stats.expert_runs[kind]++;
+			o->stats.uploaded_runs += kind != DSM_TIER_GPU;
 		}
 	return 0;
 }
@@ -1120,7 +1231,7 @@ int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
 	int host = 1;
 	for (int m = 0; m < n_need && host; m++) {
 		int kind = info(o, L, o->need[m])->tier.kind;
-		host = kind == DSM_TIER_MAPPED || kind == DSM_TIER_DRAM;
+		host = (kind == DSM_TIER_MAPPED || kind == DSM_TIER_DRAM) && !runs_on_gpu(o, L, m);
 	}
 	if (!host && (rc = ensure_rows(o, R)) < 0)
 		return rc;
@@ -1144,7 +1255,7 @@ int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
 	}
 	if ((rc = host ? moe_host(o, s, n_need) : moe_tiered(o, s, n_need, n_gpu)) < 0)
 		goto fail;
-	if (o->gpu_pending && (rc = finish_gpu(o, n_need, t_submit, t_submitted, now())) < 0)
+	if (o->gpu_pending && (rc = finish_gpu(o, L, n_need, t_submit, t_submitted, now())) < 0)
 		goto fail;
 	if (!host)
 		combine(o, s, n_need);
@@ -1345,6 +1456,8 @@ void dsm_offload_report(const struct dsm_offload *o, uint64_t n_tokens, double s
 	r->gpu_wait_seconds = st.gpu_wait_seconds;
 	r->overlap_seconds = st.overlap_seconds;
 	r->shared_runs_gpu = st.shared_runs_gpu;
+	r->uploaded_runs = st.uploaded_runs;
+	r->upload_min_tokens = o->upload_min;
 	r->shared_runs_cpu = st.shared_runs_cpu;
 	double per = n_tokens ? 1.0 / (double)n_tokens : 0;
 	r->gpu_busy_per_token = st.gpu_expert_seconds * per;

@@ -44,6 +44,9 @@ struct dsm_offload_opts {
 	struct dsm_stream_opts stream;
 	unsigned pool_flags;              /* dsm_pool_flags of both pools */
 	struct dsm_topo *topo;            /* NUMA nodes of the dram:N tiers (offload/topo.h); NULL: this machine's */
+	/* With a gpu backend, a DRAM expert with at least this many tokens in one step is copied to the GPU and
+	 * computed there: 0: the threshold measured at open (docs/offload.md), < 0: never. */
+	int64_t gpu_upload_tokens;
 };
 
 struct dsm_moe_step {
@@ -60,6 +63,7 @@ struct dsm_offload_stats {
 	uint64_t steps;                   /* MoE layer steps */
 	uint64_t expert_runs[DSM_TIER_KINDS]; /* expert computations by tier kind (enum dsm_tier_kind) */
 	uint64_t shared_runs_gpu, shared_runs_cpu; /* shared expert computations on the GPU and the CPU */
+	uint64_t uploaded_runs;           /* DRAM experts copied to the GPU for a step's many tokens */
 	uint64_t bytes_read;              /* expert bytes streamed (wanted bytes) */
 	uint64_t bytes_read_device;       /* bytes the reads returned (with alignment padding) */
 	double read_busy_seconds;         /* time with a read in flight */
@@ -143,6 +147,7 @@ struct dsm_offload_setup {
 	int64_t max_tokens;               /* tokens of one forward step at most (device activations); 0: 128 */
 	struct dsm_backend *cpu, *gpu;    /* gpu NULL: a plan naming gpu:N experts is refused */
 	struct dsm_topo *topo;            /* as in dsm_offload_opts */
+	int64_t gpu_upload_tokens;        /* as in dsm_offload_opts */
 };
 
 /* Loads or computes the plan (validated against m) and opens the store (m must outlive it). *plan_out (owned
@@ -162,7 +167,8 @@ struct dsm_offload_report {
 	double attention_seconds;         /* seconds minus the expert steps' time: attention and the rest */
 	double cpu_expert_seconds, gpu_expert_seconds, io_wait_seconds; /* as in struct dsm_offload_stats */
 	double gpu_wait_seconds, overlap_seconds;
-	uint64_t shared_runs_gpu, shared_runs_cpu;
+	uint64_t shared_runs_gpu, shared_runs_cpu, uploaded_runs;
+	int64_t upload_min_tokens;        /* a DRAM expert with this many tokens in a step runs on the GPU (0: never) */
 	/* The timeline of a token, in seconds per token: GPU busy, CPU busy (experts), I/O wait (steps blocked on
 	 * expert reads), overlap (GPU busy while the CPU's part of a step ran). */
 	double gpu_busy_per_token, cpu_busy_per_token, io_wait_per_token, overlap_per_token;

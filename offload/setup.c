@@ -120,6 +120,7 @@ int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, cons
 		.policy = s->cache_policy >= 0 ? s->cache_policy : p->cache_policy >= 0 ? p->cache_policy : DSM_CACHE_LRU,
 		.cache_bytes = s->cache_bytes ? s->cache_bytes : p->cache_bytes,
 		.cache_off = s->cache_off, .hotness = hot, .stream = s->stream, .topo = s->topo,
+		.gpu_upload_tokens = s->gpu_upload_tokens,
 	};
 	if ((rc = dsm_offload_open(out, m, &oo)) < 0)
 		goto out;
@@ -139,16 +140,21 @@ out:
 
 void dsm_offload_report_text(const struct dsm_offload_report *r, char *buf, size_t size)
 {
+	char upload[48] = "never";
+	if (r->upload_min_tokens > 0)
+		snprintf(upload, sizeof upload, "from %lld tokens", (long long)r->upload_min_tokens);
 	snprintf(buf, size,
 		 "offload: experts gpu %llu, dram %llu, nvme %llu, mapped %llu; NVMe %.1f MB/token at %.2f GB/s; "
 		 "cache %s %llu slots, hit rate %.1f%%; prefetch hit rate %.1f%%; time: attention and the rest %.3f s, "
 		 "cpu experts %.3f s, gpu experts %.3f s, waiting on I/O %.3f s; per token: gpu busy %.2f ms, cpu busy "
-		 "%.2f ms, I/O wait %.2f ms, overlap %.2f ms; shared expert runs: gpu %llu, cpu %llu",
+		 "%.2f ms, I/O wait %.2f ms, overlap %.2f ms; shared expert runs: gpu %llu, cpu %llu; DRAM experts to the "
+		 "gpu: %s, %llu runs",
 		 (unsigned long long)r->experts[DSM_TIER_GPU], (unsigned long long)r->experts[DSM_TIER_DRAM],
 		 (unsigned long long)r->experts[DSM_TIER_NVME], (unsigned long long)r->experts[DSM_TIER_MAPPED],
 		 r->nvme_bytes_per_token / 1e6, r->read_gbs,
 		 r->cache_policy, (unsigned long long)r->cache_slots, 100 * r->cache_hit_rate,
 		 100 * r->prefetch_hit_rate, r->attention_seconds, r->cpu_expert_seconds, r->gpu_expert_seconds,
 		 r->io_wait_seconds, 1e3 * r->gpu_busy_per_token, 1e3 * r->cpu_busy_per_token, 1e3 * r->io_wait_per_token,
-		 1e3 * r->overlap_per_token, (unsigned long long)r->shared_runs_gpu, (unsigned long long)r->shared_runs_cpu);
+		 1e3 * r->overlap_per_token, (unsigned long long)r->shared_runs_gpu, (unsigned long long)r->shared_runs_cpu,
+		 upload, (unsigned long long)r->uploaded_runs);
 }

@@ -368,6 +368,8 @@ static void print_json(const char *prompt, const struct token_ids *ids, const st
 		cJSON_AddNumberToObject(off, "overlap_seconds", o->overlap_seconds);
 		cJSON_AddNumberToObject(off, "shared_runs_gpu", (double)o->shared_runs_gpu);
 		cJSON_AddNumberToObject(off, "shared_runs_cpu", (double)o->shared_runs_cpu);
+		cJSON_AddNumberToObject(off, "upload_min_tokens", (double)o->upload_min_tokens);
+		cJSON_AddNumberToObject(off, "uploaded_runs", (double)o->uploaded_runs);
 		cJSON *tl = cJSON_AddObjectToObject(off, "timeline_ms_per_token");
 		cJSON_AddNumberToObject(tl, "gpu_busy", 1e3 * o->gpu_busy_per_token);
 		cJSON_AddNumberToObject(tl, "cpu_busy", 1e3 * o->cpu_busy_per_token);

@@ -293,7 +293,7 @@ int dsm_token_text(struct token_stream *ts, int32_t id, struct text_buffer *piec
 enum {
 	F_THREADS = DSM_ENGINE_FLAG_BASE, F_NO_BIND, F_PRECISION, F_CTX, F_BATCH, F_MAX_SEQS, F_KV_POOL, F_KV, F_IDX_FP8,
 	F_IDX_TOPK, F_MLA, F_OFFLOAD, F_NO_OFFLOAD, F_PLAN, F_GPU_BACKEND, F_VRAM, F_DRAM, F_STREAM_EXPERTS,
-	F_CACHE_POLICY, F_CACHE_SIZE, F_CACHE_OFF, F_HOTNESS, F_RECORD_ROUTING,
+	F_CACHE_POLICY, F_CACHE_SIZE, F_CACHE_OFF, F_HOTNESS, F_RECORD_ROUTING, F_GPU_UPLOAD,
 };
 
 const struct option dsm_engine_flags[] = {
@@ -308,7 +308,8 @@ const struct option dsm_engine_flags[] = {
 	{ "dram-budget", required_argument, NULL, F_DRAM }, { "stream-experts", no_argument, NULL, F_STREAM_EXPERTS },
 	{ "cache-policy", required_argument, NULL, F_CACHE_POLICY }, { "cache-size", required_argument, NULL, F_CACHE_SIZE },
 	{ "cache-off", no_argument, NULL, F_CACHE_OFF }, { "hotness-trace", required_argument, NULL, F_HOTNESS },
-	{ "record-routing", required_argument, NULL, F_RECORD_ROUTING }, { NULL, 0, NULL, 0 },
+	{ "record-routing", required_argument, NULL, F_RECORD_ROUTING },
+	{ "gpu-upload-tokens", required_argument, NULL, F_GPU_UPLOAD }, { NULL, 0, NULL, 0 },
 };
 
 static int int_arg(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *v)
@@ -397,6 +398,7 @@ int dsm_engine_flag(struct dsm_engine_options *o, int code, const char *arg)
 	case F_CACHE_OFF: t->cache_off = 1; break;
 	case F_HOTNESS: t->hotness_trace = arg; break;
 	case F_RECORD_ROUTING: o->record_routing = arg; break;
+	case F_GPU_UPLOAD: rc = int_arg("gpu-upload-tokens", arg, -1, INT32_MAX, &t->gpu_upload_tokens); break;
 	default: return 0;
 	}
 	return rc < 0 ? rc : 1;
@@ -428,6 +430,8 @@ void dsm_engine_flags_help(FILE *f)
 	      "                         --vram-budget, default 1G; for tests). It computes the experts, and the shared\n"
 	      "                         experts, that the plan puts on gpu:0, on its own queue while the CPU computes\n"
 	      "                         the others. Without it a plan naming gpu:N experts is refused\n"
+	      "  --gpu-upload-tokens N  a DRAM expert with N or more tokens in one step is copied to the GPU and\n"
+	      "                         computed there (default 0: the break-even measured at start; -1: never)\n"
 	      "  --vram-budget SIZE     GPU memory for a computed plan (e.g. 20G; default with --gpu-backend: what the\n"
 	      "                         device has free, less a margin)\n"
 	      "  --dram-budget SIZE     DRAM for a computed plan (default: the memory dsm may use: the least of\n"

@@ -37,8 +37,9 @@ check_plans() { # model dir, label
 		"--plan $W/mixed.json --gpu-backend emu" "--plan $W/mixed.json --gpu-backend emu --cache-off" \
 		"--plan $W/gpu-shared.json --gpu-backend emu" \
 		"--gpu-backend emu --vram-budget 1M" "--gpu-backend emu --vram-budget 1M --dram-budget 6M" \
+		"--gpu-backend emu --vram-budget 1M --gpu-upload-tokens 2" \
 		"--gpu-backend emu --vram-budget 24M --dram-budget 1000M"; do
-		case "$mode" in *.json*|*"--dram-budget 6M"*) [ "$2" = tiny ] || continue ;;
+		case "$mode" in *.json*|*"--dram-budget 6M"*|*upload*) [ "$2" = tiny ] || continue ;;
 		*"--dram-budget 1000M"*) [ "$2" = small ] || continue ;; esac
 		if $RUN -m "$1" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/plan.npy" -q $mode > /dev/null 2> "$W/err" &&
 		   cmp -s "$W/base.npy" "$W/plan.npy"; then
@@ -65,6 +66,11 @@ else bad "emu device: some experts on gpu:0, its busy time on the timeline"; cat
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --plan "$W/gpu-shared.json" --gpu-backend emu > /dev/null 2> "$W/err" &&
    grep -q "per token: gpu busy [0-9.]*[1-9][0-9]* ms, .*, overlap [0-9.]*[1-9][0-9]* ms; shared expert runs: gpu 18, cpu 0" "$W/err"
 then ok "shared experts on the emu device"; else bad "shared experts on the emu device"; cat "$W/err"; fi
+
+# A DRAM expert with 2 or more tokens of the prompt is copied to the emu device and computed there.
+if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --vram-budget 1M --gpu-upload-tokens 2 \
+	> /dev/null 2> "$W/err" && grep -q "DRAM experts to the gpu: from 2 tokens, [1-9][0-9]* runs" "$W/err"
+then ok "DRAM experts uploaded for a prompt's tokens"; else bad "DRAM experts uploaded for a prompt's tokens"; cat "$W/err"; fi
 
 # The report on stderr and in --json; a routing trace that the next run uses as hotness.
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --stream-experts --record-routing "$W/r.trace" > /dev/null 2> "$W/err" &&

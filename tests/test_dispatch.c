@@ -271,6 +271,7 @@ struct config_case {
 	int prefetch;
 	struct dsm_topo *topo;    /* NULL: this machine's */
 	int mapped;               /* opened with the addresses of the mapped shards */
+	int upload;               /* gpu_upload_tokens */
 };
 
 /* Pinned policy: after the warm-up every pinned streamed expert is in memory (its first use is a hit, nothing
@@ -339,7 +340,7 @@ static void run_case(const struct config_case *cc, struct step_data *steps, floa
 	struct dsm_offload_opts oo = { .plan = cc->plan, .cpu = cpu, .gpu = cc->gpu ? emu : NULL,
 		.policy = cc->policy, .cache_bytes = cc->cache_bytes, .cache_off = cc->cache_off,
 		.stream = { .flags = cc->stream_flags, .queue_depth = 4, .chunk_bytes = 16384 },
-		.pool_flags = DSM_POOL_NO_LOCK, .topo = cc->topo };
+		.pool_flags = DSM_POOL_NO_LOCK, .topo = cc->topo, .gpu_upload_tokens = cc->upload };
 	/* Pinned policy: hotness as a trace would give it, uneven across experts. */
 	double *hot = calloc((size_t)(NL * E), sizeof *hot);
 	for (int i = 0; i < NL * E; i++)
@@ -389,6 +390,10 @@ static void run_case(const struct config_case *cc, struct step_data *steps, floa
 		      st.overlap_seconds <= st.gpu_expert_seconds + 1e-9 && st.gpu_wait_seconds >= 0,
 		      "%s: gpu queue: %zu jobs, busy %g s, overlap %g s", cc->name, emu_stats().jobs, st.gpu_expert_seconds,
 		      st.overlap_seconds);
+		if (cc->upload > 0)
+			CHECK(st.uploaded_runs > 0 && st.expert_runs[DSM_TIER_DRAM] > st.uploaded_runs, "%s: %llu uploaded of %llu "
+			      "DRAM expert runs", cc->name, (unsigned long long)st.uploaded_runs,
+			      (unsigned long long)st.expert_runs[DSM_TIER_DRAM]);
 	}
 	if (cc->cache_off)
 		CHECK(st.cache.hits == 0 || st.cache.prefetch_hits > 0, "%s: hits with the cache off", cc->name);
@@ -558,21 +563,22 @@ int main(void)
 		}
 
 	const struct config_case cases[] = {
-		{ "all mapped (no plan)", NULL, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL, 1 },
-		{ "all-dram", dram, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL, 0 },
-		{ "all-dram from the mapping", dram, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL, 1 },
-		{ "mapped and streamed", mapped_streamed, DSM_CACHE_LRU, 6 * slot, 0, 0, 0, 1, NULL, 1 },
-		{ "all-streamed cache off", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 0, NULL, 0 },
-		{ "all-streamed lru", streamed, DSM_CACHE_LRU, 12 * slot, 0, 0, 0, 0, NULL, 0 },
-		{ "all-streamed lfu", streamed, DSM_CACHE_LFU, 12 * slot, 0, 0, 0, 0, NULL, 0 },
-		{ "all-streamed pinned", streamed, DSM_CACHE_PINNED, 12 * slot, 0, 0, 0, 0, NULL, 0 },
-		{ "all-streamed buffered", streamed, DSM_CACHE_LRU, 0, 1, DSM_STREAM_BUFFERED, 0, 0, NULL, 0 },
-		{ "all-streamed sync", streamed, DSM_CACHE_LRU, 0, 1, DSM_STREAM_SYNC, 0, 0, NULL, 0 },
-		{ "all-streamed prefetch", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 1, NULL, 0 },
-		{ "mixed", mixed, DSM_CACHE_PINNED, 10 * slot, 0, 0, 0, 1, NULL, 0 },
-		{ "emulated gpu", gpu, DSM_CACHE_LRU, 0, 0, 0, 1, 1, NULL, 0 },
-		{ "two NUMA nodes (synthetic)", two_nodes, DSM_CACHE_LRU, 10 * slot, 0, 0, 0, 1, numa2, 0 },
-		{ "this machine's NUMA nodes", here_nodes, DSM_CACHE_LRU, 0, 0, 0, 0, 0, here, 0 },
+		{ "all mapped (no plan)", NULL, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL, 1, 0 },
+		{ "all-dram", dram, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL, 0, 0 },
+		{ "all-dram from the mapping", dram, DSM_CACHE_LRU, 0, 0, 0, 0, 0, NULL, 1, 0 },
+		{ "mapped and streamed", mapped_streamed, DSM_CACHE_LRU, 6 * slot, 0, 0, 0, 1, NULL, 1, 0 },
+		{ "all-streamed cache off", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 0, NULL, 0, 0 },
+		{ "all-streamed lru", streamed, DSM_CACHE_LRU, 12 * slot, 0, 0, 0, 0, NULL, 0, 0 },
+		{ "all-streamed lfu", streamed, DSM_CACHE_LFU, 12 * slot, 0, 0, 0, 0, NULL, 0, 0 },
+		{ "all-streamed pinned", streamed, DSM_CACHE_PINNED, 12 * slot, 0, 0, 0, 0, NULL, 0, 0 },
+		{ "all-streamed buffered", streamed, DSM_CACHE_LRU, 0, 1, DSM_STREAM_BUFFERED, 0, 0, NULL, 0, 0 },
+		{ "all-streamed sync", streamed, DSM_CACHE_LRU, 0, 1, DSM_STREAM_SYNC, 0, 0, NULL, 0, 0 },
+		{ "all-streamed prefetch", streamed, DSM_CACHE_LRU, 0, 1, 0, 0, 1, NULL, 0, 0 },
+		{ "mixed", mixed, DSM_CACHE_PINNED, 10 * slot, 0, 0, 0, 1, NULL, 0, 0 },
+		{ "emulated gpu", gpu, DSM_CACHE_LRU, 0, 0, 0, 1, 1, NULL, 0, 0 },
+		{ "emulated gpu, DRAM experts of 8 tokens or more uploaded", gpu, DSM_CACHE_LRU, 0, 0, 0, 1, 0, NULL, 0, 8 },
+		{ "two NUMA nodes (synthetic)", two_nodes, DSM_CACHE_LRU, 10 * slot, 0, 0, 0, 1, numa2, 0, 0 },
+		{ "this machine's NUMA nodes", here_nodes, DSM_CACHE_LRU, 0, 0, 0, 0, 0, here, 0, 0 },
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
 		run_case(&cases[i], steps, want);
