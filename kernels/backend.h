@@ -168,6 +168,8 @@ struct dsm_backend {
 	void (*free)(struct dsm_backend *be, void *p);
 	int (*copy_in)(struct dsm_backend *be, void *dst, const void *src, size_t bytes);
 	int (*copy_out)(struct dsm_backend *be, void *dst, const void *src, size_t bytes);
+	/* Device memory to device memory (on the current queue when there is one). */
+	int (*copy_dev)(struct dsm_backend *be, void *dst, const void *src, size_t bytes);
 	/* Waits for all work of every queue; returns the first failure not yet returned. */
 	int (*sync)(struct dsm_backend *be);
 	/* (optional) The largest attention the caller will run: up to max_keys keys, n_heads heads of

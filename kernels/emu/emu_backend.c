@@ -679,6 +679,7 @@ int dsm_emu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->free = emu_free;
 	be->copy_in = emu_copy;
 	be->copy_out = emu_copy;
+	be->copy_dev = emu_copy;
 	be->sync = emu_sync;
 	be->reserve = emu_reserve;
 	be->mem_info = emu_mem_info;
