@@ -100,6 +100,8 @@ struct dsm_offload {
 	float *la_w;
 };
 
+#define STAGING_BYTES (1ull << 30) /* DRAM that stages the GPU tier's experts on their way to the device */
+
 static double now(void)
 {
 	struct timespec ts;
@@ -156,11 +158,13 @@ static void host_weights(const struct dsm_offload *o, const struct expert_info *
 		w->numa_home = e->tier.index + 1;
 }
 
-/* Reads the experts of tier `kind` (for dram, those of node `node` only) into consecutive slots of pool, starting
- * at slot 0, and sets their host pointers. Returns the count read or a negative code. */
-static int load_resident(struct dsm_offload *o, struct dsm_pool *pool, int kind, int node)
+/* Reads the experts of tier `kind` (for dram, those of node `node` only), from the first-th of them (in layer
+ * and expert order) on, into consecutive slots of pool, starting at slot 0, as many as it has slots, and sets
+ * their host pointers. Returns the count read or a negative code. */
+static int load_resident(struct dsm_offload *o, struct dsm_pool *pool, int kind, int node, uint64_t first)
 {
 	unsigned slot = 0;
+	uint64_t ordinal = 0;
 	int rc = 0;
 	struct dsm_stream_job *jobs = calloc(pool->n_slots ? pool->n_slots : 1, sizeof *jobs);
 	if (!jobs)
@@ -168,7 +172,8 @@ static int load_resident(struct dsm_offload *o, struct dsm_pool *pool, int kind,
 	for (int l = o->first_moe; l < o->n_layers && rc == 0; l++)
 		for (int x = 0; x < o->n_experts && rc == 0; x++) {
 			struct expert_info *e = info(o, l, x);
-			if (e->tier.kind != kind || (kind == DSM_TIER_DRAM && e->tier.index != node))
+			if (e->tier.kind != kind || (kind == DSM_TIER_DRAM && e->tier.index != node) || ordinal++ < first ||
+			    slot == pool->n_slots)
 				continue;
 			if ((rc = dsm_stream_job_init(o->st, &jobs[slot], e->r, DSM_EXPERT_NPROJ, dsm_pool_slot(pool, slot),
 						      pool->slot_bytes, dsm_stream_pool_index(o->st, pool, slot))) == 0)
@@ -190,27 +195,33 @@ static int load_resident(struct dsm_offload *o, struct dsm_pool *pool, int kind,
 	return rc < 0 ? rc : (int)slot;
 }
 
-/* Uploads the gpu-tier experts (already in host memory) to the gpu backend. */
+/* Uploads the gpu-tier experts that load_resident just read into host memory (those with host pointers) to
+ * the gpu backend, and forgets their host copies. */
 static int upload_gpu(struct dsm_offload *o)
 {
 	struct dsm_backend *g = o->o.gpu;
 	for (int l = o->first_moe; l < o->n_layers; l++)
 		for (int x = 0; x < o->n_experts; x++) {
 			struct expert_info *e = info(o, l, x);
-			if (e->tier.kind != DSM_TIER_GPU)
+			if (e->tier.kind != DSM_TIER_GPU || !e->host[0])
 				continue;
 			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
 				size_t nb = (size_t)e->src->w[j].nbytes;
-				size_t sb = (size_t)e->src->scale[j].nbytes;
-				if (!(e->dev[j] = g->alloc(g, nb)) || (sb && !(e->dev_scale[j] = g->alloc(g, sb))))
-					return dsm_fail(DSM_ENOMEM, "%s: device memory exhausted uploading layer %d expert %d "
-							"(the plan puts more experts on the GPU than it holds)", g->name, l, x);
+				size_t sb = (size_t)e->src->scale[j].nbytes, free_bytes = 0, total = 0;
+				if (!(e->dev[j] = g->alloc(g, nb)) || (sb && !(e->dev_scale[j] = g->alloc(g, sb)))) {
+					if (g->mem_info)
+						g->mem_info(g, &free_bytes, &total);
+					return dsm_fail(DSM_ENOMEM, "%s: device memory exhausted uploading layer %d expert %d (%zu "
+							"bytes; %zu of %zu bytes free): the plan puts more experts on the GPU than it "
+							"holds", g->name, l, x, nb + sb, free_bytes, total);
+				}
 				int rc = g->copy_in(g, e->dev[j], e->host[j], nb);
 				if (rc == 0 && sb)
 					rc = g->copy_in(g, e->dev_scale[j], e->scale[j], sb);
 				if (rc < 0)
 					return rc;
 			}
+			memset(e->host, 0, sizeof e->host);
 			o->stats.resident_bytes[DSM_TIER_GPU] += e->src->w[0].nbytes + e->src->w[1].nbytes + e->src->w[2].nbytes;
 		}
 	return g->sync ? g->sync(g) : 0;
@@ -447,22 +458,24 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, 
 			add_warning(o, w);
 		}
 		/* Read once at open: no fixed buffers (io_uring takes one set, kept for the cache's slots). */
-		if ((rc = load_resident(o, pool, DSM_TIER_DRAM, j)) < 0)
+		if ((rc = load_resident(o, pool, DSM_TIER_DRAM, j, 0)) < 0)
 			goto err;
 		o->stats.resident_bytes[DSM_TIER_DRAM] += (uint64_t)o->node_experts[j] * slot_bytes;
 	}
-	/* The GPU tier, staged through DRAM for the upload; the staging is freed once uploaded. */
+	/* The GPU tier, staged through DRAM for the upload, a batch of experts at a time; the staging is freed once
+	 * uploaded. */
 	if (o->n_tier[DSM_TIER_GPU]) {
+		uint64_t staging_bytes = opt->staging_bytes ? opt->staging_bytes : STAGING_BYTES;
+		uint64_t batch = staging_bytes / slot_bytes ? staging_bytes / slot_bytes : 1;
+		if (batch > o->n_tier[DSM_TIER_GPU])
+			batch = o->n_tier[DSM_TIER_GPU];
 		struct dsm_pool *staging;
-		if ((rc = dsm_pool_init(&staging, slot_bytes, (unsigned)o->n_tier[DSM_TIER_GPU],
-					opt->pool_flags | DSM_POOL_NO_LOCK, opt->stream.io)) < 0)
+		if ((rc = dsm_pool_init(&staging, slot_bytes, (unsigned)batch, opt->pool_flags | DSM_POOL_NO_LOCK,
+					opt->stream.io)) < 0)
 			goto err;
-		if ((rc = load_resident(o, staging, DSM_TIER_GPU, 0)) >= 0)
-			rc = upload_gpu(o);
-		for (int l = o->first_moe; l < o->n_layers; l++)
-			for (int x = 0; x < o->n_experts; x++)
-				if (info(o, l, x)->tier.kind == DSM_TIER_GPU)
-					memset(info(o, l, x)->host, 0, sizeof info(o, l, x)->host);
+		for (uint64_t done = 0; done < o->n_tier[DSM_TIER_GPU] && rc >= 0; done += batch)
+			if ((rc = load_resident(o, staging, DSM_TIER_GPU, 0, done)) >= 0)
+				rc = upload_gpu(o);
 		dsm_pool_free(staging);
 		if (rc < 0)
 			goto err;

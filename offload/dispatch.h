@@ -47,6 +47,7 @@ struct dsm_offload_opts {
 	/* With a gpu backend, a DRAM expert with at least this many tokens in one step is copied to the GPU and
 	 * computed there: 0: the threshold measured at open (docs/offload.md), < 0: never. */
 	int64_t gpu_upload_tokens;
+	uint64_t staging_bytes;           /* DRAM staging the GPU tier's upload, a batch at a time; 0: 1 GiB */
 };
 
 struct dsm_moe_step {

@@ -340,7 +340,8 @@ static void run_case(const struct config_case *cc, struct step_data *steps, floa
 	struct dsm_offload_opts oo = { .plan = cc->plan, .cpu = cpu, .gpu = cc->gpu ? emu : NULL,
 		.policy = cc->policy, .cache_bytes = cc->cache_bytes, .cache_off = cc->cache_off,
 		.stream = { .flags = cc->stream_flags, .queue_depth = 4, .chunk_bytes = 16384 },
-		.pool_flags = DSM_POOL_NO_LOCK, .topo = cc->topo, .gpu_upload_tokens = cc->upload };
+		.pool_flags = DSM_POOL_NO_LOCK, .topo = cc->topo, .gpu_upload_tokens = cc->upload,
+		.staging_bytes = 1 }; /* the GPU tier uploaded one expert at a time */
 	/* Pinned policy: hotness as a trace would give it, uneven across experts. */
 	double *hot = calloc((size_t)(NL * E), sizeof *hot);
 	for (int i = 0; i < NL * E; i++)
