@@ -8,6 +8,7 @@ int bench_io_main(int argc, char **argv);
 int bench_e2e_main(int argc, char **argv);
 int bench_tokenizer_main(int argc, char **argv);
 int bench_batch_main(int argc, char **argv);
+int bench_gpu_main(int argc, char **argv);
 
 static const struct subcommand {
 	const char *name;
@@ -20,6 +21,8 @@ static const struct subcommand {
 	{ "batch", "decode tokens/s of 1 to 64 sequences together vs the bound of what each step reads (batch_efficiency)",
 	  bench_batch_main },
 	{ "tokenizer", "encoding speed of dsm vs the JavaScript tokenizer on the same 10 MB of text", bench_tokenizer_main },
+	{ "gpu", "the GPU: copy bandwidth, logits against the cpu path, decode with experts on GPU/DRAM/NVMe vs bounds",
+	  bench_gpu_main },
 };
 
 static void usage(FILE *f)
