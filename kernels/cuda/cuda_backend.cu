@@ -11,7 +11,7 @@
 static void ctx_free(struct cuda_ctx *c)
 {
 	// Frees only; the caller has waited for the context's work.
-	struct cuda_buf *bufs[] = { &c->wbuf, &c->abuf, &c->ffn, &c->moe, &c->attn, &c->misc };
+	struct cuda_buf *bufs[] = { &c->wbuf, &c->abuf, &c->obuf, &c->ffn, &c->moe, &c->attn, &c->misc };
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
 		cudaFree(bufs[i]->p);
 		bufs[i]->p = NULL;

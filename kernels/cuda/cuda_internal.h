@@ -36,6 +36,7 @@ struct cuda_ctx {
 	cudaStream_t s;
 	struct cuda_buf wbuf;   // dequantized weight of a cuBLASLt matmul
 	struct cuda_buf abuf;   // activations as the multiply sees them (packed, rounded)
+	struct cuda_buf obuf;   // a cuBLASLt matmul's output before it goes to the caller's layout
 	struct cuda_buf ffn;    // gate and up outputs of an FFN
 	struct cuda_buf moe;    // the moe op's per-slot values
 	struct cuda_buf attn;   // attention partial states (split keys)

@@ -139,32 +139,44 @@ __global__ void gemv_t_kernel(struct dsm_mat w, int64_t head_rows, int64_t strid
 
 // ---- conversions -------------------------------------------------------------------------------------
 
-// dst[h][t][j] = x[t * ldx + h * x_head + j] as the multiply sees it: F32 (rounded when bf16) or BF16 bits.
-__global__ void pack_kernel(void *dst, int out_bf16, const float *x, int64_t H, int64_t n, int64_t K, int64_t ldx,
-			    int64_t x_head, int bf16)
+// dst[(h * n + t) * ldd + j] = x[t * ldx + h * x_head + j] for j < K, as the multiply sees it: F32 (rounded
+// when bf16) or BF16 bits.
+__global__ void pack_kernel(void *dst, int out_bf16, int64_t ldd, const float *x, int64_t H, int64_t n, int64_t K,
+			    int64_t ldx, int64_t x_head, int bf16)
 {
 	int64_t total = H * n * K;
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-		int64_t j = i % K, t = (i / K) % n, h = i / (K * n);
+		int64_t j = i % K, t = (i / K) % n, h = i / (K * n), at = (h * n + t) * ldd + j;
 		float v = x[t * ldx + h * x_head + j];
 		if (out_bf16)
-			((uint16_t *)dst)[i] = dm_f32_to_bf16(v);
+			((uint16_t *)dst)[at] = dm_f32_to_bf16(v);
 		else
-			((float *)dst)[i] = dm_round_act(v, bf16);
+			((float *)dst)[at] = dm_round_act(v, bf16);
 	}
 }
 
-// dst[i][j] = W[row0 + i, j] for i < rows, as the multiply sees it: F32 or BF16 bits.
-__global__ void dequant_kernel(void *dst, int out_bf16, struct dsm_mat w, int64_t rows, int bf16)
+// y[t * ldy + h * y_head + o] = src[(h * n + t) * lds + o] for o < M: cuBLASLt's output to the caller's layout.
+__global__ void unpack_kernel(float *y, int64_t ldy, int64_t y_head, const float *src, int64_t lds, int64_t H,
+			      int64_t n, int64_t M)
+{
+	int64_t total = H * n * M;
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+		int64_t o = i % M, t = (i / M) % n, h = i / (M * n);
+		y[t * ldy + h * y_head + o] = src[(h * n + t) * lds + o];
+	}
+}
+
+// dst[i * ldd + j] = W[row0 + i, j] for i < rows, as the multiply sees it: F32 or BF16 bits.
+__global__ void dequant_kernel(void *dst, int out_bf16, int64_t ldd, struct dsm_mat w, int64_t rows, int bf16)
 {
 	int64_t total = rows * w.cols;
 	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
 		int64_t r = i / w.cols, j = i % w.cols;
 		float v = dm_weight_get(w.dtype, w.data, w.scale, w.cols, w.row0 + r, j, bf16);
 		if (out_bf16)
-			((uint16_t *)dst)[i] = dm_f32_to_bf16(v);
+			((uint16_t *)dst)[r * ldd + j] = dm_f32_to_bf16(v);
 		else
-			((float *)dst)[i] = v;
+			((float *)dst)[r * ldd + j] = v;
 	}
 }
 
@@ -336,7 +348,7 @@ static int mm_gemv(struct cuda_backend *cb, struct cuda_ctx *c, const struct mm_
 			return rc;
 		float *xp = (float *)c->abuf.p, *y = a->y + t0 * a->ldy;
 		if (total > 0) {
-			pack_kernel<<<stride_blocks(total), 256, 0, c->s>>>(xp, 0, a->x + t0 * a->ldx, a->n_heads, n, K, a->ldx,
+			pack_kernel<<<stride_blocks(total), 256, 0, c->s>>>(xp, 0, K, a->x + t0 * a->ldx, a->n_heads, n, K, a->ldx,
 									   a->x_head, bf16);
 			LAUNCH_CHECK();
 		}
@@ -348,65 +360,77 @@ static int mm_gemv(struct cuda_backend *cb, struct cuda_ctx *c, const struct mm_
 	return 0;
 }
 
+// Leading dimensions of our own cuBLASLt operands: a multiple of 8 values (16 bytes of BF16), which every
+// algorithm accepts.
+static int64_t ld8(int64_t v)
+{
+	return (v + 7) / 8 * 8;
+}
+
 static int mm_lt(struct cuda_backend *cb, struct cuda_ctx *c, const struct mm_args *a, int64_t K, int64_t M)
 {
 	int bf16 = cb->be.precision == DSM_PRECISION_BF16;
 	size_t es = bf16 ? 2 : 4;
 	const struct dsm_mat &w = *a->w;
-	int64_t H = a->n_heads, n = a->n, C = w.cols;
-	int64_t total = H * n * K;
-	int rc = cuda_buf_get(c, &c->abuf, es * (size_t)total, "matmul activations");
+	int64_t H = a->n_heads, n = a->n, C = w.cols, Kp = ld8(K), Cp = ld8(C), Mp = ld8(M);
+	// activations [H][n][Kp]; the product [H][n][Mp] in our buffer, then to y's layout
+	int rc = cuda_buf_get(c, &c->abuf, es * (size_t)(H * n * Kp), "matmul activations");
+	if (rc == 0)
+		rc = cuda_buf_get(c, &c->obuf, sizeof(float) * (size_t)(H * n * Mp), "matmul output");
 	if (rc < 0)
 		return rc;
-	pack_kernel<<<stride_blocks(total), 256, 0, c->s>>>(c->abuf.p, bf16, a->x, H, n, K, a->ldx, a->x_head, bf16);
+	pack_kernel<<<stride_blocks(H * n * K), 256, 0, c->s>>>(c->abuf.p, bf16, Kp, a->x, H, n, K, a->ldx, a->x_head,
+								   bf16);
 	LAUNCH_CHECK();
 	// Bands of weight rows: the whole span of the heads, or rows of one matrix WBUF_MAX_ELEMS values at a time.
 	int64_t span = (H - 1) * a->stride + a->head_rows;
-	int64_t band = H > 1 ? span : (WBUF_MAX_ELEMS / (C > 0 ? C : 1)) / DSM_BLOCK * DSM_BLOCK;
+	int64_t band = H > 1 ? span : (WBUF_MAX_ELEMS / Cp) / DSM_BLOCK * DSM_BLOCK;
 	if (band < DSM_BLOCK)
 		band = DSM_BLOCK;
 	if (band > span)
 		band = span;
-	if ((rc = cuda_buf_get(c, &c->wbuf, es * (size_t)(band * C), "dequantized weight")) < 0)
+	if ((rc = cuda_buf_get(c, &c->wbuf, es * (size_t)(band * Cp), "dequantized weight")) < 0)
 		return rc;
+	float *o = (float *)c->obuf.p;
 	for (int64_t r0 = 0; r0 < span; r0 += band) {
 		int64_t rows = span - r0 < band ? span - r0 : band;
 		struct dsm_mat wv = dsm_mat_rows(w, r0, rows);
-		dequant_kernel<<<stride_blocks(rows * C), 256, 0, c->s>>>(c->wbuf.p, bf16, wv, rows, bf16);
+		dequant_kernel<<<stride_blocks(rows * C), 256, 0, c->s>>>(c->wbuf.p, bf16, Cp, wv, rows, bf16);
 		LAUNCH_CHECK();
 		struct lt_problem p;
 		memset(&p, 0, sizeof p);
 		p.ab = bf16 ? CUDA_R_16BF : CUDA_R_32F;
 		p.n = n;
 		p.a = c->wbuf.p;
-		p.lda = C;
-		p.sa = a->stride * C;
-		p.ldb = K;
-		p.sb = n * K;
-		p.ldd = a->ldy;
-		p.sd = a->y_head;
+		p.lda = Cp;
+		p.sa = a->stride * Cp;
+		p.ldb = Kp;
+		p.sb = n * Kp;
+		p.ldd = Mp;
+		p.sd = n * Mp;
 		p.batch = (int)H;
 		if (!a->transposed) {
-			// y^T [rows, n] = W_band [rows, C] . x^T: the band's output rows
+			// o^T [rows, n] = W_band [rows, C] . x^T: the band's output rows
 			p.transa = 1;
 			p.m = H > 1 ? a->head_rows : rows;
 			p.k = C;
 			p.b = c->abuf.p;
-			p.d = a->y + r0;
+			p.d = o + r0;
 			p.beta = 0.0f;
 		} else {
-			// y^T [C, n] += W_band^T [C, rows] . x^T [rows, n]: the band's share of the sum
+			// o^T [C, n] += W_band^T [C, rows] . x^T [rows, n]: the band's share of the sum
 			p.transa = 0;
 			p.m = C;
 			p.k = H > 1 ? a->head_rows : rows;
 			p.b = (const char *)c->abuf.p + es * (size_t)r0;
-			p.d = a->y;
+			p.d = o;
 			p.beta = r0 > 0 ? 1.0f : 0.0f;
 		}
 		if ((rc = lt_matmul(cb, c, &p)) < 0)
 			return rc;
 	}
-	(void)M;
+	unpack_kernel<<<stride_blocks(H * n * M), 256, 0, c->s>>>(a->y, a->ldy, a->y_head, o, Mp, H, n, M);
+	LAUNCH_CHECK();
 	return 0;
 }
 
@@ -654,7 +678,7 @@ static int moe_run(struct cuda_backend *cb, struct cuda_ctx *c, const struct dsm
 		free(tab);
 		if (rc < 0)
 			return rc;
-		pack_kernel<<<stride_blocks(T * D), 256, 0, c->s>>>(xa, 0, a->x, 1, T, D, D, 0, bf16);
+		pack_kernel<<<stride_blocks(T * D), 256, 0, c->s>>>(xa, 0, D, a->x, 1, T, D, D, 0, bf16);
 		LAUNCH_CHECK();
 		unsigned gy = (unsigned)(S < 65535 ? S : 65535);
 		moe_up_kernel<<<dim3(cuda_blocks(I, WARPS), gy), WARPS * 32, 0, c->s>>>(
