@@ -93,6 +93,9 @@ int cuda_stage_done(struct cuda_ctx *c, int slot)
 int cuda_begin(struct cuda_backend *cb, struct cuda_ctx **c)
 {
 	*c = cb->cur ? &cb->cur->c : &cb->own;
+	// The device is a per-thread setting of the runtime: a caller's other threads start on device 0.
+	if (cb->device != 0)
+		CUDA_CHECK(cudaSetDevice(cb->device));
 	if ((*c)->rc < 0)
 		return dsm_fail((*c)->rc, "%s (an earlier failure on this queue)", (*c)->msg);
 	return 0;
