@@ -1,7 +1,12 @@
+#include "build_config.h"
+
 #include "backend.h"
 
 #include "cpu_backend.h"
 #include "emu/emu_backend.h"
+#ifdef DSM_HAVE_CUDA
+#include "cuda/cuda_backend.h"
+#endif
 #include "error.h"
 #include "expert_kernels.h"
 
@@ -14,7 +19,16 @@ int dsm_backend_create(struct dsm_backend **out, const char *name, const struct 
 		return dsm_cpu_backend_create(out, o);
 	if (strcmp(name, "emu") == 0)
 		return dsm_emu_backend_create(out, o);
+#ifdef DSM_HAVE_CUDA
+	if (strcmp(name, "cuda") == 0)
+		return dsm_cuda_backend_create(out, o);
+	return dsm_fail(DSM_EARG, "unknown backend '%s' (available: cpu, emu, cuda)", name);
+#else
+	if (strcmp(name, "cuda") == 0)
+		return dsm_fail(DSM_EUNSUPPORTED, "backend 'cuda': this build has no cuda backend (configure found no nvcc; "
+				"install the CUDA toolkit and configure --with-cuda)");
 	return dsm_fail(DSM_EARG, "unknown backend '%s' (available: cpu, emu)", name);
+#endif
 }
 
 void dsm_backend_destroy(struct dsm_backend *be)

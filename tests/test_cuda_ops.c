@@ -1,0 +1,633 @@
+/* Every op of the cuda backend against the scalar references (ref_ops.c) on random data, with the thresholds of
+ * docs TESTING.md (elementwise 1e-7, softmax 1e-6, matmul / FFN / attention 5e-4, indices exact), in both
+ * precisions; then the asynchronous part: queues, events, pinned memory and a failure inside a queue.
+ * Data lives in device memory (be->alloc, copy_in / copy_out); descriptor tables stay on the host.
+ * Skips (77) without a CUDA device. */
+#include "backend.h"
+#include "error.h"
+#include "fp8_dequant.h"
+#include "ref_ops.h"
+#include "test_util.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SENTINEL 16
+static const uint32_t sentinel_bits = 0x7fc0dead;
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+static uint32_t rnd(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return (uint32_t)(rng_state >> 11);
+}
+static float urand(void) /* (-1, 1) */
+{
+	return (float)((rnd() & 0xffffff) / 8388608.0 - 1.0);
+}
+static float *rand_buf(size_t n, float scale)
+{
+	float *p = malloc((n + 1) * sizeof *p);
+	for (size_t i = 0; i < n; i++)
+		p[i] = urand() * scale;
+	return p;
+}
+
+static double worst_nmse;
+#define CHECK_NMSE(a, b, n, limit, ...) do { \
+	double e_ = nmse(a, b, n); \
+	if (!(e_ <= (limit) && isfinite(e_))) { \
+		fprintf(stderr, "%s:%d: NMSE %.3g > %.3g: ", __FILE__, __LINE__, e_, (double)(limit)); \
+		fprintf(stderr, __VA_ARGS__); \
+		fputc('\n', stderr); \
+		test_failures++; \
+	} \
+	if (e_ > worst_nmse) \
+		worst_nmse = e_; \
+} while (0)
+
+/* ---- device buffers ---------------------------------------------------------------------------------- */
+
+static void *dev_put(struct dsm_backend *be, const void *src, size_t bytes)
+{
+	void *d = be->alloc(be, bytes ? bytes : 1);
+	if (!d) {
+		fprintf(stderr, "device allocation of %zu bytes: %s\n", bytes, dsm_errmsg());
+		exit(99);
+	}
+	if (bytes && be->copy_in(be, d, src, bytes) < 0) {
+		fprintf(stderr, "copy_in: %s\n", dsm_errmsg());
+		exit(99);
+	}
+	return d;
+}
+
+/* A device output of n floats followed by SENTINEL sentinel floats. */
+static float *dev_out(struct dsm_backend *be, size_t n)
+{
+	float *h = malloc((n + SENTINEL) * sizeof *h);
+	for (size_t i = 0; i < n + SENTINEL; i++)
+		memcpy(&h[i], &sentinel_bits, 4);
+	float *d = dev_put(be, h, (n + SENTINEL) * sizeof *h);
+	free(h);
+	return d;
+}
+
+/* The device output back (n floats and the sentinels); the sentinels are checked. */
+static float *dev_get(struct dsm_backend *be, const float *d, size_t n, const char *what)
+{
+	float *h = malloc((n + SENTINEL) * sizeof *h);
+	if (be->copy_out(be, h, d, (n + SENTINEL) * sizeof *h) < 0) {
+		fprintf(stderr, "copy_out: %s\n", dsm_errmsg());
+		exit(99);
+	}
+	for (size_t i = n; i < n + SENTINEL; i++)
+		if (memcmp(&h[i], &sentinel_bits, 4) != 0) {
+			CHECK(0, "%s wrote past its output", what);
+			break;
+		}
+	return h;
+}
+
+/* A random weight [rows, cols] of dtype t, on the host (m) and on the device (d). */
+struct weight {
+	struct dsm_mat m, d;
+	void *data, *scale;
+	void *ddata, *dscale;
+};
+static void weight_init(struct dsm_backend *be, struct weight *w, enum dsm_dtype t, int64_t rows, int64_t cols)
+{
+	size_t n = (size_t)rows * (size_t)cols, nb = (size_t)((rows + 127) / 128) * (size_t)((cols + 127) / 128);
+	memset(w, 0, sizeof *w);
+	w->data = malloc(n * dsm_dtype_size(t) + 1);
+	for (size_t i = 0; i < n; i++) {
+		float v = urand() / sqrtf((float)cols);
+		if (t == DSM_F8_E4M3) {
+			uint8_t c;
+			do
+				c = (uint8_t)rnd();
+			while ((c & 0x7f) == 0x7f);
+			((uint8_t *)w->data)[i] = c;
+		} else if (t == DSM_BF16) {
+			((uint16_t *)w->data)[i] = dsm_f32_to_bf16(v);
+		} else {
+			((float *)w->data)[i] = v;
+		}
+	}
+	if (t == DSM_F8_E4M3) {
+		w->scale = malloc(nb * sizeof(float));
+		for (size_t i = 0; i < nb; i++)
+			((float *)w->scale)[i] = (0.5f + 0.5f * (urand() + 1)) / (64.0f * sqrtf((float)cols));
+		w->dscale = dev_put(be, w->scale, nb * sizeof(float));
+	}
+	w->ddata = dev_put(be, w->data, n * dsm_dtype_size(t));
+	w->m = (struct dsm_mat){ .dtype = t, .rows = rows, .cols = cols, .data = w->data, .scale = w->scale };
+	w->d = w->m;
+	w->d.data = w->ddata;
+	w->d.scale = w->dscale;
+}
+static void weight_free(struct dsm_backend *be, struct weight *w)
+{
+	be->free(be, w->ddata);
+	be->free(be, w->dscale);
+	free(w->data);
+	free(w->scale);
+}
+
+static const enum dsm_dtype types[] = { DSM_F8_E4M3, DSM_BF16, DSM_F32 };
+
+/* ---- matmuls ----------------------------------------------------------------------------------------- */
+
+static void test_matmul(struct dsm_backend *be)
+{
+	/* n: the GEMV kernel (1, 4, 16) and cuBLASLt (17, 64); cols ragged (300: some rows unaligned, the
+	 * scalar tail) and aligned (256: 16-byte loads throughout) */
+	static const int64_t ns[] = { 1, 4, 16, 17, 64 };
+	static const int64_t colss[] = { 300, 256 };
+	for (int ti = 0; ti < 3; ti++)
+		for (int ci = 0; ci < 2; ci++)
+			for (int ni = 0; ni < 5; ni++) {
+				int64_t rows = 200 + ni * 37, cols = colss[ci], n = ns[ni];
+				struct weight w;
+				weight_init(be, &w, types[ti], rows, cols);
+				for (int view = 0; view < 2; view++) {
+					/* the whole matrix, then a view starting inside a 128-row block */
+					struct dsm_mat mh = view ? dsm_mat_rows(w.m, 70, 100) : w.m;
+					struct dsm_mat md = view ? dsm_mat_rows(w.d, 70, 100) : w.d;
+					size_t ny = (size_t)(n * mh.rows), nz = (size_t)(n * mh.cols);
+					float *x = rand_buf(nz, 1), *xt = rand_buf(ny, 1);
+					float *yr = malloc(ny * sizeof *yr), *zr = malloc(nz * sizeof *zr);
+					float *dx = dev_put(be, x, nz * 4), *dxt = dev_put(be, xt, ny * 4);
+					float *dy = dev_out(be, ny), *dz = dev_out(be, nz);
+					CHECK(be->matmul(be, &md, n, dx, dy) == 0, "%s", dsm_errmsg());
+					CHECK(be->matmul_t(be, &md, n, dxt, dz) == 0, "%s", dsm_errmsg());
+					float *y = dev_get(be, dy, ny, "matmul"), *z = dev_get(be, dz, nz, "matmul_t");
+					CHECK(dsm_ref_matmul(be->precision, &mh, n, x, yr) == 0, "%s", dsm_errmsg());
+					CHECK(dsm_ref_matmul_t(be->precision, &mh, n, xt, zr) == 0, "%s", dsm_errmsg());
+					CHECK_NMSE(y, yr, ny, 5e-4, "matmul %s cols=%lld n=%lld view=%d %s", dsm_dtype_name(types[ti]),
+						   (long long)cols, (long long)n, view, dsm_precision_name(be->precision));
+					CHECK_NMSE(z, zr, nz, 5e-4, "matmul_t %s cols=%lld n=%lld view=%d %s", dsm_dtype_name(types[ti]),
+						   (long long)cols, (long long)n, view, dsm_precision_name(be->precision));
+					be->free(be, dx), be->free(be, dxt), be->free(be, dy), be->free(be, dz);
+					free(x), free(xt), free(y), free(z), free(yr), free(zr);
+				}
+				weight_free(be, &w);
+			}
+}
+
+/* matmul_heads against the reference of each head's view alone: 5 heads of 40 or 56 rows at a stride of 96,
+ * padded head strides whose gaps must stay untouched. */
+static void test_matmul_heads(struct dsm_backend *be)
+{
+	static const int64_t ns[] = { 1, 5, 16, 17, 40 };
+	const int64_t H = 5, stride = 96, cols = 200;
+	for (int ti = 0; ti < 3; ti++)
+		for (int ni = 0; ni < 5; ni++)
+			for (int tr = 0; tr < 2; tr++) {
+				int64_t n = ns[ni], rows = tr ? 40 : 56, r0 = tr ? 0 : 40;
+				struct weight w;
+				weight_init(be, &w, types[ti], H * stride, cols);
+				struct dsm_mat vh = dsm_mat_rows(w.m, r0, H * stride - r0), vd = dsm_mat_rows(w.d, r0, H * stride - r0);
+				int64_t in = tr ? rows : cols, out = tr ? cols : rows, xh = in + 3, yh = out + 5;
+				size_t nx = (size_t)(n * H * xh), ny = (size_t)(n * H * yh);
+				float *x = rand_buf(nx, 1), *dx = dev_put(be, x, nx * 4), *dy = dev_out(be, ny);
+				struct dsm_matmul_heads_args a = { .w = &vd, .n_heads = H, .head_stride = stride, .head_rows = rows,
+					.transposed = tr, .n = n, .x = dx, .ldx = H * xh, .x_head = xh, .y = dy, .ldy = H * yh,
+					.y_head = yh };
+				CHECK(be->matmul_heads(be, &a) == 0, "%s", dsm_errmsg());
+				float *y = dev_get(be, dy, ny, "matmul_heads");
+				float *xg = malloc(sizeof(float) * (size_t)(n * in)), *yr = malloc(sizeof(float) * (size_t)(n * out));
+				float *yg = malloc(sizeof(float) * (size_t)(n * out));
+				for (int64_t h = 0; h < H; h++) {
+					struct dsm_mat wh = dsm_mat_rows(vh, h * stride, rows);
+					for (int64_t t = 0; t < n; t++) {
+						memcpy(xg + t * in, x + t * H * xh + h * xh, sizeof(float) * (size_t)in);
+						memcpy(yg + t * out, y + t * H * yh + h * yh, sizeof(float) * (size_t)out);
+						for (int64_t j = out; j < yh; j++)
+							CHECK(memcmp(y + t * H * yh + h * yh + j, &sentinel_bits, 4) == 0,
+							      "matmul_heads wrote between heads");
+					}
+					CHECK((tr ? dsm_ref_matmul_t : dsm_ref_matmul)(be->precision, &wh, n, xg, yr) == 0, "%s",
+					      dsm_errmsg());
+					CHECK_NMSE(yg, yr, (size_t)(n * out), 5e-4, "matmul_heads %s n=%lld transposed=%d head %lld",
+						   dsm_dtype_name(types[ti]), (long long)n, tr, (long long)h);
+				}
+				be->free(be, dx), be->free(be, dy);
+				free(x), free(y), free(xg), free(yr), free(yg);
+				weight_free(be, &w);
+			}
+}
+
+static void test_ffn(struct dsm_backend *be)
+{
+	static const int64_t ns[] = { 1, 9, 17, 33 };
+	for (int ti = 0; ti < 3; ti++)
+		for (int ni = 0; ni < 4; ni++) {
+			int64_t D = 256, I = 96, n = ns[ni];
+			struct weight g, u, d;
+			weight_init(be, &g, types[ti], I, D);
+			weight_init(be, &u, types[ti], I, D);
+			weight_init(be, &d, types[ti], D, I);
+			struct dsm_ffn_weights wh = { g.m, u.m, d.m, 0 }, wd = { g.d, u.d, d.d, 0 };
+			size_t nx = (size_t)(n * D);
+			float *x = rand_buf(nx, 1), *yr = malloc(nx * 4), *dx = dev_put(be, x, nx * 4), *dy = dev_out(be, nx);
+			CHECK(be->ffn(be, &wd, n, dx, dy) == 0, "%s", dsm_errmsg());
+			float *y = dev_get(be, dy, nx, "ffn");
+			CHECK(dsm_ref_ffn(be->precision, &wh, n, x, yr) == 0, "%s", dsm_errmsg());
+			CHECK_NMSE(y, yr, nx, 5e-4, "ffn %s n=%lld", dsm_dtype_name(types[ti]), (long long)n);
+			be->free(be, dx), be->free(be, dy);
+			free(x), free(y), free(yr);
+			weight_free(be, &g), weight_free(be, &u), weight_free(be, &d);
+		}
+}
+
+/* moe: the reference FFN of each chosen expert, weighted and summed, then the shared one. Expert E - 1 is
+ * never chosen and left NULL; idx not ascending within a row. */
+static void test_moe(struct dsm_backend *be)
+{
+	enum { E = 6, K = 2 };
+	static const int64_t Ts[] = { 1, 5, 20 };
+	for (int ti = 0; ti < 3; ti++)
+		for (int Ti = 0; Ti < 3; Ti++) {
+			int64_t T = Ts[Ti], D = 256, I = 96;
+			struct weight wt[E + 1][3];
+			struct dsm_ffn_weights fh[E + 1], fd[E + 1];
+			const struct dsm_ffn_weights *ep[E] = { NULL };
+			for (int e = 0; e <= E; e++) {
+				weight_init(be, &wt[e][0], types[ti], I, D);
+				weight_init(be, &wt[e][1], types[ti], I, D);
+				weight_init(be, &wt[e][2], types[ti], D, I);
+				fh[e] = (struct dsm_ffn_weights){ wt[e][0].m, wt[e][1].m, wt[e][2].m, 0 };
+				fd[e] = (struct dsm_ffn_weights){ wt[e][0].d, wt[e][1].d, wt[e][2].d, 0 };
+			}
+			int32_t idx[20 * K];
+			float w[20 * K];
+			for (int64_t t = 0; t < T; t++) {
+				idx[t * K] = (int32_t)(rnd() % (E - 1));
+				idx[t * K + 1] = (idx[t * K] + 1 + (int32_t)(rnd() % (E - 2))) % (E - 1);
+				for (int j = 0; j < K; j++) {
+					w[t * K + j] = 0.5f + 0.5f * urand();
+					ep[idx[t * K + j]] = &fd[idx[t * K + j]];
+				}
+			}
+			size_t nx = (size_t)(T * D);
+			float *x = rand_buf(nx, 1), *dx = dev_put(be, x, nx * 4), *dy = dev_out(be, nx);
+			int32_t *didx = dev_put(be, idx, sizeof(int32_t) * (size_t)(T * K));
+			float *dw = dev_put(be, w, sizeof(float) * (size_t)(T * K));
+			struct dsm_moe_op_args a = { T, K, didx, dw, ep, E, &fd[E], dx, dy };
+			CHECK(be->moe(be, &a) == 0, "moe: %s", dsm_errmsg());
+			float *y = dev_get(be, dy, nx, "moe");
+			double *ref = calloc(nx, sizeof(double));
+			float *yr = malloc(sizeof(float) * (size_t)D), *yf = malloc(nx * 4);
+			for (int64_t t = 0; t < T; t++)
+				for (int j = 0; j <= K; j++) {
+					const struct dsm_ffn_weights *f = j < K ? &fh[idx[t * K + j]] : &fh[E];
+					CHECK(dsm_ref_ffn(be->precision, f, 1, x + t * D, yr) == 0, "%s", dsm_errmsg());
+					for (int64_t i = 0; i < D; i++)
+						ref[t * D + i] += (j < K ? w[t * K + j] : 1.0) * yr[i];
+				}
+			for (size_t i = 0; i < nx; i++)
+				yf[i] = (float)ref[i];
+			CHECK_NMSE(y, yf, nx, 5e-4, "moe %s T=%lld", dsm_dtype_name(types[ti]), (long long)T);
+			be->free(be, dx), be->free(be, dy), be->free(be, didx), be->free(be, dw);
+			free(x), free(y), free(ref), free(yr), free(yf);
+			for (int e = 0; e <= E; e++)
+				weight_free(be, &wt[e][0]), weight_free(be, &wt[e][1]), weight_free(be, &wt[e][2]);
+		}
+}
+
+/* ---- elementwise ------------------------------------------------------------------------------------- */
+
+static void test_elementwise(struct dsm_backend *be)
+{
+	int64_t n = 7, d = 7168;
+	size_t nd = (size_t)(n * d);
+	float *x = rand_buf(2 * nd, 2), *w = rand_buf((size_t)d, 1), *b = rand_buf((size_t)d, 1), *yr = malloc(nd * 4);
+	float *dx = dev_put(be, x, 2 * nd * 4), *dw = dev_put(be, w, (size_t)d * 4), *db = dev_put(be, b, (size_t)d * 4);
+	float *dy = dev_out(be, nd);
+	/* rmsnorm with a row stride, then in place */
+	CHECK(be->rmsnorm(be, n, d, dx, 2 * d, dw, 1e-6f, dy) == 0, "%s", dsm_errmsg());
+	float *y = dev_get(be, dy, nd, "rmsnorm");
+	dsm_ref_rmsnorm(n, d, x, 2 * d, w, 1e-6f, yr);
+	CHECK_NMSE(y, yr, nd, 1e-7, "rmsnorm");
+	free(y);
+	float *din = dev_put(be, x, nd * 4);
+	CHECK(be->rmsnorm(be, n, d, din, d, dw, 1e-6f, din) == 0, "%s", dsm_errmsg());
+	y = malloc(nd * 4);
+	be->copy_out(be, y, din, nd * 4);
+	dsm_ref_rmsnorm(n, d, x, d, w, 1e-6f, yr);
+	CHECK_NMSE(y, yr, nd, 1e-7, "rmsnorm in place");
+	free(y);
+	CHECK(be->layernorm(be, n, d, dx, dw, db, 1e-6f, dy) == 0, "%s", dsm_errmsg());
+	y = dev_get(be, dy, nd, "layernorm");
+	dsm_ref_layernorm(n, d, x, w, b, 1e-6f, yr);
+	CHECK_NMSE(y, yr, nd, 1e-7, "layernorm");
+	free(y);
+	/* rope, both pairings, 3 heads of stride 40 with 32 rotated dims */
+	for (int inter = 0; inter < 2; inter++) {
+		int64_t H = 3, ldh = 40, dim = 32, ldx = H * ldh;
+		size_t nv = (size_t)(n * ldx), nc = (size_t)(n * dim / 2);
+		float *v = rand_buf(nv, 1), *cs = rand_buf(nc, 1), *sn = rand_buf(nc, 1), *got = malloc(nv * 4);
+		float *dv = dev_put(be, v, nv * 4), *dc = dev_put(be, cs, nc * 4), *ds = dev_put(be, sn, nc * 4);
+		CHECK(be->rope(be, n, H, dim, dv, ldx, ldh, dc, ds, inter) == 0, "%s", dsm_errmsg());
+		be->copy_out(be, got, dv, nv * 4);
+		dsm_ref_rope(n, H, dim, v, ldx, ldh, cs, sn, inter);
+		CHECK_NMSE(got, v, nv, 1e-7, "rope interleaved=%d", inter);
+		be->free(be, dv), be->free(be, dc), be->free(be, ds);
+		free(v), free(cs), free(sn), free(got);
+	}
+	/* Hadamard, several sizes */
+	for (int64_t hd = 1; hd <= 4096; hd *= 8) {
+		size_t nh = (size_t)(n * hd);
+		float *h = rand_buf(nh, 1), *got = malloc(nh * 4), *dh = dev_put(be, h, nh * 4);
+		CHECK(be->hadamard(be, n, hd, dh) == 0, "%s", dsm_errmsg());
+		be->copy_out(be, got, dh, nh * 4);
+		CHECK(dsm_ref_hadamard(n, hd, h) == 0, "%s", dsm_errmsg());
+		CHECK_NMSE(got, h, nh, 1e-7, "hadamard d=%lld", (long long)hd);
+		be->free(be, dh);
+		free(h), free(got);
+	}
+	CHECK(be->hadamard(be, 1, 12, dx) == DSM_EARG, "hadamard of 12 accepted");
+	be->free(be, dx), be->free(be, dw), be->free(be, db), be->free(be, dy), be->free(be, din);
+	free(x), free(w), free(b), free(yr);
+}
+
+/* ---- attention --------------------------------------------------------------------------------------- */
+
+static void test_attn_full(struct dsm_backend *be)
+{
+	/* DeepSeek's head: 128 nope + 64 rope, 128 values; T queries at positions S - T .. S - 1 */
+	int64_t T = 9, S = 300, dn = 128, dr = 64, dv = 128, ldq = dn + dr + 8, ldo = dv + 4;
+	float *q = rand_buf((size_t)(T * ldq), 1), *kv = rand_buf((size_t)(S * (dn + dv)), 1);
+	float *kpe = rand_buf((size_t)(S * dr), 1);
+	float *dq = dev_put(be, q, (size_t)(T * ldq) * 4), *dkv = dev_put(be, kv, (size_t)(S * (dn + dv)) * 4);
+	float *dkpe = dev_put(be, kpe, (size_t)(S * dr) * 4);
+	int64_t n_keys[9];
+	int32_t sel[9][20], every[9][300];
+	struct dsm_attn_mask mh[9], md[9], ah[9], ad[9];
+	void *dsel[9], *devery[9];
+	for (int64_t t = 0; t < T; t++) {
+		n_keys[t] = S - T + t + 1;
+		for (int j = 0; j < 20; j++)
+			sel[t][j] = (int32_t)(j * (n_keys[t] - 1) / 19);
+		for (int64_t j = 0; j < n_keys[t]; j++)
+			every[t][j] = (int32_t)j;
+		dsel[t] = dev_put(be, sel[t], sizeof sel[t]);
+		devery[t] = dev_put(be, every[t], sizeof(int32_t) * (size_t)n_keys[t]);
+		mh[t] = (struct dsm_attn_mask){ sel[t], 20 };
+		md[t] = (struct dsm_attn_mask){ dsel[t], 20 };
+		ah[t] = (struct dsm_attn_mask){ every[t], n_keys[t] };
+		ad[t] = (struct dsm_attn_mask){ devery[t], n_keys[t] };
+	}
+	int64_t *dn_keys = dev_put(be, n_keys, sizeof n_keys);
+	size_t no = (size_t)(T * ldo);
+	float *causal = NULL;
+	for (int m = 0; m < 3; m++) {
+		float *dout = dev_out(be, no), *orf = calloc(no, 4);
+		struct dsm_attn_full_args a = { .n_q = T, .dn = dn, .dr = dr, .dv = dv, .q = dq, .ldq = ldq, .kv = dkv,
+						.k_pe = dkpe, .n_keys = dn_keys, .mask = m == 0 ? NULL : m == 1 ? md : ad,
+						.scale = 0.07f, .out = dout, .ldo = ldo };
+		CHECK(be->attn_full(be, &a) == 0, "%s", dsm_errmsg());
+		float *o = dev_get(be, dout, no, "attn_full");
+		a.q = q, a.kv = kv, a.k_pe = kpe, a.n_keys = n_keys, a.mask = m == 0 ? NULL : m == 1 ? mh : ah, a.out = orf;
+		CHECK(dsm_ref_attn_full(&a) == 0, "%s", dsm_errmsg());
+		for (int64_t t = 0; t < T; t++)
+			for (int64_t j = dv; j < ldo; j++)
+				o[t * ldo + j] = 0; /* the gaps are not attn_full's */
+		CHECK_NMSE(o, orf, no, 5e-4, "attn_full mask=%d", m);
+		CHECK_NMSE(o, orf, no, 1e-6, "attn_full softmax mask=%d", m);
+		if (m == 0)
+			causal = o;
+		else {
+			if (m == 2)
+				CHECK(memcmp(causal, o, no * 4) == 0, "selecting every key differs from the causal mask");
+			free(o);
+		}
+		be->free(be, dout);
+		free(orf);
+	}
+	for (int64_t t = 0; t < T; t++)
+		be->free(be, dsel[t]), be->free(be, devery[t]);
+	be->free(be, dq), be->free(be, dkv), be->free(be, dkpe), be->free(be, dn_keys);
+	free(q), free(kv), free(kpe), free(causal);
+}
+
+static void test_attn_latent(struct dsm_backend *be)
+{
+	int64_t H = 16, r = 512, dr = 64;
+	static const int64_t Ss[] = { 1, 37, 3000 };
+	float *ql = rand_buf((size_t)(H * r), 1), *qp = rand_buf((size_t)(H * dr), 1);
+	float *dql = dev_put(be, ql, (size_t)(H * r) * 4), *dqp = dev_put(be, qp, (size_t)(H * dr) * 4);
+	for (int si = 0; si < 3; si++)
+		for (int bf = 0; bf < 2; bf++)
+			for (int msk = 0; msk < 2; msk++) {
+				int64_t S = Ss[si];
+				float *c = rand_buf((size_t)(S * r), 1), *p = rand_buf((size_t)(S * dr), 1);
+				size_t es = bf ? 2 : 4;
+				void *cc = malloc((size_t)(S * r) * es), *pc = malloc((size_t)(S * dr) * es);
+				for (int64_t i = 0; i < S * r; i++)
+					bf ? (void)(((uint16_t *)cc)[i] = dsm_f32_to_bf16(c[i])) : (void)(((float *)cc)[i] = c[i]);
+				for (int64_t i = 0; i < S * dr; i++)
+					bf ? (void)(((uint16_t *)pc)[i] = dsm_f32_to_bf16(p[i])) : (void)(((float *)pc)[i] = p[i]);
+				int64_t n_sel = (S + 2) / 3;
+				int32_t *sel = malloc(sizeof(int32_t) * (size_t)n_sel);
+				for (int64_t j = 0; j < n_sel; j++)
+					sel[j] = (int32_t)(3 * j);
+				void *dc = dev_put(be, cc, (size_t)(S * r) * es), *dp = dev_put(be, pc, (size_t)(S * dr) * es);
+				int32_t *dsel = dev_put(be, sel, sizeof(int32_t) * (size_t)n_sel);
+				size_t no = (size_t)(H * r);
+				float *dout = dev_out(be, no), *orf = malloc(no * 4);
+				struct dsm_attn_latent_args a = { .n_heads = H, .r = r, .dr = dr, .q_lat = dql, .q_pe = dqp,
+								  .cache_dtype = bf ? DSM_BF16 : DSM_F32, .c = dc, .k_pe = dp,
+								  .n_keys = S, .mask = { msk ? dsel : NULL, msk ? n_sel : 0 },
+								  .scale = 0.04f, .o_lat = dout };
+				CHECK(be->attn_latent(be, &a) == 0, "%s", dsm_errmsg());
+				float *o = dev_get(be, dout, no, "attn_latent");
+				a.q_lat = ql, a.q_pe = qp, a.c = cc, a.k_pe = pc, a.mask.sel = msk ? sel : NULL, a.o_lat = orf;
+				CHECK(dsm_ref_attn_latent(&a) == 0, "%s", dsm_errmsg());
+				CHECK_NMSE(o, orf, no, 5e-4, "attn_latent keys=%lld bf16=%d sel=%d", (long long)S, bf, msk);
+				CHECK_NMSE(o, orf, no, 1e-6, "attn_latent softmax keys=%lld bf16=%d sel=%d", (long long)S, bf, msk);
+				be->free(be, dc), be->free(be, dp), be->free(be, dsel), be->free(be, dout);
+				free(c), free(p), free(cc), free(pc), free(sel), free(o), free(orf);
+			}
+	be->free(be, dql), be->free(be, dqp);
+	free(ql), free(qp);
+}
+
+static void test_indexer(struct dsm_backend *be)
+{
+	int64_t H = 64, d = 128, S = 1000;
+	float *q = rand_buf((size_t)(H * d), 1), *w = rand_buf((size_t)H, 1), *k = rand_buf((size_t)(S * d), 1);
+	float *dq = dev_put(be, q, (size_t)(H * d) * 4), *dw = dev_put(be, w, (size_t)H * 4);
+	float *dk = dev_put(be, k, (size_t)(S * d) * 4), *dout = dev_out(be, (size_t)S), *orf = malloc((size_t)S * 4);
+	CHECK(be->indexer_scores(be, H, d, dq, dw, dk, S, dout) == 0, "%s", dsm_errmsg());
+	float *o = dev_get(be, dout, (size_t)S, "indexer_scores");
+	dsm_ref_indexer_scores(H, d, q, w, k, S, orf);
+	CHECK_NMSE(o, orf, (size_t)S, 5e-4, "indexer_scores");
+	be->free(be, dq), be->free(be, dw), be->free(be, dk), be->free(be, dout);
+	free(q), free(w), free(k), free(o), free(orf);
+}
+
+/* ---- selection --------------------------------------------------------------------------------------- */
+
+static void test_topk(struct dsm_backend *be)
+{
+	static const int64_t ns[] = { 1, 100, 5000, 100000 };
+	for (int ni = 0; ni < 4; ni++)
+		for (int kind = 0; kind < 3; kind++) {
+			int64_t n = ns[ni], k = kind == 0 ? 1 : kind == 1 ? (n + 1) / 2 : (n < 2048 ? n : 2048);
+			float *x = malloc(sizeof(float) * (size_t)n);
+			for (int64_t i = 0; i < n; i++) {
+				uint32_t r = rnd() % 32;
+				/* ties, zeros of both signs, infinities, NaN */
+				x[i] = r == 0 ? NAN : r == 1 ? -0.0f : r == 2 ? 0.0f : r == 3 ? INFINITY : r == 4 ? -INFINITY :
+				       r < 16 ? (float)(rnd() % 8) : urand();
+			}
+			int32_t *idx = malloc(sizeof(int32_t) * (size_t)k), *ref = malloc(sizeof(int32_t) * (size_t)k);
+			float *dx = dev_put(be, x, sizeof(float) * (size_t)n);
+			int32_t *didx = (int32_t *)dev_out(be, (size_t)k);
+			CHECK(be->topk(be, dx, n, k, didx) == 0, "%s", dsm_errmsg());
+			float *got = dev_get(be, (float *)didx, (size_t)k, "topk");
+			memcpy(idx, got, sizeof(int32_t) * (size_t)k);
+			CHECK(dsm_ref_topk(x, n, k, ref) == 0, "%s", dsm_errmsg());
+			CHECK(memcmp(idx, ref, sizeof(int32_t) * (size_t)k) == 0, "topk n=%lld k=%lld differs", (long long)n,
+			      (long long)k);
+			be->free(be, dx), be->free(be, didx);
+			free(x), free(idx), free(ref), free(got);
+		}
+	CHECK(be->topk(be, NULL, 3, 4, NULL) == DSM_EARG, "topk with k > n accepted");
+}
+
+static void test_route(struct dsm_backend *be)
+{
+	static const int shapes[][4] = { { 256, 8, 4, 8 }, { 64, 1, 1, 6 }, { 16, 8, 3, 5 } };
+	for (int si = 0; si < 3; si++) {
+		int64_t T = 33, E = shapes[si][0];
+		int K = shapes[si][3];
+		float *logits = rand_buf((size_t)(T * E), 4), *bias = rand_buf((size_t)E, 0.5f);
+		for (int64_t i = 0; i + 1 < T * E; i += 7)
+			logits[i] = logits[i + 1]; /* ties */
+		size_t nk = (size_t)(T * K);
+		int32_t *idr = malloc(sizeof(int32_t) * nk);
+		float *wr = malloc(sizeof(float) * nk);
+		float *dl = dev_put(be, logits, sizeof(float) * (size_t)(T * E)), *db = dev_put(be, bias, sizeof(float) * (size_t)E);
+		int32_t *didx = (int32_t *)dev_out(be, nk);
+		float *dw = dev_out(be, nk);
+		struct dsm_route_args a = { T, E, dl, db, shapes[si][1], shapes[si][2], K, 1, 2.5f, didx, dw };
+		CHECK(be->route(be, &a) == 0, "%s", dsm_errmsg());
+		float *gi = dev_get(be, (float *)didx, nk, "route idx"), *gw = dev_get(be, dw, nk, "route weight");
+		a.logits = logits, a.bias = bias, a.idx = idr, a.weight = wr;
+		CHECK(dsm_ref_route(&a) == 0, "%s", dsm_errmsg());
+		CHECK(memcmp(gi, idr, sizeof(int32_t) * nk) == 0, "route E=%lld: experts differ", (long long)E);
+		CHECK_NMSE(gw, wr, nk, 1e-7, "route E=%lld weights", (long long)E);
+		be->free(be, dl), be->free(be, db), be->free(be, didx), be->free(be, dw);
+		free(logits), free(bias), free(idr), free(wr), free(gi), free(gw);
+	}
+}
+
+/* ---- queues and events ------------------------------------------------------------------------------- */
+
+static void test_queues(struct dsm_backend *be)
+{
+	int64_t n = 64, d = 1024;
+	size_t nd = (size_t)(n * d);
+	struct dsm_queue *q1 = NULL, *q2 = NULL;
+	struct dsm_event *e1 = NULL, *e2 = NULL, *e3 = NULL;
+	CHECK(be->queue_create(be, &q1) == 0 && be->queue_create(be, &q2) == 0, "%s", dsm_errmsg());
+	CHECK(be->event_create(be, &e1) == 0 && be->event_create(be, &e2) == 0 && be->event_create(be, &e3) == 0, "%s",
+	      dsm_errmsg());
+	float *hx = be->host_alloc(be, nd * 4), *hy = be->host_alloc(be, nd * 4);
+	CHECK(hx && hy, "host_alloc: %s", dsm_errmsg());
+	if (!q1 || !q2 || !e1 || !e2 || !e3 || !hx || !hy)
+		return;
+	float *w = rand_buf((size_t)d, 1), *ref = malloc(nd * 4);
+	for (size_t i = 0; i < nd; i++)
+		hx[i] = urand();
+	float *dw = dev_put(be, w, (size_t)d * 4), *dx = be->alloc(be, nd * 4), *dy = be->alloc(be, nd * 4);
+	/* q1: copy in, normalize; q2 waits for q1, transforms, copies out */
+	be->set_queue(be, q1);
+	CHECK(be->copy_in(be, dx, hx, nd * 4) == 0, "%s", dsm_errmsg());
+	CHECK(be->rmsnorm(be, n, d, dx, d, dw, 1e-6f, dy) == 0, "%s", dsm_errmsg());
+	CHECK(be->event_record(be, e1, q1) == 0, "%s", dsm_errmsg());
+	be->set_queue(be, q2);
+	CHECK(be->queue_wait(be, q2, e1) == 0, "%s", dsm_errmsg());
+	CHECK(be->hadamard(be, n, d, dy) == 0, "%s", dsm_errmsg());
+	CHECK(be->copy_out(be, hy, dy, nd * 4) == 0, "%s", dsm_errmsg());
+	CHECK(be->event_record(be, e2, q2) == 0, "%s", dsm_errmsg());
+	be->set_queue(be, NULL);
+	CHECK(be->event_sync(be, e2) == 0, "event_sync: %s", dsm_errmsg());
+	dsm_ref_rmsnorm(n, d, hx, d, w, 1e-6f, ref);
+	dsm_ref_hadamard(n, d, ref);
+	CHECK_NMSE(hy, ref, nd, 1e-7, "rmsnorm then hadamard on two queues");
+	double sec = -1;
+	CHECK(be->event_elapsed(be, e1, e2, &sec) == 0 && sec >= 0, "event_elapsed: %g s, %s", sec, dsm_errmsg());
+	/* a failure inside q1: returned at once, skips q1's later work, reported by event_sync and once by sync */
+	be->set_queue(be, q1);
+	CHECK(be->topk(be, dx, 3, 4, (int32_t *)dy) == DSM_EARG, "topk with k > n accepted on a queue");
+	CHECK(be->rmsnorm(be, n, d, dx, d, dw, 1e-6f, dy) < 0, "work after a failure on the queue ran");
+	CHECK(be->event_record(be, e3, q1) == 0, "%s", dsm_errmsg());
+	be->set_queue(be, NULL);
+	CHECK(be->event_sync(be, e3) == DSM_EARG && strstr(dsm_errmsg(), "topk"), "event_sync after a failure: %s",
+	      dsm_errmsg());
+	CHECK(be->event_sync(be, e2) == 0, "an event before the failure reports it: %s", dsm_errmsg());
+	CHECK(be->sync(be) == DSM_EARG, "sync does not report the queue's failure");
+	CHECK(be->sync(be) == 0, "sync reports the failure twice: %s", dsm_errmsg());
+	/* q2 still works */
+	be->set_queue(be, q2);
+	CHECK(be->hadamard(be, n, d, dy) == 0, "%s", dsm_errmsg());
+	be->set_queue(be, NULL);
+	CHECK(be->sync(be) == 0, "%s", dsm_errmsg());
+	be->free(be, dw), be->free(be, dx), be->free(be, dy);
+	be->host_free(be, hx), be->host_free(be, hy);
+	be->event_destroy(be, e1), be->event_destroy(be, e2), be->event_destroy(be, e3);
+	be->queue_destroy(be, q1), be->queue_destroy(be, q2);
+	free(w), free(ref);
+}
+
+static void test_table(struct dsm_backend *be)
+{
+	static const enum dsm_dtype all[] = { DSM_DTYPE_INVALID, DSM_F8_E4M3, DSM_BF16, DSM_F32 };
+	for (int op = 0; op < DSM_OP_COUNT; op++)
+		for (int t = 0; t < 4; t++)
+			CHECK(be->supports(be, (enum dsm_op)op, all[t]), "op %d dtype %s not supported", op, dsm_dtype_name(all[t]));
+	CHECK(be->alloc(be, (size_t)1 << 62) == NULL, "an allocation over the budget succeeded");
+	CHECK(be->reserve(be, 1 << 17, 128, 576) == 0, "reserve: %s", dsm_errmsg());
+	CHECK(be->sync(be) == 0, "%s", dsm_errmsg());
+}
+
+int main(void)
+{
+	if (dsm_cuda_device_count() == 0) {
+		printf("SKIP: no CUDA device\n");
+		return 77;
+	}
+	for (int p = 0; p < 2; p++) {
+		struct dsm_backend_options o = { .precision = (enum dsm_precision)p };
+		struct dsm_backend *be;
+		if (dsm_backend_create(&be, "cuda", &o) < 0) {
+			fprintf(stderr, "cuda backend: %s\n", dsm_errmsg());
+			return 99;
+		}
+		test_table(be);
+		test_matmul(be);
+		test_matmul_heads(be);
+		test_ffn(be);
+		test_moe(be);
+		test_elementwise(be);
+		test_attn_full(be);
+		test_attn_latent(be);
+		test_indexer(be);
+		test_topk(be);
+		test_route(be);
+		test_queues(be);
+		CHECK(be->sync(be) == 0, "%s", dsm_errmsg());
+		printf("precision %s: worst NMSE %.3g\n", dsm_precision_name(be->precision), worst_nmse);
+		dsm_backend_destroy(be);
+	}
+	return TEST_EXIT();
+}
