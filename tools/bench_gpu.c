@@ -105,9 +105,24 @@ struct run {
 	int n_ids;
 	double prefill_s, decode_s;
 	int64_t decoded;
-	struct dsm_engine_report rep;
-	struct dsm_step_times times;
+	struct dsm_engine_report rep;   /* of the decode (after the first token) */
+	struct dsm_step_times times;    /* of the decode */
+	struct dsm_engine *e;
+	int seen;                       /* tokens generated so far */
 };
+
+/* After the first token (the prefill's), the statistics start again: what follows is the decode's. */
+static int decode_starts(void *user, int32_t id)
+{
+	struct run *r = user;
+	(void)id;
+	if (r->seen++ == 0) {
+		struct dsm_step_times t;
+		dsm_offload_reset_stats(dsm_engine_model(r->e)->offload);
+		dsm_session_times(dsm_engine_session(r->e), &t, 1);
+	}
+	return 0;
+}
 
 static int keep_logits(void *user, int64_t pos, int64_t n, const float *logits)
 {
@@ -135,6 +150,7 @@ static int run_engine(const char *dir, const struct dsm_engine_options *eo, int6
 	if (rc < 0)
 		return rc;
 	bench_print_notes("gpu", dsm_engine_notes(e));
+	r->e = e;
 	r->vocab = dsm_engine_model(e)->cfg.vocab_size;
 	int32_t *prompt = malloc(sizeof *prompt * (size_t)n_prompt);
 	if (!prompt) {
@@ -145,7 +161,7 @@ static int run_engine(const char *dir, const struct dsm_engine_options *eo, int6
 		prompt[i] = (int32_t)((i * 7919 + 11) % r->vocab);
 	struct dsm_generate_params p = { .max_tokens = tokens, .eos_id = -1, .sampling = { .temperature = 0, .top_p = 1 },
 		.prompt_logits = logits };
-	struct dsm_generate_io io = { .user = r, .on_logits = logits ? keep_logits : NULL };
+	struct dsm_generate_io io = { .user = r, .on_logits = logits ? keep_logits : NULL, .on_token = decode_starts };
 	struct dsm_generate_result g;
 	if ((rc = dsm_generate(dsm_engine_session(e), prompt, n_prompt, &p, &io, &g)) == 0) {
 		r->n_ids = g.n < MAX_TOKENS ? (int)g.n : MAX_TOKENS;
@@ -153,12 +169,13 @@ static int run_engine(const char *dir, const struct dsm_engine_options *eo, int6
 		r->prefill_s = g.prefill_seconds;
 		r->decode_s = g.decode_seconds;
 		r->decoded = g.n > 1 ? g.n - 1 : 0;
-		dsm_engine_report(e, (uint64_t)(n_prompt + r->decoded), g.prefill_seconds + g.decode_seconds, &r->rep);
+		dsm_engine_report(e, (uint64_t)r->decoded, g.decode_seconds, &r->rep);
 		dsm_session_times(dsm_engine_session(e), &r->times, 0);
 	}
 	dsm_generate_result_free(&g);
 	free(prompt);
 	dsm_engine_close(e);
+	r->e = NULL;
 	return rc;
 }
 
@@ -320,17 +337,14 @@ static int measure_speed(const char *root, const char *dir, const char *backend,
 		o.gpu_backend = backend;
 		o.offload = 1;
 		o.tiers.plan_path = plan;
+		/* The prompt's prefill, then `tokens` decoded; the report's per-token figures are the decode's. */
 		struct run r;
-		/* Decode from a one-token prompt, then a prefill of n_prompt tokens alone. */
-		if ((rc = run_engine(dir, &o, 1, tokens, 0, &r)) < 0)
+		if ((rc = run_engine(dir, &o, n_prompt, tokens, 0, &r)) < 0)
 			return dsm_fail_prefix(rc, "experts on %s", where[i]);
-		struct run pf;
-		if ((rc = run_engine(dir, &o, n_prompt, 1, 0, &pf)) < 0)
-			return dsm_fail_prefix(rc, "prefill, experts on %s", where[i]);
 		memset(&s[i], 0, sizeof s[i]);
 		s[i].where = where[i];
 		s[i].decode_tps = r.decode_s > 0 ? (double)r.decoded / r.decode_s : 0;
-		s[i].prefill_tps = pf.prefill_s > 0 ? n_prompt / pf.prefill_s : 0;
+		s[i].prefill_tps = r.prefill_s > 0 ? n_prompt / r.prefill_s : 0;
 		s[i].off = r.rep.offload;
 		double per_token = r.decoded > 0 ? r.decode_s / (double)r.decoded : 0;
 		if (i == 0 && dev->d2d_gbs > 0) {

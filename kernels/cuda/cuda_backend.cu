@@ -192,7 +192,8 @@ static int copy(struct dsm_backend *be, void *dst, const void *src, size_t bytes
 	cudaError_t err = cudaMemcpyAsync(dst, src, bytes, kind, c->s);
 	if (err != cudaSuccess)
 		rc = dsm_fail(DSM_EIO, "CUDA error %s in cudaMemcpyAsync of %zu bytes %s (%s:%d): %s", cudaGetErrorName(err),
-			      bytes, kind == cudaMemcpyHostToDevice ? "to the device" : "from the device", __FILE__, __LINE__,
+			      bytes, kind == cudaMemcpyHostToDevice ? "to the device" : kind == cudaMemcpyDeviceToHost ? "from the device"
+			      : "within the device", __FILE__, __LINE__,
 			      cudaGetErrorString(err));
 	return cuda_end(cb, c, rc);
 }
@@ -205,6 +206,19 @@ static int cuda_copy_in(struct dsm_backend *be, void *dst, const void *src, size
 static int cuda_copy_out(struct dsm_backend *be, void *dst, const void *src, size_t bytes)
 {
 	return copy(be, dst, src, bytes, cudaMemcpyDeviceToHost);
+}
+
+static int cuda_copy_dev(struct dsm_backend *be, void *dst, const void *src, size_t bytes)
+{
+	return copy(be, dst, src, bytes, cudaMemcpyDeviceToDevice);
+}
+
+static int cuda_mem_info(struct dsm_backend *be, size_t *free_bytes, size_t *total_bytes)
+{
+	struct cuda_backend *cb = cuda_of(be);
+	*free_bytes = cb->budget - cb->used;
+	*total_bytes = cb->budget;
+	return 0;
 }
 
 static void *cuda_host_alloc(struct dsm_backend *be, size_t bytes)
@@ -450,6 +464,8 @@ extern "C" int dsm_cuda_backend_create(struct dsm_backend **out, const struct ds
 	be->free = cuda_free;
 	be->copy_in = cuda_copy_in;
 	be->copy_out = cuda_copy_out;
+	be->copy_dev = cuda_copy_dev;
+	be->mem_info = cuda_mem_info;
 	be->sync = cuda_sync;
 	be->reserve = cuda_reserve;
 	be->host_alloc = cuda_host_alloc;
