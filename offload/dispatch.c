@@ -829,6 +829,8 @@ int dsm_offload_set_shared(struct dsm_offload *o, int layer, const struct dsm_ff
 	if (!o->shared && !(o->shared = calloc((size_t)o->n_layers, sizeof *o->shared)))
 		return dsm_fail(DSM_ENOMEM, "out of memory");
 	struct shared_dev *sh = &o->shared[layer];
+	if (sh->on_gpu)
+		return 0; /* uploaded by an earlier call */
 	sh->set = 1;
 	sh->w = *w;
 	if (!o->shared_to_gpu || !o->pinned_rows)
@@ -1141,8 +1143,8 @@ static int add_shared(struct dsm_offload *o, const struct dsm_moe_step *s)
 	return 0;
 }
 
-/* The step's tiered part: every expert where it is, the GPU ones already submitted (n_gpu of them); then the
- * weighted outputs combined into s->y in a fixed order. */
+/* The CPU's part of a step with experts beyond host memory: every expert where it is (the n_gpu GPU ones are
+ * already submitted), streamed ones as their bytes land. */
 static int moe_tiered(struct dsm_offload *o, const struct dsm_moe_step *s, int n_need, int n_gpu)
 {
 	int L = s->layer;

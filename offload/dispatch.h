@@ -11,11 +11,13 @@
  *
  * One MoE step (dsm_offload_moe): when every chosen expert is in host memory (mapped or dram), the whole
  * step is one call of the cpu backend's moe op. Otherwise tokens are grouped by expert (expert-major, each
- * expert runs once on all its tokens); every cache miss is submitted to the streamer at once; experts
- * already resident are computed while the reads are in flight, and each streamed expert as soon as its
- * bytes land. Outputs are combined after all experts ran, in ascending expert order and token order within
- * an expert: the same additions in the same order as the moe op and as a plain loop over experts, so the
- * result is bit-identical for every plan, cache policy and completion order.
+ * expert runs once on all its tokens); the GPU's part (its experts, the shared expert where the plan puts it
+ * there, DRAM experts with enough tokens to pay for their copy) goes to the gpu backend's queue first and runs
+ * beside the CPU's; every cache miss is submitted to the streamer at once; experts already resident are
+ * computed while the reads are in flight, and each streamed expert as soon as its bytes land. Outputs are
+ * combined after all experts ran, in ascending expert order and token order within an expert, then the shared
+ * expert's is added: the same additions in the same order as the moe op and as a plain loop over experts, so
+ * the result is bit-identical for every plan, cache policy and completion order.
  *
  * Look-ahead (dsm_offload_prefetch): experts predicted for the next layer are read one layer early; a
  * later use of one counts as a prefetch hit.

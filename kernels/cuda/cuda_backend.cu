@@ -2,6 +2,9 @@
 // cuda_attention.cu and cuda_ops.cu (docs/cuda.md).
 #include "cuda_internal.h"
 
+#include <cublas_api.h>
+#include <dlfcn.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -241,6 +244,34 @@ static void cuda_host_free(struct dsm_backend *be, void *p)
 		cudaFreeHost(p);
 }
 
+struct cuda_lt_api cuda_lt;
+
+#define CUDA_LT_STR2(x) #x
+#define CUDA_LT_STR(x) CUDA_LT_STR2(x)
+#define CUDA_LT_SONAME "libcublasLt.so." CUDA_LT_STR(CUBLAS_VER_MAJOR)
+
+int cuda_lt_load(void)
+{
+	static void *lib;
+	if (lib)
+		return 0;
+	void *h = dlopen(CUDA_LT_SONAME, RTLD_NOW | RTLD_LOCAL);
+	if (!h)
+		return dsm_fail(DSM_EUNSUPPORTED, "cuda: %s, the CUDA toolkit's cuBLASLt, cannot be loaded (%s): install the "
+				"toolkit's libraries or add their folder to LD_LIBRARY_PATH", CUDA_LT_SONAME, dlerror());
+	struct cuda_lt_api api;
+#define CUDA_LT_LOAD(name) \
+	if (!(*(void **)&api.name = dlsym(h, #name))) { \
+		dlclose(h); \
+		return dsm_fail(DSM_EUNSUPPORTED, "cuda: %s has no %s", CUDA_LT_SONAME, #name); \
+	}
+	CUDA_LT_FUNCTIONS(CUDA_LT_LOAD)
+#undef CUDA_LT_LOAD
+	cuda_lt = api;
+	lib = h;
+	return 0;
+}
+
 static int device_sync(void)
 {
 	CUDA_CHECK(cudaDeviceSynchronize());
@@ -399,7 +430,7 @@ static void cuda_destroy(struct dsm_backend *be)
 	}
 	ctx_free(&cb->own);
 	if (cb->lt)
-		cublasLtDestroy(cb->lt);
+		cuda_lt.cublasLtDestroy(cb->lt);
 	free(cb);
 }
 
@@ -437,9 +468,11 @@ static int open_device(struct cuda_backend *cb, const struct dsm_backend_options
 		return dsm_fail_prefix(rc, "cuda: stream state of %zu bytes (device free %zu of %zu bytes)",
 				       LT_WS_BYTES + 2 * (size_t)STAGE_SLOTS * STAGE_BYTES, fr, tot);
 	}
-	cublasStatus_t st = cublasLtCreate(&cb->lt);
+	if ((rc = cuda_lt_load()) < 0)
+		return rc;
+	cublasStatus_t st = cuda_lt.cublasLtCreate(&cb->lt);
 	if (st != CUBLAS_STATUS_SUCCESS)
-		return dsm_fail(DSM_EIO, "cuda: cublasLtCreate: %s", cublasLtGetStatusString(st));
+		return dsm_fail(DSM_EIO, "cuda: cublasLtCreate: %s", cuda_lt.cublasLtGetStatusString(st));
 	return 0;
 }
 

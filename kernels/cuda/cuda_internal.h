@@ -18,6 +18,21 @@ extern "C" {
 #include "cuda_backend.h"
 }
 
+// cuBLASLt, loaded with dlopen when the first cuda backend is created: linked, its relocations alone would add
+// about 90 MB of memory to every dsm process, GPU or not. Calls go through this table (cuda_lt.cublasLtMatmul).
+#define CUDA_LT_FUNCTIONS(X) X(cublasLtCreate) X(cublasLtDestroy) X(cublasLtGetStatusString) X(cublasLtMatmul) \
+	X(cublasLtMatmulAlgoGetHeuristic) X(cublasLtMatmulDescCreate) X(cublasLtMatmulDescDestroy) \
+	X(cublasLtMatmulDescSetAttribute) X(cublasLtMatmulPreferenceCreate) X(cublasLtMatmulPreferenceDestroy) \
+	X(cublasLtMatmulPreferenceSetAttribute) X(cublasLtMatrixLayoutCreate) X(cublasLtMatrixLayoutDestroy) \
+	X(cublasLtMatrixLayoutSetAttribute)
+#define CUDA_LT_MEMBER(name) decltype(&::name) name;
+struct cuda_lt_api {
+	CUDA_LT_FUNCTIONS(CUDA_LT_MEMBER)
+};
+extern struct cuda_lt_api cuda_lt;
+// Loads the library and fills cuda_lt (once). Returns 0 or DSM_EUNSUPPORTED naming the library.
+int cuda_lt_load(void);
+
 // A device buffer that grows on first use of a larger size and never shrinks.
 struct cuda_buf {
 	void *p;

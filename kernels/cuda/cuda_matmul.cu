@@ -221,7 +221,7 @@ static uint32_t alignment(const void *p, int64_t stride_bytes)
 #define LT_TRY(call) do { \
 	cublasStatus_t st_ = (call); \
 	if (st_ != CUBLAS_STATUS_SUCCESS && rc == 0) \
-		rc = dsm_fail(DSM_EIO, "cuBLASLt error %s in %s (%s:%d)", cublasLtGetStatusString(st_), #call, __FILE__, \
+		rc = dsm_fail(DSM_EIO, "cuBLASLt error %s in %s (%s:%d)", cuda_lt.cublasLtGetStatusString(st_), #call, __FILE__, \
 			      __LINE__); \
 } while (0)
 
@@ -242,58 +242,58 @@ static int lt_matmul(struct cuda_backend *cb, struct cuda_ctx *c, const struct l
 	float alpha = 1.0f, beta = p->beta;
 	int32_t batch = p->batch;
 
-	LT_TRY(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+	LT_TRY(cuda_lt.cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
 	if (rc == 0) {
-		LT_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-		LT_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+		LT_TRY(cuda_lt.cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+		LT_TRY(cuda_lt.cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
 	}
-	LT_TRY(cublasLtMatrixLayoutCreate(&la, p->ab, (uint64_t)(p->transa ? p->k : p->m),
+	LT_TRY(cuda_lt.cublasLtMatrixLayoutCreate(&la, p->ab, (uint64_t)(p->transa ? p->k : p->m),
 					  (uint64_t)(p->transa ? p->m : p->k), p->lda));
-	LT_TRY(cublasLtMatrixLayoutCreate(&lb, p->ab, (uint64_t)p->k, (uint64_t)p->n, p->ldb));
-	LT_TRY(cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, (uint64_t)p->m, (uint64_t)p->n, p->ldd));
+	LT_TRY(cuda_lt.cublasLtMatrixLayoutCreate(&lb, p->ab, (uint64_t)p->k, (uint64_t)p->n, p->ldb));
+	LT_TRY(cuda_lt.cublasLtMatrixLayoutCreate(&ld, CUDA_R_32F, (uint64_t)p->m, (uint64_t)p->n, p->ldd));
 	if (rc == 0 && batch > 1) {
 		cublasLtMatrixLayout_t lays[3] = { la, lb, ld };
 		int64_t strides[3] = { p->sa, p->sb, p->sd };
 		for (int i = 0; i < 3; i++) {
-			LT_TRY(cublasLtMatrixLayoutSetAttribute(lays[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch,
+			LT_TRY(cuda_lt.cublasLtMatrixLayoutSetAttribute(lays[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch,
 								sizeof batch));
-			LT_TRY(cublasLtMatrixLayoutSetAttribute(lays[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+			LT_TRY(cuda_lt.cublasLtMatrixLayoutSetAttribute(lays[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
 								&strides[i], sizeof strides[i]));
 		}
 	}
-	LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
+	LT_TRY(cuda_lt.cublasLtMatmulPreferenceCreate(&pref));
 	if (rc == 0) {
-		LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+		LT_TRY(cuda_lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
 		// The heuristic assumes 256-byte aligned pointers unless told: our y may be a strided view.
-		LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
+		LT_TRY(cuda_lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
 							    sizeof al_a));
-		LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
+		LT_TRY(cuda_lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
 							    sizeof al_b));
-		LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d,
+		LT_TRY(cuda_lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d,
 							    sizeof al_d));
-		LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d,
+		LT_TRY(cuda_lt.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d,
 							    sizeof al_d));
 	}
 	if (rc == 0) {
-		LT_TRY(cublasLtMatmulAlgoGetHeuristic(cb->lt, op, la, lb, ld, ld, pref, 1, &res, &nres));
+		LT_TRY(cuda_lt.cublasLtMatmulAlgoGetHeuristic(cb->lt, op, la, lb, ld, ld, pref, 1, &res, &nres));
 		if (rc == 0 && nres == 0)
 			rc = dsm_fail(DSM_EUNSUPPORTED, "cuBLASLt has no algorithm for a [%lld x %lld] x [%lld x %lld] %s matmul",
 				      (long long)p->m, (long long)p->k, (long long)p->k, (long long)p->n,
 				      p->ab == CUDA_R_16BF ? "bf16" : "f32");
 	}
 	if (rc == 0)
-		LT_TRY(cublasLtMatmul(cb->lt, op, &alpha, p->a, la, p->b, lb, &beta, p->d, ld, p->d, ld, &res.algo, c->lt_ws,
+		LT_TRY(cuda_lt.cublasLtMatmul(cb->lt, op, &alpha, p->a, la, p->b, lb, &beta, p->d, ld, p->d, ld, &res.algo, c->lt_ws,
 				      LT_WS_BYTES, c->s));
 	if (pref)
-		cublasLtMatmulPreferenceDestroy(pref);
+		cuda_lt.cublasLtMatmulPreferenceDestroy(pref);
 	if (ld)
-		cublasLtMatrixLayoutDestroy(ld);
+		cuda_lt.cublasLtMatrixLayoutDestroy(ld);
 	if (lb)
-		cublasLtMatrixLayoutDestroy(lb);
+		cuda_lt.cublasLtMatrixLayoutDestroy(lb);
 	if (la)
-		cublasLtMatrixLayoutDestroy(la);
+		cuda_lt.cublasLtMatrixLayoutDestroy(la);
 	if (op)
-		cublasLtMatmulDescDestroy(op);
+		cuda_lt.cublasLtMatmulDescDestroy(op);
 	return rc;
 }
 
