@@ -183,7 +183,8 @@ static void test_emu_memory(const struct dsm_backend_options *bo)
 
 /* The emu backend's queues: work runs on the queue's thread in submission order while the caller goes on; a
  * queue waits for another queue's event; queued ops give the bits of the same ops called directly; a failure
- * inside a queue skips the queue's later work and comes back from event_sync with its message. */
+ * inside a queue skips the queue's later work and comes back from event_sync with its message; host memory given
+ * to the device is refused. */
 static void test_emu_queues(const struct dsm_backend_options *bo)
 {
 	struct dsm_backend *e;
@@ -219,23 +220,36 @@ static void test_emu_queues(const struct dsm_backend_options *bo)
 	double dt = -1;
 	CHECK(e->event_elapsed(e, e2, e1, &dt) == 0 && dt >= 0, "emu: event_elapsed %g", dt);
 
-	/* The same matmul directly, then queued. */
-	struct dsm_mat m = { .dtype = DSM_F32, .rows = ROWS, .cols = COLS, .data = w };
-	CHECK(e->matmul(e, &m, N, src, y0) == 0, "emu: matmul: %s", dsm_errmsg());
+	/* The same matmul and norm directly, then queued: every operand in device memory. */
+	float *dw = e->alloc(e, sizeof(float) * ROWS * COLS), *dy = e->alloc(e, sizeof(float) * 4 * N * ROWS);
+	float *dy0 = dy, *dy1 = dy + N * ROWS, *dz0 = dy + 2 * N * ROWS, *dz1 = dy + 3 * N * ROWS;
+	CHECK(dw && dy && e->copy_in(e, dw, w, sizeof(float) * ROWS * COLS) == 0, "emu: weight upload");
+	struct dsm_mat m = { .dtype = DSM_F32, .rows = ROWS, .cols = COLS, .data = dw };
+	CHECK(e->matmul(e, &m, N, dev, dy0) == 0 && e->rmsnorm(e, N, ROWS, dy0, ROWS, dw, 1e-6f, dz0) == 0, "emu: matmul: %s",
+	      dsm_errmsg());
 	e->set_queue(e, q1);
-	CHECK(e->matmul(e, &m, N, dev, y1) == 0 && e->rmsnorm(e, N, ROWS, y1, ROWS, w, 1e-6f, z1) == 0 &&
+	CHECK(e->matmul(e, &m, N, dev, dy1) == 0 && e->rmsnorm(e, N, ROWS, dy1, ROWS, dw, 1e-6f, dz1) == 0 &&
 	      e->event_record(e, e1, q1) == 0, "emu: queued matmul");
 	m.rows = 0; /* the descriptor was copied at the call: changing it now changes nothing */
 	e->set_queue(e, NULL);
-	CHECK(e->event_sync(e, e1) == 0 && memcmp(y0, y1, sizeof y0) == 0, "emu: queued matmul differs");
+	CHECK(e->event_sync(e, e1) == 0 && e->copy_out(e, y0, dy0, sizeof y0) == 0 && e->copy_out(e, y1, dy1, sizeof y1) == 0 &&
+	      memcmp(y0, y1, sizeof y0) == 0, "emu: queued matmul differs");
 	float z0[N * ROWS];
-	CHECK(e->rmsnorm(e, N, ROWS, y0, ROWS, w, 1e-6f, z0) == 0 && memcmp(z0, z1, sizeof z0) == 0,
-	      "emu: queued rmsnorm differs");
+	CHECK(e->copy_out(e, z0, dz0, sizeof z0) == 0 && e->copy_out(e, z1, dz1, sizeof z1) == 0 &&
+	      memcmp(z0, z1, sizeof z0) == 0, "emu: queued rmsnorm differs");
+	/* Host memory given to the device is refused, naming the operand (a real GPU would fault). */
+	m.rows = ROWS;
+	m.data = w;
+	int bad = e->matmul(e, &m, N, dev, dy0);
+	CHECK(bad == DSM_EARG && strstr(dsm_errmsg(), "matmul: weight") && strstr(dsm_errmsg(), "not device memory"),
+	      "emu: a host weight: %d %s", bad, dsm_errmsg());
+	bad = e->copy_in(e, out, src, sizeof(float));
+	CHECK(bad == DSM_EARG && strstr(dsm_errmsg(), "copy_in: destination"), "emu: copy_in to the host: %s", dsm_errmsg());
 
 	/* A failure (Hadamard of 3 values) skips the copy after it and is returned once, with its message. */
 	memset(out, 0, sizeof(float) * COLS * N);
 	e->set_queue(e, q1);
-	CHECK(e->hadamard(e, 1, 3, y1) == 0 && e->copy_out(e, out, dev, sizeof(float) * COLS * N) == 0 &&
+	CHECK(e->hadamard(e, 1, 3, dy1) == 0 && e->copy_out(e, out, dev, sizeof(float) * COLS * N) == 0 &&
 	      e->event_record(e, e1, q1) == 0, "emu: queued failure submitted");
 	e->set_queue(e, NULL);
 	int rc = e->event_sync(e, e1);
@@ -249,6 +263,8 @@ static void test_emu_queues(const struct dsm_backend_options *bo)
 	dsm_emu_get_stats(e, &st);
 	CHECK(st.jobs == 6 && st.queue_busy_seconds > 0, "emu: %zu jobs, %g s", st.jobs, st.queue_busy_seconds);
 
+	e->free(e, dw);
+	e->free(e, dy);
 	e->free(e, dev);
 	e->event_destroy(e, e1);
 	e->event_destroy(e, e2);

@@ -77,6 +77,8 @@ struct emu_backend {
 	struct dsm_backend_options opts;
 	int64_t reserve[3];     /* the largest reserve asked for, for queues created later */
 	struct dsm_queue *queues, *cur;
+	struct emu_range { uintptr_t lo, hi; } *ranges; /* the live allocations, by address */
+	size_t n_ranges, cap_ranges;
 	pthread_mutex_t mu;     /* guards the queues, their jobs and the events */
 	pthread_cond_t cv;      /* broadcast on every change of them */
 	struct dsm_emu_stats st;
@@ -420,6 +422,7 @@ static void emu_destroy(struct dsm_backend *be)
 	while (eb->queues)
 		emu_queue_destroy(be, eb->queues);
 	dsm_backend_destroy(eb->cpu);
+	free(eb->ranges);
 	pthread_mutex_destroy(&eb->mu);
 	pthread_cond_destroy(&eb->cv);
 	free(eb);
@@ -429,6 +432,79 @@ static int emu_supports(const struct dsm_backend *be, enum dsm_op op, enum dsm_d
 {
 	const struct dsm_backend *c = ((const struct emu_backend *)be)->cpu;
 	return c->supports(c, op, wtype);
+}
+
+/* Device memory is host memory here, so a host pointer given to the device would work, and a bug that crashes a
+ * real GPU would pass in CI. So every copy and the ops of the hybrid step check their pointers against the
+ * live allocations. */
+static size_t range_at(const struct emu_backend *eb, uintptr_t p) /* the first range with lo > p */
+{
+	size_t a = 0, b = eb->n_ranges;
+	while (a < b) {
+		size_t m = (a + b) / 2;
+		if (eb->ranges[m].lo <= p)
+			a = m + 1;
+		else
+			b = m;
+	}
+	return a;
+}
+
+static int on_device(const struct emu_backend *eb, const void *p, size_t bytes)
+{
+	size_t i = range_at(eb, (uintptr_t)p);
+	return i > 0 && (uintptr_t)p + bytes <= eb->ranges[i - 1].hi;
+}
+
+static int check_dev(const struct emu_backend *eb, const void *p, size_t bytes, const char *op, const char *what)
+{
+	if (!bytes || on_device(eb, p, bytes))
+		return 0;
+	return dsm_fail(DSM_EARG, "emu: %s: %s (%p, %zu bytes) is not device memory: host memory given to the device",
+			op, what, p, bytes);
+}
+
+static int check_host(const struct emu_backend *eb, const void *p, size_t bytes, const char *op, const char *what)
+{
+	if (!bytes || !on_device(eb, p, 1))
+		return 0;
+	return dsm_fail(DSM_EARG, "emu: %s: %s (%p) is device memory where host memory is expected", op, what, p);
+}
+
+/* The stored rows of matrix view w and its block scales, on the device. */
+static int check_mat(const struct emu_backend *eb, const struct dsm_mat *w, const char *op)
+{
+	size_t rows = (size_t)(w->row0 + w->rows), cols = (size_t)w->cols;
+	int rc = check_dev(eb, w->data, rows * cols * dsm_dtype_size(w->dtype), op, "weight");
+	if (rc == 0 && w->dtype == DSM_F8_E4M3)
+		rc = check_dev(eb, w->scale, sizeof(float) * ((rows + 127) / 128) * ((cols + 127) / 128), op, "block scales");
+	return rc;
+}
+
+static int add_range(struct emu_backend *eb, uintptr_t lo, uintptr_t hi)
+{
+	if (eb->n_ranges == eb->cap_ranges) {
+		size_t cap = eb->cap_ranges ? 2 * eb->cap_ranges : 64;
+		struct emu_range *r = realloc(eb->ranges, cap * sizeof *r);
+		if (!r)
+			return -1;
+		eb->ranges = r;
+		eb->cap_ranges = cap;
+	}
+	size_t i = range_at(eb, lo);
+	memmove(eb->ranges + i + 1, eb->ranges + i, (eb->n_ranges - i) * sizeof *eb->ranges);
+	eb->ranges[i] = (struct emu_range){ lo, hi };
+	eb->n_ranges++;
+	return 0;
+}
+
+static void remove_range(struct emu_backend *eb, uintptr_t lo)
+{
+	size_t i = range_at(eb, lo);
+	if (i == 0 || eb->ranges[i - 1].lo != lo)
+		return;
+	memmove(eb->ranges + i - 1, eb->ranges + i, (eb->n_ranges - i) * sizeof *eb->ranges);
+	eb->n_ranges--;
 }
 
 static void *emu_alloc(struct dsm_backend *be, size_t bytes)
@@ -449,6 +525,10 @@ static void *emu_alloc(struct dsm_backend *be, size_t bytes)
 	struct emu_header *h = (struct emu_header *)p;
 	h->magic = EMU_MAGIC;
 	h->bytes = counted;
+	if (add_range(eb, (uintptr_t)(p + EMU_HEADER), (uintptr_t)(p + EMU_HEADER + counted)) < 0) {
+		free(p);
+		return NULL;
+	}
 	eb->st.used += counted;
 	eb->st.allocs++;
 	if (eb->st.used > eb->st.peak)
@@ -467,6 +547,7 @@ static void emu_free(struct dsm_backend *be, void *p)
 		return;
 	}
 	h->magic = 0; /* a second free of the same pointer counts as bad */
+	remove_range(eb, (uintptr_t)p);
 	eb->st.used -= h->bytes;
 	eb->st.allocs--;
 	free(h);
@@ -492,9 +573,8 @@ static void emu_host_free(struct dsm_backend *be, void *p)
 	free(p);
 }
 
-static int emu_copy(struct dsm_backend *be, void *dst, const void *src, size_t bytes)
+static int emu_copy(struct emu_backend *eb, void *dst, const void *src, size_t bytes)
 {
-	struct emu_backend *eb = emu_of(be);
 	if (eb->cur) {
 		struct emu_job *j = new_job(JOB_COPY);
 		if (!j)
@@ -507,6 +587,33 @@ static int emu_copy(struct dsm_backend *be, void *dst, const void *src, size_t b
 	if (bytes)
 		memcpy(dst, src, bytes);
 	return 0;
+}
+
+static int emu_copy_in(struct dsm_backend *be, void *dst, const void *src, size_t bytes)
+{
+	struct emu_backend *eb = emu_of(be);
+	int rc = check_dev(eb, dst, bytes, "copy_in", "destination");
+	if (rc == 0)
+		rc = check_host(eb, src, bytes, "copy_in", "source");
+	return rc < 0 ? rc : emu_copy(eb, dst, src, bytes);
+}
+
+static int emu_copy_out(struct dsm_backend *be, void *dst, const void *src, size_t bytes)
+{
+	struct emu_backend *eb = emu_of(be);
+	int rc = check_dev(eb, src, bytes, "copy_out", "source");
+	if (rc == 0)
+		rc = check_host(eb, dst, bytes, "copy_out", "destination");
+	return rc < 0 ? rc : emu_copy(eb, dst, src, bytes);
+}
+
+static int emu_copy_dev(struct dsm_backend *be, void *dst, const void *src, size_t bytes)
+{
+	struct emu_backend *eb = emu_of(be);
+	int rc = check_dev(eb, src, bytes, "copy_dev", "source");
+	if (rc == 0)
+		rc = check_dev(eb, dst, bytes, "copy_dev", "destination");
+	return rc < 0 ? rc : emu_copy(eb, dst, src, bytes);
 }
 
 static int emu_reserve(struct dsm_backend *be, int64_t max_keys, int64_t n_heads, int64_t head_dim)
@@ -541,8 +648,23 @@ static int emu_reserve(struct dsm_backend *be, int64_t max_keys, int64_t n_heads
 	} \
 } while (0)
 
+/* y[n, out] = x[n, in] . w (in either orientation): every pointer on the device. */
+static int check_matmul(const struct emu_backend *eb, const struct dsm_mat *w, int64_t n, const float *x, int64_t in,
+			const float *y, int64_t out, const char *op)
+{
+	int rc = check_mat(eb, w, op);
+	if (rc == 0)
+		rc = check_dev(eb, x, sizeof(float) * (size_t)(n * in), op, "input");
+	if (rc == 0)
+		rc = check_dev(eb, y, sizeof(float) * (size_t)(n * out), op, "output");
+	return rc;
+}
+
 static int emu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y)
 {
+	int rc = check_matmul(emu_of(be), w, n, x, w->cols, y, w->rows, "matmul");
+	if (rc < 0)
+		return rc;
 	QUEUE_OR_RUN(emu_of(be), DSM_OP_MATMUL, j, (j->w = *w, j->n = n, j->x = x, j->y = y));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->matmul(c, w, n, x, y);
@@ -550,6 +672,9 @@ static int emu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n
 
 static int emu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y)
 {
+	int rc = check_matmul(emu_of(be), w, n, x, w->rows, y, w->cols, "matmul_t");
+	if (rc < 0)
+		return rc;
 	QUEUE_OR_RUN(emu_of(be), DSM_OP_MATMUL_T, j, (j->w = *w, j->n = n, j->x = x, j->y = y));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->matmul_t(c, w, n, x, y);
@@ -564,6 +689,12 @@ static int emu_matmul_heads(struct dsm_backend *be, const struct dsm_matmul_head
 
 static int emu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y)
 {
+	const struct emu_backend *eb = emu_of(be);
+	int rc = check_mat(eb, &w->gate, "ffn");
+	if (rc == 0 && (rc = check_mat(eb, &w->up, "ffn")) == 0)
+		rc = check_matmul(eb, &w->down, n, x, w->gate.cols, y, w->down.rows, "ffn");
+	if (rc < 0)
+		return rc;
 	QUEUE_OR_RUN(emu_of(be), DSM_OP_FFN, j, (j->ffn = *w, j->n = n, j->x = x, j->y = y));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->ffn(c, w, n, x, y);
@@ -677,9 +808,9 @@ int dsm_emu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->supports = emu_supports;
 	be->alloc = emu_alloc;
 	be->free = emu_free;
-	be->copy_in = emu_copy;
-	be->copy_out = emu_copy;
-	be->copy_dev = emu_copy;
+	be->copy_in = emu_copy_in;
+	be->copy_out = emu_copy_out;
+	be->copy_dev = emu_copy_dev;
 	be->sync = emu_sync;
 	be->reserve = emu_reserve;
 	be->mem_info = emu_mem_info;
