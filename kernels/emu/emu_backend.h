@@ -9,7 +9,11 @@
  * processor beside the caller's threads), a FIFO of jobs, and events that complete when the worker reaches
  * them, so the overlap, ordering and synchronization of a device run for real where there is no GPU. A
  * queued op's results are still bit-identical: the cpu backend's kernels give the same result for any
- * thread count. Pinned host memory is plain aligned memory. */
+ * thread count. Pinned host memory is plain aligned memory.
+ *
+ * Host memory given to the device is refused (a real GPU would fault, the emu would not notice): copies check
+ * their direction against the live allocations, and matmul, matmul_t and ffn that every operand is device
+ * memory (DSM_EARG naming the op and the operand). */
 #ifndef DSM_EMU_BACKEND_H
 #define DSM_EMU_BACKEND_H
 
