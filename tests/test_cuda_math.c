@@ -7,6 +7,8 @@
 #include "dtype.h"
 #include "error.h"
 #include "ref_ops.h"
+#define TEST_RAND_SEED 0x9e3779b97f4a7c15ull
+#include "test_rand.h"
 #include "test_util.h"
 
 #include <math.h>
@@ -14,25 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint32_t rnd(void)
-{
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return (uint32_t)(rng_state >> 11);
-}
-static float urand(void) /* (-1, 1) */
-{
-	return (float)((rnd() & 0xffffff) / 8388608.0 - 1.0);
-}
-static float *rand_buf(size_t n, float scale)
-{
-	float *p = malloc((n + 1) * sizeof *p);
-	for (size_t i = 0; i < n; i++)
-		p[i] = urand() * scale;
-	return p;
-}
 static uint32_t bits(float f)
 {
 	uint32_t u;

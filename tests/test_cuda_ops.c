@@ -7,6 +7,8 @@
 #include "error.h"
 #include "fp8_dequant.h"
 #include "ref_ops.h"
+#define TEST_RAND_SEED 0x2545f4914f6cdd1dull
+#include "test_rand.h"
 #include "test_util.h"
 
 #include <math.h>
@@ -18,25 +20,6 @@
 #define SENTINEL 16
 static const uint32_t sentinel_bits = 0x7fc0dead;
 
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-static uint32_t rnd(void)
-{
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return (uint32_t)(rng_state >> 11);
-}
-static float urand(void) /* (-1, 1) */
-{
-	return (float)((rnd() & 0xffffff) / 8388608.0 - 1.0);
-}
-static float *rand_buf(size_t n, float scale)
-{
-	float *p = malloc((n + 1) * sizeof *p);
-	for (size_t i = 0; i < n; i++)
-		p[i] = urand() * scale;
-	return p;
-}
 
 static double worst_nmse;
 #define CHECK_NMSE(a, b, n, limit, ...) do { \
@@ -104,27 +87,11 @@ static void weight_init(struct dsm_backend *be, struct weight *w, enum dsm_dtype
 {
 	size_t n = (size_t)rows * (size_t)cols, nb = (size_t)((rows + 127) / 128) * (size_t)((cols + 127) / 128);
 	memset(w, 0, sizeof *w);
-	w->data = malloc(n * dsm_dtype_size(t) + 1);
-	for (size_t i = 0; i < n; i++) {
-		float v = urand() / sqrtf((float)cols);
-		if (t == DSM_F8_E4M3) {
-			uint8_t c;
-			do
-				c = (uint8_t)rnd();
-			while ((c & 0x7f) == 0x7f);
-			((uint8_t *)w->data)[i] = c;
-		} else if (t == DSM_BF16) {
-			((uint16_t *)w->data)[i] = dsm_f32_to_bf16(v);
-		} else {
-			((float *)w->data)[i] = v;
-		}
-	}
-	if (t == DSM_F8_E4M3) {
-		w->scale = malloc(nb * sizeof(float));
-		for (size_t i = 0; i < nb; i++)
-			((float *)w->scale)[i] = (0.5f + 0.5f * (urand() + 1)) / (64.0f * sqrtf((float)cols));
-		w->dscale = dev_put(be, w->scale, nb * sizeof(float));
-	}
+	float *scale;
+	rand_weight(t, rows, cols, &w->data, &scale);
+	w->scale = scale;
+	if (scale)
+		w->dscale = dev_put(be, scale, nb * sizeof(float));
 	w->ddata = dev_put(be, w->data, n * dsm_dtype_size(t));
 	w->m = (struct dsm_mat){ .dtype = t, .rows = rows, .cols = cols, .data = w->data, .scale = w->scale };
 	w->d = w->m;

@@ -5,6 +5,7 @@
 #include "cpu_backend.h"
 #include "error.h"
 #include "ref_ops.h"
+#include "test_rand.h"
 #include "test_util.h"
 
 #include <math.h>
@@ -16,18 +17,6 @@
 #define SENTINEL 16
 static const uint32_t sentinel_bits = 0x7fc0dead;
 
-static uint64_t rng_state = 0x1234567;
-static uint32_t rnd(void)
-{
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return (uint32_t)(rng_state >> 11);
-}
-static float urand(void) /* (-1, 1) */
-{
-	return (float)((rnd() & 0xffffff) / 8388608.0 - 1.0);
-}
 
 /* An output buffer of n floats with SENTINEL sentinel floats after it. */
 static float *out_buf(size_t n)
@@ -40,13 +29,6 @@ static float *out_buf(size_t n)
 static int sentinels_ok(const float *p, size_t n)
 {
 	return memcmp(p + n, (uint32_t[SENTINEL]){ [0 ... SENTINEL - 1] = sentinel_bits }, SENTINEL * 4) == 0;
-}
-static float *rand_buf(size_t n, float scale)
-{
-	float *p = malloc((n + 1) * sizeof *p);
-	for (size_t i = 0; i < n; i++)
-		p[i] = urand() * scale;
-	return p;
 }
 #define CHECK_NMSE(a, b, n, limit, ...) do { \
 	double e_ = nmse(a, b, n); \
@@ -69,29 +51,8 @@ struct weight {
 };
 static void weight_init(struct weight *w, enum dsm_dtype t, int64_t rows, int64_t cols)
 {
-	size_t n = (size_t)rows * (size_t)cols;
 	memset(w, 0, sizeof *w);
-	w->data = malloc(n * dsm_dtype_size(t) + 1);
-	for (size_t i = 0; i < n; i++) {
-		float v = urand() / sqrtf((float)cols);
-		if (t == DSM_F8_E4M3) {
-			uint8_t c;
-			do
-				c = (uint8_t)rnd();
-			while ((c & 0x7f) == 0x7f);
-			((uint8_t *)w->data)[i] = c;
-		} else if (t == DSM_BF16) {
-			((uint16_t *)w->data)[i] = dsm_f32_to_bf16(v);
-		} else {
-			((float *)w->data)[i] = v;
-		}
-	}
-	if (t == DSM_F8_E4M3) {
-		size_t nb = (size_t)((rows + 127) / 128) * (size_t)((cols + 127) / 128);
-		w->scale = malloc(nb * sizeof(float));
-		for (size_t i = 0; i < nb; i++)
-			w->scale[i] = (0.5f + 0.5f * (urand() + 1)) / (64.0f * sqrtf((float)cols));
-	}
+	rand_weight(t, rows, cols, &w->data, &w->scale);
 	w->m = (struct dsm_mat){ .dtype = t, .rows = rows, .cols = cols, .data = w->data, .scale = w->scale };
 }
 static void weight_free(struct weight *w)
