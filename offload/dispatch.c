@@ -32,6 +32,16 @@ struct shared_dev {
 	void *dev_scale[DSM_EXPERT_NPROJ];
 };
 
+/* One GPU of the store (gpu:N of the plan). */
+struct gpu_dev {
+	struct dsm_backend *be;
+	struct dsm_queue *q;      /* NULL: the backend has no queues (its calls are synchronous) */
+	struct dsm_event *ev_start, *ev_done;
+	float *x, *y;             /* [rows, dim] the step's rows of this GPU's experts, on it */
+	size_t rows;
+	int pending;              /* its part of the step was submitted and not waited for */
+};
+
 struct slot_info {
 	struct dsm_stream_job job;
 	int in_flight;            /* read submitted, completion not handled yet */
@@ -73,13 +83,10 @@ struct dsm_offload {
 	int *state, *slot_of;     /* [n_experts] per need[] entry */
 	struct dsm_ffn_weights *host_w;          /* [n_experts] a host step's experts, for the moe op */
 	const struct dsm_ffn_weights **host_wp;  /* [n_experts] &host_w[x] for the step's experts, else NULL */
-	int pinned_rows;          /* X and Y come from the gpu backend's host_alloc */
-	/* The GPU's part of a step: its experts run on queue gq while the CPU computes the others. */
-	struct dsm_queue *gq;     /* NULL: the gpu backend has no queues (its calls are synchronous) */
-	struct dsm_event *ev_start, *ev_done;
-	int gpu_pending;          /* the GPU's part of the step was submitted and not waited for */
-	float *dev_x, *dev_y;     /* [dev_rows, dim] the step's GPU-tier rows on the device */
-	size_t dev_rows;
+	int pinned_rows;          /* X and Y come from gpu:0's host_alloc */
+	/* The GPUs' part of a step: each GPU's experts run on its queue while the CPU computes the others. */
+	struct gpu_dev gpu[DSM_MAX_GPUS];
+	int n_gpus;
 	/* The shared expert of each MoE layer (dsm_offload_set_shared), on the GPU where the plan puts it. */
 	struct shared_dev *shared;/* [n_layers], NULL: none set */
 	int shared_to_gpu;        /* the plan puts the shared experts on the GPU, and there is one */
@@ -118,13 +125,13 @@ static struct expert_info *info(struct dsm_offload *o, int layer, int expert)
  * and asynchronously. */
 static float *alloc_rows(struct dsm_offload *o, size_t bytes)
 {
-	struct dsm_backend *g = o->o.gpu;
+	struct dsm_backend *g = o->gpu[0].be;
 	return o->pinned_rows ? g->host_alloc(g, bytes) : malloc(bytes);
 }
 
 static void free_rows(struct dsm_offload *o, float *p)
 {
-	struct dsm_backend *g = o->o.gpu;
+	struct dsm_backend *g = o->gpu[0].be;
 	if (p && o->pinned_rows)
 		g->host_free(g, p);
 	else
@@ -199,12 +206,12 @@ static int load_resident(struct dsm_offload *o, struct dsm_pool *pool, int kind,
  * the gpu backend, and forgets their host copies. */
 static int upload_gpu(struct dsm_offload *o)
 {
-	struct dsm_backend *g = o->o.gpu;
 	for (int l = o->first_moe; l < o->n_layers; l++)
 		for (int x = 0; x < o->n_experts; x++) {
 			struct expert_info *e = info(o, l, x);
 			if (e->tier.kind != DSM_TIER_GPU || !e->host[0])
 				continue;
+			struct dsm_backend *g = o->gpu[e->tier.index].be;
 			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
 				size_t nb = (size_t)e->src->w[j].nbytes;
 				size_t sb = (size_t)e->src->scale[j].nbytes, free_bytes = 0, total = 0;
@@ -224,7 +231,13 @@ static int upload_gpu(struct dsm_offload *o)
 			memset(e->host, 0, sizeof e->host);
 			o->stats.resident_bytes[DSM_TIER_GPU] += e->src->w[0].nbytes + e->src->w[1].nbytes + e->src->w[2].nbytes;
 		}
-	return g->sync ? g->sync(g) : 0;
+	for (int i = 0; i < o->n_gpus; i++) {
+		struct dsm_backend *g = o->gpu[i].be;
+		int rc = g->sync ? g->sync(g) : 0;
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
 }
 
 static void add_warning(struct dsm_offload *o, const char *w)
@@ -348,6 +361,11 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, 
 		return dsm_fail(DSM_ENOMEM, "out of memory");
 	o->m = m;
 	o->o = *opt;
+	/* The GPUs: gpu[0 .. n) with device memory, without gaps. */
+	while (o->n_gpus < DSM_MAX_GPUS && opt->gpu[o->n_gpus] && opt->gpu[o->n_gpus]->alloc) {
+		o->gpu[o->n_gpus].be = opt->gpu[o->n_gpus];
+		o->n_gpus++;
+	}
 	o->n_layers = c->n_layers;
 	o->first_moe = c->first_moe;
 	o->n_experts = c->n_experts;
@@ -402,11 +420,11 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, 
 			struct expert_info *e = info(o, l, x);
 			e->src = dsm_store_expert(m, l, x);
 			e->tier = p ? dsm_plan_expert_tier(p, l, x) : (struct dsm_tier){ DSM_TIER_MAPPED, 0 };
-			if (e->tier.kind == DSM_TIER_GPU && !(opt->gpu && opt->gpu->alloc))
+			if (e->tier.kind == DSM_TIER_GPU && !o->n_gpus)
 				e->tier = (struct dsm_tier){ DSM_TIER_DRAM, 0 }; /* computed by the cpu from DRAM */
-			if (e->tier.kind == DSM_TIER_GPU && e->tier.index != 0)
-				rc = dsm_fail(DSM_EPLAN, "plan puts layer %d expert %d on gpu:%d but the %s backend is one "
-					      "device (gpu:0)", l, x, e->tier.index, opt->gpu->name);
+			if (e->tier.kind == DSM_TIER_GPU && e->tier.index >= o->n_gpus)
+				rc = dsm_fail(DSM_EPLAN, "plan puts layer %d expert %d on gpu:%d but %d %s GPU%s in use (--gpus)", l,
+					      x, e->tier.index, o->n_gpus, o->gpu[0].be->name, o->n_gpus == 1 ? " is" : "s are");
 			if (e->tier.kind == DSM_TIER_DRAM && e->tier.index >= o->n_nodes)
 				rc = dsm_fail(DSM_EPLAN, "plan puts layer %d expert %d on dram:%d but %s %d NUMA node%s", l, x,
 					      e->tier.index, machine, o->n_nodes, o->n_nodes == 1 ? "" : "s");
@@ -480,14 +498,19 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, 
 		if (rc < 0)
 			goto err;
 	}
-	/* The GPU's queue for the hybrid step, and when a batch makes a DRAM expert worth copying to it. */
-	if (opt->gpu && opt->gpu->alloc) {
-		struct dsm_backend *g = opt->gpu;
+	/* Each GPU's queue for the hybrid step; gpu:0 holds the shared experts and the staging slot of the DRAM
+	 * experts a batch makes worth copying. */
+	for (int i = 0; i < o->n_gpus; i++) {
+		struct gpu_dev *d = &o->gpu[i];
+		struct dsm_backend *g = d->be;
+		if (g->queue_create && ((rc = g->queue_create(g, &d->q)) < 0 || (rc = g->event_create(g, &d->ev_start)) < 0 ||
+					(rc = g->event_create(g, &d->ev_done)) < 0))
+			goto err;
+	}
+	if (o->n_gpus) {
+		struct dsm_backend *g = o->gpu[0].be;
 		o->pinned_rows = g->host_alloc && g->host_free;
 		o->shared_to_gpu = p && p->non_expert[DSM_KIND_SHARED].kind == DSM_TIER_GPU;
-		if (g->queue_create && ((rc = g->queue_create(g, &o->gq)) < 0 || (rc = g->event_create(g, &o->ev_start)) < 0 ||
-					(rc = g->event_create(g, &o->ev_done)) < 0))
-			goto err;
 		if (o->n_tier[DSM_TIER_DRAM] && opt->gpu_upload_tokens >= 0 && (rc = upload_threshold(o)) < 0)
 			goto err;
 	}
@@ -539,42 +562,38 @@ void dsm_offload_close(struct dsm_offload *o)
 	if (!o)
 		return;
 	dsm_stream_close(o->st);
-	if (o->o.gpu && o->o.gpu->queue_create) {
-		struct dsm_backend *g = o->o.gpu;
-		g->queue_destroy(g, o->gq); /* waits for its work */
-		if (o->ev_start)
-			g->event_destroy(g, o->ev_start);
-		if (o->ev_done)
-			g->event_destroy(g, o->ev_done);
-	}
-	if (o->o.gpu && o->o.gpu->free && o->ex) {
-		for (size_t i = 0; i < (size_t)o->n_layers * (size_t)o->n_experts; i++)
-			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-				if (o->ex[i].dev[j])
-					o->o.gpu->free(o->o.gpu, o->ex[i].dev[j]);
-				if (o->ex[i].dev_scale[j])
-					o->o.gpu->free(o->o.gpu, o->ex[i].dev_scale[j]);
-			}
-		if (o->dev_x)
-			o->o.gpu->free(o->o.gpu, o->dev_x);
-		if (o->dev_y)
-			o->o.gpu->free(o->o.gpu, o->dev_y);
-		for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-			if (o->stage[j])
-				o->o.gpu->free(o->o.gpu, o->stage[j]);
-			if (o->stage_scale[j])
-				o->o.gpu->free(o->o.gpu, o->stage_scale[j]);
+	for (int i = 0; i < o->n_gpus; i++) {
+		struct gpu_dev *d = &o->gpu[i];
+		struct dsm_backend *g = d->be;
+		if (g->queue_create) {
+			g->queue_destroy(g, d->q); /* waits for its work */
+			if (d->ev_start)
+				g->event_destroy(g, d->ev_start);
+			if (d->ev_done)
+				g->event_destroy(g, d->ev_done);
 		}
-		if (o->dev_sx)
-			o->o.gpu->free(o->o.gpu, o->dev_sx);
-		if (o->dev_sy)
-			o->o.gpu->free(o->o.gpu, o->dev_sy);
+		g->free(g, d->x);
+		g->free(g, d->y);
+	}
+	for (size_t i = 0; o->ex && i < (size_t)o->n_layers * (size_t)o->n_experts; i++)
+		for (int j = 0; j < DSM_EXPERT_NPROJ; j++)
+			if (o->ex[i].tier.kind == DSM_TIER_GPU && o->ex[i].tier.index < o->n_gpus) {
+				struct dsm_backend *g = o->gpu[o->ex[i].tier.index].be;
+				g->free(g, o->ex[i].dev[j]);
+				g->free(g, o->ex[i].dev_scale[j]);
+			}
+	if (o->n_gpus) {
+		struct dsm_backend *g = o->gpu[0].be;
+		for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
+			g->free(g, o->stage[j]);
+			g->free(g, o->stage_scale[j]);
+		}
+		g->free(g, o->dev_sx);
+		g->free(g, o->dev_sy);
 		for (int l = 0; o->shared && l < o->n_layers; l++)
 			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-				if (o->shared[l].dev[j])
-					o->o.gpu->free(o->o.gpu, o->shared[l].dev[j]);
-				if (o->shared[l].dev_scale[j])
-					o->o.gpu->free(o->o.gpu, o->shared[l].dev_scale[j]);
+				g->free(g, o->shared[l].dev[j]);
+				g->free(g, o->shared[l].dev_scale[j]);
 			}
 	}
 	free(o->shared);
@@ -835,7 +854,7 @@ int dsm_offload_set_shared(struct dsm_offload *o, int layer, const struct dsm_ff
 	sh->w = *w;
 	if (!o->shared_to_gpu || !o->pinned_rows)
 		return 0;
-	struct dsm_backend *g = o->o.gpu;
+	struct dsm_backend *g = o->gpu[0].be;
 	struct dsm_mat *m[DSM_EXPERT_NPROJ] = { &sh->w.gate, &sh->w.up, &sh->w.down };
 	for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
 		size_t sb, nb = mat_bytes(m[j], &sb);
@@ -873,9 +892,12 @@ void dsm_offload_set_lookahead(struct dsm_offload *o, int max_tokens)
 /* Releases what a failed step still holds, after draining its reads and its GPU work. */
 static void abandon_step(struct dsm_offload *o, int n_need)
 {
-	if (o->gpu_pending && o->o.gpu->sync)
-		o->o.gpu->sync(o->o.gpu);
-	o->gpu_pending = 0;
+	for (int i = 0; i < o->n_gpus; i++) {
+		struct gpu_dev *d = &o->gpu[i];
+		if (d->pending && d->be->sync)
+			d->be->sync(d->be);
+		d->pending = 0;
+	}
 	for (int m = 0; m < n_need; m++) {
 		int slot = o->slot_of[m];
 		if (slot < 0)
@@ -920,9 +942,8 @@ static int moe_host(struct dsm_offload *o, const struct dsm_moe_step *s, int n_n
 }
 
 /* Device buffers of at least `rows` rows of the model's width: grown when a step needs more. */
-static int ensure_dev(struct dsm_offload *o, float **x, float **y, size_t *cap, size_t rows)
+static int ensure_dev(struct dsm_offload *o, struct dsm_backend *g, float **x, float **y, size_t *cap, size_t rows)
 {
-	struct dsm_backend *g = o->o.gpu;
 	size_t bytes = rows * (size_t)o->dim * sizeof(float);
 	if (rows <= *cap)
 		return 0;
@@ -937,18 +958,23 @@ static int ensure_dev(struct dsm_offload *o, float **x, float **y, size_t *cap, 
 	return 0;
 }
 
-/* Whether step expert m runs on the GPU: a GPU-tier expert, or a DRAM one whose tokens pay for its copy. */
-static int runs_on_gpu(struct dsm_offload *o, int layer, int m)
+/* The GPU that runs step expert m: its own for a GPU-tier expert, gpu:0 for a DRAM one whose tokens pay for
+ * its copy; -1: the CPU. */
+static int gpu_of(struct dsm_offload *o, int layer, int m)
 {
-	int x = o->need[m], kind = info(o, layer, x)->tier.kind;
-	return kind == DSM_TIER_GPU || (kind == DSM_TIER_DRAM && o->upload_min > 0 && o->count[x] >= o->upload_min);
+	int x = o->need[m];
+	struct dsm_tier t = info(o, layer, x)->tier;
+	if (t.kind == DSM_TIER_GPU)
+		return t.index;
+	return t.kind == DSM_TIER_DRAM && o->upload_min > 0 && o->count[x] >= o->upload_min ? 0 : -1;
 }
 
 /* Seconds of the fastest of 3 runs of one expert on n rows: by the cpu backend from host memory (gpu = 0), or
  * by the GPU from the staging slot, with its rows' copies in and out (gpu = 1). */
 static double time_ffn(struct dsm_offload *o, const struct expert_info *e, int64_t n, int gpu)
 {
-	struct dsm_backend *be = gpu ? o->o.gpu : o->o.cpu;
+	struct dsm_backend *be = gpu ? o->gpu[0].be : o->o.cpu;
+	struct gpu_dev *d = &o->gpu[0];
 	size_t bytes = (size_t)n * (size_t)o->dim * sizeof(float);
 	struct dsm_ffn_weights w;
 	if (gpu)
@@ -958,10 +984,10 @@ static double time_ffn(struct dsm_offload *o, const struct expert_info *e, int64
 	double best = 1e30;
 	for (int i = 0; i < 3; i++) {
 		double t0 = now();
-		int rc = gpu ? be->copy_in(be, o->dev_x, o->X, bytes) : 0;
+		int rc = gpu ? be->copy_in(be, d->x, o->X, bytes) : 0;
 		if (rc == 0)
-			rc = be->ffn(be, &w, n, gpu ? o->dev_x : o->X, gpu ? o->dev_y : o->Y);
-		if (rc == 0 && gpu && (rc = be->copy_out(be, o->Y, o->dev_y, bytes)) == 0 && be->sync)
+			rc = be->ffn(be, &w, n, gpu ? d->x : o->X, gpu ? d->y : o->Y);
+		if (rc == 0 && gpu && (rc = be->copy_out(be, o->Y, d->y, bytes)) == 0 && be->sync)
 			rc = be->sync(be);
 		if (rc < 0)
 			return -1;
@@ -977,7 +1003,7 @@ static double time_ffn(struct dsm_offload *o, const struct expert_info *e, int64
  * smaller (docs/offload.md). Without device memory for the staging slot, DRAM experts stay on the CPU. */
 static int upload_threshold(struct dsm_offload *o)
 {
-	struct dsm_backend *g = o->o.gpu;
+	struct dsm_backend *g = o->gpu[0].be;
 	const struct expert_info *e = NULL;
 	for (int l = o->first_moe; l < o->n_layers && !e; l++)
 		for (int x = 0; x < o->n_experts && !e; x++)
@@ -991,7 +1017,7 @@ static int upload_threshold(struct dsm_offload *o)
 		}
 	}
 	int rc;
-	if ((rc = ensure_rows(o, 64)) < 0 || (rc = ensure_dev(o, &o->dev_x, &o->dev_y, &o->dev_rows, 64)) < 0)
+	if ((rc = ensure_rows(o, 64)) < 0 || (rc = ensure_dev(o, g, &o->gpu[0].x, &o->gpu[0].y, &o->gpu[0].rows, 64)) < 0)
 		return rc;
 	if (o->o.gpu_upload_tokens > 0) {
 		o->upload_min = o->o.gpu_upload_tokens;
@@ -1021,90 +1047,114 @@ static int upload_threshold(struct dsm_offload *o)
 	return 0;
 }
 
-/* Submits the GPU's part of a step: the shared expert when it is resident there, and (unless every expert of
- * the step is in host memory) the GPU-tier experts: their rows in, each expert, their outputs out, all on the
- * queue, so that the GPU computes them while the CPU computes the others. Returns how many GPU-tier experts,
- * or a negative code. Without queues the calls run synchronously, with the same results. */
+/* Submits the GPUs' part of a step: on each GPU's queue, its experts' rows in, each expert, their outputs out;
+ * on gpu:0 also the shared expert when it is resident there, and the DRAM experts whose tokens pay for their
+ * copy. The GPUs then compute while the CPU computes the others. When every expert of the step is in host
+ * memory (host), only the shared expert. Returns how many experts went to GPUs, or a negative code. Without
+ * queues the calls run synchronously, with the same results. */
 static int submit_gpu(struct dsm_offload *o, const struct dsm_moe_step *s, int n_need, int host)
 {
-	struct dsm_backend *g = o->o.gpu;
 	const struct shared_dev *sh = o->shared ? &o->shared[s->layer] : NULL;
-	size_t D = (size_t)o->dim, rows = 0;
-	int n_gpu = 0, rc;
-	for (int m = 0; m < n_need && !host; m++)
-		if (runs_on_gpu(o, s->layer, m)) {
-			rows += (size_t)o->count[o->need[m]];
+	size_t D = (size_t)o->dim, rows[DSM_MAX_GPUS] = { 0 };
+	int n_gpu = 0, rc = 0;
+	for (int m = 0; m < n_need && !host; m++) {
+		int i = gpu_of(o, s->layer, m);
+		if (i >= 0) {
+			rows[i] += (size_t)o->count[o->need[m]];
 			n_gpu++;
 		}
+	}
 	int shared = sh && sh->on_gpu && s->n_tokens > 0;
-	if (!n_gpu && !shared)
-		return 0;
-	if ((n_gpu && (rc = ensure_dev(o, &o->dev_x, &o->dev_y, &o->dev_rows, rows)) < 0) ||
-	    (shared && (rc = ensure_dev(o, &o->dev_sx, &o->dev_sy, &o->dev_tokens, (size_t)s->n_tokens)) < 0) ||
-	    (shared && (rc = ensure_tokens(o, (size_t)s->n_tokens)) < 0))
-		return rc;
-	rc = 0;
-	if (o->gq) {
-		g->set_queue(g, o->gq);
-		rc = g->event_record(g, o->ev_start, o->gq);
-	}
-	if (shared && rc == 0) {
-		size_t bytes = (size_t)s->n_tokens * D * sizeof(float);
-		memcpy(o->shared_x, s->x, bytes); /* pinned, and s->x may change before the copy runs */
-		if ((rc = g->copy_in(g, o->dev_sx, o->shared_x, bytes)) == 0 &&
-		    (rc = g->ffn(g, &sh->w, s->n_tokens, o->dev_sx, o->dev_sy)) == 0)
-			rc = g->copy_out(g, o->shared_y, o->dev_sy, bytes);
-	}
-	size_t dev_off = 0; /* the GPU experts' rows, packed on the device */
-	for (int m = 0; m < n_need && n_gpu && rc == 0; m++) {
-		int x = o->need[m];
-		struct expert_info *e = info(o, s->layer, x);
-		if (!runs_on_gpu(o, s->layer, m))
+	for (int i = 0; i < o->n_gpus && rc == 0; i++) {
+		struct gpu_dev *d = &o->gpu[i];
+		struct dsm_backend *g = d->be;
+		int sh_here = shared && i == 0;
+		if (!rows[i] && !sh_here)
 			continue;
-		size_t off = (size_t)o->first[x] * D, bytes = (size_t)o->count[x] * D * sizeof(float);
-		struct dsm_ffn_weights w;
-		if (e->tier.kind == DSM_TIER_GPU) {
-			make_weights(e, (const void *const *)e->dev, (const float *const *)e->dev_scale, &w);
-		} else { /* a DRAM expert, copied into the staging slot first (the queue orders its uses) */
-			for (int j = 0; j < DSM_EXPERT_NPROJ && rc == 0; j++)
-				if ((rc = g->copy_in(g, o->stage[j], e->host[j], (size_t)e->src->w[j].nbytes)) == 0 && o->stage_scale[j])
-					rc = g->copy_in(g, o->stage_scale[j], e->scale[j], (size_t)e->src->scale[j].nbytes);
-			make_weights(e, (const void *const *)o->stage, (const float *const *)o->stage_scale, &w);
+		if ((rows[i] && (rc = ensure_dev(o, g, &d->x, &d->y, &d->rows, rows[i])) < 0) ||
+		    (sh_here && (rc = ensure_dev(o, g, &o->dev_sx, &o->dev_sy, &o->dev_tokens, (size_t)s->n_tokens)) < 0) ||
+		    (sh_here && (rc = ensure_tokens(o, (size_t)s->n_tokens)) < 0))
+			return rc;
+		if (d->q) {
+			g->set_queue(g, d->q);
+			rc = g->event_record(g, d->ev_start, d->q);
 		}
-		if (rc == 0 && (rc = g->copy_in(g, o->dev_x + dev_off, o->X + off, bytes)) == 0 &&
-		    (rc = g->ffn(g, &w, o->count[x], o->dev_x + dev_off, o->dev_y + dev_off)) == 0)
-			rc = g->copy_out(g, o->Y + off, o->dev_y + dev_off, bytes);
-		dev_off += (size_t)o->count[x] * D;
-		o->state[m] = ON_GPU;
+		d->pending = 1;
+		if (sh_here && rc == 0) {
+			size_t bytes = (size_t)s->n_tokens * D * sizeof(float);
+			memcpy(o->shared_x, s->x, bytes); /* pinned, and s->x may change before the copy runs */
+			if ((rc = g->copy_in(g, o->dev_sx, o->shared_x, bytes)) == 0 &&
+			    (rc = g->ffn(g, &sh->w, s->n_tokens, o->dev_sx, o->dev_sy)) == 0)
+				rc = g->copy_out(g, o->shared_y, o->dev_sy, bytes);
+		}
+		size_t dev_off = 0; /* this GPU's experts' rows, packed on it */
+		for (int m = 0; m < n_need && rows[i] && rc == 0; m++) {
+			if (gpu_of(o, s->layer, m) != i)
+				continue;
+			int x = o->need[m];
+			struct expert_info *e = info(o, s->layer, x);
+			size_t off = (size_t)o->first[x] * D, bytes = (size_t)o->count[x] * D * sizeof(float);
+			struct dsm_ffn_weights w;
+			if (e->tier.kind == DSM_TIER_GPU) {
+				make_weights(e, (const void *const *)e->dev, (const float *const *)e->dev_scale, &w);
+			} else { /* a DRAM expert, copied into the staging slot first (the queue orders its uses) */
+				for (int j = 0; j < DSM_EXPERT_NPROJ && rc == 0; j++)
+					if ((rc = g->copy_in(g, o->stage[j], e->host[j], (size_t)e->src->w[j].nbytes)) == 0 &&
+					    o->stage_scale[j])
+						rc = g->copy_in(g, o->stage_scale[j], e->scale[j], (size_t)e->src->scale[j].nbytes);
+				make_weights(e, (const void *const *)o->stage, (const float *const *)o->stage_scale, &w);
+			}
+			if (rc == 0 && (rc = g->copy_in(g, d->x + dev_off, o->X + off, bytes)) == 0 &&
+			    (rc = g->ffn(g, &w, o->count[x], d->x + dev_off, d->y + dev_off)) == 0)
+				rc = g->copy_out(g, o->Y + off, d->y + dev_off, bytes);
+			dev_off += (size_t)o->count[x] * D;
+			o->state[m] = ON_GPU;
+		}
+		if (d->q) {
+			if (rc == 0)
+				rc = g->event_record(g, d->ev_done, d->q);
+			g->set_queue(g, NULL);
+		}
 	}
-	if (o->gq) {
-		if (rc == 0)
-			rc = g->event_record(g, o->ev_done, o->gq);
-		g->set_queue(g, NULL);
-	}
-	o->gpu_pending = 1;
 	return rc < 0 ? rc : n_gpu;
 }
 
-/* Waits for the GPU's part of the step and accounts for it. t_submit: when its submission started,
- * t_submitted: when it ended, t_cpu_end: when the CPU's part ended. With a queue the GPU was busy from its
- * start event to its done event, and the overlap is the part of that time within the CPU's part (both start
- * at the submission); without one, the submission itself was the GPU's work, overlapping nothing. */
+/* Waits for the GPUs' part of the step and accounts for it. t_submit: when its submission started,
+ * t_submitted: when it ended, t_cpu_end: when the CPU's part ended. With queues each GPU was busy from its start
+ * event to its done event; the GPUs' busy time is the longest of them, and the overlap is the part of it within
+ * the CPU's part (both start at the submission). Without queues the submission itself was the GPUs' work,
+ * overlapping nothing. */
 static int finish_gpu(struct dsm_offload *o, int layer, int n_need, double t_submit, double t_submitted,
 		      double t_cpu_end)
 {
-	struct dsm_backend *g = o->o.gpu;
-	double t0 = now();
-	o->gpu_pending = 0;
-	int rc = o->gq ? g->event_sync(g, o->ev_done) : g->sync ? g->sync(g) : 0;
-	double busy = t_submitted - t_submit, overlap = 0;
+	double t0 = now(), busy = 0;
+	int queued = 0, rc = 0, any = 0;
+	for (int i = 0; i < o->n_gpus; i++)
+		any |= o->gpu[i].pending;
+	if (!any)
+		return 0;
+	for (int i = 0; i < o->n_gpus; i++) {
+		struct gpu_dev *d = &o->gpu[i];
+		struct dsm_backend *g = d->be;
+		if (!d->pending)
+			continue;
+		d->pending = 0;
+		int r = d->q ? g->event_sync(g, d->ev_done) : g->sync ? g->sync(g) : 0;
+		double b = 0;
+		if (r == 0 && d->q && (r = g->event_elapsed(g, d->ev_start, d->ev_done, &b)) == 0)
+			queued = 1;
+		if (r < 0 && rc == 0)
+			rc = r;
+		busy = b > busy ? b : busy;
+	}
 	if (rc < 0)
 		return rc;
-	if (o->gq) {
-		if ((rc = g->event_elapsed(g, o->ev_start, o->ev_done, &busy)) < 0)
-			return rc;
+	double overlap = 0;
+	if (queued) {
 		overlap = busy < t_cpu_end - t_submit ? busy : t_cpu_end - t_submit;
 		o->stats.gpu_wait_seconds += now() - t0;
+	} else {
+		busy = t_submitted - t_submit;
 	}
 	o->stats.gpu_expert_seconds += busy;
 	o->stats.overlap_seconds += overlap > 0 ? overlap : 0;
@@ -1246,7 +1296,7 @@ int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
 	int host = 1;
 	for (int m = 0; m < n_need && host; m++) {
 		int kind = info(o, L, o->need[m])->tier.kind;
-		host = (kind == DSM_TIER_MAPPED || kind == DSM_TIER_DRAM) && !runs_on_gpu(o, L, m);
+		host = (kind == DSM_TIER_MAPPED || kind == DSM_TIER_DRAM) && gpu_of(o, L, m) < 0;
 	}
 	if (!host && (rc = ensure_rows(o, R)) < 0)
 		return rc;
@@ -1262,7 +1312,7 @@ int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
 
 	/* The GPU's part first (the shared expert where it is resident, the GPU experts), then the CPU's. */
 	double t_submit = now();
-	int n_gpu = o->o.gpu ? submit_gpu(o, s, n_need, host) : 0;
+	int n_gpu = o->n_gpus ? submit_gpu(o, s, n_need, host) : 0;
 	double t_submitted = now();
 	if (n_gpu < 0) {
 		rc = n_gpu;
@@ -1270,7 +1320,7 @@ int dsm_offload_moe(struct dsm_offload *o, const struct dsm_moe_step *s)
 	}
 	if ((rc = host ? moe_host(o, s, n_need) : moe_tiered(o, s, n_need, n_gpu)) < 0)
 		goto fail;
-	if (o->gpu_pending && (rc = finish_gpu(o, L, n_need, t_submit, t_submitted, now())) < 0)
+	if (o->n_gpus && (rc = finish_gpu(o, L, n_need, t_submit, t_submitted, now())) < 0)
 		goto fail;
 	if (!host)
 		combine(o, s, n_need);
@@ -1460,6 +1510,10 @@ void dsm_offload_report(const struct dsm_offload *o, uint64_t n_tokens, double s
 	struct dsm_offload_stats st;
 	dsm_offload_get_stats(o, &st);
 	memcpy(r->experts, o->n_tier, sizeof r->experts);
+	r->n_gpus = o->n_gpus;
+	for (size_t i = 0; o->n_gpus && i < (size_t)o->n_layers * (size_t)o->n_experts; i++)
+		if (o->ex[i].tier.kind == DSM_TIER_GPU)
+			r->gpu_experts[o->ex[i].tier.index]++;
 	r->nvme_bytes_per_token = n_tokens ? (double)st.bytes_read / (double)n_tokens : 0;
 	r->read_gbs = st.read_busy_seconds > 0 ? (double)st.bytes_read / st.read_busy_seconds / 1e9 : 0;
 	uint64_t uses = st.cache.hits + st.cache.misses;

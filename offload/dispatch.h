@@ -35,10 +35,14 @@
 
 #include <stdint.h>
 
+#define DSM_MAX_GPUS 16   /* GPUs of one store (gpu:0 to gpu:15) */
+
 struct dsm_offload_opts {
 	const struct dsm_plan *plan;      /* validated against the model; NULL: every expert mapped */
 	struct dsm_backend *cpu;          /* computes mapped, dram and streamed experts (host pointers); required */
-	struct dsm_backend *gpu;          /* computes gpu-tier experts (NULL: cpu does, from DRAM copies) */
+	struct dsm_backend *gpu[DSM_MAX_GPUS]; /* gpu[N] computes the gpu:N experts, from gpu[0] on without gaps
+					   * (none: the cpu does, from DRAM copies); gpu[0] also the shared experts and
+					   * the DRAM experts a batch makes worth copying */
 	enum dsm_cache_policy policy;
 	uint64_t cache_bytes;             /* DRAM for streamed experts; 0: the minimum, 2 x top_k slots */
 	int cache_off;                    /* every use of a streamed expert reads it again */
@@ -138,8 +142,8 @@ const struct dsm_cache *dsm_offload_cache(const struct dsm_offload *o);
 
 struct dsm_offload_setup {
 	const char *plan_path;            /* a plan file; NULL: computed from the budgets */
-	uint64_t vram_budget;             /* bytes for gpu:0 with a gpu backend: experts' weights and scales and
-					   * the activations of one expert (0: no gpu experts in a computed plan) */
+	uint64_t vram_budget;             /* bytes of each GPU: experts' weights and scales and the activations of
+					   * one expert (0: no gpu experts in a computed plan) */
 	uint64_t dram_budget;             /* 0: available memory minus 10% (at least 1 GiB) */
 	const char *hotness_trace;        /* routing trace giving expert hotness; NULL: the router bias */
 	int cache_policy;                 /* enum dsm_cache_policy; -1: the plan's, else lru */
@@ -148,7 +152,8 @@ struct dsm_offload_setup {
 	int stream_all;                   /* every routed expert streamed (ignores budgets for experts) */
 	struct dsm_stream_opts stream;
 	int64_t max_tokens;               /* tokens of one forward step at most (device activations); 0: 128 */
-	struct dsm_backend *cpu, *gpu;    /* gpu NULL: a plan naming gpu:N experts is refused */
+	struct dsm_backend *cpu;
+	struct dsm_backend *gpu[DSM_MAX_GPUS]; /* none: a plan naming gpu:N experts is refused */
 	struct dsm_topo *topo;            /* as in dsm_offload_opts */
 	int64_t gpu_upload_tokens;        /* as in dsm_offload_opts */
 };
@@ -163,6 +168,8 @@ int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, cons
  * and the same figures as members of a JSON object (cJSON *) when json is not NULL. */
 struct dsm_offload_report {
 	uint64_t experts[DSM_TIER_KINDS]; /* experts per tier kind, as the store holds them */
+	int n_gpus;
+	uint64_t gpu_experts[DSM_MAX_GPUS]; /* experts of gpu:N */
 	double nvme_bytes_per_token;
 	double read_gbs;                  /* bytes streamed / read busy time */
 	double cache_hit_rate;            /* hits / uses of streamed experts */

@@ -641,12 +641,17 @@ int dsm_plan_from_budgets(struct dsm_plan **out, const struct dsm_moe_shape *c, 
 	if (rc < 0)
 		return rc;
 	struct dsm_plan *p = *out;
-	uint64_t vram = b->vram_bytes, dram = b->dram_bytes;
+	int n_gpus = b->n_gpus > 0 ? b->n_gpus : 1;
+	if (n_gpus > 256)
+		n_gpus = 256;
+	uint64_t vram[256], dram = b->dram_bytes;
+	for (int i = 0; i < n_gpus; i++)
+		vram[i] = b->vram_bytes;
 	uint64_t reserve = b->dram_reserve;
 	struct dsm_tier home;
-	if (vram && sz->non_expert_total <= vram) {
+	if (vram[0] && sz->non_expert_total <= vram[0]) {
 		home = (struct dsm_tier){ DSM_TIER_GPU, 0 };
-		vram -= sz->non_expert_total;
+		vram[0] -= sz->non_expert_total;
 	} else if (sz->non_expert_total + reserve <= dram) {
 		home = (struct dsm_tier){ DSM_TIER_DRAM, 0 };
 		dram -= sz->non_expert_total;
@@ -680,9 +685,10 @@ int dsm_plan_from_budgets(struct dsm_plan **out, const struct dsm_moe_shape *c, 
 	uint64_t eb = sz->expert_bytes ? sz->expert_bytes : 1;
 	for (size_t i = 0; i < n; i++) {
 		struct dsm_tier t = { DSM_TIER_NVME, 0 };
-		if (vram >= eb) {
-			t = (struct dsm_tier){ DSM_TIER_GPU, 0 };
-			vram -= eb;
+		int layer = v[i].key / p->n_experts, g = (int)((int64_t)(layer - p->first_moe) * n_gpus / n_moe);
+		if (vram[g] >= eb) {
+			t = (struct dsm_tier){ DSM_TIER_GPU, (uint8_t)g };
+			vram[g] -= eb;
 		} else if (dram >= eb) {
 			t = (struct dsm_tier){ DSM_TIER_DRAM, 0 };
 			dram -= eb;

@@ -80,14 +80,16 @@ struct dsm_plan_sizes {
 void dsm_plan_sizes(const struct dsm_store_model *m, struct dsm_plan_sizes *sz);
 
 struct dsm_plan_budget {
-	uint64_t vram_bytes;      /* gpu:0 (0: no GPU tier) */
+	uint64_t vram_bytes;      /* each GPU's (0: no GPU tier) */
+	int n_gpus;               /* gpu:0 .. gpu:n_gpus-1 (0 counts as 1 when vram_bytes is set) */
 	uint64_t dram_bytes;      /* dram:0 */
 	uint64_t dram_reserve;    /* part of dram_bytes kept for streaming slots (the expert cache) */
 };
 
-/* A plan under the budgets: non-expert weights on the GPU when they fit there, else in DRAM; then experts,
+/* A plan under the budgets: non-expert weights on gpu:0 when they fit there, else in DRAM; then experts,
  * hottest first (hotness[layer * n_experts + expert], higher hotter; NULL: spread evenly across layers,
- * the same number per layer), to the GPU while it has room, then to DRAM, the rest to nvme.
+ * the same number per layer), to their layer's GPU while it has room (with several GPUs the MoE layers are
+ * split into as many consecutive ranges, one a GPU), then to DRAM, the rest to nvme.
  * Returns 0, or DSM_EPLAN when the budgets cannot hold the non-expert weights (message with the sizes). */
 int dsm_plan_from_budgets(struct dsm_plan **out, const struct dsm_moe_shape *shape, const struct dsm_plan_sizes *sz,
 			  const struct dsm_plan_budget *b, const double *hotness);

@@ -97,13 +97,17 @@ int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, cons
 	dsm_plan_sizes(m, &sz);
 	uint64_t min_cache = 2ull * (uint64_t)(c->top_k > 0 ? c->top_k : 1) * (sz.expert_bytes + 65536);
 	if (s->plan_path) {
-		if ((rc = dsm_plan_load(&p, s->plan_path, c)) < 0 || (rc = check_gpu_tier(p, s->plan_path, s->gpu)) < 0)
+		if ((rc = dsm_plan_load(&p, s->plan_path, c)) < 0 || (rc = check_gpu_tier(p, s->plan_path, s->gpu[0])) < 0)
 			goto out;
 	} else {
 		uint64_t dram = s->dram_budget;
 		if (!dram)
 			dram = dsm_usable_memory();
-		struct dsm_plan_budget b = { .vram_bytes = s->gpu ? plan_vram(m, &sz, s->vram_budget, s->max_tokens) : 0,
+		int n_gpus = 0;
+		while (n_gpus < DSM_MAX_GPUS && s->gpu[n_gpus])
+			n_gpus++;
+		struct dsm_plan_budget b = { .vram_bytes = n_gpus ? plan_vram(m, &sz, s->vram_budget, s->max_tokens) : 0,
+			.n_gpus = n_gpus,
 			.dram_bytes = dram,
 			.dram_reserve = s->cache_bytes ? s->cache_bytes : min_cache };
 		if (s->stream_all)
@@ -116,12 +120,13 @@ int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, cons
 				p->expert[i] = (struct dsm_tier){ DSM_TIER_NVME, 0 };
 	}
 	struct dsm_offload_opts oo = {
-		.plan = p, .cpu = s->cpu, .gpu = s->gpu,
+		.plan = p, .cpu = s->cpu,
 		.policy = s->cache_policy >= 0 ? s->cache_policy : p->cache_policy >= 0 ? p->cache_policy : DSM_CACHE_LRU,
 		.cache_bytes = s->cache_bytes ? s->cache_bytes : p->cache_bytes,
 		.cache_off = s->cache_off, .hotness = hot, .stream = s->stream, .topo = s->topo,
 		.gpu_upload_tokens = s->gpu_upload_tokens,
 	};
+	memcpy(oo.gpu, s->gpu, sizeof oo.gpu);
 	if ((rc = dsm_offload_open(out, m, &oo)) < 0)
 		goto out;
 	if (oo.policy == DSM_CACHE_PINNED && !oo.cache_off && (rc = dsm_offload_warm(*out)) < 0) {
@@ -140,7 +145,10 @@ out:
 
 void dsm_offload_report_text(const struct dsm_offload_report *r, char *buf, size_t size)
 {
-	char upload[48] = "never";
+	char upload[48] = "never", by_gpu[DSM_MAX_GPUS * 24 + 16] = "";
+	for (int i = 0; r->n_gpus > 1 && i < r->n_gpus; i++)
+		snprintf(by_gpu + strlen(by_gpu), sizeof by_gpu - strlen(by_gpu), "%sgpu:%d %llu", i ? ", " : "; experts on ",
+			 i, (unsigned long long)r->gpu_experts[i]);
 	if (r->upload_min_tokens > 0)
 		snprintf(upload, sizeof upload, "from %lld tokens", (long long)r->upload_min_tokens);
 	snprintf(buf, size,
@@ -148,7 +156,7 @@ void dsm_offload_report_text(const struct dsm_offload_report *r, char *buf, size
 		 "cache %s %llu slots, hit rate %.1f%%; prefetch hit rate %.1f%%; time: attention and the rest %.3f s, "
 		 "cpu experts %.3f s, gpu experts %.3f s, waiting on I/O %.3f s; per token: gpu busy %.2f ms, cpu busy "
 		 "%.2f ms, I/O wait %.2f ms, overlap %.2f ms; shared expert runs: gpu %llu, cpu %llu; DRAM experts to the "
-		 "gpu: %s, %llu runs",
+		 "gpu: %s, %llu runs%s",
 		 (unsigned long long)r->experts[DSM_TIER_GPU], (unsigned long long)r->experts[DSM_TIER_DRAM],
 		 (unsigned long long)r->experts[DSM_TIER_NVME], (unsigned long long)r->experts[DSM_TIER_MAPPED],
 		 r->nvme_bytes_per_token / 1e6, r->read_gbs,
@@ -156,5 +164,5 @@ void dsm_offload_report_text(const struct dsm_offload_report *r, char *buf, size
 		 100 * r->prefetch_hit_rate, r->attention_seconds, r->cpu_expert_seconds, r->gpu_expert_seconds,
 		 r->io_wait_seconds, 1e3 * r->gpu_busy_per_token, 1e3 * r->cpu_busy_per_token, 1e3 * r->io_wait_per_token,
 		 1e3 * r->overlap_per_token, (unsigned long long)r->shared_runs_gpu, (unsigned long long)r->shared_runs_cpu,
-		 upload, (unsigned long long)r->uploaded_runs);
+		 upload, (unsigned long long)r->uploaded_runs, by_gpu);
 }

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -17,7 +18,7 @@ struct dsm_engine {
 	struct dsm_engine_options o;
 	struct dsm_model *m;
 	struct tokenizer *tok;
-	struct dsm_backend *gpu;
+	struct dsm_backend *gpu[DSM_MAX_GPUS]; /* gpu:0, gpu:1, ... */
 	struct dsm_offload *off;
 	struct dsm_plan *plan;
 	struct dsm_session *s;
@@ -94,6 +95,28 @@ static int force_select_hook(void *user, int seq, int layer, int64_t pos, int32_
 	return e->user_hooks.force_select(e->user_hooks.user, seq, layer, pos, sel, n);
 }
 
+/* "0,1,3" -> devices {0, 1, 3}: distinct indices, at most DSM_MAX_GPUS. */
+static int parse_gpus(const char *s, int *devices, int *n)
+{
+	*n = 0;
+	for (const char *p = s;;) {
+		char *end;
+		errno = 0;
+		long d = strtol(p, &end, 10);
+		if (end == p || errno || d < 0 || d > 1024 || (*end && *end != ','))
+			return dsm_fail(DSM_EARG, "--gpus '%s': expected device indices separated by commas (e.g. 0,1)", s);
+		for (int i = 0; i < *n; i++)
+			if (devices[i] == d)
+				return dsm_fail(DSM_EARG, "--gpus '%s': device %ld twice", s, d);
+		if (*n == DSM_MAX_GPUS)
+			return dsm_fail(DSM_EARG, "--gpus '%s': more than %d devices", s, DSM_MAX_GPUS);
+		devices[(*n)++] = (int)d;
+		if (!*end)
+			return 0;
+		p = end + 1;
+	}
+}
+
 static int open_tiers(struct dsm_engine *e)
 {
 	struct dsm_model *m = e->m;
@@ -101,21 +124,34 @@ static int open_tiers(struct dsm_engine *e)
 	const struct dsm_engine_options *o = &e->o;
 	int rc;
 	os.cpu = m->be;
+	if (o->gpus && !o->gpu_backend)
+		return dsm_fail(DSM_EARG, "--gpus needs --gpu-backend (cuda, or emu)");
 	if (o->gpu_backend) {
-		/* The device computes what the cpu would, with the same precision and threads. */
-		struct dsm_backend_options bo = { .precision = o->model.precision, .threads = o->model.threads,
-						  .device_bytes = (size_t)os.vram_budget };
-		if ((rc = dsm_backend_create(&e->gpu, o->gpu_backend, &bo)) < 0)
-			return dsm_fail_prefix(rc, "--gpu-backend");
-		if (!e->gpu->alloc)
-			return dsm_fail(DSM_EARG, "--gpu-backend %s: not a device backend (emu, or cuda where built)",
-					o->gpu_backend);
-		os.gpu = e->gpu;
-		size_t free_bytes, total;
-		if (!os.vram_budget && !os.plan_path && e->gpu->mem_info && e->gpu->mem_info(e->gpu, &free_bytes, &total) == 0) {
-			os.vram_budget = free_bytes;
-			note(e, "--vram-budget: %.3g GB, free on the %s device (of %.3g GB it may use)", (double)free_bytes / 1e9,
-			     e->gpu->name, (double)total / 1e9);
+		/* gpu:N is device devices[N]. Each computes what the cpu would, with the same precision and threads. */
+		int devices[DSM_MAX_GPUS], n = 0;
+		if ((rc = parse_gpus(o->gpus ? o->gpus : "0", devices, &n)) < 0)
+			return rc;
+		size_t least_free = SIZE_MAX, total = 0;
+		for (int i = 0; i < n; i++) {
+			struct dsm_backend_options bo = { .precision = o->model.precision, .threads = o->model.threads,
+							  .device_bytes = (size_t)os.vram_budget, .device = devices[i] };
+			if ((rc = dsm_backend_create(&e->gpu[i], o->gpu_backend, &bo)) < 0)
+				return dsm_fail_prefix(rc, "--gpu-backend %s, device %d", o->gpu_backend, devices[i]);
+			struct dsm_backend *g = e->gpu[i];
+			if (!g->alloc)
+				return dsm_fail(DSM_EARG, "--gpu-backend %s: not a device backend (emu, or cuda where built)",
+						o->gpu_backend);
+			size_t fr, tot;
+			if (g->mem_info && g->mem_info(g, &fr, &tot) == 0 && fr < least_free) {
+				least_free = fr;
+				total = tot;
+			}
+			os.gpu[i] = g;
+		}
+		if (!os.vram_budget && !os.plan_path && least_free != SIZE_MAX) {
+			os.vram_budget = least_free;
+			note(e, "--vram-budget: %.3g GB a GPU, free on the %s device%s (of %.3g GB it may use)",
+			     (double)least_free / 1e9, o->gpu_backend, n > 1 ? " with the least" : "", (double)total / 1e9);
 		}
 	} else if (os.vram_budget) {
 		note(e, "warning: --vram-budget without --gpu-backend: no expert goes to a GPU");
@@ -134,7 +170,7 @@ static int open_tiers(struct dsm_engine *e)
 static int tiers_asked(const struct dsm_engine_options *o)
 {
 	const struct dsm_offload_setup *t = &o->tiers;
-	return o->gpu_backend || t->plan_path || t->vram_budget || t->dram_budget || t->stream_all ||
+	return o->gpu_backend || o->gpus || t->plan_path || t->vram_budget || t->dram_budget || t->stream_all ||
 	       t->cache_policy >= 0 || t->cache_bytes || t->cache_off || t->hotness_trace;
 }
 
@@ -227,7 +263,8 @@ void dsm_engine_close(struct dsm_engine *e)
 	if (e->m)
 		dsm_model_set_experts(e->m, NULL);
 	dsm_offload_close(e->off);
-	dsm_backend_destroy(e->gpu);
+	for (int i = 0; i < DSM_MAX_GPUS; i++)
+		dsm_backend_destroy(e->gpu[i]);
 	dsm_plan_free(e->plan);
 	dsm_model_close(e->m);
 	tokenizer_free(e->tok);
@@ -293,7 +330,7 @@ int dsm_token_text(struct token_stream *ts, int32_t id, struct text_buffer *piec
 enum {
 	F_THREADS = DSM_ENGINE_FLAG_BASE, F_NO_BIND, F_PRECISION, F_CTX, F_BATCH, F_MAX_SEQS, F_KV_POOL, F_KV, F_IDX_FP8,
 	F_IDX_TOPK, F_MLA, F_OFFLOAD, F_NO_OFFLOAD, F_PLAN, F_GPU_BACKEND, F_VRAM, F_DRAM, F_STREAM_EXPERTS,
-	F_CACHE_POLICY, F_CACHE_SIZE, F_CACHE_OFF, F_HOTNESS, F_RECORD_ROUTING, F_GPU_UPLOAD,
+	F_CACHE_POLICY, F_CACHE_SIZE, F_CACHE_OFF, F_HOTNESS, F_RECORD_ROUTING, F_GPU_UPLOAD, F_GPUS,
 };
 
 const struct option dsm_engine_flags[] = {
@@ -309,7 +346,8 @@ const struct option dsm_engine_flags[] = {
 	{ "cache-policy", required_argument, NULL, F_CACHE_POLICY }, { "cache-size", required_argument, NULL, F_CACHE_SIZE },
 	{ "cache-off", no_argument, NULL, F_CACHE_OFF }, { "hotness-trace", required_argument, NULL, F_HOTNESS },
 	{ "record-routing", required_argument, NULL, F_RECORD_ROUTING },
-	{ "gpu-upload-tokens", required_argument, NULL, F_GPU_UPLOAD }, { NULL, 0, NULL, 0 },
+	{ "gpu-upload-tokens", required_argument, NULL, F_GPU_UPLOAD }, { "gpus", required_argument, NULL, F_GPUS },
+	{ NULL, 0, NULL, 0 },
 };
 
 static int int_arg(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *v)
@@ -387,6 +425,7 @@ int dsm_engine_flag(struct dsm_engine_options *o, int code, const char *arg)
 	case F_NO_OFFLOAD: o->offload = 0; break;
 	case F_PLAN: t->plan_path = arg; break;
 	case F_GPU_BACKEND: o->gpu_backend = arg; break;
+	case F_GPUS: o->gpus = arg; break;
 	case F_VRAM: rc = size_arg("vram-budget", arg, &t->vram_budget); break;
 	case F_DRAM: rc = size_arg("dram-budget", arg, &t->dram_budget); break;
 	case F_STREAM_EXPERTS: t->stream_all = 1; break;
@@ -430,6 +469,9 @@ void dsm_engine_flags_help(FILE *f)
 	      "                         --vram-budget, default 1G; for tests). It computes the experts, and the shared\n"
 	      "                         experts, that the plan puts on gpu:0, on its own queue while the CPU computes\n"
 	      "                         the others. Without it a plan naming gpu:N experts is refused\n"
+	      "  --gpus LIST            the devices of gpu:0, gpu:1, ... (e.g. 0,1; default 0): a computed plan splits\n"
+	      "                         the MoE layers into consecutive ranges, one a GPU, each filled with its\n"
+	      "                         layers' hottest experts; --vram-budget is then each GPU's\n"
 	      "  --gpu-upload-tokens N  a DRAM expert with N or more tokens in one step is copied to the GPU and\n"
 	      "                         computed there (default 0: the break-even measured at start; -1: never)\n"
 	      "  --vram-budget SIZE     GPU memory for a computed plan (e.g. 20G; default with --gpu-backend: what the\n"

@@ -27,7 +27,8 @@ struct dsm_engine_options {
 	int offload;                        /* -1 (default): the tiered store when the weights do not fit in the
 					     * usable memory; 1: always; 0: never (map everything) */
 	struct dsm_offload_setup tiers;     /* plan file, budgets, cache policy and size, hotness trace */
-	const char *gpu_backend;            /* NULL, "emu", or "cuda" where built: computes gpu:0 experts */
+	const char *gpu_backend;            /* NULL, "emu", or "cuda" where built: computes gpu:N experts */
+	const char *gpus;                   /* the devices of gpu:0, gpu:1, ... ("0,1"); NULL: device 0 alone */
 	const char *record_routing;         /* write the routing trace here (docs/trace.md) */
 	int no_populate;                    /* 1: do not read the mapped weights in at open */
 	/* Progress of reading the weights in (may be NULL). */

@@ -37,9 +37,9 @@ check_plans() { # model dir, label
 		"--plan $W/mixed.json --gpu-backend emu" "--plan $W/mixed.json --gpu-backend emu --cache-off" \
 		"--plan $W/gpu-shared.json --gpu-backend emu" \
 		"--gpu-backend emu --vram-budget 1M" "--gpu-backend emu --vram-budget 1M --dram-budget 6M" \
-		"--gpu-backend emu --vram-budget 1M --gpu-upload-tokens 2" \
+		"--gpu-backend emu --vram-budget 1M --gpu-upload-tokens 2" "--gpu-backend emu --gpus 0,1 --vram-budget 600K" \
 		"--gpu-backend emu --vram-budget 24M --dram-budget 1000M"; do
-		case "$mode" in *.json*|*"--dram-budget 6M"*|*upload*) [ "$2" = tiny ] || continue ;;
+		case "$mode" in *.json*|*"--dram-budget 6M"*|*upload*|*gpus*) [ "$2" = tiny ] || continue ;;
 		*"--dram-budget 1000M"*) [ "$2" = small ] || continue ;; esac
 		if $RUN -m "$1" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/plan.npy" -q $mode > /dev/null 2> "$W/err" &&
 		   cmp -s "$W/base.npy" "$W/plan.npy"; then
@@ -71,6 +71,11 @@ then ok "shared experts on the emu device"; else bad "shared experts on the emu 
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --vram-budget 1M --gpu-upload-tokens 2 \
 	> /dev/null 2> "$W/err" && grep -q "DRAM experts to the gpu: from 2 tokens, [1-9][0-9]* runs" "$W/err"
 then ok "DRAM experts uploaded for a prompt's tokens"; else bad "DRAM experts uploaded for a prompt's tokens"; cat "$W/err"; fi
+
+# Two emulated GPUs: the MoE layers split between them, experts on both.
+if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --gpus 0,1 --vram-budget 600K > /dev/null 2> "$W/err" &&
+   grep -q "; experts on gpu:0 [1-9][0-9]*, gpu:1 [1-9][0-9]*$" "$W/err"
+then ok "--gpus 0,1: experts on gpu:0 and gpu:1"; else bad "--gpus 0,1: experts on gpu:0 and gpu:1"; cat "$W/err"; fi
 
 # The report on stderr and in --json; a routing trace that the next run uses as hotness.
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --stream-experts --record-routing "$W/r.trace" > /dev/null 2> "$W/err" &&
@@ -105,6 +110,11 @@ expect_error "missing plan file" "cannot open the plan" --plan "$W/none.json"
 expect_error "gpu plan without a gpu backend" \
 	"puts 2 experts on a GPU (layer 3 expert 1 on gpu:0 first) but no GPU backend" --plan "$W/mixed.json"
 expect_error "unknown gpu backend" "unknown backend 'tpu'" --gpu-backend tpu
+expect_error "--gpus without a backend" "gpus needs --gpu-backend" --gpus 0,1
+expect_error "--gpus naming a device twice" "0,0.: device 0 twice" --gpu-backend emu --gpus 0,0
+sed 's/"gpu:0": \[1, 2\]/"gpu:1": [1, 2]/' "$W/mixed.json" > "$W/gpu1.json"
+expect_error "plan naming gpu:1 with one GPU" "layer 3 expert 1 on gpu:1 but 1 emu GPU is in use" --plan "$W/gpu1.json" \
+	--gpu-backend emu
 sed 's/"dram:0": \["0-7"\]/"dram:63": ["0-7"]/' "$W/mixed.json" > "$W/node.json"
 expect_error "plan naming a NUMA node the machine lacks" \
 	"layer 2 expert 0 on dram:63 but this machine has [0-9]* NUMA node" --plan "$W/node.json" --gpu-backend emu

@@ -136,7 +136,7 @@ static void reference(const struct step_data *d, float *y)
 }
 
 /* The emulated GPU (kernels/emu): device memory is host memory under a budget, ops are the cpu backend's. */
-static struct dsm_backend *emu;
+static struct dsm_backend *emu, *emu2; /* gpu:0 and, for two GPUs, gpu:1 */
 
 static struct dsm_emu_stats emu_stats(void)
 {
@@ -283,7 +283,7 @@ struct config_case {
 	uint64_t cache_bytes;
 	int cache_off;
 	unsigned stream_flags;
-	int gpu;
+	int gpu;                  /* emulated GPUs: 0, 1 or 2 */
 	int prefetch;
 	struct dsm_topo *topo;    /* NULL: this machine's */
 	int mapped;               /* opened with the addresses of the mapped shards */
@@ -353,7 +353,7 @@ static void check_nodes(const struct config_case *cc, struct dsm_offload *o)
 
 static void run_case(const struct config_case *cc, struct step_data *steps, float *const *want)
 {
-	struct dsm_offload_opts oo = { .plan = cc->plan, .cpu = cpu, .gpu = cc->gpu ? emu : NULL,
+	struct dsm_offload_opts oo = { .plan = cc->plan, .cpu = cpu, .gpu = { cc->gpu ? emu : NULL, cc->gpu > 1 ? emu2 : NULL },
 		.policy = cc->policy, .cache_bytes = cc->cache_bytes, .cache_off = cc->cache_off,
 		.stream = { .flags = cc->stream_flags, .queue_depth = 4, .chunk_bytes = 16384 },
 		.pool_flags = DSM_POOL_NO_LOCK, .topo = cc->topo, .gpu_upload_tokens = cc->upload,
@@ -400,6 +400,9 @@ static void run_case(const struct config_case *cc, struct step_data *steps, floa
 		dsm_plan_count(cc->plan, n);
 	if (n[DSM_TIER_NVME])
 		CHECK(st.bytes_read > 0 && st.expert_runs[DSM_TIER_NVME] > 0, "%s: nothing streamed", cc->name);
+	struct dsm_emu_stats st2 = { 0 };
+	if (cc->gpu > 1)
+		CHECK(dsm_emu_get_stats(emu2, &st2) == 0 && st2.jobs > 0, "%s: nothing ran on gpu:1", cc->name);
 	if (cc->gpu) {
 		CHECK(st.expert_runs[DSM_TIER_GPU] > 0 && st.resident_bytes[DSM_TIER_GPU] > 0, "%s: no gpu run", cc->name);
 		/* The GPU's experts ran on its queue, timed by its events, overlapping the CPU's part at most fully. */
@@ -557,6 +560,27 @@ int main(void)
 		if (gpu->non_expert[k].kind == DSM_TIER_GPU)
 			gpu->non_expert[k] = t_dram; /* the emu device holds experts only */
 	(void)t_gpu;
+	/* Two emulated GPUs of 3 experts each: the MoE layers split between them. */
+	if (dsm_backend_create(&emu2, "emu", &eo) < 0) {
+		fprintf(stderr, "emu backend: %s\n", dsm_errmsg());
+		return 99;
+	}
+	struct dsm_plan *gpu2;
+	struct dsm_plan_budget gb2 = { .vram_bytes = 3 * sz.expert_bytes, .n_gpus = 2, .dram_bytes = sz.non_expert_total +
+		8 * sz.expert_bytes };
+	CHECK(dsm_plan_from_budgets(&gpu2, c, &sz, &gb2, hot) == 0, "two-gpu plan: %s", dsm_errmsg());
+	for (int k = 0; k < DSM_KIND_COUNT; k++)
+		gpu2->non_expert[k] = t_dram;
+	int on_gpu[2] = { 0, 0 };
+	for (int l = L0; l < NL; l++)
+		for (int x = 0; x < E; x++) {
+			struct dsm_tier t = dsm_plan_expert_tier(gpu2, l, x);
+			if (t.kind == DSM_TIER_GPU && t.index < 2) {
+				on_gpu[t.index]++;
+				CHECK(t.index == (l - L0) * 2 / (NL - L0), "layer %d's experts on gpu:%d", l, t.index);
+			}
+		}
+	CHECK(on_gpu[0] == 3 && on_gpu[1] == 3, "two-gpu plan: %d and %d experts", on_gpu[0], on_gpu[1]);
 	uint64_t slot = 4 * sz.expert_bytes + 65536;
 	/* NUMA: experts spread over the nodes of a synthetic two-node machine (nothing is bound there, the node of
 	 * each expert is recorded), and over the nodes of this machine (bound where the kernel allows). */
@@ -594,6 +618,7 @@ int main(void)
 		{ "mixed", mixed, DSM_CACHE_PINNED, 10 * slot, 0, 0, 0, 1, NULL, 0, 0 },
 		{ "emulated gpu", gpu, DSM_CACHE_LRU, 0, 0, 0, 1, 1, NULL, 0, 0 },
 		{ "emulated gpu, DRAM experts of 8 tokens or more uploaded", gpu, DSM_CACHE_LRU, 0, 0, 0, 1, 0, NULL, 0, 8 },
+		{ "two emulated gpus", gpu2, DSM_CACHE_LRU, 0, 0, 0, 2, 0, NULL, 0, 0 },
 		{ "two NUMA nodes (synthetic)", two_nodes, DSM_CACHE_LRU, 10 * slot, 0, 0, 0, 1, numa2, 0, 0 },
 		{ "this machine's NUMA nodes", here_nodes, DSM_CACHE_LRU, 0, 0, 0, 0, 0, here, 0, 0 },
 	};
@@ -632,14 +657,14 @@ int main(void)
 	      "node past the topology's: %d %s", rc, dsm_errmsg());
 	no.topo = NULL;
 	no.plan = gpu;
-	no.gpu = emu;
+	no.gpu[0] = emu;
 	for (int i = 0; i < NL * E; i++)
 		if (gpu->expert[i].kind == DSM_TIER_GPU) {
 			gpu->expert[i].index = 1;
 			break;
 		}
 	rc = dsm_offload_open(&o, sm, &no);
-	CHECK(rc == DSM_EPLAN && strstr(dsm_errmsg(), "on gpu:1 but the emu backend is one device"), "gpu:1: %d %s", rc,
+	CHECK(rc == DSM_EPLAN && strstr(dsm_errmsg(), "on gpu:1 but 1 emu GPU is in use"), "gpu:1: %d %s", rc,
 	      dsm_errmsg());
 	for (int i = 0; i < NL * E; i++)
 		if (gpu->expert[i].kind == DSM_TIER_GPU)
@@ -651,7 +676,7 @@ int main(void)
 	struct dsm_backend *small;
 	eo.device_bytes = sz.expert_bytes;
 	CHECK(dsm_backend_create(&small, "emu", &eo) == 0, "small emu: %s", dsm_errmsg());
-	struct dsm_offload_opts oo = { .plan = gpu, .cpu = cpu, .gpu = small, .pool_flags = DSM_POOL_NO_LOCK };
+	struct dsm_offload_opts oo = { .plan = gpu, .cpu = cpu, .gpu = { small }, .pool_flags = DSM_POOL_NO_LOCK };
 	CHECK(dsm_offload_open(&o, sm, &oo) == DSM_ENOMEM && strstr(dsm_errmsg(), "device memory"), "device full: %s",
 	      dsm_errmsg());
 	struct dsm_emu_stats ss = { 0 };
@@ -669,12 +694,14 @@ int main(void)
 	dsm_plan_free(streamed);
 	dsm_plan_free(mixed);
 	dsm_plan_free(gpu);
+	dsm_plan_free(gpu2);
 	dsm_plan_free(two_nodes);
 	dsm_plan_free(here_nodes);
 	dsm_plan_free(mapped_streamed);
 	dsm_topo_close(numa2);
 	dsm_topo_close(here);
 	dsm_backend_destroy(emu);
+	dsm_backend_destroy(emu2);
 	dsm_backend_destroy(cpu);
 	dsm_store_model_free(sm_mapped);
 	dsm_store_model_free(sm);
