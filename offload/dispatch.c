@@ -37,6 +37,8 @@ struct gpu_dev {
 	struct dsm_backend *be;
 	struct dsm_queue *q;      /* NULL: the backend has no queues (its calls are synchronous) */
 	struct dsm_event *ev_start, *ev_done;
+	unsigned char *slab;      /* one allocation holding every expert of this GPU (weights and scales) */
+	size_t slab_used;
 	float *x, *y;             /* [rows, dim] the step's rows of this GPU's experts, on it */
 	size_t rows;
 	int pending;              /* its part of the step was submitted and not waited for */
@@ -202,8 +204,37 @@ static int load_resident(struct dsm_offload *o, struct dsm_pool *pool, int kind,
 	return rc < 0 ? rc : (int)slot;
 }
 
+#define ROUND256(n) (((size_t)(n) + 255) & ~(size_t)255)
+
+/* One device allocation per GPU for all its experts (a real model puts tens of thousands of tensors on a GPU:
+ * one cudaMalloc each would be slow to open and to free). Refused with the sizes when the device is full. */
+static int alloc_slabs(struct dsm_offload *o)
+{
+	size_t bytes[DSM_MAX_GPUS] = { 0 }, n[DSM_MAX_GPUS] = { 0 };
+	for (int l = o->first_moe; l < o->n_layers; l++)
+		for (int x = 0; x < o->n_experts; x++) {
+			struct expert_info *e = info(o, l, x);
+			if (e->tier.kind != DSM_TIER_GPU)
+				continue;
+			for (int j = 0; j < DSM_EXPERT_NPROJ; j++)
+				bytes[e->tier.index] += ROUND256(e->src->w[j].nbytes) + ROUND256(e->src->scale[j].nbytes);
+			n[e->tier.index]++;
+		}
+	for (int i = 0; i < o->n_gpus; i++) {
+		struct dsm_backend *g = o->gpu[i].be;
+		size_t free_bytes = 0, total = 0;
+		if (!bytes[i] || (o->gpu[i].slab = g->alloc(g, bytes[i])))
+			continue;
+		if (g->mem_info)
+			g->mem_info(g, &free_bytes, &total);
+		return dsm_fail(DSM_ENOMEM, "%s: device memory exhausted: the plan puts %zu experts (%zu bytes) on gpu:%d, "
+				"which has %zu of %zu bytes free", g->name, n[i], bytes[i], i, free_bytes, total);
+	}
+	return 0;
+}
+
 /* Uploads the gpu-tier experts that load_resident just read into host memory (those with host pointers) to
- * the gpu backend, and forgets their host copies. */
+ * their GPU's slab, and forgets their host copies. */
 static int upload_gpu(struct dsm_offload *o)
 {
 	for (int l = o->first_moe; l < o->n_layers; l++)
@@ -211,16 +242,15 @@ static int upload_gpu(struct dsm_offload *o)
 			struct expert_info *e = info(o, l, x);
 			if (e->tier.kind != DSM_TIER_GPU || !e->host[0])
 				continue;
-			struct dsm_backend *g = o->gpu[e->tier.index].be;
+			struct gpu_dev *d = &o->gpu[e->tier.index];
+			struct dsm_backend *g = d->be;
 			for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {
-				size_t nb = (size_t)e->src->w[j].nbytes;
-				size_t sb = (size_t)e->src->scale[j].nbytes, free_bytes = 0, total = 0;
-				if (!(e->dev[j] = g->alloc(g, nb)) || (sb && !(e->dev_scale[j] = g->alloc(g, sb)))) {
-					if (g->mem_info)
-						g->mem_info(g, &free_bytes, &total);
-					return dsm_fail(DSM_ENOMEM, "%s: device memory exhausted uploading layer %d expert %d (%zu "
-							"bytes; %zu of %zu bytes free): the plan puts more experts on the GPU than it "
-							"holds", g->name, l, x, nb + sb, free_bytes, total);
+				size_t nb = (size_t)e->src->w[j].nbytes, sb = (size_t)e->src->scale[j].nbytes;
+				e->dev[j] = d->slab + d->slab_used;
+				d->slab_used += ROUND256(nb);
+				if (sb) {
+					e->dev_scale[j] = d->slab + d->slab_used;
+					d->slab_used += ROUND256(sb);
 				}
 				int rc = g->copy_in(g, e->dev[j], e->host[j], nb);
 				if (rc == 0 && sb)
@@ -491,6 +521,10 @@ int dsm_offload_open(struct dsm_offload **out, const struct dsm_store_model *m, 
 		if ((rc = dsm_pool_init(&staging, slot_bytes, (unsigned)batch, opt->pool_flags | DSM_POOL_NO_LOCK,
 					opt->stream.io)) < 0)
 			goto err;
+		if ((rc = alloc_slabs(o)) < 0) {
+			dsm_pool_free(staging);
+			goto err;
+		}
 		for (uint64_t done = 0; done < o->n_tier[DSM_TIER_GPU] && rc >= 0; done += batch)
 			if ((rc = load_resident(o, staging, DSM_TIER_GPU, 0, done)) >= 0)
 				rc = upload_gpu(o);
@@ -574,14 +608,8 @@ void dsm_offload_close(struct dsm_offload *o)
 		}
 		g->free(g, d->x);
 		g->free(g, d->y);
+		g->free(g, d->slab);
 	}
-	for (size_t i = 0; o->ex && i < (size_t)o->n_layers * (size_t)o->n_experts; i++)
-		for (int j = 0; j < DSM_EXPERT_NPROJ; j++)
-			if (o->ex[i].tier.kind == DSM_TIER_GPU && o->ex[i].tier.index < o->n_gpus) {
-				struct dsm_backend *g = o->gpu[o->ex[i].tier.index].be;
-				g->free(g, o->ex[i].dev[j]);
-				g->free(g, o->ex[i].dev_scale[j]);
-			}
 	if (o->n_gpus) {
 		struct dsm_backend *g = o->gpu[0].be;
 		for (int j = 0; j < DSM_EXPERT_NPROJ; j++) {

@@ -41,7 +41,8 @@ static int expert_hotness(const struct dsm_store_model *m, const char *trace, do
 }
 
 /* The VRAM budget as dsm_plan_from_budgets counts it (FP8 weights only): on the device each expert also takes
- * its block scales and the allocation's rounding, and one expert's activations (in and out) are there too. */
+ * its block scales and the slab's rounding of each tensor to 256 bytes, and one expert's activations (in and
+ * out) are there too. */
 static uint64_t plan_vram(const struct dsm_store_model *m, const struct dsm_plan_sizes *sz, uint64_t vram,
 			  int64_t max_tokens)
 {
@@ -51,7 +52,7 @@ static uint64_t plan_vram(const struct dsm_store_model *m, const struct dsm_plan
 	const struct dsm_store_expert *e = dsm_store_expert(m, c->first_moe, 0);
 	uint64_t dev = 0;
 	for (int j = 0; j < DSM_EXPERT_NPROJ; j++)
-		dev += (e->w[j].nbytes + 63) / 64 * 64 + (e->scale[j].nbytes + 63) / 64 * 64;
+		dev += (e->w[j].nbytes + 255) / 256 * 256 + (e->scale[j].nbytes + 255) / 256 * 256;
 	uint64_t rows = (uint64_t)(max_tokens > 0 ? max_tokens : 128);
 	uint64_t act = 2 * ((rows * (uint64_t)c->hidden_size * sizeof(float) + 63) / 64 * 64);
 	if (vram <= act)
