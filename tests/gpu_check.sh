@@ -8,12 +8,12 @@ rm -rf "$run"
 "$top_srcdir/tools/gpu-check" --prepare "$top_builddir" "$run" || { echo "FAIL: --prepare"; exit 1; }
 [ -x "$run/gpu-check" ] && [ -x "$run/dsm-bench" ] && [ -x "$run/tests/test_cuda_ops" ] && [ -f "$run/lib/libdnnl.so.2" ] ||
 	{ echo "FAIL: the prepared folder misses programs or libraries"; ls -R "$run"; exit 1; }
-GPU_CHECK_BENCH_ARGS="--backend emu --size-gb 0.05 --tokens 4 --prompt 16" "$run/gpu-check" "$run" >"$run.out" 2>&1
+GPU_CHECK_BENCH_ARGS="--backend emu --presets tiny --no-speed" "$run/gpu-check" "$run" >"$run.out" 2>&1
 rc=$?
 cat "$run.out"
 [ $rc -eq 0 ] || { echo "FAIL: gpu-check exited $rc"; exit 1; }
 grep -q "^test_cuda_math  *PASS" "$run.out" && grep -q "^test_cuda_ops  *SKIP" "$run.out" &&
-	grep -q "^dsm-bench-gpu  *PASS" "$run.out" && grep -q "^logits small PASS" "$run.out" ||
+	grep -q "^dsm-bench-gpu  *PASS" "$run.out" && grep -q "^logits tiny  PASS" "$run.out" ||
 	{ echo "FAIL: the table is not what a run without a GPU gives"; exit 1; }
 rm -rf "$run" "$run.out"
 echo "ok: tools/gpu-check --prepare and its run (emu)"

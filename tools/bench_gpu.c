@@ -376,24 +376,26 @@ static void usage(FILE *f)
 		"  --size-gb X      routed experts of the speed preset (default: half the device's free memory, at most\n"
 		"                   a third of the usable DRAM); real matrix shapes from 24 GB, else the small preset's\n"
 		"  --tokens N       decoded tokens per speed run (default 16); --prompt N: prefill tokens (default 256)\n"
+		"  --presets LIST   the presets of the logits check (default tiny,small)\n"
 		"  --no-speed       the device and the logits only\n");
 }
 
 int bench_gpu_main(int argc, char **argv)
 {
-	enum { OPT_BACKEND = 1, OPT_DIR, OPT_SIZE, OPT_TOKENS, OPT_PROMPT, OPT_NO_SPEED, OPT_JSON, OPT_HELP };
+	enum { OPT_BACKEND = 1, OPT_DIR, OPT_SIZE, OPT_TOKENS, OPT_PROMPT, OPT_NO_SPEED, OPT_JSON, OPT_HELP, OPT_PRESETS };
 	static const struct option own[] = {
 		{ "backend", required_argument, NULL, OPT_BACKEND }, { "dir", required_argument, NULL, OPT_DIR },
 		{ "size-gb", required_argument, NULL, OPT_SIZE }, { "tokens", required_argument, NULL, OPT_TOKENS },
 		{ "prompt", required_argument, NULL, OPT_PROMPT }, { "no-speed", no_argument, NULL, OPT_NO_SPEED },
-		{ "json", no_argument, NULL, OPT_JSON }, { "help", no_argument, NULL, OPT_HELP }, { NULL, 0, NULL, 0 },
+		{ "json", no_argument, NULL, OPT_JSON }, { "help", no_argument, NULL, OPT_HELP },
+		{ "presets", required_argument, NULL, OPT_PRESETS }, { NULL, 0, NULL, 0 },
 	};
 #ifdef DSM_HAVE_CUDA
 	const char *backend = "cuda";
 #else
 	const char *backend = "emu";
 #endif
-	const char *root = "gpu-models";
+	const char *root = "gpu-models", *presets = "tiny,small";
 	double size_gb = 0;
 	int tokens = 16, n_prompt = 256, speed = 1, json = 0, ch;
 	struct dsm_engine_options eo;
@@ -410,6 +412,7 @@ int bench_gpu_main(int argc, char **argv)
 		case OPT_TOKENS: tokens = (int)strtol(optarg, &end, 10); break;
 		case OPT_PROMPT: n_prompt = (int)strtol(optarg, &end, 10); break;
 		case OPT_NO_SPEED: speed = 0; break;
+		case OPT_PRESETS: presets = optarg; break;
 		case OPT_JSON: json = 1; break;
 		case OPT_HELP: usage(stdout); free(opts); return 0;
 		default: usage(stderr); free(opts); return 2;
@@ -446,22 +449,31 @@ int bench_gpu_main(int argc, char **argv)
 	cJSON_AddNumberToObject(jd, "h2d_gbs", dev.h2d_gbs);
 
 	cJSON *jl = cJSON_AddArrayToObject(doc, "logits");
-	const char *presets[] = { "tiny", "small" };
-	for (int i = 0; i < 2; i++) {
+	for (const char *p = presets; *p;) {
+		char preset[32];
+		size_t len = strcspn(p, ",");
+		snprintf(preset, sizeof preset, "%.*s", (int)(len < sizeof preset ? len : sizeof preset - 1), p);
+		p += len + (p[len] == ',');
 		struct logits_result lr;
-		if ((rc = check_logits(root, presets[i], backend, &eo, &lr)) < 0) {
-			fprintf(stderr, "dsm-bench gpu: logits of %s: %s\n", presets[i], dsm_errmsg());
+		if (!mkmodel_preset(preset) || mkmodel_preset(preset)->sparse) {
+			fprintf(stderr, "dsm-bench gpu: --presets: '%s' is not a preset with data (tiny, small, mid, ...)\n",
+				preset);
+			status = 1;
+			continue;
+		}
+		if ((rc = check_logits(root, preset, backend, &eo, &lr)) < 0) {
+			fprintf(stderr, "dsm-bench gpu: logits of %s: %s\n", preset, dsm_errmsg());
 			status = 1;
 			continue;
 		}
 		int ok = lr.nmse_max <= lr.limit && lr.gpu_experts > 0 && lr.shared_gpu > 0;
 		status |= !ok;
 		printf("logits %-5s %s: NMSE max %.3g (limit %.0e) over %lld positions; greedy: %d of %d tokens the same; "
-		       "%llu experts and %llu shared-expert runs on the gpu\n", presets[i], ok ? "PASS" : "FAIL", lr.nmse_max,
+		       "%llu experts and %llu shared-expert runs on the gpu\n", preset, ok ? "PASS" : "FAIL", lr.nmse_max,
 		       lr.limit, (long long)lr.positions, lr.agree, lr.tokens, (unsigned long long)lr.gpu_experts,
 		       (unsigned long long)lr.shared_gpu);
 		cJSON *j = cJSON_CreateObject();
-		cJSON_AddStringToObject(j, "preset", presets[i]);
+		cJSON_AddStringToObject(j, "preset", preset);
 		cJSON_AddBoolToObject(j, "pass", ok);
 		cJSON_AddNumberToObject(j, "nmse_max", lr.nmse_max);
 		cJSON_AddNumberToObject(j, "limit", lr.limit);
