@@ -435,8 +435,7 @@ static int emu_supports(const struct dsm_backend *be, enum dsm_op op, enum dsm_d
 }
 
 /* Device memory is host memory here, so a host pointer given to the device would work, and a bug that crashes a
- * real GPU would pass in CI. So every copy and the ops of the hybrid step check their pointers against the
- * live allocations. */
+ * real GPU would pass in CI. So every copy and every op checks its pointers against the live allocations. */
 static size_t range_at(const struct emu_backend *eb, uintptr_t p) /* the first range with lo > p */
 {
 	size_t a = 0, b = eb->n_ranges;
@@ -682,6 +681,17 @@ static int emu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t
 
 static int emu_matmul_heads(struct dsm_backend *be, const struct dsm_matmul_heads_args *a)
 {
+	const struct emu_backend *eb = emu_of(be);
+	int64_t in = a->transposed ? a->head_rows : a->w->cols, out = a->transposed ? a->w->cols : a->head_rows;
+	int rc = check_mat(eb, a->w, "matmul_heads");
+	if (rc == 0 && a->n > 0 && a->n_heads > 0)
+		rc = check_dev(eb, a->x, sizeof(float) * (size_t)((a->n - 1) * a->ldx + (a->n_heads - 1) * a->x_head + in),
+			       "matmul_heads", "input");
+	if (rc == 0 && a->n > 0 && a->n_heads > 0)
+		rc = check_dev(eb, a->y, sizeof(float) * (size_t)((a->n - 1) * a->ldy + (a->n_heads - 1) * a->y_head + out),
+			       "matmul_heads", "output");
+	if (rc < 0)
+		return rc;
 	QUEUE_OR_RUN(emu_of(be), DSM_OP_MATMUL_HEADS, j, (j->w = *a->w, j->a.heads = *a, j->a.heads.w = &j->w));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->matmul_heads(c, a);
@@ -703,6 +713,12 @@ static int emu_ffn(struct dsm_backend *be, const struct dsm_ffn_weights *w, int6
 static int emu_rmsnorm(struct dsm_backend *be, int64_t n, int64_t d, const float *x, int64_t ldx, const float *w,
 		       float eps, float *y)
 {
+	const struct emu_backend *eb = emu_of(be);
+	int rc = n > 0 ? check_dev(eb, x, sizeof(float) * (size_t)((n - 1) * ldx + d), "rmsnorm", "input") : 0;
+	if (rc == 0 && (rc = check_dev(eb, w, sizeof(float) * (size_t)d, "rmsnorm", "weight")) == 0)
+		rc = check_dev(eb, y, sizeof(float) * (size_t)(n * d), "rmsnorm", "output");
+	if (rc < 0)
+		return rc;
 	QUEUE_OR_RUN(emu_of(be), DSM_OP_RMSNORM, j, (j->n = n, j->d = d, j->x = x, j->ldx = ldx, j->wv = w, j->eps = eps, j->y = y));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->rmsnorm(c, n, d, x, ldx, w, eps, y);
@@ -711,6 +727,14 @@ static int emu_rmsnorm(struct dsm_backend *be, int64_t n, int64_t d, const float
 static int emu_layernorm(struct dsm_backend *be, int64_t n, int64_t d, const float *x, const float *w,
 			 const float *b, float eps, float *y)
 {
+	const struct emu_backend *eb = emu_of(be);
+	size_t bytes = sizeof(float) * (size_t)(n * d);
+	int rc = check_dev(eb, x, bytes, "layernorm", "input");
+	if (rc == 0 && (rc = check_dev(eb, w, sizeof(float) * (size_t)d, "layernorm", "weight")) == 0 &&
+	    (rc = check_dev(eb, b, sizeof(float) * (size_t)d, "layernorm", "bias")) == 0)
+		rc = check_dev(eb, y, bytes, "layernorm", "output");
+	if (rc < 0)
+		return rc;
 	QUEUE_OR_RUN(emu_of(be), DSM_OP_LAYERNORM, j, (j->n = n, j->d = d, j->x = x, j->wv = w, j->b = b, j->eps = eps, j->y = y));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->layernorm(c, n, d, x, w, b, eps, y);
@@ -719,6 +743,14 @@ static int emu_layernorm(struct dsm_backend *be, int64_t n, int64_t d, const flo
 static int emu_rope(struct dsm_backend *be, int64_t n, int64_t n_heads, int64_t dim, float *x, int64_t ldx,
 		    int64_t ldh, const float *cos, const float *sin, int interleaved)
 {
+	const struct emu_backend *eb = emu_of(be);
+	size_t tab = sizeof(float) * (size_t)(n * (dim / 2));
+	int rc = n > 0 && n_heads > 0 ?
+		check_dev(eb, x, sizeof(float) * (size_t)((n - 1) * ldx + (n_heads - 1) * ldh + dim), "rope", "vectors") : 0;
+	if (rc == 0 && (rc = check_dev(eb, cos, tab, "rope", "cos table")) == 0)
+		rc = check_dev(eb, sin, tab, "rope", "sin table");
+	if (rc < 0)
+		return rc;
 	QUEUE_OR_RUN(emu_of(be), DSM_OP_ROPE, j, (j->n = n, j->n_heads = n_heads, j->d = dim, j->y = x, j->ldx = ldx, j->ldh = ldh,
 				     j->cos = cos, j->sin = sin, j->interleaved = interleaved));
 	struct dsm_backend *c = cpu_of_emu(be);
@@ -727,14 +759,45 @@ static int emu_rope(struct dsm_backend *be, int64_t n, int64_t n_heads, int64_t 
 
 static int emu_hadamard(struct dsm_backend *be, int64_t n, int64_t d, float *x)
 {
+	int rc = check_dev(emu_of(be), x, sizeof(float) * (size_t)(n * d), "hadamard", "vectors");
+	if (rc < 0)
+		return rc;
 	QUEUE_OR_RUN(emu_of(be), DSM_OP_HADAMARD, j, (j->n = n, j->d = d, j->y = x));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->hadamard(c, n, d, x);
 }
 
+/* attn_full's operands: its data on the device (the mask table is the caller's host table, its lists on the
+ * device). */
+static int check_attn_full(const struct emu_backend *eb, const struct dsm_attn_full_args *a)
+{
+	const char *op = "attn_full";
+	if (a->n_q <= 0)
+		return 0;
+	int rc = check_dev(eb, a->n_keys, sizeof(int64_t) * (size_t)a->n_q, op, "key counts");
+	int64_t keys = 0;
+	for (int64_t t = 0; t < a->n_q && rc == 0; t++) {
+		keys = a->n_keys[t] > keys ? a->n_keys[t] : keys;
+		if (a->mask && a->mask[t].sel)
+			rc = check_dev(eb, a->mask[t].sel, sizeof(int32_t) * (size_t)a->mask[t].n_sel, op, "key list");
+	}
+	if (rc == 0)
+		rc = check_dev(eb, a->q, sizeof(float) * (size_t)((a->n_q - 1) * a->ldq + a->dn + a->dr), op, "queries");
+	if (rc == 0)
+		rc = check_dev(eb, a->kv, sizeof(float) * (size_t)(keys * (a->dn + a->dv)), op, "keys and values");
+	if (rc == 0)
+		rc = check_dev(eb, a->k_pe, sizeof(float) * (size_t)(keys * a->dr), op, "rope keys");
+	if (rc == 0)
+		rc = check_dev(eb, a->out, sizeof(float) * (size_t)((a->n_q - 1) * a->ldo + a->dv), op, "output");
+	return rc;
+}
+
 static int emu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a)
 {
 	struct emu_backend *eb = emu_of(be);
+	int rc = check_attn_full(eb, a);
+	if (rc < 0)
+		return rc;
 	if (eb->cur) {
 		struct emu_job *j = new_op(DSM_OP_ATTN_FULL);
 		if (!j)
@@ -756,6 +819,22 @@ static int emu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args
 
 static int emu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a)
 {
+	const struct emu_backend *eb = emu_of(be);
+	const char *op = "attn_latent";
+	size_t es = dsm_dtype_size(a->cache_dtype), hr = sizeof(float) * (size_t)(a->n_heads * a->r);
+	int rc = check_dev(eb, a->q_lat, hr, op, "latent queries");
+	if (rc == 0)
+		rc = check_dev(eb, a->q_pe, sizeof(float) * (size_t)(a->n_heads * a->dr), op, "rope queries");
+	if (rc == 0)
+		rc = check_dev(eb, a->c, es * (size_t)(a->n_keys * a->r), op, "latent cache");
+	if (rc == 0)
+		rc = check_dev(eb, a->k_pe, es * (size_t)(a->n_keys * a->dr), op, "rope key cache");
+	if (rc == 0 && a->mask.sel)
+		rc = check_dev(eb, a->mask.sel, sizeof(int32_t) * (size_t)a->mask.n_sel, op, "key list");
+	if (rc == 0)
+		rc = check_dev(eb, a->o_lat, hr, op, "output");
+	if (rc < 0)
+		return rc;
 	QUEUE_OR_RUN(emu_of(be), DSM_OP_ATTN_LATENT, j, (j->a.latent = *a));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->attn_latent(c, a);
@@ -764,6 +843,14 @@ static int emu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_
 static int emu_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q, const float *w,
 			      const float *k, int64_t n_keys, float *out)
 {
+	const struct emu_backend *eb = emu_of(be);
+	const char *op = "indexer_scores";
+	int rc = check_dev(eb, q, sizeof(float) * (size_t)(n_heads * d), op, "queries");
+	if (rc == 0 && (rc = check_dev(eb, w, sizeof(float) * (size_t)n_heads, op, "head weights")) == 0 &&
+	    (rc = check_dev(eb, k, sizeof(float) * (size_t)(n_keys * d), op, "keys")) == 0)
+		rc = check_dev(eb, out, sizeof(float) * (size_t)n_keys, op, "scores");
+	if (rc < 0)
+		return rc;
 	QUEUE_OR_RUN(emu_of(be), DSM_OP_INDEXER_SCORES, j, (j->n_heads = n_heads, j->d = d, j->x = q, j->wv = w, j->keys = k, j->n = n_keys,
 				     j->y = out));
 	struct dsm_backend *c = cpu_of_emu(be);
@@ -772,6 +859,12 @@ static int emu_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d
 
 static int emu_topk(struct dsm_backend *be, const float *x, int64_t n, int64_t k, int32_t *idx)
 {
+	const struct emu_backend *eb = emu_of(be);
+	int rc = check_dev(eb, x, sizeof(float) * (size_t)n, "topk", "values");
+	if (rc == 0)
+		rc = check_dev(eb, idx, sizeof(int32_t) * (size_t)k, "topk", "positions");
+	if (rc < 0)
+		return rc;
 	QUEUE_OR_RUN(emu_of(be), DSM_OP_TOPK, j, (j->x = x, j->n = n, j->k = k, j->idx = idx));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->topk(c, x, n, k, idx);
@@ -779,6 +872,14 @@ static int emu_topk(struct dsm_backend *be, const float *x, int64_t n, int64_t k
 
 static int emu_route(struct dsm_backend *be, const struct dsm_route_args *a)
 {
+	const struct emu_backend *eb = emu_of(be);
+	size_t tk = (size_t)(a->n_tokens * a->top_k);
+	int rc = check_dev(eb, a->logits, sizeof(float) * (size_t)(a->n_tokens * a->n_experts), "route", "logits");
+	if (rc == 0 && (!a->bias || (rc = check_dev(eb, a->bias, sizeof(float) * (size_t)a->n_experts, "route", "bias")) == 0) &&
+	    (rc = check_dev(eb, a->idx, sizeof(int32_t) * tk, "route", "experts")) == 0)
+		rc = check_dev(eb, a->weight, sizeof(float) * tk, "route", "weights");
+	if (rc < 0)
+		return rc;
 	QUEUE_OR_RUN(emu_of(be), DSM_OP_ROUTE, j, (j->a.route = *a));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->route(c, a);

@@ -12,8 +12,8 @@
  * thread count. Pinned host memory is plain aligned memory.
  *
  * Host memory given to the device is refused (a real GPU would fault, the emu would not notice): copies check
- * their direction against the live allocations, and matmul, matmul_t and ffn that every operand is device
- * memory (DSM_EARG naming the op and the operand). */
+ * their direction against the live allocations, and every op that each of its data operands is device memory
+ * (DSM_EARG naming the op and the operand; attn_full's mask table stays the caller's host table). */
 #ifndef DSM_EMU_BACKEND_H
 #define DSM_EMU_BACKEND_H
 
