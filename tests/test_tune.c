@@ -286,6 +286,44 @@ static void test_planner(void)
 		dsm_plan_free(p);
 	}
 
+	/* Two GPUs and two MoE layers: each GPU holds the hottest experts of its layer (layer 1 on gpu:0, layer 2 on
+	 * gpu:1), two each; the simulation reads them at both GPUs' rates. */
+	struct tune_model m2;
+	small_model(&m2, 3, 1, 6, 1);
+	uint16_t ch2[2 * 21];
+	for (int i = 0; i < 21; i++)
+		ch2[2 * i] = ch2[2 * i + 1] = ch[i];
+	struct tune_trace t2;
+	make_trace(&t2, &m2, 21, ch2);
+	hw.n_gpus = 2;
+	hw.gpu[1] = hw.gpu[0];
+	struct tune_plan_opts o4 = { .vram_budget = 2000000, .dram_budget = 20000000, .batch = 1, .trace = &t2 };
+	rc = tune_plan(&p, &m2, &hw, &o4, &r);
+	CHECK(rc == 0, "plan 2 gpus: %s", dsm_errmsg());
+	if (rc == 0) {
+		for (int l = 1; l <= 2; l++)
+			for (int e = 0; e < 6; e++) {
+				struct dsm_tier tr = dsm_plan_expert_tier(p, l, e);
+				int hot = e == 4 || e == 1;
+				CHECK(hot ? tr.kind == DSM_TIER_GPU && tr.index == l - 1 : tr.kind != DSM_TIER_GPU,
+				      "2 gpus: layer %d expert %d on tier %d:%d", l, e, tr.kind, tr.index);
+			}
+		CHECK(r.tokens_per_second > 0 && r.uses[TUNE_T_GPU] > 0, "2 gpus: no prediction");
+		dsm_plan_free(p);
+		tune_sim_result_free(&r);
+	}
+	hw.n_gpus = 1;
+	/* A plan naming a GPU the hardware lacks is refused by the simulation. */
+	struct dsm_plan *bad;
+	CHECK(dsm_plan_uniform(&bad, &m2.shape, (struct dsm_tier){ DSM_TIER_DRAM, 0 }, (struct dsm_tier){ DSM_TIER_GPU, 1 }) == 0,
+	      "uniform plan");
+	struct tune_sim_opts so = { .policy = -1, .batch = 1 };
+	rc = tune_simulate(&m2, bad, &hw, &t2, &so, &r);
+	CHECK(rc == DSM_EARG && strstr(dsm_errmsg(), "on gpu:1 but test-hw describes 1 GPU"), "gpu:1 on one GPU: %d %s", rc,
+	      dsm_errmsg());
+	dsm_plan_free(bad);
+	tune_trace_free(&t2);
+
 	/* A budget too small for the non-expert weights: refused, sizes in MB. */
 	struct tune_plan_opts o3 = { .dram_budget = 5000000, .batch = 1, .trace = &t };
 	rc = tune_plan(&p, &m, &hw2, &o3, NULL);

@@ -1,5 +1,5 @@
 /* dsm-tune plan (docs/tune.md, "The planner"): experts ordered by expected uses per token (a trace's counts,
- * else the router's bias), the GPU filled first, then DRAM (spread over the NUMA nodes so that each node's
+ * else the router's bias), the GPUs filled first (each with the experts of its range of MoE layers), then DRAM (spread over the NUMA nodes so that each node's
  * expected work matches its cores' rate), the rest streamed; the split of DRAM between resident experts and
  * the expert cache, and the cache policy, are chosen by simulating each candidate on the trace (or on a trace
  * drawn from the bias) and keeping the fastest. Every expert costs the same bytes, so ordering by expected
@@ -113,13 +113,17 @@ int tune_plan(struct dsm_plan **out, const struct tune_model *m, const struct tu
 	uint64_t dram_total = 0;
 	for (int j = 0; j < hw->n_nodes; j++)
 		dram_total += hw->node[j].dram_bytes;
-	uint64_t vram = 0, dram = o->dram_budget ? o->dram_budget : dram_total / 10 * 9;
-	if (hw->n_gpus) {
-		vram = o->vram_budget ? o->vram_budget : hw->gpu[0].memory_bytes / 10 * 9;
-		if (vram > hw->gpu[0].memory_bytes)
-			return dsm_fail(DSM_EARG, "--vram-budget %s is more than gpus[0].memory_bytes of %s (%s)",
-					tune_bytes(vram, a, sizeof a), hw->source, tune_bytes(hw->gpu[0].memory_bytes, b, sizeof b));
-	} else if (o->vram_budget) {
+	/* vram: gpu:0's budget; gpu_vram[i]: each GPU's (--vram-budget is each GPU's, as in dsm-run) */
+	uint64_t vram = 0, dram = o->dram_budget ? o->dram_budget : dram_total / 10 * 9, gpu_vram[TUNE_MAX_GPUS] = { 0 };
+	for (int i = 0; i < hw->n_gpus; i++) {
+		gpu_vram[i] = o->vram_budget ? o->vram_budget : hw->gpu[i].memory_bytes / 10 * 9;
+		if (gpu_vram[i] > hw->gpu[i].memory_bytes)
+			return dsm_fail(DSM_EARG, "--vram-budget %s is more than gpus[%d].memory_bytes of %s (%s)",
+					tune_bytes(gpu_vram[i], a, sizeof a), i, hw->source,
+					tune_bytes(hw->gpu[i].memory_bytes, b, sizeof b));
+	}
+	vram = gpu_vram[0];
+	if (!hw->n_gpus && o->vram_budget) {
 		return dsm_fail(DSM_EARG, "--vram-budget given but %s describes no GPU (gpus is empty)", hw->source);
 	}
 	if (dram > dram_total)
@@ -172,7 +176,10 @@ int tune_plan(struct dsm_plan **out, const struct tune_model *m, const struct tu
 			if ((rc = dsm_plan_uniform(&p, s, ne_tier, (struct dsm_tier){ DSM_TIER_NVME, 0 })) < 0)
 				goto out;
 			uint64_t cache = buffers + (uint64_t)((double)(dram - buffers) * cache_share[ci]);
-			uint64_t g = vram / m->expert_bytes, d = (dram - cache) / m->expert_bytes;
+			/* Each GPU holds the hottest experts of its range of MoE layers (as dsm_plan_from_budgets splits them). */
+			uint64_t g[TUNE_MAX_GPUS], d = (dram - cache) / m->expert_bytes;
+			for (int gi = 0; gi < hw->n_gpus; gi++)
+				g[gi] = (gi ? gpu_vram[gi] : vram) / m->expert_bytes;
 			uint64_t node_left[TUNE_MAX_NODES];
 			double load[TUNE_MAX_NODES] = { 0 };
 			for (int j = 0; j < hw->n_nodes; j++)
@@ -183,9 +190,10 @@ int tune_plan(struct dsm_plan **out, const struct tune_model *m, const struct tu
 			uint64_t nvme_left = 0;
 			for (int i = 0; i < n; i++) {
 				struct dsm_tier *t = &p->expert[order[i]];
-				if (g) {
-					*t = (struct dsm_tier){ DSM_TIER_GPU, 0 };
-					g--;
+				int gi = hw->n_gpus ? (int)((int64_t)(order[i] / E - s->first_moe) * hw->n_gpus / (L - s->first_moe)) : 0;
+				if (hw->n_gpus && g[gi]) {
+					*t = (struct dsm_tier){ DSM_TIER_GPU, (uint8_t)gi };
+					g[gi]--;
 					continue;
 				}
 				int bestj = -1;

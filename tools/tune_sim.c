@@ -195,8 +195,13 @@ int tune_simulate(const struct tune_model *m, const struct dsm_plan *p, const st
 	uint64_t steps = (tokens + (uint64_t)B - 1) / (uint64_t)B;
 	int gpu_used = 0;
 	for (int l = s->first_moe; l < L; l++)
-		for (int e = 0; e < E; e++)
-			gpu_used |= dsm_plan_expert_tier(p, l, e).kind == DSM_TIER_GPU;
+		for (int e = 0; e < E; e++) {
+			struct dsm_tier tier = dsm_plan_expert_tier(p, l, e);
+			gpu_used |= tier.kind == DSM_TIER_GPU;
+			if (tier.kind == DSM_TIER_GPU && hw->n_gpus && tier.index >= hw->n_gpus)
+				return dsm_fail(DSM_EARG, "the plan puts layer %d expert %d on gpu:%d but %s describes %d GPU%s", l,
+						e, tier.index, hw->source, hw->n_gpus, hw->n_gpus == 1 ? "" : "s");
+		}
 	for (int k = 0; k < DSM_KIND_COUNT; k++)
 		gpu_used |= k != DSM_KIND_ROUTED && k != DSM_KIND_MTP && p->non_expert[k].kind == DSM_TIER_GPU;
 	if (gpu_used && hw->n_gpus == 0)
@@ -268,6 +273,10 @@ int tune_simulate(const struct tune_model *m, const struct dsm_plan *p, const st
 	double ne_step = ne_bytes / (ne_rate * 1e9);
 	double ne_layer = ne_step / L;
 	double nvme = tune_nvme_gbs(hw) * 1e9, gpu_bw = hw->n_gpus ? hw->gpu[0].read_gbs * 1e9 : 1;
+	double gpu_dev[TUNE_MAX_GPUS], gpus_bw = 0; /* the GPUs' bandwidth together, for the bound */
+	for (int i = 0; i < hw->n_gpus; i++)
+		gpus_bw += hw->gpu[i].read_gbs * 1e9;
+	gpus_bw = gpus_bw > 0 ? gpus_bw : 1;
 	double dram_bw = 0;
 	for (int j = 0; j < hw->n_nodes; j++)
 		dram_bw += hw->node[j].dram_gbs * 1e9;
@@ -284,12 +293,15 @@ int tune_simulate(const struct tune_model *m, const struct dsm_plan *p, const st
 			int n = step_union(t, l, t0, t1, mark, ++stamp, u, cnt);
 			double gpu_t = 0, io_t = 0, b_gpu = 0, b_dram = 0, b_nvme = 0;
 			memset(cpu_node, 0, sizeof(double) * (size_t)hw->n_nodes);
+			memset(gpu_dev, 0, sizeof gpu_dev);
 			for (int i = 0; i < n; i++) {
 				struct dsm_tier tier = dsm_plan_expert_tier(p, l, u[i]);
 				int j = tier.kind == DSM_TIER_DRAM && tier.index < hw->n_nodes ? tier.index : 0;
 				double cpu = eb / (tune_cpu_rate(hw, j, cnt[u[i]]) * 1e9);
 				if (tier.kind == DSM_TIER_GPU) {
-					gpu_t += eb / gpu_bw;
+					/* each GPU reads its own experts; the GPUs work at once */
+					gpu_dev[tier.index] += eb / (hw->gpu[tier.index].read_gbs * 1e9);
+					gpu_t = gpu_dev[tier.index] > gpu_t ? gpu_dev[tier.index] : gpu_t;
 					b_gpu += eb;
 					ly->uses[TUNE_T_GPU]++;
 				} else if (tier.kind != DSM_TIER_NVME) {
@@ -320,7 +332,7 @@ int tune_simulate(const struct tune_model *m, const struct dsm_plan *p, const st
 			r->io_wait_seconds += wait;
 			r->overhead_seconds += hw->step_overhead_s;
 			prev_cpu = cpu_t;
-			step_gpu += b_gpu / gpu_bw, step_dram += b_dram / dram_bw, step_nvme += nvme > 0 ? b_nvme / nvme : 0;
+			step_gpu += b_gpu / gpus_bw, step_dram += b_dram / dram_bw, step_nvme += nvme > 0 ? b_nvme / nvme : 0;
 		}
 		/* The tiers overlapped over the whole step. */
 		bound_seconds += step_gpu > step_dram ? (step_gpu > step_nvme ? step_gpu : step_nvme)
