@@ -393,6 +393,20 @@ static void run_case(const struct config_case *cc, struct step_data *steps, floa
 			CHECK(memcmp(y, want[s], sizeof(float) * (size_t)(d->n * D)) == 0, "%s: step %d (round %d): output "
 			      "differs from the plain loop", cc->name, s, round);
 		}
+	if (cc->gpu == 1 && !cc->upload) {
+		/* A GPU op that fails inside the queue (a device fault): the step fails with its message, and the next
+		 * step, on the same store, is right again. */
+		const struct step_data *d = &steps[STEPS - 1];
+		struct dsm_moe_step ms = { .layer = d->layer, .n_tokens = d->n, .top_k = K, .idx = d->idx, .weight = d->w,
+			.x = d->x, .y = y };
+		dsm_emu_fail_op(emu, 1);
+		rc = dsm_offload_moe(o, &ms);
+		dsm_emu_fail_op(emu, 0);
+		CHECK(rc == DSM_EIO && strstr(dsm_errmsg(), "injected failure"), "%s: a failing GPU op: %d %s", cc->name, rc,
+		      dsm_errmsg());
+		CHECK(dsm_offload_moe(o, &ms) == 0 && memcmp(y, want[STEPS - 1], sizeof(float) * (size_t)(d->n * D)) == 0,
+		      "%s: the step after a GPU failure: %s", cc->name, dsm_errmsg());
+	}
 	struct dsm_offload_stats st;
 	dsm_offload_get_stats(o, &st);
 	uint64_t n[DSM_TIER_KINDS] = { [DSM_TIER_MAPPED] = (uint64_t)((NL - L0) * E) };

@@ -48,6 +48,7 @@ struct emu_job {
 		struct dsm_route_args route;
 	} a;
 	struct dsm_attn_mask *mask;             /* owned copy of attn_full's mask table */
+	int injected;                           /* fails (dsm_emu_fail_op) */
 };
 
 struct dsm_queue {
@@ -77,6 +78,7 @@ struct emu_backend {
 	struct dsm_backend_options opts;
 	int64_t reserve[3];     /* the largest reserve asked for, for queues created later */
 	struct dsm_queue *queues, *cur;
+	int fail_in;            /* dsm_emu_fail_op: the fail_in-th next queued op fails (0: none) */
 	struct emu_range { uintptr_t lo, hi; } *ranges; /* the live allocations, by address */
 	size_t n_ranges, cap_ranges;
 	pthread_mutex_t mu;     /* guards the queues, their jobs and the events */
@@ -132,6 +134,8 @@ static int run_job(struct dsm_queue *q, struct emu_job *j)
 			memcpy(j->dst, j->src, j->bytes);
 		return 0;
 	}
+	if (j->injected)
+		return dsm_fail(DSM_EIO, "emu: injected failure of a queued op (dsm_emu_fail_op)");
 	return run_op(q->cpu, j);
 }
 
@@ -222,11 +226,14 @@ static struct emu_job *new_job(enum job_kind kind)
 	return j;
 }
 
-static struct emu_job *new_op(enum dsm_op op)
+/* A queued op; the one dsm_emu_fail_op chose fails when its queue runs it. */
+static struct emu_job *new_op(struct emu_backend *eb, enum dsm_op op)
 {
 	struct emu_job *j = new_job(JOB_OP);
-	if (j)
+	if (j) {
 		j->op = op;
+		j->injected = eb->fail_in > 0 && --eb->fail_in == 0;
+	}
 	return j;
 }
 
@@ -403,6 +410,11 @@ static int emu_sync(struct dsm_backend *be)
 	}
 	pthread_mutex_unlock(&eb->mu);
 	return rc;
+}
+
+void dsm_emu_fail_op(struct dsm_backend *be, int n)
+{
+	emu_of(be)->fail_in = n;
 }
 
 void dsm_emu_queue_hold(struct dsm_backend *be, struct dsm_queue *q, int hold)
@@ -639,7 +651,7 @@ static int emu_reserve(struct dsm_backend *be, int64_t max_keys, int64_t n_heads
 
 #define QUEUE_OR_RUN(eb, op, j, fill) do { \
 	if ((eb)->cur) { \
-		struct emu_job *j = new_op(op); \
+		struct emu_job *j = new_op((eb), op); \
 		if (!j) \
 			return dsm_fail(DSM_ENOMEM, "out of memory"); \
 		fill; \
@@ -799,7 +811,7 @@ static int emu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args
 	if (rc < 0)
 		return rc;
 	if (eb->cur) {
-		struct emu_job *j = new_op(DSM_OP_ATTN_FULL);
+		struct emu_job *j = new_op(eb, DSM_OP_ATTN_FULL);
 		if (!j)
 			return dsm_fail(DSM_ENOMEM, "out of memory");
 		j->a.full = *a;

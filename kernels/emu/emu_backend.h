@@ -40,5 +40,8 @@ int dsm_emu_get_stats(const struct dsm_backend *be, struct dsm_emu_stats *s);
 /* Pauses (hold = 1) or resumes queue q of emu backend be: a paused queue starts no job, so that tests can
  * check what waits for what. */
 void dsm_emu_queue_hold(struct dsm_backend *be, struct dsm_queue *q, int hold);
+/* The n-th op submitted to a queue from now on fails when the queue runs it (DSM_EIO), as a device fault would
+ * (n <= 0: none): for tests of the callers' error paths. */
+void dsm_emu_fail_op(struct dsm_backend *be, int n);
 
 #endif
