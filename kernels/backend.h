@@ -165,7 +165,7 @@ struct dsm_backend {
 
 	/* Device memory (optional: NULL on host backends, whose ops take host pointers). */
 	void *(*alloc)(struct dsm_backend *be, size_t bytes);
-	void (*free)(struct dsm_backend *be, void *p);
+	void (*free)(struct dsm_backend *be, void *p); /* accepts NULL */
 	int (*copy_in)(struct dsm_backend *be, void *dst, const void *src, size_t bytes);
 	int (*copy_out)(struct dsm_backend *be, void *dst, const void *src, size_t bytes);
 	/* Device memory to device memory (on the current queue when there is one). */
