@@ -1069,8 +1069,10 @@ static int upload_threshold(struct dsm_offload *o)
 	double bc = (c64 - c16) / 48, ac = c16 - 16 * bc, bg = (g64 - g16) / 48, ag = g16 - 16 * bg;
 	o->upload_min = 0;
 	if (bc > bg) {
+		/* At least 2: an expert of one token (decode) stays where it is, even when its copy and GPU time alone
+		 * are below the CPU's: the CPU computes it beside the GPU, which moving it would put in series. */
 		double n = (copy + ag - ac) / (bc - bg);
-		o->upload_min = n < 1 ? 1 : n > 1e9 ? 0 : (int64_t)n + 1;
+		o->upload_min = n < 2 ? 2 : n > 1e9 ? 0 : (int64_t)n + 1;
 	}
 	return 0;
 }

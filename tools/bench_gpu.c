@@ -337,6 +337,7 @@ static int measure_speed(const char *root, const char *dir, const char *backend,
 		o.gpu_backend = backend;
 		o.offload = 1;
 		o.tiers.plan_path = plan;
+		o.tiers.gpu_upload_tokens = -1; /* the DRAM and NVMe experts stay on the CPU: what their bounds assume */
 		/* The prompt's prefill, then `tokens` decoded; the report's per-token figures are the decode's. */
 		struct run r;
 		if ((rc = run_engine(dir, &o, n_prompt, tokens, 0, &r)) < 0)
