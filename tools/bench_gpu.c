@@ -19,6 +19,7 @@
 
 #include "backend.h"
 #include "error.h"
+#include "expert_kernels.h"
 #include "generate.h"
 #include "memory_limit.h"
 #include "plan.h"
@@ -30,17 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #define MAX_TOKENS 64
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- 1. The device ---- */
 
@@ -75,13 +68,13 @@ static int probe_device(const char *name, struct device *d)
 		goto out;
 	double best_d = 1e30, best_h = 1e30;
 	for (int i = 0; i < 3; i++) {
-		double t0 = now();
+		double t0 = dsm_wall_seconds();
 		if ((rc = g->copy_dev(g, b, a, bytes)) < 0 || (rc = g->copy_dev(g, a, b, bytes)) < 0 || (rc = g->sync(g)) < 0)
 			goto out;
-		double t1 = now();
+		double t1 = dsm_wall_seconds();
 		if ((rc = g->copy_in(g, a, h, bytes)) < 0 || (rc = g->sync(g)) < 0)
 			goto out;
-		double t2 = now();
+		double t2 = dsm_wall_seconds();
 		best_d = t1 - t0 < best_d ? t1 - t0 : best_d;
 		best_h = t2 - t1 < best_h ? t2 - t1 : best_h;
 	}
