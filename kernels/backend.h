@@ -148,7 +148,7 @@ struct dsm_moe_op_args {
 enum dsm_op {
 	DSM_OP_MATMUL, DSM_OP_MATMUL_T, DSM_OP_FFN, DSM_OP_MOE, DSM_OP_RMSNORM, DSM_OP_LAYERNORM, DSM_OP_ROPE,
 	DSM_OP_HADAMARD, DSM_OP_ATTN_FULL, DSM_OP_ATTN_LATENT, DSM_OP_INDEXER_SCORES, DSM_OP_TOPK,
-	DSM_OP_ROUTE, DSM_OP_MATMUL_HEADS, DSM_OP_COUNT
+	DSM_OP_ROUTE, DSM_OP_MATMUL_HEADS, DSM_OP_ADD, DSM_OP_SCALE, DSM_OP_CONVERT, DSM_OP_FP8_ROUND, DSM_OP_COUNT
 };
 
 struct dsm_queue;  /* a backend's queue of work (a CUDA stream) */
@@ -243,6 +243,24 @@ struct dsm_backend {
 	int (*topk)(struct dsm_backend *be, const float *x, int64_t n, int64_t k, int32_t *idx);
 	/* noaux_tc routing (see struct dsm_route_args). */
 	int (*route)(struct dsm_backend *be, const struct dsm_route_args *a);
+
+	/* The glue between the ops, so that a forward pass whose buffers live in device memory never touches them
+	 * from the host: */
+	/* In place: x[i] += y[i] for i < n (the residual stream). */
+	int (*add)(struct dsm_backend *be, int64_t n, float *x, const float *y);
+	/* In place: x[i] *= s for i < n. */
+	int (*scale)(struct dsm_backend *be, int64_t n, float *x, float s);
+	/* y = x converted, rows x cols values: row i of x at element i * ldx, of y at element i * ldy. xt and yt are
+	 * DSM_F32 or DSM_BF16 (F32 to BF16 rounds to nearest even as dsm_f32_to_bf16, BF16 to F32 is exact, the
+	 * same type copies). x and y do not overlap. (KV cache stores and gathers, embeddings, strided slices.) */
+	int (*convert)(struct dsm_backend *be, int64_t rows, int64_t cols, const void *x, enum dsm_dtype xt, int64_t ldx,
+		       void *y, enum dsm_dtype yt, int64_t ldy);
+	/* In place, each row of x[n, d] in blocks of 128 values (the last one shorter): the FP8 rounding of the
+	 * indexer (docs MODEL.md "DeepSeek Sparse Attention"). A block's scale is amax / 448 computed in double,
+	 * amax = max(|x|) floored at 1e-4; with ue8m0 the scale becomes the power of two 2^ceil(log2(scale)).
+	 * Each value becomes fp8_to_f32(f32_to_fp8((float)clamp(x / scale, -448, 448))) * scale, the division
+	 * and product in double, rounded to F32 once. */
+	int (*fp8_round)(struct dsm_backend *be, int64_t n, int64_t d, float *x, int ue8m0);
 };
 
 struct dsm_cpu_threads; /* kernels/cpu/expert_kernels.h: a thread plan (offload/topo.h makes one from hwloc) */
