@@ -117,7 +117,33 @@ static int parse_gpus(const char *s, int *devices, int *n)
 	}
 }
 
-static int open_tiers(struct dsm_engine *e)
+/* Puts the forward pass outside the experts on gpu:0 with the session's KV cache and buffers, refused with the sizes
+ * when they do not fit. *reserved: the bytes that leaves out of a budget for experts. */
+static int forward_to_gpu(struct dsm_engine *e, const struct dsm_session_options *so, uint64_t *reserved)
+{
+	struct dsm_model *m = e->m;
+	struct dsm_backend *g = e->gpu[0];
+	uint64_t w = dsm_model_device_bytes(m), kv, buf;
+	dsm_session_device_bytes(m, so, &kv, &buf);
+	size_t fr = SIZE_MAX, tot;
+	if (g->mem_info && g->mem_info(g, &fr, &tot) < 0)
+		fr = SIZE_MAX;
+	*reserved = w + kv + buf;
+	if (*reserved > fr)
+		return dsm_fail(DSM_ENOMEM, "gpu:0 has %.3f GB free; the forward pass outside the experts needs %.3f GB "
+				"there: weights %.3f GB, KV cache %.3f GB (--ctx %lld, --max-seqs %d), step buffers %.3f GB "
+				"(--batch %lld). Lower those, or keep that part on the CPU with --cpu-attention",
+				(double)fr / 1e9, (double)*reserved / 1e9, (double)w / 1e9, (double)kv / 1e9,
+				(long long)so->ctx, so->max_seqs, (double)buf / 1e9, (long long)so->max_batch);
+	int rc = dsm_model_to_device(m, g);
+	if (rc < 0)
+		return dsm_fail_prefix(rc, "the forward pass on gpu:0");
+	note(e, "gpu:0 runs the attention, the dense layers, the routers, the embeddings and the head: %.3g GB of "
+	     "weights, %.3g GB of KV cache, %.3g GB of buffers", (double)w / 1e9, (double)kv / 1e9, (double)buf / 1e9);
+	return 0;
+}
+
+static int open_tiers(struct dsm_engine *e, const struct dsm_session_options *so)
 {
 	struct dsm_model *m = e->m;
 	struct dsm_offload_setup os = e->o.tiers;
@@ -147,6 +173,20 @@ static int open_tiers(struct dsm_engine *e)
 				total = tot;
 			}
 			os.gpu[i] = g;
+		}
+		uint64_t reserved = 0;
+		if (!o->cpu_attention) {
+			if ((rc = forward_to_gpu(e, so, &reserved)) < 0)
+				return rc;
+			if (os.vram_budget && os.vram_budget <= reserved)
+				return dsm_fail(DSM_EARG, "--vram-budget %.3f GB: the forward pass outside the experts takes "
+						"%.3f GB of it on gpu:0 (--cpu-attention keeps that part on the CPU)",
+						(double)os.vram_budget / 1e9, (double)reserved / 1e9);
+			/* what the experts may have: the budget less that part, or what is left free on the devices */
+			if (least_free != SIZE_MAX)
+				least_free = least_free > reserved ? least_free - reserved : 0;
+			if (os.vram_budget)
+				os.vram_budget -= reserved;
 		}
 		if (!os.vram_budget && !os.plan_path && least_free != SIZE_MAX) {
 			os.vram_budget = least_free;
@@ -217,7 +257,13 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 			note(e, "decode kernel: %s; measured in %.0f ms", e->tune.why, e->tune.seconds * 1e3);
 		e->tuned = trc == 0;
 	}
-	if (tiered && (rc = open_tiers(e)) < 0)
+	struct dsm_session_options so = o->session;
+	if (so.max_seqs > 0 && so.max_batch > 0 && so.max_batch < so.max_seqs) {
+		note(e, "--batch %lld raised to --max-seqs %d: a step decodes every sequence at once",
+		     (long long)so.max_batch, so.max_seqs);
+		so.max_batch = so.max_seqs;
+	}
+	if (tiered && (rc = open_tiers(e, &so)) < 0)
 		goto err;
 	if (o->record_routing &&
 	    (rc = dsm_trace_create(&e->trace, o->record_routing, m->cfg.num_hidden_layers, m->cfg.first_k_dense_replace,
@@ -227,12 +273,6 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 	snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", dir);
 	if (access(tok_path, R_OK) == 0 && (rc = tokenizer_load_dir(&e->tok, dir)) < 0)
 		goto err;
-	struct dsm_session_options so = o->session;
-	if (so.max_seqs > 0 && so.max_batch > 0 && so.max_batch < so.max_seqs) {
-		note(e, "--batch %lld raised to --max-seqs %d: a step decodes every sequence at once",
-		     (long long)so.max_batch, so.max_seqs);
-		so.max_batch = so.max_seqs;
-	}
 	e->user_hooks = so.hooks;
 	so.hooks = (struct dsm_session_hooks){ .user = e, .on_route = route_hook,
 		.on_select = e->user_hooks.on_select ? select_hook : NULL,
@@ -263,6 +303,8 @@ void dsm_engine_close(struct dsm_engine *e)
 	if (e->m)
 		dsm_model_set_experts(e->m, NULL);
 	dsm_offload_close(e->off);
+	if (e->m)
+		dsm_model_to_device(e->m, NULL); /* before the devices go */
 	for (int i = 0; i < DSM_MAX_GPUS; i++)
 		dsm_backend_destroy(e->gpu[i]);
 	dsm_plan_free(e->plan);
@@ -330,7 +372,7 @@ int dsm_token_text(struct token_stream *ts, int32_t id, struct text_buffer *piec
 enum {
 	F_THREADS = DSM_ENGINE_FLAG_BASE, F_NO_BIND, F_PRECISION, F_CTX, F_BATCH, F_MAX_SEQS, F_KV_POOL, F_KV, F_IDX_FP8,
 	F_IDX_TOPK, F_MLA, F_OFFLOAD, F_NO_OFFLOAD, F_PLAN, F_GPU_BACKEND, F_VRAM, F_DRAM, F_STREAM_EXPERTS,
-	F_CACHE_POLICY, F_CACHE_SIZE, F_CACHE_OFF, F_HOTNESS, F_RECORD_ROUTING, F_GPU_UPLOAD, F_GPUS,
+	F_CACHE_POLICY, F_CACHE_SIZE, F_CACHE_OFF, F_HOTNESS, F_RECORD_ROUTING, F_GPU_UPLOAD, F_GPUS, F_CPU_ATTN,
 };
 
 const struct option dsm_engine_flags[] = {
@@ -347,6 +389,7 @@ const struct option dsm_engine_flags[] = {
 	{ "cache-off", no_argument, NULL, F_CACHE_OFF }, { "hotness-trace", required_argument, NULL, F_HOTNESS },
 	{ "record-routing", required_argument, NULL, F_RECORD_ROUTING },
 	{ "gpu-upload-tokens", required_argument, NULL, F_GPU_UPLOAD }, { "gpus", required_argument, NULL, F_GPUS },
+	{ "cpu-attention", no_argument, NULL, F_CPU_ATTN },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -426,6 +469,7 @@ int dsm_engine_flag(struct dsm_engine_options *o, int code, const char *arg)
 	case F_PLAN: t->plan_path = arg; break;
 	case F_GPU_BACKEND: o->gpu_backend = arg; break;
 	case F_GPUS: o->gpus = arg; break;
+	case F_CPU_ATTN: o->cpu_attention = 1; break;
 	case F_VRAM: rc = size_arg("vram-budget", arg, &t->vram_budget); break;
 	case F_DRAM: rc = size_arg("dram-budget", arg, &t->dram_budget); break;
 	case F_STREAM_EXPERTS: t->stream_all = 1; break;
@@ -466,16 +510,20 @@ void dsm_engine_flags_help(FILE *f)
 	      "  --no-offload           map every weight from the checkpoint even when it does not fit in memory\n"
 	      "  --plan FILE            placement plan (JSON, docs/plan.md)\n"
 	      "  --gpu-backend NAME     the GPU: cuda (where built) or emu (the cpu behind a device-memory budget of\n"
-	      "                         --vram-budget, default 1G; for tests). It computes the experts that the plan\n"
-	      "                         puts on the GPUs (and the shared experts, on gpu:0), on their own queues while\n"
-	      "                         the CPU computes the others. Without it a plan naming gpu:N experts is refused\n"
+	      "                         --vram-budget, default 1G; for tests). gpu:0 runs the attention, the dense\n"
+	      "                         layers, the routers, the embeddings and the head, and holds the KV cache; the\n"
+	      "                         GPUs compute the experts that the plan puts on them (and the shared experts,\n"
+	      "                         on gpu:0) while the CPU computes the others. Without it a plan naming gpu:N\n"
+	      "                         experts is refused\n"
+	      "  --cpu-attention        with --gpu-backend, keep all but the GPU's experts on the CPU (a GPU too small\n"
+	      "                         for the attention's weights and the KV cache)\n"
 	      "  --gpus LIST            the devices of gpu:0, gpu:1, ... (e.g. 0,1; default 0): a computed plan splits\n"
 	      "                         the MoE layers into consecutive ranges, one a GPU, each filled with its\n"
 	      "                         layers' hottest experts; --vram-budget is then each GPU's\n"
 	      "  --gpu-upload-tokens N  a DRAM expert with N or more tokens in one step is copied to the GPU and\n"
 	      "                         computed there (default 0: the break-even measured at start; -1: never)\n"
 	      "  --vram-budget SIZE     GPU memory for a computed plan (e.g. 20G; default with --gpu-backend: what the\n"
-	      "                         device has free, less a margin)\n"
+	      "                         device has free, less a margin); on gpu:0 the forward pass's part comes off it\n"
 	      "  --dram-budget SIZE     DRAM for a computed plan (default: the memory dsm may use: the least of\n"
 	      "                         MemAvailable and the cgroup limits, minus a tenth, at least 1 GiB)\n"
 	      "  --stream-experts       every routed expert streamed from the checkpoint\n"

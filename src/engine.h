@@ -29,6 +29,8 @@ struct dsm_engine_options {
 	struct dsm_offload_setup tiers;     /* plan file, budgets, cache policy and size, hotness trace */
 	const char *gpu_backend;            /* NULL, "emu", or "cuda" where built: computes gpu:N experts */
 	const char *gpus;                   /* the devices of gpu:0, gpu:1, ... ("0,1"); NULL: device 0 alone */
+	int cpu_attention;                  /* 1: with a GPU, keep the forward pass outside the experts on the CPU
+					     * (default: on gpu:0, with the KV cache) */
 	const char *record_routing;         /* write the routing trace here (docs/trace.md) */
 	int no_populate;                    /* 1: do not read the mapped weights in at open */
 	/* Progress of reading the weights in (may be NULL). */

@@ -19,35 +19,34 @@
 #include "error.h"
 
 #include <math.h>
-#include <string.h>
 
-static void fp8_round(float *x, int64_t n, int ue8m0)
+/* The selections of rows [t0, t1) (one sequence's part) shown to the hooks: copied to the host and, when a hook
+ * forced another, back. */
+static int select_hooks(struct dsm_session *s, const struct dsm_step_part *p, int L, int64_t topk)
 {
-	for (int64_t b0 = 0; b0 < n; b0 += 128) {
-		int64_t len = n - b0 < 128 ? n - b0 : 128;
-		float amax = 1e-4f;
-		for (int64_t j = 0; j < len; j++)
-			amax = fabsf(x[b0 + j]) > amax ? fabsf(x[b0 + j]) : amax;
-		double scale = (double)amax / 448.0;
-		if (ue8m0) {
-			int e;
-			double mant = frexp(scale, &e); /* scale = mant * 2^e, 0.5 <= mant < 1 */
-			scale = ldexp(1.0, mant == 0.5 ? e - 1 : e);
-		}
-		for (int64_t j = 0; j < len; j++) {
-			double v = x[b0 + j] / scale;
-			v = v > 448 ? 448 : v < -448 ? -448 : v;
-			x[b0 + j] = (float)(dsm_fp8_to_f32(dsm_f32_to_fp8((float)v)) * scale);
-		}
+	const struct dsm_session_hooks *hk = &s->opt.hooks;
+	int rc = 0;
+	for (int64_t t = p->row0; t < p->row0 + p->n && rc == 0; t++) {
+		if (s->h_n_keys[t] <= topk)
+			continue;
+		int32_t *sel = s->sel + t * topk, *h = s->h_sel + t * topk;
+		size_t bytes = sizeof(int32_t) * (size_t)topk;
+		if ((rc = dsm_to_host(s, h, sel, bytes)) < 0)
+			return rc;
+		if (hk->force_select && hk->force_select(hk->user, p->seq, L, s->row_pos[t], h, topk))
+			rc = dsm_to_dev(s, sel, h, bytes);
+		if (hk->on_select)
+			hk->on_select(hk->user, p->seq, L, s->row_pos[t], h, topk);
 	}
+	return rc;
 }
 
 int dsm_indexer(struct dsm_session *s, int L, int *masked)
 {
 	struct dsm_model *m = s->m;
-	struct dsm_backend *be = m->be;
+	struct dsm_backend *be = s->be;
 	const struct dsm_config *c = &m->cfg;
-	const struct dsm_indexer_weights *w = &m->layers[L].indexer;
+	const struct dsm_indexer_weights *w = &m->fwd.layers[L].indexer;
 	const struct dsm_session_hooks *hk = &s->opt.hooks;
 	int64_t T = s->T, nI = c->index_n_heads, dI = c->index_head_dim, dr = c->qk_rope_head_dim, topk = c->index_topk;
 	int fp8 = m->opts.indexer_fp8, ue8m0 = c->scale_ue8m0;
@@ -61,16 +60,16 @@ int dsm_indexer(struct dsm_session *s, int L, int *masked)
 		return rc;
 	for (int64_t t = 0; t < T; t++) {
 		float *dst = dsm_kv_ik(s, s->row_seq[t], L, s->row_pos[t]);
-		memcpy(dst, s->ik + t * dI, sizeof(float) * (size_t)dI);
-		if (fp8)
-			fp8_round(dst, dI, ue8m0);
+		if ((rc = be->convert(be, 1, dI, s->ik + t * dI, DSM_F32, dI, dst, DSM_F32, dI)) < 0 ||
+		    (fp8 && (rc = be->fp8_round(be, 1, dI, dst, ue8m0)) < 0))
+			return rc;
 	}
 
 	*masked = 0;
 	int64_t choosing = 0;
 	for (int64_t t = 0; t < T; t++) {
 		s->mask[t] = (struct dsm_attn_mask){ 0 };
-		choosing += s->n_keys[t] > topk;
+		choosing += s->h_n_keys[t] > topk;
 	}
 	if (!choosing)
 		return 0;                 /* every query keeps all its keys: dense attention */
@@ -78,39 +77,35 @@ int dsm_indexer(struct dsm_session *s, int L, int *masked)
 	if ((rc = be->matmul(be, &w->wq_b, T, s->qa, s->iq)) < 0 ||                     /* [T, nI, dI] */
 	    (rc = be->rope(be, T, nI, dr, s->iq, nI * dI, dI, s->cos, s->sin, 0)) < 0 ||
 	    (rc = be->hadamard(be, T * nI, dI, s->iq)) < 0 ||
-	    (rc = be->matmul(be, &w->weights_proj, T, s->xn, s->iw)) < 0)              /* [T, nI] */
+	    (rc = be->matmul(be, &w->weights_proj, T, s->xn, s->iw)) < 0 ||             /* [T, nI] */
+	    (fp8 && (rc = be->fp8_round(be, T * nI, dI, s->iq, ue8m0)) < 0) ||
+	    (rc = be->scale(be, T * nI, s->iw, (float)(1.0 / sqrt((double)nI) / sqrt((double)dI)))) < 0)
 		return rc;
-	if (fp8)
-		for (int64_t i = 0; i < T * nI; i++)
-			fp8_round(s->iq + i * dI, dI, ue8m0);
-	float wscale = (float)(1.0 / sqrt((double)nI) / sqrt((double)dI));
 	for (int i = 0; i < s->n_parts; i++) {
 		const struct dsm_step_part *p = &s->parts[i];
-		int64_t t1 = p->row0 + p->n;
-		if (s->n_keys[t1 - 1] <= topk)
+		int64_t t1 = p->row0 + p->n, n_all = s->h_n_keys[t1 - 1];
+		if (n_all <= topk)
 			continue;
 		/* the sequence's keys [0, its end), gathered from its blocks: ik_all [n, dI] */
-		for (int64_t q = 0; q < s->n_keys[t1 - 1]; q += DSM_KV_BLOCK) {
-			int64_t len = s->n_keys[t1 - 1] - q < DSM_KV_BLOCK ? s->n_keys[t1 - 1] - q : DSM_KV_BLOCK;
-			memcpy(s->ik_all + q * dI, dsm_kv_ik(s, p->seq, L, q), sizeof(float) * (size_t)(len * dI));
+		for (int64_t q = 0; q < n_all; q += DSM_KV_BLOCK) {
+			int64_t len = n_all - q < DSM_KV_BLOCK ? n_all - q : DSM_KV_BLOCK;
+			if ((rc = be->convert(be, 1, len * dI, dsm_kv_ik(s, p->seq, L, q), DSM_F32, 0, s->ik_all + q * dI,
+					      DSM_F32, 0)) < 0)
+				return rc;
 		}
 		for (int64_t t = p->row0; t < t1; t++) {
-			int64_t n_keys = s->n_keys[t];
+			int64_t n_keys = s->h_n_keys[t];
 			if (n_keys <= topk)
 				continue;
-			float *wt = s->iw + t * nI;
-			for (int64_t h = 0; h < nI; h++)
-				wt[h] *= wscale;
 			int32_t *sel = s->sel + t * topk;
-			if ((rc = be->indexer_scores(be, nI, dI, s->iq + t * nI * dI, wt, s->ik_all, n_keys, s->iscore)) < 0 ||
+			if ((rc = be->indexer_scores(be, nI, dI, s->iq + t * nI * dI, s->iw + t * nI, s->ik_all, n_keys,
+						     s->iscore)) < 0 ||
 			    (rc = be->topk(be, s->iscore, n_keys, topk, sel)) < 0)
 				return rc;
-			if (hk->force_select)
-				hk->force_select(hk->user, p->seq, L, s->row_pos[t], sel, topk);
 			s->mask[t] = (struct dsm_attn_mask){ .sel = sel, .n_sel = topk };
-			if (hk->on_select)
-				hk->on_select(hk->user, p->seq, L, s->row_pos[t], sel, topk);
 		}
+		if ((hk->force_select || hk->on_select) && (rc = select_hooks(s, p, L, topk)) < 0)
+			return rc;
 	}
 	*masked = 1;
 	return 0;

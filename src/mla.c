@@ -16,38 +16,47 @@
 
 #include "error.h"
 
-#include <string.h>
 
-static void cache_store(const struct dsm_session *s, void *dst, const float *src, int64_t width)
+/* The new rows' latents and rope keys -> their sequences' KV blocks, a run of consecutive positions of one block
+ * per call. */
+static int cache_store(struct dsm_session *s, int L)
 {
-	if (s->opt.kv_dtype == DSM_F32) {
-		memcpy(dst, src, sizeof(float) * (size_t)width);
-	} else {
-		uint16_t *b = dst;
-		for (int64_t j = 0; j < width; j++)
-			b[j] = dsm_f32_to_bf16(src[j]);
+	struct dsm_backend *be = s->be;
+	int64_t r = s->m->cfg.kv_lora_rank, dr = s->m->cfg.qk_rope_head_dim;
+	enum dsm_dtype t = s->opt.kv_dtype;
+	int rc = 0;
+	for (int64_t t0 = 0, t1; t0 < s->T && rc == 0; t0 = t1) {
+		int seq = s->row_seq[t0];
+		int64_t pos = s->row_pos[t0];
+		for (t1 = t0 + 1; t1 < s->T && s->row_seq[t1] == seq && s->row_pos[t1] == pos + (t1 - t0) &&
+				  s->row_pos[t1] % DSM_KV_BLOCK; t1++)
+			;
+		rc = be->convert(be, t1 - t0, r, s->cnorm + t0 * r, DSM_F32, r, dsm_kv_c(s, seq, L, pos), t, r);
+		if (rc == 0)
+			rc = be->convert(be, t1 - t0, dr, s->kva + t0 * (r + dr) + r, DSM_F32, r + dr,
+					 dsm_kv_pe(s, seq, L, pos), t, dr);
 	}
+	return rc;
 }
 
 /* Positions [0, n) of a sequence's latents and rope keys of layer L, gathered from its blocks into
  * s->c_all [n, r] and s->pe_all [n, dr]: as F32 (to_f32), or as stored (kv_dtype). */
-static void cache_gather(struct dsm_session *s, int seq, int L, int64_t n, int to_f32)
+static int cache_gather(struct dsm_session *s, int seq, int L, int64_t n, int to_f32)
 {
+	struct dsm_backend *be = s->be;
 	const struct dsm_config *c = &s->m->cfg;
 	int64_t r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
-	enum dsm_dtype t = s->opt.kv_dtype;
-	size_t es = to_f32 ? sizeof(float) : dsm_dtype_size(t);
-	for (int64_t p = 0; p < n; p += DSM_KV_BLOCK) {
+	enum dsm_dtype t = s->opt.kv_dtype, to = to_f32 ? DSM_F32 : t;
+	size_t es = dsm_dtype_size(to);
+	int rc = 0;
+	for (int64_t p = 0; p < n && rc == 0; p += DSM_KV_BLOCK) {
 		int64_t len = n - p < DSM_KV_BLOCK ? n - p : DSM_KV_BLOCK;
 		char *dc = (char *)s->c_all + (size_t)(p * r) * es, *dp = (char *)s->pe_all + (size_t)(p * dr) * es;
-		if (to_f32) {
-			dsm_convert_to_f32((float *)dc, dsm_kv_c(s, seq, L, p), t, (size_t)(len * r));
-			dsm_convert_to_f32((float *)dp, dsm_kv_pe(s, seq, L, p), t, (size_t)(len * dr));
-		} else {
-			memcpy(dc, dsm_kv_c(s, seq, L, p), (size_t)(len * r) * es);
-			memcpy(dp, dsm_kv_pe(s, seq, L, p), (size_t)(len * dr) * es);
-		}
+		rc = be->convert(be, 1, len * r, dsm_kv_c(s, seq, L, p), t, 0, dc, to, 0);
+		if (rc == 0)
+			rc = be->convert(be, 1, len * dr, dsm_kv_pe(s, seq, L, p), t, 0, dp, to, 0);
 	}
+	return rc;
 }
 
 /* Full form, for one sequence's part: per head, k_nope and v of every key from kv_b_proj(c), then
@@ -55,16 +64,15 @@ static void cache_gather(struct dsm_session *s, int seq, int L, int64_t n, int t
 static int attend_full(struct dsm_session *s, int L, const struct dsm_step_part *p, int masked)
 {
 	struct dsm_model *m = s->m;
-	struct dsm_backend *be = m->be;
+	struct dsm_backend *be = s->be;
 	const struct dsm_config *c = &m->cfg;
-	const struct dsm_attn_weights *a = &m->layers[L].attn;
+	const struct dsm_attn_weights *a = &m->fwd.layers[L].attn;
 	int64_t H = c->num_attention_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim,
 		dv = c->v_head_dim, S = p->pos0 + p->n, t0 = p->row0;
-	cache_gather(s, p->seq, L, S, 1);                     /* [S, r], [S, dr] */
-	for (int64_t h = 0; h < H; h++) {
+	int rc = cache_gather(s, p->seq, L, S, 1);            /* [S, r], [S, dr] */
+	for (int64_t h = 0; h < H && rc == 0; h++) {
 		struct dsm_mat w = dsm_mat_rows(a->kv_b, h * (dn + dv), dn + dv);
-		int rc = be->matmul(be, &w, S, s->c_all, s->kv_head);  /* [S, dn + dv] */
-		if (rc < 0)
+		if ((rc = be->matmul(be, &w, S, s->c_all, s->kv_head)) < 0)  /* [S, dn + dv] */
 			return rc;
 		struct dsm_attn_full_args args = {
 			.n_q = p->n, .dn = dn, .dr = dr, .dv = dv,
@@ -73,10 +81,9 @@ static int attend_full(struct dsm_session *s, int L, const struct dsm_step_part 
 			.mask = masked ? s->mask + t0 : NULL, .scale = m->softmax_scale,
 			.out = s->o + t0 * H * dv + h * dv, .ldo = H * dv,
 		};
-		if ((rc = be->attn_full(be, &args)) < 0)
-			return rc;
+		rc = be->attn_full(be, &args);
 	}
-	return 0;
+	return rc;
 }
 
 /* Absorbed form over the latent cache, for rows [0, T) (the parts that take it): the kv_b_proj weights
@@ -84,9 +91,9 @@ static int attend_full(struct dsm_session *s, int L, const struct dsm_step_part 
 static int attend_absorbed(struct dsm_session *s, int L, int64_t T, int masked)
 {
 	struct dsm_model *m = s->m;
-	struct dsm_backend *be = m->be;
+	struct dsm_backend *be = s->be;
 	const struct dsm_config *c = &m->cfg;
-	const struct dsm_attn_weights *a = &m->layers[L].attn;
+	const struct dsm_attn_weights *a = &m->fwd.layers[L].attn;
 	int64_t H = c->num_attention_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim,
 		dv = c->v_head_dim, r = c->kv_lora_rank;
 	int rc;
@@ -99,15 +106,18 @@ static int attend_absorbed(struct dsm_session *s, int L, int64_t T, int masked)
 		return rc;
 	for (int i = 0; i < s->n_parts && s->parts[i].absorbed; i++) {
 		const struct dsm_step_part *p = &s->parts[i];
-		cache_gather(s, p->seq, L, p->pos0 + p->n, 0);
+		if ((rc = cache_gather(s, p->seq, L, p->pos0 + p->n, 0)) < 0)
+			return rc;
 		for (int64_t t = p->row0; t < p->row0 + p->n; t++) {
-			for (int64_t h = 0; h < H; h++)
-				memcpy(s->q_pe + h * dr, s->q + (t * H + h) * (dn + dr) + dn, sizeof(float) * (size_t)dr);
+			/* q_pe [H, dr]: the rope part of each head's query */
+			if ((rc = be->convert(be, H, dr, s->q + t * H * (dn + dr) + dn, DSM_F32, dn + dr, s->q_pe, DSM_F32,
+					      dr)) < 0)
+				return rc;
 			struct dsm_attn_latent_args args = {
 				.n_heads = H, .r = r, .dr = dr,
 				.q_lat = s->q_lat + t * H * r, .q_pe = s->q_pe,
 				.cache_dtype = s->opt.kv_dtype, .c = s->c_all, .k_pe = s->pe_all,
-				.n_keys = s->n_keys[t],
+				.n_keys = s->h_n_keys[t],
 				.mask = masked ? s->mask[t] : (struct dsm_attn_mask){ 0 },
 				.scale = m->softmax_scale, .o_lat = s->o_lat + t * H * r,
 			};
@@ -127,9 +137,9 @@ static int attend_absorbed(struct dsm_session *s, int L, int64_t T, int masked)
 int dsm_attention(struct dsm_session *s, int L)
 {
 	struct dsm_model *m = s->m;
-	struct dsm_backend *be = m->be;
+	struct dsm_backend *be = s->be;
 	const struct dsm_config *c = &m->cfg;
-	const struct dsm_attn_weights *a = &m->layers[L].attn;
+	const struct dsm_attn_weights *a = &m->fwd.layers[L].attn;
 	int64_t T = s->T, D = c->hidden_size, H = c->num_attention_heads, dn = c->qk_nope_head_dim,
 		dr = c->qk_rope_head_dim, r = c->kv_lora_rank, rq = c->q_lora_rank;
 	float eps = (float)c->rms_norm_eps;
@@ -142,12 +152,9 @@ int dsm_attention(struct dsm_session *s, int L)
 	    (rc = be->rope(be, T, H, dr, s->q + dn, H * (dn + dr), dn + dr, s->cos, s->sin, 1)) < 0 ||
 	    (rc = be->matmul(be, &a->kv_a, T, s->xn, s->kva)) < 0 ||                   /* [T, r + dr] */
 	    (rc = be->rmsnorm(be, T, r, s->kva, r + dr, a->kv_a_norm, eps, s->cnorm)) < 0 ||
-	    (rc = be->rope(be, T, 1, dr, s->kva + r, r + dr, 0, s->cos, s->sin, 1)) < 0)
+	    (rc = be->rope(be, T, 1, dr, s->kva + r, r + dr, 0, s->cos, s->sin, 1)) < 0 ||
+	    (rc = cache_store(s, L)) < 0)
 		return rc;
-	for (int64_t t = 0; t < T; t++) {
-		cache_store(s, dsm_kv_c(s, s->row_seq[t], L, s->row_pos[t]), s->cnorm + t * r, r);
-		cache_store(s, dsm_kv_pe(s, s->row_seq[t], L, s->row_pos[t]), s->kva + t * (r + dr) + r, dr);
-	}
 
 	int masked = 0;
 	if (c->has_indexer && (rc = dsm_indexer(s, L, &masked)) < 0)
@@ -162,7 +169,5 @@ int dsm_attention(struct dsm_session *s, int L)
 	/* x += o_proj(o) */
 	if ((rc = be->matmul(be, &a->o, T, s->o, s->y)) < 0)                           /* [T, D] */
 		return rc;
-	for (int64_t i = 0; i < T * D; i++)
-		s->x[i] += s->y[i];
-	return 0;
+	return be->add(be, T * D, s->x, s->y);
 }

@@ -70,6 +70,18 @@ struct dsm_layer {
 	struct dsm_ffn_layer ffn;
 };
 
+/* What the forward pass reads outside the routed and shared experts, and the backend that computes it: the
+ * model's own weights and cpu backend, or copies of them in a device's memory (dsm_model_to_device). */
+struct dsm_fwd {
+	struct dsm_backend *be;
+	struct dsm_mat embed, head;
+	float *final_norm;
+	struct dsm_layer *layers;       /* the device's copy: its shared experts are not copied (offload/ runs them) */
+	void **dev;                     /* the device allocations, n_dev of them */
+	size_t n_dev;
+	uint64_t dev_bytes;
+};
+
 struct dsm_model {
 	struct dsm_config cfg;          /* config.json (index_topk possibly overridden) */
 	struct dsm_model_options opts;
@@ -93,6 +105,8 @@ struct dsm_model {
 	float rope_amp;                 /* cos/sin amplitude (1 for the real config) */
 	float softmax_scale;            /* (dn + dr)^-0.5 * mscale^2 */
 
+	struct dsm_fwd fwd;             /* what the forward pass computes with: the above and be, or a device's copy */
+
 	void **owned;                   /* buffers this model allocated (norms, aligned copies) */
 	size_t n_owned, cap_owned;
 };
@@ -108,6 +122,15 @@ void dsm_model_close(struct dsm_model *m);
  * NULL before closing it if the model is used further). The routers of the MoE layers are handed to o for
  * its look-ahead prefetch. Returns 0 or DSM_EARG. */
 int dsm_model_set_experts(struct dsm_model *m, struct dsm_offload *o);
+
+/* Bytes that dsm_model_to_device copies to the device: the embeddings, the head, the final norm, and each layer's
+ * attention, indexer, norms, router and dense feed-forward weights (not the routed and shared experts). */
+uint64_t dsm_model_device_bytes(const struct dsm_model *m);
+/* The forward pass outside the routed and shared experts runs on device backend dev from now on: its weights are
+ * copied into dev's memory and m->fwd names the copies. dev NULL: back to the cpu backend and the model's own
+ * weights, the copies freed (before dev is destroyed). Refused with the sizes when dev's free memory is too small;
+ * DSM_EUNSUPPORTED for an embedding table that is not F32 or BF16. */
+int dsm_model_to_device(struct dsm_model *m, struct dsm_backend *dev);
 
 /* Threads the backend runs; *bound: 1 when each is bound to its own physical core. */
 int dsm_model_threads(const struct dsm_model *m, int *bound);

@@ -22,6 +22,10 @@ struct dsm_step_part {
 
 struct dsm_session {
 	struct dsm_model *m;
+	struct dsm_backend *be;     /* m->fwd.be: computes the step; its memory holds the KV pool and the step state */
+	int on_device;              /* be has its own memory: the host reads the step state through the h_ copies */
+	struct dsm_queue *queue;    /* be's queue for the step's work (NULL on a host backend) */
+	struct dsm_event *done;     /* recorded to wait for a copy to the host */
 	struct dsm_session_options opt;
 	int64_t ctx, max_batch;
 	int max_seqs;
@@ -45,12 +49,13 @@ struct dsm_session {
 
 	struct dsm_step_times times; /* wall time by part of the pass (dsm_session_times) */
 
-	/* step state for up to B = max_batch rows */
+	/* step state for up to B = max_batch rows, in be's memory; h_*: host copies (the same buffer when the
+	 * backend computes in host memory) */
 	float *x;           /* [B, D] residual stream */
-	float *xn;          /* [B, D] normed input of a block */
-	float *y;           /* [B, D] output of a block */
-	float *cos, *sin;   /* [B, dr/2] rope of each row */
-	int64_t *n_keys;    /* [B] position + 1 */
+	float *xn, *h_xn;   /* [B, D] normed input of a block */
+	float *y, *h_y;     /* [B, D] output of a block */
+	float *cos, *sin, *h_cos, *h_sin; /* [B, dr/2] rope of each row */
+	int64_t *n_keys, *h_n_keys; /* [B] position + 1 */
 
 	/* MLA */
 	float *qa;          /* [B, rq] q_a_proj, then its norm (qr, also the indexer's input) */
@@ -71,17 +76,18 @@ struct dsm_session {
 	float *iw;          /* [B, nI] */
 	float *ik_all;      /* [ctx, dI] one sequence's indexer keys */
 	float *iscore;      /* [ctx] */
-	int32_t *sel;       /* [B, topk] */
-	struct dsm_attn_mask *mask; /* [B] */
+	int32_t *sel, *h_sel; /* [B, topk] */
+	struct dsm_attn_mask *mask; /* [B] host table; its lists point into sel */
 
 	/* feed-forward */
-	float *rlogits;     /* [B, E] router logits */
-	int32_t *ridx;      /* [B, k] */
-	float *rw;          /* [B, k] */
-	float *logits;      /* [min(B, max_seqs), V] the last row of each part */
+	float *rlogits, *h_rlogits; /* [B, E] router logits */
+	int32_t *ridx, *h_ridx; /* [B, k] */
+	float *rw, *h_rw;   /* [B, k] */
+	float *logits;      /* [min(B, max_seqs), V] the last row of each part ([B, V] on a device: every row) */
 
-	void *arena;
-	uint64_t act_bytes;
+	void *arena;        /* host: the sequences, the parts, the h_ copies (pinned on a device) */
+	void *dev_arena;    /* be's memory: the step state */
+	uint64_t host_bytes, dev_bytes, act_bytes;
 };
 
 /* x [T, D] += Attn_L(RMSNorm(x)) for the step's rows (mla.c) */
@@ -115,6 +121,12 @@ static inline float *dsm_kv_ik(const struct dsm_session *s, int seq, int L, int6
 	return (float *)(dsm_kv_at(s, seq, L, pos) + s->ik_offset) +
 	       (size_t)(pos % DSM_KV_BLOCK) * (size_t)s->m->cfg.index_head_dim;
 }
+
+/* Copies between host memory and the session's backend memory, in the order of the step's other work; dsm_to_host
+ * waits for its copy. dsm_dev_copy: within the backend's memory. */
+int dsm_to_dev(struct dsm_session *s, void *dst, const void *src, size_t bytes);
+int dsm_to_host(struct dsm_session *s, void *dst, const void *src, size_t bytes);
+int dsm_dev_copy(struct dsm_session *s, void *dst, const void *src, size_t bytes);
 
 /* Monotonic wall time in seconds (for the step times). */
 double dsm_now(void);

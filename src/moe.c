@@ -16,7 +16,6 @@
 #include "error.h"
 
 #include <math.h>
-#include <string.h>
 
 /* Weights of forced experts idx[k]: normalized unbiased sigmoid scores times the scaling factor. */
 static void forced_weights(const struct dsm_config *c, const float *logits, const int32_t *idx, float *w)
@@ -32,11 +31,11 @@ static void forced_weights(const struct dsm_config *c, const float *logits, cons
 static int moe(struct dsm_session *s, int L)
 {
 	struct dsm_model *m = s->m;
-	struct dsm_backend *be = m->be;
+	struct dsm_backend *be = s->be;
 	const struct dsm_config *c = &m->cfg;
-	const struct dsm_ffn_layer *f = &m->layers[L].ffn;
+	const struct dsm_ffn_layer *f = &m->fwd.layers[L].ffn;
 	const struct dsm_session_hooks *hk = &s->opt.hooks;
-	int64_t T = s->T, E = c->n_routed_experts;
+	int64_t T = s->T, E = c->n_routed_experts, D = c->hidden_size;
 	int k = c->num_experts_per_tok;
 	int rc;
 
@@ -49,32 +48,40 @@ static int moe(struct dsm_session *s, int L)
 		.normalize = c->norm_topk_prob, .scaling = (float)c->routed_scaling_factor,
 		.idx = s->ridx, .weight = s->rw,
 	};
-	if ((rc = be->route(be, &ra)) < 0)                                             /* [T, k] */
+	/* The expert store works on the host: the choices, the weights and the normed input go there. */
+	if ((rc = be->route(be, &ra)) < 0 ||                                           /* [T, k] */
+	    (rc = dsm_to_host(s, s->h_ridx, s->ridx, sizeof(int32_t) * (size_t)(T * k))) < 0 ||
+	    (rc = dsm_to_host(s, s->h_rw, s->rw, sizeof(float) * (size_t)(T * k))) < 0 ||
+	    (rc = dsm_to_host(s, s->h_xn, s->xn, sizeof(float) * (size_t)(T * D))) < 0 ||
+	    (hk->force_route && (rc = dsm_to_host(s, s->h_rlogits, s->rlogits, sizeof(float) * (size_t)(T * E))) < 0))
 		return rc;
 	if (hk->force_route)
 		for (int64_t t = 0; t < T; t++)
-			if (hk->force_route(hk->user, s->row_seq[t], L, s->row_pos[t], s->ridx + t * k, k))
-				forced_weights(c, s->rlogits + t * E, s->ridx + t * k, s->rw + t * k);
+			if (hk->force_route(hk->user, s->row_seq[t], L, s->row_pos[t], s->h_ridx + t * k, k))
+				forced_weights(c, s->h_rlogits + t * E, s->h_ridx + t * k, s->h_rw + t * k);
 	if (hk->on_route)
 		for (int64_t t = 0; t < T; t++)
-			hk->on_route(hk->user, s->row_seq[t], L, s->row_pos[t], s->ridx + t * k, s->rw + t * k, k);
+			hk->on_route(hk->user, s->row_seq[t], L, s->row_pos[t], s->h_ridx + t * k, s->h_rw + t * k, k);
 
 	double t1 = dsm_now();
 	s->times.router += t1 - t0;
-	struct dsm_moe_step ms = { .layer = L, .n_tokens = T, .top_k = k, .idx = s->ridx, .weight = s->rw,
-				   .x = s->xn, .y = s->y };
+	struct dsm_moe_step ms = { .layer = L, .n_tokens = T, .top_k = k, .idx = s->h_ridx, .weight = s->h_rw,
+				   .x = s->h_xn, .y = s->h_y };
 	if ((rc = dsm_offload_moe(m->offload, &ms)) < 0)      /* [T, D], the shared expert's output added */
 		return rc;
+	if (s->queue)          /* the store used the device's queues: the session's again */
+		be->set_queue(be, s->queue);
+	rc = dsm_to_dev(s, s->y, s->h_y, sizeof(float) * (size_t)(T * D));
 	s->times.experts += dsm_now() - t1;
-	return 0;
+	return rc;
 }
 
 int dsm_feed_forward(struct dsm_session *s, int L)
 {
 	struct dsm_model *m = s->m;
-	struct dsm_backend *be = m->be;
+	struct dsm_backend *be = s->be;
 	const struct dsm_config *c = &m->cfg;
-	const struct dsm_ffn_layer *f = &m->layers[L].ffn;
+	const struct dsm_ffn_layer *f = &m->fwd.layers[L].ffn;
 	int64_t T = s->T, D = c->hidden_size;
 	int rc;
 	if ((rc = be->rmsnorm(be, T, D, s->x, D, f->norm, (float)c->rms_norm_eps, s->xn)) < 0)
@@ -86,9 +93,5 @@ int dsm_feed_forward(struct dsm_session *s, int L)
 		rc = be->ffn(be, &f->dense, T, s->xn, s->y);
 		s->times.dense += dsm_now() - t;
 	}
-	if (rc < 0)
-		return rc;
-	for (int64_t i = 0; i < T * D; i++)
-		s->x[i] += s->y[i];
-	return 0;
+	return rc < 0 ? rc : be->add(be, T * D, s->x, s->y);
 }

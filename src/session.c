@@ -36,80 +36,126 @@ static int64_t blocks_for(int64_t positions)
 	return (positions + DSM_KV_BLOCK - 1) / DSM_KV_BLOCK;
 }
 
-static void layout_buffers(struct dsm_session *s, struct arena *a)
+/* The host copy of a device buffer: its own in host memory h, or the buffer itself on a host backend. */
+static void *mirror(struct dsm_session *s, struct arena *h, void *dev, size_t bytes)
+{
+	return s->on_device ? take(h, bytes) : dev;
+}
+
+/* h: what the host reads and writes; d: what the backend's ops read and write (device memory on a device). */
+static void layout_buffers(struct dsm_session *s, struct arena *h, struct arena *d)
 {
 	const struct dsm_config *c = &s->m->cfg;
 	size_t B = (size_t)s->max_batch, ctx = (size_t)s->ctx, f = sizeof(float), S = (size_t)s->max_seqs;
 	size_t D = (size_t)c->hidden_size, H = (size_t)c->num_attention_heads, dn = (size_t)c->qk_nope_head_dim,
 	       dr = (size_t)c->qk_rope_head_dim, dv = (size_t)c->v_head_dim, r = (size_t)c->kv_lora_rank,
 	       rq = (size_t)c->q_lora_rank, E = (size_t)c->n_routed_experts, k = (size_t)c->num_experts_per_tok;
-	s->seqs = take(a, S * sizeof(struct dsm_seq));
+	s->seqs = take(h, S * sizeof(struct dsm_seq));
 	for (size_t i = 0; i < S; i++) {
-		int32_t *blocks = take(a, (size_t)blocks_for(s->ctx) * sizeof(int32_t));
-		if (a->base)
+		int32_t *blocks = take(h, (size_t)blocks_for(s->ctx) * sizeof(int32_t));
+		if (h->base)
 			s->seqs[i].blocks = blocks;
 	}
-	s->ref = take(a, (size_t)s->n_blocks * sizeof(int32_t));
-	s->free_blocks = take(a, (size_t)s->n_blocks * sizeof(int32_t));
-	s->parts = take(a, S * sizeof(struct dsm_step_part));
-	s->row_seq = take(a, B * sizeof(int32_t));
-	s->row_pos = take(a, B * sizeof(int64_t));
-	s->x = take(a, B * D * f);
-	s->xn = take(a, B * D * f);
-	s->y = take(a, B * D * f);
-	s->cos = take(a, B * dr / 2 * f);
-	s->sin = take(a, B * dr / 2 * f);
-	s->n_keys = take(a, B * sizeof(int64_t));
-	s->qa = take(a, B * rq * f);
-	s->q = take(a, B * H * (dn + dr) * f);
-	s->kva = take(a, B * (r + dr) * f);
-	s->cnorm = take(a, B * r * f);
-	s->o = take(a, B * H * dv * f);
-	s->c_all = take(a, ctx * r * f);
-	s->pe_all = take(a, ctx * dr * f);
-	s->kv_head = take(a, ctx * (dn + dv) * f);
-	s->q_lat = take(a, B * H * r * f);
-	s->q_pe = take(a, H * dr * f);
-	s->o_lat = take(a, B * H * r * f);
+	s->ref = take(h, (size_t)s->n_blocks * sizeof(int32_t));
+	s->free_blocks = take(h, (size_t)s->n_blocks * sizeof(int32_t));
+	s->parts = take(h, S * sizeof(struct dsm_step_part));
+	s->row_seq = take(h, B * sizeof(int32_t));
+	s->row_pos = take(h, B * sizeof(int64_t));
+	s->mask = take(h, B * sizeof(struct dsm_attn_mask));
+	s->x = take(d, B * D * f);
+	s->xn = take(d, B * D * f);
+	s->h_xn = mirror(s, h, s->xn, B * D * f);
+	s->y = take(d, B * D * f);
+	s->h_y = mirror(s, h, s->y, B * D * f);
+	s->cos = take(d, B * dr / 2 * f);
+	s->h_cos = mirror(s, h, s->cos, B * dr / 2 * f);
+	s->sin = take(d, B * dr / 2 * f);
+	s->h_sin = mirror(s, h, s->sin, B * dr / 2 * f);
+	s->n_keys = take(d, B * sizeof(int64_t));
+	s->h_n_keys = mirror(s, h, s->n_keys, B * sizeof(int64_t));
+	s->qa = take(d, B * rq * f);
+	s->q = take(d, B * H * (dn + dr) * f);
+	s->kva = take(d, B * (r + dr) * f);
+	s->cnorm = take(d, B * r * f);
+	s->o = take(d, B * H * dv * f);
+	s->c_all = take(d, ctx * r * f);
+	s->pe_all = take(d, ctx * dr * f);
+	s->kv_head = take(d, ctx * (dn + dv) * f);
+	s->q_lat = take(d, B * H * r * f);
+	s->q_pe = take(d, H * dr * f);
+	s->o_lat = take(d, B * H * r * f);
 	if (c->has_indexer) {
 		size_t nI = (size_t)c->index_n_heads, dI = (size_t)c->index_head_dim, topk = (size_t)c->index_topk;
 		if (topk > ctx)
 			topk = ctx;
-		s->ik = take(a, B * dI * f);
-		s->iq = take(a, B * nI * dI * f);
-		s->iw = take(a, B * nI * f);
-		s->ik_all = take(a, ctx * dI * f);
-		s->iscore = take(a, ctx * f);
-		s->sel = take(a, B * topk * sizeof(int32_t));
+		s->ik = take(d, B * dI * f);
+		s->iq = take(d, B * nI * dI * f);
+		s->iw = take(d, B * nI * f);
+		s->ik_all = take(d, ctx * dI * f);
+		s->iscore = take(d, ctx * f);
+		s->sel = take(d, B * topk * sizeof(int32_t));
+		s->h_sel = mirror(s, h, s->sel, B * topk * sizeof(int32_t));
 	}
-	s->mask = take(a, B * sizeof(struct dsm_attn_mask));
 	if (E) {
-		s->rlogits = take(a, B * E * f);
-		s->ridx = take(a, B * k * sizeof(int32_t));
-		s->rw = take(a, B * k * f);
+		s->rlogits = take(d, B * E * f);
+		s->h_rlogits = mirror(s, h, s->rlogits, B * E * f);
+		s->ridx = take(d, B * k * sizeof(int32_t));
+		s->h_ridx = mirror(s, h, s->ridx, B * k * sizeof(int32_t));
+		s->rw = take(d, B * k * f);
+		s->h_rw = mirror(s, h, s->rw, B * k * f);
 	}
-	s->logits = take(a, (B < S ? B : S) * (size_t)c->vocab_size * f);
+	/* the last row of each part; on a device, every row of a part too */
+	s->logits = take(d, (s->on_device ? B : B < S ? B : S) * (size_t)c->vocab_size * f);
+}
+
+/* Memory of the backend (device memory, or plain on a host backend), and the host memory it copies from and to
+ * at full speed (pinned on a device). */
+static void *dev_alloc(struct dsm_backend *be, size_t bytes)
+{
+	return be->alloc ? be->alloc(be, bytes) : aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+}
+
+static void dev_free(struct dsm_backend *be, void *p)
+{
+	be->free ? be->free(be, p) : free(p);
+}
+
+static void *pinned_alloc(struct dsm_backend *be, size_t bytes)
+{
+	return be->host_alloc ? be->host_alloc(be, bytes) : aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+}
+
+static void pinned_free(struct dsm_backend *be, void *p)
+{
+	be->host_free ? be->host_free(be, p) : free(p);
 }
 
 void dsm_session_free(struct dsm_session *s)
 {
 	if (!s)
 		return;
-	free(s->kv);
-	free(s->arena);
+	struct dsm_backend *be = s->be;
+	if (be->queue_destroy)
+		be->queue_destroy(be, s->queue);
+	if (be->event_destroy)
+		be->event_destroy(be, s->done);
+	dev_free(be, s->kv);
+	dev_free(be, s->dev_arena);
+	if (s->arena)
+		pinned_free(be, s->arena);
 	free(s);
 }
 
-int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct dsm_session_options *o)
+/* The session's sizes from its options: context, batch, the KV pool and its blocks, and the bytes of the host
+ * and device buffers (counted by a layout without memory). */
+static int size_session(struct dsm_session *s, struct dsm_model *m, const struct dsm_session_options *o)
 {
-	*out = NULL;
 	const struct dsm_config *c = &m->cfg;
-	struct dsm_session *s = calloc(1, sizeof *s);
-	if (!s)
-		return dsm_fail(DSM_ENOMEM, "out of memory");
 	if (o)
 		s->opt = *o;
 	s->m = m;
+	s->be = m->fwd.be;
+	s->on_device = s->be->alloc != NULL;
 	s->ctx = s->opt.ctx > 0 ? s->opt.ctx : 4096;
 	if (s->ctx > c->max_position_embeddings)
 		s->ctx = c->max_position_embeddings;
@@ -117,10 +163,8 @@ int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct
 	s->max_seqs = s->opt.max_seqs > 0 ? s->opt.max_seqs : 1;
 	if (s->opt.kv_dtype == DSM_DTYPE_INVALID)
 		s->opt.kv_dtype = DSM_BF16;
-	if (s->opt.kv_dtype != DSM_BF16 && s->opt.kv_dtype != DSM_F32) {
-		free(s);
+	if (s->opt.kv_dtype != DSM_BF16 && s->opt.kv_dtype != DSM_F32)
 		return dsm_fail(DSM_EARG, "KV cache dtype must be BF16 or F32");
-	}
 	size_t es = dsm_dtype_size(s->opt.kv_dtype), bt = DSM_KV_BLOCK;
 	s->pe_offset = bt * (size_t)c->kv_lora_rank * es;
 	s->ik_offset = s->pe_offset + bt * (size_t)c->qk_rope_head_dim * es;
@@ -130,34 +174,61 @@ int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct
 	int64_t per_seq = blocks_for(s->ctx);
 	if (s->opt.kv_pool_bytes) {
 		uint64_t n = s->opt.kv_pool_bytes / s->block_bytes;
-		if (n < (uint64_t)per_seq) {
-			int rc = dsm_fail(DSM_EARG, "a KV pool of %llu bytes holds %llu blocks of %d positions (%zu bytes each): "
-					  "one sequence's context of %lld tokens needs %lld blocks (%llu bytes); raise the pool "
-					  "or lower the context", (unsigned long long)s->opt.kv_pool_bytes, (unsigned long long)n,
-					  DSM_KV_BLOCK, s->block_bytes, (long long)s->ctx, (long long)per_seq,
-					  (unsigned long long)per_seq * s->block_bytes);
-			free(s);
-			return rc;
-		}
+		if (n < (uint64_t)per_seq)
+			return dsm_fail(DSM_EARG, "a KV pool of %llu bytes holds %llu blocks of %d positions (%zu bytes each): "
+					"one sequence's context of %lld tokens needs %lld blocks (%llu bytes); raise the pool "
+					"or lower the context", (unsigned long long)s->opt.kv_pool_bytes, (unsigned long long)n,
+					DSM_KV_BLOCK, s->block_bytes, (long long)s->ctx, (long long)per_seq,
+					(unsigned long long)per_seq * s->block_bytes);
 		s->n_blocks = n > INT32_MAX ? INT32_MAX : (int64_t)n;
 	} else {
 		s->n_blocks = per_seq * s->max_seqs;
 	}
 	s->kv_bytes = (uint64_t)s->n_blocks * s->block_bytes;
-	s->kv = malloc(s->kv_bytes);
-	struct arena a = { 0 };
-	layout_buffers(s, &a);
-	s->act_bytes = a.used;
-	a.base = s->arena = aligned_alloc(64, (a.used + 63) & ~(size_t)63);
-	if (!s->kv || !s->arena) {
-		int rc = dsm_fail(DSM_ENOMEM, "out of memory: a KV pool of %llu bytes (%lld blocks of %d positions) and "
-				  "%llu bytes of buffers", (unsigned long long)s->kv_bytes, (long long)s->n_blocks,
-				  DSM_KV_BLOCK, (unsigned long long)a.used);
+	struct arena h = { 0 }, d = { 0 };
+	layout_buffers(s, &h, &d);
+	s->host_bytes = h.used;
+	s->dev_bytes = d.used;
+	s->act_bytes = h.used + d.used;
+	return 0;
+}
+
+void dsm_session_device_bytes(struct dsm_model *m, const struct dsm_session_options *o, uint64_t *kv_bytes,
+			      uint64_t *buffers_bytes)
+{
+	struct dsm_session s = { 0 };
+	*kv_bytes = *buffers_bytes = 0;
+	if (size_session(&s, m, o) == 0) {
+		*kv_bytes = s.kv_bytes;
+		*buffers_bytes = s.dev_bytes;
+	}
+}
+
+int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct dsm_session_options *o)
+{
+	*out = NULL;
+	struct dsm_session *s = calloc(1, sizeof *s);
+	if (!s)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	int rc = size_session(s, m, o);
+	if (rc < 0) {
+		free(s);
+		return rc;
+	}
+	struct dsm_backend *be = s->be;
+	s->kv = dev_alloc(be, s->kv_bytes);
+	s->dev_arena = dev_alloc(be, s->dev_bytes);
+	s->arena = pinned_alloc(be, s->host_bytes);
+	if (!s->kv || !s->dev_arena || !s->arena) {
+		rc = dsm_fail(DSM_ENOMEM, "out of %s memory: a KV pool of %llu bytes (%lld blocks of %d positions) and %llu "
+			      "bytes of buffers (lower --ctx, --max-seqs or --batch)", s->on_device ? "device" : "host",
+			      (unsigned long long)s->kv_bytes, (long long)s->n_blocks, DSM_KV_BLOCK,
+			      (unsigned long long)s->dev_bytes);
 		dsm_session_free(s);
 		return rc;
 	}
-	a.used = 0;
-	layout_buffers(s, &a);
+	struct arena h = { .base = s->arena }, d = { .base = s->dev_arena };
+	layout_buffers(s, &h, &d);
 	for (int64_t b = 0; b < s->n_blocks; b++) {
 		s->ref[b] = 0;
 		s->free_blocks[b] = (int32_t)(s->n_blocks - 1 - b);
@@ -165,15 +236,53 @@ int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct
 	s->n_free = s->n_blocks;
 	for (int i = 0; i < s->max_seqs; i++)
 		s->seqs[i].live = 0;
-	struct dsm_backend *be = m->be;
-	int rc;
-	if (be->reserve && (rc = be->reserve(be, s->ctx, c->num_attention_heads,
-					     (int64_t)c->kv_lora_rank + c->qk_rope_head_dim)) < 0) {
+	const struct dsm_config *c = &m->cfg;
+	if ((be->reserve && (rc = be->reserve(be, s->ctx, c->num_attention_heads,
+					      (int64_t)c->kv_lora_rank + c->qk_rope_head_dim)) < 0) ||
+	    (be->queue_create && ((rc = be->queue_create(be, &s->queue)) < 0 || (rc = be->event_create(be, &s->done)) < 0))) {
 		dsm_session_free(s);
 		return rc;
 	}
 	*out = s;
 	return 0;
+}
+
+/* ---- Copies between the host and the backend's memory (memcpy on a host backend, none between a buffer and
+ * itself) ---- */
+
+int dsm_to_dev(struct dsm_session *s, void *dst, const void *src, size_t bytes)
+{
+	if (dst == src || !bytes)
+		return 0;
+	if (!s->be->copy_in) {
+		memcpy(dst, src, bytes);
+		return 0;
+	}
+	return s->be->copy_in(s->be, dst, src, bytes);
+}
+
+int dsm_to_host(struct dsm_session *s, void *dst, const void *src, size_t bytes)
+{
+	struct dsm_backend *be = s->be;
+	if (dst == src || !bytes)
+		return 0;
+	if (!be->copy_out) {
+		memcpy(dst, src, bytes);
+		return 0;
+	}
+	int rc = be->copy_out(be, dst, src, bytes);
+	if (rc == 0 && s->queue && (rc = be->event_record(be, s->done, s->queue)) == 0)
+		rc = be->event_sync(be, s->done);
+	return rc;
+}
+
+int dsm_dev_copy(struct dsm_session *s, void *dst, const void *src, size_t bytes)
+{
+	if (!s->be->copy_dev) {
+		memcpy(dst, src, bytes);
+		return 0;
+	}
+	return s->be->copy_dev(s->be, dst, src, bytes);
 }
 
 int64_t dsm_session_ctx(const struct dsm_session *s)
@@ -300,8 +409,12 @@ static int reserve_blocks(struct dsm_session *s, int seq, int64_t n)
 			q->blocks[b] = block_new(s);
 		} else if (s->ref[q->blocks[b]] > 1) {
 			int32_t nb = block_new(s);
-			memcpy(s->kv + (size_t)nb * s->block_bytes, s->kv + (size_t)q->blocks[b] * s->block_bytes,
-			       s->block_bytes);
+			int rc = dsm_dev_copy(s, s->kv + (size_t)nb * s->block_bytes,
+					      s->kv + (size_t)q->blocks[b] * s->block_bytes, s->block_bytes);
+			if (rc < 0) {
+				block_unref(s, nb);
+				return rc;
+			}
 			block_unref(s, q->blocks[b]);
 			q->blocks[b] = nb;
 		}
@@ -311,8 +424,8 @@ static int reserve_blocks(struct dsm_session *s, int seq, int64_t n)
 
 /* ---- The step ---- */
 
-/* cos/sin of angle p * f_i' for each row (docs MODEL.md "YaRN rotary frequencies"). */
-static void rope_tables(struct dsm_session *s)
+/* cos/sin of angle p * f_i' for each row (docs MODEL.md "YaRN rotary frequencies"), and the rows' key counts. */
+static int rope_tables(struct dsm_session *s)
 {
 	const struct dsm_model *m = s->m;
 	int64_t half = m->cfg.qk_rope_head_dim / 2;
@@ -320,28 +433,35 @@ static void rope_tables(struct dsm_session *s)
 		double p = (double)s->row_pos[t];
 		for (int64_t i = 0; i < half; i++) {
 			double ang = p * m->rope_freq[i];
-			s->cos[t * half + i] = (float)cos(ang) * m->rope_amp;
-			s->sin[t * half + i] = (float)sin(ang) * m->rope_amp;
+			s->h_cos[t * half + i] = (float)cos(ang) * m->rope_amp;
+			s->h_sin[t * half + i] = (float)sin(ang) * m->rope_amp;
 		}
-		s->n_keys[t] = s->row_pos[t] + 1;
+		s->h_n_keys[t] = s->row_pos[t] + 1;
 	}
+	size_t tab = sizeof(float) * (size_t)(s->T * half);
+	int rc = dsm_to_dev(s, s->cos, s->h_cos, tab);
+	if (rc == 0 && (rc = dsm_to_dev(s, s->sin, s->h_sin, tab)) == 0)
+		rc = dsm_to_dev(s, s->n_keys, s->h_n_keys, sizeof(int64_t) * (size_t)s->T);
+	return rc;
 }
 
-static void embed(struct dsm_session *s, int64_t row, const int32_t *tokens, int64_t n)
+static int embed(struct dsm_session *s, int64_t row, const int32_t *tokens, int64_t n)
 {
-	const struct dsm_mat *e = &s->m->embed;
+	const struct dsm_mat *e = &s->m->fwd.embed;
+	struct dsm_backend *be = s->be;
 	int64_t D = e->cols;
-	for (int64_t t = 0; t < n; t++) {
-		size_t src = (size_t)tokens[t] * (size_t)D;
+	int rc = 0;
+	for (int64_t t = 0; t < n && rc == 0; t++) {
 		float *x = s->x + (row + t) * D;
-		if (e->dtype == DSM_F32)
-			memcpy(x, (const float *)e->data + src, sizeof(float) * (size_t)D);
-		else if (e->dtype == DSM_BF16)
-			dsm_convert_to_f32(x, (const uint16_t *)e->data + src, DSM_BF16, (size_t)D);
-		else
+		if (e->dtype == DSM_F32 || e->dtype == DSM_BF16) {
+			const char *src = (const char *)e->data + (size_t)tokens[t] * (size_t)D * dsm_dtype_size(e->dtype);
+			rc = be->convert(be, 1, D, src, e->dtype, D, x, DSM_F32, D);
+		} else {       /* host memory: dsm_model_to_device takes F32 and BF16 tables only */
 			for (int64_t j = 0; j < D; j++)
 				x[j] = dsm_mat_get(e, tokens[t], j);
+		}
 	}
+	return rc;
 }
 
 /* Which form the attention of a sequence's part takes. AUTO: the full form for a chunk of several tokens
@@ -390,31 +510,38 @@ static int admit(struct dsm_session *s, struct dsm_step_seq *q, const unsigned c
 static int logits_out(struct dsm_session *s, struct dsm_step_seq *q, int n, const int *part_of)
 {
 	struct dsm_model *m = s->m;
-	struct dsm_backend *be = m->be;
+	struct dsm_backend *be = s->be;
+	const struct dsm_fwd *w = &m->fwd;
 	int64_t D = m->cfg.hidden_size, V = m->cfg.vocab_size, rows = 0;
 	float eps = (float)m->cfg.rms_norm_eps;
+	size_t row_bytes = sizeof(float) * (size_t)V;
 	int rc;
 	for (int i = 0; i < n; i++) {
 		if (q[i].rc || q[i].mode == DSM_LOGITS_NONE)
 			continue;
 		const struct dsm_step_part *p = &s->parts[part_of[i]];
-		if (q[i].mode == DSM_LOGITS_ALL) {
-			if ((rc = be->rmsnorm(be, p->n, D, s->x + p->row0 * D, D, m->final_norm, eps, s->y)) < 0 ||
-			    (rc = be->matmul(be, &m->head, p->n, s->y, q[i].logits)) < 0)
+		if (q[i].mode == DSM_LOGITS_LAST) {
+			if ((rc = be->rmsnorm(be, 1, D, s->x + (p->row0 + p->n - 1) * D, D, w->final_norm, eps,
+					      s->xn + rows++ * D)) < 0)
 				return rc;
-		} else if ((rc = be->rmsnorm(be, 1, D, s->x + (p->row0 + p->n - 1) * D, D, m->final_norm, eps,
-					     s->xn + rows++ * D)) < 0) {
-			return rc;
+			continue;
 		}
+		/* every row: straight into the caller's buffer, or through s->logits (then [B, V]) from a device */
+		float *dst = s->on_device ? s->logits : q[i].logits;
+		if ((rc = be->rmsnorm(be, p->n, D, s->x + p->row0 * D, D, w->final_norm, eps, s->y)) < 0 ||
+		    (rc = be->matmul(be, &w->head, p->n, s->y, dst)) < 0 ||
+		    (rc = dsm_to_host(s, q[i].logits, dst, row_bytes * (size_t)p->n)) < 0)
+			return rc;
 	}
 	if (!rows)
 		return 0;
-	if ((rc = be->matmul(be, &m->head, rows, s->xn, s->logits)) < 0)
+	if ((rc = be->matmul(be, &w->head, rows, s->xn, s->logits)) < 0)
 		return rc;
 	rows = 0;
 	for (int i = 0; i < n; i++)
-		if (!q[i].rc && q[i].mode == DSM_LOGITS_LAST)
-			memcpy(q[i].logits, s->logits + rows++ * V, sizeof(float) * (size_t)V);
+		if (!q[i].rc && q[i].mode == DSM_LOGITS_LAST &&
+		    (rc = dsm_to_host(s, q[i].logits, s->logits + rows++ * V, row_bytes)) < 0)
+			return rc;
 	return 0;
 }
 
@@ -443,7 +570,7 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 			seen[q[i].seq] = 1;
 	}
 	/* Rows: the parts whose attention takes the absorbed form first, so that their projections run as one. */
-	int part_of[n];
+	int part_of[n], rc = 0;
 	s->n_parts = 0;
 	s->T = 0;
 	for (int pass = 1; pass >= 0; pass--)
@@ -457,7 +584,6 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 				s->row_seq[p->row0 + t] = p->seq;
 				s->row_pos[p->row0 + t] = p->pos0 + t;
 			}
-			embed(s, p->row0, q[i].tokens, p->n);
 			part_of[i] = s->n_parts++;
 			s->T += p->n;
 			if (pass)
@@ -467,11 +593,18 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 		return 0;
 	if (s->parts[0].absorbed == 0)
 		s->n_absorbed = 0;
+	/* On a device, the step's work goes to the session's queue; the host waits only for what it reads. */
+	struct dsm_backend *be = s->be;
+	if (s->queue)
+		be->set_queue(be, s->queue);
+	for (int i = 0; i < n && rc == 0; i++)
+		if (!q[i].rc)
+			rc = embed(s, s->parts[part_of[i]].row0, q[i].tokens, q[i].n);
 	/* Positions count as held from here, so that attention reads the new entries; undone on failure. */
 	for (int i = 0; i < s->n_parts; i++)
 		s->seqs[s->parts[i].seq].pos += s->parts[i].n;
-	rope_tables(s);
-	int rc = 0;
+	if (rc == 0)
+		rc = rope_tables(s);
 	for (int L = 0; L < c->num_hidden_layers && rc == 0; L++) {
 		double t = dsm_now();
 		if ((rc = dsm_attention(s, L)) < 0)
@@ -483,6 +616,14 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 	double t = dsm_now();
 	if (rc == 0)
 		rc = logits_out(s, q, n, part_of);
+	if (s->queue) {         /* nothing of the step left in the queue, and its failure reported now */
+		int qrc = be->event_record(be, s->done, s->queue);
+		if (qrc == 0)
+			qrc = be->event_sync(be, s->done);
+		be->set_queue(be, NULL);
+		if (rc == 0)
+			rc = qrc;
+	}
 	s->times.head += dsm_now() - t;
 	s->times.other += t - t0 - (s->times.attention + s->times.router + s->times.experts + s->times.dense - busy0);
 	int bound;

@@ -87,6 +87,30 @@ static int cpu_route(struct dsm_backend *be, const struct dsm_route_args *a)
 	return dsm_ref_route(a);
 }
 
+static int cpu_add(struct dsm_backend *be, int64_t n, float *x, const float *y)
+{
+	dsm_ref_add(n, x, y);
+	return 0;
+}
+
+static int cpu_scale(struct dsm_backend *be, int64_t n, float *x, float s)
+{
+	dsm_ref_scale(n, x, s);
+	return 0;
+}
+
+static int cpu_convert(struct dsm_backend *be, int64_t rows, int64_t cols, const void *x, enum dsm_dtype xt,
+		       int64_t ldx, void *y, enum dsm_dtype yt, int64_t ldy)
+{
+	return dsm_ref_convert(rows, cols, x, xt, ldx, y, yt, ldy);
+}
+
+static int cpu_fp8_round(struct dsm_backend *be, int64_t n, int64_t d, float *x, int ue8m0)
+{
+	dsm_ref_fp8_round(n, d, x, ue8m0);
+	return 0;
+}
+
 int dsm_physical_cores(void)
 {
 	hwloc_topology_t topo;
@@ -158,6 +182,10 @@ int dsm_cpu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->indexer_scores = cpu_indexer_scores;
 	be->topk = cpu_topk;
 	be->route = cpu_route;
+	be->add = cpu_add;
+	be->scale = cpu_scale;
+	be->convert = cpu_convert;
+	be->fp8_round = cpu_fp8_round;
 	*out = be;
 	return 0;
 }

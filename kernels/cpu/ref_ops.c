@@ -395,3 +395,61 @@ int dsm_ref_route(const struct dsm_route_args *a)
 	free(tmp);
 	return rc;
 }
+
+void dsm_ref_add(int64_t n, float *x, const float *y)
+{
+	for (int64_t i = 0; i < n; i++)
+		x[i] += y[i];
+}
+
+void dsm_ref_scale(int64_t n, float *x, float s)
+{
+	for (int64_t i = 0; i < n; i++)
+		x[i] *= s;
+}
+
+int dsm_ref_convert(int64_t rows, int64_t cols, const void *x, enum dsm_dtype xt, int64_t ldx, void *y,
+		    enum dsm_dtype yt, int64_t ldy)
+{
+	if ((xt != DSM_F32 && xt != DSM_BF16) || (yt != DSM_F32 && yt != DSM_BF16))
+		return dsm_fail(DSM_EUNSUPPORTED, "convert: %s to %s (F32 and BF16 only)", dsm_dtype_name(xt),
+				dsm_dtype_name(yt));
+	size_t xs = dsm_dtype_size(xt), ys = dsm_dtype_size(yt);
+	for (int64_t i = 0; i < rows; i++) {
+		const char *xi = (const char *)x + (size_t)(i * ldx) * xs;
+		char *yi = (char *)y + (size_t)(i * ldy) * ys;
+		if (xt == yt)
+			memcpy(yi, xi, (size_t)cols * xs);
+		else if (xt == DSM_F32)
+			for (int64_t j = 0; j < cols; j++)
+				((uint16_t *)yi)[j] = dsm_f32_to_bf16(((const float *)xi)[j]);
+		else
+			for (int64_t j = 0; j < cols; j++)
+				((float *)yi)[j] = dsm_bf16_to_f32(((const uint16_t *)xi)[j]);
+	}
+	return 0;
+}
+
+void dsm_ref_fp8_round(int64_t n, int64_t d, float *x, int ue8m0)
+{
+	for (int64_t i = 0; i < n; i++) {
+		float *row = x + i * d;
+		for (int64_t b0 = 0; b0 < d; b0 += 128) {
+			int64_t len = d - b0 < 128 ? d - b0 : 128;
+			float amax = 1e-4f;
+			for (int64_t j = 0; j < len; j++)
+				amax = fabsf(row[b0 + j]) > amax ? fabsf(row[b0 + j]) : amax;
+			double scale = (double)amax / 448.0;
+			if (ue8m0) {
+				int e;
+				double mant = frexp(scale, &e); /* scale = mant * 2^e, 0.5 <= mant < 1 */
+				scale = ldexp(1.0, mant == 0.5 ? e - 1 : e);
+			}
+			for (int64_t j = 0; j < len; j++) {
+				double v = row[b0 + j] / scale;
+				v = v > 448 ? 448 : v < -448 ? -448 : v;
+				row[b0 + j] = (float)(dsm_fp8_to_f32(dsm_f32_to_fp8((float)v)) * scale);
+			}
+		}
+	}
+}

@@ -23,6 +23,11 @@ void dsm_ref_indexer_scores(int64_t n_heads, int64_t d, const float *q, const fl
 			    int64_t n_keys, float *out);
 int dsm_ref_topk(const float *x, int64_t n, int64_t k, int32_t *idx);
 int dsm_ref_route(const struct dsm_route_args *a);
+void dsm_ref_add(int64_t n, float *x, const float *y);
+void dsm_ref_scale(int64_t n, float *x, float s);
+int dsm_ref_convert(int64_t rows, int64_t cols, const void *x, enum dsm_dtype xt, int64_t ldx, void *y,
+		    enum dsm_dtype yt, int64_t ldy);
+void dsm_ref_fp8_round(int64_t n, int64_t d, float *x, int ue8m0);
 
 /* silu(g) * u, elementwise over n values, into g. */
 void dsm_ref_silu_mul(int64_t n, float *g, const float *u);

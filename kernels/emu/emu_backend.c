@@ -35,9 +35,10 @@ struct emu_job {
 	enum dsm_op op;                         /* JOB_OP: the op and its arguments */
 	struct dsm_mat w;
 	struct dsm_ffn_weights ffn;
-	int64_t n, d, n_heads, k, ldx, ldh;
-	float eps;
-	int interleaved;
+	int64_t n, d, n_heads, k, ldx, ldh, ldy;
+	float eps;                              /* also scale's factor */
+	int interleaved, ue8m0;
+	enum dsm_dtype xt, yt;                  /* convert: src and dst, as JOB_COPY's */
 	const float *x, *wv, *b, *cos, *sin, *keys;
 	float *y;
 	int32_t *idx;
@@ -115,6 +116,10 @@ static int run_op(struct dsm_backend *c, struct emu_job *j)
 	case DSM_OP_INDEXER_SCORES: return c->indexer_scores(c, j->n_heads, j->d, j->x, j->wv, j->keys, j->n, j->y);
 	case DSM_OP_TOPK: return c->topk(c, j->x, j->n, j->k, j->idx);
 	case DSM_OP_ROUTE: return c->route(c, &j->a.route);
+	case DSM_OP_ADD: return c->add(c, j->n, j->y, j->x);
+	case DSM_OP_SCALE: return c->scale(c, j->n, j->y, j->eps);
+	case DSM_OP_CONVERT: return c->convert(c, j->n, j->d, j->src, j->xt, j->ldx, j->dst, j->yt, j->ldy);
+	case DSM_OP_FP8_ROUND: return c->fp8_round(c, j->n, j->d, j->y, j->ue8m0);
 	default: return dsm_fail(DSM_EUNSUPPORTED, "emu: op %d cannot be queued", (int)j->op);
 	}
 }
@@ -890,6 +895,57 @@ static int emu_route(struct dsm_backend *be, const struct dsm_route_args *a)
 	return c->route(c, a);
 }
 
+static int emu_add(struct dsm_backend *be, int64_t n, float *x, const float *y)
+{
+	const struct emu_backend *eb = emu_of(be);
+	int rc = check_dev(eb, x, sizeof(float) * (size_t)n, "add", "sum");
+	if (rc == 0)
+		rc = check_dev(eb, y, sizeof(float) * (size_t)n, "add", "addend");
+	if (rc < 0)
+		return rc;
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_ADD, j, (j->n = n, j->y = x, j->x = y));
+	struct dsm_backend *c = cpu_of_emu(be);
+	return c->add(c, n, x, y);
+}
+
+static int emu_scale(struct dsm_backend *be, int64_t n, float *x, float s)
+{
+	int rc = check_dev(emu_of(be), x, sizeof(float) * (size_t)n, "scale", "values");
+	if (rc < 0)
+		return rc;
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_SCALE, j, (j->n = n, j->y = x, j->eps = s));
+	struct dsm_backend *c = cpu_of_emu(be);
+	return c->scale(c, n, x, s);
+}
+
+static int emu_convert(struct dsm_backend *be, int64_t rows, int64_t cols, const void *x, enum dsm_dtype xt,
+		       int64_t ldx, void *y, enum dsm_dtype yt, int64_t ldy)
+{
+	const struct emu_backend *eb = emu_of(be);
+	int rc = 0;
+	if (rows > 0 && cols > 0) {
+		rc = check_dev(eb, x, dsm_dtype_size(xt) * (size_t)((rows - 1) * ldx + cols), "convert", "input");
+		if (rc == 0)
+			rc = check_dev(eb, y, dsm_dtype_size(yt) * (size_t)((rows - 1) * ldy + cols), "convert", "output");
+	}
+	if (rc < 0)
+		return rc;
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_CONVERT, j, (j->n = rows, j->d = cols, j->src = x, j->xt = xt, j->ldx = ldx,
+						      j->dst = y, j->yt = yt, j->ldy = ldy));
+	struct dsm_backend *c = cpu_of_emu(be);
+	return c->convert(c, rows, cols, x, xt, ldx, y, yt, ldy);
+}
+
+static int emu_fp8_round(struct dsm_backend *be, int64_t n, int64_t d, float *x, int ue8m0)
+{
+	int rc = check_dev(emu_of(be), x, sizeof(float) * (size_t)(n * d), "fp8_round", "values");
+	if (rc < 0)
+		return rc;
+	QUEUE_OR_RUN(emu_of(be), DSM_OP_FP8_ROUND, j, (j->n = n, j->d = d, j->y = x, j->ue8m0 = ue8m0));
+	struct dsm_backend *c = cpu_of_emu(be);
+	return c->fp8_round(c, n, d, x, ue8m0);
+}
+
 int dsm_emu_backend_create(struct dsm_backend **out, const struct dsm_backend_options *o)
 {
 	*out = NULL;
@@ -944,6 +1000,10 @@ int dsm_emu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->indexer_scores = emu_indexer_scores;
 	be->topk = emu_topk;
 	be->route = emu_route;
+	be->add = emu_add;
+	be->scale = emu_scale;
+	be->convert = emu_convert;
+	be->fp8_round = emu_fp8_round;
 	*out = be;
 	return 0;
 }
