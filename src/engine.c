@@ -117,15 +117,15 @@ static int parse_gpus(const char *s, int *devices, int *n)
 	}
 }
 
-/* Puts the forward pass outside the experts on gpu:0 with the session's KV cache and buffers, refused with the sizes
- * when they do not fit. *reserved: the bytes that leaves out of a budget for experts. */
+/* Puts the forward pass outside the experts on gpu:0 and opens the session there (its KV cache and buffers), refused
+ * with the sizes when they do not fit. *reserved: the device memory they took, out of a budget for experts. */
 static int forward_to_gpu(struct dsm_engine *e, const struct dsm_session_options *so, uint64_t *reserved)
 {
 	struct dsm_model *m = e->m;
 	struct dsm_backend *g = e->gpu[0];
 	uint64_t w = dsm_model_device_bytes(m), kv, buf;
 	dsm_session_device_bytes(m, so, &kv, &buf);
-	size_t fr = SIZE_MAX, tot;
+	size_t fr = SIZE_MAX, tot, after;
 	if (g->mem_info && g->mem_info(g, &fr, &tot) < 0)
 		fr = SIZE_MAX;
 	*reserved = w + kv + buf;
@@ -136,8 +136,10 @@ static int forward_to_gpu(struct dsm_engine *e, const struct dsm_session_options
 				(double)fr / 1e9, (double)*reserved / 1e9, (double)w / 1e9, (double)kv / 1e9,
 				(long long)so->ctx, so->max_seqs, (double)buf / 1e9, (long long)so->max_batch);
 	int rc = dsm_model_to_device(m, g);
-	if (rc < 0)
+	if (rc < 0 || (rc = dsm_session_init(&e->s, m, so)) < 0)
 		return dsm_fail_prefix(rc, "the forward pass on gpu:0");
+	if (fr != SIZE_MAX && g->mem_info(g, &after, &tot) == 0) /* what was counted, allocation overheads too */
+		*reserved = fr - after;
 	note(e, "gpu:0 runs the attention, the dense layers, the routers, the embeddings and the head: %.3g GB of "
 	     "weights, %.3g GB of KV cache, %.3g GB of buffers", (double)w / 1e9, (double)kv / 1e9, (double)buf / 1e9);
 	return 0;
@@ -263,6 +265,11 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 		     (long long)so.max_batch, so.max_seqs);
 		so.max_batch = so.max_seqs;
 	}
+	e->user_hooks = so.hooks;
+	so.hooks = (struct dsm_session_hooks){ .user = e, .on_route = route_hook,
+		.on_select = e->user_hooks.on_select ? select_hook : NULL,
+		.force_route = e->user_hooks.force_route ? force_route_hook : NULL,
+		.force_select = e->user_hooks.force_select ? force_select_hook : NULL };
 	if (tiered && (rc = open_tiers(e, &so)) < 0)
 		goto err;
 	if (o->record_routing &&
@@ -273,12 +280,7 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 	snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", dir);
 	if (access(tok_path, R_OK) == 0 && (rc = tokenizer_load_dir(&e->tok, dir)) < 0)
 		goto err;
-	e->user_hooks = so.hooks;
-	so.hooks = (struct dsm_session_hooks){ .user = e, .on_route = route_hook,
-		.on_select = e->user_hooks.on_select ? select_hook : NULL,
-		.force_route = e->user_hooks.force_route ? force_route_hook : NULL,
-		.force_select = e->user_hooks.force_select ? force_select_hook : NULL };
-	if ((rc = dsm_session_init(&e->s, m, &so)) < 0)
+	if (!e->s && (rc = dsm_session_init(&e->s, m, &so)) < 0) /* opened already when gpu:0 holds it */
 		goto err;
 	*out = e;
 	return 0;

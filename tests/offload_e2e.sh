@@ -36,9 +36,11 @@ check_plans() { # model dir, label
 		"--stream-experts --cache-policy lfu --cache-size 2M" "--stream-experts --cache-policy pinned --cache-size 2M" \
 		"--plan $W/mixed.json --gpu-backend emu" "--plan $W/mixed.json --gpu-backend emu --cache-off" \
 		"--plan $W/gpu-shared.json --gpu-backend emu" \
-		"--gpu-backend emu --vram-budget 1M" "--gpu-backend emu --vram-budget 1M --dram-budget 6M" \
-		"--gpu-backend emu --vram-budget 1M --gpu-upload-tokens 2" "--gpu-backend emu --gpus 0,1 --vram-budget 600K" \
-		"--gpu-backend emu --vram-budget 24M --dram-budget 1000M"; do
+		"--gpu-backend emu --cpu-attention --vram-budget 1M" "--gpu-backend emu --cpu-attention --vram-budget 1M --dram-budget 6M" \
+		"--gpu-backend emu --cpu-attention --vram-budget 1M --gpu-upload-tokens 2" "--gpu-backend emu --cpu-attention --gpus 0,1 --vram-budget 600K" \
+		"--gpu-backend emu --cpu-attention --vram-budget 24M --dram-budget 1000M" \
+		"--gpu-backend emu --ctx 512 --batch 16 --vram-budget 11M --dram-budget 6M" "--gpu-backend emu --ctx 512 --batch 16 --gpus 0,1 --vram-budget 9M" \
+		"--gpu-backend emu --ctx 512 --batch 16 --vram-budget 700M --dram-budget 1000M"; do
 		case "$mode" in *.json*|*"--dram-budget 6M"*|*upload*|*gpus*) [ "$2" = tiny ] || continue ;;
 		*"--dram-budget 1000M"*) [ "$2" = small ] || continue ;; esac
 		if $RUN -m "$1" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/plan.npy" -q $mode > /dev/null 2> "$W/err" &&
@@ -54,7 +56,7 @@ check_plans "$W/tiny" tiny
 
 # The budget runs above put some experts on the emu device (1 MiB holds 10 of the 48 tiny experts), some in
 # DRAM and, with 6 MiB of DRAM, the rest on nvme.
-if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --vram-budget 1M --dram-budget 6M \
+if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --cpu-attention --vram-budget 1M --dram-budget 6M \
 	> /dev/null 2> "$W/err" &&
    grep -q "offload: experts gpu [1-9][0-9]*, dram [1-9][0-9]*, nvme [1-9][0-9]*, mapped 0;" "$W/err" &&
    grep -q "per token: gpu busy [0-9.]*[1-9][0-9]* ms, cpu busy [0-9.]* ms, I/O wait [0-9.]* ms, overlap [0-9.]* ms" "$W/err"
@@ -68,14 +70,23 @@ if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --plan "$W/gpu-shared.json"
 then ok "shared experts on the emu device"; else bad "shared experts on the emu device"; cat "$W/err"; fi
 
 # A DRAM expert with 2 or more tokens of the prompt is copied to the emu device and computed there.
-if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --vram-budget 1M --gpu-upload-tokens 2 \
+if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --cpu-attention --vram-budget 1M --gpu-upload-tokens 2 \
 	> /dev/null 2> "$W/err" && grep -q "DRAM experts to the gpu: from 2 tokens, [1-9][0-9]* runs" "$W/err"
 then ok "DRAM experts uploaded for a prompt's tokens"; else bad "DRAM experts uploaded for a prompt's tokens"; cat "$W/err"; fi
 
 # Two emulated GPUs: the MoE layers split between them, experts on both.
-if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --gpus 0,1 --vram-budget 600K > /dev/null 2> "$W/err" &&
+if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --cpu-attention --gpus 0,1 --vram-budget 600K > /dev/null 2> "$W/err" &&
    grep -q "; experts on gpu:0 [1-9][0-9]*, gpu:1 [1-9][0-9]*$" "$W/err"
 then ok "--gpus 0,1: experts on gpu:0 and gpu:1"; else bad "--gpus 0,1: experts on gpu:0 and gpu:1"; cat "$W/err"; fi
+
+# The forward pass outside the experts on the emu device (its weights, KV cache and buffers take 7.3 MB of the
+# 11 MB), experts in the rest and in DRAM.
+if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --ctx 512 --batch 16 --vram-budget 11M \
+	--dram-budget 6M > /dev/null 2> "$W/err" &&
+   grep -q "gpu:0 runs the attention, the dense layers, the routers, the embeddings and the head: 0.00389 GB of weights" "$W/err" &&
+   grep -q "offload: experts gpu [1-9][0-9]*, dram [1-9][0-9]*, nvme [0-9]*, mapped 0;" "$W/err"
+then ok "the forward pass on the emu device, experts beside it"
+else bad "the forward pass on the emu device, experts beside it"; cat "$W/err"; fi
 
 # The report on stderr and in --json; a routing trace that the next run uses as hotness.
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --stream-experts --record-routing "$W/r.trace" > /dev/null 2> "$W/err" &&
@@ -119,6 +130,9 @@ sed 's/"dram:0": \["0-7"\]/"dram:63": ["0-7"]/' "$W/mixed.json" > "$W/node.json"
 expect_error "plan naming a NUMA node the machine lacks" \
 	"layer 2 expert 0 on dram:63 but this machine has [0-9]* NUMA node" --plan "$W/node.json" --gpu-backend emu
 expect_error "bad cache policy" "expected lru, lfu or pinned" --cache-policy mru
+expect_error "a GPU too small for the forward pass" \
+	"gpu:0 has 0.001 GB free; the forward pass outside the experts needs 0.023 GB there: weights 0.004 GB, KV cache 0.012 GB (--ctx 4096, --max-seqs 1), step buffers 0.007 GB (--batch 128)" \
+	--gpu-backend emu --vram-budget 1M
 
 # Weights larger than the available memory (faked: 1 GiB margin + 6 MB) turn the tiered store on by
 # themselves, with the same logits; --no-offload keeps every weight mapped.
@@ -170,7 +184,7 @@ fi
 # the tiers (each expert runs once per step on all its tokens, in every tier).
 samples() { $RUN -m "$W/tiny" --tokens $TOK -n 10 --ignore-eos --temperature 1 --samples 4 -q "$@"; }
 samples > "$W/samples.base"
-for mode in "--stream-experts" "--stream-experts --cache-off" "--gpu-backend emu --vram-budget 2M --dram-budget 6M"; do
+for mode in "--stream-experts" "--stream-experts --cache-off" "--gpu-backend emu --cpu-attention --vram-budget 2M --dram-budget 6M"; do
 	if samples $mode > "$W/samples.plan" && grep -q "^--- sample 4 of 4" "$W/samples.plan" &&
 	   cmp -s "$W/samples.base" "$W/samples.plan"
 	then ok "--samples 4, $mode: the same tokens"; else bad "--samples 4, $mode: tokens differ"; fi
