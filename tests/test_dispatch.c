@@ -221,6 +221,7 @@ static void test_emu_queues(const struct dsm_backend_options *bo)
 	CHECK(e->event_elapsed(e, e2, e1, &dt) == 0 && dt >= 0, "emu: event_elapsed %g", dt);
 
 	/* The same matmul and norm directly, then queued: every operand in device memory. */
+	int bad;
 	float *dw = e->alloc(e, sizeof(float) * ROWS * COLS), *dy = e->alloc(e, sizeof(float) * 4 * N * ROWS);
 	float *dy0 = dy, *dy1 = dy + N * ROWS, *dz0 = dy + 2 * N * ROWS, *dz1 = dy + 3 * N * ROWS;
 	CHECK(dw && dy && e->copy_in(e, dw, w, sizeof(float) * ROWS * COLS) == 0, "emu: weight upload");
@@ -237,10 +238,27 @@ static void test_emu_queues(const struct dsm_backend_options *bo)
 	float z0[N * ROWS];
 	CHECK(e->copy_out(e, z0, dz0, sizeof z0) == 0 && e->copy_out(e, z1, dz1, sizeof z1) == 0 &&
 	      memcmp(z0, z1, sizeof z0) == 0, "emu: queued rmsnorm differs");
+	/* The glue ops likewise: add, scale and fp8_round in place, then a conversion to BF16. */
+	uint16_t *db = e->alloc(e, sizeof(uint16_t) * 2 * N * ROWS), b0[N * ROWS], b1[N * ROWS];
+	CHECK(db && e->add(e, N * ROWS, dz0, dy0) == 0 && e->scale(e, N * ROWS, dz0, 0.5f) == 0 &&
+	      e->fp8_round(e, N, ROWS, dz0, 1) == 0 && e->convert(e, N, ROWS, dz0, DSM_F32, ROWS, db, DSM_BF16, ROWS) == 0,
+	      "emu: glue ops: %s", dsm_errmsg());
+	e->set_queue(e, q1);
+	CHECK(e->add(e, N * ROWS, dz1, dy1) == 0 && e->scale(e, N * ROWS, dz1, 0.5f) == 0 &&
+	      e->fp8_round(e, N, ROWS, dz1, 1) == 0 &&
+	      e->convert(e, N, ROWS, dz1, DSM_F32, ROWS, db + N * ROWS, DSM_BF16, ROWS) == 0 &&
+	      e->event_record(e, e1, q1) == 0, "emu: queued glue ops");
+	e->set_queue(e, NULL);
+	CHECK(e->event_sync(e, e1) == 0 && e->copy_out(e, b0, db, sizeof b0) == 0 &&
+	      e->copy_out(e, b1, db + N * ROWS, sizeof b1) == 0 && memcmp(b0, b1, sizeof b0) == 0 && b0[0] != b0[1],
+	      "emu: queued glue ops differ");
+	bad = e->add(e, N * ROWS, z0, dy0);
+	CHECK(bad == DSM_EARG && strstr(dsm_errmsg(), "add: sum"), "emu: add into host memory: %s", dsm_errmsg());
+	e->free(e, db);
 	/* Host memory given to the device is refused, naming the operand (a real GPU would fault). */
 	m.rows = ROWS;
 	m.data = w;
-	int bad = e->matmul(e, &m, N, dev, dy0);
+	bad = e->matmul(e, &m, N, dev, dy0);
 	CHECK(bad == DSM_EARG && strstr(dsm_errmsg(), "matmul: weight") && strstr(dsm_errmsg(), "not device memory"),
 	      "emu: a host weight: %d %s", bad, dsm_errmsg());
 	bad = e->copy_in(e, out, src, sizeof(float));
@@ -261,7 +279,7 @@ static void test_emu_queues(const struct dsm_backend_options *bo)
 	CHECK(e->event_sync(e, e1) == 0 && out[0] == src[0] && e->sync(e) == 0, "emu: a queue works after a failure");
 	struct dsm_emu_stats st;
 	dsm_emu_get_stats(e, &st);
-	CHECK(st.jobs == 6 && st.queue_busy_seconds > 0, "emu: %zu jobs, %g s", st.jobs, st.queue_busy_seconds);
+	CHECK(st.jobs == 10 && st.queue_busy_seconds > 0, "emu: %zu jobs, %g s", st.jobs, st.queue_busy_seconds);
 
 	e->free(e, dw);
 	e->free(e, dy);

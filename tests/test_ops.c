@@ -245,6 +245,78 @@ static void test_elementwise(struct dsm_backend *be)
 	free(x), free(w), free(b), free(y), free(yr);
 }
 
+/* The nearest FP8 E4M3 value to v by a search over every finite code (independent of dsm_f32_to_fp8). */
+static float nearest_fp8(double v)
+{
+	float best = 0;
+	for (int c = 0; c < 256; c++) {
+		float f = dsm_fp8_to_f32((uint8_t)c);
+		if (!isnan(f) && fabs(f - v) < fabs(best - v))
+			best = f;
+	}
+	return best;
+}
+
+/* add, scale, convert and fp8_round: the glue of a forward pass in device memory. */
+static void test_glue(struct dsm_backend *be)
+{
+	int64_t n = 300;
+	float *x = rand_buf((size_t)n, 3), *y = rand_buf((size_t)n, 4), *x0 = malloc(sizeof(float) * (size_t)n);
+	memcpy(x0, x, sizeof(float) * (size_t)n);
+	CHECK(be->add(be, n, x, y) == 0 && be->scale(be, n, x, 0.37f) == 0, "%s", dsm_errmsg());
+	int same = 1;
+	for (int64_t i = 0; i < n; i++)
+		same &= x[i] == (x0[i] + y[i]) * 0.37f;
+	CHECK(same, "add then scale");
+
+	/* convert: 5 rows of 40 values, strides 48 and 44, each pair of types; what lies between rows untouched */
+	int64_t rows = 5, cols = 40, ldx = 48, ldy = 44;
+	float *src = rand_buf((size_t)(rows * ldx), 5), *f = malloc(sizeof(float) * (size_t)(rows * ldy));
+	uint16_t *b = malloc(2 * (size_t)(rows * ldy)), *b2 = malloc(2 * (size_t)(rows * ldx));
+	memset(b, 0xab, 2 * (size_t)(rows * ldy));
+	CHECK(be->convert(be, rows, cols, src, DSM_F32, ldx, b, DSM_BF16, ldy) == 0, "%s", dsm_errmsg());
+	for (int64_t i = 0; i < rows * ldx; i++)
+		b2[i] = dsm_f32_to_bf16(src[i]);
+	CHECK(be->convert(be, rows, cols, b2, DSM_BF16, ldx, f, DSM_F32, ldy) == 0, "%s", dsm_errmsg());
+	same = 1;
+	for (int64_t i = 0; i < rows; i++)
+		for (int64_t j = 0; j < ldy; j++)
+			same &= j < cols ? b[i * ldy + j] == dsm_f32_to_bf16(src[i * ldx + j]) &&
+					   f[i * ldy + j] == dsm_bf16_to_f32(b2[i * ldx + j]) :
+				   b[i * ldy + j] == 0xabab;
+	CHECK(same, "convert F32 <-> BF16 with strides");
+	CHECK(be->convert(be, rows, cols, src, DSM_F32, ldx, f, DSM_F32, ldy) == 0 &&
+	      memcmp(f + 2 * ldy, src + 2 * ldx, sizeof(float) * (size_t)cols) == 0, "convert F32 copy");
+	CHECK(be->convert(be, 1, cols, src, DSM_F8_E4M3, cols, f, DSM_F32, cols) == DSM_EUNSUPPORTED &&
+	      strstr(dsm_errmsg(), "F32 and BF16 only"), "convert from FP8 refused: %s", dsm_errmsg());
+
+	/* fp8_round: 2 rows of 300 (blocks of 128, 128 and 44), both scale formats, against a search over the codes */
+	for (int ue8m0 = 0; ue8m0 < 2; ue8m0++) {
+		float *v = rand_buf((size_t)(2 * n), 6 + ue8m0), *v0 = malloc(sizeof(float) * (size_t)(2 * n));
+		v[7] = 0;
+		v[300] = 5e-3f; /* a block whose values are all small in one place */
+		memcpy(v0, v, sizeof(float) * (size_t)(2 * n));
+		CHECK(be->fp8_round(be, 2, n, v, ue8m0) == 0, "%s", dsm_errmsg());
+		int bad = 0;
+		for (int64_t r = 0; r < 2; r++)
+			for (int64_t b0 = 0; b0 < n; b0 += 128) {
+				int64_t len = n - b0 < 128 ? n - b0 : 128;
+				const float *in = v0 + r * n + b0, *out = v + r * n + b0;
+				double amax = 1e-4;
+				for (int64_t j = 0; j < len; j++)
+					amax = fabs(in[j]) > amax ? fabs(in[j]) : amax;
+				double scale = amax / 448;
+				if (ue8m0)
+					scale = exp2(ceil(log2(scale)));
+				for (int64_t j = 0; j < len; j++)
+					bad += out[j] != (float)(nearest_fp8((float)(in[j] / scale)) * scale);
+			}
+		CHECK(bad == 0, "fp8_round ue8m0=%d: %d values differ from the nearest FP8 value", ue8m0, bad);
+		free(v), free(v0);
+	}
+	free(x), free(y), free(x0), free(src), free(f), free(b), free(b2);
+}
+
 static void test_attention(struct dsm_backend *be)
 {
 	/* full form, one head, T queries at positions S-T .. S-1 */
@@ -395,6 +467,7 @@ int main(void)
 		test_ffn(be);
 		test_moe(be);
 		test_elementwise(be);
+		test_glue(be);
 		test_attention(be);
 		test_indexer_topk_route(be);
 		printf("cpu backend, %s: worst NMSE against the scalar reference %.3g\n", dsm_precision_name(o.precision),
