@@ -7,8 +7,8 @@
  *      TESTING.md: 1e-3 on the BF16 path, 1e-4 on the F32 one) and how many greedy tokens agree;
  *   3. speed: a preset sized to the device, decode and prefill with its experts on the GPU, in DRAM and on
  *      NVMe, each against its bound measured in the same run:
- *        gpu:  the GPU's weight bytes per token / its busy time per token, over the copy bandwidth, and the
- *              same bytes over the whole token's time;
+ *        gpu:  the experts' bytes per token / the GPU's busy time on them, over the copy bandwidth, and every
+ *              weight byte a token reads (the forward pass runs on the GPU too) over the whole token's time;
  *        dram: max(the non-expert part's time, the experts' bytes per token / the DRAM probe) over the token's
  *              time (1.0: the CPU's experts and the rest fully overlapped at DRAM speed). */
 #include "build_config.h"
@@ -280,19 +280,23 @@ struct speed {
 	struct dsm_offload_report off;
 };
 
-/* Per decode token: the routed experts' bytes (top_k per MoE layer) and the shared experts'. */
-static void token_bytes(const char *dir, double *routed, double *shared)
+/* Per decode token: the routed experts' bytes (top_k per MoE layer), the shared experts' and the rest's (attention,
+ * indexer, dense layers, routers and the head: one embedding row aside, every other weight). */
+static void token_bytes(const char *dir, double *routed, double *shared, double *rest)
 {
 	struct dsm_plan_sizes sz;
 	struct dsm_moe_shape shape;
 	struct dsm_engine_options o;
 	dsm_engine_options_default(&o);
-	*routed = *shared = 0;
+	*routed = *shared = *rest = 0;
 	if (bench_sizes(dir, &o, &sz, &shape) < 0)
 		return;
 	int moe = shape.n_layers - shape.first_moe;
 	*routed = (double)shape.top_k * moe * (double)sz.expert_bytes;
 	*shared = (double)sz.non_expert_bytes[DSM_KIND_SHARED];
+	*rest = sz.non_expert_bytes[DSM_KIND_EMBED] / 2.0 + (double)sz.non_expert_bytes[DSM_KIND_ATTENTION] +
+		(double)sz.non_expert_bytes[DSM_KIND_INDEXER] + (double)sz.non_expert_bytes[DSM_KIND_DENSE] +
+		(double)sz.non_expert_bytes[DSM_KIND_ROUTER];
 }
 
 static double dram_gbs(int threads)
@@ -318,8 +322,8 @@ static int measure_speed(const char *root, const char *dir, const char *backend,
 {
 	static const char *const where[] = { "gpu", "dram", "nvme" };
 	const struct dsm_tier tiers[] = { { DSM_TIER_GPU, 0 }, { DSM_TIER_DRAM, 0 }, { DSM_TIER_NVME, 0 } };
-	double routed, shared;
-	token_bytes(dir, &routed, &shared);
+	double routed, shared, rest_bytes;
+	token_bytes(dir, &routed, &shared, &rest_bytes);
 	double dram = dram_gbs(base->model.threads);
 	for (int i = 0; i < n; i++) {
 		char plan[4200];
@@ -344,7 +348,7 @@ static int measure_speed(const char *root, const char *dir, const char *backend,
 		if (i == 0 && dev->d2d_gbs > 0) {
 			double bytes = routed + shared, busy = r.rep.offload.gpu_busy_per_token;
 			s[i].gpu_ratio_busy = busy > 0 ? bytes / busy / 1e9 / dev->d2d_gbs : 0;
-			s[i].gpu_ratio_token = per_token > 0 ? bytes / per_token / 1e9 / dev->d2d_gbs : 0;
+			s[i].gpu_ratio_token = per_token > 0 ? (bytes + rest_bytes) / per_token / 1e9 / dev->d2d_gbs : 0;
 		}
 		if (i == 1 && per_token > 0 && dram > 0) {
 			const struct dsm_step_times *t = &r.times;
@@ -501,8 +505,8 @@ int bench_gpu_main(int argc, char **argv)
 				printf("experts on %-4s decode %8.2f tok/s, prefill %8.1f tok/s", s[i].where, s[i].decode_tps,
 				       s[i].prefill_tps);
 				if (i == 0)
-					printf("; weights read at %.3f of the copy bandwidth while the GPU is busy, %.3f over the "
-					       "whole token", s[i].gpu_ratio_busy, s[i].gpu_ratio_token);
+					printf("; experts read at %.3f of the copy bandwidth while the GPU computes them, every "
+					       "weight at %.3f over the whole token", s[i].gpu_ratio_busy, s[i].gpu_ratio_token);
 				if (i == 1)
 					printf("; %.3f of the bound max(rest of the token, expert bytes / DRAM)", s[i].dram_ratio);
 				printf("; per token: gpu busy %.2f ms, cpu busy %.2f ms, I/O wait %.2f ms, overlap %.2f ms\n",
