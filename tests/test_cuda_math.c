@@ -442,6 +442,166 @@ static void test_route(void)
 		}
 }
 
+/* ---- the glue ops: FP8 E4M3 encoding, the indexer's FP8 rounding, conversions ---------------------- */
+
+/* dm_f32_to_fp8 against dsm_f32_to_fp8 on x and -x. */
+static void check_fp8_code(float x)
+{
+	for (int s = 0; s < 2; s++, x = -x) {
+		uint8_t got = dm_f32_to_fp8(x), want = dsm_f32_to_fp8(x);
+		if (got != want) {
+			CHECK(0, "fp8(%.9g = 0x%08x): 0x%02x, want 0x%02x", x, bits(x), got, want);
+			return;
+		}
+	}
+}
+
+static void test_fp8_encode(void)
+{
+	/* every code's value, the midpoints between neighbours (ties both ways) and a few float ulps around each */
+	for (int c = 0; c < 127; c++) {
+		float v = dsm_fp8_to_f32((uint8_t)c), next = c < 126 ? dsm_fp8_to_f32((uint8_t)(c + 1)) : 480.0f;
+		float mid = v + (next - v) / 2;
+		for (int k = -3; k <= 3; k++) {
+			if ((int64_t)bits(v) + k >= 0)
+				check_fp8_code(from_bits(bits(v) + (uint32_t)k));
+			check_fp8_code(from_bits(bits(mid) + (uint32_t)k));
+		}
+	}
+	/* random bit patterns (every exponent), random values in the subnormal range, around and above 448 */
+	for (int i = 0; i < 1000000; i++) {
+		check_fp8_code(from_bits(rnd() << 1 ^ rnd()));
+		check_fp8_code((urand() + 1) * 0.0078125f);
+		check_fp8_code(400.0f + (urand() + 1) * 40.0f);
+		check_fp8_code((float)ldexp(urand(), (int)(rnd() % 40) - 20));
+	}
+	static const float special[] = { 0.0f, 448.0f, 464.0f, 479.99997f, 480.0f, 1e30f, INFINITY, 1e-45f, 1e-38f,
+					 0.001953125f, 0.0009765625f, 0.00097656256f, 0.015625f, 0.0156249991f };
+	for (size_t i = 0; i < sizeof special / sizeof special[0]; i++)
+		check_fp8_code(special[i]);
+	CHECK(dm_f32_to_fp8(NAN) == dsm_f32_to_fp8(NAN) && dm_f32_to_fp8(-NAN) == dsm_f32_to_fp8(-NAN) &&
+	      dm_f32_to_fp8(from_bits(0xff800001u)) == 0x7f, "fp8 of NaN");
+	CHECK(dm_f32_to_fp8(-0.0f) == 0x80 && dm_f32_to_fp8(-INFINITY) == 0xfe, "fp8 of -0 / -inf");
+}
+
+/* The indexer's FP8 rounding of x[n, d] as src/indexer.c writes it, with dtype.c's FP8 functions. */
+static void ref_fp8_round(int64_t n, int64_t d, float *x, int ue8m0)
+{
+	for (int64_t r = 0; r < n; r++)
+		for (int64_t b0 = 0; b0 < d; b0 += 128) {
+			float *xb = x + r * d + b0;
+			int64_t len = d - b0 < 128 ? d - b0 : 128;
+			float amax = 1e-4f;
+			for (int64_t j = 0; j < len; j++)
+				amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
+			double scale = (double)amax / 448.0;
+			if (ue8m0) {
+				int e;
+				double mant = frexp(scale, &e);
+				scale = ldexp(1.0, mant == 0.5 ? e - 1 : e);
+			}
+			for (int64_t j = 0; j < len; j++) {
+				double v = xb[j] / scale;
+				v = v > 448 ? 448 : v < -448 ? -448 : v;
+				xb[j] = (float)(dsm_fp8_to_f32(dsm_f32_to_fp8((float)v)) * scale);
+			}
+		}
+}
+
+/* got and want bit for bit, NaN matching any NaN; returns the first differing index or -1. */
+static int64_t first_diff(const float *got, const float *want, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		if (isnan(want[i]) ? !isnan(got[i]) : bits(got[i]) != bits(want[i]))
+			return i;
+	return -1;
+}
+
+static void test_fp8_round(void)
+{
+	/* d: one short block, whole blocks, a ragged last block; values of every magnitude, tiny rows (the 1e-4
+	 * floor), blocks whose amax is 448 / 8 (scale 2^-3 exactly: ue8m0 keeps it) with values down to FP8's subnormals
+	 * (where a power-of-two scale changes the rounding), zeros, NaN and inf */
+	static const int64_t ds[] = { 1, 100, 128, 256, 300, 640 };
+	for (int di = 0; di < 6; di++)
+		for (int ue8m0 = 0; ue8m0 < 2; ue8m0++) {
+			int64_t n = 7, d = ds[di];
+			size_t nv = (size_t)(n * d);
+			float *x = malloc(nv * sizeof *x), *got = malloc(nv * sizeof *got);
+			for (int64_t r = 0; r < n; r++)
+				for (int64_t j = 0; j < d; j++) {
+					float v = (float)ldexp(urand(), (int)(rnd() % 30) - 15);
+					if (r == 1)
+						v = urand() * 1e-5f;
+					else if (r == 2)
+						v = j % 128 == 5 ? 448.0f * 0.125f : (float)ldexp(urand() * 50, -(int)(rnd() % 16));
+					else if (r == 3 && j % 7 == 0)
+						v = 0.0f;
+					else if (r == 4 && j == d / 2)
+						v = NAN;
+					else if (r == 5 && j == d - 1)
+						v = -INFINITY;
+					x[r * d + j] = v;
+				}
+			memcpy(got, x, nv * sizeof *x);
+			for (int64_t r = 0; r < n; r++)
+				for (int64_t b0 = 0; b0 < d; b0 += DM_BLOCK)
+					dm_fp8_round_block(got + r * d + b0, d - b0 < DM_BLOCK ? d - b0 : DM_BLOCK, ue8m0);
+			ref_fp8_round(n, d, x, ue8m0);
+			int64_t at = first_diff(got, x, (int64_t)nv);
+			CHECK(at < 0, "fp8_round d=%lld ue8m0=%d: element %lld is %g, want %g", (long long)d, ue8m0,
+			      (long long)at, got[at < 0 ? 0 : at], x[at < 0 ? 0 : at]);
+			free(x), free(got);
+		}
+}
+
+/* The convert op composed of dm_convert_elem as the kernel composes it, rows at strides ldx / ldy, against
+ * dtype.c's conversions (the same type: the bits). */
+static void test_convert(void)
+{
+	static const enum dsm_dtype t[] = { DSM_F32, DSM_BF16 };
+	int64_t rows = 9, cols = 70, ldx = 83, ldy = 77;
+	uint32_t *x = malloc(sizeof *x * (size_t)(rows * ldx));
+	for (int64_t i = 0; i < rows * ldx; i++)
+		x[i] = rnd() << 1 ^ rnd(); /* every bit pattern: NaN, inf, subnormals included */
+	x[0] = 0x7f800001u, x[1] = 0xffc00000u, x[2] = 0x00008000u, x[3] = 0x3f808000u, x[4] = 0x3f818000u;
+	for (int xi = 0; xi < 2; xi++)
+		for (int yi = 0; yi < 2; yi++) {
+			uint32_t *y = calloc((size_t)(rows * ldy), 4);
+			for (int64_t r = 0; r < rows; r++)
+				for (int64_t j = 0; j < cols; j++)
+					dm_convert_elem(x, (int)t[xi], r * ldx + j, y, (int)t[yi], r * ldy + j);
+			int bad = 0;
+			for (int64_t r = 0; r < rows && !bad; r++)
+				for (int64_t j = 0; j < cols && !bad; j++) {
+					int64_t i = r * ldx + j, k = r * ldy + j;
+					uint32_t got, want;
+					if (t[xi] == DSM_F32 && t[yi] == DSM_F32) {
+						got = y[k], want = x[i];
+					} else if (t[xi] == DSM_BF16 && t[yi] == DSM_BF16) {
+						got = ((uint16_t *)y)[k], want = ((uint16_t *)x)[i];
+					} else if (t[xi] == DSM_F32) {
+						got = ((uint16_t *)y)[k], want = dsm_f32_to_bf16(from_bits(x[i]));
+					} else {
+						got = y[k], want = bits(dsm_bf16_to_f32(((uint16_t *)x)[i]));
+					}
+					bad = got != want;
+					CHECK(!bad, "convert %s -> %s (%lld, %lld): 0x%08x, want 0x%08x", dsm_dtype_name(t[xi]),
+					      dsm_dtype_name(t[yi]), (long long)r, (long long)j, got, want);
+				}
+			/* nothing written between the rows */
+			for (int64_t r = 0; r < rows && !bad; r++)
+				for (int64_t k = r * ldy + cols; k < (r + 1) * ldy && !bad; k++) {
+					uint32_t v = t[yi] == DSM_BF16 ? ((uint16_t *)y)[k] : y[k];
+					bad = v != 0;
+					CHECK(!bad, "convert %s -> %s wrote element %lld of the gap after row %lld",
+					      dsm_dtype_name(t[xi]), dsm_dtype_name(t[yi]), (long long)k, (long long)r);
+				}
+			free(y);
+		}
+	free(x);
+}
+
 int main(void)
 {
 	test_formats();
@@ -451,5 +611,8 @@ int main(void)
 	test_attention();
 	test_select();
 	test_route();
+	test_fp8_encode();
+	test_fp8_round();
+	test_convert();
 	return TEST_EXIT();
 }

@@ -1,6 +1,7 @@
 /* Every op of the cuda backend against the scalar references (ref_ops.c) on random data, with the thresholds of
  * docs TESTING.md (elementwise 1e-7, softmax 1e-6, matmul / FFN / attention 5e-4, indices exact), in both
- * precisions; then the asynchronous part: queues, events, pinned memory and a failure inside a queue.
+ * precisions, the glue ops (add, scale, convert, fp8_round) bit for bit against scalar forms; then the
+ * asynchronous part: queues, events, pinned memory and a failure inside a queue.
  * Data lives in device memory (be->alloc, copy_in / copy_out); descriptor tables stay on the host.
  * Skips (77) without a CUDA device. */
 #include "backend.h"
@@ -324,6 +325,188 @@ static void test_elementwise(struct dsm_backend *be)
 	free(x), free(w), free(b), free(yr);
 }
 
+/* ---- glue: add, scale, convert, fp8_round (bit for bit against the scalar forms below) ---------------- */
+
+/* got and want bit for bit, NaN matching any NaN; the first differing index or -1. */
+static int64_t first_diff(const float *got, const float *want, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++)
+		if (isnan(want[i]) ? !isnan(got[i]) : memcmp(&got[i], &want[i], 4) != 0)
+			return i;
+	return -1;
+}
+
+/* The indexer's FP8 rounding of x[n, d] as src/indexer.c writes it. */
+static void ref_fp8_round(int64_t n, int64_t d, float *x, int ue8m0)
+{
+	for (int64_t r = 0; r < n; r++)
+		for (int64_t b0 = 0; b0 < d; b0 += 128) {
+			float *xb = x + r * d + b0;
+			int64_t len = d - b0 < 128 ? d - b0 : 128;
+			float amax = 1e-4f;
+			for (int64_t j = 0; j < len; j++)
+				amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
+			double scale = (double)amax / 448.0;
+			if (ue8m0) {
+				int e;
+				double mant = frexp(scale, &e);
+				scale = ldexp(1.0, mant == 0.5 ? e - 1 : e);
+			}
+			for (int64_t j = 0; j < len; j++) {
+				double v = xb[j] / scale;
+				v = v > 448 ? 448 : v < -448 ? -448 : v;
+				xb[j] = (float)(dsm_fp8_to_f32(dsm_f32_to_fp8((float)v)) * scale);
+			}
+		}
+}
+
+/* convert on the host: element (i, j) of x to y, the same type copying the bits. */
+static void ref_convert(int64_t rows, int64_t cols, const void *x, enum dsm_dtype xt, int64_t ldx, void *y,
+			enum dsm_dtype yt, int64_t ldy)
+{
+	for (int64_t i = 0; i < rows; i++)
+		for (int64_t j = 0; j < cols; j++) {
+			int64_t a = i * ldx + j, b = i * ldy + j;
+			if (xt == yt)
+				memcpy((char *)y + b * dsm_dtype_size(yt), (const char *)x + a * dsm_dtype_size(xt),
+				       dsm_dtype_size(xt));
+			else if (xt == DSM_F32)
+				((uint16_t *)y)[b] = dsm_f32_to_bf16(((const float *)x)[a]);
+			else
+				((float *)y)[b] = dsm_bf16_to_f32(((const uint16_t *)x)[a]);
+		}
+}
+
+static void test_add_scale(struct dsm_backend *be)
+{
+	int64_t n = 100003;
+	size_t nb = (size_t)n * 4;
+	float *x = rand_buf((size_t)n, 100), *y = rand_buf((size_t)n, 1), *want = malloc(nb);
+	float *dx = dev_out(be, (size_t)n), *dy = dev_put(be, y, nb);
+	be->copy_in(be, dx, x, nb);
+	CHECK(be->add(be, n, dx, dy) == 0, "%s", dsm_errmsg());
+	for (int64_t i = 0; i < n; i++)
+		want[i] = x[i] + y[i];
+	float *got = dev_get(be, dx, (size_t)n, "add");
+	int64_t at = first_diff(got, want, n);
+	CHECK(at < 0, "add: element %lld is %g, want %g", (long long)at, got[at < 0 ? 0 : at], want[at < 0 ? 0 : at]);
+	free(got);
+	CHECK(be->scale(be, n, dx, -0.37f) == 0, "%s", dsm_errmsg());
+	for (int64_t i = 0; i < n; i++)
+		want[i] *= -0.37f;
+	got = dev_get(be, dx, (size_t)n, "scale");
+	at = first_diff(got, want, n);
+	CHECK(at < 0, "scale: element %lld is %g, want %g", (long long)at, got[at < 0 ? 0 : at], want[at < 0 ? 0 : at]);
+	free(got);
+	CHECK(be->add(be, 0, NULL, NULL) == 0 && be->scale(be, 0, NULL, 2.0f) == 0, "n = 0: %s", dsm_errmsg());
+	be->free(be, dx), be->free(be, dy);
+	free(x), free(y), free(want);
+}
+
+static void test_convert(struct dsm_backend *be)
+{
+	/* a KV cache row (576 values) at strides on both sides, a copy of each type with ldx != ldy, and more rows
+	 * than one grid holds (70000 rows of 3) */
+	static const struct { enum dsm_dtype xt, yt; int64_t rows, cols, ldx, ldy; } cases[] = {
+		{ DSM_F32, DSM_BF16, 37, 576, 600, 1000 }, { DSM_BF16, DSM_F32, 37, 576, 1000, 577 },
+		{ DSM_F32, DSM_F32, 37, 576, 700, 576 },   { DSM_BF16, DSM_BF16, 37, 576, 576, 650 },
+		{ DSM_F32, DSM_BF16, 70000, 3, 5, 4 },     { DSM_BF16, DSM_F32, 70000, 3, 3, 7 },
+	};
+	for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+		enum dsm_dtype xt = cases[ci].xt, yt = cases[ci].yt;
+		int64_t rows = cases[ci].rows, cols = cases[ci].cols, ldx = cases[ci].ldx, ldy = cases[ci].ldy;
+		size_t xb = (size_t)(rows * ldx) * dsm_dtype_size(xt), yb = (size_t)(rows * ldy) * dsm_dtype_size(yt);
+		uint32_t *x = malloc(xb + 4);
+		for (size_t i = 0; i < xb / 4 + 1; i++)
+			x[i] = rnd() << 1 ^ rnd(); /* every bit pattern: NaN, inf and subnormals too */
+		if (xt == DSM_F32) /* and values a BF16 rounds up, down and to even */
+			for (size_t i = 0; i < xb / 4; i += 3)
+				x[i] = (x[i] & 0xffff0000u) | (i % 2 ? 0x8000u : 0x7fffu);
+		/* y starts as a pattern: the gaps between rows and the sentinels after them must keep it */
+		float *want = malloc(yb + SENTINEL * 4);
+		for (size_t i = 0; i < yb / 4 + SENTINEL; i++)
+			memcpy(&want[i], &sentinel_bits, 4);
+		float *dy = dev_put(be, want, yb + SENTINEL * 4);
+		void *dx = dev_put(be, x, xb);
+		CHECK(be->convert(be, rows, cols, dx, xt, ldx, dy, yt, ldy) == 0, "%s", dsm_errmsg());
+		ref_convert(rows, cols, x, xt, ldx, want, yt, ldy);
+		float *got = dev_get(be, dy, yb / 4, "convert");
+		CHECK(memcmp(got, want, yb) == 0, "convert %s -> %s rows=%lld cols=%lld ldx=%lld ldy=%lld differs",
+		      dsm_dtype_name(xt), dsm_dtype_name(yt), (long long)rows, (long long)cols, (long long)ldx, (long long)ldy);
+		be->free(be, dx), be->free(be, dy);
+		free(x), free(want), free(got);
+	}
+	float *d = dev_out(be, 16);
+	CHECK(be->convert(be, 2, 4, d, DSM_F8_E4M3, 4, d + 8, DSM_F32, 4) == DSM_EUNSUPPORTED &&
+	      strstr(dsm_errmsg(), "convert"), "convert from F8: %s", dsm_errmsg());
+	CHECK(be->convert(be, 0, 4, d, DSM_F32, 4, d + 8, DSM_BF16, 4) == 0 &&
+	      be->convert(be, 2, 0, d, DSM_F32, 4, d + 8, DSM_BF16, 4) == 0, "empty convert: %s", dsm_errmsg());
+	be->free(be, d);
+}
+
+static void test_fp8_round(struct dsm_backend *be)
+{
+	/* ragged rows, whole blocks, and more 128-value blocks than one grid holds (600 x 16384) */
+	static const int64_t shapes[][2] = { { 5, 300 }, { 3, 128 }, { 2, 1 }, { 600, 16384 } };
+	for (int si = 0; si < 4; si++)
+		for (int ue8m0 = 0; ue8m0 < 2; ue8m0++) {
+			int64_t n = shapes[si][0], d = shapes[si][1];
+			size_t nv = (size_t)(n * d);
+			float *x = malloc(nv * 4);
+			for (int64_t r = 0; r < n; r++)
+				for (int64_t j = 0; j < d; j++) {
+					float v = (float)ldexp(urand(), (int)(rnd() % 30) - 15);
+					if (r == 1 && d > 1) /* amax 448 / 8: an exact power-of-two scale, values into FP8's subnormals */
+						v = j % 128 == 5 ? 56.0f : (float)ldexp(urand() * 50, -(int)(rnd() % 16));
+					else if (r == 2)
+						v = urand() * 1e-5f; /* under the 1e-4 floor */
+					else if (r == 3 && j % 7 == 0)
+						v = j % 14 ? NAN : 0.0f;
+					x[r * d + j] = v;
+				}
+			float *dx = dev_out(be, nv);
+			be->copy_in(be, dx, x, nv * 4);
+			CHECK(be->fp8_round(be, n, d, dx, ue8m0) == 0, "%s", dsm_errmsg());
+			ref_fp8_round(n, d, x, ue8m0);
+			float *got = dev_get(be, dx, nv, "fp8_round");
+			int64_t at = first_diff(got, x, (int64_t)nv);
+			CHECK(at < 0, "fp8_round n=%lld d=%lld ue8m0=%d: element %lld is %g, want %g", (long long)n, (long long)d,
+			      ue8m0, (long long)at, got[at < 0 ? 0 : at], x[at < 0 ? 0 : at]);
+			be->free(be, dx);
+			free(x), free(got);
+		}
+	CHECK(be->fp8_round(be, 0, 128, NULL, 0) == 0, "n = 0: %s", dsm_errmsg());
+}
+
+/* The glue ops in order on a queue: add, scale, F32 -> BF16 -> F32 (the stream keeps their order). */
+static void test_glue_queue(struct dsm_backend *be)
+{
+	int64_t n = 5000;
+	size_t nb = (size_t)n * 4;
+	float *x = rand_buf((size_t)n, 3), *y = rand_buf((size_t)n, 3), *got = malloc(nb), *want = malloc(nb);
+	float *dx = dev_put(be, x, nb), *dy = dev_put(be, y, nb), *dz = dev_out(be, (size_t)n);
+	uint16_t *dh = be->alloc(be, (size_t)n * 2);
+	struct dsm_queue *q;
+	struct dsm_event *e;
+	CHECK(be->queue_create(be, &q) == 0 && be->event_create(be, &e) == 0, "%s", dsm_errmsg());
+	be->set_queue(be, q);
+	CHECK(be->add(be, n, dx, dy) == 0 && be->scale(be, n, dx, 0.5f) == 0 &&
+	      be->convert(be, 1, n, dx, DSM_F32, n, dh, DSM_BF16, n) == 0 &&
+	      be->convert(be, 1, n, dh, DSM_BF16, n, dz, DSM_F32, n) == 0 &&
+	      be->copy_out(be, got, dz, nb) == 0 && be->event_record(be, e, q) == 0, "%s", dsm_errmsg());
+	be->set_queue(be, NULL);
+	CHECK(be->event_sync(be, e) == 0, "%s", dsm_errmsg());
+	for (int64_t i = 0; i < n; i++)
+		want[i] = dsm_bf16_to_f32(dsm_f32_to_bf16((x[i] + y[i]) * 0.5f));
+	int64_t at = first_diff(got, want, n);
+	CHECK(at < 0, "glue on a queue: element %lld is %g, want %g", (long long)at, got[at < 0 ? 0 : at],
+	      want[at < 0 ? 0 : at]);
+	be->event_destroy(be, e);
+	be->queue_destroy(be, q);
+	be->free(be, dx), be->free(be, dy), be->free(be, dz), be->free(be, dh);
+	free(x), free(y), free(got), free(want);
+}
+
 /* ---- attention --------------------------------------------------------------------------------------- */
 
 static void test_attn_full(struct dsm_backend *be)
@@ -586,6 +769,10 @@ int main(void)
 		test_ffn(be);
 		test_moe(be);
 		test_elementwise(be);
+		test_add_scale(be);
+		test_convert(be);
+		test_fp8_round(be);
+		test_glue_queue(be);
 		test_attn_full(be);
 		test_attn_latent(be);
 		test_indexer(be);

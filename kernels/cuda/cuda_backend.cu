@@ -526,6 +526,10 @@ extern "C" int dsm_cuda_backend_create(struct dsm_backend **out, const struct ds
 	be->indexer_scores = cuda_indexer_scores;
 	be->topk = cuda_topk;
 	be->route = cuda_route;
+	be->add = cuda_add;
+	be->scale = cuda_scale;
+	be->convert = cuda_convert;
+	be->fp8_round = cuda_fp8_round;
 	*out = be;
 	return 0;
 }

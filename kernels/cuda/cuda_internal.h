@@ -144,6 +144,11 @@ int cuda_rope(struct dsm_backend *be, int64_t n, int64_t n_heads, int64_t dim, f
 int cuda_hadamard(struct dsm_backend *be, int64_t n, int64_t d, float *x);
 int cuda_topk(struct dsm_backend *be, const float *x, int64_t n, int64_t k, int32_t *idx);
 int cuda_route(struct dsm_backend *be, const struct dsm_route_args *a);
+int cuda_add(struct dsm_backend *be, int64_t n, float *x, const float *y);
+int cuda_scale(struct dsm_backend *be, int64_t n, float *x, float s);
+int cuda_convert(struct dsm_backend *be, int64_t rows, int64_t cols, const void *x, enum dsm_dtype xt, int64_t ldx,
+		 void *y, enum dsm_dtype yt, int64_t ldy);
+int cuda_fp8_round(struct dsm_backend *be, int64_t n, int64_t d, float *x, int ue8m0);
 
 // Grid size for n items of `per` each, as a launch dimension (n > 0).
 static inline unsigned cuda_blocks(int64_t n, int64_t per)

@@ -1,4 +1,5 @@
-// The small ops: rmsnorm, layernorm, rope, hadamard, topk, route (docs/cuda.md).
+// The small ops: rmsnorm, layernorm, rope, hadamard, topk, route, and the glue between ops: add, scale, convert,
+// fp8_round (docs/cuda.md).
 #include "cuda_internal.h"
 #include "device_math.h"
 
@@ -376,6 +377,117 @@ int cuda_route(struct dsm_backend *be, const struct dsm_route_args *a)
 		route_kernel<<<(unsigned)a->n_tokens, 32, smem, c->s>>>(E, a->logits, a->bias, G, a->topk_group, a->top_k,
 								       a->normalize, a->scaling, a->idx, a->weight);
 		rc = LAUNCH_STATUS("route_kernel");
+	}
+	return cuda_end(cb, c, rc);
+}
+
+// ---- glue: add, scale, convert, fp8_round ----------------------------------------------------------------
+
+#define GLUE_THREADS 256
+
+__global__ void add_kernel(int64_t n, float *x, const float *y)
+{
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+		x[i] += y[i];
+}
+
+__global__ void scale_kernel(int64_t n, float *x, float s)
+{
+	for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+		x[i] *= s;
+}
+
+int cuda_add(struct dsm_backend *be, int64_t n, float *x, const float *y)
+{
+	struct cuda_backend *cb = cuda_of(be);
+	struct cuda_ctx *c;
+	int rc = cuda_begin(cb, &c);
+	if (rc < 0)
+		return rc;
+	if (n > 0) {
+		add_kernel<<<grid_for(n, GLUE_THREADS), GLUE_THREADS, 0, c->s>>>(n, x, y);
+		rc = LAUNCH_STATUS("add_kernel");
+	}
+	return cuda_end(cb, c, rc);
+}
+
+int cuda_scale(struct dsm_backend *be, int64_t n, float *x, float s)
+{
+	struct cuda_backend *cb = cuda_of(be);
+	struct cuda_ctx *c;
+	int rc = cuda_begin(cb, &c);
+	if (rc < 0)
+		return rc;
+	if (n > 0) {
+		scale_kernel<<<grid_for(n, GLUE_THREADS), GLUE_THREADS, 0, c->s>>>(n, x, s);
+		rc = LAUNCH_STATUS("scale_kernel");
+	}
+	return cuda_end(cb, c, rc);
+}
+
+// convert: blocks over the rows (grid-stride), threads over a row's values.
+__global__ void convert_kernel(int64_t rows, int64_t cols, const void *x, int xt, int64_t ldx, void *y, int yt,
+			       int64_t ldy)
+{
+	for (int64_t r = blockIdx.x; r < rows; r += gridDim.x)
+		for (int64_t j = threadIdx.x; j < cols; j += blockDim.x)
+			dm_convert_elem(x, xt, r * ldx + j, y, yt, r * ldy + j);
+}
+
+int cuda_convert(struct dsm_backend *be, int64_t rows, int64_t cols, const void *x, enum dsm_dtype xt, int64_t ldx,
+		 void *y, enum dsm_dtype yt, int64_t ldy)
+{
+	struct cuda_backend *cb = cuda_of(be);
+	struct cuda_ctx *c;
+	int rc = cuda_begin(cb, &c);
+	if (rc < 0)
+		return rc;
+	if ((xt != DSM_F32 && xt != DSM_BF16) || (yt != DSM_F32 && yt != DSM_BF16))
+		rc = dsm_fail(DSM_EUNSUPPORTED, "cuda convert: %s to %s (F32 and BF16 only)", dsm_dtype_name(xt),
+			      dsm_dtype_name(yt));
+	else if (rows > 0 && cols > 0) {
+		unsigned grid = (unsigned)(rows < 65536 ? rows : 65536);
+		convert_kernel<<<grid, GLUE_THREADS, 0, c->s>>>(rows, cols, x, (int)xt, ldx, y, (int)yt, ldy);
+		rc = LAUNCH_STATUS("convert_kernel");
+	}
+	return cuda_end(cb, c, rc);
+}
+
+// fp8_round: a block of DM_BLOCK threads per 128-value block of a row (grid-stride over the blocks of all
+// rows), a thread per value; the block's amax by a max reduction (exact, so in any order).
+__global__ void fp8_round_kernel(int64_t n, int64_t d, float *x, int ue8m0)
+{
+	__shared__ float red[DM_BLOCK / 32];
+	int64_t per_row = (d + DM_BLOCK - 1) / DM_BLOCK;
+	int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+	for (int64_t b = blockIdx.x; b < n * per_row; b += gridDim.x) {
+		int64_t j = (b % per_row) * DM_BLOCK + threadIdx.x;
+		float *v = x + (b / per_row) * d + j;
+		int in = j < d;
+		float m = in ? dm_amax_push(DM_AMAX_FLOOR, *v) : DM_AMAX_FLOOR;
+		for (int o = 16; o > 0; o >>= 1)
+			m = dm_amax_push(m, __shfl_xor_sync(0xffffffffu, m, o));
+		__syncthreads(); // red may still be read for the previous block
+		if (lane == 0)
+			red[warp] = m;
+		__syncthreads();
+		for (int w = 0; w < DM_BLOCK / 32; w++)
+			m = dm_amax_push(m, red[w]);
+		if (in)
+			*v = dm_fp8_round_value(*v, dm_fp8_block_scale(m, ue8m0));
+	}
+}
+
+int cuda_fp8_round(struct dsm_backend *be, int64_t n, int64_t d, float *x, int ue8m0)
+{
+	struct cuda_backend *cb = cuda_of(be);
+	struct cuda_ctx *c;
+	int rc = cuda_begin(cb, &c);
+	if (rc < 0)
+		return rc;
+	if (n > 0 && d > 0) {
+		fp8_round_kernel<<<grid_for(n * ((d + DM_BLOCK - 1) / DM_BLOCK), 1), DM_BLOCK, 0, c->s>>>(n, d, x, ue8m0);
+		rc = LAUNCH_STATUS("fp8_round_kernel");
 	}
 	return cuda_end(cb, c, rc);
 }

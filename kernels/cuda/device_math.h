@@ -77,6 +77,25 @@ DSM_HD uint16_t dm_f32_to_bf16(float x)
 	return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+/* float -> FP8 E4M3 code, round to nearest even, as dsm_f32_to_fp8: NaN -> 0x7F (either sign), |x| >= 448
+ * (inf included) -> +-448 (0x7E / 0xFE). Subnormal codes m * 2^-9 (m < 8; m = 8 rounds up to the first normal
+ * code, 8) by rounding |x| * 512 to an integer; normal codes by rounding the float's bits to 3 mantissa bits,
+ * a carry moving into the exponent (FP8 exponent = float exponent - 120). */
+DSM_HD uint8_t dm_f32_to_fp8(float x)
+{
+	if (x != x)
+		return 0x7f;
+	uint8_t sign = (uint8_t)((dm_f2u(x) >> 31) << 7);
+	float a = fabsf(x);
+	if (a >= 448.0f)
+		return (uint8_t)(sign | 0x7e);
+	if (a < 0.015625f) /* 2^-6 */
+		return (uint8_t)(sign | (uint8_t)rintf(a * 512.0f));
+	uint32_t u = dm_f2u(a);
+	uint32_t r = (u + 0x7ffffu + ((u >> 20) & 1u)) >> 20;
+	return (uint8_t)(sign | (uint8_t)(r - (120u << 3)));
+}
+
 /* x as a BF16 multiply sees it. */
 DSM_HD float dm_round_bf16(float x)
 {
@@ -114,6 +133,66 @@ DSM_HD float dm_weight_get(int dtype, const void *data, const float *scale, int6
 	else
 		v = ((const float *)data)[at];
 	return dm_round_act(v, bf16);
+}
+
+/* ---- conversions between activation buffers (the convert op) ------------------------------- */
+
+/* Element i of x (dtype xt) to element k of y (dtype yt), both DM_F32 or DM_BF16: the same type copies the
+ * bits, F32 -> BF16 rounds to nearest even, BF16 -> F32 is exact. */
+DSM_HD void dm_convert_elem(const void *x, int xt, int64_t i, void *y, int yt, int64_t k)
+{
+	if (xt == DM_BF16 && yt == DM_BF16)
+		((uint16_t *)y)[k] = ((const uint16_t *)x)[i];
+	else if (xt == DM_BF16)
+		((float *)y)[k] = dm_bf16_to_f32(((const uint16_t *)x)[i]);
+	else if (yt == DM_BF16)
+		((uint16_t *)y)[k] = dm_f32_to_bf16(((const float *)x)[i]);
+	else
+		((float *)y)[k] = ((const float *)x)[i];
+}
+
+/* ---- the indexer's FP8 rounding (the fp8_round op) -------------------------------------------
+ * A block of up to 128 values: amax = max |x| floored at 1e-4 (NaN ignored), scale = amax / 448 in double
+ * (with ue8m0 the power of two 2^ceil(log2(scale))), then each value through FP8 at that scale. */
+
+/* The running amax with one more value: |v| if larger (a NaN never is). Also merges two partial maxima. */
+DSM_HD float dm_amax_push(float m, float v)
+{
+	float a = fabsf(v);
+	return a > m ? a : m;
+}
+
+#define DM_AMAX_FLOOR 1e-4f
+
+/* The block's scale from its amax. */
+DSM_HD double dm_fp8_block_scale(float amax, int ue8m0)
+{
+	double scale = (double)amax / 448.0;
+	if (ue8m0) {
+		int e;
+		double mant = frexp(scale, &e);
+		scale = ldexp(1.0, mant == 0.5 ? e - 1 : e);
+	}
+	return scale;
+}
+
+/* One value of a block of scale `scale`, through FP8. */
+DSM_HD float dm_fp8_round_value(float x, double scale)
+{
+	double v = x / scale;
+	v = v > 448 ? 448 : v < -448 ? -448 : v;
+	return (float)(dm_fp8_e4m3(dm_f32_to_fp8((float)v)) * scale);
+}
+
+/* In place: one block x[0 .. len), len <= 128 (the scalar form of the op, for the tests). */
+DSM_HD void dm_fp8_round_block(float *x, int64_t len, int ue8m0)
+{
+	float amax = DM_AMAX_FLOOR;
+	for (int64_t j = 0; j < len; j++)
+		amax = dm_amax_push(amax, x[j]);
+	double scale = dm_fp8_block_scale(amax, ue8m0);
+	for (int64_t j = 0; j < len; j++)
+		x[j] = dm_fp8_round_value(x[j], scale);
 }
 
 /* ---- elementwise ----------------------------------------------------------------------------- */
