@@ -124,7 +124,7 @@ static int forward_to_gpu(struct dsm_engine *e, const struct dsm_session_options
 	struct dsm_model *m = e->m;
 	struct dsm_backend *g = e->gpu[0];
 	uint64_t w = dsm_model_device_bytes(m), kv, buf;
-	dsm_session_device_bytes(m, so, &kv, &buf);
+	dsm_session_device_bytes(m, g, so, &kv, &buf);
 	size_t fr = SIZE_MAX, tot, after;
 	if (g->mem_info && g->mem_info(g, &fr, &tot) < 0)
 		fr = SIZE_MAX;

@@ -148,13 +148,14 @@ void dsm_session_free(struct dsm_session *s)
 
 /* The session's sizes from its options: context, batch, the KV pool and its blocks, and the bytes of the host
  * and device buffers (counted by a layout without memory). */
-static int size_session(struct dsm_session *s, struct dsm_model *m, const struct dsm_session_options *o)
+static int size_session(struct dsm_session *s, struct dsm_model *m, struct dsm_backend *be,
+			const struct dsm_session_options *o)
 {
 	const struct dsm_config *c = &m->cfg;
 	if (o)
 		s->opt = *o;
 	s->m = m;
-	s->be = m->fwd.be;
+	s->be = be;
 	s->on_device = s->be->alloc != NULL;
 	s->ctx = s->opt.ctx > 0 ? s->opt.ctx : 4096;
 	if (s->ctx > c->max_position_embeddings)
@@ -193,12 +194,12 @@ static int size_session(struct dsm_session *s, struct dsm_model *m, const struct
 	return 0;
 }
 
-void dsm_session_device_bytes(struct dsm_model *m, const struct dsm_session_options *o, uint64_t *kv_bytes,
-			      uint64_t *buffers_bytes)
+void dsm_session_device_bytes(struct dsm_model *m, struct dsm_backend *dev, const struct dsm_session_options *o,
+			      uint64_t *kv_bytes, uint64_t *buffers_bytes)
 {
 	struct dsm_session s = { 0 };
 	*kv_bytes = *buffers_bytes = 0;
-	if (size_session(&s, m, o) == 0) {
+	if (size_session(&s, m, dev, o) == 0) {
 		*kv_bytes = s.kv_bytes;
 		*buffers_bytes = s.dev_bytes;
 	}
@@ -210,7 +211,7 @@ int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct
 	struct dsm_session *s = calloc(1, sizeof *s);
 	if (!s)
 		return dsm_fail(DSM_ENOMEM, "out of memory");
-	int rc = size_session(s, m, o);
+	int rc = size_session(s, m, m->fwd.be, o);
 	if (rc < 0) {
 		free(s);
 		return rc;

@@ -184,7 +184,8 @@ fi
 # the tiers (each expert runs once per step on all its tokens, in every tier).
 samples() { $RUN -m "$W/tiny" --tokens $TOK -n 10 --ignore-eos --temperature 1 --samples 4 -q "$@"; }
 samples > "$W/samples.base"
-for mode in "--stream-experts" "--stream-experts --cache-off" "--gpu-backend emu --cpu-attention --vram-budget 2M --dram-budget 6M"; do
+for mode in "--stream-experts" "--stream-experts --cache-off" "--gpu-backend emu --cpu-attention --vram-budget 2M --dram-budget 6M" \
+	"--gpu-backend emu --ctx 512 --vram-budget 16M --dram-budget 6M"; do
 	if samples $mode > "$W/samples.plan" && grep -q "^--- sample 4 of 4" "$W/samples.plan" &&
 	   cmp -s "$W/samples.base" "$W/samples.plan"
 	then ok "--samples 4, $mode: the same tokens"; else bad "--samples 4, $mode: tokens differ"; fi
