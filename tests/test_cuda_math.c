@@ -484,30 +484,6 @@ static void test_fp8_encode(void)
 	CHECK(dm_f32_to_fp8(-0.0f) == 0x80 && dm_f32_to_fp8(-INFINITY) == 0xfe, "fp8 of -0 / -inf");
 }
 
-/* The indexer's FP8 rounding of x[n, d] as src/indexer.c writes it, with dtype.c's FP8 functions. */
-static void ref_fp8_round(int64_t n, int64_t d, float *x, int ue8m0)
-{
-	for (int64_t r = 0; r < n; r++)
-		for (int64_t b0 = 0; b0 < d; b0 += 128) {
-			float *xb = x + r * d + b0;
-			int64_t len = d - b0 < 128 ? d - b0 : 128;
-			float amax = 1e-4f;
-			for (int64_t j = 0; j < len; j++)
-				amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
-			double scale = (double)amax / 448.0;
-			if (ue8m0) {
-				int e;
-				double mant = frexp(scale, &e);
-				scale = ldexp(1.0, mant == 0.5 ? e - 1 : e);
-			}
-			for (int64_t j = 0; j < len; j++) {
-				double v = xb[j] / scale;
-				v = v > 448 ? 448 : v < -448 ? -448 : v;
-				xb[j] = (float)(dsm_fp8_to_f32(dsm_f32_to_fp8((float)v)) * scale);
-			}
-		}
-}
-
 /* got and want bit for bit, NaN matching any NaN; returns the first differing index or -1. */
 static int64_t first_diff(const float *got, const float *want, int64_t n)
 {
@@ -547,7 +523,7 @@ static void test_fp8_round(void)
 			for (int64_t r = 0; r < n; r++)
 				for (int64_t b0 = 0; b0 < d; b0 += DM_BLOCK)
 					dm_fp8_round_block(got + r * d + b0, d - b0 < DM_BLOCK ? d - b0 : DM_BLOCK, ue8m0);
-			ref_fp8_round(n, d, x, ue8m0);
+			dsm_ref_fp8_round(n, d, x, ue8m0);
 			int64_t at = first_diff(got, x, (int64_t)nv);
 			CHECK(at < 0, "fp8_round d=%lld ue8m0=%d: element %lld is %g, want %g", (long long)d, ue8m0,
 			      (long long)at, got[at < 0 ? 0 : at], x[at < 0 ? 0 : at]);

@@ -336,30 +336,6 @@ static int64_t first_diff(const float *got, const float *want, int64_t n)
 	return -1;
 }
 
-/* The indexer's FP8 rounding of x[n, d] as src/indexer.c writes it. */
-static void ref_fp8_round(int64_t n, int64_t d, float *x, int ue8m0)
-{
-	for (int64_t r = 0; r < n; r++)
-		for (int64_t b0 = 0; b0 < d; b0 += 128) {
-			float *xb = x + r * d + b0;
-			int64_t len = d - b0 < 128 ? d - b0 : 128;
-			float amax = 1e-4f;
-			for (int64_t j = 0; j < len; j++)
-				amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
-			double scale = (double)amax / 448.0;
-			if (ue8m0) {
-				int e;
-				double mant = frexp(scale, &e);
-				scale = ldexp(1.0, mant == 0.5 ? e - 1 : e);
-			}
-			for (int64_t j = 0; j < len; j++) {
-				double v = xb[j] / scale;
-				v = v > 448 ? 448 : v < -448 ? -448 : v;
-				xb[j] = (float)(dsm_fp8_to_f32(dsm_f32_to_fp8((float)v)) * scale);
-			}
-		}
-}
-
 /* convert on the host: element (i, j) of x to y, the same type copying the bits. */
 static void ref_convert(int64_t rows, int64_t cols, const void *x, enum dsm_dtype xt, int64_t ldx, void *y,
 			enum dsm_dtype yt, int64_t ldy)
@@ -467,7 +443,7 @@ static void test_fp8_round(struct dsm_backend *be)
 			float *dx = dev_out(be, nv);
 			be->copy_in(be, dx, x, nv * 4);
 			CHECK(be->fp8_round(be, n, d, dx, ue8m0) == 0, "%s", dsm_errmsg());
-			ref_fp8_round(n, d, x, ue8m0);
+			dsm_ref_fp8_round(n, d, x, ue8m0);
 			float *got = dev_get(be, dx, nv, "fp8_round");
 			int64_t at = first_diff(got, x, (int64_t)nv);
 			CHECK(at < 0, "fp8_round n=%lld d=%lld ue8m0=%d: element %lld is %g, want %g", (long long)n, (long long)d,
