@@ -123,9 +123,12 @@ static inline float *dsm_kv_ik(const struct dsm_session *s, int seq, int L, int6
 }
 
 /* Copies between host memory and the session's backend memory, in the order of the step's other work; dsm_to_host
- * waits for its copy. dsm_dev_copy: within the backend's memory. */
+ * waits for its copy, dsm_to_host_queued not (dsm_device_wait waits for everything submitted). dsm_dev_copy: within
+ * the backend's memory. */
 int dsm_to_dev(struct dsm_session *s, void *dst, const void *src, size_t bytes);
 int dsm_to_host(struct dsm_session *s, void *dst, const void *src, size_t bytes);
+int dsm_to_host_queued(struct dsm_session *s, void *dst, const void *src, size_t bytes);
+int dsm_device_wait(struct dsm_session *s);
 int dsm_dev_copy(struct dsm_session *s, void *dst, const void *src, size_t bytes);
 
 /* Monotonic wall time in seconds (for the step times). */

@@ -50,10 +50,11 @@ static int moe(struct dsm_session *s, int L)
 	};
 	/* The expert store works on the host: the choices, the weights and the normed input go there. */
 	if ((rc = be->route(be, &ra)) < 0 ||                                           /* [T, k] */
-	    (rc = dsm_to_host(s, s->h_ridx, s->ridx, sizeof(int32_t) * (size_t)(T * k))) < 0 ||
-	    (rc = dsm_to_host(s, s->h_rw, s->rw, sizeof(float) * (size_t)(T * k))) < 0 ||
-	    (rc = dsm_to_host(s, s->h_xn, s->xn, sizeof(float) * (size_t)(T * D))) < 0 ||
-	    (hk->force_route && (rc = dsm_to_host(s, s->h_rlogits, s->rlogits, sizeof(float) * (size_t)(T * E))) < 0))
+	    (rc = dsm_to_host_queued(s, s->h_ridx, s->ridx, sizeof(int32_t) * (size_t)(T * k))) < 0 ||
+	    (rc = dsm_to_host_queued(s, s->h_rw, s->rw, sizeof(float) * (size_t)(T * k))) < 0 ||
+	    (rc = dsm_to_host_queued(s, s->h_xn, s->xn, sizeof(float) * (size_t)(T * D))) < 0 ||
+	    (hk->force_route && (rc = dsm_to_host_queued(s, s->h_rlogits, s->rlogits, sizeof(float) * (size_t)(T * E))) < 0) ||
+	    (rc = dsm_device_wait(s)) < 0)
 		return rc;
 	if (hk->force_route)
 		for (int64_t t = 0; t < T; t++)

@@ -262,7 +262,7 @@ int dsm_to_dev(struct dsm_session *s, void *dst, const void *src, size_t bytes)
 	return s->be->copy_in(s->be, dst, src, bytes);
 }
 
-int dsm_to_host(struct dsm_session *s, void *dst, const void *src, size_t bytes)
+int dsm_to_host_queued(struct dsm_session *s, void *dst, const void *src, size_t bytes)
 {
 	struct dsm_backend *be = s->be;
 	if (dst == src || !bytes)
@@ -271,10 +271,22 @@ int dsm_to_host(struct dsm_session *s, void *dst, const void *src, size_t bytes)
 		memcpy(dst, src, bytes);
 		return 0;
 	}
-	int rc = be->copy_out(be, dst, src, bytes);
-	if (rc == 0 && s->queue && (rc = be->event_record(be, s->done, s->queue)) == 0)
+	return be->copy_out(be, dst, src, bytes);
+}
+
+int dsm_device_wait(struct dsm_session *s)
+{
+	struct dsm_backend *be = s->be;
+	int rc = 0;
+	if (s->queue && (rc = be->event_record(be, s->done, s->queue)) == 0)
 		rc = be->event_sync(be, s->done);
 	return rc;
+}
+
+int dsm_to_host(struct dsm_session *s, void *dst, const void *src, size_t bytes)
+{
+	int rc = dsm_to_host_queued(s, dst, src, bytes);
+	return rc < 0 ? rc : dsm_device_wait(s);
 }
 
 int dsm_dev_copy(struct dsm_session *s, void *dst, const void *src, size_t bytes)
@@ -541,9 +553,9 @@ static int logits_out(struct dsm_session *s, struct dsm_step_seq *q, int n, cons
 	rows = 0;
 	for (int i = 0; i < n; i++)
 		if (!q[i].rc && q[i].mode == DSM_LOGITS_LAST &&
-		    (rc = dsm_to_host(s, q[i].logits, s->logits + rows++ * V, row_bytes)) < 0)
+		    (rc = dsm_to_host_queued(s, q[i].logits, s->logits + rows++ * V, row_bytes)) < 0)
 			return rc;
-	return 0;
+	return dsm_device_wait(s);
 }
 
 int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
@@ -618,9 +630,7 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 	if (rc == 0)
 		rc = logits_out(s, q, n, part_of);
 	if (s->queue) {         /* nothing of the step left in the queue, and its failure reported now */
-		int qrc = be->event_record(be, s->done, s->queue);
-		if (qrc == 0)
-			qrc = be->event_sync(be, s->done);
+		int qrc = dsm_device_wait(s);
 		be->set_queue(be, NULL);
 		if (rc == 0)
 			rc = qrc;
