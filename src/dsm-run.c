@@ -697,6 +697,9 @@ int main(int argc, char **argv)
 				"%.1f%%, head %.1f%%, other %.1f%% (threads waiting %.1f%% within)\n", (long long)st.steps, all,
 				100 * st.attention / all, 100 * st.router / all, 100 * st.experts / all, 100 * st.dense / all,
 				100 * st.head / all, 100 * st.other / all, 100 * st.waiting / all);
+			if (st.device > 0)
+				fprintf(stderr, "dsm-run: the forward pass on the GPU: its queue busy %.3f s (%.1f%% of the "
+					"steps' time; experts aside)\n", st.device, 100 * st.device / all);
 		}
 	}
 	status = 0;

@@ -26,6 +26,8 @@ struct dsm_session {
 	int on_device;              /* be has its own memory: the host reads the step state through the h_ copies */
 	struct dsm_queue *queue;    /* be's queue for the step's work (NULL on a host backend) */
 	struct dsm_event *done;     /* recorded to wait for a copy to the host */
+	struct dsm_event *seg;      /* recorded where the device's part of a step resumes after a wait (times.device) */
+	int seg_open;               /* seg recorded and not yet counted */
 	struct dsm_session_options opt;
 	int64_t ctx, max_batch;
 	int max_seqs;
@@ -129,6 +131,8 @@ int dsm_to_dev(struct dsm_session *s, void *dst, const void *src, size_t bytes);
 int dsm_to_host(struct dsm_session *s, void *dst, const void *src, size_t bytes);
 int dsm_to_host_queued(struct dsm_session *s, void *dst, const void *src, size_t bytes);
 int dsm_device_wait(struct dsm_session *s);
+/* The device resumes the step's work here (after dsm_device_wait): the time to the next wait counts as device time. */
+int dsm_device_resume(struct dsm_session *s);
 int dsm_dev_copy(struct dsm_session *s, void *dst, const void *src, size_t bytes);
 
 /* Monotonic wall time in seconds (for the step times). */

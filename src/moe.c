@@ -72,7 +72,8 @@ static int moe(struct dsm_session *s, int L)
 		return rc;
 	if (s->queue)          /* the store used the device's queues: the session's again */
 		be->set_queue(be, s->queue);
-	rc = dsm_to_dev(s, s->y, s->h_y, sizeof(float) * (size_t)(T * D));
+	if ((rc = dsm_device_resume(s)) == 0)
+		rc = dsm_to_dev(s, s->y, s->h_y, sizeof(float) * (size_t)(T * D));
 	s->times.experts += dsm_now() - t1;
 	return rc;
 }

@@ -137,8 +137,10 @@ void dsm_session_free(struct dsm_session *s)
 	struct dsm_backend *be = s->be;
 	if (be->queue_destroy)
 		be->queue_destroy(be, s->queue);
-	if (be->event_destroy)
+	if (be->event_destroy) {
 		be->event_destroy(be, s->done);
+		be->event_destroy(be, s->seg);
+	}
 	dev_free(be, s->kv);
 	dev_free(be, s->dev_arena);
 	if (s->arena)
@@ -240,7 +242,8 @@ int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct
 	const struct dsm_config *c = &m->cfg;
 	if ((be->reserve && (rc = be->reserve(be, s->ctx, c->num_attention_heads,
 					      (int64_t)c->kv_lora_rank + c->qk_rope_head_dim)) < 0) ||
-	    (be->queue_create && ((rc = be->queue_create(be, &s->queue)) < 0 || (rc = be->event_create(be, &s->done)) < 0))) {
+	    (be->queue_create && ((rc = be->queue_create(be, &s->queue)) < 0 || (rc = be->event_create(be, &s->done)) < 0 ||
+				  (rc = be->event_create(be, &s->seg)) < 0))) {
 		dsm_session_free(s);
 		return rc;
 	}
@@ -280,7 +283,19 @@ int dsm_device_wait(struct dsm_session *s)
 	int rc = 0;
 	if (s->queue && (rc = be->event_record(be, s->done, s->queue)) == 0)
 		rc = be->event_sync(be, s->done);
+	double t;
+	if (rc == 0 && s->seg_open && be->event_elapsed(be, s->seg, s->done, &t) == 0)
+		s->times.device += t;
+	s->seg_open = 0;
 	return rc;
+}
+
+int dsm_device_resume(struct dsm_session *s)
+{
+	if (!s->queue)
+		return 0;
+	s->seg_open = 1;
+	return s->be->event_record(s->be, s->seg, s->queue);
 }
 
 int dsm_to_host(struct dsm_session *s, void *dst, const void *src, size_t bytes)
@@ -608,8 +623,10 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 		s->n_absorbed = 0;
 	/* On a device, the step's work goes to the session's queue; the host waits only for what it reads. */
 	struct dsm_backend *be = s->be;
-	if (s->queue)
+	if (s->queue) {
 		be->set_queue(be, s->queue);
+		rc = dsm_device_resume(s);
+	}
 	for (int i = 0; i < n && rc == 0; i++)
 		if (!q[i].rc)
 			rc = embed(s, s->parts[part_of[i]].row0, q[i].tokens, q[i].n);

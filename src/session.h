@@ -131,6 +131,8 @@ struct dsm_step_times {
 	double other;       /* the rest of a step: embedding, rope tables, norms, residual adds */
 	double waiting;     /* within the parts above: the cpu threads' waiting at barriers and ends of parallel
 			     * regions, averaged over the threads */
+	double device;      /* the forward pass on a device (not its experts): its queue's time on the step's work,
+			     * from events (within the parts above, which are host wall time) */
 	int64_t steps, tokens;
 };
 /* The times since the session began or since times were last reset (reset != 0 zeroes them after copying). */

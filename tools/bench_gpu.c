@@ -9,8 +9,8 @@
  *      NVMe, each against its bound measured in the same run:
  *        gpu:  the experts' bytes per token / the GPU's busy time on them, over the copy bandwidth, and every
  *              weight byte a token reads (the forward pass runs on the GPU too) over the whole token's time;
- *        dram: max(the non-expert part's time, the experts' bytes per token / the DRAM probe) over the token's
- *              time (1.0: the CPU's experts and the rest fully overlapped at DRAM speed). */
+ *        dram: max(the GPU's time on the rest of the token (the forward pass outside the experts), the experts'
+ *              bytes per token / the DRAM probe) over the token's time (1.0: the CPU's experts and the rest fully overlapped at DRAM speed). */
 #include "build_config.h"
 
 #include "bench_engine.h"
@@ -353,7 +353,8 @@ static int measure_speed(const char *root, const char *dir, const char *backend,
 		if (i == 1 && per_token > 0 && dram > 0) {
 			const struct dsm_step_times *t = &r.times;
 			double steps = t->tokens > 0 ? (double)t->tokens : 1;
-			double rest = (t->attention + t->router + t->dense + t->head + t->other) / steps;
+			/* the rest of the token: the GPU's time on it (the forward pass on the device), else its wall time */
+			double rest = (t->device > 0 ? t->device : t->attention + t->router + t->dense + t->head + t->other) / steps;
 			double experts = routed / (dram * 1e9);
 			s[i].dram_ratio = (rest > experts ? rest : experts) / per_token;
 		}
