@@ -148,7 +148,8 @@ struct dsm_moe_op_args {
 enum dsm_op {
 	DSM_OP_MATMUL, DSM_OP_MATMUL_T, DSM_OP_FFN, DSM_OP_MOE, DSM_OP_RMSNORM, DSM_OP_LAYERNORM, DSM_OP_ROPE,
 	DSM_OP_HADAMARD, DSM_OP_ATTN_FULL, DSM_OP_ATTN_LATENT, DSM_OP_INDEXER_SCORES, DSM_OP_TOPK,
-	DSM_OP_ROUTE, DSM_OP_MATMUL_HEADS, DSM_OP_ADD, DSM_OP_SCALE, DSM_OP_CONVERT, DSM_OP_FP8_ROUND, DSM_OP_COUNT
+	DSM_OP_ROUTE, DSM_OP_MATMUL_HEADS, DSM_OP_ADD, DSM_OP_SCALE, DSM_OP_CONVERT, DSM_OP_FP8_ROUND, DSM_OP_GATHER,
+	DSM_OP_COUNT
 };
 
 struct dsm_queue;  /* a backend's queue of work (a CUDA stream) */
@@ -261,6 +262,12 @@ struct dsm_backend {
 	 * Each value becomes fp8_to_f32(f32_to_fp8((float)clamp(x / scale, -448, 448))) * scale, the division
 	 * and product in double, rounded to F32 once. */
 	int (*fp8_round)(struct dsm_backend *be, int64_t n, int64_t d, float *x, int ue8m0);
+	/* y = rows gathered from n blocks and converted (types as convert): block i is block_rows rows of cols values,
+	 * contiguous, at x[i], the last block only last_rows of them (1 <= last_rows <= block_rows); they are written
+	 * one after another into y [(n - 1) * block_rows + last_rows, cols]. x is a host table of device pointers,
+	 * read during the call. (A sequence's KV entries, which lie in blocks of the pool, gathered in one call.) */
+	int (*gather)(struct dsm_backend *be, int64_t n, const void *const *x, int64_t block_rows, int64_t last_rows,
+		      int64_t cols, enum dsm_dtype xt, void *y, enum dsm_dtype yt);
 };
 
 struct dsm_cpu_threads; /* kernels/cpu/expert_kernels.h: a thread plan (offload/topo.h makes one from hwloc) */
