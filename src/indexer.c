@@ -87,12 +87,12 @@ int dsm_indexer(struct dsm_session *s, int L, int *masked)
 		if (n_all <= topk)
 			continue;
 		/* the sequence's keys [0, its end), gathered from its blocks: ik_all [n, dI] */
-		for (int64_t q = 0; q < n_all; q += DSM_KV_BLOCK) {
-			int64_t len = n_all - q < DSM_KV_BLOCK ? n_all - q : DSM_KV_BLOCK;
-			if ((rc = be->convert(be, 1, len * dI, dsm_kv_ik(s, p->seq, L, q), DSM_F32, 0, s->ik_all + q * dI,
-					      DSM_F32, 0)) < 0)
-				return rc;
-		}
+		int64_t nb = (n_all + DSM_KV_BLOCK - 1) / DSM_KV_BLOCK;
+		for (int64_t b = 0; b < nb; b++)
+			s->blocks[b] = dsm_kv_ik(s, p->seq, L, b * DSM_KV_BLOCK);
+		if ((rc = be->gather(be, nb, s->blocks, DSM_KV_BLOCK, n_all - (nb - 1) * DSM_KV_BLOCK, dI, DSM_F32,
+				     s->ik_all, DSM_F32)) < 0)
+			return rc;
 		for (int64_t t = p->row0; t < t1; t++) {
 			int64_t n_keys = s->h_n_keys[t];
 			if (n_keys <= topk)

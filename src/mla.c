@@ -45,18 +45,14 @@ static int cache_gather(struct dsm_session *s, int seq, int L, int64_t n, int to
 {
 	struct dsm_backend *be = s->be;
 	const struct dsm_config *c = &s->m->cfg;
-	int64_t r = c->kv_lora_rank, dr = c->qk_rope_head_dim;
 	enum dsm_dtype t = s->opt.kv_dtype, to = to_f32 ? DSM_F32 : t;
-	size_t es = dsm_dtype_size(to);
-	int rc = 0;
-	for (int64_t p = 0; p < n && rc == 0; p += DSM_KV_BLOCK) {
-		int64_t len = n - p < DSM_KV_BLOCK ? n - p : DSM_KV_BLOCK;
-		char *dc = (char *)s->c_all + (size_t)(p * r) * es, *dp = (char *)s->pe_all + (size_t)(p * dr) * es;
-		rc = be->convert(be, 1, len * r, dsm_kv_c(s, seq, L, p), t, 0, dc, to, 0);
-		if (rc == 0)
-			rc = be->convert(be, 1, len * dr, dsm_kv_pe(s, seq, L, p), t, 0, dp, to, 0);
-	}
-	return rc;
+	int64_t nb = (n + DSM_KV_BLOCK - 1) / DSM_KV_BLOCK, last = n - (nb - 1) * DSM_KV_BLOCK;
+	for (int64_t b = 0; b < nb; b++)
+		s->blocks[b] = dsm_kv_c(s, seq, L, b * DSM_KV_BLOCK);
+	int rc = be->gather(be, nb, s->blocks, DSM_KV_BLOCK, last, c->kv_lora_rank, t, s->c_all, to);
+	for (int64_t b = 0; b < nb; b++)
+		s->blocks[b] = dsm_kv_pe(s, seq, L, b * DSM_KV_BLOCK);
+	return rc < 0 ? rc : be->gather(be, nb, s->blocks, DSM_KV_BLOCK, last, c->qk_rope_head_dim, t, s->pe_all, to);
 }
 
 /* Full form, for one sequence's part: per head, k_nope and v of every key from kv_b_proj(c), then

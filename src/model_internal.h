@@ -80,6 +80,7 @@ struct dsm_session {
 	float *iscore;      /* [ctx] */
 	int32_t *sel, *h_sel; /* [B, topk] */
 	struct dsm_attn_mask *mask; /* [B] host table; its lists point into sel */
+	const void **blocks;        /* [ceil(ctx / DSM_KV_BLOCK)] host table: one layer's entries in a sequence's blocks */
 
 	/* feed-forward */
 	float *rlogits, *h_rlogits; /* [B, E] router logits */

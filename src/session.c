@@ -62,6 +62,7 @@ static void layout_buffers(struct dsm_session *s, struct arena *h, struct arena 
 	s->row_seq = take(h, B * sizeof(int32_t));
 	s->row_pos = take(h, B * sizeof(int64_t));
 	s->mask = take(h, B * sizeof(struct dsm_attn_mask));
+	s->blocks = take(h, (size_t)blocks_for(s->ctx) * sizeof(void *));
 	s->x = take(d, B * D * f);
 	s->xn = take(d, B * D * f);
 	s->h_xn = mirror(s, h, s->xn, B * D * f);

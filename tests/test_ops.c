@@ -290,6 +290,23 @@ static void test_glue(struct dsm_backend *be)
 	CHECK(be->convert(be, 1, cols, src, DSM_F8_E4M3, cols, f, DSM_F32, cols) == DSM_EUNSUPPORTED &&
 	      strstr(dsm_errmsg(), "F32 and BF16 only"), "convert from FP8 refused: %s", dsm_errmsg());
 
+	/* gather: 3 blocks of 4 rows of 40 values from anywhere in g (the last block 3 rows), to BF16 and to F32 */
+	float *g = rand_buf((size_t)(12 * cols), 8), *gf = malloc(sizeof(float) * (size_t)(12 * cols));
+	uint16_t *gb = malloc(2 * (size_t)(12 * cols));
+	const void *tab[3] = { g + 8 * cols, g, g + 4 * cols };
+	memset(gb, 0xab, 2 * (size_t)(12 * cols));
+	CHECK(be->gather(be, 3, tab, 4, 3, cols, DSM_F32, gb, DSM_BF16) == 0 &&
+	      be->gather(be, 3, tab, 4, 3, cols, DSM_F32, gf, DSM_F32) == 0, "gather: %s", dsm_errmsg());
+	same = 1;
+	for (int64_t i = 0; i < 11 * cols; i++) {
+		float v = ((const float *)tab[i / (4 * cols)])[i % (4 * cols)];
+		same &= gb[i] == dsm_f32_to_bf16(v) && gf[i] == v;
+	}
+	CHECK(same && gb[11 * cols] == 0xabab, "gather rows, or past them");
+	CHECK(be->gather(be, 3, tab, 4, 5, cols, DSM_F32, gf, DSM_F32) == DSM_EARG && strstr(dsm_errmsg(), "last block"),
+	      "gather with a last block longer than a block: %s", dsm_errmsg());
+	free(g), free(gf), free(gb);
+
 	/* fp8_round: 2 rows of 300 (blocks of 128, 128 and 44), both scale formats, against a search over the codes */
 	for (int ue8m0 = 0; ue8m0 < 2; ue8m0++) {
 		float *v = rand_buf((size_t)(2 * n), 6 + ue8m0), *v0 = malloc(sizeof(float) * (size_t)(2 * n));

@@ -111,6 +111,12 @@ static int cpu_fp8_round(struct dsm_backend *be, int64_t n, int64_t d, float *x,
 	return 0;
 }
 
+static int cpu_gather(struct dsm_backend *be, int64_t n, const void *const *x, int64_t block_rows, int64_t last_rows,
+		      int64_t cols, enum dsm_dtype xt, void *y, enum dsm_dtype yt)
+{
+	return dsm_ref_gather(n, x, block_rows, last_rows, cols, xt, y, yt);
+}
+
 int dsm_physical_cores(void)
 {
 	hwloc_topology_t topo;
@@ -186,6 +192,7 @@ int dsm_cpu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->scale = cpu_scale;
 	be->convert = cpu_convert;
 	be->fp8_round = cpu_fp8_round;
+	be->gather = cpu_gather;
 	*out = be;
 	return 0;
 }

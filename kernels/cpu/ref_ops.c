@@ -453,3 +453,18 @@ void dsm_ref_fp8_round(int64_t n, int64_t d, float *x, int ue8m0)
 		}
 	}
 }
+
+int dsm_ref_gather(int64_t n, const void *const *x, int64_t block_rows, int64_t last_rows, int64_t cols,
+		   enum dsm_dtype xt, void *y, enum dsm_dtype yt)
+{
+	if (n > 0 && (last_rows < 1 || last_rows > block_rows))
+		return dsm_fail(DSM_EARG, "gather: the last block's %lld rows are not within [1, %lld]", (long long)last_rows,
+				(long long)block_rows);
+	int rc = 0;
+	for (int64_t i = 0; i < n && rc == 0; i++) {
+		int64_t rows = i == n - 1 ? last_rows : block_rows;
+		char *yi = (char *)y + (size_t)(i * block_rows * cols) * dsm_dtype_size(yt);
+		rc = dsm_ref_convert(1, rows * cols, x[i], xt, 0, yi, yt, 0);
+	}
+	return rc;
+}

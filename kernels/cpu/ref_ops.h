@@ -28,6 +28,8 @@ void dsm_ref_scale(int64_t n, float *x, float s);
 int dsm_ref_convert(int64_t rows, int64_t cols, const void *x, enum dsm_dtype xt, int64_t ldx, void *y,
 		    enum dsm_dtype yt, int64_t ldy);
 void dsm_ref_fp8_round(int64_t n, int64_t d, float *x, int ue8m0);
+int dsm_ref_gather(int64_t n, const void *const *x, int64_t block_rows, int64_t last_rows, int64_t cols,
+		   enum dsm_dtype xt, void *y, enum dsm_dtype yt);
 
 /* silu(g) * u, elementwise over n values, into g. */
 void dsm_ref_silu_mul(int64_t n, float *g, const float *u);

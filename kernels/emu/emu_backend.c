@@ -49,6 +49,7 @@ struct emu_job {
 		struct dsm_route_args route;
 	} a;
 	struct dsm_attn_mask *mask;             /* owned copy of attn_full's mask table */
+	const void **table;                     /* owned copy of gather's block table */
 	int injected;                           /* fails (dsm_emu_fail_op) */
 };
 
@@ -120,6 +121,8 @@ static int run_op(struct dsm_backend *c, struct emu_job *j)
 	case DSM_OP_SCALE: return c->scale(c, j->n, j->y, j->eps);
 	case DSM_OP_CONVERT: return c->convert(c, j->n, j->d, j->src, j->xt, j->ldx, j->dst, j->yt, j->ldy);
 	case DSM_OP_FP8_ROUND: return c->fp8_round(c, j->n, j->d, j->y, j->ue8m0);
+	case DSM_OP_GATHER:
+		return c->gather(c, j->n, (const void *const *)j->table, j->k, j->ldx, j->d, j->xt, j->dst, j->yt);
 	default: return dsm_fail(DSM_EUNSUPPORTED, "emu: op %d cannot be queued", (int)j->op);
 	}
 }
@@ -140,6 +143,7 @@ static int run_job(struct dsm_queue *q, struct emu_job *j)
 static void free_job(struct emu_job *j)
 {
 	free(j->mask);
+	free(j->table);
 	free(j);
 }
 
@@ -946,6 +950,35 @@ static int emu_fp8_round(struct dsm_backend *be, int64_t n, int64_t d, float *x,
 	return c->fp8_round(c, n, d, x, ue8m0);
 }
 
+static int emu_gather(struct dsm_backend *be, int64_t n, const void *const *x, int64_t block_rows, int64_t last_rows,
+		      int64_t cols, enum dsm_dtype xt, void *y, enum dsm_dtype yt)
+{
+	struct emu_backend *eb = emu_of(be);
+	struct dsm_backend *c = cpu_of_emu(be);
+	if (n > 0 && (last_rows < 1 || last_rows > block_rows)) /* refused by the cpu backend, with its message */
+		return c->gather(c, n, x, block_rows, last_rows, cols, xt, y, yt);
+	size_t xs = dsm_dtype_size(xt), block = (size_t)(block_rows * cols);
+	int rc = 0;
+	for (int64_t i = 0; i < n && rc == 0; i++)
+		rc = check_dev(eb, x[i], xs * (i == n - 1 ? (size_t)(last_rows * cols) : block), "gather", "block");
+	if (rc == 0 && n > 0)
+		rc = check_dev(eb, y, dsm_dtype_size(yt) * (size_t)(((n - 1) * block_rows + last_rows) * cols), "gather",
+			       "output");
+	if (rc < 0)
+		return rc;
+	if (eb->cur && n > 0) {
+		struct emu_job *j = new_op(eb, DSM_OP_GATHER);
+		if (!j || !(j->table = malloc(sizeof *j->table * (size_t)n))) {
+			free(j);
+			return dsm_fail(DSM_ENOMEM, "out of memory");
+		}
+		memcpy(j->table, x, sizeof *j->table * (size_t)n);
+		j->n = n, j->k = block_rows, j->ldx = last_rows, j->d = cols, j->xt = xt, j->dst = y, j->yt = yt;
+		return submit(eb, j);
+	}
+	return c->gather(c, n, x, block_rows, last_rows, cols, xt, y, yt);
+}
+
 int dsm_emu_backend_create(struct dsm_backend **out, const struct dsm_backend_options *o)
 {
 	*out = NULL;
@@ -1004,6 +1037,7 @@ int dsm_emu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->scale = emu_scale;
 	be->convert = emu_convert;
 	be->fp8_round = emu_fp8_round;
+	be->gather = emu_gather;
 	*out = be;
 	return 0;
 }
