@@ -58,10 +58,11 @@ int dsm_indexer(struct dsm_session *s, int L, int *masked)
 	    (rc = be->rope(be, T, 1, dr, s->ik, dI, 0, s->cos, s->sin, 0)) < 0 ||
 	    (rc = be->hadamard(be, T, dI, s->ik)) < 0)
 		return rc;
-	for (int64_t t = 0; t < T; t++) {
-		float *dst = dsm_kv_ik(s, s->row_seq[t], L, s->row_pos[t]);
-		if ((rc = be->convert(be, 1, dI, s->ik + t * dI, DSM_F32, dI, dst, DSM_F32, dI)) < 0 ||
-		    (fp8 && (rc = be->fp8_round(be, 1, dI, dst, ue8m0)) < 0))
+	for (int64_t t0 = 0, t1; t0 < T; t0 = t1) {  /* a run of rows lying one after another in a block per call */
+		float *dst = dsm_kv_ik(s, s->row_seq[t0], L, s->row_pos[t0]);
+		t1 = dsm_kv_run(s, t0);
+		if ((rc = be->convert(be, t1 - t0, dI, s->ik + t0 * dI, DSM_F32, dI, dst, DSM_F32, dI)) < 0 ||
+		    (fp8 && (rc = be->fp8_round(be, t1 - t0, dI, dst, ue8m0)) < 0))
 			return rc;
 	}
 

@@ -28,9 +28,7 @@ static int cache_store(struct dsm_session *s, int L)
 	for (int64_t t0 = 0, t1; t0 < s->T && rc == 0; t0 = t1) {
 		int seq = s->row_seq[t0];
 		int64_t pos = s->row_pos[t0];
-		for (t1 = t0 + 1; t1 < s->T && s->row_seq[t1] == seq && s->row_pos[t1] == pos + (t1 - t0) &&
-				  s->row_pos[t1] % DSM_KV_BLOCK; t1++)
-			;
+		t1 = dsm_kv_run(s, t0);
 		rc = be->convert(be, t1 - t0, r, s->cnorm + t0 * r, DSM_F32, r, dsm_kv_c(s, seq, L, pos), t, r);
 		if (rc == 0)
 			rc = be->convert(be, t1 - t0, dr, s->kva + t0 * (r + dr) + r, DSM_F32, r + dr,

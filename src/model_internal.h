@@ -125,6 +125,17 @@ static inline float *dsm_kv_ik(const struct dsm_session *s, int seq, int L, int6
 	       (size_t)(pos % DSM_KV_BLOCK) * (size_t)s->m->cfg.index_head_dim;
 }
 
+/* The end of the run of rows from t0 whose KV entries lie one after another: one sequence, consecutive positions,
+ * one block. */
+static inline int64_t dsm_kv_run(const struct dsm_session *s, int64_t t0)
+{
+	int64_t t1 = t0 + 1;
+	while (t1 < s->T && s->row_seq[t1] == s->row_seq[t0] && s->row_pos[t1] == s->row_pos[t0] + (t1 - t0) &&
+	       s->row_pos[t1] % DSM_KV_BLOCK)
+		t1++;
+	return t1;
+}
+
 /* Copies between host memory and the session's backend memory, in the order of the step's other work; dsm_to_host
  * waits for its copy, dsm_to_host_queued not (dsm_device_wait waits for everything submitted). dsm_dev_copy: within
  * the backend's memory. */
