@@ -1,6 +1,6 @@
 /* Every op of the cuda backend against the scalar references (ref_ops.c) on random data, with the thresholds of
  * docs TESTING.md (elementwise 1e-7, softmax 1e-6, matmul / FFN / attention 5e-4, indices exact), in both
- * precisions, the glue ops (add, scale, convert, fp8_round) bit for bit against scalar forms; then the
+ * precisions, the glue ops (add, scale, convert, gather, fp8_round) bit for bit against scalar forms; then the
  * asynchronous part: queues, events, pinned memory and a failure inside a queue.
  * Data lives in device memory (be->alloc, copy_in / copy_out); descriptor tables stay on the host.
  * Skips (77) without a CUDA device. */
@@ -325,7 +325,7 @@ static void test_elementwise(struct dsm_backend *be)
 	free(x), free(w), free(b), free(yr);
 }
 
-/* ---- glue: add, scale, convert, fp8_round (bit for bit against the scalar forms below) ---------------- */
+/* ---- glue: add, scale, convert, gather, fp8_round (bit for bit against the scalar forms below) -------- */
 
 /* got and want bit for bit, NaN matching any NaN; the first differing index or -1. */
 static int64_t first_diff(const float *got, const float *want, int64_t n)
@@ -417,6 +417,108 @@ static void test_convert(struct dsm_backend *be)
 	      strstr(dsm_errmsg(), "convert"), "convert from F8: %s", dsm_errmsg());
 	CHECK(be->convert(be, 0, 4, d, DSM_F32, 4, d + 8, DSM_BF16, 4) == 0 &&
 	      be->convert(be, 2, 0, d, DSM_F32, 4, d + 8, DSM_BF16, 4) == 0, "empty convert: %s", dsm_errmsg());
+	be->free(be, d);
+}
+
+/* One gather of n blocks of block_rows rows of cols values (the last last_rows rows), every bit pattern: the blocks
+ * lie in shuffled order, each in its own allocation (separate) or as blocks of one pool; on a queue the host table
+ * is overwritten right after the call (the op reads it during the call). */
+static void gather_case(struct dsm_backend *be, int64_t n, int64_t block_rows, int64_t last_rows, int64_t cols,
+			enum dsm_dtype xt, enum dsm_dtype yt, int separate, int on_queue)
+{
+	size_t xs = dsm_dtype_size(xt), ys = dsm_dtype_size(yt);
+	size_t bx = (size_t)(block_rows * cols) * xs, by = (size_t)(block_rows * cols) * ys;
+	size_t yb = (size_t)((n - 1) * block_rows + last_rows) * (size_t)cols * ys;
+	CHECK(yb % 4 == 0, "gather test: output of %zu bytes", yb);
+	uint32_t *x = malloc((size_t)n * bx + 4);
+	for (size_t i = 0; i < (size_t)n * bx / 4 + 1; i++)
+		x[i] = rnd() << 1 ^ rnd();
+	if (xt == DSM_F32) /* values a BF16 rounds up, down and to even */
+		for (size_t i = 0; i < (size_t)n * bx / 4; i += 3)
+			x[i] = (x[i] & 0xffff0000u) | (i % 2 ? 0x8000u : 0x7fffu);
+	/* block k of x lives at dev[k]; the table lists them in the order perm */
+	void **dev = malloc((size_t)n * sizeof *dev), *pool = NULL;
+	const void **table = malloc((size_t)n * sizeof *table);
+	int64_t *perm = malloc((size_t)n * sizeof *perm);
+	if (!separate)
+		pool = dev_put(be, x, (size_t)n * bx);
+	for (int64_t k = 0; k < n; k++) {
+		dev[k] = separate ? dev_put(be, (char *)x + (size_t)k * bx, bx) : (char *)pool + (size_t)k * bx;
+		perm[k] = k;
+	}
+	for (int64_t k = n - 1; k > 0; k--) {
+		int64_t j = (int64_t)(rnd() % (uint32_t)(k + 1)), t = perm[k];
+		perm[k] = perm[j], perm[j] = t;
+	}
+	for (int64_t i = 0; i < n; i++)
+		table[i] = dev[perm[i]];
+	/* y starts as a pattern: the sentinels after it must keep it */
+	float *want = malloc(yb + SENTINEL * 4);
+	for (size_t i = 0; i < yb / 4 + SENTINEL; i++)
+		memcpy(&want[i], &sentinel_bits, 4);
+	float *dy = dev_put(be, want, yb + SENTINEL * 4);
+	for (int64_t i = 0; i < n; i++)
+		ref_convert(i == n - 1 ? last_rows : block_rows, cols, (char *)x + (size_t)perm[i] * bx, xt, cols,
+			    (char *)want + (size_t)i * by, yt, cols);
+	struct dsm_queue *q = NULL;
+	struct dsm_event *e = NULL;
+	if (on_queue) {
+		CHECK(be->queue_create(be, &q) == 0 && be->event_create(be, &e) == 0, "%s", dsm_errmsg());
+		be->set_queue(be, q);
+	}
+	CHECK(be->gather(be, n, table, block_rows, last_rows, cols, xt, dy, yt) == 0, "%s", dsm_errmsg());
+	if (on_queue) {
+		for (int64_t i = 0; i < n; i++)
+			table[i] = dev[0];
+		CHECK(be->event_record(be, e, q) == 0, "%s", dsm_errmsg());
+		be->set_queue(be, NULL);
+		CHECK(be->event_sync(be, e) == 0, "%s", dsm_errmsg());
+		be->event_destroy(be, e);
+		be->queue_destroy(be, q);
+	}
+	float *got = dev_get(be, dy, yb / 4, "gather");
+	CHECK(memcmp(got, want, yb) == 0, "gather %s -> %s n=%lld block_rows=%lld last_rows=%lld cols=%lld%s differs",
+	      dsm_dtype_name(xt), dsm_dtype_name(yt), (long long)n, (long long)block_rows, (long long)last_rows,
+	      (long long)cols, on_queue ? " on a queue" : "");
+	if (separate)
+		for (int64_t k = 0; k < n; k++)
+			be->free(be, dev[k]);
+	be->free(be, pool), be->free(be, dy);
+	free(x), free(dev), free(table), free(perm), free(want), free(got);
+}
+
+static void test_gather(struct dsm_backend *be)
+{
+	static const enum dsm_dtype gt[] = { DSM_F32, DSM_BF16 };
+	/* KV blocks of 64 rows, each in its own allocation, the last one 17 rows; then one full last block */
+	for (int a = 0; a < 2; a++)
+		for (int b = 0; b < 2; b++) {
+			gather_case(be, 5, 64, 17, 40, gt[a], gt[b], 1, 0);
+			gather_case(be, 3, 64, 64, 40, gt[a], gt[b], 1, 0);
+		}
+	gather_case(be, 1, 64, 1, 576, DSM_F32, DSM_BF16, 1, 0);
+	/* tables of more pointers than a staging slot holds (256 KiB: 32768), so staged in chunks: 1-row blocks,
+	 * 2-row blocks with a 1-row last one, and one on a queue */
+	gather_case(be, 70000, 1, 1, 3, DSM_F32, DSM_BF16, 0, 0);
+	gather_case(be, 40000, 2, 1, 5, DSM_BF16, DSM_F32, 0, 0);
+	gather_case(be, 70001, 1, 1, 4, DSM_F32, DSM_F32, 0, 1);
+	/* n = 0 does nothing; bad arguments are refused with a message naming the op */
+	float *d = dev_out(be, 64);
+	const void *t[2] = { d, d + 16 };
+	CHECK(be->gather(be, 0, NULL, 4, 4, 4, DSM_F32, d + 32, DSM_BF16) == 0, "n = 0: %s", dsm_errmsg());
+	float *h = dev_get(be, d, 64, "gather of no blocks");
+	for (int i = 0; i < 64; i++)
+		if (memcmp(&h[i], &sentinel_bits, 4) != 0) {
+			CHECK(0, "a gather of no blocks wrote element %d", i);
+			break;
+		}
+	free(h);
+	CHECK(be->gather(be, 2, t, 4, 0, 4, DSM_F32, d + 32, DSM_F32) == DSM_EARG && strstr(dsm_errmsg(), "gather"),
+	      "last_rows 0: %s", dsm_errmsg());
+	CHECK(be->gather(be, 2, t, 4, 5, 4, DSM_F32, d + 32, DSM_F32) == DSM_EARG, "last_rows 5 of 4: %s", dsm_errmsg());
+	CHECK(be->gather(be, -1, t, 4, 4, 4, DSM_F32, d + 32, DSM_F32) == DSM_EARG, "n = -1: %s", dsm_errmsg());
+	CHECK(be->gather(be, 2, t, 4, 4, 4, DSM_F8_E4M3, d + 32, DSM_F32) == DSM_EUNSUPPORTED &&
+	      strstr(dsm_errmsg(), "gather"), "gather from F8: %s", dsm_errmsg());
 	be->free(be, d);
 }
 
@@ -747,6 +849,7 @@ int main(void)
 		test_elementwise(be);
 		test_add_scale(be);
 		test_convert(be);
+		test_gather(be);
 		test_fp8_round(be);
 		test_glue_queue(be);
 		test_attn_full(be);

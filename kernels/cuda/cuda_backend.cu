@@ -530,6 +530,7 @@ extern "C" int dsm_cuda_backend_create(struct dsm_backend **out, const struct ds
 	be->scale = cuda_scale;
 	be->convert = cuda_convert;
 	be->fp8_round = cuda_fp8_round;
+	be->gather = cuda_gather;
 	*out = be;
 	return 0;
 }

@@ -148,6 +148,8 @@ int cuda_add(struct dsm_backend *be, int64_t n, float *x, const float *y);
 int cuda_scale(struct dsm_backend *be, int64_t n, float *x, float s);
 int cuda_convert(struct dsm_backend *be, int64_t rows, int64_t cols, const void *x, enum dsm_dtype xt, int64_t ldx,
 		 void *y, enum dsm_dtype yt, int64_t ldy);
+int cuda_gather(struct dsm_backend *be, int64_t n, const void *const *x, int64_t block_rows, int64_t last_rows,
+		int64_t cols, enum dsm_dtype xt, void *y, enum dsm_dtype yt);
 int cuda_fp8_round(struct dsm_backend *be, int64_t n, int64_t d, float *x, int ue8m0);
 
 // Grid size for n items of `per` each, as a launch dimension (n > 0).

@@ -1,5 +1,5 @@
 // The small ops: rmsnorm, layernorm, rope, hadamard, topk, route, and the glue between ops: add, scale, convert,
-// fp8_round (docs/cuda.md).
+// gather, fp8_round (docs/cuda.md).
 #include "cuda_internal.h"
 #include "device_math.h"
 
@@ -381,7 +381,7 @@ int cuda_route(struct dsm_backend *be, const struct dsm_route_args *a)
 	return cuda_end(cb, c, rc);
 }
 
-// ---- glue: add, scale, convert, fp8_round ----------------------------------------------------------------
+// ---- glue: add, scale, convert, gather, fp8_round --------------------------------------------------------
 
 #define GLUE_THREADS 256
 
@@ -450,6 +450,68 @@ int cuda_convert(struct dsm_backend *be, int64_t rows, int64_t cols, const void 
 		convert_kernel<<<grid, GLUE_THREADS, 0, c->s>>>(rows, cols, x, (int)xt, ldx, y, (int)yt, ldy);
 		rc = LAUNCH_STATUS("convert_kernel");
 	}
+	return cuda_end(cb, c, rc);
+}
+
+// gather: a block per gathered block (grid-stride over them), threads over its rows * cols values, which are
+// contiguous on both sides. x is the device copy of (a chunk of) the pointer table; y the chunk's first row; the
+// chunk's last block has last_rows rows.
+__global__ void gather_kernel(int64_t n, const void *const *x, int64_t block_rows, int64_t last_rows, int64_t cols,
+			      int xt, void *y, int yt)
+{
+	for (int64_t b = blockIdx.x; b < n; b += gridDim.x) {
+		const void *src = x[b];
+		int64_t m = (b == n - 1 ? last_rows : block_rows) * cols, y0 = b * block_rows * cols;
+		for (int64_t j = threadIdx.x; j < m; j += blockDim.x)
+			dm_convert_elem(src, xt, j, y, yt, y0 + j);
+	}
+}
+
+// The pointer table is host memory: staged in chunks of blocks that fit a slot, a launch per chunk.
+static int gather_run(struct cuda_ctx *c, int64_t n, const void *const *x, int64_t block_rows, int64_t last_rows,
+		      int64_t cols, enum dsm_dtype xt, void *y, enum dsm_dtype yt)
+{
+	const int64_t per = (int64_t)(STAGE_BYTES / sizeof *x);
+	size_t row_bytes = (size_t)cols * (yt == DSM_BF16 ? 2 : 4);
+	for (int64_t b0 = 0; b0 < n; b0 += per) {
+		int64_t nb = n - b0 < per ? n - b0 : per;
+		void *dx;
+		int slot, rc = cuda_stage(c, x + b0, sizeof *x * (size_t)nb, &dx, &slot);
+		if (rc < 0)
+			return rc;
+		gather_kernel<<<grid_for(nb, 1), GLUE_THREADS, 0, c->s>>>(
+			nb, (const void *const *)dx, block_rows, b0 + nb == n ? last_rows : block_rows, cols, (int)xt,
+			(char *)y + (size_t)(b0 * block_rows) * row_bytes, (int)yt);
+		rc = LAUNCH_STATUS("gather_kernel");
+		int rs = cuda_stage_done(c, slot); // also after a failed launch: the slot's copy was submitted
+		if (rc < 0 || (rc = rs) < 0)
+			return rc;
+	}
+	return 0;
+}
+
+int cuda_gather(struct dsm_backend *be, int64_t n, const void *const *x, int64_t block_rows, int64_t last_rows,
+		int64_t cols, enum dsm_dtype xt, void *y, enum dsm_dtype yt)
+{
+	struct cuda_backend *cb = cuda_of(be);
+	struct cuda_ctx *c;
+	int rc = cuda_begin(cb, &c);
+	if (rc < 0)
+		return rc;
+	if (n < 0 || cols < 0)
+		rc = dsm_fail(DSM_EARG, "cuda gather: n = %lld blocks of %lld values a row", (long long)n, (long long)cols);
+	else if (n == 0)
+		rc = 0;
+	else if ((xt != DSM_F32 && xt != DSM_BF16) || (yt != DSM_F32 && yt != DSM_BF16))
+		rc = dsm_fail(DSM_EUNSUPPORTED, "cuda gather: %s to %s (F32 and BF16 only)", dsm_dtype_name(xt),
+			      dsm_dtype_name(yt));
+	else if (last_rows < 1 || last_rows > block_rows)
+		rc = dsm_fail(DSM_EARG, "cuda gather: last block of %lld rows, blocks of %lld (1 <= last_rows <= "
+			      "block_rows)", (long long)last_rows, (long long)block_rows);
+	else if (!x)
+		rc = dsm_fail(DSM_EARG, "cuda gather: no block table for %lld blocks", (long long)n);
+	else if (cols > 0)
+		rc = gather_run(c, n, x, block_rows, last_rows, cols, xt, y, yt);
 	return cuda_end(cb, c, rc);
 }
 
