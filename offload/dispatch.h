@@ -156,6 +156,9 @@ struct dsm_offload_setup {
 	struct dsm_backend *gpu[DSM_MAX_GPUS]; /* none: a plan naming gpu:N experts is refused */
 	struct dsm_topo *topo;            /* as in dsm_offload_opts */
 	int64_t gpu_upload_tokens;        /* as in dsm_offload_opts */
+	int forward_on_gpu;               /* the forward pass outside the experts is on gpu:0 already, outside
+					   * vram_budget: of the non-expert weights, a computed plan counts only the
+					   * shared experts against gpu:0 */
 };
 
 /* Loads or computes the plan (validated against m) and opens the store (m must outlive it). *plan_out (owned

@@ -649,9 +649,10 @@ int dsm_plan_from_budgets(struct dsm_plan **out, const struct dsm_moe_shape *c, 
 		vram[i] = b->vram_bytes;
 	uint64_t reserve = b->dram_reserve;
 	struct dsm_tier home;
-	if (vram[0] && sz->non_expert_total <= vram[0]) {
+	uint64_t on_gpu = b->forward_placed ? sz->non_expert_bytes[DSM_KIND_SHARED] : sz->non_expert_total;
+	if (vram[0] && on_gpu <= vram[0]) {
 		home = (struct dsm_tier){ DSM_TIER_GPU, 0 };
-		vram[0] -= sz->non_expert_total;
+		vram[0] -= on_gpu;
 	} else if (sz->non_expert_total + reserve <= dram) {
 		home = (struct dsm_tier){ DSM_TIER_DRAM, 0 };
 		dram -= sz->non_expert_total;

@@ -84,9 +84,11 @@ struct dsm_plan_budget {
 	int n_gpus;               /* gpu:0 .. gpu:n_gpus-1 (0 counts as 1 when vram_bytes is set) */
 	uint64_t dram_bytes;      /* dram:0 */
 	uint64_t dram_reserve;    /* part of dram_bytes kept for streaming slots (the expert cache) */
+	int forward_placed;       /* the non-expert weights but the shared experts lie on gpu:0 outside vram_bytes */
 };
 
-/* A plan under the budgets: non-expert weights on gpu:0 when they fit there, else in DRAM; then experts,
+/* A plan under the budgets: non-expert weights on gpu:0 when they fit there (only the shared experts counted when
+ * forward_placed), else in DRAM; then experts,
  * hottest first (hotness[layer * n_experts + expert], higher hotter; NULL: spread evenly across layers,
  * the same number per layer), to their layer's GPU while it has room (with several GPUs the MoE layers are
  * split into as many consecutive ranges, one a GPU), then to DRAM, the rest to nvme.

@@ -42,7 +42,7 @@ static int expert_hotness(const struct dsm_store_model *m, const char *trace, do
 
 /* The VRAM budget as dsm_plan_from_budgets counts it (FP8 weights only): on the device each expert also takes
  * its block scales and the slab's rounding of each tensor to 256 bytes, and one expert's activations (in and
- * out) are there too. */
+ * out, at least the 64 rows of the upload measurement) and the staging slot of a DRAM expert are there too. */
 static uint64_t plan_vram(const struct dsm_store_model *m, const struct dsm_plan_sizes *sz, uint64_t vram,
 			  int64_t max_tokens)
 {
@@ -53,8 +53,8 @@ static uint64_t plan_vram(const struct dsm_store_model *m, const struct dsm_plan
 	uint64_t dev = 0;
 	for (int j = 0; j < DSM_EXPERT_NPROJ; j++)
 		dev += (e->w[j].nbytes + 255) / 256 * 256 + (e->scale[j].nbytes + 255) / 256 * 256;
-	uint64_t rows = (uint64_t)(max_tokens > 0 ? max_tokens : 128);
-	uint64_t act = 2 * ((rows * (uint64_t)c->hidden_size * sizeof(float) + 63) / 64 * 64);
+	uint64_t rows = (uint64_t)(max_tokens > 64 ? max_tokens : 64);
+	uint64_t act = 2 * ((rows * (uint64_t)c->hidden_size * sizeof(float) + 63) / 64 * 64) + dev;
 	if (vram <= act)
 		return 0;
 	vram -= act;
@@ -110,7 +110,7 @@ int dsm_offload_setup(struct dsm_offload **out, struct dsm_plan **plan_out, cons
 		struct dsm_plan_budget b = { .vram_bytes = n_gpus ? plan_vram(m, &sz, s->vram_budget, s->max_tokens) : 0,
 			.n_gpus = n_gpus,
 			.dram_bytes = dram,
-			.dram_reserve = s->cache_bytes ? s->cache_bytes : min_cache };
+			.dram_reserve = s->cache_bytes ? s->cache_bytes : min_cache, .forward_placed = s->forward_on_gpu };
 		if (s->stream_all)
 			b.dram_bytes = b.dram_bytes < sz.non_expert_total + b.dram_reserve ? b.dram_bytes
 											  : sz.non_expert_total + b.dram_reserve;

@@ -189,6 +189,7 @@ static int open_tiers(struct dsm_engine *e, const struct dsm_session_options *so
 				least_free = least_free > reserved ? least_free - reserved : 0;
 			if (os.vram_budget)
 				os.vram_budget -= reserved;
+			os.forward_on_gpu = 1;
 		}
 		if (!os.vram_budget && !os.plan_path && least_free != SIZE_MAX) {
 			os.vram_budget = least_free;

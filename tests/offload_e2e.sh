@@ -39,7 +39,7 @@ check_plans() { # model dir, label
 		"--gpu-backend emu --cpu-attention --vram-budget 1M" "--gpu-backend emu --cpu-attention --vram-budget 1M --dram-budget 6M" \
 		"--gpu-backend emu --cpu-attention --vram-budget 1M --gpu-upload-tokens 2" "--gpu-backend emu --cpu-attention --gpus 0,1 --vram-budget 600K" \
 		"--gpu-backend emu --cpu-attention --vram-budget 24M --dram-budget 1000M" \
-		"--gpu-backend emu --ctx 512 --batch 16 --vram-budget 11M --dram-budget 6M" "--gpu-backend emu --ctx 512 --batch 16 --gpus 0,1 --vram-budget 9M" \
+		"--gpu-backend emu --ctx 512 --batch 16 --vram-budget 9M --dram-budget 6M" "--gpu-backend emu --ctx 512 --batch 16 --gpus 0,1 --vram-budget 9M" \
 		"--gpu-backend emu --ctx 512 --batch 16 --vram-budget 700M --dram-budget 1000M"; do
 		case "$mode" in *.json*|*"--dram-budget 6M"*|*upload*|*gpus*) [ "$2" = tiny ] || continue ;;
 		*"--dram-budget 1000M"*) [ "$2" = small ] || continue ;; esac
@@ -80,8 +80,8 @@ if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --cpu-att
 then ok "--gpus 0,1: experts on gpu:0 and gpu:1"; else bad "--gpus 0,1: experts on gpu:0 and gpu:1"; cat "$W/err"; fi
 
 # The forward pass outside the experts on the emu device (its weights, KV cache and buffers take 7.3 MB of the
-# 11 MB), experts in the rest and in DRAM.
-if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --ctx 512 --batch 16 --vram-budget 11M \
+# 9 MB), experts in the rest and in DRAM.
+if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --ctx 512 --batch 16 --vram-budget 9M \
 	--dram-budget 6M > /dev/null 2> "$W/err" &&
    grep -q "gpu:0 runs the attention, the dense layers, the routers, the embeddings and the head: 0.00389 GB of weights" "$W/err" &&
    grep -q "offload: experts gpu [1-9][0-9]*, dram [1-9][0-9]*, nvme [0-9]*, mapped 0;" "$W/err"
@@ -131,7 +131,7 @@ expect_error "plan naming a NUMA node the machine lacks" \
 	"layer 2 expert 0 on dram:63 but this machine has [0-9]* NUMA node" --plan "$W/node.json" --gpu-backend emu
 expect_error "bad cache policy" "expected lru, lfu or pinned" --cache-policy mru
 expect_error "a GPU too small for the forward pass" \
-	"gpu:0 has 0.001 GB free; the forward pass outside the experts needs 0.023 GB there: weights 0.004 GB, KV cache 0.012 GB (--ctx 4096, --max-seqs 1), step buffers 0.007 GB (--batch 128)" \
+	"gpu:0 has 0.001 GB free; the forward pass outside the experts needs 0.024 GB there: weights 0.004 GB, KV cache 0.012 GB (--ctx 4096, --max-seqs 1), step buffers 0.008 GB (--batch 128)" \
 	--gpu-backend emu --vram-budget 1M
 
 # Weights larger than the available memory (faked: 1 GiB margin + 6 MB) turn the tiered store on by
