@@ -94,11 +94,34 @@ struct dsm_attn_latent_args {
 	enum dsm_dtype cache_dtype;     /* DSM_BF16 or DSM_F32 */
 	const void *c;                  /* [n_keys, r] latent cache rows */
 	const void *k_pe;               /* [n_keys, dr] roped key cache rows */
+	/* Or (c_blocks not NULL; c and k_pe unused) the cache where it lies, in blocks of block_rows keys: key s's
+	 * latent row at c_blocks[s / block_rows], row s % block_rows of [block_rows, r], its rope key likewise in
+	 * pe_blocks (dsm_latent_row, dsm_pe_row). Host tables of ceil(n_keys / block_rows) device pointers, read
+	 * during the call. */
+	const void *const *c_blocks, *const *pe_blocks;
+	int64_t block_rows;
 	int64_t n_keys;                 /* causal bound: position + 1 */
 	struct dsm_attn_mask mask;      /* sel == NULL: all of [0, n_keys) */
 	float scale;
 	float *o_lat;                   /* [H, r] */
 };
+
+/* Key s's latent row [r] and rope key [dr] in the cache of a (contiguous or in blocks). */
+static inline const void *dsm_latent_row(const struct dsm_attn_latent_args *a, int64_t s)
+{
+	size_t es = dsm_dtype_size(a->cache_dtype);
+	if (!a->c_blocks)
+		return (const char *)a->c + (size_t)(s * a->r) * es;
+	return (const char *)a->c_blocks[s / a->block_rows] + (size_t)(s % a->block_rows * a->r) * es;
+}
+
+static inline const void *dsm_pe_row(const struct dsm_attn_latent_args *a, int64_t s)
+{
+	size_t es = dsm_dtype_size(a->cache_dtype);
+	if (!a->c_blocks)
+		return (const char *)a->k_pe + (size_t)(s * a->dr) * es;
+	return (const char *)a->pe_blocks[s / a->block_rows] + (size_t)(s % a->block_rows * a->dr) * es;
+}
 
 /* One small matmul per attention head, all heads in one call (the absorbed MLA form's kv_b halves).
  * Head h's weight W_h is rows [h * head_stride, h * head_stride + head_rows) of the view w; its input for
