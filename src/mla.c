@@ -10,8 +10,8 @@
  *                           o = W_v[h] . sum p c
  *   out  = o_proj(o)                             [T, D]
  * The attention reads c and k_pe back from the cache in both forms, so that both see the same
- * (possibly BF16-rounded) values: each sequence's entries are gathered from its KV blocks into one
- * contiguous buffer first. */
+ * (possibly BF16-rounded) values: the full form gathers a sequence's entries from its KV blocks into one
+ * buffer (converted to F32 for kv_b_proj), the absorbed form reads them in the blocks. */
 #include "model_internal.h"
 
 #include "error.h"
@@ -37,20 +37,20 @@ static int cache_store(struct dsm_session *s, int L)
 	return rc;
 }
 
-/* Positions [0, n) of a sequence's latents and rope keys of layer L, gathered from its blocks into
- * s->c_all [n, r] and s->pe_all [n, dr]: as F32 (to_f32), or as stored (kv_dtype). */
-static int cache_gather(struct dsm_session *s, int seq, int L, int64_t n, int to_f32)
+/* Positions [0, n) of a sequence's latents and rope keys of layer L, gathered from its blocks as F32 into
+ * s->c_all [n, r] and s->pe_all [n, dr]. */
+static int cache_gather(struct dsm_session *s, int seq, int L, int64_t n)
 {
 	struct dsm_backend *be = s->be;
 	const struct dsm_config *c = &s->m->cfg;
-	enum dsm_dtype t = s->opt.kv_dtype, to = to_f32 ? DSM_F32 : t;
+	enum dsm_dtype t = s->opt.kv_dtype;
 	int64_t nb = (n + DSM_KV_BLOCK - 1) / DSM_KV_BLOCK, last = n - (nb - 1) * DSM_KV_BLOCK;
 	for (int64_t b = 0; b < nb; b++)
 		s->blocks[b] = dsm_kv_c(s, seq, L, b * DSM_KV_BLOCK);
-	int rc = be->gather(be, nb, s->blocks, DSM_KV_BLOCK, last, c->kv_lora_rank, t, s->c_all, to);
+	int rc = be->gather(be, nb, s->blocks, DSM_KV_BLOCK, last, c->kv_lora_rank, t, s->c_all, DSM_F32);
 	for (int64_t b = 0; b < nb; b++)
 		s->blocks[b] = dsm_kv_pe(s, seq, L, b * DSM_KV_BLOCK);
-	return rc < 0 ? rc : be->gather(be, nb, s->blocks, DSM_KV_BLOCK, last, c->qk_rope_head_dim, t, s->pe_all, to);
+	return rc < 0 ? rc : be->gather(be, nb, s->blocks, DSM_KV_BLOCK, last, c->qk_rope_head_dim, t, s->pe_all, DSM_F32);
 }
 
 /* Full form, for one sequence's part: per head, k_nope and v of every key from kv_b_proj(c), then
@@ -63,7 +63,7 @@ static int attend_full(struct dsm_session *s, int L, const struct dsm_step_part 
 	const struct dsm_attn_weights *a = &m->fwd.layers[L].attn;
 	int64_t H = c->num_attention_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim,
 		dv = c->v_head_dim, S = p->pos0 + p->n, t0 = p->row0;
-	int rc = cache_gather(s, p->seq, L, S, 1);            /* [S, r], [S, dr] */
+	int rc = cache_gather(s, p->seq, L, S);               /* [S, r], [S, dr] */
 	for (int64_t h = 0; h < H && rc == 0; h++) {
 		struct dsm_mat w = dsm_mat_rows(a->kv_b, h * (dn + dv), dn + dv);
 		if ((rc = be->matmul(be, &w, S, s->c_all, s->kv_head)) < 0)  /* [S, dn + dv] */
@@ -100,8 +100,12 @@ static int attend_absorbed(struct dsm_session *s, int L, int64_t T, int masked)
 		return rc;
 	for (int i = 0; i < s->n_parts && s->parts[i].absorbed; i++) {
 		const struct dsm_step_part *p = &s->parts[i];
-		if ((rc = cache_gather(s, p->seq, L, p->pos0 + p->n, 0)) < 0)
-			return rc;
+		/* the sequence's KV entries read where they lie: a table of its blocks for each */
+		const void **cb = s->blocks, **pb = s->blocks + s->max_blocks;
+		for (int64_t b = 0; b * DSM_KV_BLOCK < p->pos0 + p->n; b++) {
+			cb[b] = dsm_kv_c(s, p->seq, L, b * DSM_KV_BLOCK);
+			pb[b] = dsm_kv_pe(s, p->seq, L, b * DSM_KV_BLOCK);
+		}
 		for (int64_t t = p->row0; t < p->row0 + p->n; t++) {
 			/* q_pe [H, dr]: the rope part of each head's query */
 			if ((rc = be->convert(be, H, dr, s->q + t * H * (dn + dr) + dn, DSM_F32, dn + dr, s->q_pe, DSM_F32,
@@ -110,7 +114,7 @@ static int attend_absorbed(struct dsm_session *s, int L, int64_t T, int masked)
 			struct dsm_attn_latent_args args = {
 				.n_heads = H, .r = r, .dr = dr,
 				.q_lat = s->q_lat + t * H * r, .q_pe = s->q_pe,
-				.cache_dtype = s->opt.kv_dtype, .c = s->c_all, .k_pe = s->pe_all,
+				.cache_dtype = s->opt.kv_dtype, .c_blocks = cb, .pe_blocks = pb, .block_rows = DSM_KV_BLOCK,
 				.n_keys = s->h_n_keys[t],
 				.mask = masked ? s->mask[t] : (struct dsm_attn_mask){ 0 },
 				.scale = m->softmax_scale, .o_lat = s->o_lat + t * H * r,

@@ -65,7 +65,7 @@ struct dsm_session {
 	float *kva;         /* [B, r + dr] kv_a_proj_with_mqa */
 	float *cnorm;       /* [B, r] normed latent */
 	float *o;           /* [B, H * dv] head outputs */
-	float *c_all;       /* [ctx, r] one sequence's latents: F32 (full form) or kv_dtype (absorbed form) */
+	float *c_all;       /* [ctx, r] one sequence's latents in F32 (full form; the absorbed form reads the blocks) */
 	float *pe_all;      /* [ctx, dr] its rope keys, likewise */
 	float *kv_head;     /* [ctx, dn + dv] full form: one head's k_nope and v */
 	float *q_lat;       /* [B, H, r] absorbed form */
@@ -80,7 +80,8 @@ struct dsm_session {
 	float *iscore;      /* [ctx] */
 	int32_t *sel, *h_sel; /* [B, topk] */
 	struct dsm_attn_mask *mask; /* [B] host table; its lists point into sel */
-	const void **blocks;        /* [ceil(ctx / DSM_KV_BLOCK)] host table: one layer's entries in a sequence's blocks */
+	const void **blocks;        /* [2, max_blocks] host tables: one layer's entries in a sequence's blocks */
+	int64_t max_blocks;         /* ceil(ctx / DSM_KV_BLOCK) */
 
 	/* feed-forward */
 	float *rlogits, *h_rlogits; /* [B, E] router logits */

@@ -62,7 +62,8 @@ static void layout_buffers(struct dsm_session *s, struct arena *h, struct arena 
 	s->row_seq = take(h, B * sizeof(int32_t));
 	s->row_pos = take(h, B * sizeof(int64_t));
 	s->mask = take(h, B * sizeof(struct dsm_attn_mask));
-	s->blocks = take(h, (size_t)blocks_for(s->ctx) * sizeof(void *));
+	s->max_blocks = blocks_for(s->ctx);
+	s->blocks = take(h, 2 * (size_t)s->max_blocks * sizeof(void *));
 	s->x = take(d, B * D * f);
 	s->xn = take(d, B * D * f);
 	s->h_xn = mirror(s, h, s->xn, B * D * f);

@@ -266,6 +266,37 @@ static void test_emu_queues(const struct dsm_backend_options *bo)
 	tab[0] = z0;
 	bad = e->gather(e, 2, tab, 1, 1, ROWS, DSM_F32, db, DSM_BF16);
 	CHECK(bad == DSM_EARG && strstr(dsm_errmsg(), "gather: block"), "emu: gather of a host block: %s", dsm_errmsg());
+	/* attn_latent over cache blocks: the block tables are read at the call; queued equals direct */
+	enum { LH = 2, LR = 32, LDR = 8, LK = 40, LB = 16 };
+	float hq[LH * (LR + LDR)], hc[3 * LB * (LR + LDR)], o0[LH * LR], o1[LH * LR];
+	for (int i = 0; i < LH * (LR + LDR); i++)
+		hq[i] = (float)((i * 29) % 31) / 15.0f - 1.0f;
+	for (int i = 0; i < 3 * LB * (LR + LDR); i++)
+		hc[i] = (float)((i * 41) % 43) / 21.0f - 1.0f;
+	float *dq = e->alloc(e, sizeof hq + 2 * sizeof o0), *dc = e->alloc(e, sizeof hc);
+	CHECK(dq && dc && e->copy_in(e, dq, hq, sizeof hq) == 0 && e->copy_in(e, dc, hc, sizeof hc) == 0, "emu: cache");
+	const void *cb[3], *pb[3];
+	for (int b = 0; b < 3; b++) {
+		cb[b] = dc + (2 - b) * LB * (LR + LDR);
+		pb[b] = (const float *)cb[b] + LB * LR;
+	}
+	struct dsm_attn_latent_args la = { .n_heads = LH, .r = LR, .dr = LDR, .q_lat = dq, .q_pe = dq + LH * LR,
+		.cache_dtype = DSM_F32, .c_blocks = cb, .pe_blocks = pb, .block_rows = LB, .n_keys = LK, .scale = 0.1f,
+		.o_lat = dq + LH * (LR + LDR) };
+	CHECK(e->attn_latent(e, &la) == 0, "emu: attn_latent over blocks: %s", dsm_errmsg());
+	e->set_queue(e, q1);
+	la.o_lat += LH * LR;
+	CHECK(e->attn_latent(e, &la) == 0 && e->event_record(e, e1, q1) == 0, "emu: queued attn_latent over blocks");
+	cb[0] = pb[0] = NULL;
+	e->set_queue(e, NULL);
+	CHECK(e->event_sync(e, e1) == 0 && e->copy_out(e, o0, dq + LH * (LR + LDR), sizeof o0) == 0 &&
+	      e->copy_out(e, o1, la.o_lat, sizeof o1) == 0 && memcmp(o0, o1, sizeof o0) == 0 && o0[0] != 0,
+	      "emu: queued attn_latent over blocks differs");
+	cb[0] = hc, pb[0] = hc + LB * LR;
+	bad = e->attn_latent(e, &la);
+	CHECK(bad == DSM_EARG && strstr(dsm_errmsg(), "latent cache block"), "emu: a host cache block: %s", dsm_errmsg());
+	e->free(e, dq);
+	e->free(e, dc);
 	bad = e->add(e, N * ROWS, z0, dy0);
 	CHECK(bad == DSM_EARG && strstr(dsm_errmsg(), "add: sum"), "emu: add into host memory: %s", dsm_errmsg());
 	e->free(e, db);
@@ -293,7 +324,7 @@ static void test_emu_queues(const struct dsm_backend_options *bo)
 	CHECK(e->event_sync(e, e1) == 0 && out[0] == src[0] && e->sync(e) == 0, "emu: a queue works after a failure");
 	struct dsm_emu_stats st;
 	dsm_emu_get_stats(e, &st);
-	CHECK(st.jobs == 11 && st.queue_busy_seconds > 0, "emu: %zu jobs, %g s", st.jobs, st.queue_busy_seconds);
+	CHECK(st.jobs == 12 && st.queue_busy_seconds > 0, "emu: %zu jobs, %g s", st.jobs, st.queue_busy_seconds);
 
 	e->free(e, dw);
 	e->free(e, dy);

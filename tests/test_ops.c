@@ -396,6 +396,24 @@ static void test_attention(struct dsm_backend *be)
 			CHECK(dsm_ref_attn_latent(&a) == 0, "%s", dsm_errmsg());
 			CHECK_NMSE(o, orf, (size_t)(H * r), 5e-4, "attn_latent bf16=%d mask=%d", bf, m);
 			CHECK(sentinels_ok(o, (size_t)(H * r)), "attn_latent wrote past its output");
+			/* the same cache in blocks of 16 keys, each its own allocation: the same bits */
+			enum { BR = 16 };
+			int64_t nb = (S + BR - 1) / BR;
+			size_t es = bf ? 2 : 4;
+			const void *cb[64], *pb[64];
+			for (int64_t b = 0; b < nb; b++) {
+				void *x = malloc(es * BR * (size_t)r), *y = malloc(es * BR * (size_t)dr);
+				int64_t rows = S - b * BR < BR ? S - b * BR : BR;
+				memcpy(x, (const char *)a.c + es * (size_t)(b * BR * r), es * (size_t)(rows * r));
+				memcpy(y, (const char *)a.k_pe + es * (size_t)(b * BR * dr), es * (size_t)(rows * dr));
+				cb[b] = x, pb[b] = y;
+			}
+			a.c = a.k_pe = NULL;
+			a.c_blocks = cb, a.pe_blocks = pb, a.block_rows = BR, a.o_lat = orf;
+			CHECK(nb <= 64 && be->attn_latent(be, &a) == 0 && memcmp(o, orf, sizeof(float) * (size_t)(H * r)) == 0,
+			      "attn_latent over cache blocks differs (bf16=%d mask=%d)", bf, m);
+			for (int64_t b = 0; b < nb; b++)
+				free((void *)cb[b]), free((void *)pb[b]);
 			free(o), free(orf);
 		}
 	free(q), free(kv), free(kpe), free(ql), free(qp), free(c32), free(p32), free(c16), free(p16);

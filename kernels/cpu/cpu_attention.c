@@ -79,15 +79,15 @@ int cpu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a)
 	return 0;
 }
 
-/* Row s of a cache of type t with row length n, as F32 into dst. */
-static inline void cache_row(enum dsm_dtype t, const void *base, int64_t s, int64_t n, float *dst)
+/* A cache row of type t and length n at src, as F32 into dst. */
+static inline void cache_row(enum dsm_dtype t, const void *src, int64_t n, float *dst)
 {
 	if (t == DSM_BF16) {
-		const uint16_t *b = (const uint16_t *)base + s * n;
+		const uint16_t *b = src;
 		for (int64_t j = 0; j < n; j++)
 			dst[j] = dsm_bf16_to_f32(b[j]);
 	} else {
-		memcpy(dst, (const float *)base + s * n, sizeof(float) * (size_t)n);
+		memcpy(dst, src, sizeof(float) * (size_t)n);
 	}
 }
 
@@ -98,6 +98,8 @@ int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a
 	int64_t m = mask_count(&a->mask, a->n_keys);
 	if (a->cache_dtype != DSM_BF16 && a->cache_dtype != DSM_F32)
 		return dsm_fail(DSM_EDTYPE, "attention: cache dtype %s not supported", dsm_dtype_name(a->cache_dtype));
+	if (a->c_blocks && a->block_rows < 1)
+		return dsm_fail(DSM_EARG, "attention: cache blocks of %lld rows", (long long)a->block_rows);
 	int nt = omp_get_max_threads();
 	/* scores [H, m], then per thread one converted cache row [r + dr] */
 	size_t need = (size_t)H * (size_t)m + (size_t)nt * (size_t)(r + dr);
@@ -111,8 +113,8 @@ int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a
 	for (int64_t i = 0; i < m; i++) {
 		float *row = rows + (size_t)omp_get_thread_num() * (size_t)(r + dr);
 		int64_t s = mask_key(&a->mask, i);
-		cache_row(a->cache_dtype, a->c, s, r, row);
-		cache_row(a->cache_dtype, a->k_pe, s, dr, row + r);
+		cache_row(a->cache_dtype, dsm_latent_row(a, s), r, row);
+		cache_row(a->cache_dtype, dsm_pe_row(a, s), dr, row + r);
 		for (int64_t h = 0; h < H; h++) {
 			const float *ql = a->q_lat + h * r, *qp = a->q_pe + h * dr;
 			float acc = 0;
@@ -140,16 +142,10 @@ int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a
 				a->o_lat[h * r + j] = 0;
 		float row[64];
 		for (int64_t i = 0; i < m; i++) {
-			int64_t s = mask_key(&a->mask, i);
+			const char *c = dsm_latent_row(a, mask_key(&a->mask, i));
 			for (int64_t jb = j0; jb < j1; jb += 64) {
 				int64_t len = j1 - jb < 64 ? j1 - jb : 64;
-				if (a->cache_dtype == DSM_BF16) {
-					const uint16_t *b = (const uint16_t *)a->c + s * r + jb;
-					for (int64_t j = 0; j < len; j++)
-						row[j] = dsm_bf16_to_f32(b[j]);
-				} else {
-					memcpy(row, (const float *)a->c + s * r + jb, sizeof(float) * (size_t)len);
-				}
+				cache_row(a->cache_dtype, c + (size_t)jb * dsm_dtype_size(a->cache_dtype), len, row);
 				for (int64_t h = 0; h < H; h++) {
 					float ph = p[h * m + i];
 					float *o = a->o_lat + h * r + jb;

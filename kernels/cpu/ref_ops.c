@@ -259,17 +259,16 @@ int dsm_ref_attn_latent(const struct dsm_attn_latent_args *a)
 			size_t s = (size_t)mask_key(&a->mask, i);
 			double acc = 0;
 			for (int64_t j = 0; j < r; j++)
-				acc += (double)ql[j] * cache_get(a->cache_dtype, a->c, s * (size_t)r + (size_t)j);
+				acc += (double)ql[j] * cache_get(a->cache_dtype, dsm_latent_row(a, (int64_t)s), (size_t)j);
 			for (int64_t j = 0; j < dr; j++)
-				acc += (double)qp[j] * cache_get(a->cache_dtype, a->k_pe, s * (size_t)dr + (size_t)j);
+				acc += (double)qp[j] * cache_get(a->cache_dtype, dsm_pe_row(a, (int64_t)s), (size_t)j);
 			score[i] = acc * a->scale;
 		}
 		softmax_inplace(score, m);
 		for (int64_t j = 0; j < r; j++) {
 			double acc = 0;
 			for (int64_t i = 0; i < m; i++)
-				acc += score[i] * cache_get(a->cache_dtype, a->c,
-							    (size_t)mask_key(&a->mask, i) * (size_t)r + (size_t)j);
+				acc += score[i] * cache_get(a->cache_dtype, dsm_latent_row(a, mask_key(&a->mask, i)), (size_t)j);
 			a->o_lat[h * r + j] = (float)acc;
 		}
 	}

@@ -49,7 +49,7 @@ struct emu_job {
 		struct dsm_route_args route;
 	} a;
 	struct dsm_attn_mask *mask;             /* owned copy of attn_full's mask table */
-	const void **table;                     /* owned copy of gather's block table */
+	const void **table;                     /* owned copy of gather's block table, or attn_latent's two */
 	int injected;                           /* fails (dsm_emu_fail_op) */
 };
 
@@ -833,23 +833,43 @@ static int emu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args
 
 static int emu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a)
 {
-	const struct emu_backend *eb = emu_of(be);
+	struct emu_backend *eb = emu_of(be);
 	const char *op = "attn_latent";
 	size_t es = dsm_dtype_size(a->cache_dtype), hr = sizeof(float) * (size_t)(a->n_heads * a->r);
+	int64_t nb = a->c_blocks && a->block_rows > 0 ? (a->n_keys + a->block_rows - 1) / a->block_rows : 0;
 	int rc = check_dev(eb, a->q_lat, hr, op, "latent queries");
 	if (rc == 0)
 		rc = check_dev(eb, a->q_pe, sizeof(float) * (size_t)(a->n_heads * a->dr), op, "rope queries");
-	if (rc == 0)
+	if (rc == 0 && !a->c_blocks)
 		rc = check_dev(eb, a->c, es * (size_t)(a->n_keys * a->r), op, "latent cache");
-	if (rc == 0)
+	if (rc == 0 && !a->c_blocks)
 		rc = check_dev(eb, a->k_pe, es * (size_t)(a->n_keys * a->dr), op, "rope key cache");
+	for (int64_t b = 0; b < nb && rc == 0; b++) {
+		int64_t rows = b < nb - 1 ? a->block_rows : a->n_keys - b * a->block_rows;
+		rc = check_dev(eb, a->c_blocks[b], es * (size_t)(rows * a->r), op, "latent cache block");
+		if (rc == 0)
+			rc = check_dev(eb, a->pe_blocks[b], es * (size_t)(rows * a->dr), op, "rope key cache block");
+	}
 	if (rc == 0 && a->mask.sel)
 		rc = check_dev(eb, a->mask.sel, sizeof(int32_t) * (size_t)a->mask.n_sel, op, "key list");
 	if (rc == 0)
 		rc = check_dev(eb, a->o_lat, hr, op, "output");
 	if (rc < 0)
 		return rc;
-	QUEUE_OR_RUN(emu_of(be), DSM_OP_ATTN_LATENT, j, (j->a.latent = *a));
+	if (eb->cur && nb > 0) {        /* the block tables are the caller's: copied now */
+		struct emu_job *j = new_op(eb, DSM_OP_ATTN_LATENT);
+		if (!j || !(j->table = malloc(sizeof *j->table * 2 * (size_t)nb))) {
+			free(j);
+			return dsm_fail(DSM_ENOMEM, "out of memory");
+		}
+		memcpy(j->table, a->c_blocks, sizeof *j->table * (size_t)nb);
+		memcpy(j->table + nb, a->pe_blocks, sizeof *j->table * (size_t)nb);
+		j->a.latent = *a;
+		j->a.latent.c_blocks = j->table;
+		j->a.latent.pe_blocks = j->table + nb;
+		return submit(eb, j);
+	}
+	QUEUE_OR_RUN(eb, DSM_OP_ATTN_LATENT, j, (j->a.latent = *a));
 	struct dsm_backend *c = cpu_of_emu(be);
 	return c->attn_latent(c, a);
 }
