@@ -306,6 +306,73 @@ static void test_attention(void)
 	free(q), free(kv), free(kpe), free(o), free(orf), free(score), free(vsel);
 }
 
+/* The attention kernels' cache addressing: dm_cache_row against dsm_latent_row / dsm_pe_row of backend.h for every
+ * key, contiguous and in blocks (at shuffled places of a pool, of 1, 7 and 64 rows, the last one partial or full),
+ * both cache types; and the rows it finds hold the keys' values. */
+static void cache_put(void *x, int bf, int64_t i, float v)
+{
+	if (bf)
+		((uint16_t *)x)[i] = dsm_f32_to_bf16(v);
+	else
+		((float *)x)[i] = v;
+}
+static float cache_value(const void *row, int bf, int64_t j)
+{
+	return bf ? dm_bf16_to_f32(((const uint16_t *)row)[j]) : ((const float *)row)[j];
+}
+
+static void test_cache_row(void)
+{
+	static const int64_t brs[] = { 1, 7, 64 };
+	static const int64_t Ss[] = { 1, 64, 130, 192 };
+	int64_t r = 24, dr = 5;
+	for (int bf = 0; bf < 2; bf++)
+		for (int bi = 0; bi < 3; bi++)
+			for (int si = 0; si < 4; si++) {
+				int64_t S = Ss[si], br = brs[bi], nb = (S + br - 1) / br;
+				enum dsm_dtype t = bf ? DSM_BF16 : DSM_F32;
+				int64_t es = (int64_t)dsm_dtype_size(t);
+				/* value j of key s: s * 64 + j (rounded to BF16 in a BF16 cache) */
+				char *c = malloc((size_t)(S * r * es)), *p = malloc((size_t)(S * dr * es));
+				for (int64_t s = 0; s < S; s++) {
+					for (int64_t j = 0; j < r; j++)
+						cache_put(c, bf, s * r + j, (float)(s * 64 + j));
+					for (int64_t j = 0; j < dr; j++)
+						cache_put(p, bf, s * dr + j, (float)(s * 64 + 32 + j));
+				}
+				/* the same keys in blocks: block b at place (5 b + 3) mod nb of a pool (a permutation when
+				 * 5 does not divide nb; else reversed) */
+				char *cpool = malloc((size_t)(nb * br * r * es)), *ppool = malloc((size_t)(nb * br * dr * es));
+				const void **ct = malloc(sizeof(void *) * (size_t)nb), **pt = malloc(sizeof(void *) * (size_t)nb);
+				for (int64_t b = 0; b < nb; b++) {
+					int64_t at = nb % 5 ? (b * 5 + 3) % nb : nb - 1 - b;
+					int64_t n = S - b * br < br ? S - b * br : br;
+					memcpy(cpool + at * br * r * es, c + b * br * r * es, (size_t)(n * r * es));
+					memcpy(ppool + at * br * dr * es, p + b * br * dr * es, (size_t)(n * dr * es));
+					ct[b] = cpool + at * br * r * es, pt[b] = ppool + at * br * dr * es;
+				}
+				struct dsm_attn_latent_args a = { .n_heads = 1, .r = r, .dr = dr, .cache_dtype = t, .c = c,
+								  .k_pe = p, .n_keys = S };
+				int bad = 0;
+				for (int paged = 0; paged < 2 && !bad; paged++) {
+					if (paged)
+						a.c_blocks = ct, a.pe_blocks = pt, a.block_rows = br;
+					for (int64_t s = 0; s < S && !bad; s++) {
+						const void *cr = dm_cache_row(c, paged ? ct : NULL, br, s, r, es);
+						const void *pr = dm_cache_row(p, paged ? pt : NULL, br, s, dr, es);
+						float c0 = (float)(s * 64), p1 = (float)(s * 64 + 32 + dr - 1);
+						if (bf)
+							c0 = dm_round_bf16(c0), p1 = dm_round_bf16(p1);
+						bad = cr != dsm_latent_row(&a, s) || pr != dsm_pe_row(&a, s) ||
+						      cache_value(cr, bf, 0) != c0 || cache_value(pr, bf, dr - 1) != p1;
+						CHECK(!bad, "cache row %s block_rows=%lld keys=%lld paged=%d: key %lld", dsm_dtype_name(t),
+						      (long long)br, (long long)S, paged, (long long)s);
+					}
+				}
+				free(c), free(p), free(cpool), free(ppool), free(ct), free(pt);
+			}
+}
+
 /* topk as the kernel selects: the k largest dm_topk_keys, equal keys to the lower position, then in
  * position order; against dsm_ref_topk with ties, -0 / +0, infinities and NaN. */
 static void compose_topk(const float *x, int64_t n, int64_t k, int32_t *idx)
@@ -585,6 +652,7 @@ int main(void)
 	test_matmul();
 	test_elementwise();
 	test_attention();
+	test_cache_row();
 	test_select();
 	test_route();
 	test_fp8_encode();

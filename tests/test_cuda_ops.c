@@ -687,6 +687,165 @@ static void test_attn_latent(struct dsm_backend *be)
 	free(ql), free(qp);
 }
 
+/* A cache of S keys (latent rows [S, r], rope keys [S, dr]) as attn_latent sees it in the KV pool: blocks of
+ * block_rows keys in shuffled order (so the table is not in address order), each allocated on its own (separate;
+ * the last one only as long as its keys) or all in one pool. */
+struct paged_cache {
+	int64_t nb;
+	void **cblk, **pblk;            /* device blocks, in key order */
+	void *cpool, *ppool;            /* or NULL: the blocks are separate */
+	const void **ctab, **ptab;      /* the host tables given to the op */
+};
+static void paged_cache_init(struct dsm_backend *be, struct paged_cache *pc, const void *c, const void *p, int64_t S,
+			     int64_t r, int64_t dr, int64_t block_rows, size_t es, int separate)
+{
+	int64_t nb = (S + block_rows - 1) / block_rows;
+	size_t cb = (size_t)(block_rows * r) * es, pb = (size_t)(block_rows * dr) * es;
+	pc->nb = nb;
+	pc->cblk = malloc(sizeof(void *) * (size_t)nb), pc->pblk = malloc(sizeof(void *) * (size_t)nb);
+	pc->ctab = malloc(sizeof(void *) * (size_t)nb), pc->ptab = malloc(sizeof(void *) * (size_t)nb);
+	pc->cpool = pc->ppool = NULL;
+	int64_t *perm = malloc(sizeof(int64_t) * (size_t)nb);
+	for (int64_t b = 0; b < nb; b++)
+		perm[b] = b;
+	for (int64_t b = nb - 1; b > 0; b--) {
+		int64_t j = (int64_t)(rnd() % (uint32_t)(b + 1)), t = perm[b];
+		perm[b] = perm[j], perm[j] = t;
+	}
+	char *hc = NULL, *hp = NULL;
+	if (!separate) { /* block perm[i] at place i of the pool */
+		hc = calloc((size_t)nb, cb), hp = calloc((size_t)nb, pb);
+		pc->cpool = dev_put(be, hc, (size_t)nb * cb), pc->ppool = dev_put(be, hp, (size_t)nb * pb);
+	}
+	for (int64_t i = 0; i < nb; i++) {
+		int64_t b = perm[i], k0 = b * block_rows, n = S - k0 < block_rows ? S - k0 : block_rows;
+		const char *cs = (const char *)c + (size_t)(k0 * r) * es, *ps = (const char *)p + (size_t)(k0 * dr) * es;
+		if (separate) {
+			pc->cblk[b] = dev_put(be, cs, (size_t)(n * r) * es);
+			pc->pblk[b] = dev_put(be, ps, (size_t)(n * dr) * es);
+		} else {
+			memcpy(hc + (size_t)i * cb, cs, (size_t)(n * r) * es);
+			memcpy(hp + (size_t)i * pb, ps, (size_t)(n * dr) * es);
+			pc->cblk[b] = (char *)pc->cpool + (size_t)i * cb;
+			pc->pblk[b] = (char *)pc->ppool + (size_t)i * pb;
+		}
+	}
+	if (!separate) {
+		CHECK(be->copy_in(be, pc->cpool, hc, (size_t)nb * cb) == 0 &&
+		      be->copy_in(be, pc->ppool, hp, (size_t)nb * pb) == 0, "%s", dsm_errmsg());
+		free(hc), free(hp);
+	}
+	for (int64_t b = 0; b < nb; b++)
+		pc->ctab[b] = pc->cblk[b], pc->ptab[b] = pc->pblk[b];
+	free(perm);
+}
+static void paged_cache_free(struct dsm_backend *be, struct paged_cache *pc)
+{
+	if (pc->cpool)
+		be->free(be, pc->cpool), be->free(be, pc->ppool);
+	else
+		for (int64_t b = 0; b < pc->nb; b++)
+			be->free(be, pc->cblk[b]), be->free(be, pc->pblk[b]);
+	free(pc->cblk), free(pc->pblk), free(pc->ctab), free(pc->ptab);
+}
+
+/* attn_latent over a cache in blocks of block_rows keys must give the contiguous call's result bit for bit (the
+ * same kernel arithmetic in the same order); on a queue the host tables are overwritten right after the call. */
+static void paged_latent_case(struct dsm_backend *be, int64_t H, int64_t r, int64_t dr, int64_t S, int64_t block_rows,
+			      int bf, int msk, int on_queue, int separate)
+{
+	size_t es = bf ? 2 : 4;
+	float *ql = rand_buf((size_t)(H * r), 1), *qp = rand_buf((size_t)(H * dr), 1);
+	float *c = rand_buf((size_t)(S * r), 1), *p = rand_buf((size_t)(S * dr), 1);
+	void *cc = malloc((size_t)(S * r) * es), *pcc = malloc((size_t)(S * dr) * es);
+	for (int64_t i = 0; i < S * r; i++)
+		bf ? (void)(((uint16_t *)cc)[i] = dsm_f32_to_bf16(c[i])) : (void)(((float *)cc)[i] = c[i]);
+	for (int64_t i = 0; i < S * dr; i++)
+		bf ? (void)(((uint16_t *)pcc)[i] = dsm_f32_to_bf16(p[i])) : (void)(((float *)pcc)[i] = p[i]);
+	/* a random ascending selection, the last key always in it */
+	int32_t *sel = malloc(sizeof(int32_t) * (size_t)S);
+	int64_t n_sel = 0;
+	for (int64_t s = 0; s < S; s++)
+		if (s == S - 1 || rnd() % 2)
+			sel[n_sel++] = (int32_t)s;
+	float *dql = dev_put(be, ql, (size_t)(H * r) * 4), *dqp = dev_put(be, qp, (size_t)(H * dr) * 4);
+	void *dc = dev_put(be, cc, (size_t)(S * r) * es), *dp = dev_put(be, pcc, (size_t)(S * dr) * es);
+	int32_t *dsel = dev_put(be, sel, sizeof(int32_t) * (size_t)n_sel);
+	struct paged_cache pc;
+	paged_cache_init(be, &pc, cc, pcc, S, r, dr, block_rows, es, separate);
+	size_t no = (size_t)(H * r);
+	float *dcont = dev_out(be, no), *dpaged = dev_out(be, no);
+	struct dsm_attn_latent_args a = { .n_heads = H, .r = r, .dr = dr, .q_lat = dql, .q_pe = dqp,
+					  .cache_dtype = bf ? DSM_BF16 : DSM_F32, .c = dc, .k_pe = dp, .n_keys = S,
+					  .mask = { msk ? dsel : NULL, msk ? n_sel : 0 }, .scale = 0.04f, .o_lat = dcont };
+	CHECK(be->attn_latent(be, &a) == 0, "%s", dsm_errmsg());
+	a.c = NULL, a.k_pe = NULL, a.c_blocks = pc.ctab, a.pe_blocks = pc.ptab, a.block_rows = block_rows;
+	a.o_lat = dpaged;
+	struct dsm_queue *q = NULL;
+	struct dsm_event *e = NULL;
+	if (on_queue) {
+		CHECK(be->queue_create(be, &q) == 0 && be->event_create(be, &e) == 0, "%s", dsm_errmsg());
+		be->set_queue(be, q);
+	}
+	CHECK(be->attn_latent(be, &a) == 0, "paged: %s", dsm_errmsg());
+	if (on_queue) {
+		for (int64_t b = 0; b < pc.nb; b++) /* the call has read them: these must not matter */
+			pc.ctab[b] = pc.cblk[0], pc.ptab[b] = NULL;
+		CHECK(be->event_record(be, e, q) == 0, "%s", dsm_errmsg());
+		be->set_queue(be, NULL);
+		CHECK(be->event_sync(be, e) == 0, "%s", dsm_errmsg());
+		be->event_destroy(be, e);
+		be->queue_destroy(be, q);
+	}
+	float *want = dev_get(be, dcont, no, "attn_latent"), *got = dev_get(be, dpaged, no, "paged attn_latent");
+	int64_t at = first_diff(got, want, (int64_t)no);
+	CHECK(at < 0, "paged attn_latent keys=%lld block_rows=%lld bf16=%d sel=%d%s: element %lld is %.9g, contiguous %.9g",
+	      (long long)S, (long long)block_rows, bf, msk, on_queue ? " on a queue" : "", (long long)at,
+	      at < 0 ? 0.0 : (double)got[at], at < 0 ? 0.0 : (double)want[at]);
+	paged_cache_free(be, &pc);
+	be->free(be, dql), be->free(be, dqp), be->free(be, dc), be->free(be, dp), be->free(be, dsel);
+	be->free(be, dcont), be->free(be, dpaged);
+	free(ql), free(qp), free(c), free(p), free(cc), free(pcc), free(sel), free(want), free(got);
+}
+
+static void test_attn_latent_paged(struct dsm_backend *be)
+{
+	/* blocks of 64 keys, each allocated on its own: one partial block, whole blocks, a partial last block */
+	static const int64_t Ss[] = { 1, 64, 200, 3000 };
+	for (int si = 0; si < 4; si++)
+		for (int bf = 0; bf < 2; bf++)
+			for (int msk = 0; msk < 2; msk++)
+				paged_latent_case(be, 16, 512, 64, Ss[si], 64, bf, msk, 0, 1);
+	paged_latent_case(be, 16, 512, 64, 3000, 64, 1, 1, 1, 1);
+	paged_latent_case(be, 16, 512, 64, 1000, 64, 0, 0, 1, 1);
+	/* other block sizes in one pool; 1-row blocks up to a staging slot's worth of blocks (32768) */
+	paged_latent_case(be, 8, 96, 32, 300, 7, 1, 1, 0, 0);
+	paged_latent_case(be, 8, 32, 8, 32768, 1, 0, 0, 0, 0);
+	paged_latent_case(be, 8, 32, 8, 32768, 1, 1, 1, 1, 0);
+	/* refused: blocks of < 1 row, no rope key table, a table of more blocks than a slot holds */
+	float *o = dev_out(be, 64);
+	const void *t[1] = { o };
+	struct dsm_attn_latent_args a = { .n_heads = 1, .r = 32, .dr = 8, .q_lat = o, .q_pe = o,
+					  .cache_dtype = DSM_F32, .c_blocks = t, .pe_blocks = t, .block_rows = 0,
+					  .n_keys = 1, .scale = 1, .o_lat = o + 32 };
+	CHECK(be->attn_latent(be, &a) == DSM_EARG && strstr(dsm_errmsg(), "attn_latent"), "block_rows 0: %s",
+	      dsm_errmsg());
+	a.block_rows = -3;
+	CHECK(be->attn_latent(be, &a) == DSM_EARG, "block_rows -3: %s", dsm_errmsg());
+	a.block_rows = 4, a.pe_blocks = NULL;
+	CHECK(be->attn_latent(be, &a) == DSM_EARG, "no rope key table: %s", dsm_errmsg());
+	a.block_rows = 1, a.pe_blocks = t, a.n_keys = 32769;
+	CHECK(be->attn_latent(be, &a) == DSM_EARG && strstr(dsm_errmsg(), "32769"), "32769 blocks: %s", dsm_errmsg());
+	float *h = dev_get(be, o, 64, "refused attn_latent");
+	for (int i = 0; i < 64; i++)
+		if (memcmp(&h[i], &sentinel_bits, 4) != 0) {
+			CHECK(0, "a refused attn_latent wrote element %d", i);
+			break;
+		}
+	free(h);
+	be->free(be, o);
+}
+
 static void test_indexer(struct dsm_backend *be)
 {
 	int64_t H = 64, d = 128, S = 1000;
@@ -854,6 +1013,7 @@ int main(void)
 		test_glue_queue(be);
 		test_attn_full(be);
 		test_attn_latent(be);
+		test_attn_latent_paged(be);
 		test_indexer(be);
 		test_topk(be);
 		test_route(be);

@@ -139,9 +139,12 @@ static __device__ __forceinline__ float cache_at(const void *base, int bf16, int
 }
 
 // part[(h * splits + sp) * (r + 2)]: the state of head h over the keys of split sp. The warps of a block
-// are heads that read the same keys, so each key row comes from DRAM once per block.
+// are heads that read the same keys, so each key row comes from DRAM once per block. Key s's rows are at
+// c + s * r and k_pe + s * dr, or (c_blocks not NULL: the cache in blocks) in the blocks of the device copies
+// of the tables c_blocks and pe_blocks (dm_cache_row); the arithmetic is the same either way.
 __global__ void attn_latent_kernel(int64_t H, int64_t r, int64_t dr, const float *q_lat, const float *q_pe,
-				   int cache_bf16, const void *c, const void *k_pe, const int32_t *sel, int64_t m,
+				   int cache_bf16, const void *c, const void *k_pe, const void *const *c_blocks,
+				   const void *const *pe_blocks, int64_t block_rows, const int32_t *sel, int64_t m,
 				   int64_t chunk, int splits, float scale, float *part)
 {
 	int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -157,18 +160,21 @@ __global__ void attn_latent_kernel(int64_t H, int64_t r, int64_t dr, const float
 	for (int k = 0; k < ATT_VMAX; k++)
 		acc[k] = 0.0f;
 	struct dm_softmax st = dm_softmax_init();
+	int64_t es = cache_bf16 ? 2 : 4;
 	int64_t i1 = (sp + 1) * chunk < m ? (sp + 1) * chunk : m;
 	for (int64_t i = sp * chunk; i < i1; i++) {
 		int64_t s = sel ? sel[i] : i;
+		const void *crow = dm_cache_row(c, c_blocks, block_rows, s, r, es);
+		const void *prow = dm_cache_row(k_pe, pe_blocks, block_rows, s, dr, es);
 		float cv[ATT_VMAX];
 		float d = 0.0f;
 		for (int k = 0; k < ATT_QMAX; k++) {
-			cv[k] = lane + 32 * k < r ? cache_at(c, cache_bf16, s * r + lane + 32 * k) : 0.0f;
+			cv[k] = lane + 32 * k < r ? cache_at(crow, cache_bf16, lane + 32 * k) : 0.0f;
 			d += qn[k] * cv[k];
 		}
 		for (int k = 0; k < ATT_RMAX; k++)
 			if (lane + 32 * k < dr)
-				d += qr[k] * cache_at(k_pe, cache_bf16, s * dr + lane + 32 * k);
+				d += qr[k] * cache_at(prow, cache_bf16, lane + 32 * k);
 		float alpha, p = dm_softmax_push(&st, warp_sum(d) * scale, &alpha);
 		for (int k = 0; k < ATT_VMAX; k++)
 			acc[k] = acc[k] * alpha + p * cv[k];
@@ -213,6 +219,19 @@ static int attn_latent_run(struct cuda_backend *cb, struct cuda_ctx *c, const st
 				(long long)dr, 32 * ATT_VMAX, 32 * ATT_RMAX);
 	if (a->cache_dtype != DSM_BF16 && a->cache_dtype != DSM_F32)
 		return dsm_fail(DSM_EDTYPE, "cuda attn_latent: cache dtype %s", dsm_dtype_name(a->cache_dtype));
+	if (a->c_blocks) {
+		if (a->block_rows < 1)
+			return dsm_fail(DSM_EARG, "cuda attn_latent: cache in blocks of %lld rows (at least 1)",
+					(long long)a->block_rows);
+		if (!a->pe_blocks)
+			return dsm_fail(DSM_EARG, "cuda attn_latent: latent cache in blocks but no rope key block table");
+		int64_t nb = a->n_keys > 0 ? (a->n_keys + a->block_rows - 1) / a->block_rows : 0;
+		if (nb > (int64_t)(STAGE_BYTES / sizeof(void *)))
+			return dsm_fail(DSM_EARG, "cuda attn_latent: %lld keys in blocks of %lld rows are %lld blocks, a table "
+					"of %lld bytes; a staging slot holds %d bytes (%lld blocks)", (long long)a->n_keys,
+					(long long)a->block_rows, (long long)nb, (long long)nb * (long long)sizeof(void *),
+					STAGE_BYTES, (long long)(STAGE_BYTES / sizeof(void *)));
+	}
 	if (H <= 0 || r == 0)
 		return 0;
 	if (H > 65535 * ATT_WARPS)
@@ -223,10 +242,33 @@ static int attn_latent_run(struct cuda_backend *cb, struct cuda_ctx *c, const st
 	if (rc < 0)
 		return rc;
 	float *part = (float *)c->attn.p;
+	// The cache in blocks: its two host tables, each in a staging slot of its own.
+	void *dcb = NULL, *dpb = NULL;
+	int cslot = -1, pslot = -1;
+	int64_t nb = a->c_blocks && a->n_keys > 0 ? (a->n_keys + a->block_rows - 1) / a->block_rows : 0;
+	if (nb > 0) {
+		size_t tb = sizeof(void *) * (size_t)nb;
+		if ((rc = cuda_stage(c, a->c_blocks, tb, &dcb, &cslot)) < 0)
+			return rc;
+		if ((rc = cuda_stage(c, a->pe_blocks, tb, &dpb, &pslot)) < 0) {
+			int rs = cuda_stage_done(c, cslot); // its copy was submitted
+			return rs < 0 ? rs : rc;
+		}
+	}
 	dim3 grid(cuda_blocks(H, ATT_WARPS), (unsigned)splits);
-	attn_latent_kernel<<<grid, ATT_WARPS * 32, 0, c->s>>>(H, r, dr, a->q_lat, a->q_pe, a->cache_dtype == DSM_BF16,
-							      a->c, a->k_pe, a->mask.sel, m, chunk, splits, a->scale, part);
-	LAUNCH_CHECK();
+	attn_latent_kernel<<<grid, ATT_WARPS * 32, 0, c->s>>>(
+		H, r, dr, a->q_lat, a->q_pe, a->cache_dtype == DSM_BF16, a->c, a->k_pe, (const void *const *)dcb,
+		(const void *const *)dpb, a->block_rows, a->mask.sel, m, chunk, splits, a->scale, part);
+	rc = LAUNCH_STATUS("attn_latent_kernel");
+	if (nb > 0) { // also after a failed launch: the slots' copies were submitted
+		int rs = cuda_stage_done(c, cslot);
+		if (rs == 0)
+			rs = cuda_stage_done(c, pslot);
+		if (rc == 0)
+			rc = rs;
+	}
+	if (rc < 0)
+		return rc;
 	attn_latent_merge_kernel<<<(unsigned)H, 256, 0, c->s>>>(r, splits, part, a->o_lat);
 	LAUNCH_CHECK();
 	return 0;

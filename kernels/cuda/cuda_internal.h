@@ -39,9 +39,9 @@ struct cuda_buf {
 	size_t bytes;
 };
 
-// Host descriptor tables (the moe op's experts, attn_full's masks) reach the kernels through a ring of
-// pinned host slots, each copied asynchronously to its device twin. A slot is reused only after the event
-// recorded behind the op that read it has completed.
+// Host descriptor tables (the moe op's experts, attn_full's masks, the block tables of gather and attn_latent)
+// reach the kernels through a ring of pinned host slots, each copied asynchronously to its device twin. A slot
+// is reused only after the event recorded behind the op that read it has completed.
 #define STAGE_SLOTS 16
 #define STAGE_BYTES (256 << 10)
 

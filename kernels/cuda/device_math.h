@@ -311,6 +311,17 @@ DSM_HD float dm_softmax_norm(struct dm_softmax st)
 	return st.l > 0.0f ? 1.0f / st.l : 0.0f;
 }
 
+/* Key s's row of width values of es bytes in an attention cache: contiguous from base (blocks NULL), or row
+ * s % block_rows of the block blocks[s / block_rows] (block_rows >= 1), the blocks [block_rows, width] each, as
+ * dsm_latent_row / dsm_pe_row of backend.h lay out the latent cache in blocks. */
+DSM_HD const void *dm_cache_row(const void *base, const void *const *blocks, int64_t block_rows, int64_t s,
+				int64_t width, int64_t es)
+{
+	if (!blocks)
+		return (const char *)base + s * width * es;
+	return (const char *)blocks[s / block_rows] + s % block_rows * width * es;
+}
+
 /* Lightning indexer: one head's contribution w * relu(q . k). */
 DSM_HD float dm_relu_weighted(float w, float dot)
 {
