@@ -259,9 +259,12 @@ struct dsm_backend {
 	/* MLA attention, absorbed form over a latent cache, one query (see struct dsm_attn_latent_args). */
 	int (*attn_latent)(struct dsm_backend *be, const struct dsm_attn_latent_args *a);
 	/* Lightning indexer scores of one query over keys [0, n_keys):
-	 * out[s] = sum_h w[h] * relu(q[h] . k[s]); q [n_heads, d], w [n_heads], k [n_keys, d]. */
+	 * out[s] = sum_h w[h] * relu(q[h] . k[s]); q [n_heads, d], w [n_heads], k [n_keys, d]; or (k_blocks not
+	 * NULL, k unused) key s is row s % block_rows of k_blocks[s / block_rows], a host table of
+	 * ceil(n_keys / block_rows) device pointers read during the call (the indexer cache where it lies). */
 	int (*indexer_scores)(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q,
-			      const float *w, const float *k, int64_t n_keys, float *out);
+			      const float *w, const float *k, const float *const *k_blocks, int64_t block_rows,
+			      int64_t n_keys, float *out);
 	/* idx[0 .. k) = positions of the k largest of x[0 .. n), ties to the lower position; idx ascending.
 	 * k <= n. */
 	int (*topk)(struct dsm_backend *be, const float *x, int64_t n, int64_t k, int32_t *idx);

@@ -87,20 +87,17 @@ int dsm_indexer(struct dsm_session *s, int L, int *masked)
 		int64_t t1 = p->row0 + p->n, n_all = s->h_n_keys[t1 - 1];
 		if (n_all <= topk)
 			continue;
-		/* the sequence's keys [0, its end), gathered from its blocks: ik_all [n, dI] */
-		int64_t nb = (n_all + DSM_KV_BLOCK - 1) / DSM_KV_BLOCK;
-		for (int64_t b = 0; b < nb; b++)
-			s->blocks[b] = dsm_kv_ik(s, p->seq, L, b * DSM_KV_BLOCK);
-		if ((rc = be->gather(be, nb, s->blocks, DSM_KV_BLOCK, n_all - (nb - 1) * DSM_KV_BLOCK, dI, DSM_F32,
-				     s->ik_all, DSM_F32)) < 0)
-			return rc;
+		/* the sequence's keys [0, its end), read where they lie: a table of its blocks */
+		const float **kb = (const float **)s->blocks;
+		for (int64_t b = 0; b * DSM_KV_BLOCK < n_all; b++)
+			kb[b] = dsm_kv_ik(s, p->seq, L, b * DSM_KV_BLOCK);
 		for (int64_t t = p->row0; t < t1; t++) {
 			int64_t n_keys = s->h_n_keys[t];
 			if (n_keys <= topk)
 				continue;
 			int32_t *sel = s->sel + t * topk;
-			if ((rc = be->indexer_scores(be, nI, dI, s->iq + t * nI * dI, s->iw + t * nI, s->ik_all, n_keys,
-						     s->iscore)) < 0 ||
+			if ((rc = be->indexer_scores(be, nI, dI, s->iq + t * nI * dI, s->iw + t * nI, NULL, kb, DSM_KV_BLOCK,
+						     n_keys, s->iscore)) < 0 ||
 			    (rc = be->topk(be, s->iscore, n_keys, topk, sel)) < 0)
 				return rc;
 			s->mask[t] = (struct dsm_attn_mask){ .sel = sel, .n_sel = topk };

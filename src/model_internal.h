@@ -76,7 +76,6 @@ struct dsm_session {
 	float *ik;          /* [B, dI] */
 	float *iq;          /* [B, nI, dI] */
 	float *iw;          /* [B, nI] */
-	float *ik_all;      /* [ctx, dI] one sequence's indexer keys */
 	float *iscore;      /* [ctx] */
 	int32_t *sel, *h_sel; /* [B, topk] */
 	struct dsm_attn_mask *mask; /* [B] host table; its lists point into sel */

@@ -93,7 +93,6 @@ static void layout_buffers(struct dsm_session *s, struct arena *h, struct arena 
 		s->ik = take(d, B * dI * f);
 		s->iq = take(d, B * nI * dI * f);
 		s->iw = take(d, B * nI * f);
-		s->ik_all = take(d, ctx * dI * f);
 		s->iscore = take(d, ctx * f);
 		s->sel = take(d, B * topk * sizeof(int32_t));
 		s->h_sel = mirror(s, h, s->sel, B * topk * sizeof(int32_t));

@@ -852,7 +852,7 @@ static void test_indexer(struct dsm_backend *be)
 	float *q = rand_buf((size_t)(H * d), 1), *w = rand_buf((size_t)H, 1), *k = rand_buf((size_t)(S * d), 1);
 	float *dq = dev_put(be, q, (size_t)(H * d) * 4), *dw = dev_put(be, w, (size_t)H * 4);
 	float *dk = dev_put(be, k, (size_t)(S * d) * 4), *dout = dev_out(be, (size_t)S), *orf = malloc((size_t)S * 4);
-	CHECK(be->indexer_scores(be, H, d, dq, dw, dk, S, dout) == 0, "%s", dsm_errmsg());
+	CHECK(be->indexer_scores(be, H, d, dq, dw, dk, NULL, 0, S, dout) == 0, "%s", dsm_errmsg());
 	float *o = dev_get(be, dout, (size_t)S, "indexer_scores");
 	dsm_ref_indexer_scores(H, d, q, w, k, S, orf);
 	CHECK_NMSE(o, orf, (size_t)S, 5e-4, "indexer_scores");

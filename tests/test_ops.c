@@ -424,10 +424,20 @@ static void test_indexer_topk_route(struct dsm_backend *be)
 	int64_t nh = 4, d = 64, S = 300;
 	float *q = rand_buf((size_t)(nh * d), 1), *w = rand_buf((size_t)nh, 1), *k = rand_buf((size_t)(S * d), 1);
 	float *o = out_buf((size_t)S), *orf = out_buf((size_t)S);
-	CHECK(be->indexer_scores(be, nh, d, q, w, k, S, o) == 0, "%s", dsm_errmsg());
+	CHECK(be->indexer_scores(be, nh, d, q, w, k, NULL, 0, S, o) == 0, "%s", dsm_errmsg());
 	dsm_ref_indexer_scores(nh, d, q, w, k, S, orf);
 	CHECK_NMSE(o, orf, (size_t)S, 5e-4, "indexer_scores");
 	CHECK(sentinels_ok(o, (size_t)S), "indexer_scores wrote past its output");
+	/* the keys in blocks of 64 rows, each its own allocation, in reverse order in memory: the same bits */
+	const float *kb[5];
+	float *kc = malloc(sizeof(float) * (size_t)(5 * 64 * d)), *ob = out_buf((size_t)S);
+	for (int b = 0; b < 5; b++) {
+		kb[b] = kc + (4 - b) * 64 * d;
+		memcpy(kc + (4 - b) * 64 * d, k + b * 64 * d, sizeof(float) * (size_t)((S - b * 64 < 64 ? S - b * 64 : 64) * d));
+	}
+	CHECK(be->indexer_scores(be, nh, d, q, w, NULL, kb, 64, S, ob) == 0 && memcmp(o, ob, sizeof(float) * (size_t)S) == 0,
+	      "indexer_scores over key blocks differs");
+	free(kc), free(ob);
 
 	/* top-k with many exact ties (zeros, as ReLU makes them): ties go to the lower position */
 	for (int64_t i = 0; i < S; i++)

@@ -70,7 +70,7 @@ int cpu_moe(struct dsm_backend *be, const struct dsm_moe_op_args *a);
 int cpu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a);
 int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a);
 int cpu_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q, const float *w,
-		       const float *k, int64_t n_keys, float *out);
+		       const float *k, const float *const *k_blocks, int64_t block_rows, int64_t n_keys, float *out);
 int cpu_hadamard(struct dsm_backend *be, int64_t n, int64_t d, float *x);
 int cpu_rmsnorm(struct dsm_backend *be, int64_t n, int64_t d, const float *x, int64_t ldx, const float *w,
 		float eps, float *y);

@@ -286,16 +286,18 @@ int cuda_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *
 
 // ---- lightning indexer: a warp per key, all heads ---------------------------------------------------
 
-__global__ void indexer_kernel(int64_t H, int64_t d, const float *q, const float *w, const float *k, int64_t n_keys,
-			       float *out)
+// Key s at k + s * d, or (k_blocks, a device copy of the table) in its block (dm_cache_row).
+__global__ void indexer_kernel(int64_t H, int64_t d, const float *q, const float *w, const float *k,
+			       const void *const *k_blocks, int64_t block_rows, int64_t n_keys, float *out)
 {
 	int lane = threadIdx.x & 31;
 	int64_t s = (int64_t)blockIdx.x * ATT_WARPS + threadIdx.x / 32;
 	if (s >= n_keys)
 		return;
+	const float *ks = (const float *)dm_cache_row(k, k_blocks, block_rows, s, d, (int64_t)sizeof(float));
 	float kr[ATT_QMAX];
 	for (int j = 0; j < ATT_QMAX; j++)
-		kr[j] = lane + 32 * j < d ? k[s * d + lane + 32 * j] : 0.0f;
+		kr[j] = lane + 32 * j < d ? ks[lane + 32 * j] : 0.0f;
 	float acc = 0.0f;
 	for (int64_t h = 0; h < H; h++) {
 		float dot = 0.0f;
@@ -309,19 +311,35 @@ __global__ void indexer_kernel(int64_t H, int64_t d, const float *q, const float
 }
 
 int cuda_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q, const float *w,
-			const float *k, int64_t n_keys, float *out)
+			const float *k, const float *const *k_blocks, int64_t block_rows, int64_t n_keys, float *out)
 {
 	struct cuda_backend *cb = cuda_of(be);
 	struct cuda_ctx *c;
 	int rc = cuda_begin(cb, &c);
 	if (rc < 0)
 		return rc;
+	int64_t nb = k_blocks && block_rows > 0 && n_keys > 0 ? (n_keys + block_rows - 1) / block_rows : 0;
 	if (d < 0 || d > 32 * ATT_QMAX)
 		rc = dsm_fail(DSM_EUNSUPPORTED, "cuda indexer_scores: head dim %lld (at most %d)", (long long)d,
 			      32 * ATT_QMAX);
+	else if (k_blocks && block_rows < 1)
+		rc = dsm_fail(DSM_EARG, "cuda indexer_scores: key blocks of %lld rows", (long long)block_rows);
 	else if (n_keys > 0) {
-		indexer_kernel<<<cuda_blocks(n_keys, ATT_WARPS), ATT_WARPS * 32, 0, c->s>>>(n_heads, d, q, w, k, n_keys, out);
-		rc = LAUNCH_STATUS("indexer_kernel");
+		// The key blocks' host table goes to the device through a staging slot.
+		void *dkb = NULL;
+		int slot = -1;
+		if (nb > 0)
+			rc = cuda_stage(c, k_blocks, sizeof(void *) * (size_t)nb, &dkb, &slot);
+		if (rc == 0) {
+			indexer_kernel<<<cuda_blocks(n_keys, ATT_WARPS), ATT_WARPS * 32, 0, c->s>>>(
+				n_heads, d, q, w, k, (const void *const *)dkb, block_rows, n_keys, out);
+			rc = LAUNCH_STATUS("indexer_kernel");
+		}
+		if (slot >= 0) { // also after a failed launch: the slot's copy was submitted
+			int rs = cuda_stage_done(c, slot);
+			if (rc == 0)
+				rc = rs;
+		}
 	}
 	return cuda_end(cb, c, rc);
 }

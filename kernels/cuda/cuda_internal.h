@@ -129,7 +129,7 @@ int cuda_moe(struct dsm_backend *be, const struct dsm_moe_op_args *a);
 int cuda_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a);
 int cuda_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a);
 int cuda_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q, const float *w,
-			const float *k, int64_t n_keys, float *out);
+			const float *k, const float *const *k_blocks, int64_t block_rows, int64_t n_keys, float *out);
 // Attention scratch for max_keys keys of n_heads heads of width head_dim (attn_latent's split states).
 size_t cuda_attn_scratch_bytes(const struct cuda_backend *cb, int64_t max_keys, int64_t n_heads,
 			       int64_t head_dim);

@@ -114,7 +114,9 @@ static int run_op(struct dsm_backend *c, struct emu_job *j)
 	case DSM_OP_HADAMARD: return c->hadamard(c, j->n, j->d, j->y);
 	case DSM_OP_ATTN_FULL: return c->attn_full(c, &j->a.full);
 	case DSM_OP_ATTN_LATENT: return c->attn_latent(c, &j->a.latent);
-	case DSM_OP_INDEXER_SCORES: return c->indexer_scores(c, j->n_heads, j->d, j->x, j->wv, j->keys, j->n, j->y);
+	case DSM_OP_INDEXER_SCORES:
+		return c->indexer_scores(c, j->n_heads, j->d, j->x, j->wv, j->keys, (const float *const *)j->table, j->k, j->n,
+					 j->y);
 	case DSM_OP_TOPK: return c->topk(c, j->x, j->n, j->k, j->idx);
 	case DSM_OP_ROUTE: return c->route(c, &j->a.route);
 	case DSM_OP_ADD: return c->add(c, j->n, j->y, j->x);
@@ -875,20 +877,34 @@ static int emu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_
 }
 
 static int emu_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q, const float *w,
-			      const float *k, int64_t n_keys, float *out)
+			      const float *k, const float *const *k_blocks, int64_t block_rows, int64_t n_keys, float *out)
 {
-	const struct emu_backend *eb = emu_of(be);
+	struct emu_backend *eb = emu_of(be);
 	const char *op = "indexer_scores";
+	int64_t nb = k_blocks && block_rows > 0 ? (n_keys + block_rows - 1) / block_rows : 0;
 	int rc = check_dev(eb, q, sizeof(float) * (size_t)(n_heads * d), op, "queries");
-	if (rc == 0 && (rc = check_dev(eb, w, sizeof(float) * (size_t)n_heads, op, "head weights")) == 0 &&
-	    (rc = check_dev(eb, k, sizeof(float) * (size_t)(n_keys * d), op, "keys")) == 0)
+	if (rc == 0 && (rc = check_dev(eb, w, sizeof(float) * (size_t)n_heads, op, "head weights")) == 0 && !k_blocks)
+		rc = check_dev(eb, k, sizeof(float) * (size_t)(n_keys * d), op, "keys");
+	for (int64_t b = 0; b < nb && rc == 0; b++)
+		rc = check_dev(eb, k_blocks[b], sizeof(float) * (size_t)((b < nb - 1 ? block_rows : n_keys - b * block_rows) * d),
+			       op, "key block");
+	if (rc == 0)
 		rc = check_dev(eb, out, sizeof(float) * (size_t)n_keys, op, "scores");
 	if (rc < 0)
 		return rc;
-	QUEUE_OR_RUN(emu_of(be), DSM_OP_INDEXER_SCORES, j, (j->n_heads = n_heads, j->d = d, j->x = q, j->wv = w, j->keys = k, j->n = n_keys,
-				     j->y = out));
+	if (eb->cur) {                  /* the block table is the caller's: copied now */
+		struct emu_job *j = new_op(eb, DSM_OP_INDEXER_SCORES);
+		if (!j || (nb && !(j->table = malloc(sizeof *j->table * (size_t)nb)))) {
+			free(j);
+			return dsm_fail(DSM_ENOMEM, "out of memory");
+		}
+		if (nb)
+			memcpy(j->table, k_blocks, sizeof *j->table * (size_t)nb);
+		j->n_heads = n_heads, j->d = d, j->x = q, j->wv = w, j->keys = k, j->k = block_rows, j->n = n_keys, j->y = out;
+		return submit(eb, j);
+	}
 	struct dsm_backend *c = cpu_of_emu(be);
-	return c->indexer_scores(c, n_heads, d, q, w, k, n_keys, out);
+	return c->indexer_scores(c, n_heads, d, q, w, k, k_blocks, block_rows, n_keys, out);
 }
 
 static int emu_topk(struct dsm_backend *be, const float *x, int64_t n, int64_t k, int32_t *idx)
