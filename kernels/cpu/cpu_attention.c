@@ -84,10 +84,58 @@ static inline void cache_row(enum dsm_dtype t, const void *src, int64_t n, float
 {
 	if (t == DSM_BF16) {
 		const uint16_t *b = src;
+#pragma omp simd
 		for (int64_t j = 0; j < n; j++)
 			dst[j] = dsm_bf16_to_f32(b[j]);
 	} else {
 		memcpy(dst, src, sizeof(float) * (size_t)n);
+	}
+}
+
+/* Key s's score against every head: p[h * m + i] = (q_lat[h] . c_s + q_pe[h] . pe_s) * scale; row: scratch [r + dr].
+ * Vectorized for the host (CPU_CLONES); each dot product's order depends only on the clone, not on the threads. */
+CPU_CLONES static void latent_scores(const struct dsm_attn_latent_args *a, int64_t s, int64_t i, int64_t m, float *row,
+				     float *p)
+{
+	int64_t r = a->r, dr = a->dr;
+	cache_row(a->cache_dtype, dsm_latent_row(a, s), r, row);
+	cache_row(a->cache_dtype, dsm_pe_row(a, s), dr, row + r);
+	for (int64_t h = 0; h < a->n_heads; h++) {
+		const float *ql = a->q_lat + h * r, *qp = a->q_pe + h * dr;
+		float acc = 0;
+#pragma omp simd reduction(+:acc)
+		for (int64_t j = 0; j < r; j++)
+			acc += ql[j] * row[j];
+#pragma omp simd reduction(+:acc)
+		for (int64_t j = 0; j < dr; j++)
+			acc += qp[j] * row[r + j];
+		p[h * m + i] = acc * a->scale;
+	}
+}
+
+/* o_lat[h][j0, j1) = sum over the m keys, in order, of p[h, i] c_i[j0, j1). */
+CPU_CLONES static void latent_values(const struct dsm_attn_latent_args *a, const float *p, int64_t m, int64_t j0,
+				     int64_t j1)
+{
+	int64_t r = a->r;
+	for (int64_t h = 0; h < a->n_heads; h++)
+		for (int64_t j = j0; j < j1; j++)
+			a->o_lat[h * r + j] = 0;
+	float row[64];
+	size_t es = dsm_dtype_size(a->cache_dtype);
+	for (int64_t i = 0; i < m; i++) {
+		const char *c = dsm_latent_row(a, mask_key(&a->mask, i));
+		for (int64_t jb = j0; jb < j1; jb += 64) {
+			int64_t len = j1 - jb < 64 ? j1 - jb : 64;
+			cache_row(a->cache_dtype, c + (size_t)jb * es, len, row);
+			for (int64_t h = 0; h < a->n_heads; h++) {
+				float ph = p[h * m + i];
+				float *o = a->o_lat + h * r + jb;
+#pragma omp simd
+				for (int64_t j = 0; j < len; j++)
+					o[j] += ph * row[j];
+			}
+		}
 	}
 }
 
@@ -110,23 +158,8 @@ int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a
 	int par = m * H * (r + dr) >= CPU_PARALLEL_MIN;
 	/* Scores, key-major: each cache row is converted once and met by every head. */
 #pragma omp parallel for schedule(static) if (par)
-	for (int64_t i = 0; i < m; i++) {
-		float *row = rows + (size_t)omp_get_thread_num() * (size_t)(r + dr);
-		int64_t s = mask_key(&a->mask, i);
-		cache_row(a->cache_dtype, dsm_latent_row(a, s), r, row);
-		cache_row(a->cache_dtype, dsm_pe_row(a, s), dr, row + r);
-		for (int64_t h = 0; h < H; h++) {
-			const float *ql = a->q_lat + h * r, *qp = a->q_pe + h * dr;
-			float acc = 0;
-#pragma omp simd reduction(+:acc)
-			for (int64_t j = 0; j < r; j++)
-				acc += ql[j] * row[j];
-#pragma omp simd reduction(+:acc)
-			for (int64_t j = 0; j < dr; j++)
-				acc += qp[j] * row[r + j];
-			p[h * m + i] = acc * a->scale;
-		}
-	}
+	for (int64_t i = 0; i < m; i++)
+		latent_scores(a, mask_key(&a->mask, i), i, m, rows + (size_t)omp_get_thread_num() * (size_t)(r + dr), p);
 #pragma omp parallel for schedule(static) if (par)
 	for (int64_t h = 0; h < H; h++)
 		softmax_f32(p + h * m, m);
@@ -135,26 +168,8 @@ int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a
 	if (chunk < 16)
 		chunk = 16;
 #pragma omp parallel for schedule(static) if (par)
-	for (int64_t j0 = 0; j0 < r; j0 += chunk) {
-		int64_t j1 = j0 + chunk < r ? j0 + chunk : r;
-		for (int64_t h = 0; h < H; h++)
-			for (int64_t j = j0; j < j1; j++)
-				a->o_lat[h * r + j] = 0;
-		float row[64];
-		for (int64_t i = 0; i < m; i++) {
-			const char *c = dsm_latent_row(a, mask_key(&a->mask, i));
-			for (int64_t jb = j0; jb < j1; jb += 64) {
-				int64_t len = j1 - jb < 64 ? j1 - jb : 64;
-				cache_row(a->cache_dtype, c + (size_t)jb * dsm_dtype_size(a->cache_dtype), len, row);
-				for (int64_t h = 0; h < H; h++) {
-					float ph = p[h * m + i];
-					float *o = a->o_lat + h * r + jb;
-					for (int64_t j = 0; j < len; j++)
-						o[j] += ph * row[j];
-				}
-			}
-		}
-	}
+	for (int64_t j0 = 0; j0 < r; j0 += chunk)
+		latent_values(a, p, m, j0, j0 + chunk < r ? j0 + chunk : r);
 	return 0;
 }
 
