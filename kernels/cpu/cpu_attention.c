@@ -173,26 +173,30 @@ int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a
 	return 0;
 }
 
+/* One key's indexer score: sum_h w[h] * relu(q[h] . ks), vectorized for the host (CPU_CLONES). */
+CPU_CLONES static float indexer_score(int64_t n_heads, int64_t d, const float *q, const float *w, const float *ks)
+{
+	float acc = 0;
+	for (int64_t h = 0; h < n_heads; h++) {
+		const float *qh = q + h * d;
+		float dot = 0;
+#pragma omp simd reduction(+:dot)
+		for (int64_t j = 0; j < d; j++)
+			dot += qh[j] * ks[j];
+		if (dot > 0)
+			acc += w[h] * dot;
+	}
+	return acc;
+}
+
 int cpu_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q, const float *w,
 		       const float *k, const float *const *k_blocks, int64_t block_rows, int64_t n_keys, float *out)
 {
 	if (k_blocks && block_rows < 1)
 		return dsm_fail(DSM_EARG, "indexer_scores: key blocks of %lld rows", (long long)block_rows);
 #pragma omp parallel for schedule(static) if (n_keys * n_heads * d >= CPU_PARALLEL_MIN)
-	for (int64_t s = 0; s < n_keys; s++) {
-		const float *ks = k_blocks ? k_blocks[s / block_rows] + s % block_rows * d : k + s * d;
-		float acc = 0;
-		for (int64_t h = 0; h < n_heads; h++) {
-			const float *qh = q + h * d;
-			float dot = 0;
-#pragma omp simd reduction(+:dot)
-			for (int64_t j = 0; j < d; j++)
-				dot += qh[j] * ks[j];
-			if (dot > 0)
-				acc += w[h] * dot;
-		}
-		out[s] = acc;
-	}
+	for (int64_t s = 0; s < n_keys; s++)
+		out[s] = indexer_score(n_heads, d, q, w, k_blocks ? k_blocks[s / block_rows] + s % block_rows * d : k + s * d);
 	return 0;
 }
 
