@@ -29,7 +29,6 @@ static int put(struct walk *w, const void **p, size_t bytes)
 	if (!d)
 		return dsm_fail_prefix(DSM_ENOMEM, "%zu bytes of weights on the %s device", bytes, w->dev->name);
 	w->f->dev[w->f->n_dev++] = d;
-	w->f->dev_bytes += bytes;
 	int rc = w->dev->copy_in(w->dev, d, *p, bytes);
 	*p = d;
 	return rc;

@@ -88,9 +88,8 @@ int dsm_indexer(struct dsm_session *s, int L, int *masked)
 		if (n_all <= topk)
 			continue;
 		/* the sequence's keys [0, its end), read where they lie: a table of its blocks */
-		const float **kb = (const float **)s->blocks;
-		for (int64_t b = 0; b * DSM_KV_BLOCK < n_all; b++)
-			kb[b] = dsm_kv_ik(s, p->seq, L, b * DSM_KV_BLOCK);
+		dsm_kv_blocks(s, p->seq, L, n_all, NULL, NULL, s->blocks);
+		const float *const *kb = (const float *const *)s->blocks;
 		for (int64_t t = p->row0; t < t1; t++) {
 			int64_t n_keys = s->h_n_keys[t];
 			if (n_keys <= topk)

@@ -16,7 +16,6 @@
 
 #include "error.h"
 
-
 /* The new rows' latents and rope keys -> their sequences' KV blocks, a run of consecutive positions of one block
  * per call. */
 static int cache_store(struct dsm_session *s, int L)
@@ -45,12 +44,10 @@ static int cache_gather(struct dsm_session *s, int seq, int L, int64_t n)
 	const struct dsm_config *c = &s->m->cfg;
 	enum dsm_dtype t = s->opt.kv_dtype;
 	int64_t nb = (n + DSM_KV_BLOCK - 1) / DSM_KV_BLOCK, last = n - (nb - 1) * DSM_KV_BLOCK;
-	for (int64_t b = 0; b < nb; b++)
-		s->blocks[b] = dsm_kv_c(s, seq, L, b * DSM_KV_BLOCK);
-	int rc = be->gather(be, nb, s->blocks, DSM_KV_BLOCK, last, c->kv_lora_rank, t, s->c_all, DSM_F32);
-	for (int64_t b = 0; b < nb; b++)
-		s->blocks[b] = dsm_kv_pe(s, seq, L, b * DSM_KV_BLOCK);
-	return rc < 0 ? rc : be->gather(be, nb, s->blocks, DSM_KV_BLOCK, last, c->qk_rope_head_dim, t, s->pe_all, DSM_F32);
+	const void **cb = s->blocks, **pb = s->blocks + s->max_blocks;
+	dsm_kv_blocks(s, seq, L, n, cb, pb, NULL);
+	int rc = be->gather(be, nb, cb, DSM_KV_BLOCK, last, c->kv_lora_rank, t, s->c_all, DSM_F32);
+	return rc < 0 ? rc : be->gather(be, nb, pb, DSM_KV_BLOCK, last, c->qk_rope_head_dim, t, s->pe_all, DSM_F32);
 }
 
 /* Full form, for one sequence's part: per head, k_nope and v of every key from kv_b_proj(c), then
@@ -102,10 +99,7 @@ static int attend_absorbed(struct dsm_session *s, int L, int64_t T, int masked)
 		const struct dsm_step_part *p = &s->parts[i];
 		/* the sequence's KV entries read where they lie: a table of its blocks for each */
 		const void **cb = s->blocks, **pb = s->blocks + s->max_blocks;
-		for (int64_t b = 0; b * DSM_KV_BLOCK < p->pos0 + p->n; b++) {
-			cb[b] = dsm_kv_c(s, p->seq, L, b * DSM_KV_BLOCK);
-			pb[b] = dsm_kv_pe(s, p->seq, L, b * DSM_KV_BLOCK);
-		}
+		dsm_kv_blocks(s, p->seq, L, p->pos0 + p->n, cb, pb, NULL);
 		for (int64_t t = p->row0; t < p->row0 + p->n; t++) {
 			/* q_pe [H, dr]: the rope part of each head's query */
 			if ((rc = be->convert(be, H, dr, s->q + t * H * (dn + dr) + dn, DSM_F32, dn + dr, s->q_pe, DSM_F32,

@@ -79,7 +79,6 @@ struct dsm_fwd {
 	struct dsm_layer *layers;       /* the device's copy: its shared experts are not copied (offload/ runs them) */
 	void **dev;                     /* the device allocations, n_dev of them */
 	size_t n_dev;
-	uint64_t dev_bytes;
 };
 
 struct dsm_model {

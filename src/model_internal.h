@@ -90,7 +90,7 @@ struct dsm_session {
 
 	void *arena;        /* host: the sequences, the parts, the h_ copies (pinned on a device) */
 	void *dev_arena;    /* be's memory: the step state */
-	uint64_t host_bytes, dev_bytes, act_bytes;
+	uint64_t host_bytes, dev_bytes; /* of the two arenas */
 };
 
 /* x [T, D] += Attn_L(RMSNorm(x)) for the step's rows (mla.c) */
@@ -123,6 +123,21 @@ static inline float *dsm_kv_ik(const struct dsm_session *s, int seq, int L, int6
 {
 	return (float *)(dsm_kv_at(s, seq, L, pos) + s->ik_offset) +
 	       (size_t)(pos % DSM_KV_BLOCK) * (size_t)s->m->cfg.index_head_dim;
+}
+
+/* Tables of where positions [0, n) of sequence seq lie in layer L's KV blocks, one entry a block: the latents (c),
+ * the rope keys (pe), the indexer keys (ik); a NULL table is left out. */
+static inline void dsm_kv_blocks(const struct dsm_session *s, int seq, int L, int64_t n, const void **c,
+				 const void **pe, const void **ik)
+{
+	for (int64_t b = 0; b * DSM_KV_BLOCK < n; b++) {
+		if (c)
+			c[b] = dsm_kv_c(s, seq, L, b * DSM_KV_BLOCK);
+		if (pe)
+			pe[b] = dsm_kv_pe(s, seq, L, b * DSM_KV_BLOCK);
+		if (ik)
+			ik[b] = dsm_kv_ik(s, seq, L, b * DSM_KV_BLOCK);
+	}
 }
 
 /* The end of the run of rows from t0 whose KV entries lie one after another: one sequence, consecutive positions,

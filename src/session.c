@@ -193,7 +193,6 @@ static int size_session(struct dsm_session *s, struct dsm_model *m, struct dsm_b
 	layout_buffers(s, &h, &d);
 	s->host_bytes = h.used;
 	s->dev_bytes = d.used;
-	s->act_bytes = h.used + d.used;
 	return 0;
 }
 
@@ -332,7 +331,7 @@ int dsm_session_max_seqs(const struct dsm_session *s)
 void dsm_session_memory(const struct dsm_session *s, uint64_t *kv_bytes, uint64_t *act_bytes)
 {
 	*kv_bytes = s->kv_bytes;
-	*act_bytes = s->act_bytes;
+	*act_bytes = s->host_bytes + s->dev_bytes;
 }
 
 void dsm_session_kv_blocks(const struct dsm_session *s, int64_t *total, int64_t *free_blocks, uint64_t *block_bytes)

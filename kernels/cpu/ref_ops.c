@@ -417,14 +417,13 @@ int dsm_ref_convert(int64_t rows, int64_t cols, const void *x, enum dsm_dtype xt
 	for (int64_t i = 0; i < rows; i++) {
 		const char *xi = (const char *)x + (size_t)(i * ldx) * xs;
 		char *yi = (char *)y + (size_t)(i * ldy) * ys;
-		if (xt == yt)
+		if (yt == DSM_F32)
+			dsm_convert_to_f32((float *)yi, xi, xt, (size_t)cols);
+		else if (xt == DSM_BF16)
 			memcpy(yi, xi, (size_t)cols * xs);
-		else if (xt == DSM_F32)
-			for (int64_t j = 0; j < cols; j++)
-				((uint16_t *)yi)[j] = dsm_f32_to_bf16(((const float *)xi)[j]);
 		else
 			for (int64_t j = 0; j < cols; j++)
-				((float *)yi)[j] = dsm_bf16_to_f32(((const uint16_t *)xi)[j]);
+				((uint16_t *)yi)[j] = dsm_f32_to_bf16(((const float *)xi)[j]);
 	}
 	return 0;
 }
