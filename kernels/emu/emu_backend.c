@@ -241,6 +241,29 @@ static struct emu_job *new_op(struct emu_backend *eb, enum dsm_op op)
 	return j;
 }
 
+/* A queued op holding its own copy of the caller's block tables, which the caller may change once the call returns:
+ * a[0 .. n), then b[0 .. n) when b is given, in j->table. NULL (with the message) when out of memory. */
+static struct emu_job *new_op_tables(struct emu_backend *eb, enum dsm_op op, const void *const *a,
+				     const void *const *b, int64_t n)
+{
+	struct emu_job *j = new_op(eb, op);
+	size_t k = (size_t)(n > 0 ? n : 0) * (b ? 2 : 1);
+	if (j && k && !(j->table = malloc(sizeof *j->table * k))) {
+		free(j);
+		j = NULL;
+	}
+	if (!j) {
+		dsm_fail(DSM_ENOMEM, "out of memory");
+		return NULL;
+	}
+	if (k) {
+		memcpy(j->table, a, sizeof *j->table * (size_t)n);
+		if (b)
+			memcpy(j->table + n, b, sizeof *j->table * (size_t)n);
+	}
+	return j;
+}
+
 /* Waits until q has run everything submitted to it (the lock held). */
 static void drain_locked(struct emu_backend *eb, struct dsm_queue *q)
 {
@@ -858,14 +881,10 @@ static int emu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_
 		rc = check_dev(eb, a->o_lat, hr, op, "output");
 	if (rc < 0)
 		return rc;
-	if (eb->cur && nb > 0) {        /* the block tables are the caller's: copied now */
-		struct emu_job *j = new_op(eb, DSM_OP_ATTN_LATENT);
-		if (!j || !(j->table = malloc(sizeof *j->table * 2 * (size_t)nb))) {
-			free(j);
-			return dsm_fail(DSM_ENOMEM, "out of memory");
-		}
-		memcpy(j->table, a->c_blocks, sizeof *j->table * (size_t)nb);
-		memcpy(j->table + nb, a->pe_blocks, sizeof *j->table * (size_t)nb);
+	if (eb->cur && nb > 0) {
+		struct emu_job *j = new_op_tables(eb, DSM_OP_ATTN_LATENT, a->c_blocks, a->pe_blocks, nb);
+		if (!j)
+			return DSM_ENOMEM;
 		j->a.latent = *a;
 		j->a.latent.c_blocks = j->table;
 		j->a.latent.pe_blocks = j->table + nb;
@@ -892,14 +911,10 @@ static int emu_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d
 		rc = check_dev(eb, out, sizeof(float) * (size_t)n_keys, op, "scores");
 	if (rc < 0)
 		return rc;
-	if (eb->cur) {                  /* the block table is the caller's: copied now */
-		struct emu_job *j = new_op(eb, DSM_OP_INDEXER_SCORES);
-		if (!j || (nb && !(j->table = malloc(sizeof *j->table * (size_t)nb)))) {
-			free(j);
-			return dsm_fail(DSM_ENOMEM, "out of memory");
-		}
-		if (nb)
-			memcpy(j->table, k_blocks, sizeof *j->table * (size_t)nb);
+	if (eb->cur) {
+		struct emu_job *j = new_op_tables(eb, DSM_OP_INDEXER_SCORES, (const void *const *)k_blocks, NULL, nb);
+		if (!j)
+			return DSM_ENOMEM;
 		j->n_heads = n_heads, j->d = d, j->x = q, j->wv = w, j->keys = k, j->k = block_rows, j->n = n_keys, j->y = out;
 		return submit(eb, j);
 	}
@@ -1003,12 +1018,9 @@ static int emu_gather(struct dsm_backend *be, int64_t n, const void *const *x, i
 	if (rc < 0)
 		return rc;
 	if (eb->cur && n > 0) {
-		struct emu_job *j = new_op(eb, DSM_OP_GATHER);
-		if (!j || !(j->table = malloc(sizeof *j->table * (size_t)n))) {
-			free(j);
-			return dsm_fail(DSM_ENOMEM, "out of memory");
-		}
-		memcpy(j->table, x, sizeof *j->table * (size_t)n);
+		struct emu_job *j = new_op_tables(eb, DSM_OP_GATHER, x, NULL, n);
+		if (!j)
+			return DSM_ENOMEM;
 		j->n = n, j->k = block_rows, j->ldx = last_rows, j->d = cols, j->xt = xt, j->dst = y, j->yt = yt;
 		return submit(eb, j);
 	}
