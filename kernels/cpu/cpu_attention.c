@@ -35,45 +35,156 @@ static void softmax_f32(float *p, int64_t m)
 		p[i] *= inv;
 }
 
+/* Full-form attention, vectorized for the host. The keys a query meets are packed transposed, kT [d][ldk]
+ * (d = dn + dr dims, ldk keys rounded up to FK, zeros past them), with their values vp [ldk][ldv] (ldv = dv
+ * rounded up to FK, zeros past): a score is then FK keys side by side, each adding its d products in ascending
+ * dim, and an output row FK dims side by side, each adding its keys in order. Causal queries share one packing
+ * of the keys and go in groups of FQ, which share every loaded key and value vector: in a group each query
+ * runs to the longest one's keys, and the keys past its own get probability 0, which adds nothing. A query
+ * with a selection of keys gets its own packing. So a query's output does not depend on its group, the
+ * threads, or whether its keys came as a causal bound or as the selection of every key. */
+enum { FK = 64, FQ = 4 };
+
+static int64_t round_up64(int64_t n, int64_t k)
+{
+	return (n + k - 1) / k * k;
+}
+
+/* kT and vp of keys [0, m) (keys NULL) or keys[0, m), rows [i0, i1) of them; zeros past m up to ldk. */
+static void full_pack(const struct dsm_attn_full_args *a, const int32_t *keys, int64_t m, int64_t i0, int64_t i1,
+		      float *kT, int64_t ldk, float *vp, int64_t ldv)
+{
+	int64_t dn = a->dn, dr = a->dr, dv = a->dv, dkv = dn + dv;
+	for (int64_t i = i0; i < i1; i++) {
+		float *v = vp + i * ldv;
+		if (i >= m) {
+			for (int64_t j = 0; j < dn + dr; j++)
+				kT[j * ldk + i] = 0;
+			memset(v, 0, sizeof(float) * (size_t)ldv);
+			continue;
+		}
+		int64_t s = keys ? keys[i] : i;
+		const float *k = a->kv + s * dkv, *kp = a->k_pe + s * dr;
+		for (int64_t j = 0; j < dn; j++)
+			kT[j * ldk + i] = k[j];
+		for (int64_t j = 0; j < dr; j++)
+			kT[(dn + j) * ldk + i] = kp[j];
+		memcpy(v, k + dn, sizeof(float) * (size_t)dv);
+		memset(v + dv, 0, sizeof(float) * (size_t)(ldv - dv));
+	}
+}
+
+/* NQ queries (rows of q at stride ldq), query i over the first m[i] packed keys: out[i * ldo + j], j < dv.
+ * p: scratch [NQ][ldk]. */
+static inline __attribute__((always_inline)) void full_queries(const struct dsm_attn_full_args *a, const float *q,
+							       const int64_t *m, const int NQ, const float *kT,
+							       int64_t ldk, const float *vp, int64_t ldv, float *p,
+							       float *out)
+{
+	enum { NV = FK / LANES };
+	int64_t d = a->dn + a->dr, dv = a->dv, mmax = 0;
+	for (int i = 0; i < NQ; i++)
+		mmax = m[i] > mmax ? m[i] : mmax;
+	int64_t mpad = round_up64(mmax, FK);
+	for (int64_t s0 = 0; s0 < mpad; s0 += FK) {
+		v16f acc[FQ][NV] = { { { 0 } } };
+		for (int64_t j = 0; j < d; j++) {
+			v16f k[NV];
+#pragma GCC unroll 4
+			for (int c = 0; c < NV; c++)
+				k[c] = load_f32(kT + j * ldk + s0 + c * LANES);
+#pragma GCC unroll 4
+			for (int i = 0; i < NQ; i++)
+#pragma GCC unroll 4
+				for (int c = 0; c < NV; c++)
+					acc[i][c] += q[i * a->ldq + j] * k[c];
+		}
+#pragma GCC unroll 4
+		for (int i = 0; i < NQ; i++)
+#pragma GCC unroll 4
+			for (int c = 0; c < NV; c++) {
+				v16f sc = acc[i][c] * a->scale;
+				memcpy(p + i * ldk + s0 + c * LANES, &sc, sizeof sc);
+			}
+	}
+	for (int i = 0; i < NQ; i++) {
+		softmax_f32(p + i * ldk, m[i]);
+		memset(p + i * ldk + m[i], 0, sizeof(float) * (size_t)(mmax - m[i]));
+	}
+	for (int64_t j0 = 0; j0 < ldv; j0 += FK) {
+		v16f acc[FQ][NV] = { { { 0 } } };
+		for (int64_t s = 0; s < mmax; s++) {
+			v16f v[NV];
+#pragma GCC unroll 4
+			for (int c = 0; c < NV; c++)
+				v[c] = load_f32(vp + s * ldv + j0 + c * LANES);
+#pragma GCC unroll 4
+			for (int i = 0; i < NQ; i++)
+#pragma GCC unroll 4
+				for (int c = 0; c < NV; c++)
+					acc[i][c] += p[i * ldk + s] * v[c];
+		}
+		int64_t len = dv - j0 < FK ? dv - j0 : FK;
+		for (int i = 0; i < NQ; i++)
+			memcpy(out + i * a->ldo + j0, acc[i], sizeof(float) * (size_t)len);
+	}
+}
+
+CPU_CLONES __attribute__((optimize("fp-contract=fast"))) static void
+full_group(const struct dsm_attn_full_args *a, const float *q, const int64_t *m, const float *kT, int64_t ldk,
+	   const float *vp, int64_t ldv, float *p, float *out)
+{
+	full_queries(a, q, m, FQ, kT, ldk, vp, ldv, p, out);
+}
+
+CPU_CLONES __attribute__((optimize("fp-contract=fast"))) static void
+full_one(const struct dsm_attn_full_args *a, const float *q, const int64_t *m, const float *kT, int64_t ldk,
+	 const float *vp, int64_t ldv, float *p, float *out)
+{
+	full_queries(a, q, m, 1, kT, ldk, vp, ldv, p, out);
+}
+
 int cpu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a)
 {
 	struct cpu_backend *cb = cpu_of(be);
-	int64_t dn = a->dn, dr = a->dr, dv = a->dv, dkv = dn + dv;
-	int64_t max_keys = 1;
-	for (int64_t t = 0; t < a->n_q; t++)
-		if (a->n_keys[t] > max_keys)
-			max_keys = a->n_keys[t];
+	int64_t d = a->dn + a->dr, T = a->n_q, max_keys = 1;
+	for (int64_t t = 0; t < T; t++) {
+		int64_t m = mask_count(a->mask ? &a->mask[t] : NULL, a->n_keys[t]);
+		max_keys = m > max_keys ? m : max_keys;
+	}
+	int64_t ldk = round_up64(max_keys, FK), ldv = round_up64(a->dv, FK);
+	size_t pack = (size_t)ldk * (size_t)(d + ldv); /* kT and vp */
+	size_t per = (size_t)FQ * (size_t)ldk + (a->mask ? pack : 0);
 	int nt = omp_get_max_threads();
-	float *scores = cpu_scratch_get(&cb->attn, sizeof(float) * (size_t)nt * (size_t)max_keys);
-	if (!scores)
+	float *buf = cpu_scratch_get(&cb->attn, sizeof(float) * ((a->mask ? 0 : pack) + per * (size_t)nt));
+	if (!buf)
 		return DSM_ENOMEM;
-#pragma omp parallel for schedule(dynamic, 1) if (a->n_q * max_keys * (dn + dr + dv) >= CPU_PARALLEL_MIN)
-	for (int64_t t = 0; t < a->n_q; t++) {
-		float *p = scores + (size_t)omp_get_thread_num() * (size_t)max_keys;
-		const float *q = a->q + t * a->ldq;
-		const struct dsm_attn_mask *mk = a->mask ? &a->mask[t] : NULL;
-		int64_t m = mask_count(mk, a->n_keys[t]);
-		for (int64_t i = 0; i < m; i++) {
-			int64_t s = mask_key(mk, i);
-			const float *k = a->kv + s * dkv, *kp = a->k_pe + s * dr;
-			float acc = 0;
-#pragma omp simd reduction(+:acc)
-			for (int64_t j = 0; j < dn; j++)
-				acc += q[j] * k[j];
-#pragma omp simd reduction(+:acc)
-			for (int64_t j = 0; j < dr; j++)
-				acc += q[dn + j] * kp[j];
-			p[i] = acc * a->scale;
+	float *thread_buf = buf + (a->mask ? 0 : pack);
+	int64_t groups = a->mask ? T : (T + FQ - 1) / FQ;
+#pragma omp parallel if (T * max_keys * (d + a->dv) >= CPU_PARALLEL_MIN)
+	{
+		float *p = thread_buf + per * (size_t)omp_get_thread_num(), *kT = p + FQ * ldk, *vp = kT + d * ldk;
+		if (!a->mask) {
+			kT = buf, vp = buf + d * ldk;
+#pragma omp for schedule(static)
+			for (int64_t i0 = 0; i0 < ldk; i0 += FK)
+				full_pack(a, NULL, max_keys, i0, i0 + FK, kT, ldk, vp, ldv);
 		}
-		softmax_f32(p, m);
-		float *o = a->out + t * a->ldo;
-		for (int64_t j = 0; j < dv; j++)
-			o[j] = 0;
-		for (int64_t i = 0; i < m; i++) {
-			const float *v = a->kv + mask_key(mk, i) * dkv + dn;
-			float pi = p[i];
-			for (int64_t j = 0; j < dv; j++)
-				o[j] += pi * v[j];
+#pragma omp for schedule(dynamic, 1)
+		for (int64_t g = 0; g < groups; g++) {
+			if (a->mask) {
+				const struct dsm_attn_mask *mk = &a->mask[g];
+				int64_t m = mask_count(mk, a->n_keys[g]);
+				full_pack(a, mk->sel, m, 0, round_up64(m, FK), kT, ldk, vp, ldv);
+				full_one(a, a->q + g * a->ldq, &m, kT, ldk, vp, ldv, p, a->out + g * a->ldo);
+			} else if ((g + 1) * FQ <= T) {
+				full_group(a, a->q + g * FQ * a->ldq, a->n_keys + g * FQ, kT, ldk, vp, ldv, p,
+					   a->out + g * FQ * a->ldo);
+			} else {
+				for (int64_t t = g * FQ; t < T; t++)
+					full_one(a, a->q + t * a->ldq, a->n_keys + t, kT, ldk, vp, ldv, p,
+						 a->out + t * a->ldo);
+			}
 		}
 	}
 	return 0;

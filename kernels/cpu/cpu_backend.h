@@ -8,6 +8,7 @@
 #include "expert_kernels.h"
 
 #include <stddef.h>
+#include <string.h>
 
 /* A growable scratch buffer: grows on first use of a larger size, never shrinks, so that a decode loop
  * stops allocating after its first step. */
@@ -44,6 +45,21 @@ void cpu_scratch_free(struct cpu_scratch *s);
 #else
 #define CPU_CLONES
 #endif
+
+/* 16-float vectors (GCC/Clang vector extensions): one AVX-512 register, two AVX2 or four SSE ones, per
+ * compiled clone. The helpers that take or return them are always inlined into those clones. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+typedef float v16f __attribute__((vector_size(64)));
+#define LANES 16
+
+static inline __attribute__((always_inline)) v16f load_f32(const float *p)
+{
+	v16f v;
+	memcpy(&v, p, sizeof v);
+	return v;
+}
 
 /* Loops with less work than this many multiply-adds run on one thread: starting a parallel region
  * costs microseconds, and far more when another process holds a core. */

@@ -9,10 +9,6 @@
  * to BF16 before the multiply; accumulation is F32. */
 #include "cpu_backend.h"
 
-#if defined(__GNUC__) && !defined(__clang__)
-/* the vector helpers below are always inlined into their per-ISA clones */
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
 
 #include "error.h"
 #include "ref_ops.h"
@@ -49,13 +45,11 @@ static inline float fp8_value(uint8_t code)
 	return v.f * 0x1p120f;
 }
 
-/* Dot products on 16-float vectors (GCC/Clang vector extensions: one AVX-512 register, two AVX2 or four
- * SSE ones, per compiled clone); the 16 partial sums are added in a fixed order at the end. */
-typedef float v16f __attribute__((vector_size(64)));
+/* Dot products on 16-float vectors (v16f, cpu_backend.h); the 16 partial sums are added in a fixed order at
+ * the end. */
 typedef uint32_t v16u __attribute__((vector_size(64)));
 typedef uint16_t v16h __attribute__((vector_size(32)));
 typedef uint8_t v16b __attribute__((vector_size(16)));
-#define LANES 16
 
 static inline __attribute__((always_inline)) float sum_lanes(v16f a)
 {
@@ -63,13 +57,6 @@ static inline __attribute__((always_inline)) float sum_lanes(v16f a)
 	for (int l = 0; l < LANES; l++)
 		s += a[l];
 	return s;
-}
-
-static inline __attribute__((always_inline)) v16f load_f32(const float *p)
-{
-	v16f v;
-	memcpy(&v, p, sizeof v);
-	return v;
 }
 
 /* 16 FP8 codes -> F32, the same values as fp8_value, without touching a subnormal F32 (a multiply with a
