@@ -4,14 +4,15 @@ llama.cpp").
 
   tools/compare-peer.py --llama-bench PATH --dsm-run PATH \\
       --model NAME DSM_DIR GGUF [--model NAME DSM_DIR GGUF ...] [--threads 1,2] [--rounds 3] \\
-      [--decode 64] [--prefill 256] [--dsm-bench PATH] [--json OUT]
+      [--decode 64] [--prefill 256] [--dsm-bench PATH [--dsm-inspect PATH]] [--json OUT]
 
 For each model in turn (after one uncounted decode of each engine, which brings the model's files into the
 page cache), each round runs, for every thread count, in this order: llama-bench decode (-p 0 -n N) and
 prefill (-p P -n 0), then dsm-run decode (--tokens 0 -n N+1 --ignore-eos) and prefill (P prompt tokens,
 -n 1). Both engines decode N tokens from an empty context, one at a time, and prefill P tokens in one go.
 The medians over the rounds and their ratios (dsm / llama.cpp) are printed at the end; with --dsm-bench, the
-DRAM read probe of `dsm-bench kernels` before and after the sitting.
+DRAM read probe and oneDNN's BF16 matmul rate of `dsm-bench kernels` before and after the sitting, and with
+--dsm-inspect too, each engine's prefill as GFLOP/s against that matmul rate (the limit of a prefill).
 
 llama.cpp is built outside this repository (a CPU Release build); GGUF files come from
 ../shared/tools/to_gguf.py on a `dsm-mkmodel --v3` checkpoint and llama-quantize.
@@ -38,9 +39,20 @@ def dsm(run, model, threads, prompt, n):
 
 
 def probe(bench):
-    out = subprocess.run([bench, "kernels", "--json", "--passes", "3"], capture_output=True, text=True,
-                         check=True).stdout
-    return json.loads(out)["dram_read_gbps"]
+    """The DRAM read rate and oneDNN's BF16 matmul rate at 256 tokens (all threads) of `dsm-bench kernels`."""
+    out = json.loads(subprocess.run([bench, "kernels", "--json", "--passes", "3"], capture_output=True, text=True,
+                                    check=True).stdout)
+    return {"dram_read_gbps": out["dram_read_gbps"], "onednn_gflops_m256": out.get("onednn_gflops_m256")}
+
+
+def prefill_gflop_per_token(inspect, model):
+    """Matmul work of a prefill token: 2 flops per weight it multiplies (every layer's attention, indexer,
+    dense FFN, router and shared expert, top-k of the routed experts; not the embeddings, the head or MTP)."""
+    d = json.loads(subprocess.run([inspect, "--json", model], capture_output=True, text=True, check=True).stdout)
+    p, sh = d["parameters"], d["shape"]
+    used = p["attention"] + p["indexer"] + p["dense"] + p["router"] + p["shared_experts"] + \
+        p["routed_experts"] * sh["num_experts_per_tok"] / sh["n_routed_experts"]
+    return 2 * used / 1e9
 
 
 def main():
@@ -53,6 +65,7 @@ def main():
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--prefill", type=int, default=256)
     ap.add_argument("--dsm-bench", help="dsm-bench: the DRAM read probe (dsm-bench kernels) before and after")
+    ap.add_argument("--dsm-inspect", help="dsm-inspect: with --dsm-bench, prefill GFLOP/s against oneDNN's rate")
     ap.add_argument("--json")
     a = ap.parse_args()
     threads = [int(t) for t in a.threads.split(",")]
@@ -76,10 +89,15 @@ def main():
                                       row["llama_prefill"]), flush=True)
     if a.dsm_bench:
         probes.append(probe(a.dsm_bench))
-        print("DRAM read probe (dsm-bench kernels, 2 threads): %.1f GB/s before, %.1f after" % tuple(probes))
+        print("DRAM read probe (dsm-bench kernels, all threads): %.1f GB/s before, %.1f after" %
+              tuple(p["dram_read_gbps"] for p in probes))
+        if probes[0]["onednn_gflops_m256"]:
+            print("oneDNN BF16 matmul, 256 tokens (dsm-bench kernels, all threads): %.1f GFLOP/s before, %.1f after"
+                  % tuple(p["onednn_gflops_m256"] for p in probes))
     print("\n| model | threads | decode dsm | decode llama.cpp | dsm / llama.cpp | prefill dsm | prefill llama.cpp "
           "| dsm / llama.cpp |\n|---|---|---|---|---|---|---|---|")
     summary = []
+    ddirs = {name: ddir for name, ddir, _ in a.model}
     for name, _, _ in a.model:
         for t in threads:
             rows = [x for x in runs if x["model"] == name and x["threads"] == t]
@@ -88,13 +106,28 @@ def main():
             med.update(model=name, threads=t, rounds=len(rows),
                        decode_ratio=med["dsm_decode"] / med["llama_decode"],
                        prefill_ratio=med["dsm_prefill"] / med["llama_prefill"])
+            if a.dsm_inspect:
+                med["prefill_gflop_per_token"] = prefill_gflop_per_token(a.dsm_inspect, ddirs[name])
             summary.append(med)
             print("| %s | %d | %.2f | %.2f | **%.2f** | %.1f | %.1f | **%.2f** |" % (
                 name, t, med["dsm_decode"], med["llama_decode"], med["decode_ratio"], med["dsm_prefill"],
                 med["llama_prefill"], med["prefill_ratio"]))
+    gemm = [p["onednn_gflops_m256"] for p in probes if p.get("onednn_gflops_m256")]
+    if a.dsm_inspect and gemm:
+        # Prefill is matmul-bound: its rate in GFLOP/s against the best BF16 matmul rate of the same sitting.
+        peak = statistics.median(gemm)
+        print("\nprefill matmul rate, GFLOP/s (GFLOP per token x tok/s), against oneDNN's BF16 matmul at 256 tokens, "
+              "%.1f GFLOP/s (median of the probes, all threads):" % peak)
+        for med in summary:
+            if med["threads"] != max(threads):
+                continue
+            g = med["prefill_gflop_per_token"]
+            print("  %-8s %.2f GFLOP per token: dsm %.1f (%.2f of oneDNN), llama.cpp %.1f (%.2f)" % (
+                med["model"], g, g * med["dsm_prefill"], g * med["dsm_prefill"] / peak, g * med["llama_prefill"],
+                g * med["llama_prefill"] / peak))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"runs": runs, "medians": summary, "dram_probe_gbps": probes}, f, indent=1)
+            json.dump({"runs": runs, "medians": summary, "probes": probes}, f, indent=1)
 
 
 if __name__ == "__main__":
