@@ -1,11 +1,12 @@
 /* Batched path: FP8 weights times many tokens (prefill, batch jobs), BF16 dot products on AVX-512 BF16.
  *
- * The weights are dequantized one tile at a time (96 rows x 512 columns, block scale folded in, rounded to
- * BF16) into a per-thread buffer of 96 KiB that stays in L2, and reused for every token. The microkernel
- * keeps 6 weight rows x 64 tokens of F32 sums in 24 registers: per pair of columns it loads 4 vectors of
- * packed activations (16 tokens x 2 columns each) and broadcasts one BF16 pair of each weight row, so
- * vdpbf16ps does all the arithmetic. The result is transposed (rows x tokens), which is what the MoE layer
- * wants for SwiGLU and for packing the next projection's activations. */
+ * The weights are converted one tile at a time (96 rows x 512 columns, the codes' exact BF16 values) into a
+ * per-thread buffer of 96 KiB that stays in L2, and reused for every token. The microkernel keeps 6 weight
+ * rows x 64 tokens of F32 sums in 24 registers: per pair of columns it loads 4 vectors of packed activations
+ * (16 tokens x 2 columns each) and broadcasts one BF16 pair of each weight row, so vdpbf16ps does all the
+ * arithmetic; after each block of 128 columns the sums are multiplied by the rows' scales of that block and
+ * added to the result. The result is transposed (rows x tokens), which is what the MoE layer wants for
+ * SwiGLU and for packing the next projection's activations. */
 #include "expert_internal.h"
 
 #include "dtype.h"
@@ -120,27 +121,26 @@ size_t dsm_fp8_gemm_scratch_size(void)
 	return GEMM_NC * GEMM_KC * sizeof(uint16_t);
 }
 
-/* The byte order that makes the table conversion below come out in column order: the table lookup
- * interleaves within 128-bit lanes (codes 0-3 of each lane first, ...), and so does the widening to F32. */
-static const uint8_t natural_order[64] __attribute__((aligned(64))) = {
-	0, 1, 2, 3, 16, 17, 18, 19, 32, 33, 34, 35, 48, 49, 50, 51, 4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39,
-	52, 53, 54, 55, 8, 9, 10, 11, 24, 25, 26, 27, 40, 41, 42, 43, 56, 57, 58, 59, 12, 13, 14, 15, 28, 29, 30, 31,
-	44, 45, 46, 47, 60, 61, 62, 63 };
+/* The byte order that makes the table conversion below come out in column order: the byte unpacks
+ * interleave within 128-bit lanes, so that bytes 0-7 of each lane give the first vector and bytes 8-15 the
+ * second. */
+static const uint8_t tile_order[64] __attribute__((aligned(64))) = {
+	0, 1, 2, 3, 4, 5, 6, 7, 32, 33, 34, 35, 36, 37, 38, 39, 8, 9, 10, 11, 12, 13, 14, 15, 40, 41, 42, 43, 44, 45,
+	46, 47, 16, 17, 18, 19, 20, 21, 22, 23, 48, 49, 50, 51, 52, 53, 54, 55, 24, 25, 26, 27, 28, 29, 30, 31, 56, 57,
+	58, 59, 60, 61, 62, 63 };
 
-/* tile[n, 0 .. kc rounded to 64) = BF16(W[n0 + n, kc0 + c] * scale) for n < nc, zero rows up to nc_pad.
- * 64 codes at a time: exact BF16 by the two byte tables (as the decode kernel), widened to F32 by a zero
- * interleave, times the block scale, rounded back to BF16 (nearest even) by vcvtne2ps2bf16. */
+/* tile[n, 0 .. kc rounded to 64) = BF16(W[n0 + n, kc0 + c]), the codes' exact values (the block scales are
+ * applied to the sums), for n < nc; zero rows up to nc_pad. 64 codes at a time by the two byte tables, as the
+ * decode kernel. */
 DSM_BF16_TARGET static void dequant_tile(const struct dsm_fp8_mat *W, size_t n0, size_t nc, size_t nc_pad,
 					 size_t kc0, size_t kc, uint16_t *tile)
 {
 	const __m512i hi0 = _mm512_load_si512(dsm_fp8_bf16_hi), hi1 = _mm512_load_si512(dsm_fp8_bf16_hi + 64);
 	const __m512i lo0 = _mm512_load_si512(dsm_fp8_bf16_lo), lo1 = _mm512_load_si512(dsm_fp8_bf16_lo + 64);
-	const __m512i sign = _mm512_set1_epi8((char)0x80), order = _mm512_load_si512(natural_order);
-	const __m512i zero = _mm512_setzero_si512();
+	const __m512i sign = _mm512_set1_epi8((char)0x80), order = _mm512_load_si512(tile_order);
 	size_t kc64 = round_up(kc, 64);
 	for (size_t n = 0; n < nc; n++) {
 		const uint8_t *row = W->w + (n0 + n) * W->ld + kc0;
-		const float *srow = W->scale + ((n0 + n) / DSM_FP8_BLOCK) * W->scale_ld + kc0 / DSM_FP8_BLOCK;
 		uint16_t *out = tile + n * GEMM_KC;
 		/* The row's next 512 bytes, for the next tile: rows are 7 KB apart, too far for the hardware
 		 * prefetcher to follow 96 short runs. */
@@ -152,14 +152,8 @@ DSM_BF16_TARGET static void dequant_tile(const struct dsm_fp8_mat *W, size_t n0,
 			__m512i v = _mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(m, row + c));
 			__m512i h = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(hi0, v, hi1), v, sign, 0xF8);
 			__m512i l = _mm512_permutex2var_epi8(lo0, v, lo1);
-			__m512i a = _mm512_unpacklo_epi8(l, h), b = _mm512_unpackhi_epi8(l, h);
-			__m512 s = _mm512_set1_ps(srow[c / DSM_FP8_BLOCK]);
-			__m512 f0 = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, a)), s);
-			__m512 f1 = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, a)), s);
-			__m512 f2 = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, b)), s);
-			__m512 f3 = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, b)), s);
-			_mm512_storeu_si512(out + c, (__m512i)_mm512_cvtne2ps_pbh(f1, f0));
-			_mm512_storeu_si512(out + c + 32, (__m512i)_mm512_cvtne2ps_pbh(f3, f2));
+			_mm512_storeu_si512(out + c, _mm512_unpacklo_epi8(l, h));
+			_mm512_storeu_si512(out + c + 32, _mm512_unpackhi_epi8(l, h));
 		}
 	}
 	for (size_t n = nc; n < nc_pad; n++)
@@ -167,45 +161,52 @@ DSM_BF16_TARGET static void dequant_tile(const struct dsm_fp8_mat *W, size_t n0,
 }
 
 /* yT[n, 16 v ..] (=|+=) sum over column pairs kp < nkp of tile row n times the packed activations, for
- * n < nvalid (of GEMM_NR computed) and v < MV. */
+ * n < nvalid (of GEMM_NR computed) and v < MV: per block of 128 columns, the block's dot products in
+ * registers, then times the row's scale of that block (sc[n * 4 + block]) added to yT. */
 DSM_BF16_TARGET static inline __attribute__((always_inline)) void
 micro(const uint16_t *tile, size_t nkp, const uint16_t *a, size_t m_pad, float *yT, size_t yT_ld, size_t nvalid,
-      int first, const int MV)
+      int first, const float *sc, const int MV)
 {
-	__m512 acc[GEMM_NR][GEMM_MV];
-#pragma GCC unroll 6
-	for (int n = 0; n < GEMM_NR; n++)
-#pragma GCC unroll 4
-		for (int v = 0; v < MV; v++)
-			acc[n][v] = _mm512_setzero_ps();
 	const uint32_t *w32 = (const uint32_t *)tile;
-	for (size_t kp = 0; kp < nkp; kp++) {
-		const uint16_t *ap = a + kp * m_pad * 2;
-		__m512bh av[GEMM_MV];
-#pragma GCC unroll 4
-		for (int v = 0; v < MV; v++)
-			av[v] = (__m512bh)_mm512_loadu_si512(ap + 32 * v);
+	for (size_t kb = 0; kb < nkp; kb += DSM_FP8_BLOCK / 2) {
+		size_t kend = nkp - kb < DSM_FP8_BLOCK / 2 ? nkp : kb + DSM_FP8_BLOCK / 2;
+		__m512 acc[GEMM_NR][GEMM_MV];
 #pragma GCC unroll 6
-		for (int n = 0; n < GEMM_NR; n++) {
-			__m512bh b = (__m512bh)_mm512_set1_epi32((int)w32[n * (GEMM_KC / 2) + kp]);
+		for (int n = 0; n < GEMM_NR; n++)
 #pragma GCC unroll 4
 			for (int v = 0; v < MV; v++)
-				acc[n][v] = _mm512_dpbf16_ps(acc[n][v], av[v], b);
+				acc[n][v] = _mm512_setzero_ps();
+		for (size_t kp = kb; kp < kend; kp++) {
+			const uint16_t *ap = a + kp * m_pad * 2;
+			__m512bh av[GEMM_MV];
+#pragma GCC unroll 4
+			for (int v = 0; v < MV; v++)
+				av[v] = (__m512bh)_mm512_loadu_si512(ap + 32 * v);
+#pragma GCC unroll 6
+			for (int n = 0; n < GEMM_NR; n++) {
+				__m512bh b = (__m512bh)_mm512_set1_epi32((int)w32[n * (GEMM_KC / 2) + kp]);
+#pragma GCC unroll 4
+				for (int v = 0; v < MV; v++)
+					acc[n][v] = _mm512_dpbf16_ps(acc[n][v], av[v], b);
+			}
+		}
+		for (size_t n = 0; n < nvalid; n++) {
+			__m512 s = _mm512_set1_ps(sc[n * 4 + kb / (DSM_FP8_BLOCK / 2)]);
+			for (int v = 0; v < MV; v++) {
+				float *p = yT + n * yT_ld + 16 * v;
+				_mm512_storeu_ps(p, first && kb == 0 ? _mm512_mul_ps(acc[n][v], s) :
+								   _mm512_fmadd_ps(acc[n][v], s, _mm512_loadu_ps(p)));
+			}
 		}
 	}
-	for (size_t n = 0; n < nvalid; n++)
-		for (int v = 0; v < MV; v++) {
-			float *p = yT + n * yT_ld + 16 * v;
-			_mm512_storeu_ps(p, first ? acc[n][v] : _mm512_add_ps(_mm512_loadu_ps(p), acc[n][v]));
-		}
 }
 
 typedef void (*micro_fn)(const uint16_t *tile, size_t nkp, const uint16_t *a, size_t m_pad, float *yT,
-			 size_t yT_ld, size_t nvalid, int first);
+			 size_t yT_ld, size_t nvalid, int first, const float *sc);
 #define MICRO_FN(MV) \
 	DSM_BF16_TARGET static void micro_mv##MV(const uint16_t *tile, size_t nkp, const uint16_t *a, size_t m_pad, \
-						  float *yT, size_t yT_ld, size_t nvalid, int first) \
-	{ micro(tile, nkp, a, m_pad, yT, yT_ld, nvalid, first, MV); }
+						  float *yT, size_t yT_ld, size_t nvalid, int first, const float *sc) \
+	{ micro(tile, nkp, a, m_pad, yT, yT_ld, nvalid, first, sc, MV); }
 MICRO_FN(1) MICRO_FN(2) MICRO_FN(3) MICRO_FN(4)
 static const micro_fn micros[GEMM_MV + 1] = { NULL, micro_mv1, micro_mv2, micro_mv3, micro_mv4 };
 
@@ -229,6 +230,11 @@ int dsm_fp8_gemm_rows(const struct dsm_fp8_mat *W, size_t r0, size_t r1, const u
 		for (size_t kc0 = 0; kc0 < W->cols; kc0 += GEMM_KC) {
 			size_t kc = W->cols - kc0 < GEMM_KC ? W->cols - kc0 : GEMM_KC;
 			dequant_tile(W, n0, nc, nc_pad, kc0, kc, tile);
+			float sc[GEMM_NC * 4]; /* each row's scales of the tile's column blocks */
+			for (size_t n = 0; n < nc; n++)
+				for (size_t b = 0; b * DSM_FP8_BLOCK < kc; b++)
+					sc[n * 4 + b] = W->scale[(n0 + n) / DSM_FP8_BLOCK * W->scale_ld +
+								 kc0 / DSM_FP8_BLOCK + b];
 			for (size_t m0 = 0; m0 < m_pad; m0 += 16 * GEMM_MV) {
 				size_t mv = (m_pad - m0) / 16 < GEMM_MV ? (m_pad - m0) / 16 : GEMM_MV;
 				const uint16_t *a = a_packed + (kc0 / 2 * m_pad + m0) * 2;
@@ -237,7 +243,7 @@ int dsm_fp8_gemm_rows(const struct dsm_fp8_mat *W, size_t r0, size_t r1, const u
 					if (n >= nc)
 						break;
 					micros[mv](tile + n * GEMM_KC, (kc + 1) / 2, a, m_pad,
-						   yT + (n0 - r0 + n) * yT_ld + m0, yT_ld, nvalid, kc0 == 0);
+						   yT + (n0 - r0 + n) * yT_ld + m0, yT_ld, nvalid, kc0 == 0, sc + n * 4);
 				}
 			}
 		}
