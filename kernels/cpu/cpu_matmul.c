@@ -278,11 +278,15 @@ static int bf16_gemv(struct cpu_backend *cb, const struct dsm_mat *w, int64_t n,
 		if (tid == 0)
 			teams = (int)team;
 		double t = dsm_wall_seconds();
-		int64_t a = groups * tid / team * 4, b = groups * (tid + 1) / team * 4;
-		if (b > rows)
-			b = rows;
-		if (a < b)
-			cpu_bf16_gemv_rows(wb, cols, a, b, n, x, xb, y + a, rows);
+		int64_t chunks = team * 16;
+#pragma omp for schedule(dynamic, 1) nowait
+		for (int64_t k = 0; k < chunks; k++) {
+			int64_t a = groups * k / chunks * 4, b = groups * (k + 1) / chunks * 4;
+			if (b > rows)
+				b = rows;
+			if (a < b)
+				cpu_bf16_gemv_rows(wb, cols, a, b, n, x, xb, y + a, rows);
+		}
 		if (tid < DSM_WAIT_MAX_THREADS)
 			cb->wait.busy[tid * 8] += dsm_wall_seconds() - t;
 	}

@@ -313,7 +313,16 @@ struct layer {
 	float *partial;                           /* [n_nodes, n_tok, hidden] when n_nodes > 1 */
 	void **gemv_scratch, **tile;              /* [n_threads] */
 	float **tmp;                              /* [n_threads] */
+	size_t next_up[DSM_EXPERT_MAX_NODES];     /* the next chunk of each phase a node's threads take */
+	size_t next_down[DSM_EXPERT_MAX_NODES];
 };
+
+/* The threads of a node take the chunks of a phase as they come (a thread the host slows takes fewer), not an
+ * equal share each; what each chunk computes does not depend on which thread takes it. */
+static size_t next_chunk(size_t *next)
+{
+	return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+}
 
 static size_t job_tok(const struct job *j, size_t t)
 {
@@ -346,17 +355,17 @@ static void phase_gather(struct dsm_expert_ctx *ctx, struct layer *L, int v)
 static void phase_up(struct dsm_expert_ctx *ctx, struct layer *L, int v)
 {
 	int node = ctx->thread_node[v];
-	int q = v - ctx->node_first[node], Q = ctx->node_first[node + 1] - ctx->node_first[node];
 	float *tg = L->tmp[v];
-	for (size_t k = 0; k < L->n_jobs; k++) {
-		struct job *jb = &L->jobs[k];
+	size_t k = next_chunk(&L->next_up[node]), first = 0; /* chunks: each job's rows in steps, job after job */
+	for (size_t q = 0; q < L->n_jobs; q++) {
+		struct job *jb = &L->jobs[q];
 		const struct dsm_expert_part *p = &jb->part[node];
-		size_t inter = jb->e->inter, n = jb->n, a, b;
-		split(p->gate.rows, Q, q, &a, &b);
-		if (!jb->gemm) {
-			float *tu = tg + n * UP_CHUNK;
-			for (size_t c = a; c < b; c = (c / UP_CHUNK + 1) * UP_CHUNK) {
-				size_t c1 = min_sz((c / UP_CHUNK + 1) * UP_CHUNK, b);
+		size_t inter = jb->e->inter, n = jb->n, rows = p->gate.rows;
+		size_t step = jb->gemm ? GEMM_CHUNK : UP_CHUNK, chunks = (rows + step - 1) / step;
+		for (; k < first + chunks; k = next_chunk(&L->next_up[node])) {
+			size_t c = (k - first) * step, c1 = min_sz(c + step, rows);
+			if (!jb->gemm) {
+				float *tu = tg + n * UP_CHUNK;
 				dsm_fp8_gemv_rows(ctx->isa, &p->gate, c, c1, jb->x, L->hidden, n, tg, UP_CHUNK,
 						  L->gemv_scratch[v]);
 				dsm_fp8_gemv_rows(ctx->isa, &p->up, c, c1, jb->x, L->hidden, n, tu, UP_CHUNK,
@@ -365,12 +374,9 @@ static void phase_up(struct dsm_expert_ctx *ctx, struct layer *L, int v)
 					for (size_t i = 0; i < c1 - c; i++)
 						jb->h[t * inter + jb->i0[node] + c + i] =
 							silu_mul(tg[t * UP_CHUNK + i], tu[t * UP_CHUNK + i]);
-			}
-		} else {
-			size_t m_pad = jb->m_pad;
-			float *tu = tg + GEMM_CHUNK * m_pad;
-			for (size_t c = a; c < b; c += GEMM_CHUNK) {
-				size_t c1 = min_sz(c + GEMM_CHUNK, b);
+			} else {
+				size_t m_pad = jb->m_pad;
+				float *tu = tg + GEMM_CHUNK * m_pad;
 				dsm_fp8_gemm_rows(&p->gate, c, c1, jb->a, n, tg, m_pad, L->tile[v]);
 				dsm_fp8_gemm_rows(&p->up, c, c1, jb->a, n, tu, m_pad, L->tile[v]);
 				for (size_t i = 0; i < c1 - c; i++) {
@@ -382,38 +388,47 @@ static void phase_up(struct dsm_expert_ctx *ctx, struct layer *L, int v)
 				}
 			}
 		}
+		first += chunks;
 	}
+}
+
+/* Output columns in chunks of one scale block (3 with batched jobs: 4 of their tiles), every job in order. */
+static size_t down_chunk(const struct layer *L)
+{
+	for (size_t k = 0; k < L->n_jobs; k++)
+		if (L->jobs[k].gemm)
+			return 3 * DSM_FP8_BLOCK;
+	return DSM_FP8_BLOCK;
 }
 
 static void phase_down(struct dsm_expert_ctx *ctx, struct layer *L, int v)
 {
 	int node = ctx->thread_node[v];
-	int q = v - ctx->node_first[node], Q = ctx->node_first[node + 1] - ctx->node_first[node];
-	size_t hidden = L->hidden, a, b;
+	size_t hidden = L->hidden, step = down_chunk(L);
 	float *out = ctx->n_nodes > 1 ? L->partial + (size_t)node * L->n_tok * hidden : L->y;
 	float *tmp = L->tmp[v];
-	split(hidden, Q, q, &a, &b);
-	if (ctx->n_nodes > 1 || !L->accumulate)
-		for (size_t t = 0; t < L->n_tok; t++)
-			memset(out + t * hidden + a, 0, (b - a) * sizeof(float));
-	for (size_t k = 0; k < L->n_jobs; k++) {
-		struct job *jb = &L->jobs[k];
-		const struct dsm_expert_part *p = &jb->part[node];
-		size_t n = jb->n, i0 = jb->i0[node];
-		if (p->down.cols == 0) /* nothing of this expert on this node */
-			continue;
-		if (!jb->gemm) {
-			for (size_t c = a; c < b; c += DOWN_CHUNK) {
-				size_t c1 = min_sz(c + DOWN_CHUNK, b);
-				dsm_fp8_gemv_rows(ctx->isa, &p->down, c, c1, jb->h + i0, jb->e->inter, n, tmp, DOWN_CHUNK,
+	for (size_t a = next_chunk(&L->next_down[node]) * step; a < hidden;
+	     a = next_chunk(&L->next_down[node]) * step) {
+		size_t b = min_sz(a + step, hidden);
+		if (ctx->n_nodes > 1 || !L->accumulate)
+			for (size_t t = 0; t < L->n_tok; t++)
+				memset(out + t * hidden + a, 0, (b - a) * sizeof(float));
+		for (size_t k = 0; k < L->n_jobs; k++) {
+			struct job *jb = &L->jobs[k];
+			const struct dsm_expert_part *p = &jb->part[node];
+			size_t n = jb->n, i0 = jb->i0[node];
+			if (p->down.cols == 0) /* nothing of this expert on this node */
+				continue;
+			if (!jb->gemm) {
+				dsm_fp8_gemv_rows(ctx->isa, &p->down, a, b, jb->h + i0, jb->e->inter, n, tmp, DOWN_CHUNK,
 						  L->gemv_scratch[v]);
 				for (size_t t = 0; t < n; t++) {
-					float wt = jb->w ? jb->w[t] : 1.0f, *o = out + job_tok(jb, t) * hidden + c;
-					for (size_t i = 0; i < c1 - c; i++)
+					float wt = jb->w ? jb->w[t] : 1.0f, *o = out + job_tok(jb, t) * hidden + a;
+					for (size_t i = 0; i < b - a; i++)
 						o[i] += wt * tmp[t * DOWN_CHUNK + i];
 				}
+				continue;
 			}
-		} else {
 			size_t m_pad = jb->m_pad;
 			for (size_t c = a; c < b; c += GEMM_CHUNK) {
 				size_t c1 = min_sz(c + GEMM_CHUNK, b);
@@ -495,6 +510,8 @@ static int run_layer(struct dsm_expert_ctx *ctx, struct layer *L)
 	b.off = 0;
 	layout(ctx, L, &b);
 	int N = ctx->n_threads, teams = 1;
+	memset(L->next_up, 0, sizeof(L->next_up));
+	memset(L->next_down, 0, sizeof(L->next_down));
 	double t_start = dsm_wall_seconds();
 #pragma omp parallel num_threads(N) if (N > 1)
 	{
@@ -615,7 +632,8 @@ int dsm_moe_layer(struct dsm_expert_ctx *ctx, const struct dsm_moe_args *a)
 			tok[at] = (int32_t)t;
 			wt[at] = a->expert_w[t * k + j];
 		}
-	struct layer L = { jobs, 0, n_tok, hidden, a->x, a->y, a->accumulate, NULL, NULL, NULL, NULL };
+	struct layer L = { .jobs = jobs, .n_tok = n_tok, .hidden = hidden, .x = a->x, .y = a->y,
+			   .accumulate = a->accumulate };
 	for (size_t e = 0; e < n_exp; e++) {
 		size_t start = e ? end[e - 1] : 0;
 		if (end[e] == start)
@@ -654,7 +672,7 @@ int dsm_expert_ffn(struct dsm_expert_ctx *ctx, const struct dsm_expert_fp8 *e, s
 	rc = job_init(ctx, jb, e, e->hidden);
 	if (rc < 0)
 		return rc;
-	struct layer L = { jb, 1, n, e->hidden, x, y, 0, NULL, NULL, NULL, NULL };
+	struct layer L = { .jobs = jb, .n_jobs = 1, .n_tok = n, .hidden = e->hidden, .x = x, .y = y };
 	return run_layer(ctx, &L);
 }
 
