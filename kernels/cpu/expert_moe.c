@@ -324,6 +324,23 @@ static size_t next_chunk(size_t *next)
 	return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
 }
 
+/* Chunks of len rows for Q threads: whole units (a scale block, or a tile on the batched path), at most 4,
+ * and about 4 chunks per thread where len allows: long runs stream best, many chunks balance best. */
+static size_t chunk_rows(size_t len, int Q, size_t unit)
+{
+	size_t units = (len + unit - 1) / unit, per = units / (4 * (size_t)Q);
+	return unit * (per < 1 ? 1 : per > 4 ? 4 : per);
+}
+
+/* Output rows of the down phase: in units of a scale block, or of a tile when the layer has batched jobs. */
+static size_t down_chunk(const struct layer *L, int Q)
+{
+	for (size_t k = 0; k < L->n_jobs; k++)
+		if (L->jobs[k].gemm)
+			return chunk_rows(L->hidden, Q, GEMM_CHUNK);
+	return chunk_rows(L->hidden, Q, DSM_FP8_BLOCK);
+}
+
 static size_t job_tok(const struct job *j, size_t t)
 {
 	return j->tok ? (size_t)j->tok[t] : t;
@@ -354,29 +371,35 @@ static void phase_gather(struct dsm_expert_ctx *ctx, struct layer *L, int v)
 
 static void phase_up(struct dsm_expert_ctx *ctx, struct layer *L, int v)
 {
-	int node = ctx->thread_node[v];
+	int node = ctx->thread_node[v], Q = ctx->node_first[node + 1] - ctx->node_first[node];
 	float *tg = L->tmp[v];
-	size_t k = next_chunk(&L->next_up[node]), first = 0; /* chunks: each job's rows in steps, job after job */
+	size_t k = next_chunk(&L->next_up[node]), first = 0; /* chunks: each job's rows, job after job */
 	for (size_t q = 0; q < L->n_jobs; q++) {
 		struct job *jb = &L->jobs[q];
 		const struct dsm_expert_part *p = &jb->part[node];
 		size_t inter = jb->e->inter, n = jb->n, rows = p->gate.rows;
-		size_t step = jb->gemm ? GEMM_CHUNK : UP_CHUNK, chunks = (rows + step - 1) / step;
+		size_t step = chunk_rows(rows, Q, jb->gemm ? GEMM_CHUNK : UP_CHUNK), chunks = (rows + step - 1) / step;
 		for (; k < first + chunks; k = next_chunk(&L->next_up[node])) {
-			size_t c = (k - first) * step, c1 = min_sz(c + step, rows);
+			size_t a = (k - first) * step, b = min_sz(a + step, rows);
 			if (!jb->gemm) {
 				float *tu = tg + n * UP_CHUNK;
-				dsm_fp8_gemv_rows(ctx->isa, &p->gate, c, c1, jb->x, L->hidden, n, tg, UP_CHUNK,
-						  L->gemv_scratch[v]);
-				dsm_fp8_gemv_rows(ctx->isa, &p->up, c, c1, jb->x, L->hidden, n, tu, UP_CHUNK,
-						  L->gemv_scratch[v]);
-				for (size_t t = 0; t < n; t++)
-					for (size_t i = 0; i < c1 - c; i++)
-						jb->h[t * inter + jb->i0[node] + c + i] =
-							silu_mul(tg[t * UP_CHUNK + i], tu[t * UP_CHUNK + i]);
-			} else {
-				size_t m_pad = jb->m_pad;
-				float *tu = tg + GEMM_CHUNK * m_pad;
+				for (size_t c = a; c < b; c += UP_CHUNK) {
+					size_t c1 = min_sz(c + UP_CHUNK, b);
+					dsm_fp8_gemv_rows(ctx->isa, &p->gate, c, c1, jb->x, L->hidden, n, tg, UP_CHUNK,
+							  L->gemv_scratch[v]);
+					dsm_fp8_gemv_rows(ctx->isa, &p->up, c, c1, jb->x, L->hidden, n, tu, UP_CHUNK,
+							  L->gemv_scratch[v]);
+					for (size_t t = 0; t < n; t++)
+						for (size_t i = 0; i < c1 - c; i++)
+							jb->h[t * inter + jb->i0[node] + c + i] =
+								silu_mul(tg[t * UP_CHUNK + i], tu[t * UP_CHUNK + i]);
+				}
+				continue;
+			}
+			size_t m_pad = jb->m_pad;
+			float *tu = tg + GEMM_CHUNK * m_pad;
+			for (size_t c = a; c < b; c += GEMM_CHUNK) {
+				size_t c1 = min_sz(c + GEMM_CHUNK, b);
 				dsm_fp8_gemm_rows(&p->gate, c, c1, jb->a, n, tg, m_pad, L->tile[v]);
 				dsm_fp8_gemm_rows(&p->up, c, c1, jb->a, n, tu, m_pad, L->tile[v]);
 				for (size_t i = 0; i < c1 - c; i++) {
@@ -392,19 +415,10 @@ static void phase_up(struct dsm_expert_ctx *ctx, struct layer *L, int v)
 	}
 }
 
-/* Output columns in chunks of one scale block (3 with batched jobs: 4 of their tiles), every job in order. */
-static size_t down_chunk(const struct layer *L)
-{
-	for (size_t k = 0; k < L->n_jobs; k++)
-		if (L->jobs[k].gemm)
-			return 3 * DSM_FP8_BLOCK;
-	return DSM_FP8_BLOCK;
-}
-
 static void phase_down(struct dsm_expert_ctx *ctx, struct layer *L, int v)
 {
 	int node = ctx->thread_node[v];
-	size_t hidden = L->hidden, step = down_chunk(L);
+	size_t hidden = L->hidden, step = down_chunk(L, ctx->node_first[node + 1] - ctx->node_first[node]);
 	float *out = ctx->n_nodes > 1 ? L->partial + (size_t)node * L->n_tok * hidden : L->y;
 	float *tmp = L->tmp[v];
 	for (size_t a = next_chunk(&L->next_down[node]) * step; a < hidden;
