@@ -74,6 +74,29 @@ static void full_pack(const struct dsm_attn_full_args *a, const int32_t *keys, i
 	}
 }
 
+enum { NV = FK / LANES };
+
+/* acc[i][c] = sum over j < n, in order, of x[i * ldx + j] * r[j * ldr + 16 c .. + 16), i < NQ, c < NV: the
+ * scores (x the queries, r the packed keys) and the outputs (x the probabilities, r the packed values). */
+static inline __attribute__((always_inline)) void full_sums(const float *x, int64_t ldx, const int NQ, const float *r,
+							    int64_t ldr, int64_t n, v16f acc[FQ][NV])
+{
+	for (int i = 0; i < NQ; i++)
+		for (int c = 0; c < NV; c++)
+			acc[i][c] = (v16f){ 0 };
+	for (int64_t j = 0; j < n; j++) {
+		v16f v[NV];
+#pragma GCC unroll 4
+		for (int c = 0; c < NV; c++)
+			v[c] = load_f32(r + j * ldr + c * LANES);
+#pragma GCC unroll 4
+		for (int i = 0; i < NQ; i++)
+#pragma GCC unroll 4
+			for (int c = 0; c < NV; c++)
+				acc[i][c] += x[i * ldx + j] * v[c];
+	}
+}
+
 /* NQ queries (rows of q at stride ldq), query i over the first m[i] packed keys: out[i * ldo + j], j < dv.
  * p: scratch [NQ][ldk]. */
 static inline __attribute__((always_inline)) void full_queries(const struct dsm_attn_full_args *a, const float *q,
@@ -81,27 +104,13 @@ static inline __attribute__((always_inline)) void full_queries(const struct dsm_
 							       int64_t ldk, const float *vp, int64_t ldv, float *p,
 							       float *out)
 {
-	enum { NV = FK / LANES };
-	int64_t d = a->dn + a->dr, dv = a->dv, mmax = 0;
+	int64_t mmax = 0;
 	for (int i = 0; i < NQ; i++)
 		mmax = m[i] > mmax ? m[i] : mmax;
-	int64_t mpad = round_up64(mmax, FK);
-	for (int64_t s0 = 0; s0 < mpad; s0 += FK) {
-		v16f acc[FQ][NV] = { { { 0 } } };
-		for (int64_t j = 0; j < d; j++) {
-			v16f k[NV];
-#pragma GCC unroll 4
-			for (int c = 0; c < NV; c++)
-				k[c] = load_f32(kT + j * ldk + s0 + c * LANES);
-#pragma GCC unroll 4
-			for (int i = 0; i < NQ; i++)
-#pragma GCC unroll 4
-				for (int c = 0; c < NV; c++)
-					acc[i][c] += q[i * a->ldq + j] * k[c];
-		}
-#pragma GCC unroll 4
+	v16f acc[FQ][NV];
+	for (int64_t s0 = 0; s0 < round_up64(mmax, FK); s0 += FK) {
+		full_sums(q, a->ldq, NQ, kT + s0, ldk, a->dn + a->dr, acc);
 		for (int i = 0; i < NQ; i++)
-#pragma GCC unroll 4
 			for (int c = 0; c < NV; c++) {
 				v16f sc = acc[i][c] * a->scale;
 				memcpy(p + i * ldk + s0 + c * LANES, &sc, sizeof sc);
@@ -112,19 +121,8 @@ static inline __attribute__((always_inline)) void full_queries(const struct dsm_
 		memset(p + i * ldk + m[i], 0, sizeof(float) * (size_t)(mmax - m[i]));
 	}
 	for (int64_t j0 = 0; j0 < ldv; j0 += FK) {
-		v16f acc[FQ][NV] = { { { 0 } } };
-		for (int64_t s = 0; s < mmax; s++) {
-			v16f v[NV];
-#pragma GCC unroll 4
-			for (int c = 0; c < NV; c++)
-				v[c] = load_f32(vp + s * ldv + j0 + c * LANES);
-#pragma GCC unroll 4
-			for (int i = 0; i < NQ; i++)
-#pragma GCC unroll 4
-				for (int c = 0; c < NV; c++)
-					acc[i][c] += p[i * ldk + s] * v[c];
-		}
-		int64_t len = dv - j0 < FK ? dv - j0 : FK;
+		full_sums(p, ldk, NQ, vp + j0, ldv, mmax, acc);
+		int64_t len = a->dv - j0 < FK ? a->dv - j0 : FK;
 		for (int i = 0; i < NQ; i++)
 			memcpy(out + i * a->ldo + j0, acc[i], sizeof(float) * (size_t)len);
 	}
