@@ -20,7 +20,6 @@
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define ROWS 4
 
-
 static ALWAYS_INLINE __mmask32 mask32(int64_t c, int64_t cols)
 {
 	int64_t left = cols - c;

@@ -258,7 +258,8 @@ static void gemv(const struct dsm_mat *w, int64_t n, const float *x, float *y, i
 	}
 }
 
-/* The vector GEMV of BF16 weights (bf16_gemv.c): rows split evenly across the threads in groups of 4. */
+/* The vector GEMV of BF16 weights (bf16_gemv.c): rows in 16 chunks per thread (groups of 4 rows), taken by the
+ * threads as they come. */
 static int bf16_gemv(struct cpu_backend *cb, const struct dsm_mat *w, int64_t n, const float *x, float *y, int bf16)
 {
 	int64_t rows = w->rows, cols = w->cols;
