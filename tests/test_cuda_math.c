@@ -450,10 +450,12 @@ static void compose_route(const struct dsm_route_args *a)
 				gs[g] = m1 + m2;
 				kept[g] = 0;
 			}
-			for (int k = 0; k < a->topk_group; k++) {
-				int best = -1;
-				for (int g = 0; g < a->n_group; g++)
-					if (!kept[g] && (best < 0 || dm_better(gs[g], g, gs[best], best)))
+			for (int k = 0; k < a->topk_group && k < a->n_group; k++) {
+				int best = 0;
+				while (kept[best])
+					best++;
+				for (int g = best + 1; g < a->n_group; g++)
+					if (!kept[g] && dm_better(gs[g], g, gs[best], best))
 						best = g;
 				kept[best] = 1;
 			}
