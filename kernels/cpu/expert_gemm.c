@@ -121,7 +121,7 @@ size_t dsm_fp8_gemm_scratch_size(void)
 	return GEMM_NC * GEMM_KC * sizeof(uint16_t);
 }
 
-/* The byte order that makes the table conversion below come out in column order: the byte unpacks
+/* The byte order that makes dsm_fp8x64_bf16 come out in column order: the byte unpacks
  * interleave within 128-bit lanes, so that bytes 0-7 of each lane give the first vector and bytes 8-15 the
  * second. */
 static const uint8_t tile_order[64] __attribute__((aligned(64))) = {
@@ -135,9 +135,8 @@ static const uint8_t tile_order[64] __attribute__((aligned(64))) = {
 DSM_BF16_TARGET static void dequant_tile(const struct dsm_fp8_mat *W, size_t n0, size_t nc, size_t nc_pad,
 					 size_t kc0, size_t kc, uint16_t *tile)
 {
-	const __m512i hi0 = _mm512_load_si512(dsm_fp8_bf16_hi), hi1 = _mm512_load_si512(dsm_fp8_bf16_hi + 64);
-	const __m512i lo0 = _mm512_load_si512(dsm_fp8_bf16_lo), lo1 = _mm512_load_si512(dsm_fp8_bf16_lo + 64);
-	const __m512i sign = _mm512_set1_epi8((char)0x80), order = _mm512_load_si512(tile_order);
+	const struct dsm_bf16_tables tb = dsm_bf16_tables_load();
+	const __m512i order = _mm512_load_si512(tile_order);
 	size_t kc64 = round_up(kc, 64);
 	for (size_t n = 0; n < nc; n++) {
 		const uint8_t *row = W->w + (n0 + n) * W->ld + kc0;
@@ -149,11 +148,10 @@ DSM_BF16_TARGET static void dequant_tile(const struct dsm_fp8_mat *W, size_t n0,
 				_mm_prefetch((const char *)row + GEMM_KC + l, _MM_HINT_T1);
 		for (size_t c = 0; c < kc64; c += 64) {
 			__mmask64 m = kc - c >= 64 ? ~0ull : (1ull << (kc - c)) - 1;
-			__m512i v = _mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(m, row + c));
-			__m512i h = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(hi0, v, hi1), v, sign, 0xF8);
-			__m512i l = _mm512_permutex2var_epi8(lo0, v, lo1);
-			_mm512_storeu_si512(out + c, _mm512_unpacklo_epi8(l, h));
-			_mm512_storeu_si512(out + c + 32, _mm512_unpackhi_epi8(l, h));
+			__m512i a, b;
+			dsm_fp8x64_bf16(_mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(m, row + c)), &tb, &a, &b);
+			_mm512_storeu_si512(out + c, a);
+			_mm512_storeu_si512(out + c + 32, b);
 		}
 	}
 	for (size_t n = nc; n < nc_pad; n++)

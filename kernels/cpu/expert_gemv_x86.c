@@ -58,37 +58,13 @@ DSM_BF16_TARGET static void prep_bf16(const struct dsm_fp8_mat *W, size_t rb, co
 	}
 }
 
-struct bf16_tables {
-	__m512i hi0, hi1, lo0, lo1, sign;
-};
-
-/* 64 codes -> their exact BF16 values, in the A and B orders. */
-DSM_BF16_TARGET static ALWAYS_INLINE void fp8x64_bf16(__m512i v, const struct bf16_tables *tb, __m512bh *a,
-						      __m512bh *b)
-{
-	__m512i h = _mm512_permutex2var_epi8(tb->hi0, v, tb->hi1);
-	h = _mm512_ternarylogic_epi32(h, v, tb->sign, 0xF8); /* h | (v & 0x80) */
-	__m512i l = _mm512_permutex2var_epi8(tb->lo0, v, tb->lo1);
-	*a = (__m512bh)_mm512_unpacklo_epi8(l, h);
-	*b = (__m512bh)_mm512_unpackhi_epi8(l, h);
-}
-
-DSM_BF16_TARGET static ALWAYS_INLINE struct bf16_tables bf16_tables_load(void)
-{
-	return (struct bf16_tables){
-		_mm512_load_si512(dsm_fp8_bf16_hi), _mm512_load_si512(dsm_fp8_bf16_hi + 64),
-		_mm512_load_si512(dsm_fp8_bf16_lo), _mm512_load_si512(dsm_fp8_bf16_lo + 64),
-		_mm512_set1_epi8((char)0x80),
-	};
-}
-
 /* acc[r][t] += row r's 64 codes v[r] times token t's prepared chunk xp. Each (row, token) is one chain of dot
  * products in column order, whatever R and T: a token's result does not depend on how many tokens share the
  * pass (decode equals prefill). The order of work fits the 32 registers (accumulators R x T, the tables 5):
  * with at least as many rows as tokens, every activation vector is loaded once into a register and the rows
  * are converted one at a time (R = 8, T = 2: 16 + 5 + 4 + 2); with more tokens, every row is converted first
  * and the activations are loaded one token at a time. */
-DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const struct bf16_tables *tb,
+DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const struct dsm_bf16_tables *tb,
 						    const uint16_t *xp, __m512 acc[8][8], const int R, const int T)
 {
 	if (T <= R) {
@@ -100,25 +76,26 @@ DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const stru
 		}
 #pragma GCC unroll 8
 		for (int r = 0; r < R; r++) {
-			__m512bh a, b;
-			fp8x64_bf16(v[r], tb, &a, &b);
+			__m512i a, b;
+			dsm_fp8x64_bf16(v[r], tb, &a, &b);
 #pragma GCC unroll 8
 			for (int t = 0; t < T; t++)
-				acc[r][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][t], a, xa[t]), b, xb[t]);
+				acc[r][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][t], (__m512bh)a, xa[t]), (__m512bh)b,
+							     xb[t]);
 		}
 		return;
 	}
-	__m512bh a[8], b[8];
+	__m512i a[8], b[8];
 #pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
-		fp8x64_bf16(v[r], tb, &a[r], &b[r]);
+		dsm_fp8x64_bf16(v[r], tb, &a[r], &b[r]);
 #pragma GCC unroll 8
 	for (int t = 0; t < T; t++) {
 		__m512bh xa = (__m512bh)_mm512_load_si512(xp + t * 64);
 		__m512bh xb = (__m512bh)_mm512_load_si512(xp + t * 64 + 32);
 #pragma GCC unroll 8
 		for (int r = 0; r < R; r++)
-			acc[r][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][t], a[r], xa), b[r], xb);
+			acc[r][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][t], (__m512bh)a[r], xa), (__m512bh)b[r], xb);
 	}
 }
 
@@ -143,7 +120,7 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld,
 						    const uint16_t *xs, size_t xstride, __m512 *acc_mem, int first,
 						    const int R, const int T)
 {
-	struct bf16_tables tb = bf16_tables_load();
+	struct dsm_bf16_tables tb = dsm_bf16_tables_load();
 	__m512 acc[8][8];
 	__m512i v[8];
 #pragma GCC unroll 8

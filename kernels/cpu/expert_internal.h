@@ -23,6 +23,32 @@ static inline size_t dsm_cols_pad(size_t cols)
 extern const uint8_t dsm_fp8_bf16_hi[128];
 extern const uint8_t dsm_fp8_bf16_lo[128];
 
+/* The two tables in registers, and the sign bit. */
+struct dsm_bf16_tables {
+	__m512i hi0, hi1, lo0, lo1, sign;
+};
+
+DSM_BF16_TARGET static inline __attribute__((always_inline)) struct dsm_bf16_tables dsm_bf16_tables_load(void)
+{
+	return (struct dsm_bf16_tables){
+		_mm512_load_si512(dsm_fp8_bf16_hi), _mm512_load_si512(dsm_fp8_bf16_hi + 64),
+		_mm512_load_si512(dsm_fp8_bf16_lo), _mm512_load_si512(dsm_fp8_bf16_lo + 64),
+		_mm512_set1_epi8((char)0x80),
+	};
+}
+
+/* 64 codes -> their exact BF16 values in two vectors. The byte unpacks work within 128-bit lanes: a holds
+ * codes 0-7, 16-23, 32-39, 48-55 and b the others. */
+DSM_BF16_TARGET static inline __attribute__((always_inline)) void dsm_fp8x64_bf16(__m512i v, const struct dsm_bf16_tables *tb,
+										  __m512i *a, __m512i *b)
+{
+	__m512i h = _mm512_permutex2var_epi8(tb->hi0, v, tb->hi1);
+	h = _mm512_ternarylogic_epi32(h, v, tb->sign, 0xF8); /* h | (v & 0x80) */
+	__m512i l = _mm512_permutex2var_epi8(tb->lo0, v, tb->lo1);
+	*a = _mm512_unpacklo_epi8(l, h);
+	*b = _mm512_unpackhi_epi8(l, h);
+}
+
 /* 16 codes -> 16 exact floats by bit arithmetic: (code & 0x7F) << 20 with the exponent bias moved from 7 to
  * 127 is exact for normal codes; subnormal codes (exponent 0) come out as (1 + m/8) 2^-7, and 2f - 2^-6 turns
  * that into m/8 2^-6 exactly; the sign bit is OR-ed in last. */
