@@ -178,6 +178,15 @@ enum dsm_op {
 struct dsm_queue;  /* a backend's queue of work (a CUDA stream) */
 struct dsm_event;  /* a point in a queue (a CUDA event) */
 
+/* The largest attention a session runs, for reserve. */
+struct dsm_attn_shape {
+	int64_t max_keys;      /* keys of one query at most: the context */
+	int64_t max_selected;  /* keys a mask selects at most (the indexer's top-k; 0: no masks) */
+	int64_t n_heads;
+	int64_t latent;        /* r + dr: the width of the absorbed form's cache rows */
+	int64_t qk_dim, v_dim; /* dn + dr and dv: the full form's key and value widths */
+};
+
 struct dsm_backend {
 	const char *name;               /* "cpu", ... */
 	void *impl;                     /* backend state */
@@ -196,10 +205,9 @@ struct dsm_backend {
 	int (*copy_dev)(struct dsm_backend *be, void *dst, const void *src, size_t bytes);
 	/* Waits for all work of every queue; returns the first failure not yet returned. */
 	int (*sync)(struct dsm_backend *be);
-	/* (optional) The largest attention the caller will run: up to max_keys keys, n_heads heads of
-	 * width head_dim (latent + rope for the absorbed form). The backend allocates its scratch now so
+	/* (optional) The largest attention the caller will run. The backend allocates its scratch now so
 	 * that no op allocates later as the context grows. */
-	int (*reserve)(struct dsm_backend *be, int64_t max_keys, int64_t n_heads, int64_t head_dim);
+	int (*reserve)(struct dsm_backend *be, const struct dsm_attn_shape *s);
 	/* (optional) Device memory that alloc can still give, and its total (the budget the backend keeps to). */
 	int (*mem_info)(struct dsm_backend *be, size_t *free_bytes, size_t *total_bytes);
 	/* (optional) Host memory the device copies from and to at full speed (pinned); NULL: plain malloc. */

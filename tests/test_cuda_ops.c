@@ -983,7 +983,9 @@ static void test_table(struct dsm_backend *be)
 		for (int t = 0; t < 4; t++)
 			CHECK(be->supports(be, (enum dsm_op)op, all[t]), "op %d dtype %s not supported", op, dsm_dtype_name(all[t]));
 	CHECK(be->alloc(be, (size_t)1 << 62) == NULL, "an allocation over the budget succeeded");
-	CHECK(be->reserve(be, 1 << 17, 128, 576) == 0, "reserve: %s", dsm_errmsg());
+	struct dsm_attn_shape shape = { .max_keys = 1 << 17, .max_selected = 2048, .n_heads = 128, .latent = 576,
+		.qk_dim = 192, .v_dim = 128 };
+	CHECK(be->reserve(be, &shape) == 0, "reserve: %s", dsm_errmsg());
 	CHECK(be->sync(be) == 0, "%s", dsm_errmsg());
 }
 

@@ -144,7 +144,7 @@ static void test_ffn(struct dsm_backend *be)
 		weight_init(&g, DSM_F8_E4M3, I, D);
 		weight_init(&u, DSM_F8_E4M3, I, D);
 		weight_init(&d, DSM_F8_E4M3, D, I);
-		struct dsm_ffn_weights w = { g.m, u.m, d.m };
+		struct dsm_ffn_weights w = { .gate = g.m, .up = u.m, .down = d.m };
 		float *x = rand_buf((size_t)(n * D), 1), *y = out_buf((size_t)(n * D)), *yr = out_buf((size_t)(n * D));
 		CHECK(be->ffn(be, &w, n, x, y) == 0, "%s", dsm_errmsg());
 		CHECK(dsm_ref_ffn(be->precision, &w, n, x, yr) == 0, "%s", dsm_errmsg());
@@ -171,7 +171,7 @@ static void test_moe(struct dsm_backend *be)
 				weight_init(&wt[e][0], types[ti], I, D);
 				weight_init(&wt[e][1], types[ti], I, D);
 				weight_init(&wt[e][2], types[ti], D, I);
-				ffn[e] = (struct dsm_ffn_weights){ wt[e][0].m, wt[e][1].m, wt[e][2].m };
+				ffn[e] = (struct dsm_ffn_weights){ .gate = wt[e][0].m, .up = wt[e][1].m, .down = wt[e][2].m };
 			}
 			int32_t idx[5 * K];
 			float w[5 * K];
@@ -497,6 +497,49 @@ static void test_indexer_topk_route(struct dsm_backend *be)
 	free(q), free(w), free(k), free(o), free(orf);
 }
 
+/* After reserve, attention of up to the reserved shape allocates nothing: the full form over the whole context
+ * and over masks of the most selected keys, the absorbed form over the whole context. */
+static void test_reserve(const struct dsm_backend_options *o)
+{
+	enum { S = 200, SEL = 192, T = 5, H = 3, DN = 16, DR = 8, DV = 12, R = 32 };
+	struct dsm_backend *be;
+	if (dsm_backend_create(&be, "cpu", o) < 0) {
+		CHECK(0, "backend: %s", dsm_errmsg());
+		return;
+	}
+	struct dsm_attn_shape shape = { .max_keys = S, .max_selected = SEL, .n_heads = H, .latent = R + DR,
+		.qk_dim = DN + DR, .v_dim = DV };
+	CHECK(be->reserve(be, &shape) == 0, "reserve: %s", dsm_errmsg());
+	struct cpu_scratch before = cpu_of(be)->attn;
+	float *q = rand_buf(T * (DN + DR), 1), *kv = rand_buf(S * (DN + DV), 1), *kpe = rand_buf(S * DR, 1);
+	float *out = out_buf(T * DV), *c = rand_buf(S * R, 1), *ql = rand_buf(H * R, 1), *qp = rand_buf(H * DR, 1);
+	float *ol = out_buf(H * R);
+	int64_t n_keys[T];
+	int32_t sel[T][SEL];
+	struct dsm_attn_mask mask[T];
+	for (int t = 0; t < T; t++) {
+		n_keys[t] = S - T + t + 1;
+		for (int j = 0; j < SEL; j++)
+			sel[t][j] = j;
+		mask[t] = (struct dsm_attn_mask){ sel[t], SEL };
+	}
+	for (int m = 0; m < 2; m++) {
+		struct dsm_attn_full_args a = { .n_q = T, .dn = DN, .dr = DR, .dv = DV, .q = q, .ldq = DN + DR, .kv = kv,
+						.k_pe = kpe, .n_keys = n_keys, .mask = m ? mask : NULL, .scale = 0.3f,
+						.out = out, .ldo = DV };
+		CHECK(be->attn_full(be, &a) == 0, "%s", dsm_errmsg());
+	}
+	struct dsm_attn_latent_args la = { .n_heads = H, .r = R, .dr = DR, .q_lat = ql, .q_pe = qp,
+					   .cache_dtype = DSM_F32, .c = c, .k_pe = kpe, .n_keys = S, .scale = 0.2f,
+					   .o_lat = ol };
+	CHECK(be->attn_latent(be, &la) == 0, "%s", dsm_errmsg());
+	struct cpu_scratch after = cpu_of(be)->attn;
+	CHECK(after.p == before.p && after.bytes == before.bytes, "attention scratch grew after reserve: %zu -> %zu bytes",
+	      before.bytes, after.bytes);
+	free(q), free(kv), free(kpe), free(out), free(c), free(ql), free(qp), free(ol);
+	dsm_backend_destroy(be);
+}
+
 int main(void)
 {
 	for (int p = 0; p < 2; p++) {
@@ -515,6 +558,7 @@ int main(void)
 		test_glue(be);
 		test_attention(be);
 		test_indexer_topk_route(be);
+		test_reserve(&o);
 		printf("cpu backend, %s: worst NMSE against the scalar reference %.3g\n", dsm_precision_name(o.precision),
 		       worst_nmse);
 		dsm_backend_destroy(be);

@@ -142,6 +142,20 @@ full_one(const struct dsm_attn_full_args *a, const float *q, const int64_t *m, c
 	full_queries(a, q, m, 1, kT, ldk, vp, ldv, p, out);
 }
 
+/* The scratch of attn_full, in floats, for queries of at most `keys` keys: kT [d, ldk] and vp [ldk, ldv] once,
+ * or per thread when masked (each query selects its own keys), and FQ score rows per thread. */
+size_t cpu_attn_full_floats(int64_t keys, int64_t d, int64_t dv, int masked, int nt)
+{
+	size_t ldk = (size_t)round_up64(keys, FK), pack = ldk * (size_t)(d + round_up64(dv, FK));
+	return (masked ? 0 : pack) + (size_t)nt * (FQ * ldk + (masked ? pack : 0));
+}
+
+/* The scratch of attn_latent, in floats: the scores [H, keys], then per thread one converted cache row. */
+size_t cpu_attn_latent_floats(int64_t H, int64_t keys, int64_t width, int nt)
+{
+	return (size_t)H * (size_t)keys + (size_t)nt * (size_t)width;
+}
+
 int cpu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a)
 {
 	struct cpu_backend *cb = cpu_of(be);
@@ -154,7 +168,7 @@ int cpu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a)
 	size_t pack = (size_t)ldk * (size_t)(d + ldv); /* kT and vp */
 	size_t per = (size_t)FQ * (size_t)ldk + (a->mask ? pack : 0);
 	int nt = omp_get_max_threads();
-	float *buf = cpu_scratch_get(&cb->attn, sizeof(float) * ((a->mask ? 0 : pack) + per * (size_t)nt));
+	float *buf = cpu_scratch_get(&cb->attn, sizeof(float) * cpu_attn_full_floats(max_keys, d, a->dv, !!a->mask, nt));
 	if (!buf)
 		return DSM_ENOMEM;
 	float *thread_buf = buf + (a->mask ? 0 : pack);
@@ -258,9 +272,7 @@ int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a
 	if (a->c_blocks && a->block_rows < 1)
 		return dsm_fail(DSM_EARG, "attention: cache blocks of %lld rows", (long long)a->block_rows);
 	int nt = omp_get_max_threads();
-	/* scores [H, m], then per thread one converted cache row [r + dr] */
-	size_t need = (size_t)H * (size_t)m + (size_t)nt * (size_t)(r + dr);
-	float *p = cpu_scratch_get(&cb->attn, sizeof(float) * need);
+	float *p = cpu_scratch_get(&cb->attn, sizeof(float) * cpu_attn_latent_floats(H, m, r + dr, nt));
 	if (!p)
 		return DSM_ENOMEM;
 	float *rows = p + (size_t)H * (size_t)m;

@@ -54,13 +54,21 @@ static int cpu_supports(const struct dsm_backend *be, enum dsm_op op, enum dsm_d
 	return wtype == DSM_DTYPE_INVALID || wtype == DSM_F8_E4M3 || wtype == DSM_BF16 || wtype == DSM_F32;
 }
 
-static int cpu_reserve(struct dsm_backend *be, int64_t max_keys, int64_t n_heads, int64_t head_dim)
+static size_t max_size(size_t a, size_t b)
+{
+	return a > b ? a : b;
+}
+
+static int cpu_reserve(struct dsm_backend *be, const struct dsm_attn_shape *s)
 {
 	struct cpu_backend *cb = cpu_of(be);
-	size_t nt = (size_t)omp_get_max_threads();
-	/* attn_full: a score row per thread; attn_latent: scores [heads, keys] and a row per thread */
-	size_t full = nt * (size_t)max_keys, latent = (size_t)n_heads * (size_t)max_keys + nt * (size_t)head_dim;
-	return cpu_scratch_get(&cb->attn, sizeof(float) * (full > latent ? full : latent)) ? 0 : DSM_ENOMEM;
+	int nt = omp_get_max_threads();
+	int64_t sel = s->max_selected < s->max_keys ? s->max_selected : s->max_keys;
+	size_t need = max_size(cpu_attn_latent_floats(s->n_heads, s->max_keys, s->latent, nt),
+			       cpu_attn_full_floats(s->max_keys, s->qk_dim, s->v_dim, 0, nt));
+	if (sel > 0)
+		need = max_size(need, cpu_attn_full_floats(sel, s->qk_dim, s->v_dim, 1, nt));
+	return cpu_scratch_get(&cb->attn, sizeof(float) * need) ? 0 : DSM_ENOMEM;
 }
 
 static int cpu_layernorm(struct dsm_backend *be, int64_t n, int64_t d, const float *x, const float *w,

@@ -289,10 +289,10 @@ static int cuda_sync(struct dsm_backend *be)
 	return rc;
 }
 
-static int cuda_reserve(struct dsm_backend *be, int64_t max_keys, int64_t n_heads, int64_t head_dim)
+static int cuda_reserve(struct dsm_backend *be, const struct dsm_attn_shape *s)
 {
 	struct cuda_backend *cb = cuda_of(be);
-	size_t bytes = cuda_attn_scratch_bytes(cb, max_keys, n_heads, head_dim);
+	size_t bytes = cuda_attn_scratch_bytes(cb, s->max_keys, s->n_heads, s->latent);
 	if (bytes > cb->attn_reserve)
 		cb->attn_reserve = bytes;
 	int rc = cuda_buf_get(&cb->own, &cb->own.attn, cb->attn_reserve, "attention scratch");

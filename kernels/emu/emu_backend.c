@@ -78,7 +78,7 @@ struct emu_backend {
 	struct dsm_backend be;  /* first: a struct dsm_backend * points here */
 	struct dsm_backend *cpu;
 	struct dsm_backend_options opts;
-	int64_t reserve[3];     /* the largest reserve asked for, for queues created later */
+	struct dsm_attn_shape reserve; /* the last reserve asked for, for queues created later */
 	struct dsm_queue *queues, *cur;
 	int fail_in;            /* dsm_emu_fail_op: the fail_in-th next queued op fails (0: none) */
 	struct emu_range { uintptr_t lo, hi; } *ranges; /* the live allocations, by address */
@@ -157,8 +157,8 @@ static void *worker(void *arg)
 	o.threads = 1;          /* the device: one more processor beside the caller's threads */
 	o.cpu_threads = NULL;
 	int rc = dsm_backend_create(&q->cpu, "cpu", &o); /* here: its OpenMP settings are this thread's */
-	if (rc == 0 && q->cpu->reserve && eb->reserve[0])
-		rc = q->cpu->reserve(q->cpu, eb->reserve[0], eb->reserve[1], eb->reserve[2]);
+	if (rc == 0 && q->cpu->reserve && eb->reserve.max_keys)
+		rc = q->cpu->reserve(q->cpu, &eb->reserve);
 	pthread_mutex_lock(&eb->mu);
 	q->ready = 1;
 	q->create_rc = rc;
@@ -654,20 +654,18 @@ static int emu_copy_dev(struct dsm_backend *be, void *dst, const void *src, size
 	return rc < 0 ? rc : emu_copy(eb, dst, src, bytes);
 }
 
-static int emu_reserve(struct dsm_backend *be, int64_t max_keys, int64_t n_heads, int64_t head_dim)
+static int emu_reserve(struct dsm_backend *be, const struct dsm_attn_shape *s)
 {
 	struct emu_backend *eb = emu_of(be);
 	struct dsm_backend *c = eb->cpu;
 	if (!c->reserve)
 		return 0;
-	int rc = c->reserve(c, max_keys, n_heads, head_dim);
-	eb->reserve[0] = max_keys;
-	eb->reserve[1] = n_heads;
-	eb->reserve[2] = head_dim;
+	int rc = c->reserve(c, s);
+	eb->reserve = *s;
 	pthread_mutex_lock(&eb->mu);
 	for (struct dsm_queue *q = eb->queues; q && rc == 0; q = q->next) {
 		drain_locked(eb, q);
-		rc = q->cpu->reserve(q->cpu, max_keys, n_heads, head_dim);
+		rc = q->cpu->reserve(q->cpu, s);
 	}
 	pthread_mutex_unlock(&eb->mu);
 	return rc;
@@ -807,16 +805,18 @@ static int emu_hadamard(struct dsm_backend *be, int64_t n, int64_t d, float *x)
 }
 
 /* attn_full's operands: its data on the device (the mask table is the caller's host table, its lists on the
- * device). */
+ * device). The key counts are device data: on a queue, a copy queued before may not have written them yet, so
+ * there the keys and values are checked from their first key only. */
 static int check_attn_full(const struct emu_backend *eb, const struct dsm_attn_full_args *a)
 {
 	const char *op = "attn_full";
 	if (a->n_q <= 0)
 		return 0;
 	int rc = check_dev(eb, a->n_keys, sizeof(int64_t) * (size_t)a->n_q, op, "key counts");
-	int64_t keys = 0;
+	int64_t keys = 1;
 	for (int64_t t = 0; t < a->n_q && rc == 0; t++) {
-		keys = a->n_keys[t] > keys ? a->n_keys[t] : keys;
+		if (!eb->cur)
+			keys = a->n_keys[t] > keys ? a->n_keys[t] : keys;
 		if (a->mask && a->mask[t].sel)
 			rc = check_dev(eb, a->mask[t].sel, sizeof(int32_t) * (size_t)a->mask[t].n_sel, op, "key list");
 	}
