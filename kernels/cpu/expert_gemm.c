@@ -131,9 +131,11 @@ static const uint8_t tile_order[64] __attribute__((aligned(64))) = {
 
 /* tile[n, 0 .. kc rounded to 64) = BF16(W[n0 + n, kc0 + c]), the codes' exact values (the block scales are
  * applied to the sums), for n < nc; zero rows up to nc_pad. 64 codes at a time by the two byte tables, as the
- * decode kernel. */
+ * decode kernel. Meanwhile the next tile's rows are prefetched (next_rows rows of next_bytes from next, W->ld
+ * apart): rows are 7 KB apart, too far for the hardware prefetcher to follow 96 short runs. */
 DSM_BF16_TARGET static void dequant_tile(const struct dsm_fp8_mat *W, size_t n0, size_t nc, size_t nc_pad,
-					 size_t kc0, size_t kc, uint16_t *tile)
+					 size_t kc0, size_t kc, uint16_t *tile, const uint8_t *next, size_t next_rows,
+					 size_t next_bytes)
 {
 	const struct dsm_bf16_tables tb = dsm_bf16_tables_load();
 	const __m512i order = _mm512_load_si512(tile_order);
@@ -141,11 +143,9 @@ DSM_BF16_TARGET static void dequant_tile(const struct dsm_fp8_mat *W, size_t n0,
 	for (size_t n = 0; n < nc; n++) {
 		const uint8_t *row = W->w + (n0 + n) * W->ld + kc0;
 		uint16_t *out = tile + n * GEMM_KC;
-		/* The row's next 512 bytes, for the next tile: rows are 7 KB apart, too far for the hardware
-		 * prefetcher to follow 96 short runs. */
-		if (kc0 + GEMM_KC < W->cols)
-			for (size_t l = 0; l < GEMM_KC; l += 64)
-				_mm_prefetch((const char *)row + GEMM_KC + l, _MM_HINT_T1);
+		if (n < next_rows)
+			for (size_t l = 0; l < next_bytes; l += 64)
+				_mm_prefetch((const char *)next + n * W->ld + l, _MM_HINT_T1);
 		for (size_t c = 0; c < kc64; c += 64) {
 			__mmask64 m = kc - c >= 64 ? ~0ull : (1ull << (kc - c)) - 1;
 			__m512i a, b;
@@ -227,7 +227,13 @@ int dsm_fp8_gemm_rows(const struct dsm_fp8_mat *W, size_t r0, size_t r1, const u
 		size_t nc_pad = round_up(nc, GEMM_NR);
 		for (size_t kc0 = 0; kc0 < W->cols; kc0 += GEMM_KC) {
 			size_t kc = W->cols - kc0 < GEMM_KC ? W->cols - kc0 : GEMM_KC;
-			dequant_tile(W, n0, nc, nc_pad, kc0, kc, tile);
+			/* the next tile: the same rows' next columns, else the next rows' first */
+			size_t next_n0 = kc0 + GEMM_KC < W->cols ? n0 : n0 + GEMM_NC;
+			size_t next_kc0 = kc0 + GEMM_KC < W->cols ? kc0 + GEMM_KC : 0;
+			size_t next_rows = next_n0 < r1 ? (r1 - next_n0 < GEMM_NC ? r1 - next_n0 : GEMM_NC) : 0;
+			size_t next_bytes = W->cols - next_kc0 < GEMM_KC ? W->cols - next_kc0 : GEMM_KC;
+			dequant_tile(W, n0, nc, nc_pad, kc0, kc, tile, W->w + next_n0 * W->ld + next_kc0, next_rows,
+				     next_bytes);
 			float sc[GEMM_NC * 4]; /* each row's scales of the tile's column blocks */
 			for (size_t n = 0; n < nc; n++)
 				for (size_t b = 0; b * DSM_FP8_BLOCK < kc; b++)
