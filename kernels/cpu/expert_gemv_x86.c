@@ -182,7 +182,9 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 	uint16_t *xs = scratch;
 	__m512 *acc = (__m512 *)(xs + DSM_GEMV_MAX_TOKENS * dsm_cols_pad(W->cols));
 	const struct dsm_gemv_variant *var = &dsm_gemv_variants[dsm_gemv_variant];
-	size_t xstride = n_tok * 64, R = n_tok <= 2 ? var->group : var->group < 4 ? var->group : 4;
+	/* The variant's rows per group at 1-2 tokens (streaming-bound); 4 at 3 or more, where the multiplies bound
+	 * the pass and each loaded activation vector must serve several rows. */
+	size_t xstride = n_tok * 64, R = n_tok <= 2 ? var->group : 4;
 	prep_bf16(W, rb, x, x_ld, n_tok, xs);
 	size_t cblock = var->col_block ? var->col_block : W->cols;
 	for (size_t c0 = 0; c0 == 0 || c0 < W->cols; c0 += cblock) { /* 0 columns: zeros */
