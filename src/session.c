@@ -240,8 +240,8 @@ int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct
 	for (int i = 0; i < s->max_seqs; i++)
 		s->seqs[i].live = 0;
 	const struct dsm_config *c = &m->cfg;
-	struct dsm_attn_shape shape = { .max_keys = s->ctx, .max_selected = c->index_topk, .n_heads = c->num_attention_heads,
-		.latent = (int64_t)c->kv_lora_rank + c->qk_rope_head_dim,
+	struct dsm_attn_shape shape = { .max_keys = s->ctx, .max_selected = c->index_topk,
+		.n_heads = c->num_attention_heads, .latent = (int64_t)c->kv_lora_rank + c->qk_rope_head_dim,
 		.qk_dim = (int64_t)c->qk_nope_head_dim + c->qk_rope_head_dim, .v_dim = c->v_head_dim };
 	if ((be->reserve && (rc = be->reserve(be, &shape)) < 0) ||
 	    (be->queue_create && ((rc = be->queue_create(be, &s->queue)) < 0 || (rc = be->event_create(be, &s->done)) < 0 ||

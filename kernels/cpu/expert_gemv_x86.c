@@ -154,7 +154,7 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld,
 			acc_mem[r * 8 + t] = acc[r][t];
 }
 
-#define BF16_MAX_T 4 /* tokens per pass; more run as passes over the same rows, which are then in L1 */
+#define BF16_MAX_T DSM_GEMV_MAX_TOKENS /* every token in one pass */
 typedef void (*rows_bf16_fn)(const uint8_t *w, size_t ld, size_t c0, size_t c1, ptrdiff_t pf, const uint16_t *xs,
 			     size_t xstride, __m512 *acc_mem, int first);
 #define ROWS_BF16(R, T) \
@@ -164,14 +164,18 @@ typedef void (*rows_bf16_fn)(const uint8_t *w, size_t ld, size_t c0, size_t c1, 
 	{ rows_bf16(w, ld, c0, c1, pf, xs, xstride, acc_mem, first, R, T); }
 ROWS_BF16(8, 1) ROWS_BF16(8, 2)
 ROWS_BF16(4, 1) ROWS_BF16(4, 2) ROWS_BF16(4, 3) ROWS_BF16(4, 4)
+ROWS_BF16(2, 5) ROWS_BF16(2, 6) ROWS_BF16(2, 7) ROWS_BF16(2, 8)
 ROWS_BF16(1, 1) ROWS_BF16(1, 2) ROWS_BF16(1, 3) ROWS_BF16(1, 4)
-/* Row groups by token count in a pass: 8 rows for 1-2 tokens, 4 for 3-4 (the registers), and single rows
- * for what is left of a range. */
-static const rows_bf16_fn bf16_group8[3] = { NULL, rows_bf16_r8_t1, rows_bf16_r8_t2 };
+ROWS_BF16(1, 5) ROWS_BF16(1, 6) ROWS_BF16(1, 7) ROWS_BF16(1, 8)
+/* Row groups by token count: 8, 4 or 1 rows (the memory walk's) for 1-2 tokens, 4 for 3-4, 2 for 5-8 (the
+ * registers), and single rows for what is left of a range. */
+static const rows_bf16_fn bf16_group8[BF16_MAX_T + 1] = { NULL, rows_bf16_r8_t1, rows_bf16_r8_t2 };
 static const rows_bf16_fn bf16_group4[BF16_MAX_T + 1] = { NULL, rows_bf16_r4_t1, rows_bf16_r4_t2, rows_bf16_r4_t3,
 	rows_bf16_r4_t4 };
+static const rows_bf16_fn bf16_group2[BF16_MAX_T + 1] = { NULL, NULL, NULL, NULL, NULL, rows_bf16_r2_t5,
+	rows_bf16_r2_t6, rows_bf16_r2_t7, rows_bf16_r2_t8 };
 static const rows_bf16_fn bf16_single[BF16_MAX_T + 1] = { NULL, rows_bf16_r1_t1, rows_bf16_r1_t2, rows_bf16_r1_t3,
-	rows_bf16_r1_t4 };
+	rows_bf16_r1_t4, rows_bf16_r1_t5, rows_bf16_r1_t6, rows_bf16_r1_t7, rows_bf16_r1_t8 };
 
 DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b,
 					 const float *x, size_t x_ld, size_t n_tok, float *y, size_t y_ld,
@@ -182,27 +186,25 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 	uint16_t *xs = scratch;
 	__m512 *acc = (__m512 *)(xs + DSM_GEMV_MAX_TOKENS * dsm_cols_pad(W->cols));
 	const struct dsm_gemv_variant *var = &dsm_gemv_variants[dsm_gemv_variant];
-	/* The variant's rows per group at 1-2 tokens (streaming-bound); 4 at 3 or more, where the multiplies bound
-	 * the pass and each loaded activation vector must serve several rows. */
-	size_t xstride = n_tok * 64, R = n_tok <= 2 ? var->group : 4;
+	/* The variant's rows per group at 1-2 tokens (streaming-bound). From 3 tokens on the multiplies and the
+	 * conversion bound the pass: groups of 4 rows (3-4 tokens) or 2 (5-8) in one pass over all the tokens,
+	 * so that each loaded activation vector serves several rows and each converted code every token. */
+	size_t xstride = n_tok * 64, R = n_tok <= 2 ? var->group : n_tok <= 4 ? 4 : 2;
 	prep_bf16(W, rb, x, x_ld, n_tok, xs);
 	size_t cblock = var->col_block ? var->col_block : W->cols;
 	for (size_t c0 = 0; c0 == 0 || c0 < W->cols; c0 += cblock) { /* 0 columns: zeros */
 		size_t c1 = c0 + cblock < W->cols ? c0 + cblock : W->cols;
 		for (size_t r = a; r < b;) {
 			size_t g = r + R <= b ? R : 1;
-			const rows_bf16_fn *fn = g == 1 ? bf16_single : g == 8 ? bf16_group8 : bf16_group4;
+			const rows_bf16_fn *fn = g == 1 ? bf16_single : g == 8 ? bf16_group8 : g == 4 ? bf16_group4 :
+						 bf16_group2;
 			/* Rows ahead: the same columns of the rows 8 further; for the last groups, the first rows'
 			 * next column block, or after the last column block the first columns of the rows below
 			 * the block (in a dense matrix, the next block's). Else a distance ahead in each row. */
 			ptrdiff_t ahead = (ptrdiff_t)(R * W->ld);
 			ptrdiff_t pf = !var->rows_ahead ? var->prefetch : r + R < b ? ahead :
 				       c1 < W->cols ? (ptrdiff_t)cblock - (ptrdiff_t)((r - a) * W->ld) : ahead - (ptrdiff_t)c0;
-			for (size_t t0 = 0; t0 < n_tok; t0 += BF16_MAX_T) {
-				size_t nt = n_tok - t0 < BF16_MAX_T ? n_tok - t0 : BF16_MAX_T;
-				fn[nt](W->w + r * W->ld, W->ld, c0, c1, pf, xs + t0 * 64, xstride,
-				       acc + (r - a) * 8 + t0, c0 == 0);
-			}
+			fn[n_tok](W->w + r * W->ld, W->ld, c0, c1, pf, xs, xstride, acc + (r - a) * 8, c0 == 0);
 			r += g;
 		}
 	}

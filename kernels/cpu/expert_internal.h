@@ -39,8 +39,8 @@ DSM_BF16_TARGET static inline __attribute__((always_inline)) struct dsm_bf16_tab
 
 /* 64 codes -> their exact BF16 values in two vectors. The byte unpacks work within 128-bit lanes: a holds
  * codes 0-7, 16-23, 32-39, 48-55 and b the others. */
-DSM_BF16_TARGET static inline __attribute__((always_inline)) void dsm_fp8x64_bf16(__m512i v, const struct dsm_bf16_tables *tb,
-										  __m512i *a, __m512i *b)
+DSM_BF16_TARGET static inline __attribute__((always_inline)) void
+dsm_fp8x64_bf16(__m512i v, const struct dsm_bf16_tables *tb, __m512i *a, __m512i *b)
 {
 	__m512i h = _mm512_permutex2var_epi8(tb->hi0, v, tb->hi1);
 	h = _mm512_ternarylogic_epi32(h, v, tb->sign, 0xF8); /* h | (v & 0x80) */
