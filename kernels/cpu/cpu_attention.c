@@ -142,12 +142,27 @@ full_one(const struct dsm_attn_full_args *a, const float *q, const int64_t *m, c
 	full_queries(a, q, m, 1, kT, ldk, vp, ldv, p, out);
 }
 
-/* The scratch of attn_full, in floats, for queries of at most `keys` keys: kT [d, ldk] and vp [ldk, ldv] once,
- * or per thread when masked (each query selects its own keys), and FQ score rows per thread. */
+/* attn_full's scratch, in floats, for queries of at most `keys` keys: the packed keys kT [d, ldk] and values
+ * vp [ldk, ldv] once (shared), or per thread when masked (each query selects its own keys); then per thread
+ * FQ score rows, and the pack when masked (per). */
+struct full_layout {
+	int64_t ldk, ldv;
+	size_t shared, per;
+};
+
+static struct full_layout full_layout(int64_t keys, int64_t d, int64_t dv, int masked)
+{
+	struct full_layout l = { round_up64(keys, FK), round_up64(dv, FK), 0, 0 };
+	size_t pack = (size_t)l.ldk * (size_t)(d + l.ldv);
+	l.shared = masked ? 0 : pack;
+	l.per = (size_t)FQ * (size_t)l.ldk + (masked ? pack : 0);
+	return l;
+}
+
 size_t cpu_attn_full_floats(int64_t keys, int64_t d, int64_t dv, int masked, int nt)
 {
-	size_t ldk = (size_t)round_up64(keys, FK), pack = ldk * (size_t)(d + round_up64(dv, FK));
-	return (masked ? 0 : pack) + (size_t)nt * (FQ * ldk + (masked ? pack : 0));
+	struct full_layout l = full_layout(keys, d, dv, masked);
+	return l.shared + (size_t)nt * l.per;
 }
 
 /* The scratch of attn_latent, in floats: the scores [H, keys], then per thread one converted cache row. */
@@ -164,14 +179,15 @@ int cpu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a)
 		int64_t m = mask_count(a->mask ? &a->mask[t] : NULL, a->n_keys[t]);
 		max_keys = m > max_keys ? m : max_keys;
 	}
-	int64_t ldk = round_up64(max_keys, FK), ldv = round_up64(a->dv, FK);
-	size_t pack = (size_t)ldk * (size_t)(d + ldv); /* kT and vp */
-	size_t per = (size_t)FQ * (size_t)ldk + (a->mask ? pack : 0);
-	int nt = omp_get_max_threads();
-	float *buf = cpu_scratch_get(&cb->attn, sizeof(float) * cpu_attn_full_floats(max_keys, d, a->dv, !!a->mask, nt));
+	int masked = a->mask != NULL;
+	struct full_layout l = full_layout(max_keys, d, a->dv, masked);
+	int64_t ldk = l.ldk, ldv = l.ldv;
+	size_t per = l.per;
+	float *buf = cpu_scratch_get(&cb->attn, sizeof(float) * cpu_attn_full_floats(max_keys, d, a->dv, masked,
+										   omp_get_max_threads()));
 	if (!buf)
 		return DSM_ENOMEM;
-	float *thread_buf = buf + (a->mask ? 0 : pack);
+	float *thread_buf = buf + l.shared;
 	int64_t groups = a->mask ? T : (T + FQ - 1) / FQ;
 #pragma omp parallel if (T * max_keys * (d + a->dv) >= CPU_PARALLEL_MIN)
 	{
