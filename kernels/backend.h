@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #define DSM_BLOCK 128 /* FP8 weight block: 128 x 128 values share one scale */
+#define DSM_MAX_GPUS 16 /* devices of one run (gpu:0 to gpu:15) */
 
 /* A weight matrix, or a band of consecutive rows of one (a view).
  * The view is rows [row0, row0 + rows) of a stored [*, cols] tensor whose row 0 is at `data`;

@@ -35,8 +35,6 @@
 
 #include <stdint.h>
 
-#define DSM_MAX_GPUS 16   /* GPUs of one store (gpu:0 to gpu:15) */
-
 struct dsm_offload_opts {
 	const struct dsm_plan *plan;      /* validated against the model; NULL: every expert mapped */
 	struct dsm_backend *cpu;          /* computes mapped, dram and streamed experts (host pointers); required */

@@ -634,6 +634,15 @@ static double gib(uint64_t b)
 	return (double)b / (1024.0 * 1024.0 * 1024.0);
 }
 
+int dsm_plan_layer_gpu(int layer, int first_moe, int n_layers, int n_gpus)
+{
+	if (first_moe >= n_layers)
+		first_moe = 0;
+	if (layer < first_moe || n_gpus <= 1)
+		return 0;
+	return (int)((int64_t)(layer - first_moe) * n_gpus / (n_layers - first_moe));
+}
+
 int dsm_plan_from_budgets(struct dsm_plan **out, const struct dsm_moe_shape *c, const struct dsm_plan_sizes *sz,
 			  const struct dsm_plan_budget *b, const double *hotness)
 {
@@ -686,7 +695,7 @@ int dsm_plan_from_budgets(struct dsm_plan **out, const struct dsm_moe_shape *c, 
 	uint64_t eb = sz->expert_bytes ? sz->expert_bytes : 1;
 	for (size_t i = 0; i < n; i++) {
 		struct dsm_tier t = { DSM_TIER_NVME, 0 };
-		int layer = v[i].key / p->n_experts, g = (int)((int64_t)(layer - p->first_moe) * n_gpus / n_moe);
+		int layer = v[i].key / p->n_experts, g = dsm_plan_layer_gpu(layer, p->first_moe, p->n_layers, n_gpus);
 		if (vram[g] >= eb) {
 			t = (struct dsm_tier){ DSM_TIER_GPU, (uint8_t)g };
 			vram[g] -= eb;

@@ -87,6 +87,11 @@ struct dsm_plan_budget {
 	int forward_placed;       /* the non-expert weights but the shared experts lie on gpu:0 outside vram_bytes */
 };
 
+/* The GPU (of n_gpus) that layer `layer` of n_layers goes to when layers are split across GPUs: the MoE layers
+ * (from first_moe on) in as many consecutive ranges, one a GPU; the dense layers before them with gpu:0 (a model
+ * without MoE layers: all its layers in ranges). The GPU of a computed plan's experts, and of the forward pass. */
+int dsm_plan_layer_gpu(int layer, int first_moe, int n_layers, int n_gpus);
+
 /* A plan under the budgets: non-expert weights on gpu:0 when they fit there (only the shared experts counted when
  * forward_placed), else in DRAM; then experts,
  * hottest first (hotness[layer * n_experts + expert], higher hotter; NULL: spread evenly across layers,

@@ -1,9 +1,10 @@
-/* The forward pass outside the experts on a device (docs/offload.md "The forward pass on the GPU").
+/* The forward pass outside the experts on one or more devices (docs/offload.md "The forward pass on the GPU").
  *
- * dsm_model_to_device copies what the session reads besides the routed and shared experts (the embeddings, the
- * head, the final norm, and each layer's attention, indexer, norms, router and dense feed-forward) into a device's
- * memory, and points m->fwd at the copies and the device. The session then keeps its buffers and KV cache there
- * (session.c) and never touches them from the host; the experts stay with the expert store (offload/dispatch.h). */
+ * dsm_model_to_devices copies what the session reads besides the routed and shared experts (the embeddings, the
+ * head, the final norm, and each layer's attention, indexer, norms, router and dense feed-forward) into the memory
+ * of the device whose stage computes it, and points m->fwd at the copies and the devices. The session then keeps
+ * its buffers and KV cache there (session.c) and never touches them from the host; the experts stay with the
+ * expert store (offload/dispatch.h). */
 #include "model.h"
 
 #include "error.h"
@@ -11,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* One walk over the tensors: counts them and their bytes (dev NULL), or copies each to dev. */
+/* One walk over a stage's tensors: counts them and their bytes (dev NULL), or copies each to dev. */
 struct walk {
 	struct dsm_backend *dev;
 	struct dsm_fwd *f;
@@ -28,7 +29,7 @@ static int put(struct walk *w, const void **p, size_t bytes)
 	void *d = w->dev->alloc(w->dev, bytes);
 	if (!d)
 		return dsm_fail_prefix(DSM_ENOMEM, "%zu bytes of weights on the %s device", bytes, w->dev->name);
-	w->f->dev[w->f->n_dev++] = d;
+	w->f->dev[w->f->n_dev++] = (struct dsm_dev_alloc){ w->dev, d };
 	int rc = w->dev->copy_in(w->dev, d, *p, bytes);
 	*p = d;
 	return rc;
@@ -74,18 +75,18 @@ static int put_layer(struct walk *w, const struct dsm_config *c, struct dsm_laye
 	return (rc = put_mat(w, &f->gate)) < 0 ? rc : put_vec(w, &f->gate_bias, c->n_routed_experts);
 }
 
-/* Copies m's weights into f (dev NULL: counts them only). */
-static int walk_model(struct walk *w, const struct dsm_model *m, struct dsm_fwd *f)
+/* Copies the weights of layers [l0, l1) into f, with the embeddings when l0 is 0 and the head when l1 is the end
+ * (w->dev NULL: counts them only). */
+static int walk_stage(struct walk *w, const struct dsm_model *m, struct dsm_fwd *f, int l0, int l1)
 {
 	const struct dsm_config *c = &m->cfg;
 	int rc;
-	f->embed = m->embed;
-	f->head = m->head;
-	f->final_norm = m->final_norm;
-	if ((rc = put_mat(w, &f->embed)) < 0 || (rc = put_mat(w, &f->head)) < 0 ||
-	    (rc = put_vec(w, &f->final_norm, c->hidden_size)) < 0)
+	if (l0 == 0 && (rc = put_mat(w, &f->embed)) < 0)
 		return rc;
-	for (int L = 0; L < c->num_hidden_layers; L++) {
+	if (l1 == c->num_hidden_layers &&
+	    ((rc = put_mat(w, &f->head)) < 0 || (rc = put_vec(w, &f->final_norm, c->hidden_size)) < 0))
+		return rc;
+	for (int L = l0; L < l1; L++) {
 		struct dsm_layer l = m->layers[L];
 		if ((rc = put_layer(w, c, &l)) < 0)
 			return rc;
@@ -95,11 +96,11 @@ static int walk_model(struct walk *w, const struct dsm_model *m, struct dsm_fwd 
 	return 0;
 }
 
-uint64_t dsm_model_device_bytes(const struct dsm_model *m)
+uint64_t dsm_model_device_bytes(const struct dsm_model *m, int layer0, int layer_end)
 {
-	struct dsm_fwd f = { 0 };
+	struct dsm_fwd f = { .embed = m->embed, .head = m->head, .final_norm = m->final_norm };
 	struct walk w = { .f = &f };
-	walk_model(&w, m, &f);
+	walk_stage(&w, m, &f, layer0, layer_end);
 	return w.bytes;
 }
 
@@ -107,38 +108,46 @@ static void release(struct dsm_model *m)
 {
 	struct dsm_fwd *f = &m->fwd;
 	for (size_t i = 0; i < f->n_dev; i++)
-		f->be->free(f->be, f->dev[i]);
+		f->dev[i].be->free(f->dev[i].be, f->dev[i].p);
 	if (f->layers != m->layers)
 		free(f->layers);
 	free(f->dev);
-	m->fwd = (struct dsm_fwd){ .be = m->be, .embed = m->embed, .head = m->head, .final_norm = m->final_norm,
-				   .layers = m->layers };
+	m->fwd = (struct dsm_fwd){ .n_stages = 1, .stage_be = { m->be }, .stage_end = { m->cfg.num_hidden_layers },
+				   .embed = m->embed, .head = m->head, .final_norm = m->final_norm, .layers = m->layers };
 }
 
-int dsm_model_to_device(struct dsm_model *m, struct dsm_backend *dev)
+int dsm_model_to_devices(struct dsm_model *m, struct dsm_backend *const *dev, const int *stage_end, int n)
 {
 	release(m);
-	if (!dev)
+	if (n <= 0)
 		return 0;
 	if (m->embed.dtype != DSM_F32 && m->embed.dtype != DSM_BF16)
 		return dsm_fail(DSM_EUNSUPPORTED, "the embeddings are %s: the forward pass on a device reads F32 or BF16 ones",
 				dsm_dtype_name(m->embed.dtype));
-	struct dsm_fwd f = { .be = dev };
-	struct walk w = { .f = &f };
-	walk_model(&w, m, &f);
-	size_t fr, tot;
-	if (dev->mem_info && dev->mem_info(dev, &fr, &tot) == 0 && w.bytes > fr)
-		return dsm_fail(DSM_ENOMEM, "the weights outside the experts (embeddings, head, attention, norms, routers, "
-				"dense layers) are %.3f GB: more than the %.3f GB free on the %s device", (double)w.bytes / 1e9,
-				(double)fr / 1e9, dev->name);
-	f.dev = calloc(w.n + 1, sizeof *f.dev);
+	struct dsm_fwd f = { .n_stages = n, .embed = m->embed, .head = m->head, .final_norm = m->final_norm };
+	size_t allocs = 0;
+	for (int k = 0; k < n; k++) {
+		int l0 = k ? stage_end[k - 1] : 0;
+		struct walk w = { .f = &f };
+		walk_stage(&w, m, &f, l0, stage_end[k]);
+		allocs += w.n;
+		size_t fr, tot;
+		if (dev[k]->mem_info && dev[k]->mem_info(dev[k], &fr, &tot) == 0 && w.bytes > fr)
+			return dsm_fail(DSM_ENOMEM, "the weights outside the experts of layers %d-%d are %.3f GB: more than the "
+					"%.3f GB free on gpu:%d (the %s device)", l0, stage_end[k] - 1, (double)w.bytes / 1e9,
+					(double)fr / 1e9, k, dev[k]->name);
+		f.stage_be[k] = dev[k];
+		f.stage_end[k] = stage_end[k];
+	}
+	f.dev = calloc(allocs + 1, sizeof *f.dev);
 	f.layers = calloc((size_t)m->cfg.num_hidden_layers + 1, sizeof *f.layers);
 	int rc = f.dev && f.layers ? 0 : dsm_fail(DSM_ENOMEM, "out of memory");
-	w = (struct walk){ .dev = dev, .f = &f };
-	if (rc == 0)
-		rc = walk_model(&w, m, &f);
-	if (rc == 0 && dev->sync)
-		rc = dev->sync(dev);
+	for (int k = 0; k < n && rc == 0; k++) {
+		struct walk w = { .dev = dev[k], .f = &f };
+		rc = walk_stage(&w, m, &f, k ? stage_end[k - 1] : 0, stage_end[k]);
+		if (rc == 0 && dev[k]->sync)
+			rc = dev[k]->sync(dev[k]);
+	}
 	m->fwd = f; /* released below on failure */
 	if (rc < 0)
 		release(m);

@@ -117,31 +117,58 @@ static int parse_gpus(const char *s, int *devices, int *n)
 	}
 }
 
-/* Puts the forward pass outside the experts on gpu:0 and opens the session there (its KV cache and buffers), refused
- * with the sizes when they do not fit. *reserved: the device memory they took, out of a budget for experts. */
-static int forward_to_gpu(struct dsm_engine *e, const struct dsm_session_options *so, uint64_t *reserved)
+/* Puts the forward pass outside the experts on the n GPUs, each running the layers whose experts a computed plan
+ * gives it (dsm_plan_layer_gpu), and opens the session there (each GPU's part of the KV cache and its buffers),
+ * refused with the sizes when they do not fit. *reserved: the most device memory they took on one GPU, out of a
+ * budget for experts. */
+static int forward_to_gpus(struct dsm_engine *e, int n, const struct dsm_session_options *so, uint64_t *reserved)
 {
 	struct dsm_model *m = e->m;
-	struct dsm_backend *g = e->gpu[0];
-	uint64_t w = dsm_model_device_bytes(m), kv, buf;
-	dsm_session_device_bytes(m, g, so, &kv, &buf);
-	size_t fr = SIZE_MAX, tot, after;
-	if (g->mem_info && g->mem_info(g, &fr, &tot) < 0)
-		fr = SIZE_MAX;
-	*reserved = w + kv + buf;
-	if (*reserved > fr)
-		return dsm_fail(DSM_ENOMEM, "gpu:0 has %.3f GB free; the forward pass outside the experts needs %.3f GB "
-				"there: weights %.3f GB, KV cache %.3f GB (--ctx %lld, --max-seqs %d), step buffers %.3f GB "
-				"(--batch %lld). Lower those, or keep that part on the CPU with --cpu-attention",
-				(double)fr / 1e9, (double)*reserved / 1e9, (double)w / 1e9, (double)kv / 1e9,
-				(long long)so->ctx, so->max_seqs, (double)buf / 1e9, (long long)so->max_batch);
-	int rc = dsm_model_to_device(m, g);
-	if (rc < 0 || (rc = dsm_session_init(&e->s, m, so)) < 0)
-		return dsm_fail_prefix(rc, "the forward pass on gpu:0");
-	if (fr != SIZE_MAX && g->mem_info(g, &after, &tot) == 0) /* what was counted, allocation overheads too */
-		*reserved = fr - after;
-	note(e, "gpu:0 runs the attention, the dense layers, the routers, the embeddings and the head: %.3g GB of "
-	     "weights, %.3g GB of KV cache, %.3g GB of buffers", (double)w / 1e9, (double)kv / 1e9, (double)buf / 1e9);
+	const struct dsm_config *c = &m->cfg;
+	struct dsm_backend *dev[DSM_MAX_GPUS];
+	int end[DSM_MAX_GPUS], gpu[DSM_MAX_GPUS], stages = 0, rc;
+	size_t fr[DSM_MAX_GPUS], tot;
+	for (int L = 0; L < c->num_hidden_layers; L++) {
+		int g = dsm_plan_layer_gpu(L, c->first_k_dense_replace, c->num_hidden_layers, n);
+		if (!stages || gpu[stages - 1] != g) {
+			gpu[stages] = g;
+			dev[stages++] = e->gpu[g];
+		}
+		end[stages - 1] = L + 1;
+	}
+	*reserved = 0;
+	for (int k = 0; k < stages; k++) {
+		int l0 = k ? end[k - 1] : 0;
+		uint64_t w = dsm_model_device_bytes(m, l0, end[k]), kv, buf;
+		dsm_session_device_bytes(m, dev[k], l0, end[k], so, &kv, &buf);
+		if (!dev[k]->mem_info || dev[k]->mem_info(dev[k], &fr[k], &tot) < 0)
+			fr[k] = SIZE_MAX;
+		if (w + kv + buf > fr[k])
+			return dsm_fail(DSM_ENOMEM, "gpu:%d has %.3f GB free; the forward pass outside the experts of layers "
+					"%d-%d needs %.3f GB there: weights %.3f GB, KV cache %.3f GB (--ctx %lld, --max-seqs %d), "
+					"step buffers %.3f GB (--batch %lld). Lower those, add GPUs (--gpus), or keep that part on "
+					"the CPU with --cpu-attention", gpu[k], (double)fr[k] / 1e9, l0, end[k] - 1,
+					(double)(w + kv + buf) / 1e9, (double)w / 1e9, (double)kv / 1e9, (long long)so->ctx,
+					so->max_seqs, (double)buf / 1e9, (long long)so->max_batch);
+		if (w + kv + buf > *reserved)
+			*reserved = w + kv + buf;
+		char layers[48];
+		if (l0 == end[k] - 1)
+			snprintf(layers, sizeof layers, "layer %d but its", l0);
+		else
+			snprintf(layers, sizeof layers, "layers %d-%d but their", l0, end[k] - 1);
+		note(e, "gpu:%d runs %s experts (attention, dense layers, routers)%s: %.3g GB of weights, "
+		     "%.3g GB of KV cache, %.3g GB of buffers", gpu[k], layers,
+		     stages == 1 ? ", the embeddings and the head" : k == 0 ? ", the embeddings" :
+		     k == stages - 1 ? ", the head" : "", (double)w / 1e9, (double)kv / 1e9, (double)buf / 1e9);
+	}
+	if ((rc = dsm_model_to_devices(m, dev, end, stages)) < 0 || (rc = dsm_session_init(&e->s, m, so)) < 0)
+		return dsm_fail_prefix(rc, "the forward pass on the gpu%s", stages > 1 ? "s" : "");
+	for (int k = 0; k < stages; k++) { /* what was counted, allocation overheads too */
+		size_t after;
+		if (fr[k] != SIZE_MAX && dev[k]->mem_info(dev[k], &after, &tot) == 0 && fr[k] - after > *reserved)
+			*reserved = fr[k] - after;
+	}
 	return 0;
 }
 
@@ -178,12 +205,12 @@ static int open_tiers(struct dsm_engine *e, const struct dsm_session_options *so
 		}
 		uint64_t reserved = 0;
 		if (!o->cpu_attention) {
-			if ((rc = forward_to_gpu(e, so, &reserved)) < 0)
+			if ((rc = forward_to_gpus(e, n, so, &reserved)) < 0)
 				return rc;
 			if (os.vram_budget && os.vram_budget <= reserved)
-				return dsm_fail(DSM_EARG, "--vram-budget %.3f GB: the forward pass outside the experts takes "
-						"%.3f GB of it on gpu:0 (--cpu-attention keeps that part on the CPU)",
-						(double)os.vram_budget / 1e9, (double)reserved / 1e9);
+				return dsm_fail(DSM_EARG, "--vram-budget %.3f GB a GPU: the forward pass outside the experts takes "
+						"%.3f GB of it%s (--cpu-attention keeps that part on the CPU)",
+						(double)os.vram_budget / 1e9, (double)reserved / 1e9, n > 1 ? " on one GPU" : "");
 			/* what the experts may have: the budget less that part, or what is left free on the devices */
 			if (least_free != SIZE_MAX)
 				least_free = least_free > reserved ? least_free - reserved : 0;
@@ -281,7 +308,7 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 	snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", dir);
 	if (access(tok_path, R_OK) == 0 && (rc = tokenizer_load_dir(&e->tok, dir)) < 0)
 		goto err;
-	if (!e->s && (rc = dsm_session_init(&e->s, m, &so)) < 0) /* opened already when gpu:0 holds it */
+	if (!e->s && (rc = dsm_session_init(&e->s, m, &so)) < 0) /* opened already when the gpus hold it */
 		goto err;
 	*out = e;
 	return 0;
@@ -307,7 +334,7 @@ void dsm_engine_close(struct dsm_engine *e)
 		dsm_model_set_experts(e->m, NULL);
 	dsm_offload_close(e->off);
 	if (e->m)
-		dsm_model_to_device(e->m, NULL); /* before the devices go */
+		dsm_model_to_devices(e->m, NULL, NULL, 0); /* before the devices go */
 	for (int i = 0; i < DSM_MAX_GPUS; i++)
 		dsm_backend_destroy(e->gpu[i]);
 	dsm_plan_free(e->plan);
@@ -513,20 +540,21 @@ void dsm_engine_flags_help(FILE *f)
 	      "  --no-offload           map every weight from the checkpoint even when it does not fit in memory\n"
 	      "  --plan FILE            placement plan (JSON, docs/plan.md)\n"
 	      "  --gpu-backend NAME     the GPU: cuda (where built) or emu (the cpu behind a device-memory budget of\n"
-	      "                         --vram-budget, default 1G; for tests). gpu:0 runs the attention, the dense\n"
-	      "                         layers, the routers, the embeddings and the head, and holds the KV cache; the\n"
-	      "                         GPUs compute the experts that the plan puts on them (and the shared experts,\n"
-	      "                         on gpu:0) while the CPU computes the others. Without it a plan naming gpu:N\n"
+	      "                         --vram-budget, default 1G; for tests). The GPUs run the attention, the dense\n"
+	      "                         layers, the routers, the embeddings and the head, and hold the KV cache; they\n"
+	      "                         compute the experts that the plan puts on them (and the shared experts, on\n"
+	      "                         gpu:0) while the CPU computes the others. Without it a plan naming gpu:N\n"
 	      "                         experts is refused\n"
 	      "  --cpu-attention        with --gpu-backend, keep all but the GPU's experts on the CPU (a GPU too small\n"
 	      "                         for the attention's weights and the KV cache)\n"
-	      "  --gpus LIST            the devices of gpu:0, gpu:1, ... (e.g. 0,1; default 0): a computed plan splits\n"
-	      "                         the MoE layers into consecutive ranges, one a GPU, each filled with its\n"
-	      "                         layers' hottest experts; --vram-budget is then each GPU's\n"
+	      "  --gpus LIST            the devices of gpu:0, gpu:1, ... (e.g. 0,1; default 0): the MoE layers are\n"
+	      "                         split into consecutive ranges, one a GPU: each GPU runs its layers' attention\n"
+	      "                         and holds their KV cache, and a computed plan fills it with its layers'\n"
+	      "                         hottest experts; --vram-budget is then each GPU's\n"
 	      "  --gpu-upload-tokens N  a DRAM expert with N or more tokens in one step is copied to the GPU and\n"
 	      "                         computed there (default 0: the break-even measured at start; -1: never)\n"
 	      "  --vram-budget SIZE     GPU memory for a computed plan (e.g. 20G; default with --gpu-backend: what the\n"
-	      "                         device has free, less a margin); on gpu:0 the forward pass's part comes off it\n"
+	      "                         device has free, less a margin); the forward pass's part comes off it\n"
 	      "  --dram-budget SIZE     DRAM for a computed plan (default: the memory dsm may use: the least of\n"
 	      "                         MemAvailable and the cgroup limits, minus a tenth, at least 1 GiB)\n"
 	      "  --stream-experts       every routed expert streamed from the checkpoint\n"

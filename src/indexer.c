@@ -29,7 +29,7 @@ static int select_hooks(struct dsm_session *s, const struct dsm_step_part *p, in
 	for (int64_t t = p->row0; t < p->row0 + p->n && rc == 0; t++) {
 		if (s->h_n_keys[t] <= topk)
 			continue;
-		int32_t *sel = s->sel + t * topk, *h = s->h_sel + t * topk;
+		int32_t *sel = s->st->sel + t * topk, *h = s->h_sel + t * topk;
 		size_t bytes = sizeof(int32_t) * (size_t)topk;
 		if ((rc = dsm_to_host(s, h, sel, bytes)) < 0)
 			return rc;
@@ -43,8 +43,9 @@ static int select_hooks(struct dsm_session *s, const struct dsm_step_part *p, in
 
 int dsm_indexer(struct dsm_session *s, int L, int *masked)
 {
+	struct dsm_stage *st = s->st;
 	struct dsm_model *m = s->m;
-	struct dsm_backend *be = s->be;
+	struct dsm_backend *be = st->be;
 	const struct dsm_config *c = &m->cfg;
 	const struct dsm_indexer_weights *w = &m->fwd.layers[L].indexer;
 	const struct dsm_session_hooks *hk = &s->opt.hooks;
@@ -53,15 +54,15 @@ int dsm_indexer(struct dsm_session *s, int L, int *masked)
 	int rc;
 
 	/* keys of the new tokens -> indexer cache */
-	if ((rc = be->matmul(be, &w->wk, T, s->xn, s->ik)) < 0 ||                       /* [T, dI] */
-	    (rc = be->layernorm(be, T, dI, s->ik, w->k_norm_w, w->k_norm_b, 1e-6f, s->ik)) < 0 ||
-	    (rc = be->rope(be, T, 1, dr, s->ik, dI, 0, s->cos, s->sin, 0)) < 0 ||
-	    (rc = be->hadamard(be, T, dI, s->ik)) < 0)
+	if ((rc = be->matmul(be, &w->wk, T, st->xn, st->ik)) < 0 ||                     /* [T, dI] */
+	    (rc = be->layernorm(be, T, dI, st->ik, w->k_norm_w, w->k_norm_b, 1e-6f, st->ik)) < 0 ||
+	    (rc = be->rope(be, T, 1, dr, st->ik, dI, 0, st->cos, st->sin, 0)) < 0 ||
+	    (rc = be->hadamard(be, T, dI, st->ik)) < 0)
 		return rc;
 	for (int64_t t0 = 0, t1; t0 < T; t0 = t1) {  /* a run of rows lying one after another in a block per call */
 		float *dst = dsm_kv_ik(s, s->row_seq[t0], L, s->row_pos[t0]);
 		t1 = dsm_kv_run(s, t0);
-		if ((rc = be->convert(be, t1 - t0, dI, s->ik + t0 * dI, DSM_F32, dI, dst, DSM_F32, dI)) < 0 ||
+		if ((rc = be->convert(be, t1 - t0, dI, st->ik + t0 * dI, DSM_F32, dI, dst, DSM_F32, dI)) < 0 ||
 		    (fp8 && (rc = be->fp8_round(be, t1 - t0, dI, dst, ue8m0)) < 0))
 			return rc;
 	}
@@ -75,12 +76,12 @@ int dsm_indexer(struct dsm_session *s, int L, int *masked)
 	if (!choosing)
 		return 0;                 /* every query keeps all its keys: dense attention */
 
-	if ((rc = be->matmul(be, &w->wq_b, T, s->qa, s->iq)) < 0 ||                     /* [T, nI, dI] */
-	    (rc = be->rope(be, T, nI, dr, s->iq, nI * dI, dI, s->cos, s->sin, 0)) < 0 ||
-	    (rc = be->hadamard(be, T * nI, dI, s->iq)) < 0 ||
-	    (rc = be->matmul(be, &w->weights_proj, T, s->xn, s->iw)) < 0 ||             /* [T, nI] */
-	    (fp8 && (rc = be->fp8_round(be, T * nI, dI, s->iq, ue8m0)) < 0) ||
-	    (rc = be->scale(be, T * nI, s->iw, (float)(1.0 / sqrt((double)nI) / sqrt((double)dI)))) < 0)
+	if ((rc = be->matmul(be, &w->wq_b, T, st->qa, st->iq)) < 0 ||                   /* [T, nI, dI] */
+	    (rc = be->rope(be, T, nI, dr, st->iq, nI * dI, dI, st->cos, st->sin, 0)) < 0 ||
+	    (rc = be->hadamard(be, T * nI, dI, st->iq)) < 0 ||
+	    (rc = be->matmul(be, &w->weights_proj, T, st->xn, st->iw)) < 0 ||           /* [T, nI] */
+	    (fp8 && (rc = be->fp8_round(be, T * nI, dI, st->iq, ue8m0)) < 0) ||
+	    (rc = be->scale(be, T * nI, st->iw, (float)(1.0 / sqrt((double)nI) / sqrt((double)dI)))) < 0)
 		return rc;
 	for (int i = 0; i < s->n_parts; i++) {
 		const struct dsm_step_part *p = &s->parts[i];
@@ -94,10 +95,10 @@ int dsm_indexer(struct dsm_session *s, int L, int *masked)
 			int64_t n_keys = s->h_n_keys[t];
 			if (n_keys <= topk)
 				continue;
-			int32_t *sel = s->sel + t * topk;
-			if ((rc = be->indexer_scores(be, nI, dI, s->iq + t * nI * dI, s->iw + t * nI, NULL, kb, DSM_KV_BLOCK,
-						     n_keys, s->iscore)) < 0 ||
-			    (rc = be->topk(be, s->iscore, n_keys, topk, sel)) < 0)
+			int32_t *sel = st->sel + t * topk;
+			if ((rc = be->indexer_scores(be, nI, dI, st->iq + t * nI * dI, st->iw + t * nI, NULL, kb, DSM_KV_BLOCK,
+						     n_keys, st->iscore)) < 0 ||
+			    (rc = be->topk(be, st->iscore, n_keys, topk, sel)) < 0)
 				return rc;
 			s->mask[t] = (struct dsm_attn_mask){ .sel = sel, .n_sel = topk };
 		}

@@ -152,7 +152,7 @@ void dsm_model_close(struct dsm_model *m)
 {
 	if (!m)
 		return;
-	dsm_model_to_device(m, NULL);
+	dsm_model_to_devices(m, NULL, NULL, 0);
 	dsm_offload_close(m->mapped_experts);
 	dsm_store_model_free(m->store_model);
 	dsm_backend_destroy(m->be);
@@ -222,7 +222,7 @@ int dsm_model_open(struct dsm_model **out, const char *dir, const struct dsm_mod
 	for (int L = 0; L < c->num_hidden_layers; L++)
 		if ((rc = load_layer(m, L)) < 0)
 			goto err;
-	if ((rc = dsm_model_set_experts(m, NULL)) < 0 || (rc = dsm_model_to_device(m, NULL)) < 0)
+	if ((rc = dsm_model_set_experts(m, NULL)) < 0 || (rc = dsm_model_to_devices(m, NULL, NULL, 0)) < 0)
 		goto err;
 	*out = m;
 	return 0;

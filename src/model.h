@@ -70,14 +70,22 @@ struct dsm_layer {
 	struct dsm_ffn_layer ffn;
 };
 
-/* What the forward pass reads outside the routed and shared experts, and the backend that computes it: the
- * model's own weights and cpu backend, or copies of them in a device's memory (dsm_model_to_device). */
+/* What the forward pass reads outside the routed and shared experts, and the backends that compute it: the
+ * model's own weights and cpu backend (one stage), or copies of them in the memory of one or more devices
+ * (dsm_model_to_devices). Stage k computes layers [stage_end[k - 1], stage_end[k]) (from 0 for k = 0) on
+ * stage_be[k]; the embeddings sit with the first stage, the final norm and the head with the last. */
 struct dsm_fwd {
-	struct dsm_backend *be;
+	int n_stages;
+	struct dsm_backend *stage_be[DSM_MAX_GPUS];
+	int stage_end[DSM_MAX_GPUS];
 	struct dsm_mat embed, head;
 	float *final_norm;
-	struct dsm_layer *layers;       /* the device's copy: its shared experts are not copied (offload/ runs them) */
-	void **dev;                     /* the device allocations, n_dev of them */
+	struct dsm_layer *layers;       /* each in its stage's memory: its shared experts are not copied (offload/
+					 * runs them) */
+	struct dsm_dev_alloc {
+		struct dsm_backend *be;
+		void *p;
+	} *dev;                         /* the device allocations, n_dev of them */
 	size_t n_dev;
 };
 
@@ -122,14 +130,16 @@ void dsm_model_close(struct dsm_model *m);
  * its look-ahead prefetch. Returns 0 or DSM_EARG. */
 int dsm_model_set_experts(struct dsm_model *m, struct dsm_offload *o);
 
-/* Bytes that dsm_model_to_device copies to the device: the embeddings, the head, the final norm, and each layer's
- * attention, indexer, norms, router and dense feed-forward weights (not the routed and shared experts). */
-uint64_t dsm_model_device_bytes(const struct dsm_model *m);
-/* The forward pass outside the routed and shared experts runs on device backend dev from now on: its weights are
- * copied into dev's memory and m->fwd names the copies. dev NULL: back to the cpu backend and the model's own
- * weights, the copies freed (before dev is destroyed). Refused with the sizes when dev's free memory is too small;
+/* Bytes of the weights a stage computing layers [layer0, layer_end) holds on its device: those layers' attention,
+ * indexer, norms, router and dense feed-forward weights (not the routed and shared experts), the embeddings when
+ * layer0 is 0, the final norm and the head when layer_end is the last layer's end. */
+uint64_t dsm_model_device_bytes(const struct dsm_model *m, int layer0, int layer_end);
+/* The forward pass outside the routed and shared experts runs on n device backends dev[] from now on, stage k over
+ * layers up to stage_end[k] (increasing, the last = num_hidden_layers): the weights are copied into the devices'
+ * memory and m->fwd names the copies. n = 0: back to the cpu backend and the model's own weights, the copies freed
+ * (before the devices are destroyed). Refused with the sizes when a device's free memory is too small;
  * DSM_EUNSUPPORTED for an embedding table that is not F32 or BF16. */
-int dsm_model_to_device(struct dsm_model *m, struct dsm_backend *dev);
+int dsm_model_to_devices(struct dsm_model *m, struct dsm_backend *const *dev, const int *stage_end, int n);
 
 /* Threads the backend runs; *bound: 1 when each is bound to its own physical core. */
 int dsm_model_threads(const struct dsm_model *m, int *bound);

@@ -30,8 +30,9 @@ static void forced_weights(const struct dsm_config *c, const float *logits, cons
 
 static int moe(struct dsm_session *s, int L)
 {
+	struct dsm_stage *st = s->st;
 	struct dsm_model *m = s->m;
-	struct dsm_backend *be = s->be;
+	struct dsm_backend *be = st->be;
 	const struct dsm_config *c = &m->cfg;
 	const struct dsm_ffn_layer *f = &m->fwd.layers[L].ffn;
 	const struct dsm_session_hooks *hk = &s->opt.hooks;
@@ -40,20 +41,20 @@ static int moe(struct dsm_session *s, int L)
 	int rc;
 
 	double t0 = dsm_now();
-	if ((rc = be->matmul(be, &f->gate, T, s->xn, s->rlogits)) < 0)                 /* [T, E] */
+	if ((rc = be->matmul(be, &f->gate, T, st->xn, st->rlogits)) < 0)               /* [T, E] */
 		return rc;
 	struct dsm_route_args ra = {
-		.n_tokens = T, .n_experts = E, .logits = s->rlogits, .bias = f->gate_bias,
+		.n_tokens = T, .n_experts = E, .logits = st->rlogits, .bias = f->gate_bias,
 		.n_group = c->n_group, .topk_group = c->topk_group, .top_k = k,
 		.normalize = c->norm_topk_prob, .scaling = (float)c->routed_scaling_factor,
-		.idx = s->ridx, .weight = s->rw,
+		.idx = st->ridx, .weight = st->rw,
 	};
 	/* The expert store works on the host: the choices, the weights and the normed input go there. */
 	if ((rc = be->route(be, &ra)) < 0 ||                                           /* [T, k] */
-	    (rc = dsm_to_host_queued(s, s->h_ridx, s->ridx, sizeof(int32_t) * (size_t)(T * k))) < 0 ||
-	    (rc = dsm_to_host_queued(s, s->h_rw, s->rw, sizeof(float) * (size_t)(T * k))) < 0 ||
-	    (rc = dsm_to_host_queued(s, s->h_xn, s->xn, sizeof(float) * (size_t)(T * D))) < 0 ||
-	    (hk->force_route && (rc = dsm_to_host_queued(s, s->h_rlogits, s->rlogits, sizeof(float) * (size_t)(T * E))) < 0) ||
+	    (rc = dsm_to_host_queued(s, s->h_ridx, st->ridx, sizeof(int32_t) * (size_t)(T * k))) < 0 ||
+	    (rc = dsm_to_host_queued(s, s->h_rw, st->rw, sizeof(float) * (size_t)(T * k))) < 0 ||
+	    (rc = dsm_to_host_queued(s, s->h_xn, st->xn, sizeof(float) * (size_t)(T * D))) < 0 ||
+	    (hk->force_route && (rc = dsm_to_host_queued(s, s->h_rlogits, st->rlogits, sizeof(float) * (size_t)(T * E))) < 0) ||
 	    (rc = dsm_device_wait(s)) < 0)
 		return rc;
 	if (hk->force_route)
@@ -70,30 +71,31 @@ static int moe(struct dsm_session *s, int L)
 				   .x = s->h_xn, .y = s->h_y };
 	if ((rc = dsm_offload_moe(m->offload, &ms)) < 0)      /* [T, D], the shared expert's output added */
 		return rc;
-	if (s->queue)          /* the store used the device's queues: the session's again */
-		be->set_queue(be, s->queue);
+	if (st->queue)         /* the store used the device's queues: the session's again */
+		be->set_queue(be, st->queue);
 	if ((rc = dsm_device_resume(s)) == 0)
-		rc = dsm_to_dev(s, s->y, s->h_y, sizeof(float) * (size_t)(T * D));
+		rc = dsm_to_dev(s, st->y, s->h_y, sizeof(float) * (size_t)(T * D));
 	s->times.experts += dsm_now() - t1;
 	return rc;
 }
 
 int dsm_feed_forward(struct dsm_session *s, int L)
 {
+	struct dsm_stage *st = s->st;
 	struct dsm_model *m = s->m;
-	struct dsm_backend *be = s->be;
+	struct dsm_backend *be = st->be;
 	const struct dsm_config *c = &m->cfg;
 	const struct dsm_ffn_layer *f = &m->fwd.layers[L].ffn;
 	int64_t T = s->T, D = c->hidden_size;
 	int rc;
-	if ((rc = be->rmsnorm(be, T, D, s->x, D, f->norm, (float)c->rms_norm_eps, s->xn)) < 0)
+	if ((rc = be->rmsnorm(be, T, D, st->x, D, f->norm, (float)c->rms_norm_eps, st->xn)) < 0)
 		return rc;
 	if (f->moe) {
 		rc = moe(s, L);
 	} else {
 		double t = dsm_now();
-		rc = be->ffn(be, &f->dense, T, s->xn, s->y);
+		rc = be->ffn(be, &f->dense, T, st->xn, st->y);
 		s->times.dense += dsm_now() - t;
 	}
-	return rc < 0 ? rc : be->add(be, T * D, s->x, s->y);
+	return rc < 0 ? rc : be->add(be, T * D, st->x, st->y);
 }

@@ -36,20 +36,58 @@ static int64_t blocks_for(int64_t positions)
 	return (positions + DSM_KV_BLOCK - 1) / DSM_KV_BLOCK;
 }
 
-/* The host copy of a device buffer: its own in host memory h, or the buffer itself on a host backend. */
+/* The host copy of a stage's buffer: its own in host memory h, or the buffer itself on a host backend. */
 static void *mirror(struct dsm_session *s, struct arena *h, void *dev, size_t bytes)
 {
 	return s->on_device ? take(h, bytes) : dev;
 }
 
-/* h: what the host reads and writes; d: what the backend's ops read and write (device memory on a device). */
-static void layout_buffers(struct dsm_session *s, struct arena *h, struct arena *d)
+/* The host tables and copies of the session in h (h NULL: none), and stage st's buffers in d (in its backend's
+ * memory on a device). */
+static void layout_buffers(struct dsm_session *s, struct arena *h, struct dsm_stage *st, struct arena *d)
 {
 	const struct dsm_config *c = &s->m->cfg;
 	size_t B = (size_t)s->max_batch, ctx = (size_t)s->ctx, f = sizeof(float), S = (size_t)s->max_seqs;
 	size_t D = (size_t)c->hidden_size, H = (size_t)c->num_attention_heads, dn = (size_t)c->qk_nope_head_dim,
 	       dr = (size_t)c->qk_rope_head_dim, dv = (size_t)c->v_head_dim, r = (size_t)c->kv_lora_rank,
 	       rq = (size_t)c->q_lora_rank, E = (size_t)c->n_routed_experts, k = (size_t)c->num_experts_per_tok;
+	size_t topk = c->has_indexer ? (size_t)c->index_topk : 0;
+	if (topk > ctx)
+		topk = ctx;
+	st->x = take(d, B * D * f);
+	st->xn = take(d, B * D * f);
+	st->y = take(d, B * D * f);
+	st->cos = take(d, B * dr / 2 * f);
+	st->sin = take(d, B * dr / 2 * f);
+	st->n_keys = take(d, B * sizeof(int64_t));
+	st->qa = take(d, B * rq * f);
+	st->q = take(d, B * H * (dn + dr) * f);
+	st->kva = take(d, B * (r + dr) * f);
+	st->cnorm = take(d, B * r * f);
+	st->o = take(d, B * H * dv * f);
+	st->c_all = take(d, ctx * r * f);
+	st->pe_all = take(d, ctx * dr * f);
+	st->kv_head = take(d, ctx * (dn + dv) * f);
+	st->q_lat = take(d, B * H * r * f);
+	st->q_pe = take(d, H * dr * f);
+	st->o_lat = take(d, B * H * r * f);
+	if (c->has_indexer) {
+		size_t nI = (size_t)c->index_n_heads, dI = (size_t)c->index_head_dim;
+		st->ik = take(d, B * dI * f);
+		st->iq = take(d, B * nI * dI * f);
+		st->iw = take(d, B * nI * f);
+		st->iscore = take(d, ctx * f);
+		st->sel = take(d, B * topk * sizeof(int32_t));
+	}
+	if (E) {
+		st->rlogits = take(d, B * E * f);
+		st->ridx = take(d, B * k * sizeof(int32_t));
+		st->rw = take(d, B * k * f);
+	}
+	/* the last row of each part; on a device, every row of a part too */
+	st->logits = take(d, (s->on_device ? B : B < S ? B : S) * (size_t)c->vocab_size * f);
+	if (!h)
+		return;
 	s->seqs = take(h, S * sizeof(struct dsm_seq));
 	for (size_t i = 0; i < S; i++) {
 		int32_t *blocks = take(h, (size_t)blocks_for(s->ctx) * sizeof(int32_t));
@@ -64,49 +102,17 @@ static void layout_buffers(struct dsm_session *s, struct arena *h, struct arena 
 	s->mask = take(h, B * sizeof(struct dsm_attn_mask));
 	s->max_blocks = blocks_for(s->ctx);
 	s->blocks = take(h, 2 * (size_t)s->max_blocks * sizeof(void *));
-	s->x = take(d, B * D * f);
-	s->xn = take(d, B * D * f);
-	s->h_xn = mirror(s, h, s->xn, B * D * f);
-	s->y = take(d, B * D * f);
-	s->h_y = mirror(s, h, s->y, B * D * f);
-	s->cos = take(d, B * dr / 2 * f);
-	s->h_cos = mirror(s, h, s->cos, B * dr / 2 * f);
-	s->sin = take(d, B * dr / 2 * f);
-	s->h_sin = mirror(s, h, s->sin, B * dr / 2 * f);
-	s->n_keys = take(d, B * sizeof(int64_t));
-	s->h_n_keys = mirror(s, h, s->n_keys, B * sizeof(int64_t));
-	s->qa = take(d, B * rq * f);
-	s->q = take(d, B * H * (dn + dr) * f);
-	s->kva = take(d, B * (r + dr) * f);
-	s->cnorm = take(d, B * r * f);
-	s->o = take(d, B * H * dv * f);
-	s->c_all = take(d, ctx * r * f);
-	s->pe_all = take(d, ctx * dr * f);
-	s->kv_head = take(d, ctx * (dn + dv) * f);
-	s->q_lat = take(d, B * H * r * f);
-	s->q_pe = take(d, H * dr * f);
-	s->o_lat = take(d, B * H * r * f);
-	if (c->has_indexer) {
-		size_t nI = (size_t)c->index_n_heads, dI = (size_t)c->index_head_dim, topk = (size_t)c->index_topk;
-		if (topk > ctx)
-			topk = ctx;
-		s->ik = take(d, B * dI * f);
-		s->iq = take(d, B * nI * dI * f);
-		s->iw = take(d, B * nI * f);
-		s->iscore = take(d, ctx * f);
-		s->sel = take(d, B * topk * sizeof(int32_t));
-		s->h_sel = mirror(s, h, s->sel, B * topk * sizeof(int32_t));
-	}
+	s->h_xn = mirror(s, h, st->xn, B * D * f);
+	s->h_y = mirror(s, h, st->y, B * D * f);
+	s->h_cos = mirror(s, h, st->cos, B * dr / 2 * f);
+	s->h_sin = mirror(s, h, st->sin, B * dr / 2 * f);
+	s->h_n_keys = mirror(s, h, st->n_keys, B * sizeof(int64_t));
+	s->h_sel = c->has_indexer ? mirror(s, h, st->sel, B * topk * sizeof(int32_t)) : NULL;
 	if (E) {
-		s->rlogits = take(d, B * E * f);
-		s->h_rlogits = mirror(s, h, s->rlogits, B * E * f);
-		s->ridx = take(d, B * k * sizeof(int32_t));
-		s->h_ridx = mirror(s, h, s->ridx, B * k * sizeof(int32_t));
-		s->rw = take(d, B * k * f);
-		s->h_rw = mirror(s, h, s->rw, B * k * f);
+		s->h_rlogits = mirror(s, h, st->rlogits, B * E * f);
+		s->h_ridx = mirror(s, h, st->ridx, B * k * sizeof(int32_t));
+		s->h_rw = mirror(s, h, st->rw, B * k * f);
 	}
-	/* the last row of each part; on a device, every row of a part too */
-	s->logits = take(d, (s->on_device ? B : B < S ? B : S) * (size_t)c->vocab_size * f);
 }
 
 /* Memory of the backend (device memory, or plain on a host backend), and the host memory it copies from and to
@@ -135,31 +141,33 @@ void dsm_session_free(struct dsm_session *s)
 {
 	if (!s)
 		return;
-	struct dsm_backend *be = s->be;
-	if (be->queue_destroy)
-		be->queue_destroy(be, s->queue);
-	if (be->event_destroy) {
-		be->event_destroy(be, s->done);
-		be->event_destroy(be, s->seg);
+	for (int k = 0; k < s->n_stages; k++) {
+		struct dsm_stage *st = &s->stage[k];
+		struct dsm_backend *be = st->be;
+		if (be->queue_destroy)
+			be->queue_destroy(be, st->queue);
+		if (be->event_destroy) {
+			be->event_destroy(be, st->done);
+			be->event_destroy(be, st->seg);
+		}
+		dev_free(be, st->kv);
+		dev_free(be, st->dev_arena);
 	}
-	dev_free(be, s->kv);
-	dev_free(be, s->dev_arena);
 	if (s->arena)
-		pinned_free(be, s->arena);
+		pinned_free(s->stage[0].be, s->arena);
 	free(s);
 }
 
-/* The session's sizes from its options: context, batch, the KV pool and its blocks, and the bytes of the host
- * and device buffers (counted by a layout without memory). */
-static int size_session(struct dsm_session *s, struct dsm_model *m, struct dsm_backend *be,
-			const struct dsm_session_options *o)
+/* The session's sizes from its options and its stages (s->stage[0 .. n_stages) with their backend and layers):
+ * context, batch, the KV pool and its blocks, and the bytes of the host and device buffers (counted by a layout
+ * without memory). */
+static int size_session(struct dsm_session *s, struct dsm_model *m, const struct dsm_session_options *o)
 {
 	const struct dsm_config *c = &m->cfg;
 	if (o)
 		s->opt = *o;
 	s->m = m;
-	s->be = be;
-	s->on_device = s->be->alloc != NULL;
+	s->on_device = s->stage[0].be->alloc != NULL;
 	s->ctx = s->opt.ctx > 0 ? s->opt.ctx : 4096;
 	if (s->ctx > c->max_position_embeddings)
 		s->ctx = c->max_position_embeddings;
@@ -189,20 +197,28 @@ static int size_session(struct dsm_session *s, struct dsm_model *m, struct dsm_b
 		s->n_blocks = per_seq * s->max_seqs;
 	}
 	s->kv_bytes = (uint64_t)s->n_blocks * s->block_bytes;
-	struct arena h = { 0 }, d = { 0 };
-	layout_buffers(s, &h, &d);
+	struct arena h = { 0 };
+	s->dev_bytes = 0;
+	for (int k = 0; k < s->n_stages; k++) {
+		struct dsm_stage *st = &s->stage[k];
+		struct arena d = { 0 };
+		st->block_bytes = s->layer_bytes * (size_t)(st->layer_end - st->layer0);
+		st->kv_bytes = (uint64_t)s->n_blocks * st->block_bytes;
+		layout_buffers(s, k ? NULL : &h, st, &d);
+		st->dev_bytes = d.used;
+		s->dev_bytes += d.used;
+	}
 	s->host_bytes = h.used;
-	s->dev_bytes = d.used;
 	return 0;
 }
 
-void dsm_session_device_bytes(struct dsm_model *m, struct dsm_backend *dev, const struct dsm_session_options *o,
-			      uint64_t *kv_bytes, uint64_t *buffers_bytes)
+void dsm_session_device_bytes(struct dsm_model *m, struct dsm_backend *dev, int layer0, int layer_end,
+			      const struct dsm_session_options *o, uint64_t *kv_bytes, uint64_t *buffers_bytes)
 {
-	struct dsm_session s = { 0 };
+	struct dsm_session s = { .n_stages = 1, .stage = { { .be = dev, .layer0 = layer0, .layer_end = layer_end } } };
 	*kv_bytes = *buffers_bytes = 0;
-	if (size_session(&s, m, dev, o) == 0) {
-		*kv_bytes = s.kv_bytes;
+	if (size_session(&s, m, o) == 0) {
+		*kv_bytes = s.stage[0].kv_bytes;
 		*buffers_bytes = s.dev_bytes;
 	}
 }
@@ -213,25 +229,44 @@ int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct
 	struct dsm_session *s = calloc(1, sizeof *s);
 	if (!s)
 		return dsm_fail(DSM_ENOMEM, "out of memory");
-	int rc = size_session(s, m, m->fwd.be, o);
+	const struct dsm_fwd *fw = &m->fwd;
+	s->n_stages = fw->n_stages;
+	for (int k = 0; k < s->n_stages; k++)
+		s->stage[k] = (struct dsm_stage){ .be = fw->stage_be[k], .layer0 = k ? fw->stage_end[k - 1] : 0,
+						  .layer_end = fw->stage_end[k] };
+	s->st = &s->stage[0];
+	int rc = size_session(s, m, o);
 	if (rc < 0) {
 		free(s);
 		return rc;
 	}
-	struct dsm_backend *be = s->be;
-	s->kv = dev_alloc(be, s->kv_bytes);
-	s->dev_arena = dev_alloc(be, s->dev_bytes);
-	s->arena = pinned_alloc(be, s->host_bytes);
-	if (!s->kv || !s->dev_arena || !s->arena) {
-		rc = dsm_fail(DSM_ENOMEM, "out of %s memory: a KV pool of %llu bytes (%lld blocks of %d positions) and %llu "
-			      "bytes of buffers (lower --ctx, --max-seqs or --batch)", s->on_device ? "device" : "host",
-			      (unsigned long long)s->kv_bytes, (long long)s->n_blocks, DSM_KV_BLOCK,
-			      (unsigned long long)s->dev_bytes);
+	for (int k = 0; k < s->n_stages; k++) {
+		struct dsm_stage *st = &s->stage[k];
+		st->kv = dev_alloc(st->be, st->kv_bytes);
+		st->dev_arena = dev_alloc(st->be, st->dev_bytes);
+		if (!st->kv || !st->dev_arena) {
+			rc = dsm_fail(DSM_ENOMEM, "out of %s memory for layers %d-%d%s: a KV pool of %llu bytes (%lld blocks of "
+				      "%d positions) and %llu bytes of buffers (lower --ctx, --max-seqs or --batch)",
+				      s->on_device ? "device" : "host", st->layer0, st->layer_end - 1,
+				      s->n_stages > 1 && k == 0 ? " on gpu:0" : k ? " on the next gpu" : "",
+				      (unsigned long long)st->kv_bytes, (long long)s->n_blocks, DSM_KV_BLOCK,
+				      (unsigned long long)st->dev_bytes);
+			dsm_session_free(s);
+			return rc;
+		}
+	}
+	s->arena = pinned_alloc(s->stage[0].be, s->host_bytes);
+	if (!s->arena) {
+		rc = dsm_fail(DSM_ENOMEM, "out of memory: %llu bytes of pinned host buffers (lower --ctx, --max-seqs or "
+			      "--batch)", (unsigned long long)s->host_bytes);
 		dsm_session_free(s);
 		return rc;
 	}
-	struct arena h = { .base = s->arena }, d = { .base = s->dev_arena };
-	layout_buffers(s, &h, &d);
+	struct arena h = { .base = s->arena };
+	for (int k = 0; k < s->n_stages; k++) {
+		struct arena d = { .base = s->stage[k].dev_arena };
+		layout_buffers(s, k ? NULL : &h, &s->stage[k], &d);
+	}
 	for (int64_t b = 0; b < s->n_blocks; b++) {
 		s->ref[b] = 0;
 		s->free_blocks[b] = (int32_t)(s->n_blocks - 1 - b);
@@ -243,33 +278,38 @@ int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct
 	struct dsm_attn_shape shape = { .max_keys = s->ctx, .max_selected = c->index_topk,
 		.n_heads = c->num_attention_heads, .latent = (int64_t)c->kv_lora_rank + c->qk_rope_head_dim,
 		.qk_dim = (int64_t)c->qk_nope_head_dim + c->qk_rope_head_dim, .v_dim = c->v_head_dim };
-	if ((be->reserve && (rc = be->reserve(be, &shape)) < 0) ||
-	    (be->queue_create && ((rc = be->queue_create(be, &s->queue)) < 0 || (rc = be->event_create(be, &s->done)) < 0 ||
-				  (rc = be->event_create(be, &s->seg)) < 0))) {
-		dsm_session_free(s);
-		return rc;
+	for (int k = 0; k < s->n_stages; k++) {
+		struct dsm_stage *st = &s->stage[k];
+		struct dsm_backend *be = st->be;
+		if ((be->reserve && (rc = be->reserve(be, &shape)) < 0) ||
+		    (be->queue_create && ((rc = be->queue_create(be, &st->queue)) < 0 ||
+					  (rc = be->event_create(be, &st->done)) < 0 || (rc = be->event_create(be, &st->seg)) < 0))) {
+			dsm_session_free(s);
+			return rc;
+		}
 	}
 	*out = s;
 	return 0;
 }
 
-/* ---- Copies between the host and the backend's memory (memcpy on a host backend, none between a buffer and
- * itself) ---- */
+/* ---- Copies between the host and the current stage's memory (memcpy on a host backend, none between a buffer
+ * and itself) ---- */
 
 int dsm_to_dev(struct dsm_session *s, void *dst, const void *src, size_t bytes)
 {
+	struct dsm_backend *be = s->st->be;
 	if (dst == src || !bytes)
 		return 0;
-	if (!s->be->copy_in) {
+	if (!be->copy_in) {
 		memcpy(dst, src, bytes);
 		return 0;
 	}
-	return s->be->copy_in(s->be, dst, src, bytes);
+	return be->copy_in(be, dst, src, bytes);
 }
 
 int dsm_to_host_queued(struct dsm_session *s, void *dst, const void *src, size_t bytes)
 {
-	struct dsm_backend *be = s->be;
+	struct dsm_backend *be = s->st->be;
 	if (dst == src || !bytes)
 		return 0;
 	if (!be->copy_out) {
@@ -281,23 +321,25 @@ int dsm_to_host_queued(struct dsm_session *s, void *dst, const void *src, size_t
 
 int dsm_device_wait(struct dsm_session *s)
 {
-	struct dsm_backend *be = s->be;
+	struct dsm_stage *st = s->st;
+	struct dsm_backend *be = st->be;
 	int rc = 0;
-	if (s->queue && (rc = be->event_record(be, s->done, s->queue)) == 0)
-		rc = be->event_sync(be, s->done);
+	if (st->queue && (rc = be->event_record(be, st->done, st->queue)) == 0)
+		rc = be->event_sync(be, st->done);
 	double t;
-	if (rc == 0 && s->seg_open && be->event_elapsed(be, s->seg, s->done, &t) == 0)
+	if (rc == 0 && st->seg_open && be->event_elapsed(be, st->seg, st->done, &t) == 0)
 		s->times.device += t;
-	s->seg_open = 0;
+	st->seg_open = 0;
 	return rc;
 }
 
 int dsm_device_resume(struct dsm_session *s)
 {
-	if (!s->queue)
+	struct dsm_stage *st = s->st;
+	if (!st->queue)
 		return 0;
-	s->seg_open = 1;
-	return s->be->event_record(s->be, s->seg, s->queue);
+	st->seg_open = 1;
+	return st->be->event_record(st->be, st->seg, st->queue);
 }
 
 int dsm_to_host(struct dsm_session *s, void *dst, const void *src, size_t bytes)
@@ -308,11 +350,12 @@ int dsm_to_host(struct dsm_session *s, void *dst, const void *src, size_t bytes)
 
 int dsm_dev_copy(struct dsm_session *s, void *dst, const void *src, size_t bytes)
 {
-	if (!s->be->copy_dev) {
+	struct dsm_backend *be = s->st->be;
+	if (!be->copy_dev) {
 		memcpy(dst, src, bytes);
 		return 0;
 	}
-	return s->be->copy_dev(s->be, dst, src, bytes);
+	return be->copy_dev(be, dst, src, bytes);
 }
 
 int64_t dsm_session_ctx(const struct dsm_session *s)
@@ -439,8 +482,13 @@ static int reserve_blocks(struct dsm_session *s, int seq, int64_t n)
 			q->blocks[b] = block_new(s);
 		} else if (s->ref[q->blocks[b]] > 1) {
 			int32_t nb = block_new(s);
-			int rc = dsm_dev_copy(s, s->kv + (size_t)nb * s->block_bytes,
-					      s->kv + (size_t)q->blocks[b] * s->block_bytes, s->block_bytes);
+			int rc = 0;
+			for (int k = 0; k < s->n_stages && rc == 0; k++) { /* every stage's part of the block */
+				s->st = &s->stage[k];
+				rc = dsm_dev_copy(s, s->st->kv + (size_t)nb * s->st->block_bytes,
+						  s->st->kv + (size_t)q->blocks[b] * s->st->block_bytes, s->st->block_bytes);
+			}
+			s->st = &s->stage[0];
 			if (rc < 0) {
 				block_unref(s, nb);
 				return rc;
@@ -469,20 +517,24 @@ static int rope_tables(struct dsm_session *s)
 		s->h_n_keys[t] = s->row_pos[t] + 1;
 	}
 	size_t tab = sizeof(float) * (size_t)(s->T * half);
-	int rc = dsm_to_dev(s, s->cos, s->h_cos, tab);
-	if (rc == 0 && (rc = dsm_to_dev(s, s->sin, s->h_sin, tab)) == 0)
-		rc = dsm_to_dev(s, s->n_keys, s->h_n_keys, sizeof(int64_t) * (size_t)s->T);
+	int rc = 0;
+	for (int k = 0; k < s->n_stages && rc == 0; k++) { /* to every stage, on its queue */
+		struct dsm_stage *st = s->st = &s->stage[k];
+		if ((rc = dsm_to_dev(s, st->cos, s->h_cos, tab)) == 0 && (rc = dsm_to_dev(s, st->sin, s->h_sin, tab)) == 0)
+			rc = dsm_to_dev(s, st->n_keys, s->h_n_keys, sizeof(int64_t) * (size_t)s->T);
+	}
+	s->st = &s->stage[0];
 	return rc;
 }
 
 static int embed(struct dsm_session *s, int64_t row, const int32_t *tokens, int64_t n)
 {
 	const struct dsm_mat *e = &s->m->fwd.embed;
-	struct dsm_backend *be = s->be;
+	struct dsm_backend *be = s->st->be;
 	int64_t D = e->cols;
 	int rc = 0;
 	for (int64_t t = 0; t < n && rc == 0; t++) {
-		float *x = s->x + (row + t) * D;
+		float *x = s->st->x + (row + t) * D;
 		if (e->dtype == DSM_F32 || e->dtype == DSM_BF16) {
 			const char *src = (const char *)e->data + (size_t)tokens[t] * (size_t)D * dsm_dtype_size(e->dtype);
 			rc = be->convert(be, 1, D, src, e->dtype, D, x, DSM_F32, D);
@@ -535,12 +587,24 @@ static int admit(struct dsm_session *s, struct dsm_step_seq *q, const unsigned c
 	return 0;
 }
 
+/* The residual stream of the step's rows moves on to the next stage's device, through the host. */
+static int next_stage(struct dsm_session *s)
+{
+	size_t bytes = sizeof(float) * (size_t)(s->T * s->m->cfg.hidden_size);
+	int rc = dsm_to_host(s, s->h_y, s->st->x, bytes);
+	struct dsm_stage *st = ++s->st;
+	if (st->queue) /* the expert store may have used the device's queues */
+		st->be->set_queue(st->be, st->queue);
+	return rc < 0 ? rc : dsm_to_dev(s, st->x, s->h_y, bytes);
+}
+
 /* The final norm and the head over the rows whose logits are asked for. The last rows of all parts go
  * through the head as one matmul (one read of the head for a whole decode step), then to their outputs. */
 static int logits_out(struct dsm_session *s, struct dsm_step_seq *q, int n, const int *part_of)
 {
 	struct dsm_model *m = s->m;
-	struct dsm_backend *be = s->be;
+	struct dsm_stage *st = s->st;
+	struct dsm_backend *be = st->be;
 	const struct dsm_fwd *w = &m->fwd;
 	int64_t D = m->cfg.hidden_size, V = m->cfg.vocab_size, rows = 0;
 	float eps = (float)m->cfg.rms_norm_eps;
@@ -551,26 +615,26 @@ static int logits_out(struct dsm_session *s, struct dsm_step_seq *q, int n, cons
 			continue;
 		const struct dsm_step_part *p = &s->parts[part_of[i]];
 		if (q[i].mode == DSM_LOGITS_LAST) {
-			if ((rc = be->rmsnorm(be, 1, D, s->x + (p->row0 + p->n - 1) * D, D, w->final_norm, eps,
-					      s->xn + rows++ * D)) < 0)
+			if ((rc = be->rmsnorm(be, 1, D, st->x + (p->row0 + p->n - 1) * D, D, w->final_norm, eps,
+					      st->xn + rows++ * D)) < 0)
 				return rc;
 			continue;
 		}
-		/* every row: straight into the caller's buffer, or through s->logits (then [B, V]) from a device */
-		float *dst = s->on_device ? s->logits : q[i].logits;
-		if ((rc = be->rmsnorm(be, p->n, D, s->x + p->row0 * D, D, w->final_norm, eps, s->y)) < 0 ||
-		    (rc = be->matmul(be, &w->head, p->n, s->y, dst)) < 0 ||
+		/* every row: straight into the caller's buffer, or through st->logits (then [B, V]) from a device */
+		float *dst = s->on_device ? st->logits : q[i].logits;
+		if ((rc = be->rmsnorm(be, p->n, D, st->x + p->row0 * D, D, w->final_norm, eps, st->y)) < 0 ||
+		    (rc = be->matmul(be, &w->head, p->n, st->y, dst)) < 0 ||
 		    (rc = dsm_to_host(s, q[i].logits, dst, row_bytes * (size_t)p->n)) < 0)
 			return rc;
 	}
 	if (!rows)
 		return 0;
-	if ((rc = be->matmul(be, &w->head, rows, s->xn, s->logits)) < 0)
+	if ((rc = be->matmul(be, &w->head, rows, st->xn, st->logits)) < 0)
 		return rc;
 	rows = 0;
 	for (int i = 0; i < n; i++)
 		if (!q[i].rc && q[i].mode == DSM_LOGITS_LAST &&
-		    (rc = dsm_to_host_queued(s, q[i].logits, s->logits + rows++ * V, row_bytes)) < 0)
+		    (rc = dsm_to_host_queued(s, q[i].logits, st->logits + rows++ * V, row_bytes)) < 0)
 			return rc;
 	return dsm_device_wait(s);
 }
@@ -623,12 +687,13 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 		return 0;
 	if (s->parts[0].absorbed == 0)
 		s->n_absorbed = 0;
-	/* On a device, the step's work goes to the session's queue; the host waits only for what it reads. */
-	struct dsm_backend *be = s->be;
-	if (s->queue) {
-		be->set_queue(be, s->queue);
-		rc = dsm_device_resume(s);
-	}
+	/* On a device, a stage's work goes to its queue; the host waits only for what it reads. */
+	for (int k = 0; k < s->n_stages && rc == 0; k++)
+		if ((s->st = &s->stage[k])->queue) {
+			s->st->be->set_queue(s->st->be, s->st->queue);
+			rc = dsm_device_resume(s);
+		}
+	s->st = &s->stage[0];
 	for (int i = 0; i < n && rc == 0; i++)
 		if (!q[i].rc)
 			rc = embed(s, s->parts[part_of[i]].row0, q[i].tokens, q[i].n);
@@ -638,6 +703,8 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 	if (rc == 0)
 		rc = rope_tables(s);
 	for (int L = 0; L < c->num_hidden_layers && rc == 0; L++) {
+		if (L == s->st->layer_end && (rc = next_stage(s)) < 0)
+			break;
 		double t = dsm_now();
 		if ((rc = dsm_attention(s, L)) < 0)
 			dsm_fail_prefix(rc, "layer %d attention", L);
@@ -648,12 +715,14 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 	double t = dsm_now();
 	if (rc == 0)
 		rc = logits_out(s, q, n, part_of);
-	if (s->queue) {         /* nothing of the step left in the queue, and its failure reported now */
-		int qrc = dsm_device_wait(s);
-		be->set_queue(be, NULL);
-		if (rc == 0)
-			rc = qrc;
-	}
+	for (int k = 0; k < s->n_stages; k++) /* nothing of the step left in a queue, and its failure reported now */
+		if ((s->st = &s->stage[k])->queue) {
+			int qrc = dsm_device_wait(s);
+			s->st->be->set_queue(s->st->be, NULL);
+			if (rc == 0)
+				rc = qrc;
+		}
+	s->st = &s->stage[0];
 	s->times.head += dsm_now() - t;
 	s->times.other += t - t0 - (s->times.attention + s->times.router + s->times.experts + s->times.dense - busy0);
 	int bound;

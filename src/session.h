@@ -60,10 +60,10 @@ struct dsm_session;
 int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct dsm_session_options *o);
 /* Accepts NULL. */
 void dsm_session_free(struct dsm_session *s);
-/* The memory a session with options o would take on device dev once the forward pass runs there: its KV pool
- * and its step buffers. */
-void dsm_session_device_bytes(struct dsm_model *m, struct dsm_backend *dev, const struct dsm_session_options *o,
-			      uint64_t *kv_bytes, uint64_t *buffers_bytes);
+/* The memory a session with options o would take on device dev for a stage of the forward pass over layers
+ * [layer0, layer_end) (dsm_model_to_devices): its part of the KV pool and its step buffers. */
+void dsm_session_device_bytes(struct dsm_model *m, struct dsm_backend *dev, int layer0, int layer_end,
+			      const struct dsm_session_options *o, uint64_t *kv_bytes, uint64_t *buffers_bytes);
 
 enum dsm_logits_mode {
 	DSM_LOGITS_NONE,                /* no logits (the caches are still filled) */

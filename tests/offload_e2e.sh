@@ -40,9 +40,10 @@ check_plans() { # model dir, label
 		"--gpu-backend emu --cpu-attention --vram-budget 1M --gpu-upload-tokens 2" "--gpu-backend emu --cpu-attention --gpus 0,1 --vram-budget 600K" \
 		"--gpu-backend emu --cpu-attention --vram-budget 24M --dram-budget 1000M" \
 		"--gpu-backend emu --ctx 512 --batch 16 --vram-budget 9M --dram-budget 6M" "--gpu-backend emu --ctx 512 --batch 16 --gpus 0,1 --vram-budget 9M" \
-		"--gpu-backend emu --ctx 512 --batch 16 --vram-budget 700M --dram-budget 1000M"; do
-		case "$mode" in *.json*|*"--dram-budget 6M"*|*upload*|*gpus*) [ "$2" = tiny ] || continue ;;
-		*"--dram-budget 1000M"*) [ "$2" = small ] || continue ;; esac
+		"--gpu-backend emu --ctx 512 --batch 16 --vram-budget 700M --dram-budget 1000M" \
+		"--gpu-backend emu --ctx 512 --batch 16 --gpus 0,1 --vram-budget 700M --dram-budget 1000M"; do
+		case "$mode" in *"--dram-budget 1000M"*) [ "$2" = small ] || continue ;;
+		*.json*|*"--dram-budget 6M"*|*upload*|*gpus*) [ "$2" = tiny ] || continue ;; esac
 		if $RUN -m "$1" --tokens $TOK -n 6 --ignore-eos --dump-logits "$W/plan.npy" -q $mode > /dev/null 2> "$W/err" &&
 		   cmp -s "$W/base.npy" "$W/plan.npy"; then
 			ok "$2: $mode: identical logits"
@@ -83,10 +84,21 @@ then ok "--gpus 0,1: experts on gpu:0 and gpu:1"; else bad "--gpus 0,1: experts 
 # 9 MB), experts in the rest and in DRAM.
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --ctx 512 --batch 16 --vram-budget 9M \
 	--dram-budget 6M > /dev/null 2> "$W/err" &&
-   grep -q "gpu:0 runs the attention, the dense layers, the routers, the embeddings and the head: 0.00389 GB of weights" "$W/err" &&
+   grep -q "gpu:0 runs layers 0-4 but their experts (attention, dense layers, routers), the embeddings and the head: 0.00389 GB of weights" "$W/err" &&
    grep -q "offload: experts gpu [1-9][0-9]*, dram [1-9][0-9]*, nvme [0-9]*, mapped 0;" "$W/err"
 then ok "the forward pass on the emu device, experts beside it"
 else bad "the forward pass on the emu device, experts beside it"; cat "$W/err"; fi
+
+# Two GPUs split the layers: the dense layers and the first two MoE layers on gpu:0 with the embeddings, the last
+# one on gpu:1 with the head, each with its layers' KV cache and experts (identical logits: above). Each emulated
+# device refuses the other's memory, so a buffer on the wrong device fails the run.
+if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --gpu-backend emu --ctx 512 --batch 16 --gpus 0,1 \
+	--vram-budget 9M > /dev/null 2> "$W/err" &&
+   grep -q "gpu:0 runs layers 0-3 but their experts (attention, dense layers, routers), the embeddings: " "$W/err" &&
+   grep -q "gpu:1 runs layer 4 but its experts (attention, dense layers, routers), the head: " "$W/err" &&
+   grep -q "; experts on gpu:0 [1-9][0-9]*, gpu:1 [1-9][0-9]*$" "$W/err"
+then ok "--gpus 0,1: layers split, each gpu its attention, KV cache and experts"
+else bad "--gpus 0,1: layers split, each gpu its attention, KV cache and experts"; cat "$W/err"; fi
 
 # The report on stderr and in --json; a routing trace that the next run uses as hotness.
 if $RUN -m "$W/tiny" --tokens $TOK -n 6 --ignore-eos --stream-experts --record-routing "$W/r.trace" > /dev/null 2> "$W/err" &&
@@ -131,7 +143,7 @@ expect_error "plan naming a NUMA node the machine lacks" \
 	"layer 2 expert 0 on dram:63 but this machine has [0-9]* NUMA node" --plan "$W/node.json" --gpu-backend emu
 expect_error "bad cache policy" "expected lru, lfu or pinned" --cache-policy mru
 expect_error "a GPU too small for the forward pass" \
-	"gpu:0 has 0.001 GB free; the forward pass outside the experts needs 0.02[0-9] GB there: weights 0.004 GB, KV cache 0.012 GB (--ctx 4096, --max-seqs 1), step buffers 0.00[0-9] GB (--batch 128)" \
+	"gpu:0 has 0.001 GB free; the forward pass outside the experts of layers 0-4 needs 0.02[0-9] GB there: weights 0.004 GB, KV cache 0.012 GB (--ctx 4096, --max-seqs 1), step buffers 0.00[0-9] GB (--batch 128)" \
 	--gpu-backend emu --vram-budget 1M
 
 # Weights larger than the available memory (faked: 1 GiB margin + 6 MB) turn the tiered store on by
