@@ -145,6 +145,9 @@ expect_error "bad cache policy" "expected lru, lfu or pinned" --cache-policy mru
 expect_error "a GPU too small for the forward pass" \
 	"gpu:0 has 0.001 GB free; the forward pass outside the experts of layers 0-4 needs 0.02[0-9] GB there: weights 0.004 GB, KV cache 0.012 GB (--ctx 4096, --max-seqs 1), step buffers 0.00[0-9] GB (--batch 128)" \
 	--gpu-backend emu --vram-budget 1M
+expect_error "two GPUs too small for their layers" \
+	"gpu:0 has 0.001 GB free; the forward pass outside the experts of layers 0-3 needs 0.01[0-9] GB there: weights 0.003 GB" \
+	--gpu-backend emu --gpus 0,1 --vram-budget 1M
 
 # Weights larger than the available memory (faked: 1 GiB margin + 6 MB) turn the tiered store on by
 # themselves, with the same logits; --no-offload keeps every weight mapped.

@@ -423,12 +423,13 @@ static inline __attribute__((always_inline)) v16f load_w16(const struct dsm_mat 
 	return bf16 ? round_bf16_v(v) : v;
 }
 
-/* y[t * ldy + c] = sum_i xh[t * rows + i] W(i, c) for the rows of one head, t < n <= CPU_GEMV_MAX_N: 64 columns
- * at a time held in registers while every row is added, in ascending i (the order matmul_t adds them). */
+/* y[t * ldy + c] = sum_i xh[t * rows + i] W(i, c) for the rows of one head and the columns from c0, t < n <=
+ * CPU_GEMV_MAX_N: 64 columns at a time held in registers while every row is added, in ascending i (the order
+ * matmul_t adds them). */
 CPU_CLONES static void head_t(const struct dsm_mat *w, int64_t rows, int64_t n, const float *xh, int bf16, float *y,
-			      int64_t ldy)
+			      int64_t ldy, int64_t c0)
 {
-	int64_t cols = w->cols, c = 0;
+	int64_t cols = w->cols, c = c0;
 	for (; c + 4 * LANES <= cols; c += 4 * LANES) {
 		v16f acc[CPU_GEMV_MAX_N][4] = { { { 0 } } };
 		for (int64_t i = 0; i < rows; i++)
@@ -457,6 +458,10 @@ static int heads_t_decode(struct cpu_backend *cb, const struct dsm_matmul_heads_
 	const struct dsm_mat *w = a->w;
 	int bf16 = cb->be.precision == DSM_PRECISION_BF16;
 	int64_t rows = a->head_rows, cols = w->cols, n = a->n, nt = omp_get_max_threads();
+	/* FP8 into BF16 products: by tables of the products (expert_gemv_x86.c), the same arithmetic */
+	int64_t c_fast = bf16 && w->dtype == DSM_F8_E4M3 && cb->experts &&
+			 dsm_expert_ctx_isa(cb->experts) == DSM_ISA_AVX512BF16 ? cols / 64 * 64 : 0;
+	struct dsm_fp8_mat fp8 = c_fast ? fp8_stored(w) : (struct dsm_fp8_mat){ 0 };
 	size_t per = ((size_t)(n * rows) + 15) / 16 * 16; /* per thread: the head's inputs [n, rows] */
 	float *scratch = cpu_scratch_get(&cb->panel, sizeof(float) * per * (size_t)nt);
 	if (!scratch)
@@ -477,7 +482,10 @@ static int heads_t_decode(struct cpu_backend *cb, const struct dsm_matmul_heads_
 					xh[t * rows + i] = bf16 ? round_bf16(xt[i]) : xt[i];
 			}
 			struct dsm_mat wh = dsm_mat_rows(*w, h * a->head_stride, rows);
-			head_t(&wh, rows, n, xh, bf16, a->y + h * a->y_head, a->ldy);
+			if (c_fast)
+				dsm_fp8_rows_t_bf16(&fp8, (size_t)wh.row0, (size_t)rows, xh, (size_t)rows, (size_t)n,
+						    a->y + h * a->y_head, (size_t)a->ldy);
+			head_t(&wh, rows, n, xh, bf16, a->y + h * a->y_head, a->ldy, c_fast);
 		}
 		if (tid < DSM_WAIT_MAX_THREADS)
 			cb->wait.busy[tid * 8] += dsm_wall_seconds() - t0;

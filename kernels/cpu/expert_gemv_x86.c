@@ -99,6 +99,101 @@ DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const stru
 	}
 }
 
+/* ---- The transposed multiply (dsm_fp8_rows_t_bf16) ----------------------------------------------------
+ * Every weight is BF16(code value * scale), so per 128 x 128 block a weight takes one of 256 values, symmetric
+ * in the sign (rounding to nearest even is): two 128-entry byte tables of the rounded products of the
+ * magnitudes turn 64 codes into their products with the byte permutes of the exact conversion above. Each 32-bit lane of
+ * the two vectors then holds two products, shifted or masked into F32; the four vectors hold the 64 columns
+ * in the order col_t below, undone at the store. */
+
+/* Tables of BF16(value(m) * scale) for the magnitudes m = 0 .. 127, rounded as round_bf16 in cpu_matmul.c. */
+DSM_BF16_TARGET static ALWAYS_INLINE void product_tables(float scale, struct dsm_bf16_tables *tb)
+{
+	uint8_t hi[128] __attribute__((aligned(64))), lo[128] __attribute__((aligned(64)));
+	for (int j = 0; j < 8; j++) {
+		__m512i codes = _mm512_add_epi32(_mm512_set1_epi32(16 * j), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8,
+									9, 10, 11, 12, 13, 14, 15));
+		__m512i u = _mm512_castps_si512(_mm512_mul_ps(dsm_fp8x16_f32(_mm512_cvtepi32_epi8(codes)),
+							      _mm512_set1_ps(scale)));
+		u = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+				     _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
+		_mm_store_si128((__m128i *)(lo + 16 * j), _mm512_cvtepi32_epi8(_mm512_srli_epi32(u, 16)));
+		_mm_store_si128((__m128i *)(hi + 16 * j), _mm512_cvtepi32_epi8(_mm512_srli_epi32(u, 24)));
+	}
+	*tb = (struct dsm_bf16_tables){ _mm512_load_si512(hi), _mm512_load_si512(hi + 64), _mm512_load_si512(lo),
+					_mm512_load_si512(lo + 64), _mm512_set1_epi8((char)0x80) };
+}
+
+/* The column (of 64) of lane d in product vector k: A's even and odd words, then B's. */
+static ALWAYS_INLINE size_t col_t(int k, int d)
+{
+	return (size_t)(16 * (d / 4) + 8 * (k / 2) + 2 * (d % 4) + k % 2);
+}
+
+/* 64 columns from c for T tokens of x. */
+DSM_BF16_TARGET static ALWAYS_INLINE void rows_t_chunk(const struct dsm_fp8_mat *W, size_t r0, size_t rows, size_t c,
+						      const float *x, size_t x_ld, float *y, size_t ldy, const int T)
+{
+	const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
+	__m512 acc[4][4];
+#pragma GCC unroll 4
+	for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+		for (int k = 0; k < 4; k++)
+			acc[t][k] = _mm512_setzero_ps();
+	struct dsm_bf16_tables tb;
+	size_t block = SIZE_MAX;
+	for (size_t i = 0; i < rows; i++) {
+		size_t r = r0 + i;
+		if (r / DSM_FP8_BLOCK != block) {
+			block = r / DSM_FP8_BLOCK;
+			product_tables(W->scale[block * W->scale_ld + c / DSM_FP8_BLOCK], &tb);
+		}
+		if (c == 0 && i + 8 < rows) /* the first pass over a band brings its rows in whole, 8 rows ahead */
+			for (size_t p = 0; p < W->cols; p += 64)
+				_mm_prefetch((const char *)(W->w + (r + 8) * W->ld + p), _MM_HINT_T0);
+		/* the byte permutes of dsm_fp8x64_bf16, the code's sign XOR-ed into the product's (any scale's sign) */
+		__m512i v = _mm512_loadu_si512(W->w + r * W->ld + c);
+		__m512i h = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(tb.hi0, v, tb.hi1), v, tb.sign, 0x78);
+		__m512i l = _mm512_permutex2var_epi8(tb.lo0, v, tb.lo1);
+		__m512i a = _mm512_unpacklo_epi8(l, h), b = _mm512_unpackhi_epi8(l, h);
+		__m512 w[4] = { _mm512_castsi512_ps(_mm512_slli_epi32(a, 16)), _mm512_castsi512_ps(_mm512_and_si512(a, odd)),
+				_mm512_castsi512_ps(_mm512_slli_epi32(b, 16)), _mm512_castsi512_ps(_mm512_and_si512(b, odd)) };
+#pragma GCC unroll 4
+		for (int t = 0; t < T; t++) {
+			__m512 xv = _mm512_set1_ps(x[t * x_ld + i]);
+#pragma GCC unroll 4
+			for (int k = 0; k < 4; k++)
+				acc[t][k] = _mm512_add_ps(acc[t][k], _mm512_mul_ps(xv, w[k]));
+		}
+	}
+#pragma GCC unroll 4
+	for (int t = 0; t < T; t++)
+#pragma GCC unroll 4
+		for (int k = 0; k < 4; k++) {
+			float v[16] __attribute__((aligned(64)));
+			_mm512_store_ps(v, acc[t][k]);
+			for (int d = 0; d < 16; d++)
+				y[t * ldy + c + col_t(k, d)] = v[d];
+		}
+}
+
+DSM_BF16_TARGET void dsm_fp8_rows_t_bf16(const struct dsm_fp8_mat *W, size_t r0, size_t rows, const float *x, size_t x_ld,
+					 size_t n, float *y, size_t ldy)
+{
+	for (size_t c = 0; c + 64 <= W->cols; c += 64)
+		for (size_t t0 = 0; t0 < n; t0 += 4) {
+			const float *xt = x + t0 * x_ld;
+			float *yt = y + t0 * ldy;
+			switch (n - t0 < 4 ? n - t0 : 4) {
+			case 1: rows_t_chunk(W, r0, rows, c, xt, x_ld, yt, ldy, 1); break;
+			case 2: rows_t_chunk(W, r0, rows, c, xt, x_ld, yt, ldy, 2); break;
+			case 3: rows_t_chunk(W, r0, rows, c, xt, x_ld, yt, ldy, 3); break;
+			default: rows_t_chunk(W, r0, rows, c, xt, x_ld, yt, ldy, 4); break;
+			}
+		}
+}
+
 /* The BF16 kernel walks a 128-row block in column blocks of GEMV_COL_BLOCK columns: all the block's rows over
  * one column block, then the next. The activations of that column block (16 KiB for 8 tokens) stay in L1,
  * and while a group of rows is multiplied the same columns of the rows GEMV_PREFETCH_ROWS further are

@@ -139,6 +139,13 @@ size_t dsm_fp8_gemv_scratch_size(size_t cols);
 int dsm_fp8_gemv_rows(enum dsm_isa isa, const struct dsm_fp8_mat *W, size_t r0, size_t r1, const float *x,
 		      size_t x_ld, size_t n_tok, float *y, size_t y_ld, void *scratch);
 
+/* The transposed multiply of a band of rows at decode (the absorbed attention's per-head W^T), AVX-512 BF16
+ * only: y[t * ldy + c] = sum_i x[t * x_ld + i] * BF16(W(r0 + i, c) * scale) for i < rows, c < cols / 64 * 64,
+ * t < n, in ascending i with one F32 multiply and one add each: the arithmetic of the cpu backend's matmul_t at
+ * decode, bit for bit (the columns past the last 64 are the caller's). */
+void dsm_fp8_rows_t_bf16(const struct dsm_fp8_mat *W, size_t r0, size_t rows, const float *x, size_t x_ld, size_t n,
+			 float *y, size_t ldy);
+
 /* Batched path (DSM_ISA_AVX512BF16 only). Activations are first packed to BF16 pairs:
  * a_packed [ceil(k / 2), m_pad, 2] with m_pad = m rounded up to 16, zeros past m and k. */
 size_t dsm_bf16_pack_size(size_t m, size_t k);
