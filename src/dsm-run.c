@@ -340,6 +340,7 @@ static void print_json(const char *prompt, const struct token_ids *ids, const st
 	cJSON *mem = cJSON_AddObjectToObject(j, "memory");
 	cJSON_AddNumberToObject(mem, "weights_mapped_bytes", (double)er->weights_mapped_bytes);
 	cJSON_AddNumberToObject(mem, "weights_copied_bytes", (double)er->weights_copied_bytes);
+	cJSON_AddNumberToObject(mem, "weights_huge_bytes", (double)er->weights_huge_bytes);
 	cJSON_AddNumberToObject(mem, "kv_cache_bytes", (double)er->kv_pool_bytes);
 	cJSON_AddNumberToObject(mem, "kv_blocks", (double)er->kv_blocks);
 	cJSON_AddNumberToObject(mem, "buffers_bytes", (double)er->buffers_bytes);

@@ -276,10 +276,21 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 			     "routed experts go through the tiered store, with a plan from the budgets (--no-offload maps "
 			     "everything instead)", (double)total / 1e9, (double)e->mem.usable / 1e9, e->mem.name);
 	}
-	/* Weights known to fit are read in now, not by page faults during the first tokens. */
-	if (!tiered && fit && total && !o->no_populate &&
-	    (rc = dsm_weight_map_populate(m->map, o->progress, o->progress_arg)) < 0)
-		goto err;
+	/* Weights known to fit are read in now, not by page faults during the first tokens: into huge pages when
+	 * the whole files fit too (docs/memory.md). */
+	if (!tiered && fit && total && !o->no_populate) {
+		uint64_t mapped, copied, in_huge;
+		dsm_weight_map_usage(m->map, &mapped, &copied, &in_huge);
+		/* unlike the page cache's, those pages stay: leave a tenth of the memory for the KV cache and the rest */
+		int huge = !o->no_huge_pages && e->mem.source != DSM_MEMORY_UNKNOWN &&
+			   mapped + copied <= e->mem.usable / 10 * 9;
+		if ((rc = dsm_weight_map_populate(m->map, huge, o->progress, o->progress_arg)) < 0)
+			goto err;
+		dsm_weight_map_usage(m->map, &mapped, &copied, &in_huge);
+		if (in_huge)
+			note(e, "the weights' files (%.3g GB) were read into 2 MiB pages of their own (--no-huge-pages keeps "
+			     "the page cache's)", (double)in_huge / 1e9);
+	}
 	/* With the experts in memory, the decode kernel's memory walk is chosen for this host (docs/kernels.md). */
 	if (!tiered && fit && total && !o->no_populate) {
 		int trc = dsm_model_tune_kernels(m, &e->tune);
@@ -373,7 +384,7 @@ void dsm_engine_report(const struct dsm_engine *e, uint64_t n_tokens, double sec
 	memset(r, 0, sizeof *r);
 	r->precision = e->o.model.precision;
 	r->threads = dsm_model_threads(e->m, &r->bound);
-	dsm_model_memory(e->m, &r->weights_mapped_bytes, &r->weights_copied_bytes);
+	dsm_model_memory(e->m, &r->weights_mapped_bytes, &r->weights_copied_bytes, &r->weights_huge_bytes);
 	dsm_session_memory(e->s, &r->kv_pool_bytes, &r->buffers_bytes);
 	uint64_t block_bytes;
 	dsm_session_kv_blocks(e->s, &r->kv_blocks, &r->kv_blocks_free, &block_bytes);
@@ -403,6 +414,7 @@ enum {
 	F_THREADS = DSM_ENGINE_FLAG_BASE, F_NO_BIND, F_PRECISION, F_CTX, F_BATCH, F_MAX_SEQS, F_KV_POOL, F_KV, F_IDX_FP8,
 	F_IDX_TOPK, F_MLA, F_OFFLOAD, F_NO_OFFLOAD, F_PLAN, F_GPU_BACKEND, F_VRAM, F_DRAM, F_STREAM_EXPERTS,
 	F_CACHE_POLICY, F_CACHE_SIZE, F_CACHE_OFF, F_HOTNESS, F_RECORD_ROUTING, F_GPU_UPLOAD, F_GPUS, F_CPU_ATTN,
+	F_NO_HUGE,
 };
 
 const struct option dsm_engine_flags[] = {
@@ -419,7 +431,7 @@ const struct option dsm_engine_flags[] = {
 	{ "cache-off", no_argument, NULL, F_CACHE_OFF }, { "hotness-trace", required_argument, NULL, F_HOTNESS },
 	{ "record-routing", required_argument, NULL, F_RECORD_ROUTING },
 	{ "gpu-upload-tokens", required_argument, NULL, F_GPU_UPLOAD }, { "gpus", required_argument, NULL, F_GPUS },
-	{ "cpu-attention", no_argument, NULL, F_CPU_ATTN },
+	{ "cpu-attention", no_argument, NULL, F_CPU_ATTN }, { "no-huge-pages", no_argument, NULL, F_NO_HUGE },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -500,6 +512,7 @@ int dsm_engine_flag(struct dsm_engine_options *o, int code, const char *arg)
 	case F_GPU_BACKEND: o->gpu_backend = arg; break;
 	case F_GPUS: o->gpus = arg; break;
 	case F_CPU_ATTN: o->cpu_attention = 1; break;
+	case F_NO_HUGE: o->no_huge_pages = 1; break;
 	case F_VRAM: rc = size_arg("vram-budget", arg, &t->vram_budget); break;
 	case F_DRAM: rc = size_arg("dram-budget", arg, &t->dram_budget); break;
 	case F_STREAM_EXPERTS: t->stream_all = 1; break;
@@ -534,6 +547,8 @@ void dsm_engine_flags_help(FILE *f)
 	      "  --indexer-fp8          round the indexer's q/k to FP8 as the public reference code does\n"
 	      "  --index-topk N         override the config's index_topk (tests)\n"
 	      "  --mla FORM             auto (default), full or absorbed attention (tests)\n"
+	      "  --no-huge-pages        weights that fit in memory stay in the page cache's pages (reclaimable, shared\n"
+	      "                         with other processes) instead of being read into 2 MiB pages of their own\n"
 	      "routed experts across tiers (docs/offload.md, docs/plan.md; any of these turns the tiered store on, and\n"
 	      "it turns itself on when the weights do not fit in the memory dsm may use):\n"
 	      "  --offload              the tiered store with a plan computed from the budgets below\n"

@@ -33,6 +33,7 @@ struct dsm_engine_options {
 					     * (default: on gpu:0, with the KV cache) */
 	const char *record_routing;         /* write the routing trace here (docs/trace.md) */
 	int no_populate;                    /* 1: do not read the mapped weights in at open */
+	int no_huge_pages;                  /* 1: read them in as the page cache's pages, not into huge pages */
 	/* Progress of reading the weights in (may be NULL). */
 	void (*progress)(uint64_t done, uint64_t total, void *arg);
 	void *progress_arg;
@@ -73,6 +74,7 @@ struct dsm_engine_report {
 	enum dsm_precision precision;
 	int threads, bound;                 /* threads of the cpu backend; 1 when bound one per core */
 	uint64_t weights_mapped_bytes, weights_copied_bytes;
+	uint64_t weights_huge_bytes;        /* of the mapped, read into huge pages of their own (anonymous) */
 	uint64_t kv_pool_bytes, buffers_bytes;
 	int64_t kv_blocks, kv_blocks_free;
 	struct dsm_memory_limit memory;     /* what dsm may fill, and which limit gave it */

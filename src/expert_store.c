@@ -7,11 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 struct dsm_weight_map {
 	const struct dsm_checkpoint *ck;
 	void **base;            /* [n_shards] whole-file mappings (NULL for empty files) */
-	uint64_t mapped;
+	uint64_t mapped, huge;  /* bytes of the files; of them, read into huge pages */
 	void **copies;          /* aligned copies of misaligned tensors */
 	size_t n_copies, cap_copies;
 	uint64_t copied;
@@ -66,13 +67,78 @@ int dsm_weight_map_open(struct dsm_weight_map **out, const struct dsm_checkpoint
 #define MADV_POPULATE_READ 22 /* Linux 5.14 */
 #endif
 #define POPULATE_STEP (256ull << 20)
+#define HUGE_PAGE (2ull << 20)
 
-int dsm_weight_map_populate(struct dsm_weight_map *m, void (*progress)(uint64_t done, uint64_t total, void *arg),
-			    void *arg)
+/* Whether the kernel gives transparent huge pages to memory that asks for them (enabled: always or madvise). */
+static int thp_on_request(void)
+{
+	char buf[128] = "";
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+	if (!f)
+		return 0;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	return strstr(buf, "[always]") || strstr(buf, "[madvise]");
+}
+
+/* Shard i's bytes read into anonymous memory in huge pages, moved into the place of its file mapping
+ * (mremap), so that the weights are read through 2 MiB pages whatever pages the page cache holds them in.
+ * Returns 1 when the memory or the move was refused (the file mapping is then still there, untouched), 0,
+ * or DSM_EIO naming the shard. */
+static int read_in_huge(struct dsm_weight_map *m, int i, uint64_t *done,
+			void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg)
+{
+	const struct dsm_shard *s = &m->ck->shards[i];
+	size_t span = (s->file_size + 4095) & ~(size_t)4095;
+	char *a = mmap(NULL, span + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		       -1, 0);
+	if (a == MAP_FAILED)
+		return 1;
+	/* p: the same offset within a huge page as the mapping it replaces, so that the huge pages survive the move */
+	char *p = a + (((uintptr_t)m->base[i] - (uintptr_t)a) & (HUGE_PAGE - 1));
+	madvise(p, span, MADV_HUGEPAGE);
+	for (uint64_t off = 0; off < s->file_size;) {
+		size_t len = s->file_size - off < POPULATE_STEP ? (size_t)(s->file_size - off) : POPULATE_STEP;
+		ssize_t n = pread(s->fd, p + off, len, (off_t)off);
+		if (n <= 0) {
+			int e = n < 0 ? errno : EIO;
+			munmap(a, span + HUGE_PAGE);
+			return dsm_fail(DSM_EIO, "%s: cannot read %zu bytes at offset %llu: %s", s->path, len,
+					(unsigned long long)off, n < 0 ? strerror(e) : "the file ended early");
+		}
+		off += (uint64_t)n;
+		*done += (uint64_t)n;
+		if (progress)
+			progress(*done, m->mapped, arg);
+	}
+	if (mremap(p, span, span, MREMAP_MAYMOVE | MREMAP_FIXED, m->base[i]) == MAP_FAILED) {
+		munmap(a, span + HUGE_PAGE);
+		return 1;
+	}
+	mprotect(m->base[i], span, PROT_READ);
+	m->huge += s->file_size;
+	if (p > a)
+		munmap(a, (size_t)(p - a));
+	if (a + span + HUGE_PAGE > p + span)
+		munmap(p + span, (size_t)(a + span + HUGE_PAGE - (p + span)));
+	return 0;
+}
+
+int dsm_weight_map_populate(struct dsm_weight_map *m, int huge,
+			    void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg)
 {
 	uint64_t done = 0;
 	for (int i = 0; i < m->ck->n_shards; i++) {
 		const struct dsm_shard *s = &m->ck->shards[i];
+		if (!s->file_size)
+			continue;
+		int rc = huge && thp_on_request() ? read_in_huge(m, i, &done, progress, arg) : 1;
+		if (rc <= 0) {
+			if (rc < 0)
+				return rc;
+			continue;
+		}
 		for (uint64_t off = 0; off < s->file_size; off += POPULATE_STEP) {
 			uint64_t len = s->file_size - off < POPULATE_STEP ? s->file_size - off : POPULATE_STEP;
 			if (madvise((char *)m->base[i] + off, len, MADV_POPULATE_READ) < 0) {
@@ -90,10 +156,11 @@ int dsm_weight_map_populate(struct dsm_weight_map *m, void (*progress)(uint64_t 
 	return 0;
 }
 
-void dsm_weight_map_usage(const struct dsm_weight_map *m, uint64_t *mapped, uint64_t *copied)
+void dsm_weight_map_usage(const struct dsm_weight_map *m, uint64_t *mapped, uint64_t *copied, uint64_t *huge)
 {
 	*mapped = m->mapped;
 	*copied = m->copied;
+	*huge = m->huge;
 }
 
 /* The bytes of t, aligned to `align`: in the mapping when they are, else copied once. */

@@ -31,13 +31,17 @@ int dsm_weight_map_mat(struct dsm_weight_map *m, const char *name, int64_t rows,
 		       struct dsm_mat *out);
 /* The 1-D tensor `name` of n values (BF16 or F32) converted to F32 into dst[n]. */
 int dsm_weight_map_vec(struct dsm_weight_map *m, const char *name, int64_t n, float *dst);
-/* Reads every mapped page in now (MADV_POPULATE_READ), so that no page fault lands in a token and an I/O
- * error is a message, not a SIGBUS later. progress (may be NULL) after each 256 MiB. Returns 0 (also on a
- * kernel without MADV_POPULATE_READ, where nothing is read) or DSM_EIO naming the shard. */
-int dsm_weight_map_populate(struct dsm_weight_map *m, void (*progress)(uint64_t done, uint64_t total, void *arg),
-			    void *arg);
-/* Bytes mapped; bytes copied for alignment. */
-void dsm_weight_map_usage(const struct dsm_weight_map *m, uint64_t *mapped, uint64_t *copied);
+/* Reads every mapped page in now, so that no page fault lands in a token and an I/O error is a message, not a
+ * SIGBUS later. huge: each shard is read into anonymous memory in 2 MiB pages that take the place of its file
+ * mapping (the same addresses, read-only; unlike the page cache's, that memory stays until close); else, or
+ * where the kernel gives no huge pages on request or that memory is refused, its mapped pages are read in
+ * (MADV_POPULATE_READ). progress (may be NULL)
+ * after each 256 MiB. Returns 0 (also on a kernel without MADV_POPULATE_READ, where nothing is read) or DSM_EIO
+ * naming the shard. */
+int dsm_weight_map_populate(struct dsm_weight_map *m, int huge,
+			    void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg);
+/* Bytes mapped; bytes copied for alignment; of the mapped, bytes read into huge pages (dsm_weight_map_populate). */
+void dsm_weight_map_usage(const struct dsm_weight_map *m, uint64_t *mapped, uint64_t *copied, uint64_t *huge);
 
 /* The shape of the MoE layers of config c. */
 void dsm_moe_shape_from_config(struct dsm_moe_shape *s, const struct dsm_config *c);

@@ -278,9 +278,9 @@ int dsm_model_threads(const struct dsm_model *m, int *bound)
 	return m->threads ? m->threads->th.n_threads : m->opts.threads > 0 ? m->opts.threads : dsm_physical_cores();
 }
 
-void dsm_model_memory(const struct dsm_model *m, uint64_t *mapped, uint64_t *copied)
+void dsm_model_memory(const struct dsm_model *m, uint64_t *mapped, uint64_t *copied, uint64_t *huge)
 {
-	dsm_weight_map_usage(m->map, mapped, copied);
+	dsm_weight_map_usage(m->map, mapped, copied, huge);
 	/* norms and biases converted to F32 are small; count them with the copies */
 	const struct dsm_config *c = &m->cfg;
 	uint64_t norms = (uint64_t)c->num_hidden_layers *

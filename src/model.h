@@ -148,7 +148,8 @@ int dsm_model_threads(const struct dsm_model *m, int *bound);
  * has no variants, DSM_EARG when the model has too few expert bytes to measure on (nothing changes then). */
 struct dsm_gemv_tune_result;
 int dsm_model_tune_kernels(struct dsm_model *m, struct dsm_gemv_tune_result *r);
-/* Bytes of the shard files mapped, and of weights copied into memory (norms, realigned tensors). */
-void dsm_model_memory(const struct dsm_model *m, uint64_t *mapped, uint64_t *copied);
+/* Bytes of the shard files mapped, and of weights copied into memory (norms, realigned tensors); of the mapped,
+ * bytes read into huge pages of their own (anonymous memory). */
+void dsm_model_memory(const struct dsm_model *m, uint64_t *mapped, uint64_t *copied, uint64_t *huge);
 
 #endif
