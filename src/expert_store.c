@@ -101,6 +101,8 @@ static int read_in_huge(struct dsm_weight_map *m, int i, uint64_t *done,
 	for (uint64_t off = 0; off < s->file_size;) {
 		size_t len = s->file_size - off < POPULATE_STEP ? (size_t)(s->file_size - off) : POPULATE_STEP;
 		ssize_t n = pread(s->fd, p + off, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
 		if (n <= 0) {
 			int e = n < 0 ? errno : EIO;
 			munmap(a, span + HUGE_PAGE);
@@ -118,10 +120,9 @@ static int read_in_huge(struct dsm_weight_map *m, int i, uint64_t *done,
 	}
 	mprotect(m->base[i], span, PROT_READ);
 	m->huge += s->file_size;
-	if (p > a)
+	if (p > a) /* what is left of the allocation on either side */
 		munmap(a, (size_t)(p - a));
-	if (a + span + HUGE_PAGE > p + span)
-		munmap(p + span, (size_t)(a + span + HUGE_PAGE - (p + span)));
+	munmap(p + span, HUGE_PAGE - (size_t)(p - a));
 	return 0;
 }
 
