@@ -134,8 +134,8 @@ int dsm_model_to_devices(struct dsm_model *m, struct dsm_backend *const *dev, co
 		size_t fr, tot;
 		if (dev[k]->mem_info && dev[k]->mem_info(dev[k], &fr, &tot) == 0 && w.bytes > fr)
 			return dsm_fail(DSM_ENOMEM, "the weights outside the experts of layers %d-%d are %.3f GB: more than the "
-					"%.3f GB free on gpu:%d (the %s device)", l0, stage_end[k] - 1, (double)w.bytes / 1e9,
-					(double)fr / 1e9, k, dev[k]->name);
+					"%.3f GB free on the %s device that runs them", l0, stage_end[k] - 1,
+					(double)w.bytes / 1e9, (double)fr / 1e9, dev[k]->name);
 		f.stage_be[k] = dev[k];
 		f.stage_end[k] = stage_end[k];
 	}

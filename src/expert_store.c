@@ -130,11 +130,12 @@ int dsm_weight_map_populate(struct dsm_weight_map *m, int huge,
 			    void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg)
 {
 	uint64_t done = 0;
+	huge = huge && thp_on_request();
 	for (int i = 0; i < m->ck->n_shards; i++) {
 		const struct dsm_shard *s = &m->ck->shards[i];
 		if (!s->file_size)
 			continue;
-		int rc = huge && thp_on_request() ? read_in_huge(m, i, &done, progress, arg) : 1;
+		int rc = huge ? read_in_huge(m, i, &done, progress, arg) : 1;
 		if (rc <= 0) {
 			if (rc < 0)
 				return rc;

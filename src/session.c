@@ -245,10 +245,9 @@ int dsm_session_init(struct dsm_session **out, struct dsm_model *m, const struct
 		st->kv = dev_alloc(st->be, st->kv_bytes);
 		st->dev_arena = dev_alloc(st->be, st->dev_bytes);
 		if (!st->kv || !st->dev_arena) {
-			rc = dsm_fail(DSM_ENOMEM, "out of %s memory for layers %d-%d%s: a KV pool of %llu bytes (%lld blocks of "
+			rc = dsm_fail(DSM_ENOMEM, "out of %s memory for layers %d-%d: a KV pool of %llu bytes (%lld blocks of "
 				      "%d positions) and %llu bytes of buffers (lower --ctx, --max-seqs or --batch)",
 				      s->on_device ? "device" : "host", st->layer0, st->layer_end - 1,
-				      s->n_stages > 1 && k == 0 ? " on gpu:0" : k ? " on the next gpu" : "",
 				      (unsigned long long)st->kv_bytes, (long long)s->n_blocks, DSM_KV_BLOCK,
 				      (unsigned long long)st->dev_bytes);
 			dsm_session_free(s);

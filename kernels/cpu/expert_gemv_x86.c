@@ -102,9 +102,9 @@ DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const stru
 /* ---- The transposed multiply (dsm_fp8_rows_t_bf16) ----------------------------------------------------
  * Every weight is BF16(code value * scale), so per 128 x 128 block a weight takes one of 256 values, symmetric
  * in the sign (rounding to nearest even is): two 128-entry byte tables of the rounded products of the
- * magnitudes turn 64 codes into their products with the byte permutes of the exact conversion above. Each 32-bit lane of
- * the two vectors then holds two products, shifted or masked into F32; the four vectors hold the 64 columns
- * in the order col_t below, undone at the store. */
+ * magnitudes turn 64 codes into their products with the byte permutes of the exact conversion above. Each
+ * 32-bit lane of the two vectors then holds two products, shifted or masked into F32; the four vectors hold
+ * the 64 columns in the order col_t below, undone at the store. */
 
 /* Tables of BF16(value(m) * scale) for the magnitudes m = 0 .. 127, rounded as round_bf16 in cpu_matmul.c. */
 DSM_BF16_TARGET static ALWAYS_INLINE void product_tables(float scale, struct dsm_bf16_tables *tb)
@@ -142,7 +142,8 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_t_chunk(const struct dsm_fp8_mat 
 		for (int k = 0; k < 4; k++)
 			acc[t][k] = _mm512_setzero_ps();
 	struct dsm_bf16_tables tb;
-	size_t block = SIZE_MAX;
+	size_t block = r0 / DSM_FP8_BLOCK;
+	product_tables(W->scale[block * W->scale_ld + c / DSM_FP8_BLOCK], &tb);
 	for (size_t i = 0; i < rows; i++) {
 		size_t r = r0 + i;
 		if (r / DSM_FP8_BLOCK != block) {
