@@ -340,6 +340,13 @@ struct dsm_gemv_tune_result;
 int dsm_cpu_gemv_tune(struct dsm_backend *cpu, const struct dsm_fp8_mat *mats, size_t n,
 		      struct dsm_gemv_tune_result *r);
 
+/* The cpu backend's BF16 decode GEMV (the head, the routers): measures its memory walks on the rows of w (BF16,
+ * in memory, not in cache: the head) and keeps the fastest (kernels/cpu/bf16_gemv.c). DSM_EUNSUPPORTED when
+ * that kernel is not in use, DSM_EARG when w is too small to measure on. */
+int dsm_cpu_bf16_gemv_tune(struct dsm_backend *cpu, const struct dsm_mat *w, struct dsm_gemv_tune_result *r);
+/* The name of that kernel's walk in use. */
+const char *dsm_cpu_bf16_gemv_walk(void);
+
 const char *dsm_precision_name(enum dsm_precision p);
 /* "f32" / "bf16" -> precision; DSM_EARG otherwise. */
 int dsm_precision_parse(const char *s, enum dsm_precision *p);

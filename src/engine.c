@@ -26,8 +26,7 @@ struct dsm_engine {
 	struct dsm_session_hooks user_hooks;   /* the caller's, called from the engine's own */
 	struct dsm_memory_limit mem;       /* what dsm may fill, and which limit said so */
 	char notes[2048];
-	struct dsm_gemv_tune_result tune; /* what the decode kernel's measurement at open found, when tuned */
-	int tuned;
+	struct dsm_gemv_tune_result tune, head_tune; /* what the decode kernels' measurements at open found */
 };
 
 void dsm_engine_options_default(struct dsm_engine_options *o)
@@ -293,10 +292,12 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 	}
 	/* With the experts in memory, the decode kernel's memory walk is chosen for this host (docs/kernels.md). */
 	if (!tiered && fit && total && !o->no_populate) {
-		int trc = dsm_model_tune_kernels(m, &e->tune);
-		if (trc == 0)
+		if ((rc = dsm_model_tune_kernels(m, &e->tune, &e->head_tune)) < 0)
+			goto err;
+		if (e->tune.rounds)
 			note(e, "decode kernel: %s; measured in %.0f ms", e->tune.why, e->tune.seconds * 1e3);
-		e->tuned = trc == 0;
+		if (e->head_tune.rounds)
+			note(e, "head kernel: %s; measured in %.0f ms", e->head_tune.why, e->head_tune.seconds * 1e3);
 	}
 	struct dsm_session_options so = o->session;
 	if (so.max_seqs > 0 && so.max_batch > 0 && so.max_batch < so.max_seqs) {
@@ -389,8 +390,8 @@ void dsm_engine_report(const struct dsm_engine *e, uint64_t n_tokens, double sec
 	uint64_t block_bytes;
 	dsm_session_kv_blocks(e->s, &r->kv_blocks, &r->kv_blocks_free, &block_bytes);
 	r->memory = e->mem;
-	r->tuned = e->tuned;
 	r->tune = e->tune;
+	r->head_tune = e->head_tune;
 	if (e->off) {
 		r->tiered = 1;
 		dsm_offload_report(e->off, n_tokens, seconds, &r->offload);

@@ -247,11 +247,11 @@ int dsm_model_set_experts(struct dsm_model *m, struct dsm_offload *o)
 	return 0;
 }
 
-#define TUNE_MATS 144                   /* matrices measured on, at most */
-#define TUNE_BYTES (216ull << 20)       /* bytes measured on, at most: 3 rounds x 3 variants x 24 MiB */
+#define TUNE_MATS 480                   /* matrices measured on, at most */
+#define TUNE_BYTES (240ull << 20)       /* bytes measured on, at most: 5 rounds x 3 variants x 16 MiB */
 #define TUNE_MIN_BYTES (64ull << 20)
 
-int dsm_model_tune_kernels(struct dsm_model *m, struct dsm_gemv_tune_result *r)
+static int tune_fp8(struct dsm_model *m, struct dsm_gemv_tune_result *r)
 {
 	const struct dsm_store_model *sm = m->store_model;
 	struct dsm_fp8_mat mats[TUNE_MATS];
@@ -270,6 +270,26 @@ int dsm_model_tune_kernels(struct dsm_model *m, struct dsm_gemv_tune_result *r)
 	if (bytes < TUNE_MIN_BYTES)
 		return dsm_fail(DSM_EARG, "%.0f MB of FP8 experts in memory: too few to measure on", (double)bytes / 1e6);
 	return dsm_cpu_gemv_tune(m->be, mats, n, r);
+}
+
+/* A kernel not measured keeps its default; its result says why. */
+static int tuned(int rc, struct dsm_gemv_tune_result *r)
+{
+	if (rc >= 0 || rc == DSM_ENOMEM)
+		return rc;
+	r->rounds = 0;
+	snprintf(r->why, sizeof r->why, "not measured: %s", dsm_errmsg());
+	return 0;
+}
+
+int dsm_model_tune_kernels(struct dsm_model *m, struct dsm_gemv_tune_result *fp8, struct dsm_gemv_tune_result *head)
+{
+	memset(fp8, 0, sizeof *fp8);
+	memset(head, 0, sizeof *head);
+	int rc = tuned(tune_fp8(m, fp8), fp8);
+	if (rc < 0)
+		return rc;
+	return tuned(dsm_cpu_bf16_gemv_tune(m->fwd.stage_be[m->fwd.n_stages - 1], &m->fwd.head, head), head);
 }
 
 int dsm_model_threads(const struct dsm_model *m, int *bound)

@@ -143,11 +143,12 @@ int dsm_model_to_devices(struct dsm_model *m, struct dsm_backend *const *dev, co
 
 /* Threads the backend runs; *bound: 1 when each is bound to its own physical core. */
 int dsm_model_threads(const struct dsm_model *m, int *bound);
-/* Chooses the FP8 decode kernel's memory walk for this host (dsm_cpu_gemv_tune) on the routed experts of the
- * first MoE layers, which must be in memory (read in) and no longer in cache. DSM_EUNSUPPORTED when the kernel
- * has no variants, DSM_EARG when the model has too few expert bytes to measure on (nothing changes then). */
+/* Chooses the decode kernels' memory walks for this host: the FP8 kernel's on the routed experts of the first
+ * MoE layers (dsm_cpu_gemv_tune), the BF16 kernel's on the head (dsm_cpu_bf16_gemv_tune). Both must be in
+ * memory (read in) and no longer in cache. A result's `rounds` is 0 when its kernel was not measured (no
+ * variants, too few bytes to measure on, the head on a device); its `why` says why. Returns 0 or DSM_ENOMEM. */
 struct dsm_gemv_tune_result;
-int dsm_model_tune_kernels(struct dsm_model *m, struct dsm_gemv_tune_result *r);
+int dsm_model_tune_kernels(struct dsm_model *m, struct dsm_gemv_tune_result *fp8, struct dsm_gemv_tune_result *head);
 /* Bytes of the shard files mapped, and of weights copied into memory (norms, realigned tensors); of the mapped,
  * bytes read into huge pages of their own (anonymous memory). */
 void dsm_model_memory(const struct dsm_model *m, uint64_t *mapped, uint64_t *copied, uint64_t *huge);

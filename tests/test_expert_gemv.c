@@ -256,7 +256,7 @@ static void check_tune(void)
 	int measured = 1;
 	for (int v = 0; v < DSM_GEMV_VARIANTS; v++)
 		measured &= r.gbps[v] > 0;
-	CHECK(measured && r.rounds == 3 && r.chosen == dsm_gemv_variant && r.chosen >= 0 && r.chosen < DSM_GEMV_VARIANTS &&
+	CHECK(measured && r.rounds == DSM_TUNE_ROUNDS && r.chosen == dsm_gemv_variant && r.chosen >= 0 && r.chosen < DSM_GEMV_VARIANTS &&
 	      r.why[0], "tune: rates %g %g, chose %d: %s", r.gbps[0], r.gbps[1], r.chosen, r.why);
 	dsm_gemv_variant = 0;
 	for (int i = 0; i < M; i++)

@@ -92,6 +92,48 @@ static void test_matmul(struct dsm_backend *be)
 		}
 }
 
+/* The BF16 decode GEMV's memory walks give the same bits (each row's chains are the same) on ragged shapes and
+ * views; dsm_cpu_bf16_gemv_tune refuses a matrix too small to measure on and changes nothing then, and with
+ * enough rows measures every walk and keeps one. */
+static void test_bf16_walks(struct dsm_backend *be)
+{
+	static const int64_t shapes[][2] = { { 7, 33 }, { 130, 1024 }, { 257, 200 }, { 64, 7168 } };
+	for (int s = 0; s < 4; s++)
+		for (int64_t n = 1; n <= CPU_GEMV_MAX_N; n++) {
+			int64_t rows = shapes[s][0], cols = shapes[s][1];
+			struct weight w;
+			weight_init(&w, DSM_BF16, rows, cols);
+			struct dsm_mat m = rows > 8 ? dsm_mat_rows(w.m, 3, rows - 5) : w.m;
+			float *x = rand_buf((size_t)(n * cols), 1), *y0 = out_buf((size_t)(n * m.rows));
+			float *y = out_buf((size_t)(n * m.rows));
+			CHECK(be->matmul(be, &m, n, x, y0) == 0, "%s", dsm_errmsg());
+			for (int v = 1; v < CPU_BF16_WALKS; v++) {
+				cpu_bf16_walk = v;
+				CHECK(be->matmul(be, &m, n, x, y) == 0, "%s", dsm_errmsg());
+				CHECK(memcmp(y, y0, sizeof(float) * (size_t)(n * m.rows)) == 0, "walk %s differs from %s, %lldx%lld x %lld",
+				      cpu_bf16_walks[v].name, cpu_bf16_walks[0].name, (long long)rows, (long long)cols, (long long)n);
+			}
+			cpu_bf16_walk = 0;
+			free(x), free(y0), free(y);
+			weight_free(&w);
+		}
+	struct weight small, big;
+	weight_init(&small, DSM_BF16, 1000, 1024);
+	weight_init(&big, DSM_BF16, 24 * 1024, 1024); /* 48 MiB: 10 parts of 4.8 MiB */
+	struct dsm_gemv_tune_result r;
+	CHECK(dsm_cpu_bf16_gemv_tune(be, &small.m, &r) == DSM_EARG && cpu_bf16_walk == 0, "a 2 MB head: not refused");
+	CHECK(dsm_cpu_bf16_gemv_tune(be, &big.m, &r) == 0, "%s", dsm_errmsg());
+	int measured = 1;
+	for (int v = 0; v < CPU_BF16_WALKS; v++)
+		measured &= r.gbps[v] > 0;
+	CHECK(measured && r.rounds == DSM_TUNE_ROUNDS && r.chosen == cpu_bf16_walk && r.chosen >= 0 &&
+	      r.chosen < CPU_BF16_WALKS && r.why[0], "bf16 tune: rates %g %g, chose %d: %s", r.gbps[0], r.gbps[1],
+	      r.chosen, r.why);
+	cpu_bf16_walk = 0;
+	weight_free(&small);
+	weight_free(&big);
+}
+
 /* matmul_heads (the absorbed attention's per-head multiplies) against the reference of each head's view alone:
  * heads of 40 or 56 rows at a stride of 96 rows (as kv_b's k and v halves), inputs and outputs at padded head
  * strides whose gaps must stay untouched; 200 columns (a ragged end after the 64-column chunks). */
@@ -551,6 +593,7 @@ int main(void)
 		}
 		worst_nmse = 0;
 		test_matmul(be);
+		test_bf16_walks(be);
 		test_matmul_heads(be);
 		test_ffn(be);
 		test_moe(be);

@@ -139,7 +139,7 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 		dsm_engine_report(e, (uint64_t)g.n, g.prefill_seconds + g.decode_seconds, &er);
 		double n = (double)st.steps, tps = n / (st.attention + st.router + st.experts + st.dense + st.head + st.other);
 		double probe = (before + after) / 2, eff = bpt * tps / 1e9, ratio = probe > 0 ? eff / probe : 0;
-		const char *variant = dsm_gemv_variants[dsm_gemv_variant].name;
+		const char *variant = dsm_gemv_variants[dsm_gemv_variant].name, *head_walk = dsm_cpu_bf16_gemv_walk();
 		struct { const char *name; double s; } part[] = {
 			{ "attention", st.attention }, { "router", st.router }, { "experts", st.experts }, { "dense", st.dense },
 			{ "head", st.head }, { "other", st.other }, { "waiting", st.waiting },
@@ -148,8 +148,8 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 			printf("{\"bench\": \"e2e\", \"mode\": \"resident\", \"model\": \"%s\", \"threads\": %d, "
 			       "\"steps\": %lld, \"tokens_per_second\": %.3f, \"bytes_per_token\": %.0f, \"effective_gbs\": %.3f, "
 			       "\"dram_probe_gbs\": %.3f, \"dram_probe_before_gbs\": %.3f, \"dram_probe_after_gbs\": %.3f, "
-			       "\"traffic_ratio\": %.3f, \"decode_kernel\": \"%s\"", dir, er.threads, (long long)st.steps, tps, bpt,
-			       eff, probe, before, after, ratio, variant);
+			       "\"traffic_ratio\": %.3f, \"decode_kernel\": \"%s\", \"head_kernel\": \"%s\"", dir, er.threads,
+			       (long long)st.steps, tps, bpt, eff, probe, before, after, ratio, variant, head_walk);
 			for (size_t i = 0; i < sizeof part / sizeof part[0]; i++)
 				printf(", \"%s_ms_per_token\": %.3f", part[i].name, 1e3 * part[i].s / n);
 			printf("}\n");
@@ -161,7 +161,8 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 			       bpt / 1e6);
 			printf("  effective read      %7.2f GB/s = %.3f of the DRAM probe %.2f GB/s (%.2f before, %.2f after)\n",
 			       eff, ratio, probe, before, after);
-			printf("  decode kernel       %s\n", er.tuned ? er.tune.why : variant);
+			printf("  decode kernel       %s\n", er.tune.rounds ? er.tune.why : variant);
+			printf("  head kernel         %s\n", er.head_tune.rounds ? er.head_tune.why : head_walk);
 			printf("  per token:");
 			for (size_t i = 0; i < sizeof part / sizeof part[0]; i++)
 				printf("%s %s %.2f ms (%.0f%%)", i == sizeof part / sizeof part[0] - 1 ? ";" : i ? "," : "",

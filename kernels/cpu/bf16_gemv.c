@@ -1,10 +1,14 @@
 /* The decode GEMV of BF16 weights (the output head and the router): a few activation vectors against rows
- * read once, 4 rows at a time so that each loaded activation chunk serves 4 rows and 4 independent chains
- * hide the multiply's latency. While a group is multiplied, the same columns of the next group (the rows 4
- * further, one group's bytes ahead in the stored matrix) are prefetched: on an Intel host with the head's
- * 2 KiB rows this streamed 0.97-1.01 of a plain read's rate where a prefetch 1 KiB ahead in each row streamed
- * 0.76-0.91 (it fetches the rows the group reads next, which are already on their way); on 14 KiB rows
- * the two are equal.
+ * read once. Two memory walks (cpu_bf16_walks), chosen at start on the head (dsm_cpu_bf16_gemv_tune):
+ *   rows4-ahead4: 4 rows at a time, so that each loaded activation chunk serves 4 rows and 4 independent
+ *     chains hide the multiply's latency; while a group is multiplied, the same columns of the next group
+ *     (one group's bytes ahead in the stored matrix) are prefetched. On an Intel host with the head's 2 KiB
+ *     rows this streamed 0.97-1.01 of a plain read's rate where a prefetch 1 KiB ahead in each row streamed
+ *     0.76-0.91; on 14 KiB rows the two are equal.
+ *   rows1-pf4k: one row at a time, 4 KiB ahead prefetched: a single sequential stream. On an AMD host it
+ *     decoded 12-20% faster (small preset, 1-2 threads): there the four interleaved streams of the other walk
+ *     stream less.
+ * Each (row, token) is the same chain of multiply-adds in column order in both: the results are identical.
  *
  *   bf16 precision, AVX-512 BF16: activations rounded to BF16 once per call; vdpbf16ps multiplies pairs of
  *     BF16 values exactly and adds them in F32 (the products are those of the scalar path; only the order of
@@ -20,6 +24,17 @@
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define ROWS 4
 
+const struct cpu_bf16_walk cpu_bf16_walks[CPU_BF16_WALKS] = {
+	{ "rows4-ahead4", ROWS, 0 },
+	{ "rows1-pf4k", 1, 4096 },
+};
+int cpu_bf16_walk;
+
+const char *dsm_cpu_bf16_gemv_walk(void)
+{
+	return cpu_bf16_walks[cpu_bf16_walk].name;
+}
+
 static ALWAYS_INLINE __mmask32 mask32(int64_t c, int64_t cols)
 {
 	int64_t left = cols - c;
@@ -29,7 +44,7 @@ static ALWAYS_INLINE __mmask32 mask32(int64_t c, int64_t cols)
 /* rows [r, r + R) x n tokens, BF16 products; xb [n][xb_ld] BF16 bits, zero past cols. */
 DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint16_t *w, int64_t cols, int64_t r, int R, int n,
 						    const uint16_t *xb, int64_t xb_ld, float *y, int64_t ldy,
-						    int64_t r0)
+						    int64_t r0, int64_t pf)
 {
 	__m512 acc[ROWS][CPU_GEMV_MAX_N];
 	for (int i = 0; i < R; i++)
@@ -44,7 +59,7 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint16_t *w, int64_t c
 			xv[t] = _mm512_load_si512(xb + t * xb_ld + c);
 		__mmask32 m = mask32(c, cols);
 		for (int i = 0; i < R; i++) {
-			_mm_prefetch((const char *)(wr[i] + c + R * cols), _MM_HINT_T0);
+			_mm_prefetch((const char *)(wr[i] + c) + pf, _MM_HINT_T0);
 			__m512i wv = _mm512_maskz_loadu_epi16(m, wr[i] + c);
 			for (int t = 0; t < n; t++)
 				acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)wv, (__m512bh)xv[t]);
@@ -58,7 +73,7 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint16_t *w, int64_t c
 /* The same with F32 activations x [n][x_ld] and exact F32 weights. */
 DSM_AVX512F_TARGET static ALWAYS_INLINE void rows_f32(const uint16_t *w, int64_t cols, int64_t r, int R, int n,
 						      const float *x, int64_t x_ld, float *y, int64_t ldy,
-						      int64_t r0)
+						      int64_t r0, int64_t pf)
 {
 	__m512 acc[ROWS][CPU_GEMV_MAX_N];
 	for (int i = 0; i < R; i++)
@@ -74,7 +89,7 @@ DSM_AVX512F_TARGET static ALWAYS_INLINE void rows_f32(const uint16_t *w, int64_t
 			xv[t] = _mm512_maskz_loadu_ps(m, x + t * x_ld + c);
 		for (int i = 0; i < R; i++) {
 			if (c % 32 == 0)
-				_mm_prefetch((const char *)(wr[i] + c + R * cols), _MM_HINT_T0);
+				_mm_prefetch((const char *)(wr[i] + c) + pf, _MM_HINT_T0);
 			__m256i h;
 			if (m == 0xFFFF) {
 				h = _mm256_loadu_si256((const __m256i *)(wr[i] + c));
@@ -93,14 +108,17 @@ DSM_AVX512F_TARGET static ALWAYS_INLINE void rows_f32(const uint16_t *w, int64_t
 			y[t * ldy + r + i - r0] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
-/* One loop per token count, so that the register arrays have constant bounds. */
+/* One loop per token count, so that the register arrays have constant bounds. Prefetched ahead of each row:
+ * the walk's distance, or the same columns one group further (single rows: the next row). */
 #define ROW_LOOP(kernel, xp, xld)                                                                         \
 	do {                                                                                              \
-		int64_t r = r0;                                                                           \
-		for (; r + ROWS <= r1; r += ROWS)                                                         \
-			kernel(w, cols, r, ROWS, N, xp, xld, y, ldy, r0);                            \
+		const struct cpu_bf16_walk *walk = &cpu_bf16_walks[cpu_bf16_walk];                        \
+		int64_t r = r0, row = cols * (int64_t)sizeof(uint16_t);                                   \
+		if (walk->group == ROWS)                                                                  \
+			for (; r + ROWS <= r1; r += ROWS)                                                 \
+				kernel(w, cols, r, ROWS, N, xp, xld, y, ldy, r0, ROWS * row);             \
 		for (; r < r1; r++)                                                                       \
-			kernel(w, cols, r, 1, N, xp, xld, y, ldy, r0);                               \
+			kernel(w, cols, r, 1, N, xp, xld, y, ldy, r0, walk->prefetch ? walk->prefetch : row); \
 	} while (0)
 
 #define BY_TOKENS(fn)                                \

@@ -73,6 +73,15 @@ static inline __attribute__((always_inline)) v16f load_f32(const float *p)
  * BF16 activations (precision bf16), else F32 x [n, cols] and exact F32 weights. Only where
  * cpu_bf16_gemv_available(bf16). */
 int cpu_bf16_gemv_available(int bf16);
+/* Its memory walks: rows per group (4 or 1) and, for single rows, the prefetch distance in bytes. */
+struct cpu_bf16_walk {
+	const char *name;
+	int group;
+	int64_t prefetch;
+};
+#define CPU_BF16_WALKS 2
+extern const struct cpu_bf16_walk cpu_bf16_walks[CPU_BF16_WALKS];
+extern int cpu_bf16_walk; /* the one in use, 0 by default */
 int64_t cpu_bf16_act_ld(int64_t cols);
 void cpu_bf16_gemv_pack(const float *x, int64_t n, int64_t cols, uint16_t *xb);
 void cpu_bf16_gemv_rows(const uint16_t *w, int64_t cols, int64_t r0, int64_t r1, int64_t n, const float *x,

@@ -295,6 +295,55 @@ static int bf16_gemv(struct cpu_backend *cb, const struct dsm_mat *w, int64_t n,
 	return 0;
 }
 
+/* dsm_cpu_bf16_gemv_tune: part k of the measurement is the k-th band of the head's rows on one token. */
+struct bf16_parts {
+	struct cpu_backend *cb;
+	struct dsm_mat w;
+	int64_t band;
+	const float *x;
+	float *y;
+	int bf16;
+};
+
+static int bf16_part(void *arg, int k, size_t *bytes)
+{
+	const struct bf16_parts *p = arg;
+	struct dsm_mat band = dsm_mat_rows(p->w, k * p->band, p->band);
+	*bytes += (size_t)band.rows * (size_t)band.cols * sizeof(uint16_t);
+	return bf16_gemv(p->cb, &band, 1, p->x, p->y, p->bf16);
+}
+
+#define TUNE_BAND_BYTES (24 << 20) /* per part, at most */
+#define TUNE_BAND_MIN (4 << 20)
+
+int dsm_cpu_bf16_gemv_tune(struct dsm_backend *be, const struct dsm_mat *w, struct dsm_gemv_tune_result *r)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	int bf16 = be->precision == DSM_PRECISION_BF16;
+	memset(r, 0, sizeof *r);
+	r->chosen = cpu_bf16_walk;
+	if (strcmp(be->name, "cpu") != 0 || w->dtype != DSM_BF16 || !cpu_bf16_gemv_available(bf16))
+		return dsm_fail(DSM_EUNSUPPORTED, "the BF16 decode kernel is not in use");
+	int parts = DSM_TUNE_ROUNDS * CPU_BF16_WALKS;
+	int64_t row = w->cols * (int64_t)sizeof(uint16_t), band = w->rows / parts;
+	if (band * row > TUNE_BAND_BYTES)
+		band = TUNE_BAND_BYTES / row;
+	if (band * row < TUNE_BAND_MIN)
+		return dsm_fail(DSM_EARG, "%.0f MB of BF16 rows: too few to measure on", (double)(w->rows * row) / 1e6);
+	float *x = calloc((size_t)(w->cols + band), sizeof(float));
+	if (!x)
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	for (int64_t j = 0; j < w->cols; j++)
+		x[j] = (float)(j % 7) - 3.0f;
+	const char *names[CPU_BF16_WALKS];
+	for (int v = 0; v < CPU_BF16_WALKS; v++)
+		names[v] = cpu_bf16_walks[v].name;
+	struct bf16_parts p = { cb, *w, band, x, x + w->cols, bf16 };
+	int rc = dsm_tune_variants(CPU_BF16_WALKS, names, &cpu_bf16_walk, bf16_part, &p, r);
+	free(x);
+	return rc;
+}
+
 /* FP8 multiplies go to the expert kernels for every n: their per-token arithmetic does not depend on how
  * many tokens share a call, so decode equals prefill. */
 static int use_expert_kernels(const struct cpu_backend *cb, int64_t n)

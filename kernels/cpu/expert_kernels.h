@@ -112,20 +112,29 @@ void dsm_wait_end(struct dsm_wait_clock *w, int team, double wall);
 /* The waiting of the context's regions so far (seconds summed over threads). */
 double dsm_expert_ctx_wait_seconds(const struct dsm_expert_ctx *ctx);
 
-/* What dsm_gemv_tune measured: each variant's rate (GB/s, median of the rounds) and the choice. */
+/* What a decode kernel's measurement of its variants found (dsm_tune_variants): each variant's rate (GB/s,
+ * its best round) and the choice. */
+#define DSM_TUNE_MAX_VARIANTS 4
+#define DSM_TUNE_ROUNDS 5
 struct dsm_gemv_tune_result {
-	double gbps[DSM_GEMV_VARIANTS];
+	double gbps[DSM_TUNE_MAX_VARIANTS];
 	int rounds;
 	size_t bytes;                  /* bytes of weights each variant read per round */
 	double seconds;                /* the whole measurement */
 	int chosen;                    /* the variant now in use */
 	char why[160];
 };
-/* Measures the variants on one token against the FP8 matrices mats[0 .. n) (in memory, each read once: the
- * caller gives matrices that are not in cache), each round reading a fresh part of them per variant, in
- * rotating order, and sets dsm_gemv_variant to the fastest median unless it beats the default by less than 8%
- * (the host's noise). The variants give identical results; only the speed differs. DSM_EARG when the matrices
- * are too few for three rounds (nothing changes then). */
+/* Runs part k (0 <= k < DSM_TUNE_ROUNDS x variants) of a measurement with the variant in use and adds the bytes
+ * of weights it read to *bytes. Each part reads weights no other part reads (not in cache). */
+typedef int (*dsm_tune_part_fn)(void *arg, int k, size_t *bytes);
+/* The measurement the decode kernels' choices share: DSM_TUNE_ROUNDS rounds, in each every variant (set in
+ * *in_use) runs one part, in rotating order; *in_use ends as the variant of the fastest round unless it beats
+ * variant 0 by less than 8% (the host's noise), then 0. The variants must give identical results. */
+int dsm_tune_variants(int n_variants, const char *const *names, int *in_use, dsm_tune_part_fn part, void *arg,
+		      struct dsm_gemv_tune_result *r);
+/* The FP8 kernel's memory walk (dsm_gemv_variant), measured on one token against the FP8 matrices
+ * mats[0 .. n) (in memory, each read once: the caller gives matrices that are not in cache). DSM_EARG when
+ * the matrices are too few for a part each (nothing changes then). */
 int dsm_gemv_tune(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *mats, size_t n, struct dsm_gemv_tune_result *r);
 
 /* Bytes of scratch dsm_fp8_gemv_rows needs for a matrix of `cols` columns (any n_tok <= 8). */

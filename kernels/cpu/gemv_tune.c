@@ -1,6 +1,6 @@
-/* Choosing the decode kernel's memory walk for this host (dsm_gemv_tune): which order of loads and which
+/* Choosing the decode kernels' memory walks for this host (dsm_tune_variants): which order of loads and which
  * software prefetch streams best depends on the memory system (docs/kernels.md "Variants"), so it is measured
- * at start on the model's own expert matrices rather than fixed for one machine. */
+ * at start on the model's own matrices rather than fixed for one machine. */
 #include "expert_kernels.h"
 
 #include "error.h"
@@ -9,22 +9,82 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ROUNDS 3
 #define MARGIN 1.08 /* a variant replaces the default only this much faster: the host's noise is larger below */
 
-static double median3(const double *v)
+int dsm_tune_variants(int n_variants, const char *const *names, int *in_use, dsm_tune_part_fn part, void *arg,
+		      struct dsm_gemv_tune_result *r)
 {
-	double a = v[0], b = v[1], c = v[2];
-	return a > b ? (b > c ? b : a > c ? c : a) : (a > c ? a : b > c ? c : b);
+	memset(r, 0, sizeof *r);
+	r->chosen = *in_use;
+	if (n_variants < 1 || n_variants > DSM_TUNE_MAX_VARIANTS)
+		return dsm_fail(DSM_EARG, "tune: %d variants", n_variants);
+	double t_all = dsm_wall_seconds();
+	int keep = *in_use, rc = 0;
+	for (int k = 0; k < DSM_TUNE_ROUNDS && rc == 0; k++)
+		for (int i = 0; i < n_variants && rc == 0; i++) {
+			int v = (i + k) % n_variants; /* rotating order: no variant always runs first */
+			size_t bytes = 0;
+			*in_use = v;
+			double t = dsm_wall_seconds();
+			rc = part(arg, k * n_variants + i, &bytes);
+			double gbps = (double)bytes / (dsm_wall_seconds() - t) / 1e9;
+			/* The best round: what disturbs a round (another process's memory traffic, an interrupt)
+			 * only slows it, by up to 5x in 1 ms rounds on a shared host. */
+			r->gbps[v] = gbps > r->gbps[v] ? gbps : r->gbps[v];
+			if (k == 0 && i == 0)
+				r->bytes = bytes;
+		}
+	*in_use = keep;
+	if (rc < 0)
+		return rc;
+	int best = 0;
+	for (int v = 0; v < n_variants; v++)
+		if (r->gbps[v] > r->gbps[best])
+			best = v;
+	r->rounds = DSM_TUNE_ROUNDS;
+	r->seconds = dsm_wall_seconds() - t_all;
+	if (best != 0 && r->gbps[best] >= MARGIN * r->gbps[0]) {
+		snprintf(r->why, sizeof r->why, "%s streamed %.1f GB/s against %.1f for %s (best of %d rounds)",
+			 names[best], r->gbps[best], r->gbps[0], names[0], DSM_TUNE_ROUNDS);
+	} else {
+		best = 0;
+		snprintf(r->why, sizeof r->why, "%s (%.1f GB/s): no variant was %.0f%% faster (best of %d rounds)",
+			 names[0], r->gbps[0], (MARGIN - 1) * 100, DSM_TUNE_ROUNDS);
+	}
+	*in_use = r->chosen = best;
+	return 0;
+}
+
+/* The FP8 kernel on one token: part k multiplies its share of the matrices. */
+struct fp8_parts {
+	struct dsm_expert_ctx *ctx;
+	const struct dsm_fp8_mat *mats;
+	size_t per;
+	const float *x;
+	float *y;
+};
+
+static int fp8_part(void *arg, int k, size_t *bytes)
+{
+	const struct fp8_parts *p = arg;
+	const struct dsm_fp8_mat *m = p->mats + (size_t)k * p->per;
+	for (size_t j = 0; j < p->per; j++) {
+		int rc = dsm_fp8_matmul(p->ctx, &m[j], 1, p->x, p->y);
+		if (rc < 0)
+			return rc;
+		*bytes += m[j].rows * m[j].cols;
+	}
+	return 0;
 }
 
 int dsm_gemv_tune(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *mats, size_t n, struct dsm_gemv_tune_result *r)
 {
-	memset(r, 0, sizeof *r);
-	r->chosen = dsm_gemv_variant;
-	size_t per = n / (ROUNDS * DSM_GEMV_VARIANTS);
-	if (per == 0)
-		return dsm_fail(DSM_EARG, "gemv tune: %zu matrices, fewer than %d", n, ROUNDS * DSM_GEMV_VARIANTS);
+	size_t per = n / (DSM_TUNE_ROUNDS * DSM_GEMV_VARIANTS);
+	if (per == 0) {
+		memset(r, 0, sizeof *r);
+		r->chosen = dsm_gemv_variant;
+		return dsm_fail(DSM_EARG, "gemv tune: %zu matrices, fewer than %d", n, DSM_TUNE_ROUNDS * DSM_GEMV_VARIANTS);
+	}
 	size_t max_rows = 0, max_cols = 0;
 	for (size_t i = 0; i < n; i++) {
 		max_rows = mats[i].rows > max_rows ? mats[i].rows : max_rows;
@@ -35,45 +95,11 @@ int dsm_gemv_tune(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *mats, si
 		return dsm_fail(DSM_ENOMEM, "out of memory");
 	for (size_t j = 0; j < max_cols; j++)
 		x[j] = (float)(j % 7) - 3.0f;
-	double rate[DSM_GEMV_VARIANTS][ROUNDS], t_all = dsm_wall_seconds();
-	int keep = dsm_gemv_variant, rc = 0;
-	for (int k = 0; k < ROUNDS && rc == 0; k++)
-		for (int i = 0; i < DSM_GEMV_VARIANTS && rc == 0; i++) {
-			int v = (i + k) % DSM_GEMV_VARIANTS; /* rotating order: no variant always runs first */
-			const struct dsm_fp8_mat *part = mats + (size_t)(k * DSM_GEMV_VARIANTS + i) * per;
-			size_t bytes = 0;
-			dsm_gemv_variant = v;
-			double t = dsm_wall_seconds();
-			for (size_t j = 0; j < per && rc == 0; j++) {
-				rc = dsm_fp8_matmul(ctx, &part[j], 1, x, x + max_cols);
-				bytes += part[j].rows * part[j].cols;
-			}
-			rate[v][k] = (double)bytes / (dsm_wall_seconds() - t) / 1e9;
-			if (k == 0 && i == 0)
-				r->bytes = bytes;
-		}
+	const char *names[DSM_GEMV_VARIANTS];
+	for (int v = 0; v < DSM_GEMV_VARIANTS; v++)
+		names[v] = dsm_gemv_variants[v].name;
+	struct fp8_parts p = { ctx, mats, per, x, x + max_cols };
+	int rc = dsm_tune_variants(DSM_GEMV_VARIANTS, names, &dsm_gemv_variant, fp8_part, &p, r);
 	free(x);
-	dsm_gemv_variant = keep;
-	if (rc < 0)
-		return rc;
-	int best = 0;
-	for (int v = 0; v < DSM_GEMV_VARIANTS; v++) {
-		r->gbps[v] = median3(rate[v]);
-		if (r->gbps[v] > r->gbps[best])
-			best = v;
-	}
-	r->rounds = ROUNDS;
-	r->seconds = dsm_wall_seconds() - t_all;
-	if (best != 0 && r->gbps[best] >= MARGIN * r->gbps[0]) {
-		dsm_gemv_variant = best;
-		snprintf(r->why, sizeof r->why, "%s streamed %.1f GB/s against %.1f for %s (median of %d rounds)",
-			 dsm_gemv_variants[best].name, r->gbps[best], r->gbps[0], dsm_gemv_variants[0].name, ROUNDS);
-	} else {
-		dsm_gemv_variant = 0;
-		snprintf(r->why, sizeof r->why, "%s (%.1f GB/s): no variant was %.0f%% faster (best %s, %.1f GB/s)",
-			 dsm_gemv_variants[0].name, r->gbps[0], (MARGIN - 1) * 100, dsm_gemv_variants[best].name,
-			 r->gbps[best]);
-	}
-	r->chosen = dsm_gemv_variant;
-	return 0;
+	return rc;
 }
