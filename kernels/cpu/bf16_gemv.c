@@ -5,9 +5,9 @@
  *     (one group's bytes ahead in the stored matrix) are prefetched. On an Intel host with the head's 2 KiB
  *     rows this streamed 0.97-1.01 of a plain read's rate where a prefetch 1 KiB ahead in each row streamed
  *     0.76-0.91; on 14 KiB rows the two are equal.
- *   rows1-pf4k: one row at a time, 4 KiB ahead prefetched: a single sequential stream. On an AMD host it
- *     decoded 12-20% faster (small preset, 1-2 threads): there the four interleaved streams of the other walk
- *     stream less.
+ *   rows1-pf4k: one row at a time, 4 KiB ahead prefetched: a single sequential stream. On an AMD host the
+ *     small preset decoded 10-20% faster with it, mid 3-10% (1-2 threads, alternating): there the four
+ *     interleaved streams of the other walk stream less.
  * Each (row, token) is the same chain of multiply-adds in column order in both: the results are identical.
  *
  *   bf16 precision, AVX-512 BF16: activations rounded to BF16 once per call; vdpbf16ps multiplies pairs of

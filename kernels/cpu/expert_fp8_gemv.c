@@ -111,8 +111,8 @@ void dsm_fp8_gemv_ref(const struct dsm_fp8_mat *W, const float *x, size_t x_ld, 
 size_t dsm_fp8_gemv_scratch_size(size_t cols)
 {
 	/* DSM_GEMV_MAX_TOKENS prepared activation rows of F32; the BF16 kernel uses half of that, then keeps
-	 * 128 rows x DSM_GEMV_MAX_TOKENS vector accumulators of 64 bytes. */
-	return DSM_GEMV_MAX_TOKENS * dsm_cols_pad(cols) * sizeof(float) + DSM_FP8_BLOCK * DSM_GEMV_MAX_TOKENS * 64;
+	 * 128 rows x DSM_GEMV_MAX_TOKENS x 2 vector accumulators of 64 bytes. */
+	return DSM_GEMV_MAX_TOKENS * dsm_cols_pad(cols) * sizeof(float) + DSM_FP8_BLOCK * DSM_GEMV_MAX_TOKENS * 2 * 64;
 }
 
 int dsm_fp8_gemv_rows(enum dsm_isa isa, const struct dsm_fp8_mat *W, size_t r0, size_t r1, const float *x,

@@ -58,14 +58,34 @@ DSM_BF16_TARGET static void prep_bf16(const struct dsm_fp8_mat *W, size_t rb, co
 	}
 }
 
-/* acc[r][t] += row r's 64 codes v[r] times token t's prepared chunk xp. Each (row, token) is one chain of dot
- * products in column order, whatever R and T: a token's result does not depend on how many tokens share the
- * pass (decode equals prefill). The order of work fits the 32 registers (accumulators R x T, the tables 5):
- * with at least as many rows as tokens, every activation vector is loaded once into a register and the rows
- * are converted one at a time (R = 8, T = 2: 16 + 5 + 4 + 2); with more tokens, every row is converted first
- * and the activations are loaded one token at a time. */
-DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const struct dsm_bf16_tables *tb,
-						    const uint16_t *xp, __m512 acc[8][8], const int R, const int T)
+/* Row r's 64 codes (the first `len` of them at the end of a row), with the same columns pf bytes further
+ * prefetched. Opaque to the compiler, so that it keeps the codes in a register rather than load them again for
+ * each table lookup (3 loads per 64 codes): +9-15% at 1-2 tokens. */
+DSM_BF16_TARGET static ALWAYS_INLINE __m512i load_codes(const uint8_t *p, ptrdiff_t pf, size_t len)
+{
+	__m512i v;
+	if (len >= 64) {
+		_mm_prefetch((const char *)(p + pf), _MM_HINT_T0);
+		v = _mm512_loadu_si512(p);
+	} else {
+		v = _mm512_maskz_loadu_epi8((1ull << len) - 1, p);
+	}
+	__asm__("" : "+v"(v));
+	return v;
+}
+
+/* Adds rows [0, R) at w (stride ld) over the 64 columns at c times the T tokens' prepared chunk xp: acc[r][t][0]
+ * takes the A half of each chunk, acc[r][t][1] the B half. Each (row, token) is these two chains of dot
+ * products in column order, added at the end, whatever R and T: a token's result does not depend on how many
+ * tokens share the pass (decode equals prefill). Two chains rather than one so that a single row is not bound
+ * by the multiply's latency (one row at a time is the walk that streams best on some hosts). The order of work
+ * fits the 32 registers (accumulators 2 x R x T <= 16, the tables 5): with at least as many rows as tokens,
+ * every activation vector is loaded once into a register and the rows are loaded and converted one at a time
+ * (R = 8, T = 1: 16 + 5 + 2 + 3); with more tokens, every row is converted first and the activations are loaded
+ * one token at a time. */
+DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const uint8_t *w, size_t ld, size_t c, ptrdiff_t pf, size_t len,
+						    const struct dsm_bf16_tables *tb, const uint16_t *xp,
+						    __m512 acc[8][8][2], const int R, const int T)
 {
 	if (T <= R) {
 		__m512bh xa[8], xb[8];
@@ -77,25 +97,28 @@ DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const __m512i *v, const stru
 #pragma GCC unroll 8
 		for (int r = 0; r < R; r++) {
 			__m512i a, b;
-			dsm_fp8x64_bf16(v[r], tb, &a, &b);
+			dsm_fp8x64_bf16(load_codes(w + r * ld + c, pf, len), tb, &a, &b);
 #pragma GCC unroll 8
-			for (int t = 0; t < T; t++)
-				acc[r][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][t], (__m512bh)a, xa[t]), (__m512bh)b,
-							     xb[t]);
+			for (int t = 0; t < T; t++) {
+				acc[r][t][0] = _mm512_dpbf16_ps(acc[r][t][0], (__m512bh)a, xa[t]);
+				acc[r][t][1] = _mm512_dpbf16_ps(acc[r][t][1], (__m512bh)b, xb[t]);
+			}
 		}
 		return;
 	}
 	__m512i a[8], b[8];
 #pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
-		dsm_fp8x64_bf16(v[r], tb, &a[r], &b[r]);
+		dsm_fp8x64_bf16(load_codes(w + r * ld + c, pf, len), tb, &a[r], &b[r]);
 #pragma GCC unroll 8
 	for (int t = 0; t < T; t++) {
 		__m512bh xa = (__m512bh)_mm512_load_si512(xp + t * 64);
 		__m512bh xb = (__m512bh)_mm512_load_si512(xp + t * 64 + 32);
 #pragma GCC unroll 8
-		for (int r = 0; r < R; r++)
-			acc[r][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][t], (__m512bh)a[r], xa), (__m512bh)b[r], xb);
+		for (int r = 0; r < R; r++) {
+			acc[r][t][0] = _mm512_dpbf16_ps(acc[r][t][0], (__m512bh)a[r], xa);
+			acc[r][t][1] = _mm512_dpbf16_ps(acc[r][t][1], (__m512bh)b[r], xb);
+		}
 	}
 }
 
@@ -211,43 +234,32 @@ const struct dsm_gemv_variant dsm_gemv_variants[DSM_GEMV_VARIANTS] = {
 int dsm_gemv_variant;
 
 /* R rows at w over columns [c0, c1) (c0 a multiple of 64; past cols only in the last chunk) for T tokens:
- * acc_mem[r * 8 + t] continued (or started when first), and the same columns at w + pf prefetched. */
+ * acc_mem[(r * 8 + t) * 2 + h] continued (or started when first), and the same columns at w + pf prefetched. */
 DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld, size_t c0, size_t c1, ptrdiff_t pf,
 						    const uint16_t *xs, size_t xstride, __m512 *acc_mem, int first,
 						    const int R, const int T)
 {
 	struct dsm_bf16_tables tb = dsm_bf16_tables_load();
-	__m512 acc[8][8];
-	__m512i v[8];
+	__m512 acc[8][8][2];
 #pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
 		for (int t = 0; t < T; t++)
-			acc[r][t] = first ? _mm512_setzero_ps() : acc_mem[r * 8 + t];
+#pragma GCC unroll 2
+			for (int h = 0; h < 2; h++)
+				acc[r][t][h] = first ? _mm512_setzero_ps() : acc_mem[(r * 8 + t) * 2 + h];
 	size_t c = c0;
-	for (; c + 64 <= c1; c += 64) {
-#pragma GCC unroll 8
-		for (int r = 0; r < R; r++) {
-			_mm_prefetch((const char *)(w + r * ld + c + pf), _MM_HINT_T0);
-			v[r] = _mm512_loadu_si512(w + r * ld + c);
-			/* Opaque to the compiler, so that it keeps the codes in a register rather than load them
-			 * again for each table lookup (3 loads per 64 codes): +9-15% at 1-2 tokens. */
-			__asm__("" : "+v"(v[r]));
-		}
-		step_bf16(v, &tb, xs + c / 64 * xstride, acc, R, T);
-	}
-	if (c < c1) {
-		__mmask64 m = (1ull << (c1 - c)) - 1;
-#pragma GCC unroll 8
-		for (int r = 0; r < R; r++)
-			v[r] = _mm512_maskz_loadu_epi8(m, w + r * ld + c);
-		step_bf16(v, &tb, xs + c / 64 * xstride, acc, R, T);
-	}
+	for (; c + 64 <= c1; c += 64)
+		step_bf16(w, ld, c, pf, 64, &tb, xs + c / 64 * xstride, acc, R, T);
+	if (c < c1)
+		step_bf16(w, ld, c, pf, c1 - c, &tb, xs + c / 64 * xstride, acc, R, T);
 #pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
 		for (int t = 0; t < T; t++)
-			acc_mem[r * 8 + t] = acc[r][t];
+#pragma GCC unroll 2
+			for (int h = 0; h < 2; h++)
+				acc_mem[(r * 8 + t) * 2 + h] = acc[r][t][h];
 }
 
 #define BF16_MAX_T DSM_GEMV_MAX_TOKENS /* every token in one pass */
@@ -258,18 +270,16 @@ typedef void (*rows_bf16_fn)(const uint8_t *w, size_t ld, size_t c0, size_t c1, 
 							  ptrdiff_t pf, const uint16_t *xs, size_t xstride, \
 							  __m512 *acc_mem, int first) \
 	{ rows_bf16(w, ld, c0, c1, pf, xs, xstride, acc_mem, first, R, T); }
-ROWS_BF16(8, 1) ROWS_BF16(8, 2)
-ROWS_BF16(4, 1) ROWS_BF16(4, 2) ROWS_BF16(4, 3) ROWS_BF16(4, 4)
-ROWS_BF16(2, 5) ROWS_BF16(2, 6) ROWS_BF16(2, 7) ROWS_BF16(2, 8)
+ROWS_BF16(8, 1)
+ROWS_BF16(4, 1) ROWS_BF16(4, 2)
+ROWS_BF16(2, 3) ROWS_BF16(2, 4)
 ROWS_BF16(1, 1) ROWS_BF16(1, 2) ROWS_BF16(1, 3) ROWS_BF16(1, 4)
 ROWS_BF16(1, 5) ROWS_BF16(1, 6) ROWS_BF16(1, 7) ROWS_BF16(1, 8)
-/* Row groups by token count: 8, 4 or 1 rows (the memory walk's) for 1-2 tokens, 4 for 3-4, 2 for 5-8 (the
- * registers), and single rows for what is left of a range. */
-static const rows_bf16_fn bf16_group8[BF16_MAX_T + 1] = { NULL, rows_bf16_r8_t1, rows_bf16_r8_t2 };
-static const rows_bf16_fn bf16_group4[BF16_MAX_T + 1] = { NULL, rows_bf16_r4_t1, rows_bf16_r4_t2, rows_bf16_r4_t3,
-	rows_bf16_r4_t4 };
-static const rows_bf16_fn bf16_group2[BF16_MAX_T + 1] = { NULL, NULL, NULL, NULL, NULL, rows_bf16_r2_t5,
-	rows_bf16_r2_t6, rows_bf16_r2_t7, rows_bf16_r2_t8 };
+/* Row groups by token count (2 x R x T accumulators <= 16): the memory walk's 8, 4 or 1 rows for 1 token, at
+ * most 4 for 2, 2 for 3-4 and 1 for 5-8; single rows for what is left of a range. */
+static const rows_bf16_fn bf16_group8[BF16_MAX_T + 1] = { NULL, rows_bf16_r8_t1 };
+static const rows_bf16_fn bf16_group4[BF16_MAX_T + 1] = { NULL, rows_bf16_r4_t1, rows_bf16_r4_t2 };
+static const rows_bf16_fn bf16_group2[BF16_MAX_T + 1] = { NULL, NULL, NULL, rows_bf16_r2_t3, rows_bf16_r2_t4 };
 static const rows_bf16_fn bf16_single[BF16_MAX_T + 1] = { NULL, rows_bf16_r1_t1, rows_bf16_r1_t2, rows_bf16_r1_t3,
 	rows_bf16_r1_t4, rows_bf16_r1_t5, rows_bf16_r1_t6, rows_bf16_r1_t7, rows_bf16_r1_t8 };
 
@@ -278,14 +288,15 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 					 void *scratch)
 {
 	/* n_tok <= DSM_GEMV_MAX_TOKENS: the prepared activations (8 x cols_pad BF16 values) and the
-	 * accumulators (128 rows x 8 tokens) fit the scratch (dsm_fp8_gemv_scratch_size). */
+	 * accumulators (128 rows x 8 tokens x 2 chains) fit the scratch (dsm_fp8_gemv_scratch_size). */
 	uint16_t *xs = scratch;
 	__m512 *acc = (__m512 *)(xs + DSM_GEMV_MAX_TOKENS * dsm_cols_pad(W->cols));
 	const struct dsm_gemv_variant *var = &dsm_gemv_variants[dsm_gemv_variant];
-	/* The variant's rows per group at 1-2 tokens (streaming-bound). From 3 tokens on the multiplies and the
-	 * conversion bound the pass: groups of 4 rows (3-4 tokens) or 2 (5-8) in one pass over all the tokens,
-	 * so that each loaded activation vector serves several rows and each converted code every token. */
-	size_t xstride = n_tok * 64, R = n_tok <= 2 ? var->group : n_tok <= 4 ? 4 : 2;
+	/* The variant's rows per group at 1 token (streaming-bound), at most 4 at 2. From 3 tokens on the
+	 * multiplies and the conversion bound the pass: groups of 2 rows (3-4 tokens) or single rows (5-8) in one
+	 * pass over all the tokens, so that each converted code serves every token. */
+	size_t xstride = n_tok * 64, R = n_tok == 1 ? var->group : n_tok == 2 ? (var->group < 4 ? var->group : 4) :
+					n_tok <= 4 ? 2 : 1;
 	prep_bf16(W, rb, x, x_ld, n_tok, xs);
 	size_t cblock = var->col_block ? var->col_block : W->cols;
 	for (size_t c0 = 0; c0 == 0 || c0 < W->cols; c0 += cblock) { /* 0 columns: zeros */
@@ -294,19 +305,21 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 			size_t g = r + R <= b ? R : 1;
 			const rows_bf16_fn *fn = g == 1 ? bf16_single : g == 8 ? bf16_group8 : g == 4 ? bf16_group4 :
 						 bf16_group2;
-			/* Rows ahead: the same columns of the rows 8 further; for the last groups, the first rows'
+			/* Rows ahead: the same columns one group further; for the last groups, the first rows'
 			 * next column block, or after the last column block the first columns of the rows below
 			 * the block (in a dense matrix, the next block's). Else a distance ahead in each row. */
 			ptrdiff_t ahead = (ptrdiff_t)(R * W->ld);
 			ptrdiff_t pf = !var->rows_ahead ? var->prefetch : r + R < b ? ahead :
 				       c1 < W->cols ? (ptrdiff_t)cblock - (ptrdiff_t)((r - a) * W->ld) : ahead - (ptrdiff_t)c0;
-			fn[n_tok](W->w + r * W->ld, W->ld, c0, c1, pf, xs, xstride, acc + (r - a) * 8, c0 == 0);
+			fn[n_tok](W->w + r * W->ld, W->ld, c0, c1, pf, xs, xstride, acc + (r - a) * 16, c0 == 0);
 			r += g;
 		}
 	}
 	for (size_t r = a; r < b; r++)
-		for (size_t t = 0; t < n_tok; t++)
-			y[t * y_ld + (r - a)] = _mm512_reduce_add_ps(acc[(r - a) * 8 + t]);
+		for (size_t t = 0; t < n_tok; t++) {
+			const __m512 *chains = acc + (r - a) * 16 + t * 2;
+			y[t * y_ld + (r - a)] = _mm512_reduce_add_ps(_mm512_add_ps(chains[0], chains[1]));
+		}
 }
 
 typedef void (*rows_fn)(const uint8_t *w, size_t ld, size_t cols, const void *xs, float *y, size_t y_ld);

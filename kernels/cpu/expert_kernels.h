@@ -89,7 +89,7 @@ void dsm_fp8_gemv_ref(const struct dsm_fp8_mat *W, const float *x, size_t x_ld, 
 struct dsm_gemv_variant {
 	const char *name;
 	size_t col_block;
-	size_t group;        /* rows per group at 1-2 tokens: 8, 4 or 1 */
+	size_t group;        /* rows per group at 1 token: 8, 4 or 1 (at most 4 at 2 tokens) */
 	int rows_ahead;
 	ptrdiff_t prefetch;
 };
