@@ -11,6 +11,8 @@
  * the kernel: before each expert (or layer) the probe streams other experts of the pool, and a pass's ratio
  * is the kernel's rate over the probe's, both summed over the pass. Each ratio is the median of several
  * passes. Prints a table, or with --json one JSON object. */
+#include "backend.h"
+#include "cpu_backend.h"
 #include "dram_probe.h"
 #include "expert_kernels.h"
 #include "median.h"
@@ -465,6 +467,31 @@ int bench_kernels_main(int argc, char **argv)
 			snprintf(tune.why, sizeof tune.why, "not measured: %s", dsm_errmsg());
 	}
 
+	/* The head's BF16 GEMV walk, chosen as the engine chooses it at open (dsm_cpu_bf16_gemv_tune), on a head
+	 * of the presets' shape (129280 x 1024 BF16, 265 MB; --quick: 40 MiB), written and read once before. */
+	struct dsm_gemv_tune_result head_tune = { 0 };
+	snprintf(head_tune.why, sizeof head_tune.why, "the BF16 decode GEMV is not in use");
+	{
+		struct dsm_backend *cpu = NULL;
+		struct dsm_backend_options bo = { .precision = isa == DSM_ISA_AVX512BF16 ? DSM_PRECISION_BF16 :
+							       DSM_PRECISION_F32, .cpu_threads = &plan.th };
+		int64_t rows = o.quick ? 20480 : 129280, cols = 1024;
+		uint16_t *hw = malloc((size_t)(rows * cols) * sizeof(uint16_t));
+		if (!hw)
+			check(dsm_fail(DSM_ENOMEM, "out of memory"));
+		for (int64_t i = 0; i < rows * cols; i++)
+			hw[i] = (uint16_t)(0x3c00 | (rand() & 0x1ff)); /* small values, either sign */
+		volatile uint16_t seen = 0;
+		for (int64_t i = 0; i < rows * cols; i += 2048)
+			seen ^= hw[i];
+		struct dsm_mat head = { .dtype = DSM_BF16, .rows = rows, .cols = cols, .data = hw };
+		check(dsm_backend_create(&cpu, "cpu", &bo));
+		if (dsm_cpu_bf16_gemv_tune(cpu, &head, &head_tune) < 0)
+			snprintf(head_tune.why, sizeof head_tune.why, "not measured: %s", dsm_errmsg());
+		dsm_backend_destroy(cpu);
+		free(hw);
+	}
+
 	/* (a) and (b): the decode kernel over the whole pool, interleaved with the probe. */
 	static const size_t toks[4] = { 1, 2, 4, 8 };
 	struct paired pg[4];
@@ -598,12 +625,16 @@ int bench_kernels_main(int argc, char **argv)
 		       tune.why);
 		for (int v = 0; v < DSM_GEMV_VARIANTS && tune.rounds; v++)
 			printf(", \"variant_gbps_%s\": %.2f", dsm_gemv_variants[v].name, tune.gbps[v]);
+		printf(", \"head_walk\": \"%s\", \"head_walk_why\": \"%s\"", dsm_cpu_bf16_gemv_walk(), head_tune.why);
+		for (int v = 0; v < CPU_BF16_WALKS && head_tune.rounds; v++)
+			printf(", \"head_walk_gbps_%s\": %.2f", cpu_bf16_walks[v].name, head_tune.gbps[v]);
 		printf("}\n");
 	} else {
 		printf("dsm-bench kernels: %s, %d thread(s) on %d NUMA node(s), LLC %.0f MiB (hwloc), pool %d experts "
 		       "(%.0f MiB), %d probe/kernel passes per figure%s\n\n", dsm_isa_name(isa), n, plan.th.n_nodes,
 		       (double)llc / MiB, n_pool, pool_bytes / MiB, passes, o.quick ? ", --quick: NOT a measurement" : "");
 		printf("decode kernel's memory walk: %s\n", tune.why);
+		printf("head kernel's memory walk: %s\n", head_tune.why);
 		printf("(a) DRAM read, median of %d probe passes  %8.2f GB/s   (%.2f-%.2f)\n", n_probes, dram, dram_lo,
 		       dram_hi);
 		for (int k = 0; k < 4; k++)
