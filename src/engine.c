@@ -289,9 +289,8 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 		if (in_huge)
 			note(e, "the weights' files (%.3g GB) were read into 2 MiB pages of their own (--no-huge-pages keeps "
 			     "the page cache's)", (double)in_huge / 1e9);
-	}
-	/* With the experts in memory, the decode kernel's memory walk is chosen for this host (docs/kernels.md). */
-	if (!tiered && fit && total && !o->no_populate) {
+		/* With the weights in memory, the decode kernels' memory walks are chosen for this host
+		 * (docs/kernels.md). */
 		if ((rc = dsm_model_tune_kernels(m, &e->tune, &e->head_tune)) < 0)
 			goto err;
 		if (e->tune.rounds)
