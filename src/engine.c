@@ -27,6 +27,7 @@ struct dsm_engine {
 	struct dsm_memory_limit mem;       /* what dsm may fill, and which limit said so */
 	char notes[2048];
 	struct dsm_gemv_tune_result tune, head_tune; /* what the decode kernels' measurements at open found */
+	struct dsm_gemv_tune_result gemm_tune;       /* the batched path's */
 };
 
 void dsm_engine_options_default(struct dsm_engine_options *o)
@@ -298,6 +299,12 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 		if (e->head_tune.rounds)
 			note(e, "head kernel: %s; measured in %.0f ms", e->head_tune.why, e->head_tune.seconds * 1e3);
 	}
+	/* The batched path's arithmetic too: which of vdpbf16ps and F32 FMA multiplies faster depends on the CPU. */
+	if (dsm_isa_available(DSM_ISA_AVX512BF16) && o->model.precision != DSM_PRECISION_F32) {
+		if ((rc = dsm_fp8_gemm_tune(&e->gemm_tune)) < 0)
+			goto err;
+		note(e, "batched kernel: %s; measured in %.0f ms", e->gemm_tune.why, e->gemm_tune.seconds * 1e3);
+	}
 	struct dsm_session_options so = o->session;
 	if (so.max_seqs > 0 && so.max_batch > 0 && so.max_batch < so.max_seqs) {
 		note(e, "--batch %lld raised to --max-seqs %d: a step decodes every sequence at once",
@@ -391,6 +398,7 @@ void dsm_engine_report(const struct dsm_engine *e, uint64_t n_tokens, double sec
 	r->memory = e->mem;
 	r->tune = e->tune;
 	r->head_tune = e->head_tune;
+	r->gemm_tune = e->gemm_tune;
 	if (e->off) {
 		r->tiered = 1;
 		dsm_offload_report(e->off, n_tokens, seconds, &r->offload);

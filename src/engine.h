@@ -80,8 +80,9 @@ struct dsm_engine_report {
 	struct dsm_memory_limit memory;     /* what dsm may fill, and which limit gave it */
 	int tiered;                         /* 1: the tiered store is on; then `offload` holds its report */
 	struct dsm_offload_report offload;
-	/* The decode kernels' measurements at open (FP8 experts, BF16 head): rounds 0 when not measured */
-	struct dsm_gemv_tune_result tune, head_tune;
+	/* The kernels' measurements at open (decode: FP8 experts, BF16 head; the batched path's arithmetic): rounds 0
+	 * when not measured */
+	struct dsm_gemv_tune_result tune, head_tune, gemm_tune;
 };
 void dsm_engine_report(const struct dsm_engine *e, uint64_t n_tokens, double seconds, struct dsm_engine_report *r);
 

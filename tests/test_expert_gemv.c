@@ -163,7 +163,8 @@ static void check_gemm(size_t rows, size_t cols, size_t r0, size_t r1, size_t m)
 			ref_band[t * nr + r] = ref[t * rows + r0 + r];
 		}
 	double e = nmse_strided(y, ref_band, m, nr, nr);
-	CHECK(e <= 5e-4, "gemm %zux%zu rows [%zu, %zu) x %zu tokens: NMSE %.3g", rows, cols, r0, r1, m, e);
+	CHECK(e <= 5e-4, "gemm %s %zux%zu rows [%zu, %zu) x %zu tokens: NMSE %.3g", dsm_gemm_variant_names[dsm_gemm_variant],
+	      rows, cols, r0, r1, m, e);
 	int overrun = 0;
 	for (size_t i = nr * m_pad; i < nr * m_pad + 16; i++)
 		overrun |= yT[i] != SENTINEL;
@@ -262,6 +263,48 @@ static void check_tune(void)
 	for (int i = 0; i < M; i++)
 		fp8_free(&b[i]);
 	dsm_expert_ctx_free(ctx);
+
+	CHECK(dsm_fp8_gemm_tune(&r) == 0, "%s", dsm_errmsg());
+	CHECK(r.gbps[0] > 0 && r.gbps[1] > 0 && r.rounds == DSM_TUNE_ROUNDS && r.chosen == dsm_gemm_variant &&
+	      r.chosen >= 0 && r.chosen < DSM_GEMM_VARIANTS && strstr(r.why, "GFLOP/s"),
+	      "gemm tune: rates %g %g, chose %d: %s", r.gbps[0], r.gbps[1], r.chosen, r.why);
+	dsm_gemm_variant = 0;
+}
+
+/* The batched path's two arithmetics: the same exact products, summed in another order within a column pair, so
+ * the results agree to F32 rounding (random codes of every kind, 3 scale blocks, 40 tokens). */
+static void check_gemm_variants(void)
+{
+	enum { R = 130, C = 300, T = 40, TP = 48 };
+	struct fp8_buf b;
+	fp8_random(&b, R, C, C, ANY_CODE);
+	float *x = malloc(T * C * sizeof(float)), *y[DSM_GEMM_VARIANTS];
+	for (size_t i = 0; i < T * C; i++)
+		x[i] = uniform();
+	uint16_t *a = malloc(dsm_bf16_pack_size(T, C));
+	dsm_bf16_pack(x, C, T, C, 0, (C + 1) / 2, a);
+	void *scratch = aligned_alloc(64, dsm_fp8_gemm_scratch_size());
+	for (int v = 0; v < DSM_GEMM_VARIANTS; v++) {
+		dsm_gemm_variant = v;
+		y[v] = malloc(R * TP * sizeof(float));
+		CHECK(dsm_fp8_gemm_rows(&b.m, 0, R, a, T, y[v], TP, scratch) == 0, "%s", dsm_errmsg());
+	}
+	dsm_gemm_variant = 0;
+	double worst = 0, ss = 0;
+	for (size_t r = 0; r < R; r++)
+		for (size_t t = 0; t < T; t++) {
+			double d = fabs((double)y[0][r * TP + t] - y[1][r * TP + t]);
+			worst = d > worst ? d : worst;
+			ss += (double)y[0][r * TP + t] * y[0][r * TP + t];
+		}
+	double rms = sqrt(ss / (R * T));
+	CHECK(rms > 0 && worst <= 1e-5 * rms, "gemm variants differ by %.3g (rms of the result %.3g)", worst, rms);
+	for (int v = 0; v < DSM_GEMM_VARIANTS; v++)
+		free(y[v]);
+	free(scratch);
+	free(a);
+	free(x);
+	fp8_free(&b);
 }
 
 int main(void)
@@ -308,8 +351,13 @@ int main(void)
 			{ 1, 1, 0, 1, 1 }, { 7, 33, 0, 7, 5 }, { 128, 128, 0, 128, 16 }, { 200, 700, 5, 190, 17 },
 			{ 96, 512, 0, 96, 64 }, { 300, 1100, 100, 250, 70 }, { 64, 2048, 0, 64, 130 }, { 13, 513, 1, 12, 3 },
 		};
-		for (size_t s = 0; s < sizeof(gshapes) / sizeof(gshapes[0]); s++)
-			check_gemm(gshapes[s][0], gshapes[s][1], gshapes[s][2], gshapes[s][3], gshapes[s][4]);
+		for (int v = 0; v < DSM_GEMM_VARIANTS; v++) {
+			dsm_gemm_variant = v;
+			for (size_t s = 0; s < sizeof(gshapes) / sizeof(gshapes[0]); s++)
+				check_gemm(gshapes[s][0], gshapes[s][1], gshapes[s][2], gshapes[s][3], gshapes[s][4]);
+		}
+		dsm_gemm_variant = 0;
+		check_gemm_variants();
 		check_variants();
 		check_tune();
 	} else {

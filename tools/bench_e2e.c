@@ -163,6 +163,8 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 			       eff, ratio, probe, before, after);
 			printf("  decode kernel       %s\n", er.tune.rounds ? er.tune.why : variant);
 			printf("  head kernel         %s\n", er.head_tune.rounds ? er.head_tune.why : head_walk);
+			if (er.gemm_tune.rounds)
+				printf("  batched kernel      %s\n", er.gemm_tune.why);
 			printf("  per token:");
 			for (size_t i = 0; i < sizeof part / sizeof part[0]; i++)
 				printf("%s %s %.2f ms (%.0f%%)", i == sizeof part / sizeof part[0] - 1 ? ";" : i ? "," : "",

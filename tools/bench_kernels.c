@@ -492,6 +492,12 @@ int bench_kernels_main(int argc, char **argv)
 		free(hw);
 	}
 
+	/* The batched path's arithmetic, chosen as the engine chooses it at open (dsm_fp8_gemm_tune); (c) runs with it. */
+	struct dsm_gemv_tune_result gemm_tune = { 0 };
+	snprintf(gemm_tune.why, sizeof gemm_tune.why, "the batched path is not in use");
+	if (isa == DSM_ISA_AVX512BF16 && dsm_fp8_gemm_tune(&gemm_tune) < 0)
+		snprintf(gemm_tune.why, sizeof gemm_tune.why, "not measured: %s", dsm_errmsg());
+
 	/* (a) and (b): the decode kernel over the whole pool, interleaved with the probe. */
 	static const size_t toks[4] = { 1, 2, 4, 8 };
 	struct paired pg[4];
@@ -628,6 +634,10 @@ int bench_kernels_main(int argc, char **argv)
 		printf(", \"head_walk\": \"%s\", \"head_walk_why\": \"%s\"", dsm_cpu_bf16_gemv_walk(), head_tune.why);
 		for (int v = 0; v < CPU_BF16_WALKS && head_tune.rounds; v++)
 			printf(", \"head_walk_gbps_%s\": %.2f", cpu_bf16_walks[v].name, head_tune.gbps[v]);
+		printf(", \"gemm_variant\": \"%s\", \"gemm_variant_why\": \"%s\"", dsm_gemm_variant_names[gemm_tune.chosen],
+		       gemm_tune.why);
+		for (int v = 0; v < DSM_GEMM_VARIANTS && gemm_tune.rounds; v++)
+			printf(", \"gemm_variant_gflops_%s\": %.1f", dsm_gemm_variant_names[v], gemm_tune.gbps[v]);
 		printf("}\n");
 	} else {
 		printf("dsm-bench kernels: %s, %d thread(s) on %d NUMA node(s), LLC %.0f MiB (hwloc), pool %d experts "
@@ -635,6 +645,7 @@ int bench_kernels_main(int argc, char **argv)
 		       (double)llc / MiB, n_pool, pool_bytes / MiB, passes, o.quick ? ", --quick: NOT a measurement" : "");
 		printf("decode kernel's memory walk: %s\n", tune.why);
 		printf("head kernel's memory walk: %s\n", head_tune.why);
+		printf("batched kernel's arithmetic: %s\n", gemm_tune.why);
 		printf("(a) DRAM read, median of %d probe passes  %8.2f GB/s   (%.2f-%.2f)\n", n_probes, dram, dram_lo,
 		       dram_hi);
 		for (int k = 0; k < 4; k++)

@@ -339,7 +339,7 @@ int dsm_cpu_bf16_gemv_tune(struct dsm_backend *be, const struct dsm_mat *w, stru
 	for (int v = 0; v < CPU_BF16_WALKS; v++)
 		names[v] = cpu_bf16_walks[v].name;
 	struct bf16_parts p = { cb, *w, band, x, x + w->cols, bf16 };
-	int rc = dsm_tune_variants(CPU_BF16_WALKS, names, &cpu_bf16_walk, bf16_part, &p, r);
+	int rc = dsm_tune_variants(CPU_BF16_WALKS, names, &cpu_bf16_walk, bf16_part, &p, "GB/s", r);
 	free(x);
 	return rc;
 }

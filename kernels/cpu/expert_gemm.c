@@ -6,7 +6,8 @@
  * (16 tokens x 2 columns each) and broadcasts one BF16 pair of each weight row, so vdpbf16ps does all the
  * arithmetic; after each block of 128 columns the sums are multiplied by the rows' scales of that block and
  * added to the result. The result is transposed (rows x tokens), which is what the MoE layer wants for
- * SwiGLU and for packing the next projection's activations. */
+ * SwiGLU and for packing the next projection's activations. Where F32 FMA multiplies faster than vdpbf16ps
+ * (chosen at start, dsm_gemm_variant), the tile holds F32 values (192 KiB) and F32 FMAs do the same sums. */
 #include "expert_internal.h"
 
 #include "dtype.h"
@@ -118,7 +119,7 @@ void dsm_bf16_pack(const float *x, size_t x_ld, size_t m, size_t k, size_t kp0, 
 
 size_t dsm_fp8_gemm_scratch_size(void)
 {
-	return GEMM_NC * GEMM_KC * sizeof(uint16_t);
+	return GEMM_NC * GEMM_KC * sizeof(float); /* the F32 tile; the BF16 one takes half */
 }
 
 /* The byte order that makes dsm_fp8x64_bf16 come out in column order: the byte unpacks
@@ -134,7 +135,7 @@ static const uint8_t tile_order[64] __attribute__((aligned(64))) = {
  * decode kernel. Meanwhile the next tile's rows are prefetched (next_rows rows of next_bytes from next, W->ld
  * apart): rows are 7 KB apart, too far for the hardware prefetcher to follow 96 short runs. */
 DSM_BF16_TARGET static void dequant_tile(const struct dsm_fp8_mat *W, size_t n0, size_t nc, size_t nc_pad,
-					 size_t kc0, size_t kc, uint16_t *tile, const uint8_t *next, size_t next_rows,
+					 size_t kc0, size_t kc, void *tile, int f32, const uint8_t *next, size_t next_rows,
 					 size_t next_bytes)
 {
 	const struct dsm_bf16_tables tb = dsm_bf16_tables_load();
@@ -142,7 +143,8 @@ DSM_BF16_TARGET static void dequant_tile(const struct dsm_fp8_mat *W, size_t n0,
 	size_t kc64 = round_up(kc, 64);
 	for (size_t n = 0; n < nc; n++) {
 		const uint8_t *row = W->w + (n0 + n) * W->ld + kc0;
-		uint16_t *out = tile + n * GEMM_KC;
+		uint16_t *out = (uint16_t *)tile + n * GEMM_KC;
+		float *out32 = (float *)tile + n * GEMM_KC;
 		if (n < next_rows)
 			for (size_t l = 0; l < next_bytes; l += 64)
 				_mm_prefetch((const char *)next + n * W->ld + l, _MM_HINT_T1);
@@ -150,22 +152,40 @@ DSM_BF16_TARGET static void dequant_tile(const struct dsm_fp8_mat *W, size_t n0,
 			__mmask64 m = kc - c >= 64 ? ~0ull : (1ull << (kc - c)) - 1;
 			__m512i a, b;
 			dsm_fp8x64_bf16(_mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(m, row + c)), &tb, &a, &b);
-			_mm512_storeu_si512(out + c, a);
-			_mm512_storeu_si512(out + c + 32, b);
+			if (!f32) {
+				_mm512_storeu_si512(out + c, a);
+				_mm512_storeu_si512(out + c + 32, b);
+				continue;
+			}
+			/* BF16 to F32: the same bits in the upper half */
+			_mm512_storeu_si512(out32 + c, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(a)), 16));
+			_mm512_storeu_si512(out32 + c + 16,
+					    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(a, 1)), 16));
+			_mm512_storeu_si512(out32 + c + 32, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
+			_mm512_storeu_si512(out32 + c + 48,
+					    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
 		}
 	}
+	size_t esize = f32 ? sizeof(float) : sizeof(uint16_t);
 	for (size_t n = nc; n < nc_pad; n++)
-		memset(tile + n * GEMM_KC, 0, kc64 * sizeof(uint16_t));
+		memset((char *)tile + n * GEMM_KC * esize, 0, kc64 * esize);
 }
 
 /* yT[n, 16 v ..] (=|+=) sum over column pairs kp < nkp of tile row n times the packed activations, for
  * n < nvalid (of GEMM_NR computed) and v < MV: per block of 128 columns, the block's dot products in
- * registers, then times the row's scale of that block (sc[n * 4 + block]) added to yT. */
+ * registers, then times the row's scale of that block (sc[n * 4 + block]) added to yT.
+ * F32 0: the tile holds BF16 pairs, one vdpbf16ps per pair. F32 1: the same sums with F32 multiply-adds, on
+ * hosts whose F32 FMA retires more products per cycle than vdpbf16ps (dsm_fp8_gemm_tune): the tile holds the
+ * codes' values as F32 and each packed BF16 pair of activations becomes two F32 vectors (the even column's value
+ * is the pair's low half). The products are exact either way; here each (row, token) adds column 2k, then 2k + 1,
+ * rounding after each. */
 DSM_BF16_TARGET static inline __attribute__((always_inline)) void
-micro(const uint16_t *tile, size_t nkp, const uint16_t *a, size_t m_pad, float *yT, size_t yT_ld, size_t nvalid,
-      int first, const float *sc, const int MV)
+micro(const void *tile, size_t nkp, const uint16_t *a, size_t m_pad, float *yT, size_t yT_ld, size_t nvalid,
+      int first, const float *sc, const int MV, const int F32)
 {
-	const uint32_t *w32 = (const uint32_t *)tile;
+	const uint32_t *w32 = tile;
+	const float *wf = tile;
+	const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
 	for (size_t kb = 0; kb < nkp; kb += DSM_FP8_BLOCK / 2) {
 		size_t kend = nkp - kb < DSM_FP8_BLOCK / 2 ? nkp : kb + DSM_FP8_BLOCK / 2;
 		__m512 acc[GEMM_NR][GEMM_MV];
@@ -176,16 +196,35 @@ micro(const uint16_t *tile, size_t nkp, const uint16_t *a, size_t m_pad, float *
 				acc[n][v] = _mm512_setzero_ps();
 		for (size_t kp = kb; kp < kend; kp++) {
 			const uint16_t *ap = a + kp * m_pad * 2;
-			__m512bh av[GEMM_MV];
-#pragma GCC unroll 4
-			for (int v = 0; v < MV; v++)
-				av[v] = (__m512bh)_mm512_loadu_si512(ap + 32 * v);
-#pragma GCC unroll 6
-			for (int n = 0; n < GEMM_NR; n++) {
-				__m512bh b = (__m512bh)_mm512_set1_epi32((int)w32[n * (GEMM_KC / 2) + kp]);
+			if (!F32) {
+				__m512bh av[GEMM_MV];
 #pragma GCC unroll 4
 				for (int v = 0; v < MV; v++)
-					acc[n][v] = _mm512_dpbf16_ps(acc[n][v], av[v], b);
+					av[v] = (__m512bh)_mm512_loadu_si512(ap + 32 * v);
+#pragma GCC unroll 6
+				for (int n = 0; n < GEMM_NR; n++) {
+					__m512bh b = (__m512bh)_mm512_set1_epi32((int)w32[n * (GEMM_KC / 2) + kp]);
+#pragma GCC unroll 4
+					for (int v = 0; v < MV; v++)
+						acc[n][v] = _mm512_dpbf16_ps(acc[n][v], av[v], b);
+				}
+				continue;
+			}
+#pragma GCC unroll 2
+			for (int odd = 0; odd < 2; odd++) {
+				__m512 av[GEMM_MV];
+#pragma GCC unroll 4
+				for (int v = 0; v < MV; v++) {
+					__m512i p = _mm512_loadu_si512(ap + 32 * v);
+					av[v] = _mm512_castsi512_ps(odd ? _mm512_and_si512(p, hi) : _mm512_slli_epi32(p, 16));
+				}
+#pragma GCC unroll 6
+				for (int n = 0; n < GEMM_NR; n++) {
+					__m512 w = _mm512_set1_ps(wf[n * GEMM_KC + 2 * kp + odd]);
+#pragma GCC unroll 4
+					for (int v = 0; v < MV; v++)
+						acc[n][v] = _mm512_fmadd_ps(av[v], w, acc[n][v]);
+				}
 			}
 		}
 		for (size_t n = 0; n < nvalid; n++) {
@@ -199,14 +238,23 @@ micro(const uint16_t *tile, size_t nkp, const uint16_t *a, size_t m_pad, float *
 	}
 }
 
-typedef void (*micro_fn)(const uint16_t *tile, size_t nkp, const uint16_t *a, size_t m_pad, float *yT,
+typedef void (*micro_fn)(const void *tile, size_t nkp, const uint16_t *a, size_t m_pad, float *yT,
 			 size_t yT_ld, size_t nvalid, int first, const float *sc);
 #define MICRO_FN(MV) \
-	DSM_BF16_TARGET static void micro_mv##MV(const uint16_t *tile, size_t nkp, const uint16_t *a, size_t m_pad, \
+	DSM_BF16_TARGET static void micro_mv##MV(const void *tile, size_t nkp, const uint16_t *a, size_t m_pad, \
 						  float *yT, size_t yT_ld, size_t nvalid, int first, const float *sc) \
-	{ micro(tile, nkp, a, m_pad, yT, yT_ld, nvalid, first, sc, MV); }
+	{ micro(tile, nkp, a, m_pad, yT, yT_ld, nvalid, first, sc, MV, 0); } \
+	DSM_BF16_TARGET static void micro_f32_mv##MV(const void *tile, size_t nkp, const uint16_t *a, size_t m_pad, \
+						      float *yT, size_t yT_ld, size_t nvalid, int first, \
+						      const float *sc) \
+	{ micro(tile, nkp, a, m_pad, yT, yT_ld, nvalid, first, sc, MV, 1); }
 MICRO_FN(1) MICRO_FN(2) MICRO_FN(3) MICRO_FN(4)
-static const micro_fn micros[GEMM_MV + 1] = { NULL, micro_mv1, micro_mv2, micro_mv3, micro_mv4 };
+static const micro_fn micros[DSM_GEMM_VARIANTS][GEMM_MV + 1] = {
+	{ NULL, micro_mv1, micro_mv2, micro_mv3, micro_mv4 },
+	{ NULL, micro_f32_mv1, micro_f32_mv2, micro_f32_mv3, micro_f32_mv4 },
+};
+const char *const dsm_gemm_variant_names[DSM_GEMM_VARIANTS] = { "bf16-dot", "f32-fma" };
+int dsm_gemm_variant;
 
 int dsm_fp8_gemm_rows(const struct dsm_fp8_mat *W, size_t r0, size_t r1, const uint16_t *a_packed, size_t m,
 		      float *yT, size_t yT_ld, void *scratch)
@@ -218,7 +266,9 @@ int dsm_fp8_gemm_rows(const struct dsm_fp8_mat *W, size_t r0, size_t r1, const u
 	size_t m_pad = round_up(m, 16);
 	if (yT_ld < m_pad)
 		return dsm_fail(DSM_EARG, "fp8 gemm: result stride %zu below %zu tokens", yT_ld, m_pad);
-	uint16_t *tile = scratch;
+	void *tile = scratch;
+	int f32 = dsm_gemm_variant == 1;
+	size_t esize = f32 ? sizeof(float) : sizeof(uint16_t);
 	if (W->cols == 0)
 		for (size_t r = r0; r < r1; r++)
 			memset(yT + (r - r0) * yT_ld, 0, m_pad * sizeof(float));
@@ -232,7 +282,7 @@ int dsm_fp8_gemm_rows(const struct dsm_fp8_mat *W, size_t r0, size_t r1, const u
 			size_t next_kc0 = kc0 + GEMM_KC < W->cols ? kc0 + GEMM_KC : 0;
 			size_t next_rows = next_n0 < r1 ? (r1 - next_n0 < GEMM_NC ? r1 - next_n0 : GEMM_NC) : 0;
 			size_t next_bytes = W->cols - next_kc0 < GEMM_KC ? W->cols - next_kc0 : GEMM_KC;
-			dequant_tile(W, n0, nc, nc_pad, kc0, kc, tile, W->w + next_n0 * W->ld + next_kc0, next_rows,
+			dequant_tile(W, n0, nc, nc_pad, kc0, kc, tile, f32, W->w + next_n0 * W->ld + next_kc0, next_rows,
 				     next_bytes);
 			float sc[GEMM_NC * 4]; /* each row's scales of the tile's column blocks */
 			for (size_t n = 0; n < nc; n++)
@@ -246,7 +296,7 @@ int dsm_fp8_gemm_rows(const struct dsm_fp8_mat *W, size_t r0, size_t r1, const u
 					size_t nvalid = nc - n < GEMM_NR ? nc - n : GEMM_NR;
 					if (n >= nc)
 						break;
-					micros[mv](tile + n * GEMM_KC, (kc + 1) / 2, a, m_pad,
+					micros[f32][mv]((char *)tile + n * GEMM_KC * esize, (kc + 1) / 2, a, m_pad,
 						   yT + (n0 - r0 + n) * yT_ld + m0, yT_ld, nvalid, kc0 == 0, sc + n * 4);
 				}
 			}

@@ -131,7 +131,7 @@ typedef int (*dsm_tune_part_fn)(void *arg, int k, size_t *bytes);
  * *in_use) runs one part, in rotating order; *in_use ends as the variant of the fastest round unless it beats
  * variant 0 by less than 8% (the host's noise), then 0. The variants must give identical results. */
 int dsm_tune_variants(int n_variants, const char *const *names, int *in_use, dsm_tune_part_fn part, void *arg,
-		      struct dsm_gemv_tune_result *r);
+		      const char *unit, struct dsm_gemv_tune_result *r);
 /* The FP8 kernel's memory walk (dsm_gemv_variant), measured on one token against the FP8 matrices
  * mats[0 .. n) (in memory, each read once: the caller gives matrices that are not in cache). DSM_EARG when
  * the matrices are too few for a part each (nothing changes then). */
@@ -160,6 +160,17 @@ void dsm_fp8_rows_t_bf16(const struct dsm_fp8_mat *W, size_t r0, size_t rows, co
 size_t dsm_bf16_pack_size(size_t m, size_t k);
 /* Packs x [m, x_ld] F32 (k columns used) into a_packed; rows [kp0, kp1) of pairs only (for threads). */
 void dsm_bf16_pack(const float *x, size_t x_ld, size_t m, size_t k, size_t kp0, size_t kp1, uint16_t *a_packed);
+/* The batched path's arithmetic (dsm_fp8_gemm_rows): 0 vdpbf16ps on BF16 pairs (the default), 1 F32 FMA on the
+ * same BF16-rounded activations and exact weights. Which multiplies faster depends on the CPU: on one Intel host
+ * vdpbf16ps retires a quarter of the F32 FMA's instructions per second, on AMD's Zen 4 twice its products. */
+#define DSM_GEMM_VARIANTS 2
+extern const char *const dsm_gemm_variant_names[DSM_GEMM_VARIANTS];
+extern int dsm_gemm_variant;
+
+/* The batched path's arithmetic (dsm_gemm_variant), measured on one thread on a matrix in cache, 64 tokens,
+ * with dsm_tune_variants ("bytes" are flops: the rates are GFLOP/s); 1-3 ms. */
+int dsm_fp8_gemm_tune(struct dsm_gemv_tune_result *r);
+
 /* Bytes of per-thread scratch dsm_fp8_gemm_rows needs. */
 size_t dsm_fp8_gemm_scratch_size(void);
 /* yT[r - r0, j] = sum_c W[r, c] * a[j, c] for rows [r0, r1), j < m_pad: the TRANSPOSED result,
