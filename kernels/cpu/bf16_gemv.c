@@ -98,7 +98,7 @@ DSM_AVX512F_TARGET static ALWAYS_INLINE void rows_f32(const uint16_t *w, int64_t
 				memcpy(part, wr[i] + c, sizeof(uint16_t) * (size_t)(cols - c));
 				h = _mm256_loadu_si256((const __m256i *)part);
 			}
-			__m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+			__m512 wv = dsm_bf16x16_f32(h);
 			for (int t = 0; t < n; t++)
 				acc[i][t] = _mm512_fmadd_ps(wv, xv[t], acc[i][t]);
 		}

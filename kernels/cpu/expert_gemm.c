@@ -157,13 +157,10 @@ DSM_BF16_TARGET static void dequant_tile(const struct dsm_fp8_mat *W, size_t n0,
 				_mm512_storeu_si512(out + c + 32, b);
 				continue;
 			}
-			/* BF16 to F32: the same bits in the upper half */
-			_mm512_storeu_si512(out32 + c, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(a)), 16));
-			_mm512_storeu_si512(out32 + c + 16,
-					    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(a, 1)), 16));
-			_mm512_storeu_si512(out32 + c + 32, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
-			_mm512_storeu_si512(out32 + c + 48,
-					    _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
+			_mm512_storeu_ps(out32 + c, dsm_bf16x16_f32(_mm512_castsi512_si256(a)));
+			_mm512_storeu_ps(out32 + c + 16, dsm_bf16x16_f32(_mm512_extracti64x4_epi64(a, 1)));
+			_mm512_storeu_ps(out32 + c + 32, dsm_bf16x16_f32(_mm512_castsi512_si256(b)));
+			_mm512_storeu_ps(out32 + c + 48, dsm_bf16x16_f32(_mm512_extracti64x4_epi64(b, 1)));
 		}
 	}
 	size_t esize = f32 ? sizeof(float) : sizeof(uint16_t);

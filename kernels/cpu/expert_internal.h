@@ -49,6 +49,12 @@ dsm_fp8x64_bf16(__m512i v, const struct dsm_bf16_tables *tb, __m512i *a, __m512i
 	*b = _mm512_unpackhi_epi8(l, h);
 }
 
+/* 16 BF16 values -> the same 16 floats (the bits in the upper half). */
+DSM_AVX512F_TARGET static inline __attribute__((always_inline)) __m512 dsm_bf16x16_f32(__m256i h)
+{
+	return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
 /* 16 codes -> 16 exact floats by bit arithmetic: (code & 0x7F) << 20 with the exponent bias moved from 7 to
  * 127 is exact for normal codes; subnormal codes (exponent 0) come out as (1 + m/8) 2^-7, and 2f - 2^-6 turns
  * that into m/8 2^-6 exactly; the sign bit is OR-ed in last. */

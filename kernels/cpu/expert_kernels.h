@@ -129,7 +129,8 @@ struct dsm_gemv_tune_result {
 typedef int (*dsm_tune_part_fn)(void *arg, int k, size_t *bytes);
 /* The measurement the decode kernels' choices share: DSM_TUNE_ROUNDS rounds, in each every variant (set in
  * *in_use) runs one part, in rotating order; *in_use ends as the variant of the fastest round unless it beats
- * variant 0 by less than 8% (the host's noise), then 0. The variants must give identical results. */
+ * variant 0 by less than 8% (the host's noise), then 0. The memory walks' variants give identical results; the
+ * batched path's two arithmetics differ only in the rounding of their sums. */
 int dsm_tune_variants(int n_variants, const char *const *names, int *in_use, dsm_tune_part_fn part, void *arg,
 		      const char *unit, struct dsm_gemv_tune_result *r);
 /* The FP8 kernel's memory walk (dsm_gemv_variant), measured on one token against the FP8 matrices
@@ -168,7 +169,7 @@ extern const char *const dsm_gemm_variant_names[DSM_GEMM_VARIANTS];
 extern int dsm_gemm_variant;
 
 /* The batched path's arithmetic (dsm_gemm_variant), measured on one thread on a matrix in cache, 64 tokens,
- * with dsm_tune_variants ("bytes" are flops: the rates are GFLOP/s); 1-3 ms. */
+ * with dsm_tune_variants ("bytes" are flops: the rates are GFLOP/s); about 4 ms. */
 int dsm_fp8_gemm_tune(struct dsm_gemv_tune_result *r);
 
 /* Bytes of per-thread scratch dsm_fp8_gemm_rows needs. */
