@@ -244,7 +244,7 @@ static void check_tune(void)
 	struct dsm_expert_ctx *ctx;
 	CHECK(dsm_expert_ctx_init(&ctx, &(struct dsm_expert_opts){ .isa = DSM_ISA_AVX512BF16, .n_threads = 2 }) == 0,
 	      "%s", dsm_errmsg());
-	enum { M = 18 };
+	enum { M = DSM_TUNE_ROUNDS * DSM_GEMV_VARIANTS + 3 };
 	struct fp8_buf b[M];
 	struct dsm_fp8_mat mats[M];
 	for (int i = 0; i < M; i++) {

@@ -59,13 +59,16 @@ DSM_BF16_TARGET static void prep_bf16(const struct dsm_fp8_mat *W, size_t rb, co
 }
 
 /* Row r's 64 codes (the first `len` of them at the end of a row), with the same columns pf bytes further
- * prefetched. Opaque to the compiler, so that it keeps the codes in a register rather than load them again for
- * each table lookup (3 loads per 64 codes): +9-15% at 1-2 tokens. */
-DSM_BF16_TARGET static ALWAYS_INLINE __m512i load_codes(const uint8_t *p, ptrdiff_t pf, size_t len)
+ * prefetched, and far bytes further into L2 when far is not 0. Opaque to the compiler, so that it keeps the
+ * codes in a register rather than load them again for each table lookup (3 loads per 64 codes): +9-15% at
+ * 1-2 tokens. */
+DSM_BF16_TARGET static ALWAYS_INLINE __m512i load_codes(const uint8_t *p, ptrdiff_t pf, ptrdiff_t far, size_t len)
 {
 	__m512i v;
 	if (len >= 64) {
 		_mm_prefetch((const char *)(p + pf), _MM_HINT_T0);
+		if (far)
+			_mm_prefetch((const char *)(p + far), _MM_HINT_T2);
 		v = _mm512_loadu_si512(p);
 	} else {
 		v = _mm512_maskz_loadu_epi8((1ull << len) - 1, p);
@@ -83,8 +86,8 @@ DSM_BF16_TARGET static ALWAYS_INLINE __m512i load_codes(const uint8_t *p, ptrdif
  * every activation vector is loaded once into a register and the rows are loaded and converted one at a time
  * (R = 8, T = 1: 16 + 5 + 2 + 3); with more tokens, every row is converted first and the activations are loaded
  * one token at a time. */
-DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const uint8_t *w, size_t ld, size_t c, ptrdiff_t pf, size_t len,
-						    const struct dsm_bf16_tables *tb, const uint16_t *xp,
+DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const uint8_t *w, size_t ld, size_t c, ptrdiff_t pf, ptrdiff_t far,
+						    size_t len, const struct dsm_bf16_tables *tb, const uint16_t *xp,
 						    __m512 acc[8][8][2], const int R, const int T)
 {
 	if (T <= R) {
@@ -97,7 +100,7 @@ DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const uint8_t *w, size_t ld,
 #pragma GCC unroll 8
 		for (int r = 0; r < R; r++) {
 			__m512i a, b;
-			dsm_fp8x64_bf16(load_codes(w + r * ld + c, pf, len), tb, &a, &b);
+			dsm_fp8x64_bf16(load_codes(w + r * ld + c, pf, far, len), tb, &a, &b);
 #pragma GCC unroll 8
 			for (int t = 0; t < T; t++) {
 				acc[r][t][0] = _mm512_dpbf16_ps(acc[r][t][0], (__m512bh)a, xa[t]);
@@ -109,7 +112,7 @@ DSM_BF16_TARGET static ALWAYS_INLINE void step_bf16(const uint8_t *w, size_t ld,
 	__m512i a[8], b[8];
 #pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
-		dsm_fp8x64_bf16(load_codes(w + r * ld + c, pf, len), tb, &a[r], &b[r]);
+		dsm_fp8x64_bf16(load_codes(w + r * ld + c, pf, far, len), tb, &a[r], &b[r]);
 #pragma GCC unroll 8
 	for (int t = 0; t < T; t++) {
 		__m512bh xa = (__m512bh)_mm512_load_si512(xp + t * 64);
@@ -227,17 +230,19 @@ DSM_BF16_TARGET void dsm_fp8_rows_t_bf16(const struct dsm_fp8_mat *W, size_t r0,
  * which it replaces. The accumulators live in the scratch between column blocks; the chains are unchanged. */
 
 const struct dsm_gemv_variant dsm_gemv_variants[DSM_GEMV_VARIANTS] = {
-	{ "cblock1024-ahead8", 1024, 8, 1, 0 },
-	{ "rows4-ahead4", 0, 4, 1, 0 },
-	{ "rows1-pf4k", 0, 1, 0, 4096 },
+	{ "cblock1024-ahead8", 1024, 8, 1, 0, 0 },
+	{ "rows4-ahead4", 0, 4, 1, 0, 0 },
+	{ "rows1-pf4k", 0, 1, 0, 4096, 0 },
+	{ "rows4-ahead4-far16k", 0, 4, 1, 0, 16384 },
 };
 int dsm_gemv_variant;
 
 /* R rows at w over columns [c0, c1) (c0 a multiple of 64; past cols only in the last chunk) for T tokens:
- * acc_mem[(r * 8 + t) * 2 + h] continued (or started when first), and the same columns at w + pf prefetched. */
+ * acc_mem[(r * 8 + t) * 2 + h] continued (or started when first), and the same columns at w + pf (and w + far
+ * into L2, when far is not 0) prefetched. */
 DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld, size_t c0, size_t c1, ptrdiff_t pf,
-						    const uint16_t *xs, size_t xstride, __m512 *acc_mem, int first,
-						    const int R, const int T)
+						    ptrdiff_t far, const uint16_t *xs, size_t xstride, __m512 *acc_mem,
+						    int first, const int R, const int T)
 {
 	struct dsm_bf16_tables tb = dsm_bf16_tables_load();
 	__m512 acc[8][8][2];
@@ -250,9 +255,9 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld,
 				acc[r][t][h] = first ? _mm512_setzero_ps() : acc_mem[(r * 8 + t) * 2 + h];
 	size_t c = c0;
 	for (; c + 64 <= c1; c += 64)
-		step_bf16(w, ld, c, pf, 64, &tb, xs + c / 64 * xstride, acc, R, T);
+		step_bf16(w, ld, c, pf, far, 64, &tb, xs + c / 64 * xstride, acc, R, T);
 	if (c < c1)
-		step_bf16(w, ld, c, pf, c1 - c, &tb, xs + c / 64 * xstride, acc, R, T);
+		step_bf16(w, ld, c, pf, far, c1 - c, &tb, xs + c / 64 * xstride, acc, R, T);
 #pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
@@ -263,13 +268,13 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld,
 }
 
 #define BF16_MAX_T DSM_GEMV_MAX_TOKENS /* every token in one pass */
-typedef void (*rows_bf16_fn)(const uint8_t *w, size_t ld, size_t c0, size_t c1, ptrdiff_t pf, const uint16_t *xs,
-			     size_t xstride, __m512 *acc_mem, int first);
+typedef void (*rows_bf16_fn)(const uint8_t *w, size_t ld, size_t c0, size_t c1, ptrdiff_t pf, ptrdiff_t far,
+			     const uint16_t *xs, size_t xstride, __m512 *acc_mem, int first);
 #define ROWS_BF16(R, T) \
 	DSM_BF16_TARGET static void rows_bf16_r##R##_t##T(const uint8_t *w, size_t ld, size_t c0, size_t c1, \
-							  ptrdiff_t pf, const uint16_t *xs, size_t xstride, \
-							  __m512 *acc_mem, int first) \
-	{ rows_bf16(w, ld, c0, c1, pf, xs, xstride, acc_mem, first, R, T); }
+							  ptrdiff_t pf, ptrdiff_t far, const uint16_t *xs, \
+							  size_t xstride, __m512 *acc_mem, int first) \
+	{ rows_bf16(w, ld, c0, c1, pf, far, xs, xstride, acc_mem, first, R, T); }
 ROWS_BF16(8, 1)
 ROWS_BF16(4, 1) ROWS_BF16(4, 2)
 ROWS_BF16(2, 3) ROWS_BF16(2, 4)
@@ -297,6 +302,11 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 	 * pass over all the tokens, so that each converted code serves every token. */
 	size_t xstride = n_tok * 64, R = n_tok == 1 ? var->group : n_tok == 2 ? (var->group < 4 ? var->group : 4) :
 					n_tok <= 4 ? 2 : 1;
+	/* The far prefetch: whole groups of rows at least var->far bytes further, none when that is no further
+	 * than the near one. */
+	size_t far_rows = (var->far + W->ld - 1) / W->ld;
+	far_rows = (far_rows + R - 1) / R * R;
+	ptrdiff_t far = far_rows > R ? (ptrdiff_t)(far_rows * W->ld) : 0;
 	prep_bf16(W, rb, x, x_ld, n_tok, xs);
 	size_t cblock = var->col_block ? var->col_block : W->cols;
 	for (size_t c0 = 0; c0 == 0 || c0 < W->cols; c0 += cblock) { /* 0 columns: zeros */
@@ -311,7 +321,7 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 			ptrdiff_t ahead = (ptrdiff_t)(R * W->ld);
 			ptrdiff_t pf = !var->rows_ahead ? var->prefetch : r + R < b ? ahead :
 				       c1 < W->cols ? (ptrdiff_t)cblock - (ptrdiff_t)((r - a) * W->ld) : ahead - (ptrdiff_t)c0;
-			fn[n_tok](W->w + r * W->ld, W->ld, c0, c1, pf, xs, xstride, acc + (r - a) * 16, c0 == 0);
+			fn[n_tok](W->w + r * W->ld, W->ld, c0, c1, pf, far, xs, xstride, acc + (r - a) * 16, c0 == 0);
 			r += g;
 		}
 	}

@@ -84,16 +84,18 @@ void dsm_fp8_gemv_ref(const struct dsm_fp8_mat *W, const float *x, size_t x_ld, 
 
 /* How the AVX-512 BF16 decode kernel walks a matrix (the memory side; the arithmetic is the same): column
  * blocks of col_block (0: whole rows) and a software prefetch per line, either the same columns rows_ahead
- * rows further or `prefetch` bytes further in the same row. Which streams best depends on the host's memory
- * system: dsm_gemv_tune measures them. */
+ * rows further or `prefetch` bytes further in the same row, and optionally a second one into L2 only, the
+ * same columns whole groups of rows at least `far` bytes further. Which streams best depends on the host's
+ * memory system: dsm_gemv_tune measures them. */
 struct dsm_gemv_variant {
 	const char *name;
 	size_t col_block;
 	size_t group;        /* rows per group at 1 token: 8, 4 or 1 (at most 4 at 2 tokens) */
 	int rows_ahead;
 	ptrdiff_t prefetch;
+	size_t far;          /* 0: no second prefetch */
 };
-#define DSM_GEMV_VARIANTS 3
+#define DSM_GEMV_VARIANTS 4
 extern const struct dsm_gemv_variant dsm_gemv_variants[DSM_GEMV_VARIANTS];
 extern int dsm_gemv_variant; /* the one in use, 0 by default */
 
