@@ -119,7 +119,7 @@ static void test_bf16_walks(struct dsm_backend *be)
 		}
 	struct weight small, big;
 	weight_init(&small, DSM_BF16, 1000, 1024);
-	weight_init(&big, DSM_BF16, 24 * 1024, 1024); /* 48 MiB: 10 parts of 4.8 MiB */
+	weight_init(&big, DSM_BF16, 32 * 1024, 1024); /* 64 MiB: 15 parts of 4.3 MiB */
 	struct dsm_gemv_tune_result r;
 	CHECK(dsm_cpu_bf16_gemv_tune(be, &small.m, &r) == DSM_EARG && cpu_bf16_walk == 0, "a 2 MB head: not refused");
 	CHECK(dsm_cpu_bf16_gemv_tune(be, &big.m, &r) == 0, "%s", dsm_errmsg());

@@ -1,5 +1,9 @@
 /* The decode GEMV of BF16 weights (the output head and the router): a few activation vectors against rows
- * read once. Two memory walks (cpu_bf16_walks), chosen at start on the head (dsm_cpu_bf16_gemv_tune):
+ * read once. Three memory walks (cpu_bf16_walks), chosen at start on the head (dsm_cpu_bf16_gemv_tune):
+ *   rows4-ahead4-far64k, the default: rows4-ahead4 below, and the same columns whole groups of rows at least
+ *     64 KiB further prefetched into L2. On the Intel host with 4 KiB rows (mid) the head took 8-9% less
+ *     time with 1 and 2 threads (32-128 KiB alike; dsm-bench e2e --resident, one sitting): one group ahead
+ *     (16 KiB) keeps too few lines in flight there.
  *   rows4-ahead4: 4 rows at a time, so that each loaded activation chunk serves 4 rows and 4 independent
  *     chains hide the multiply's latency; while a group is multiplied, the same columns of the next group
  *     (one group's bytes ahead in the stored matrix) are prefetched. On an Intel host with the head's 2 KiB
@@ -8,7 +12,7 @@
  *   rows1-pf4k: one row at a time, 4 KiB ahead prefetched: a single sequential stream. On an AMD host the
  *     small preset decoded 10-20% faster with it, mid 3-10% (1-2 threads, alternating): there the four
  *     interleaved streams of the other walk stream less.
- * Each (row, token) is the same chain of multiply-adds in column order in both: the results are identical.
+ * Each (row, token) is the same chain of multiply-adds in column order in all: the results are identical.
  *
  *   bf16 precision, AVX-512 BF16: activations rounded to BF16 once per call; vdpbf16ps multiplies pairs of
  *     BF16 values exactly and adds them in F32 (the products are those of the scalar path; only the order of
@@ -25,8 +29,9 @@
 #define ROWS 4
 
 const struct cpu_bf16_walk cpu_bf16_walks[CPU_BF16_WALKS] = {
-	{ "rows4-ahead4", ROWS, 0 },
-	{ "rows1-pf4k", 1, 4096 },
+	{ "rows4-ahead4-far64k", ROWS, 0, 65536 },
+	{ "rows4-ahead4", ROWS, 0, 0 },
+	{ "rows1-pf4k", 1, 4096, 0 },
 };
 int cpu_bf16_walk;
 
@@ -44,7 +49,7 @@ static ALWAYS_INLINE __mmask32 mask32(int64_t c, int64_t cols)
 /* rows [r, r + R) x n tokens, BF16 products; xb [n][xb_ld] BF16 bits, zero past cols. */
 DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint16_t *w, int64_t cols, int64_t r, int R, int n,
 						    const uint16_t *xb, int64_t xb_ld, float *y, int64_t ldy,
-						    int64_t r0, int64_t pf)
+						    int64_t r0, int64_t pf, int64_t far)
 {
 	__m512 acc[ROWS][CPU_GEMV_MAX_N];
 	for (int i = 0; i < R; i++)
@@ -60,6 +65,8 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint16_t *w, int64_t c
 		__mmask32 m = mask32(c, cols);
 		for (int i = 0; i < R; i++) {
 			_mm_prefetch((const char *)(wr[i] + c) + pf, _MM_HINT_T0);
+			if (far)
+				_mm_prefetch((const char *)(wr[i] + c) + far, _MM_HINT_T2);
 			__m512i wv = _mm512_maskz_loadu_epi16(m, wr[i] + c);
 			for (int t = 0; t < n; t++)
 				acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)wv, (__m512bh)xv[t]);
@@ -73,7 +80,7 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint16_t *w, int64_t c
 /* The same with F32 activations x [n][x_ld] and exact F32 weights. */
 DSM_AVX512F_TARGET static ALWAYS_INLINE void rows_f32(const uint16_t *w, int64_t cols, int64_t r, int R, int n,
 						      const float *x, int64_t x_ld, float *y, int64_t ldy,
-						      int64_t r0, int64_t pf)
+						      int64_t r0, int64_t pf, int64_t far)
 {
 	__m512 acc[ROWS][CPU_GEMV_MAX_N];
 	for (int i = 0; i < R; i++)
@@ -88,8 +95,11 @@ DSM_AVX512F_TARGET static ALWAYS_INLINE void rows_f32(const uint16_t *w, int64_t
 		for (int t = 0; t < n; t++)
 			xv[t] = _mm512_maskz_loadu_ps(m, x + t * x_ld + c);
 		for (int i = 0; i < R; i++) {
-			if (c % 32 == 0)
+			if (c % 32 == 0) {
 				_mm_prefetch((const char *)(wr[i] + c) + pf, _MM_HINT_T0);
+				if (far)
+					_mm_prefetch((const char *)(wr[i] + c) + far, _MM_HINT_T2);
+			}
 			__m256i h;
 			if (m == 0xFFFF) {
 				h = _mm256_loadu_si256((const __m256i *)(wr[i] + c));
@@ -109,16 +119,19 @@ DSM_AVX512F_TARGET static ALWAYS_INLINE void rows_f32(const uint16_t *w, int64_t
 }
 
 /* One loop per token count, so that the register arrays have constant bounds. Prefetched ahead of each row:
- * the walk's distance, or the same columns one group further (single rows: the next row). */
+ * the walk's distance, or the same columns one group further (single rows: the next row); and with a far
+ * distance, into L2, the same columns whole groups of rows at least that far, when further than one group. */
 #define ROW_LOOP(kernel, xp, xld)                                                                         \
 	do {                                                                                              \
 		const struct cpu_bf16_walk *walk = &cpu_bf16_walks[cpu_bf16_walk];                        \
 		int64_t r = r0, row = cols * (int64_t)sizeof(uint16_t);                                   \
+		int64_t far = (walk->far + ROWS * row - 1) / (ROWS * row) * ROWS * row;                   \
+		far = far > ROWS * row ? far : 0;                                                         \
 		if (walk->group == ROWS)                                                                  \
 			for (; r + ROWS <= r1; r += ROWS)                                                 \
-				kernel(w, cols, r, ROWS, N, xp, xld, y, ldy, r0, ROWS * row);             \
+				kernel(w, cols, r, ROWS, N, xp, xld, y, ldy, r0, ROWS * row, far);        \
 		for (; r < r1; r++)                                                                       \
-			kernel(w, cols, r, 1, N, xp, xld, y, ldy, r0, walk->prefetch ? walk->prefetch : row); \
+			kernel(w, cols, r, 1, N, xp, xld, y, ldy, r0, walk->prefetch ? walk->prefetch : row, 0); \
 	} while (0)
 
 #define BY_TOKENS(fn)                                \

@@ -78,8 +78,9 @@ struct cpu_bf16_walk {
 	const char *name;
 	int group;
 	int64_t prefetch;
+	int64_t far;         /* 0: no second prefetch */
 };
-#define CPU_BF16_WALKS 2
+#define CPU_BF16_WALKS 3
 extern const struct cpu_bf16_walk cpu_bf16_walks[CPU_BF16_WALKS];
 extern int cpu_bf16_walk; /* the one in use, 0 by default */
 int64_t cpu_bf16_act_ld(int64_t cols);
