@@ -296,8 +296,12 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 			goto err;
 		if (e->tune.rounds)
 			note(e, "decode kernel: %s; measured in %.0f ms", e->tune.why, e->tune.seconds * 1e3);
+		else if (e->tune.why[0])
+			note(e, "decode kernel: the default walk, %s", e->tune.why);
 		if (e->head_tune.rounds)
 			note(e, "head kernel: %s; measured in %.0f ms", e->head_tune.why, e->head_tune.seconds * 1e3);
+		else if (e->head_tune.why[0])
+			note(e, "head kernel: the default walk, %s", e->head_tune.why);
 	}
 	/* The batched path's arithmetic too: which of vdpbf16ps and F32 FMA multiplies faster depends on the CPU. */
 	if (dsm_isa_available(DSM_ISA_AVX512BF16) && o->model.precision != DSM_PRECISION_F32) {

@@ -252,7 +252,19 @@ static void check_tune(void)
 		mats[i] = b[i].m;
 	}
 	struct dsm_gemv_tune_result r;
-	CHECK(dsm_gemv_tune(ctx, mats, 8, &r) == DSM_EARG && dsm_gemv_variant == 0, "8 matrices: not refused");
+	CHECK(dsm_gemv_tune(ctx, mats, 8, &r) == DSM_EARG && dsm_gemv_variant == 0, "8 matrices of 2 blocks: not refused");
+	/* Fewer matrices than parts, as with the real shapes: the parts read bands of whole 128-row blocks. */
+	struct fp8_buf tall[2];
+	struct dsm_fp8_mat tall_mats[2];
+	for (int i = 0; i < 2; i++) {
+		fp8_random(&tall[i], 1536, 512, 512, ANY_CODE);
+		tall_mats[i] = tall[i].m;
+	}
+	CHECK(dsm_gemv_tune(ctx, tall_mats, 2, &r) == 0 && r.rounds == DSM_TUNE_ROUNDS && r.bytes == 128 * 512 &&
+	      r.chosen == dsm_gemv_variant, "2 matrices of 12 blocks: %s (%zu bytes a part)", dsm_errmsg(), r.bytes);
+	dsm_gemv_variant = 0;
+	for (int i = 0; i < 2; i++)
+		fp8_free(&tall[i]);
 	CHECK(dsm_gemv_tune(ctx, mats, M, &r) == 0, "%s", dsm_errmsg());
 	int measured = 1;
 	for (int v = 0; v < DSM_GEMV_VARIANTS; v++)

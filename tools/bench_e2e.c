@@ -161,8 +161,10 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 			       bpt / 1e6);
 			printf("  effective read      %7.2f GB/s = %.3f of the DRAM probe %.2f GB/s (%.2f before, %.2f after)\n",
 			       eff, ratio, probe, before, after);
-			printf("  decode kernel       %s\n", er.tune.rounds ? er.tune.why : variant);
-			printf("  head kernel         %s\n", er.head_tune.rounds ? er.head_tune.why : head_walk);
+			printf("  decode kernel       %s%s%s\n", er.tune.rounds ? er.tune.why : variant,
+			       er.tune.rounds || !er.tune.why[0] ? "" : ", ", er.tune.rounds ? "" : er.tune.why);
+			printf("  head kernel         %s%s%s\n", er.head_tune.rounds ? er.head_tune.why : head_walk,
+			       er.head_tune.rounds || !er.head_tune.why[0] ? "" : ", ", er.head_tune.rounds ? "" : er.head_tune.why);
 			if (er.gemm_tune.rounds)
 				printf("  batched kernel      %s\n", er.gemm_tune.why);
 			printf("  per token:");

@@ -136,8 +136,9 @@ typedef int (*dsm_tune_part_fn)(void *arg, int k, size_t *bytes);
 int dsm_tune_variants(int n_variants, const char *const *names, int *in_use, dsm_tune_part_fn part, void *arg,
 		      const char *unit, struct dsm_gemv_tune_result *r);
 /* The FP8 kernel's memory walk (dsm_gemv_variant), measured on one token against the FP8 matrices
- * mats[0 .. n) (in memory, each read once: the caller gives matrices that are not in cache). DSM_EARG when
- * the matrices are too few for a part each (nothing changes then). */
+ * mats[0 .. n) (in memory, each read once: the caller gives matrices that are not in cache). Each round's parts
+ * read whole matrices, or bands of whole 128-row blocks when there are fewer matrices than parts. DSM_EARG
+ * when even the bands are too few for a part each (nothing changes then). */
 int dsm_gemv_tune(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *mats, size_t n, struct dsm_gemv_tune_result *r);
 
 /* Bytes of scratch dsm_fp8_gemv_rows needs for a matrix of `cols` columns (any n_tok <= 8). */

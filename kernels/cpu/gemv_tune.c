@@ -77,13 +77,46 @@ static int fp8_part(void *arg, int k, size_t *bytes)
 	return 0;
 }
 
+/* Row bands of whole 128-row blocks, at least `need` of them where the matrices have that many blocks: with
+ * fewer matrices than parts (the real shapes' 14.7 MB matrices within the engine's bytes), each part reads
+ * bands. */
+static struct dsm_fp8_mat *row_bands(const struct dsm_fp8_mat *mats, size_t n, size_t need, size_t *nb)
+{
+	size_t blocks = 0;
+	for (size_t i = 0; i < n; i++)
+		blocks += (mats[i].rows + DSM_FP8_BLOCK - 1) / DSM_FP8_BLOCK;
+	struct dsm_fp8_mat *b = malloc((blocks ? blocks : 1) * sizeof *b);
+	if (!b)
+		return NULL;
+	size_t split = (need + n - 1) / n;
+	*nb = 0;
+	for (size_t i = 0; i < n; i++) {
+		size_t step = mats[i].rows / split / DSM_FP8_BLOCK * DSM_FP8_BLOCK;
+		step = step ? step : DSM_FP8_BLOCK;
+		for (size_t r0 = 0; r0 < mats[i].rows; r0 += step) {
+			size_t nr = mats[i].rows - r0 < step ? mats[i].rows - r0 : step;
+			if (dsm_fp8_mat_window(&b[*nb], &mats[i], r0, nr, 0, mats[i].cols) == 0)
+				(*nb)++;
+		}
+	}
+	return b;
+}
+
 int dsm_gemv_tune(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *mats, size_t n, struct dsm_gemv_tune_result *r)
 {
-	size_t per = n / (DSM_TUNE_ROUNDS * DSM_GEMV_VARIANTS);
+	const size_t need = DSM_TUNE_ROUNDS * DSM_GEMV_VARIANTS;
+	memset(r, 0, sizeof *r);
+	r->chosen = dsm_gemv_variant;
+	struct dsm_fp8_mat *bands = NULL;
+	if (n > 0 && n < need) {
+		if (!(bands = row_bands(mats, n, need, &n)))
+			return dsm_fail(DSM_ENOMEM, "out of memory");
+		mats = bands;
+	}
+	size_t per = n / need;
 	if (per == 0) {
-		memset(r, 0, sizeof *r);
-		r->chosen = dsm_gemv_variant;
-		return dsm_fail(DSM_EARG, "gemv tune: %zu matrices, fewer than %d", n, DSM_TUNE_ROUNDS * DSM_GEMV_VARIANTS);
+		free(bands);
+		return dsm_fail(DSM_EARG, "gemv tune: %zu row bands, fewer than %zu", n, need);
 	}
 	size_t max_rows = 0, max_cols = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -91,8 +124,10 @@ int dsm_gemv_tune(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *mats, si
 		max_cols = mats[i].cols > max_cols ? mats[i].cols : max_cols;
 	}
 	float *x = calloc(max_cols + max_rows, sizeof(float));
-	if (!x)
+	if (!x) {
+		free(bands);
 		return dsm_fail(DSM_ENOMEM, "out of memory");
+	}
 	for (size_t j = 0; j < max_cols; j++)
 		x[j] = (float)(j % 7) - 3.0f;
 	const char *names[DSM_GEMV_VARIANTS];
@@ -101,6 +136,7 @@ int dsm_gemv_tune(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *mats, si
 	struct fp8_parts p = { ctx, mats, per, x, x + max_cols };
 	int rc = dsm_tune_variants(DSM_GEMV_VARIANTS, names, &dsm_gemv_variant, fp8_part, &p, "GB/s", r);
 	free(x);
+	free(bands);
 	return rc;
 }
 
