@@ -297,6 +297,11 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 	uint16_t *xs = scratch;
 	__m512 *acc = (__m512 *)(xs + DSM_GEMV_MAX_TOKENS * dsm_cols_pad(W->cols));
 	const struct dsm_gemv_variant *var = &dsm_gemv_variants[dsm_gemv_variant];
+	/* The one-row walk reads 2 bytes of activations per code: past 8192 columns (16 KiB of them a token) they
+	 * no longer stay in L1 beside the stream, and 4-row groups, one activation load for 4 rows, stream
+	 * faster (docs/kernels.md, "Long rows"). Same chains, same bits. */
+	if (var->group == 1 && W->cols > 8192)
+		var = &dsm_gemv_variants[DSM_GEMV_LONG_ROWS];
 	/* The variant's rows per group at 1 token (streaming-bound), at most 4 at 2. From 3 tokens on the
 	 * multiplies and the conversion bound the pass: groups of 2 rows (3-4 tokens) or single rows (5-8) in one
 	 * pass over all the tokens, so that each converted code serves every token. */

@@ -96,6 +96,7 @@ struct dsm_gemv_variant {
 	size_t far;          /* 0: no second prefetch */
 };
 #define DSM_GEMV_VARIANTS 4
+#define DSM_GEMV_LONG_ROWS 3 /* rows4-ahead4-far16k: what the one-row walk takes for rows past 8192 columns */
 extern const struct dsm_gemv_variant dsm_gemv_variants[DSM_GEMV_VARIANTS];
 extern int dsm_gemv_variant; /* the one in use, 0 by default */
 
