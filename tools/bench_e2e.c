@@ -109,6 +109,15 @@ static double probe_experts(const struct dsm_store_model *sm)
 	return t > 0 ? bytes / t / 1e9 : 0;
 }
 
+/* A walk measured at open says why it was chosen; one not measured, its name and why not. */
+static void print_walk(const char *label, const struct dsm_gemv_tune_result *t, const char *name)
+{
+	if (t->rounds)
+		printf("  %-19s %s\n", label, t->why);
+	else
+		printf("  %-19s %s%s%s\n", label, name, t->why[0] ? ", " : "", t->why);
+}
+
 /* The resident decode: every weight in memory (the plain run), one prompt token, then `tokens` decoded. Prints
  * the per-token breakdown of the session's step times and the token's weight traffic (bytes per token x
  * tokens/s) against the DRAM probe run on the same threads just before and just after. */
@@ -161,10 +170,8 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 			       bpt / 1e6);
 			printf("  effective read      %7.2f GB/s = %.3f of the DRAM probe %.2f GB/s (%.2f before, %.2f after)\n",
 			       eff, ratio, probe, before, after);
-			printf("  decode kernel       %s%s%s\n", er.tune.rounds ? er.tune.why : variant,
-			       er.tune.rounds || !er.tune.why[0] ? "" : ", ", er.tune.rounds ? "" : er.tune.why);
-			printf("  head kernel         %s%s%s\n", er.head_tune.rounds ? er.head_tune.why : head_walk,
-			       er.head_tune.rounds || !er.head_tune.why[0] ? "" : ", ", er.head_tune.rounds ? "" : er.head_tune.why);
+			print_walk("decode kernel", &er.tune, variant);
+			print_walk("head kernel", &er.head_tune, head_walk);
 			if (er.gemm_tune.rounds)
 				printf("  batched kernel      %s\n", er.gemm_tune.why);
 			printf("  per token:");
