@@ -125,8 +125,7 @@ DSM_AVX512F_TARGET static ALWAYS_INLINE void rows_f32(const uint16_t *w, int64_t
 	do {                                                                                              \
 		const struct cpu_bf16_walk *walk = &cpu_bf16_walks[cpu_bf16_walk];                        \
 		int64_t r = r0, row = cols * (int64_t)sizeof(uint16_t);                                   \
-		int64_t far = (walk->far + ROWS * row - 1) / (ROWS * row) * ROWS * row;                   \
-		far = far > ROWS * row ? far : 0;                                                         \
+		int64_t far = (int64_t)dsm_far_prefetch((size_t)walk->far, (size_t)row, ROWS);            \
 		if (walk->group == ROWS)                                                                  \
 			for (; r + ROWS <= r1; r += ROWS)                                                 \
 				kernel(w, cols, r, ROWS, N, xp, xld, y, ldy, r0, ROWS * row, far);        \

@@ -307,11 +307,7 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 	 * pass over all the tokens, so that each converted code serves every token. */
 	size_t xstride = n_tok * 64, R = n_tok == 1 ? var->group : n_tok == 2 ? (var->group < 4 ? var->group : 4) :
 					n_tok <= 4 ? 2 : 1;
-	/* The far prefetch: whole groups of rows at least var->far bytes further, none when that is no further
-	 * than the near one. */
-	size_t far_rows = (var->far + W->ld - 1) / W->ld;
-	far_rows = (far_rows + R - 1) / R * R;
-	ptrdiff_t far = far_rows > R ? (ptrdiff_t)(far_rows * W->ld) : 0;
+	ptrdiff_t far = (ptrdiff_t)dsm_far_prefetch(var->far, W->ld, R);
 	prep_bf16(W, rb, x, x_ld, n_tok, xs);
 	size_t cblock = var->col_block ? var->col_block : W->cols;
 	for (size_t c0 = 0; c0 == 0 || c0 < W->cols; c0 += cblock) { /* 0 columns: zeros */

@@ -49,6 +49,16 @@ dsm_fp8x64_bf16(__m512i v, const struct dsm_bf16_tables *tb, __m512i *a, __m512i
 	*b = _mm512_unpackhi_epi8(l, h);
 }
 
+/* The second prefetch's distance in bytes for a walk in groups of `group` rows of `row` bytes: whole groups at
+ * least `far` bytes further; 0 when far is 0 or that is no further than the next group (the near prefetch). */
+static inline size_t dsm_far_prefetch(size_t far, size_t row, size_t group)
+{
+	if (!far || !row)
+		return 0;
+	size_t groups = (far + group * row - 1) / (group * row);
+	return groups > 1 ? groups * group * row : 0;
+}
+
 /* 16 BF16 values -> the same 16 floats (the bits in the upper half). */
 DSM_AVX512F_TARGET static inline __attribute__((always_inline)) __m512 dsm_bf16x16_f32(__m256i h)
 {
