@@ -51,6 +51,15 @@ static void note(struct dsm_engine *e, const char *fmt, ...)
 		strcpy(e->notes + used, "\n");
 }
 
+/* What a kernel's measurement at open chose, or why it kept its default. */
+static void note_tune(struct dsm_engine *e, const char *kernel, const struct dsm_gemv_tune_result *t)
+{
+	if (t->rounds)
+		note(e, "%s kernel: %s; measured in %.0f ms", kernel, t->why, t->seconds * 1e3);
+	else if (t->why[0])
+		note(e, "%s kernel: the default walk, %s", kernel, t->why);
+}
+
 /* 0 when the checkpoint's weights do not fit in the memory dsm may use (the tiered store then keeps what
  * fits and streams the rest, where mapping everything would page the shards in and out), 1 when they fit
  * or the sizes are unknown. *total: the weights' size (0 when unknown). */
@@ -294,20 +303,14 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 		 * (docs/kernels.md). */
 		if ((rc = dsm_model_tune_kernels(m, &e->tune, &e->head_tune)) < 0)
 			goto err;
-		if (e->tune.rounds)
-			note(e, "decode kernel: %s; measured in %.0f ms", e->tune.why, e->tune.seconds * 1e3);
-		else if (e->tune.why[0])
-			note(e, "decode kernel: the default walk, %s", e->tune.why);
-		if (e->head_tune.rounds)
-			note(e, "head kernel: %s; measured in %.0f ms", e->head_tune.why, e->head_tune.seconds * 1e3);
-		else if (e->head_tune.why[0])
-			note(e, "head kernel: the default walk, %s", e->head_tune.why);
+		note_tune(e, "decode", &e->tune);
+		note_tune(e, "head", &e->head_tune);
 	}
 	/* The batched path's arithmetic too: which of vdpbf16ps and F32 FMA multiplies faster depends on the CPU. */
 	if (dsm_isa_available(DSM_ISA_AVX512BF16) && o->model.precision != DSM_PRECISION_F32) {
 		if ((rc = dsm_fp8_gemm_tune(&e->gemm_tune)) < 0)
 			goto err;
-		note(e, "batched kernel: %s; measured in %.0f ms", e->gemm_tune.why, e->gemm_tune.seconds * 1e3);
+		note_tune(e, "batched", &e->gemm_tune);
 	}
 	struct dsm_session_options so = o->session;
 	if (so.max_seqs > 0 && so.max_batch > 0 && so.max_batch < so.max_seqs) {
