@@ -243,6 +243,13 @@ struct dsm_backend {
 	int (*matmul)(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
 	/* y[n, w.cols] = x[n, w.rows] . w (the transposed use, for the absorbed MLA form). */
 	int (*matmul_t)(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
+	/* Optional (NULL: not offered), for greedy decoding. top_prepare builds a screen of w (the head) at one byte
+	 * a weight; matmul_top then computes y [w.rows] = w x for one x [w.cols] exactly (as matmul) in every row
+	 * that can hold the largest value and sets -INFINITY in the others, reading the screen and those rows
+	 * instead of w. Without a screen of w, matmul_top computes all rows. Returns the number of rows computed,
+	 * or a negative code. */
+	int (*top_prepare)(struct dsm_backend *be, const struct dsm_mat *w);
+	int (*matmul_top)(struct dsm_backend *be, const struct dsm_mat *w, const float *x, float *y);
 	/* Per-head matmuls of every head in one call (see struct dsm_matmul_heads_args). */
 	int (*matmul_heads)(struct dsm_backend *be, const struct dsm_matmul_heads_args *a);
 	/* y[n, dim] = down(silu(gate(x)) * up(x)) for n tokens x[n, dim]: one expert or dense FFN. */

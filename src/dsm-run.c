@@ -201,8 +201,6 @@ static int on_logits(void *user, int64_t pos, int64_t n, const float *logits)
 {
 	struct sample *sm = user;
 	struct run *r = sm->r;
-	if (!r->dump_logits || sm->index)
-		return 0;
 	if (n == 1 && !r->dump_all && r->npy.rows > 0)
 		return 0;
 	return dsm_npy_write_rows(&r->npy, logits, n) < 0 ? -1 : 0;
@@ -344,6 +342,7 @@ static void print_json(const char *prompt, const struct token_ids *ids, const st
 	cJSON_AddNumberToObject(mem, "kv_cache_bytes", (double)er->kv_pool_bytes);
 	cJSON_AddNumberToObject(mem, "kv_blocks", (double)er->kv_blocks);
 	cJSON_AddNumberToObject(mem, "buffers_bytes", (double)er->buffers_bytes);
+	cJSON_AddNumberToObject(mem, "head_screen_bytes", (double)er->head_screen_bytes);
 	cJSON_AddNumberToObject(mem, "usable_bytes", (double)er->memory.usable);
 	cJSON_AddNumberToObject(mem, "available_bytes", (double)er->memory.available);
 	cJSON_AddStringToObject(mem, "limit", er->memory.name);
@@ -607,8 +606,9 @@ int main(int argc, char **argv)
 		if (r.tok)
 			token_stream_init(&sm->ts, r.tok, TOKENIZER_SKIP_SPECIAL);
 		struct dsm_request q = { .prompt = ids.ids, .n_prompt = (int64_t)ids.n, .params = gp,
-			.io = { .user = sm, .token_text = token_text, .on_text = on_text, .on_logits = on_logits,
-				.on_token = on_token },
+			/* logits seen by no one: a greedy decode needs only the largest (DSM_LOGITS_TOP) */
+			.io = { .user = sm, .token_text = token_text, .on_text = on_text,
+				.on_logits = r.dump_logits && i == 0 ? on_logits : NULL, .on_token = on_token },
 			.seq = -1, .prefix_of = i == 0 ? -1 : 0 };
 		q.params.sampling.seed = gp.sampling.seed + (uint64_t)i;
 		q.params.prompt_logits = i == 0 && logits_path;
@@ -698,6 +698,10 @@ int main(int argc, char **argv)
 				"%.1f%%, head %.1f%%, other %.1f%% (threads waiting %.1f%% within)\n", (long long)st.steps, all,
 				100 * st.attention / all, 100 * st.router / all, 100 * st.experts / all, 100 * st.dense / all,
 				100 * st.head / all, 100 * st.other / all, 100 * st.waiting / all);
+			if (st.top_steps)
+				fprintf(stderr, "dsm-run: the head screened in %lld of %lld steps, %.1f of its %d rows multiplied in "
+					"each\n", (long long)st.top_steps, (long long)st.steps,
+					(double)st.top_rows / (double)st.top_steps, m->cfg.vocab_size);
 			if (st.device > 0)
 				fprintf(stderr, "dsm-run: the forward pass on the GPU: its queue busy %.3f s (%.1f%% of the "
 					"steps' time; experts aside)\n", st.device, 100 * st.device / all);

@@ -3,6 +3,7 @@
 #include "error.h"
 #include "expert_store.h"
 #include "generate.h"
+#include "model_internal.h"
 #include "size_parse.h"
 #include "tokenizer.h"
 #include "trace.h"
@@ -74,6 +75,30 @@ static int weights_fit(const struct dsm_engine *e, uint64_t *total)
 	*total = sz.non_expert_total + (uint64_t)(c->num_hidden_layers - c->first_k_dense_replace) *
 				      (uint64_t)c->n_routed_experts * sz.expert_bytes;
 	return *total <= e->mem.usable;
+}
+
+/* Greedy decoding's screen of the head (backend.h, matmul_top), where the head's backend offers one and the
+ * memory has room for it beside the weights; else the whole head is multiplied, as it is for sampling. */
+static void screen_head(struct dsm_engine *e)
+{
+	struct dsm_backend *be = e->m->fwd.stage_be[e->m->fwd.n_stages - 1];
+	const struct dsm_mat *w = &e->m->fwd.head;
+	uint64_t bytes = (uint64_t)w->rows * (uint64_t)w->cols, total;
+	if (!be->top_prepare)
+		return;
+	weights_fit(e, &total);
+	if (e->mem.source != DSM_MEMORY_UNKNOWN && total + bytes > e->mem.usable) {
+		note(e, "head: multiplied whole, no room for its screen (%.3g GB)", (double)bytes / 1e9);
+		return;
+	}
+	double t = dsm_now();
+	if (be->top_prepare(be, w) < 0) {
+		note(e, "head: multiplied whole: %s", dsm_errmsg());
+		return;
+	}
+	e->m->head_screen_bytes = bytes + 12 * (uint64_t)w->rows; /* the codes, each row's scale and bounds */
+	note(e, "head: greedy decoding reads a copy at one byte a weight (%.3g GB, made in %.0f ms), then only the rows "
+	     "that can hold the largest logit (--full-head: the whole head)", (double)bytes / 1e9, (dsm_now() - t) * 1e3);
 }
 
 /* The routing trace sees every token's experts, then the caller's hook. */
@@ -305,6 +330,8 @@ int dsm_engine_open(struct dsm_engine **out, const char *dir, const struct dsm_e
 			goto err;
 		note_tune(e, "decode", &e->tune);
 		note_tune(e, "head", &e->head_tune);
+		if (!o->full_head)
+			screen_head(e);
 	}
 	/* The batched path's arithmetic too: which of vdpbf16ps and F32 FMA multiplies faster depends on the CPU. */
 	if (dsm_isa_available(DSM_ISA_AVX512BF16) && o->model.precision != DSM_PRECISION_F32) {
@@ -406,6 +433,7 @@ void dsm_engine_report(const struct dsm_engine *e, uint64_t n_tokens, double sec
 	r->tune = e->tune;
 	r->head_tune = e->head_tune;
 	r->gemm_tune = e->gemm_tune;
+	r->head_screen_bytes = e->m->head_screen_bytes;
 	if (e->off) {
 		r->tiered = 1;
 		dsm_offload_report(e->off, n_tokens, seconds, &r->offload);
@@ -429,7 +457,7 @@ enum {
 	F_THREADS = DSM_ENGINE_FLAG_BASE, F_NO_BIND, F_PRECISION, F_CTX, F_BATCH, F_MAX_SEQS, F_KV_POOL, F_KV, F_IDX_FP8,
 	F_IDX_TOPK, F_MLA, F_OFFLOAD, F_NO_OFFLOAD, F_PLAN, F_GPU_BACKEND, F_VRAM, F_DRAM, F_STREAM_EXPERTS,
 	F_CACHE_POLICY, F_CACHE_SIZE, F_CACHE_OFF, F_HOTNESS, F_RECORD_ROUTING, F_GPU_UPLOAD, F_GPUS, F_CPU_ATTN,
-	F_NO_HUGE,
+	F_NO_HUGE, F_FULL_HEAD,
 };
 
 const struct option dsm_engine_flags[] = {
@@ -447,7 +475,7 @@ const struct option dsm_engine_flags[] = {
 	{ "record-routing", required_argument, NULL, F_RECORD_ROUTING },
 	{ "gpu-upload-tokens", required_argument, NULL, F_GPU_UPLOAD }, { "gpus", required_argument, NULL, F_GPUS },
 	{ "cpu-attention", no_argument, NULL, F_CPU_ATTN }, { "no-huge-pages", no_argument, NULL, F_NO_HUGE },
-	{ NULL, 0, NULL, 0 },
+	{ "full-head", no_argument, NULL, F_FULL_HEAD }, { NULL, 0, NULL, 0 },
 };
 
 static int int_arg(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *v)
@@ -528,6 +556,7 @@ int dsm_engine_flag(struct dsm_engine_options *o, int code, const char *arg)
 	case F_GPUS: o->gpus = arg; break;
 	case F_CPU_ATTN: o->cpu_attention = 1; break;
 	case F_NO_HUGE: o->no_huge_pages = 1; break;
+	case F_FULL_HEAD: o->full_head = 1; break;
 	case F_VRAM: rc = size_arg("vram-budget", arg, &t->vram_budget); break;
 	case F_DRAM: rc = size_arg("dram-budget", arg, &t->dram_budget); break;
 	case F_STREAM_EXPERTS: t->stream_all = 1; break;
@@ -564,6 +593,9 @@ void dsm_engine_flags_help(FILE *f)
 	      "  --mla FORM             auto (default), full or absorbed attention (tests)\n"
 	      "  --no-huge-pages        weights that fit in memory stay in the page cache's pages (reclaimable, shared\n"
 	      "                         with other processes) instead of being read into 2 MiB pages of their own\n"
+	      "  --full-head            greedy decoding multiplies the whole BF16 head for every token (default, when\n"
+	      "                         the weights fit in memory: a copy at one byte a weight bounds every logit, and\n"
+	      "                         only the rows that can be the largest are multiplied; the same tokens)\n"
 	      "routed experts across tiers (docs/offload.md, docs/plan.md; any of these turns the tiered store on, and\n"
 	      "it turns itself on when the weights do not fit in the memory dsm may use):\n"
 	      "  --offload              the tiered store with a plan computed from the budgets below\n"

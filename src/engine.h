@@ -34,6 +34,7 @@ struct dsm_engine_options {
 	const char *record_routing;         /* write the routing trace here (docs/trace.md) */
 	int no_populate;                    /* 1: do not read the mapped weights in at open */
 	int no_huge_pages;                  /* 1: read them in as the page cache's pages, not into huge pages */
+	int full_head;                      /* 1: greedy decoding multiplies the whole head (no screen) */
 	/* Progress of reading the weights in (may be NULL). */
 	void (*progress)(uint64_t done, uint64_t total, void *arg);
 	void *progress_arg;
@@ -76,6 +77,7 @@ struct dsm_engine_report {
 	uint64_t weights_mapped_bytes, weights_copied_bytes;
 	uint64_t weights_huge_bytes;        /* of the mapped, read into huge pages of their own (anonymous) */
 	uint64_t kv_pool_bytes, buffers_bytes;
+	uint64_t head_screen_bytes;         /* greedy decoding's copy of the head (--full-head), 0: none */
 	int64_t kv_blocks, kv_blocks_free;
 	struct dsm_memory_limit memory;     /* what dsm may fill, and which limit gave it */
 	int tiered;                         /* 1: the tiered store is on; then `offload` holds its report */

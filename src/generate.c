@@ -381,6 +381,13 @@ static int64_t common_prefix(const int32_t *a, int64_t na, const int32_t *b, int
 	return i;
 }
 
+/* Greedy decoding that shows no one its logits needs only their largest (DSM_LOGITS_TOP), as dsm_sample. */
+static int top_only(const struct req *q)
+{
+	const struct dsm_sampler_params *sp = &q->r.params.sampling;
+	return (sp->temperature <= 0 || sp->top_k == 1) && !q->r.io.on_logits;
+}
+
 /* Starts waiting requests while sequences are free; a request whose prefix source is still prefilling
  * waits for it. */
 static int admit(struct dsm_scheduler *sc)
@@ -406,8 +413,10 @@ static int admit(struct dsm_scheduler *sc)
 			int64_t held = p->state == DONE ? 0 : dsm_session_seq_pos(sc->s, p->seq);
 			at = common_prefix(p->prompt, p->fed, q->prompt, q->r.n_prompt);
 			at = at < held ? at : held;
-			/* The whole prompt, and the source still has its last logits: start from them. */
-			int reuse = at == q->r.n_prompt && p->logits_pos == at - 1 && !q->r.params.prompt_logits;
+			/* The whole prompt, and the source still has its last logits (all of them, unless this request
+			 * too needs only the largest): start from them. */
+			int reuse = at == q->r.n_prompt && p->logits_pos == at - 1 && !q->r.params.prompt_logits &&
+				    (top_only(q) || !top_only(p));
 			if (!reuse && at == q->r.n_prompt)
 				at--;
 			if (at > 0) {
@@ -453,7 +462,8 @@ int dsm_scheduler_step(struct dsm_scheduler *sc)
 		if (q->state != DECODE)
 			continue;
 		sc->items[n] = (struct dsm_step_seq){ .seq = q->seq, .tokens = &q->pending, .n = 1,
-						      .mode = DSM_LOGITS_LAST, .logits = q->logits };
+						      .mode = top_only(q) ? DSM_LOGITS_TOP : DSM_LOGITS_LAST,
+						      .logits = q->logits };
 		sc->item_req[n++] = i;
 		rows++;
 	}
@@ -467,7 +477,7 @@ int dsm_scheduler_step(struct dsm_scheduler *sc)
 		int64_t left = q->r.n_prompt - q->fed, len = left < budget ? left : budget, pos = q->fed;
 		int all = q->r.params.prompt_logits;
 		sc->items[n] = (struct dsm_step_seq){ .seq = q->seq, .tokens = q->prompt + pos, .n = len,
-			.mode = all ? DSM_LOGITS_ALL : len == left ? DSM_LOGITS_LAST : DSM_LOGITS_NONE,
+			.mode = all ? DSM_LOGITS_ALL : len < left ? DSM_LOGITS_NONE : top_only(q) ? DSM_LOGITS_TOP : DSM_LOGITS_LAST,
 			.logits = all ? q->prompt_logits + (size_t)pos * (size_t)V : q->logits };
 		sc->item_req[n++] = i;
 		budget -= len;

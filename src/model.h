@@ -113,6 +113,7 @@ struct dsm_model {
 	float softmax_scale;            /* (dn + dr)^-0.5 * mscale^2 */
 
 	struct dsm_fwd fwd;             /* what the forward pass computes with: the above and be, or a device's copy */
+	uint64_t head_screen_bytes;     /* the head's screen on its backend (greedy steps use matmul_top); 0: none */
 
 	void **owned;                   /* buffers this model allocated (norms, aligned copies) */
 	size_t n_owned, cap_owned;

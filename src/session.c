@@ -613,7 +613,7 @@ static int logits_out(struct dsm_session *s, struct dsm_step_seq *q, int n, cons
 		if (q[i].rc || q[i].mode == DSM_LOGITS_NONE)
 			continue;
 		const struct dsm_step_part *p = &s->parts[part_of[i]];
-		if (q[i].mode == DSM_LOGITS_LAST) {
+		if (q[i].mode == DSM_LOGITS_LAST || q[i].mode == DSM_LOGITS_TOP) {
 			if ((rc = be->rmsnorm(be, 1, D, st->x + (p->row0 + p->n - 1) * D, D, w->final_norm, eps,
 					      st->xn + rows++ * D)) < 0)
 				return rc;
@@ -628,11 +628,21 @@ static int logits_out(struct dsm_session *s, struct dsm_step_seq *q, int n, cons
 	}
 	if (!rows)
 		return 0;
-	if ((rc = be->matmul(be, &w->head, rows, st->xn, st->logits)) < 0)
+	/* one row of logits, for greedy decoding: its largest value is all it needs */
+	int top = 0;
+	for (int i = 0; i < n; i++)
+		top |= !q[i].rc && q[i].mode == DSM_LOGITS_TOP;
+	if (top && rows == 1 && m->head_screen_bytes) {
+		if ((rc = be->matmul_top(be, &w->head, st->xn, st->logits)) < 0)
+			return rc;
+		s->times.top_steps++;
+		s->times.top_rows += rc;
+	} else if ((rc = be->matmul(be, &w->head, rows, st->xn, st->logits)) < 0) {
 		return rc;
+	}
 	rows = 0;
 	for (int i = 0; i < n; i++)
-		if (!q[i].rc && q[i].mode == DSM_LOGITS_LAST &&
+		if (!q[i].rc && (q[i].mode == DSM_LOGITS_LAST || q[i].mode == DSM_LOGITS_TOP) &&
 		    (rc = dsm_to_host_queued(s, q[i].logits, st->logits + rows++ * V, row_bytes)) < 0)
 			return rc;
 	return dsm_device_wait(s);

@@ -69,6 +69,9 @@ enum dsm_logits_mode {
 	DSM_LOGITS_NONE,                /* no logits (the caches are still filled) */
 	DSM_LOGITS_LAST,                /* logits [V] of the last token */
 	DSM_LOGITS_ALL,                 /* logits [n, V] of every token */
+	DSM_LOGITS_TOP,                 /* greedy decoding: logits [V] of the last token, exact wherever a value can
+					 * be the largest, -INFINITY elsewhere (the backend's matmul_top, when the step
+					 * has no other row of logits; else all exact, as LAST) */
 };
 
 /* ---- Sequences ---- */
@@ -134,6 +137,8 @@ struct dsm_step_times {
 	double device;      /* the forward pass on a device (not its experts): its queue's time on the step's work,
 			     * from events (within the parts above, which are host wall time) */
 	int64_t steps, tokens;
+	int64_t top_steps;  /* steps whose head ran screened (DSM_LOGITS_TOP) */
+	int64_t top_rows;   /* the rows of the head they computed, all together */
 };
 /* The times since the session began or since times were last reset (reset != 0 zeroes them after copying). */
 void dsm_session_times(struct dsm_session *s, struct dsm_step_times *t, int reset);

@@ -24,8 +24,8 @@ d = json.load(open(path)); m = d["memory"]; t = d["timings"]
 MB = 1 << 20
 growth = m["rss_anon_end_bytes"] - m["rss_anon_after_first_token_bytes"]
 # heap: KV cache + step buffers + backend scratch + libraries (oneDNN, OpenMP): under 64 MB on top, and the
-# weights read into huge pages of their own (anonymous memory)
-heap_limit = m["kv_cache_bytes"] + m["buffers_bytes"] + 64 * MB + m["weights_huge_bytes"]
+# weights read into huge pages of their own (anonymous memory), and greedy decoding's copy of the head
+heap_limit = m["kv_cache_bytes"] + m["buffers_bytes"] + 64 * MB + m["weights_huge_bytes"] + m["head_screen_bytes"]
 print("%s: --ctx %d, %d tokens decoded at %.2f tok/s; mapped weights %.1f MB (in huge pages %.1f MB, file pages resident %.1f MB), "
       "KV cache %.1f MB, buffers %.1f MB, heap resident %.1f MB (limit %.1f MB), growth during decode %.2f MB, "
       "peak RSS %.1f MB"

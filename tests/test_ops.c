@@ -134,6 +134,83 @@ static void test_bf16_walks(struct dsm_backend *be)
 	weight_free(&big);
 }
 
+/* The head's screen (head_top.c). Its integer dots equal the scalar reference in every walk, also at the
+ * largest codes and activations, where a 32-bit lane is nearest to overflowing. matmul_top gives, in the rows
+ * it computes, the bits of matmul, and every row it leaves out is below matmul's largest value; the largest
+ * value's rows (ties too) are always computed. On random weights it computes few rows; with a zero x (every
+ * value equal) or no screen for the matrix, all of them. */
+static void test_head_top(struct dsm_backend *be)
+{
+	if (!dsm_isa_available(DSM_ISA_AVX512BF16)) {
+		printf("head screen: not tested, this CPU has no AVX-512 BF16\n");
+		return;
+	}
+	static const int64_t dims[][2] = { { 7, 33 }, { 130, 1024 }, { 9, 16500 } };
+	for (int s = 0; s < 3; s++)
+		for (int v = 0; v < CPU_BF16_WALKS; v++)
+			for (int extreme = 0; extreme < 2; extreme++) {
+				int64_t rows = dims[s][0], cols = dims[s][1], ld = (cols + 31) / 32 * 32;
+				int32_t xmax = cpu_top_xq_max(cols);
+				int8_t *q = malloc((size_t)(rows * cols));
+				int16_t *xq = aligned_alloc(64, sizeof(int16_t) * (size_t)ld);
+				for (int64_t i = 0; i < rows * cols; i++)
+					q[i] = (int8_t)(extreme ? -127 : (int)(rnd() % 255) - 127);
+				for (int64_t i = 0; i < ld; i++)
+					xq[i] = (int16_t)(i >= cols ? 0 : extreme ? -xmax : (int32_t)(rnd() % (2u * xmax + 1)) - xmax);
+				int64_t *d = malloc(sizeof(int64_t) * (size_t)rows), *dr = malloc(sizeof(int64_t) * (size_t)rows);
+				cpu_bf16_walk = v;
+				cpu_top_dots(q, cols, 0, rows, xq, d);
+				cpu_top_dots_scalar(q, cols, 0, rows, xq, dr);
+				CHECK(memcmp(d, dr, sizeof(int64_t) * (size_t)rows) == 0, "screen dots %lldx%lld walk %s extreme %d: "
+				      "%lld against %lld", (long long)rows, (long long)cols, cpu_bf16_walks[v].name, extreme,
+				      (long long)d[0], (long long)dr[0]);
+				cpu_bf16_walk = 0;
+				free(q), free(xq), free(d), free(dr);
+			}
+	static const int64_t shapes[][2] = { { 3000, 256 }, { 1201, 1024 }, { 600, 200 } };
+	for (int s = 0; s < 3; s++) {
+		int64_t V = shapes[s][0], D = shapes[s][1];
+		struct weight w;
+		weight_init(&w, DSM_BF16, V + 5, D);
+		uint16_t *wb = w.data;
+		memcpy(wb + 20 * D, wb + 8 * D, sizeof(uint16_t) * (size_t)D); /* rows 17 and 5 of the view tie */
+		struct dsm_mat m = dsm_mat_rows(w.m, 3, V);
+		float *y = out_buf((size_t)V), *yf = out_buf((size_t)V), *x = malloc(sizeof(float) * (size_t)D);
+		CHECK(be->top_prepare(be, &m) == 0, "%s", dsm_errmsg());
+		int64_t computed = 0;
+		for (int k = 0; k < 40; k++) {
+			for (int64_t i = 0; i < D; i++) /* random, one large outlier, a zero vector, row 5 itself */
+				x[i] = k == 38 ? 0 : k == 39 ? dsm_bf16_to_f32(wb[8 * D + i]) : urand() * (i == k ? 50 : 1);
+			int rc = be->matmul_top(be, &m, x, y);
+			CHECK(rc > 0 && rc <= V, "matmul_top: %d: %s", rc, dsm_errmsg());
+			CHECK(be->matmul(be, &m, 1, x, yf) == 0, "%s", dsm_errmsg());
+			CHECK(sentinels_ok(y, (size_t)V), "matmul_top wrote past its output");
+			int64_t best = 0;
+			for (int64_t j = 1; j < V; j++)
+				best = yf[j] > yf[best] ? j : best;
+			for (int64_t j = 0; j < V; j++) {
+				if (isinf(y[j]) && y[j] < 0) {
+					CHECK(yf[j] < yf[best], "%lldx%lld x %d: row %lld (%g) left out, the largest is %g",
+					      (long long)V, (long long)D, k, (long long)j, yf[j], yf[best]);
+					continue;
+				}
+				CHECK(memcmp(&y[j], &yf[j], sizeof(float)) == 0, "%lldx%lld x %d: row %lld: %g against %g",
+				      (long long)V, (long long)D, k, (long long)j, y[j], yf[j]);
+			}
+			CHECK(k != 38 || rc == V, "a zero x: %d of %lld rows computed", rc, (long long)V);
+			CHECK(k != 39 || (y[5] == yf[5] && y[17] == yf[17]), "the tied rows were left out");
+			if (k < 38)
+				computed += rc;
+		}
+		CHECK(computed < 38 * V / 20, "%lldx%lld: %lld rows computed in 38 random vectors of %lld rows",
+		      (long long)V, (long long)D, (long long)computed, (long long)V);
+		struct dsm_mat other = dsm_mat_rows(w.m, 2, V);
+		CHECK(be->matmul_top(be, &other, x, y) == V, "a matrix without a screen: not all rows");
+		free(y), free(yf), free(x);
+		weight_free(&w);
+	}
+}
+
 /* matmul_heads (the absorbed attention's per-head multiplies) against the reference of each head's view alone:
  * heads of 40 or 56 rows at a stride of 96 rows (as kv_b's k and v halves), inputs and outputs at padded head
  * strides whose gaps must stay untouched; 200 columns (a ragged end after the 64-column chunks). */
@@ -594,6 +671,7 @@ int main(void)
 		worst_nmse = 0;
 		test_matmul(be);
 		test_bf16_walks(be);
+		test_head_top(be);
 		test_matmul_heads(be);
 		test_ffn(be);
 		test_moe(be);

@@ -147,6 +147,12 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 		struct dsm_engine_report er;
 		dsm_engine_report(e, (uint64_t)g.n, g.prefill_seconds + g.decode_seconds, &er);
 		double n = (double)st.steps, tps = n / (st.attention + st.router + st.experts + st.dense + st.head + st.other);
+		/* the steps whose head was screened read its one-byte copy and their rows computed, not the BF16 head */
+		double V = (double)m->cfg.vocab_size, D = (double)m->cfg.hidden_size, full = 2 * V * D;
+		double rows = st.top_steps ? (double)st.top_rows / (double)st.top_steps : 0;
+		double screened = V * D + 12 * V + rows * 2 * D;
+		if (st.top_steps)
+			bpt -= (double)st.top_steps / n * (full - screened);
 		double probe = (before + after) / 2, eff = bpt * tps / 1e9, ratio = probe > 0 ? eff / probe : 0;
 		const char *variant = dsm_gemv_variants[dsm_gemv_variant].name, *head_walk = dsm_cpu_bf16_gemv_walk();
 		struct { const char *name; double s; } part[] = {
@@ -157,8 +163,10 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 			printf("{\"bench\": \"e2e\", \"mode\": \"resident\", \"model\": \"%s\", \"threads\": %d, "
 			       "\"steps\": %lld, \"tokens_per_second\": %.3f, \"bytes_per_token\": %.0f, \"effective_gbs\": %.3f, "
 			       "\"dram_probe_gbs\": %.3f, \"dram_probe_before_gbs\": %.3f, \"dram_probe_after_gbs\": %.3f, "
-			       "\"traffic_ratio\": %.3f, \"decode_kernel\": \"%s\", \"head_kernel\": \"%s\"", dir, er.threads,
-			       (long long)st.steps, tps, bpt, eff, probe, before, after, ratio, variant, head_walk);
+			       "\"traffic_ratio\": %.3f, \"decode_kernel\": \"%s\", \"head_kernel\": \"%s\", "
+			       "\"head_screened_steps\": %lld, \"head_rows_per_screened_step\": %.1f", dir, er.threads,
+			       (long long)st.steps, tps, bpt, eff, probe, before, after, ratio, variant, head_walk,
+			       (long long)st.top_steps, rows);
 			for (size_t i = 0; i < sizeof part / sizeof part[0]; i++)
 				printf(", \"%s_ms_per_token\": %.3f", part[i].name, 1e3 * part[i].s / n);
 			printf("}\n");
@@ -166,8 +174,12 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 			printf("e2e: %s, every weight in memory, %lld decode steps of one token, %d threads\n", dir,
 			       (long long)st.steps, er.threads);
 			printf("  decode              %7.3f tok/s\n", tps);
-			printf("  weights per token   %7.1f MB (experts chosen, every resident weight but the embeddings)\n",
-			       bpt / 1e6);
+			printf("  weights per token   %7.1f MB (experts chosen, every resident weight but the embeddings%s)\n",
+			       bpt / 1e6, st.top_steps ? ", the head as read" : "");
+			if (st.top_steps)
+				printf("  head                screened in %lld of %lld steps: %.1f MB read instead of %.1f, %.1f rows "
+				       "a step multiplied\n", (long long)st.top_steps, (long long)st.steps, screened / 1e6,
+				       full / 1e6, rows);
 			printf("  effective read      %7.2f GB/s = %.3f of the DRAM probe %.2f GB/s (%.2f before, %.2f after)\n",
 			       eff, ratio, probe, before, after);
 			print_walk("decode kernel", &er.tune, variant);

@@ -11,8 +11,11 @@ For each model in turn (after one uncounted decode of each engine, which brings 
 page cache), each round runs, for every thread count, in this order: llama-bench, once for each of its
 weight-loading modes in --llama-mmap (-mmp: 1 maps the GGUF file, 0 reads it into memory; neither is faster on
 every model and host), prefill (-p P) and decode (-n N) in one call; then dsm-run decode (--tokens 0 -n N+1
---ignore-eos) and prefill (P prompt tokens, -n 1). Both engines decode N tokens from an empty context, one at
-a time, and prefill P tokens in one go. llama-bench repeats each test --llama-reps times and the first
+--ignore-eos), the same with --full-head, and prefill (P prompt tokens, -n 1). Both engines decode N tokens
+from an empty context, one at a time, and prefill P tokens in one go. dsm-run decodes greedily (its default):
+it then multiplies only the rows of the head that can hold the largest logit, after a copy of the head at
+one byte a weight; with --full-head it multiplies the whole head for every token, as llama-bench (which
+samples nothing) and as dsm does when it samples. llama-bench repeats each test --llama-reps times and the first
 repetition after loading is not counted (it runs cold: a third of the later ones' rate where pages are first
 touched; dsm touches its weights when it opens them, before any timing); each cell compares dsm against the
 faster mode: the peer at its best.
@@ -35,10 +38,10 @@ def llama(bench, gguf, threads, p, n, mmap, reps):
     return warm[0], warm[1]
 
 
-def dsm(run, model, threads, prompt, n):
+def dsm(run, model, threads, prompt, n, *extra):
     args = [run, "-m", model, "--tokens", ",".join(str(100 + i) for i in range(prompt)), "-n", str(n),
             "--ignore-eos", "-t", str(threads), "--ctx", str(max(prompt + n + 16, 512)),
-            "--batch", str(max(prompt, 128))]
+            "--batch", str(max(prompt, 128))] + list(extra)
     err = subprocess.run(args, capture_output=True, text=True, check=True).stderr
     m = re.search(r"prefill \d+ tokens in [\d.]+ s \(([\d.]+) tok/s\), decode \d+ tokens in [\d.]+ s \(([\d.]+) tok/s",
                   err)
@@ -97,10 +100,11 @@ def main():
                     row["llama_prefill_mmap%d" % m], row["llama_decode_mmap%d" % m] = llama(
                         a.llama_bench, gguf, t, a.prefill, a.decode, m, a.llama_reps)
                 _, row["dsm_decode"] = dsm(a.dsm_run, ddir, t, 1, a.decode + 1)
+                _, row["dsm_decode_full_head"] = dsm(a.dsm_run, ddir, t, 1, a.decode + 1, "--full-head")
                 row["dsm_prefill"], _ = dsm(a.dsm_run, ddir, t, a.prefill, 1)
                 runs.append(row)
-                print("round %d %-8s %d thread(s): decode dsm %.2f llama.cpp %s tok/s, prefill dsm %.1f llama.cpp "
-                      "%s tok/s" % (r + 1, name, t, row["dsm_decode"],
+                print("round %d %-8s %d thread(s): decode dsm %.2f (--full-head %.2f) llama.cpp %s tok/s, prefill dsm "
+                      "%.1f llama.cpp %s tok/s" % (r + 1, name, t, row["dsm_decode"], row["dsm_decode_full_head"],
                                     " ".join("%.2f (mmap %d)" % (row["llama_decode_mmap%d" % m], m) for m in mmaps),
                                     row["dsm_prefill"],
                                     " ".join("%.1f (mmap %d)" % (row["llama_prefill_mmap%d" % m], m) for m in mmaps)),
@@ -112,14 +116,15 @@ def main():
         if probes[0]["onednn_gflops_m256"]:
             print("oneDNN BF16 matmul, 256 tokens (dsm-bench kernels, all threads): %.1f GFLOP/s before, %.1f after"
                   % tuple(p["onednn_gflops_m256"] for p in probes))
-    print("\n| model | threads | decode dsm | decode llama.cpp (mmap) | dsm / llama.cpp | prefill dsm | "
-          "prefill llama.cpp (mmap) | dsm / llama.cpp |\n|---|---|---|---|---|---|---|---|")
+    print("\n| model | threads | decode dsm | decode dsm --full-head | decode llama.cpp (mmap) | dsm / llama.cpp | "
+          "--full-head / llama.cpp | prefill dsm | prefill llama.cpp (mmap) | dsm / llama.cpp |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     summary = []
     ddirs = {name: ddir for name, ddir, _ in a.model}
     for name, _, _ in a.model:
         for t in threads:
             rows = [x for x in runs if x["model"] == name and x["threads"] == t]
-            keys = ["dsm_decode", "dsm_prefill"] + ["llama_%s_mmap%d" % (k, m) for k in ("decode", "prefill")
+            keys = ["dsm_decode", "dsm_decode_full_head", "dsm_prefill"] + ["llama_%s_mmap%d" % (k, m) for k in ("decode", "prefill")
                                                      for m in mmaps]
             med = {k: statistics.median(x[k] for x in rows) for k in keys}
             for k in ("decode", "prefill"):  # the peer at its best: the faster loading mode's median
@@ -127,12 +132,14 @@ def main():
                 med["llama_" + k], med["llama_%s_mmap" % k] = med["llama_%s_mmap%d" % (k, best)], best
             med.update(model=name, threads=t, rounds=len(rows),
                        decode_ratio=med["dsm_decode"] / med["llama_decode"],
+                       full_head_ratio=med["dsm_decode_full_head"] / med["llama_decode"],
                        prefill_ratio=med["dsm_prefill"] / med["llama_prefill"])
             if a.dsm_inspect:
                 med["prefill_gflop_per_token"] = prefill_gflop_per_token(a.dsm_inspect, ddirs[name])
             summary.append(med)
-            print("| %s | %d | %.2f | %.2f (%d) | **%.2f** | %.1f | %.1f (%d) | **%.2f** |" % (
-                name, t, med["dsm_decode"], med["llama_decode"], med["llama_decode_mmap"], med["decode_ratio"],
+            print("| %s | %d | %.2f | %.2f | %.2f (%d) | **%.2f** | %.2f | %.1f | %.1f (%d) | **%.2f** |" % (
+                name, t, med["dsm_decode"], med["dsm_decode_full_head"], med["llama_decode"],
+                med["llama_decode_mmap"], med["decode_ratio"], med["full_head_ratio"],
                 med["dsm_prefill"], med["llama_prefill"], med["llama_prefill_mmap"], med["prefill_ratio"]))
     gemm = [p["onednn_gflops_m256"] for p in probes if p.get("onednn_gflops_m256")]
     if a.dsm_inspect and gemm:

@@ -44,6 +44,7 @@ static void cpu_destroy(struct dsm_backend *be)
 	cpu_scratch_free(&cb->ffn);
 	cpu_scratch_free(&cb->attn);
 	cpu_scratch_free(&cb->moe);
+	cpu_top_free(&cb->top);
 	free(cb);
 }
 
@@ -185,6 +186,8 @@ int dsm_cpu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->matmul = cpu_matmul;
 	be->matmul_t = cpu_matmul_t;
 	be->matmul_heads = cpu_matmul_heads;
+	be->top_prepare = cpu_top_prepare;
+	be->matmul_top = cpu_matmul_top;
 	be->ffn = cpu_ffn;
 	be->moe = cpu_moe;
 	be->rmsnorm = cpu_rmsnorm;

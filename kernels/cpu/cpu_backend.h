@@ -17,6 +17,19 @@ struct cpu_scratch {
 	size_t bytes;
 };
 
+/* The head's screen for greedy decoding (head_top.c): int8 codes of each row and its bounds' constants. */
+struct cpu_top_row {
+	float scale, a, b; /* s_r; ||r_r|| + gamma_D ||W_r|| and s_r ||q_r||, rounded up */
+};
+struct cpu_top {
+	const void *data;  /* the head it was built from (data, row0, rows, cols); NULL: none */
+	int64_t row0, rows, cols;
+	int8_t *q;         /* [rows, cols] */
+	struct cpu_top_row *row;
+	double slack;      /* per unit of max|x| + 1: values below 2^-126 flushed; INFINITY: never screened */
+	size_t bytes;
+};
+
 struct cpu_backend {
 	struct dsm_backend be;          /* first: a struct dsm_backend * points here */
 	struct dsm_dnnl *dnnl;
@@ -28,6 +41,7 @@ struct cpu_backend {
 	struct cpu_scratch attn;        /* attention scores */
 	struct cpu_scratch moe;         /* the MoE layer's experts, or its gathered tokens */
 	struct dsm_wait_clock wait;     /* waiting in the backend's own parallel regions (the head, per-head ops) */
+	struct cpu_top top;             /* the head's screen, when prepared */
 };
 
 static inline struct cpu_backend *cpu_of(struct dsm_backend *be)
@@ -87,6 +101,18 @@ int64_t cpu_bf16_act_ld(int64_t cols);
 void cpu_bf16_gemv_pack(const float *x, int64_t n, int64_t cols, uint16_t *xb);
 void cpu_bf16_gemv_rows(const uint16_t *w, int64_t cols, int64_t r0, int64_t r1, int64_t n, const float *x,
 			const uint16_t *xb, float *y, int64_t ldy);
+
+/* The head's screen (head_top.c). cpu_top_prepare builds it for w (BF16, AVX-512 BF16; else DSM_EUNSUPPORTED);
+ * cpu_matmul_top: y [w.rows] = w x for one x, exact (the bits of cpu_matmul) for every row that can hold the
+ * largest value and -INFINITY for the others; without a screen for w, all rows. Returns the rows computed. */
+int cpu_top_prepare(struct dsm_backend *be, const struct dsm_mat *w);
+int cpu_matmul_top(struct dsm_backend *be, const struct dsm_mat *w, const float *x, float *y);
+void cpu_top_free(struct cpu_top *t);
+/* Its integer dots, dot[r - r0] = q_r . xq for rows [r0, r1) of q [*, cols] (xq 64-byte aligned, zero-padded to
+ * a multiple of 32; |xq| <= cpu_top_xq_max(cols)): the AVX-512 walk (as the head's) and the scalar reference. */
+int32_t cpu_top_xq_max(int64_t cols);
+void cpu_top_dots(const int8_t *q, int64_t cols, int64_t r0, int64_t r1, const int16_t *xq, int64_t *dot);
+void cpu_top_dots_scalar(const int8_t *q, int64_t cols, int64_t r0, int64_t r1, const int16_t *xq, int64_t *dot);
 
 int cpu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
 int cpu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);

@@ -1,0 +1,272 @@
+/* The greedy decode's head: the logits that can be the largest, exact, after reading about half the head.
+ *
+ * The head W [V, D] is BF16, 2 bytes a weight, and greedy decoding needs only the row of the largest logit. A
+ * screen, one byte a weight, bounds every row's logit; only the rows that can still be the largest are then
+ * computed, by the head's own GEMV (bf16_gemv.c): the same bits as the full multiply, so the same argmax.
+ *
+ * The screen (built once, cpu_top_prepare): row r as int8 codes q_r with a scale s_r = max|W_r| / 127, its
+ * residual r_r = W_r - s_r q_r, and two constants rounded up:
+ *   A_r = ||r_r|| + gamma_D ||W_r||,   B_r = s_r ||q_r||,   gamma_D = D u / (1 - D u), u = 2^-24.
+ * Per token: x, the activations the GEMV multiplies (BF16-rounded in bf16 precision), quantized to int16,
+ * x = s_x xq + e_x; the screen's value a_r = s_r s_x (q_r . xq) is an exact integer product. Then
+ *   |W_r . x - a_r| <= |r_r . x| + s_r |q_r . e_x| <= ||x|| ||r_r|| + ||e_x|| s_r ||q_r||   (Cauchy-Schwarz),
+ * and the F32 value y_r the GEMV computes is within gamma_D sum_i |W_ri x_i| <= gamma_D ||W_r|| ||x|| of W_r . x
+ * (any order of the additions). So y_r lies in [a_r - b_r, a_r + b_r] with b_r = ||x|| A_r + ||e_x|| B_r (and a
+ * margin for the double arithmetic, the flushing of values below 2^-126, and float rounding of A_r, B_r). A row
+ * whose upper end is below the largest lower end cannot hold the largest y_r: it gets -INFINITY.
+ *
+ * Bytes per token: D + 12 per row and D 2 bytes per candidate row, against 2 D per row. On random weights a few
+ * rows in ten thousand stay candidates; past an eighth of the rows the whole head is multiplied instead. */
+#include "cpu_backend.h"
+#include "error.h"
+#include "expert_internal.h"
+
+#include <float.h>
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#define DSM_INT8_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#define ROWS 4
+#define HUGE_PAGE (2u << 20)
+
+void cpu_top_free(struct cpu_top *t)
+{
+	free(t->q);
+	free(t->row);
+	*t = (struct cpu_top){ 0 };
+}
+
+/* The largest |xq| with which no 32-bit lane of the int8 x int16 dot can overflow: a lane adds 2 products of
+ * at most 127 |xq| per 32 columns. */
+int32_t cpu_top_xq_max(int64_t cols)
+{
+	int64_t per_lane = 2 * ((cols + 31) / 32) * 127, x = INT32_MAX / per_lane;
+	return (int32_t)(x < 32767 ? x : 32767);
+}
+
+/* ---- The integer dot: rows [r0, r1) of q [*, cols] with xq [cols rounded up to 32, zero past cols] ---- */
+
+void cpu_top_dots_scalar(const int8_t *q, int64_t cols, int64_t r0, int64_t r1, const int16_t *xq, int64_t *dot)
+{
+	for (int64_t r = r0; r < r1; r++) {
+		int64_t s = 0;
+		for (int64_t c = 0; c < cols; c++)
+			s += (int64_t)q[r * cols + c] * xq[c];
+		dot[r - r0] = s;
+	}
+}
+
+DSM_INT8_TARGET static ALWAYS_INLINE void rows_int8(const int8_t *q, int64_t cols, int64_t r, int R,
+						    const int16_t *xq, int64_t *dot, int64_t pf, int64_t far)
+{
+	__m512i acc[ROWS];
+	for (int i = 0; i < R; i++)
+		acc[i] = _mm512_setzero_si512();
+	for (int64_t c = 0; c < cols; c += 32) {
+		__m512i xv = _mm512_load_si512(xq + c);
+		int64_t left = cols - c;
+		__mmask32 m = left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1);
+		for (int i = 0; i < R; i++) {
+			const int8_t *p = q + (r + i) * cols + c;
+			_mm_prefetch((const char *)p + pf, _MM_HINT_T0);
+			if (far)
+				_mm_prefetch((const char *)p + far, _MM_HINT_T2);
+			__m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, p));
+			acc[i] = _mm512_add_epi32(acc[i], _mm512_madd_epi16(wv, xv));
+		}
+	}
+	for (int i = 0; i < R; i++) {
+		__m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc[i]));
+		__m512i hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(acc[i], 1));
+		dot[i] = _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
+	}
+}
+
+/* The same rows in the head's walk (cpu_bf16_walks): groups of 4 rows or single rows, prefetched as there. */
+DSM_INT8_TARGET void cpu_top_dots(const int8_t *q, int64_t cols, int64_t r0, int64_t r1, const int16_t *xq,
+				  int64_t *dot)
+{
+	const struct cpu_bf16_walk *walk = &cpu_bf16_walks[cpu_bf16_walk];
+	int64_t r = r0, far = (int64_t)dsm_far_prefetch((size_t)walk->far, (size_t)cols, ROWS);
+	if (walk->group == ROWS)
+		for (; r + ROWS <= r1; r += ROWS)
+			rows_int8(q, cols, r, ROWS, xq, dot + r - r0, ROWS * cols, far);
+	for (; r < r1; r++)
+		rows_int8(q, cols, r, 1, xq, dot + r - r0, walk->prefetch ? walk->prefetch : cols, 0);
+}
+
+/* ---- The screen ---- */
+
+static float up(double v)
+{
+	return (float)(v * (1 + 1e-6));
+}
+
+/* One row of the head: its codes and constants. Returns max|W_r|, or INFINITY when the row holds a NaN or
+ * an infinity. In double, the residual and the squares are exact or nearly (53 bits). */
+DSM_INT8_TARGET static double screen_row(const uint16_t *wr, int64_t D, double gamma, int8_t *qr,
+					 struct cpu_top_row *out)
+{
+	__m512 mx = _mm512_setzero_ps();
+	__mmask16 bad = 0;
+	for (int64_t c = 0; c < D; c += 16) {
+		__mmask16 m = D - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (D - c)) - 1);
+		__m512 a = _mm512_abs_ps(dsm_bf16x16_f32(_mm256_maskz_loadu_epi16(m, wr + c)));
+		bad |= _mm512_cmp_ps_mask(a, _mm512_set1_ps(FLT_MAX), _CMP_NLE_UQ);
+		mx = _mm512_max_ps(mx, a);
+	}
+	float big = _mm512_reduce_max_ps(mx);
+	if (bad)
+		return INFINITY;
+	float s = big > 0 ? big / 127 : 1.0f;
+	__m512 inv = _mm512_set1_ps(1 / s); /* any code will do (the bounds are of the code stored): about the nearest */
+	__m512d sd = _mm512_set1_pd(s), ww = _mm512_setzero_pd(), rr = ww, qq = ww;
+	for (int64_t c = 0; c < D; c += 16) {
+		__mmask16 m = D - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (D - c)) - 1);
+		__m512 f = dsm_bf16x16_f32(_mm256_maskz_loadu_epi16(m, wr + c));
+		__m512i k = _mm512_cvtps_epi32(_mm512_mul_ps(f, inv));
+		k = _mm512_max_epi32(_mm512_min_epi32(k, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+		_mm512_mask_cvtsepi32_storeu_epi8(qr + c, m, k);
+		for (int h = 0; h < 2; h++) {
+			__m512d fd = _mm512_cvtps_pd(h ? _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))
+						      : _mm512_castps512_ps256(f));
+			__m512d kd = _mm512_cvtepi32_pd(h ? _mm512_extracti64x4_epi64(k, 1) : _mm512_castsi512_si256(k));
+			__m512d res = _mm512_fnmadd_pd(sd, kd, fd); /* exact: s k has at most 31 significant bits */
+			ww = _mm512_fmadd_pd(fd, fd, ww);
+			rr = _mm512_fmadd_pd(res, res, rr);
+			qq = _mm512_fmadd_pd(kd, kd, qq);
+		}
+	}
+	*out = (struct cpu_top_row){ s, up(sqrt(_mm512_reduce_add_pd(rr)) + gamma * sqrt(_mm512_reduce_add_pd(ww))),
+				     up((double)s * sqrt(_mm512_reduce_add_pd(qq))) };
+	return big;
+}
+
+int cpu_top_prepare(struct dsm_backend *be, const struct dsm_mat *w)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	struct cpu_top *t = &cb->top;
+	int bf16 = be->precision == DSM_PRECISION_BF16;
+	if (w->dtype != DSM_BF16 || !cpu_bf16_gemv_available(bf16) || !dsm_isa_available(DSM_ISA_AVX512BF16))
+		return dsm_fail(DSM_EUNSUPPORTED, "the head's screen needs BF16 weights and AVX-512 BF16");
+	cpu_top_free(t);
+	int64_t V = w->rows, D = w->cols;
+	size_t bytes = ((size_t)V * (size_t)D + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+	void *q = NULL;
+	if (posix_memalign(&q, HUGE_PAGE, bytes) != 0 || !(t->row = malloc(sizeof *t->row * (size_t)V))) {
+		free(q);
+		free(t->row);
+		t->row = NULL;
+		return dsm_fail(DSM_ENOMEM, "out of memory for the head's screen (%.3g GB)", (double)bytes / 1e9);
+	}
+#ifdef MADV_HUGEPAGE
+	madvise(q, bytes, MADV_HUGEPAGE); /* read once a token, like the weights: fewer TLB misses */
+#endif
+	t->q = q;
+	const uint16_t *wb = (const uint16_t *)w->data + (size_t)w->row0 * (size_t)D;
+	double gamma = (double)D * 0x1p-24 / (1 - (double)D * 0x1p-24), big = 0;
+#pragma omp parallel for schedule(static) reduction(max : big)
+	for (int64_t r = 0; r < V; r++)
+		big = fmax(big, screen_row(wb + r * D, D, gamma, t->q + r * D, &t->row[r]));
+	/* Below 2^-126 vdpbf16ps reads its inputs and writes its sums as zero: less than 2^-126 (max|W| + 1)
+	 * (max|x| + 1) per column and per addition (the call multiplies by its max|x| + 1). A NaN or infinite
+	 * weight leaves no bound: such a head is never screened. */
+	t->slack = isfinite(big) ? (double)D * 0x1p-124 * (big + 1) : INFINITY;
+	t->data = w->data;
+	t->row0 = w->row0;
+	t->rows = V;
+	t->cols = D;
+	t->bytes = bytes + sizeof *t->row * (size_t)V;
+	return 0;
+}
+
+/* y = W x for one x [D] of the prepared head: exact (as cpu_matmul) where the row can hold the largest value,
+ * -INFINITY elsewhere. Returns the number of rows computed exactly, or a negative code. */
+int cpu_matmul_top(struct dsm_backend *be, const struct dsm_mat *w, const float *x, float *y)
+{
+	struct cpu_backend *cb = cpu_of(be);
+	const struct cpu_top *t = &cb->top;
+	int64_t V = w->rows, D = w->cols;
+	if (!t->q || t->data != w->data || t->row0 != w->row0 || t->rows != V || t->cols != D || !isfinite(t->slack)) {
+		int rc = cpu_matmul(be, w, 1, x, y);
+		return rc < 0 ? rc : (int)V;
+	}
+	int bf16 = be->precision == DSM_PRECISION_BF16;
+	int64_t ld = cpu_bf16_act_ld(D);
+	size_t xb_bytes = bf16 ? sizeof(uint16_t) * (size_t)ld : 0;
+	size_t xq_bytes = sizeof(int16_t) * (size_t)ld; /* ld: a multiple of 32, so both stay 64-byte aligned */
+	char *scratch = cpu_scratch_get(&cb->act, xb_bytes + xq_bytes + (sizeof(double) + sizeof(int64_t)) * (size_t)V);
+	if (!scratch)
+		return DSM_ENOMEM;
+	uint16_t *xb = bf16 ? (uint16_t *)scratch : NULL;
+	int16_t *xq = (int16_t *)(scratch + xb_bytes);
+	double *hi = (double *)(scratch + xb_bytes + xq_bytes);
+	int64_t *cand = (int64_t *)(hi + V);
+	/* x as the GEMV sees it, its norm, its int16 form and the norm of what that form misses */
+	if (bf16)
+		cpu_bf16_gemv_pack(x, 1, D, xb);
+	double amax = 0, xx = 0;
+	for (int64_t i = 0; i < D; i++) {
+		double v = bf16 ? (double)dsm_bf16_to_f32(xb[i]) : (double)x[i];
+		amax = fmax(amax, fabs(v));
+		xx += v * v;
+	}
+	if (!isfinite(xx)) {
+		int rc = cpu_matmul(be, w, 1, x, y);
+		return rc < 0 ? rc : (int)V;
+	}
+	double sx = amax > 0 ? amax / cpu_top_xq_max(D) : 1, ee = 0;
+	for (int64_t i = 0; i < ld; i++) {
+		double v = i < D ? (bf16 ? (double)dsm_bf16_to_f32(xb[i]) : (double)x[i]) : 0;
+		double k = nearbyint(v / sx);
+		xq[i] = (int16_t)k;
+		ee += (v - k * sx) * (v - k * sx);
+	}
+	double xn = sqrt(xx) * (1 + 1e-12), en = sqrt(ee) * (1 + 1e-12), slack = t->slack * (amax + 1);
+	const uint16_t *wb = (const uint16_t *)w->data + (size_t)w->row0 * (size_t)D;
+	int64_t groups = (V + 3) / 4;
+	double best = -INFINITY;
+#pragma omp parallel if (V * D >= CPU_PARALLEL_MIN)
+	{
+		int64_t team = omp_get_num_threads(), chunks = team * 16;
+		double mine = -INFINITY;
+		int64_t dot[64];
+#pragma omp for schedule(dynamic, 1) nowait
+		for (int64_t k = 0; k < chunks; k++) {
+			int64_t a = groups * k / chunks * 4, b = groups * (k + 1) / chunks * 4;
+			int64_t end = b < V ? b : V;
+			for (int64_t r = a; r < end; r += 64) {
+				int64_t e = r + 64 < end ? r + 64 : end;
+				cpu_top_dots(t->q, D, r, e, xq, dot);
+				for (int64_t j = r; j < e; j++) {
+					const struct cpu_top_row *p = &t->row[j];
+					double a_j = (double)p->scale * sx * (double)dot[j - r];
+					double b_j = (xn * p->a + en * p->b + 1e-12 * fabs(a_j)) * (1 + 1e-9) + slack;
+					hi[j] = a_j + b_j;
+					mine = fmax(mine, a_j - b_j);
+				}
+			}
+		}
+#pragma omp critical
+		best = fmax(best, mine);
+	}
+	/* the rows whose upper end reaches the largest lower end */
+	int64_t n = 0;
+	for (int64_t j = 0; j < V; j++) {
+		y[j] = -INFINITY;
+		if (hi[j] >= best)
+			cand[n++] = j;
+	}
+	if (!isfinite(best) || n > V / 8) {
+		int rc = cpu_matmul(be, w, 1, x, y);
+		return rc < 0 ? rc : (int)V;
+	}
+#pragma omp parallel for schedule(dynamic, 16) if (n * D >= CPU_PARALLEL_MIN)
+	for (int64_t i = 0; i < n; i++)
+		cpu_bf16_gemv_rows(wb, D, cand[i], cand[i] + 1, 1, x, xb, y + cand[i], V);
+	return (int)n;
+}
