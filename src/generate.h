@@ -44,7 +44,8 @@ struct dsm_generate_io {
 	/* Text that is final (cannot become part of a stop string), in order. Nonzero return: stop. */
 	int (*on_text)(void *user, const char *text, size_t len);
 	/* Logits [n, vocab] at the given positions (prompt positions when prompt_logits, then each step's).
-	 * Nonzero return: stop. */
+	 * Nonzero return: stop. Set only when they are read: without it, a greedy request computes only the
+	 * rows of the head that can hold the largest logit (DSM_LOGITS_TOP). */
 	int (*on_logits)(void *user, int64_t pos, int64_t n, const float *logits);
 	/* After each generated token. Nonzero return: stop. */
 	int (*on_token)(void *user, int32_t id);
