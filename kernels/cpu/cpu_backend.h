@@ -27,7 +27,6 @@ struct cpu_top {
 	int8_t *q;         /* [rows, cols] */
 	struct cpu_top_row *row;
 	double slack;      /* per unit of max|x| + 1: values below 2^-126 flushed; INFINITY: never screened */
-	size_t bytes;
 };
 
 struct cpu_backend {

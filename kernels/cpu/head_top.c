@@ -180,7 +180,6 @@ int cpu_top_prepare(struct dsm_backend *be, const struct dsm_mat *w)
 	t->row0 = w->row0;
 	t->rows = V;
 	t->cols = D;
-	t->bytes = bytes + sizeof *t->row * (size_t)V;
 	return 0;
 }
 
@@ -219,14 +218,15 @@ int cpu_matmul_top(struct dsm_backend *be, const struct dsm_mat *w, const float 
 		int rc = cpu_matmul(be, w, 1, x, y);
 		return rc < 0 ? rc : (int)V;
 	}
-	double sx = amax > 0 ? amax / cpu_top_xq_max(D) : 1, ee = 0;
+	/* a power of two: x - s_x xq is exact in double */
+	double sx = amax > 0 ? ldexp(1, ilogb(amax / cpu_top_xq_max(D)) + 1) : 1, ee = 0;
 	for (int64_t i = 0; i < ld; i++) {
 		double v = i < D ? (bf16 ? (double)dsm_bf16_to_f32(xb[i]) : (double)x[i]) : 0;
 		double k = nearbyint(v / sx);
 		xq[i] = (int16_t)k;
 		ee += (v - k * sx) * (v - k * sx);
 	}
-	double xn = sqrt(xx) * (1 + 1e-12), en = sqrt(ee) * (1 + 1e-12), slack = t->slack * (amax + 1);
+	double xn = sqrt(xx) * (1 + 1e-9), en = sqrt(ee) * (1 + 1e-9), slack = t->slack * (amax + 1);
 	const uint16_t *wb = (const uint16_t *)w->data + (size_t)w->row0 * (size_t)D;
 	int64_t groups = (V + 3) / 4;
 	double best = -INFINITY;
