@@ -211,7 +211,7 @@ int cpu_matmul_top(struct dsm_backend *be, const struct dsm_mat *w, const float 
 	double amax = 0, xx = 0;
 	for (int64_t i = 0; i < D; i++) {
 		double v = bf16 ? (double)dsm_bf16_to_f32(xb[i]) : (double)x[i];
-		amax = fmax(amax, fabs(v));
+		amax = fabs(v) > amax ? fabs(v) : amax;
 		xx += v * v;
 	}
 	if (!isfinite(xx)) {
@@ -247,7 +247,7 @@ int cpu_matmul_top(struct dsm_backend *be, const struct dsm_mat *w, const float 
 					double a_j = (double)p->scale * sx * (double)dot[j - r];
 					double b_j = (xn * p->a + en * p->b + 1e-12 * fabs(a_j)) * (1 + 1e-9) + slack;
 					hi[j] = a_j + b_j;
-					mine = fmax(mine, a_j - b_j);
+					mine = a_j - b_j > mine ? a_j - b_j : mine;
 				}
 			}
 		}
