@@ -470,6 +470,7 @@ int bench_kernels_main(int argc, char **argv)
 	/* The head's BF16 GEMV walk, chosen as the engine chooses it at open (dsm_cpu_bf16_gemv_tune), on a head
 	 * of the presets' shape (129280 x 1024 BF16, 265 MB; --quick: 40 MiB), written and read once before. */
 	struct dsm_gemv_tune_result head_tune = { 0 };
+	double screen_gbps = 0, screen_rows = 0;
 	snprintf(head_tune.why, sizeof head_tune.why, "the BF16 decode GEMV is not in use");
 	{
 		struct dsm_backend *cpu = NULL;
@@ -488,6 +489,27 @@ int bench_kernels_main(int argc, char **argv)
 		check(dsm_backend_create(&cpu, "cpu", &bo));
 		if (dsm_cpu_bf16_gemv_tune(cpu, &head, &head_tune) < 0)
 			snprintf(head_tune.why, sizeof head_tune.why, "not measured: %s", dsm_errmsg());
+		/* (e) greedy decoding's head: its screen (kernels/cpu/head_top.c) and the rows it leaves, one token a
+		 * call, GB/s of the bytes read (the screen is far larger than the LLC: each call reads it from DRAM) */
+		if (cpu->top_prepare(cpu, &head) == 0) {
+			float *hx = malloc(sizeof(float) * (size_t)cols), *hy = malloc(sizeof(float) * (size_t)rows);
+			if (!hx || !hy)
+				check(dsm_fail(DSM_ENOMEM, "out of memory"));
+			double rate[MAX_PASSES];
+			for (int r = 0; r < passes; r++) {
+				for (int64_t i = 0; i < cols; i++)
+					hx[i] = (float)rand() / RAND_MAX - 0.5f;
+				double t0 = now();
+				int rc = cpu->matmul_top(cpu, &head, hx, hy);
+				double dt = now() - t0;
+				check(rc);
+				screen_rows += (double)rc / passes;
+				rate[r] = ((double)rows * (cols + 12) + 2.0 * (double)rc * (double)cols) / dt / 1e9;
+			}
+			screen_gbps = median(rate, (size_t)passes, NULL, NULL);
+			free(hx);
+			free(hy);
+		}
 		dsm_backend_destroy(cpu);
 		free(hw);
 	}
@@ -632,6 +654,9 @@ int bench_kernels_main(int argc, char **argv)
 		for (int v = 0; v < DSM_GEMV_VARIANTS && tune.rounds; v++)
 			printf(", \"variant_gbps_%s\": %.2f", dsm_gemv_variants[v].name, tune.gbps[v]);
 		printf(", \"head_walk\": \"%s\", \"head_walk_why\": \"%s\"", dsm_cpu_bf16_gemv_walk(), head_tune.why);
+		if (screen_gbps > 0)
+			printf(", \"head_screen_gbps\": %.2f, \"head_screen_ratio\": %.3f, \"head_screen_rows\": %.1f",
+			       screen_gbps, screen_gbps / dram, screen_rows);
 		for (int v = 0; v < CPU_BF16_WALKS && head_tune.rounds; v++)
 			printf(", \"head_walk_gbps_%s\": %.2f", cpu_bf16_walks[v].name, head_tune.gbps[v]);
 		printf(", \"gemm_variant\": \"%s\", \"gemm_variant_why\": \"%s\"", dsm_gemm_variant_names[gemm_tune.chosen],
@@ -664,6 +689,9 @@ int bench_kernels_main(int argc, char **argv)
 		       dsm_expert_ctx_gemm_min_tokens(ctx));
 		printf("(d) MoE layer, 1 token, 8 experts + shared: %.3f ms, bytes at DRAM rate %.3f ms, ratio %.3f "
 		       "(passes %.3f-%.3f)\n", moe_ms, moe_bound, moe_ratio, moe_lo, moe_hi);
+		if (screen_gbps > 0)
+			printf("(e) greedy head, 1 token (screen of a %s x 1024 BF16 head, then %.1f rows): %.2f GB/s read, "
+			       "%.3f of DRAM\n", o.quick ? "20480" : "129280", screen_rows, screen_gbps, screen_gbps / dram);
 	}
 
 	if (have_dnnl) {
