@@ -35,10 +35,12 @@ int dsm_weight_map_vec(struct dsm_weight_map *m, const char *name, int64_t n, fl
  * SIGBUS later. huge: each shard is read into anonymous memory in 2 MiB pages that take the place of its file
  * mapping (the same addresses, read-only; unlike the page cache's, that memory stays until close); else, or
  * where the kernel gives no huge pages on request or that memory is refused, its mapped pages are read in
- * (MADV_POPULATE_READ). progress (may be NULL) after each 256 MiB. Returns 0 (also on a kernel without
+ * (MADV_POPULATE_READ); the threads read at once. progress (may be NULL) as the bytes come in. Returns 0 (also on a kernel without
  * MADV_POPULATE_READ, where nothing is read) or DSM_EIO naming the shard. */
 int dsm_weight_map_populate(struct dsm_weight_map *m, int huge,
 			    void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg);
+/* The bytes of shard i where the weights are read from (NULL for an empty file). */
+const void *dsm_weight_map_shard(const struct dsm_weight_map *m, int i);
 /* Bytes mapped; bytes copied for alignment; of the mapped, bytes read into huge pages (dsm_weight_map_populate). */
 void dsm_weight_map_usage(const struct dsm_weight_map *m, uint64_t *mapped, uint64_t *copied, uint64_t *huge);
 

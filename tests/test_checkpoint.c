@@ -3,6 +3,7 @@
  * (docs TESTING.md point 5, in the spirit of llama.cpp's test-gguf). */
 #include "checkpoint.h"
 #include "error.h"
+#include "expert_store.h"
 #include "json_util.h"
 #include "mkmodel.h"
 #include "test_util.h"
@@ -397,6 +398,56 @@ static void header_fixture(const char *name, void (*mutate)(cJSON *), int want, 
 	expect(name, want, mention);
 }
 
+/* The read-in (dsm_weight_map_populate): a one-shard checkpoint of several read chunks comes into memory
+ * byte for byte as in its file, in huge pages where the kernel gives them; a shard cut short after it was
+ * mapped is an error naming it, not a crash. */
+static int progress_calls;
+static void count_progress(uint64_t done, uint64_t total, void *arg)
+{
+	(void)arg;
+	CHECK(done <= total, "progress %llu of %llu", (unsigned long long)done, (unsigned long long)total);
+	progress_calls++;
+}
+
+static void test_read_in(const char *top)
+{
+	char dir[4200];
+	snprintf(dir, sizeof dir, "%s/tests/ckpt-read-in", top);
+	remove_dir(dir);
+	mkdir(dir, 0755);
+	struct mkmodel_options o = { .config = mkmodel_preset("tiny")->config, .seed = 3, .shard_bytes = 1u << 30,
+				     .quiet = 1 };
+	struct dsm_checkpoint *ck = NULL;
+	struct dsm_weight_map *m = NULL;
+	if (mkmodel_write(&o, dir) < 0 || dsm_checkpoint_open(&ck, dir) < 0 || dsm_weight_map_open(&m, ck) < 0) {
+		fprintf(stderr, "read-in checkpoint: %s\n", dsm_errmsg());
+		exit(99);
+	}
+	CHECK(ck->n_shards == 1 && ck->shards[0].file_size > (8u << 20), "one shard of several chunks");
+	CHECK(dsm_weight_map_populate(m, 1, count_progress, NULL) == 0, "read-in: %s", dsm_errmsg());
+	CHECK(progress_calls > 0, "no progress");
+	size_t len;
+	char *file = slurp(ck->shards[0].path, &len);
+	CHECK(file && len == ck->shards[0].file_size && memcmp(file, dsm_weight_map_shard(m, 0), len) == 0,
+	      "the shard read in differs from its file");
+	uint64_t mapped, copied, huge;
+	dsm_weight_map_usage(m, &mapped, &copied, &huge);
+	printf("read-in: %llu bytes, %llu of them into huge pages\n", (unsigned long long)mapped,
+	       (unsigned long long)huge);
+	free(file);
+	dsm_weight_map_close(m);
+	for (int huge_pages = 1; huge_pages >= 0; huge_pages--) {
+		CHECK(dsm_weight_map_open(&m, ck) == 0, "%s", dsm_errmsg());
+		CHECK(truncate(ck->shards[0].path, (off_t)(ck->shards[0].file_size / 2)) == 0, "truncate");
+		int rc = dsm_weight_map_populate(m, huge_pages, NULL, NULL);
+		CHECK(rc == DSM_EIO && strstr(dsm_errmsg(), ck->shards[0].path), "a shard cut short (huge pages %d): "
+		      "%d, %s", huge_pages, rc, dsm_errmsg());
+		dsm_weight_map_close(m);
+	}
+	dsm_checkpoint_close(ck);
+	remove_dir(dir);
+}
+
 int main(void)
 {
 	const char *top = getenv("top_builddir") ? getenv("top_builddir") : ".";
@@ -530,6 +581,7 @@ int main(void)
 	edit_text_file("config.json", "\"deepseek_v32\"", "\"llama\"");
 	expect("unsupported model_type", DSM_ECONFIG, "model_type");
 
+	test_read_in(top);
 	printf("%d corrupted fixtures rejected\n", n_fixtures);
 	CHECK(n_fixtures >= 25, "at least 25 fixtures");
 	remove_dir(work_dir);
