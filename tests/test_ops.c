@@ -538,6 +538,39 @@ static void test_attention(struct dsm_backend *be)
 	free(q), free(kv), free(kpe), free(ql), free(qp), free(c32), free(p32), free(c16), free(p16);
 }
 
+/* The absorbed form where its blocks are whole and partial: heads past one block of 4, latent dims past one
+ * of 64 (and split across the threads), keys past one block of 8; F32 and BF16 caches, all keys or 21 of them. */
+static void test_attn_latent_blocks(struct dsm_backend *be)
+{
+	enum { H = 9, R = 200, DR = 16, S = 45, SEL = 21 };
+	float *ql = rand_buf(H * R, 1), *qp = rand_buf(H * DR, 1), *c32 = rand_buf(S * R, 1), *p32 = rand_buf(S * DR, 1);
+	uint16_t *c16 = malloc(sizeof(uint16_t) * S * R), *p16 = malloc(sizeof(uint16_t) * S * DR);
+	for (int i = 0; i < S * R; i++)
+		c16[i] = dsm_f32_to_bf16(c32[i]);
+	for (int i = 0; i < S * DR; i++)
+		p16[i] = dsm_f32_to_bf16(p32[i]);
+	int32_t sel[SEL];
+	for (int j = 0; j < SEL; j++)
+		sel[j] = 2 * j + (j > 10);
+	for (int bf = 0; bf < 2; bf++)
+		for (int m = 0; m < 2; m++) {
+			float *o = out_buf(H * R), *orf = out_buf(H * R);
+			struct dsm_attn_latent_args a = {
+				.n_heads = H, .r = R, .dr = DR, .q_lat = ql, .q_pe = qp,
+				.cache_dtype = bf ? DSM_BF16 : DSM_F32, .c = bf ? (void *)c16 : (void *)c32,
+				.k_pe = bf ? (void *)p16 : (void *)p32, .n_keys = S,
+				.mask = m ? (struct dsm_attn_mask){ sel, SEL } : (struct dsm_attn_mask){ 0 }, .scale = 0.15f,
+				.o_lat = o };
+			CHECK(be->attn_latent(be, &a) == 0, "%s", dsm_errmsg());
+			a.o_lat = orf;
+			CHECK(dsm_ref_attn_latent(&a) == 0, "%s", dsm_errmsg());
+			CHECK_NMSE(o, orf, H * R, 5e-4, "attn_latent %dx%d, %d keys, bf16=%d mask=%d", H, R, S, bf, m);
+			CHECK(sentinels_ok(o, H * R), "attn_latent wrote past its output");
+			free(o), free(orf);
+		}
+	free(ql), free(qp), free(c32), free(p32), free(c16), free(p16);
+}
+
 static void test_indexer_topk_route(struct dsm_backend *be)
 {
 	int64_t nh = 4, d = 64, S = 300;
@@ -678,6 +711,7 @@ int main(void)
 		test_elementwise(be);
 		test_glue(be);
 		test_attention(be);
+		test_attn_latent_blocks(be);
 		test_indexer_topk_route(be);
 		test_reserve(&o);
 		printf("cpu backend, %s: worst NMSE against the scalar reference %.3g\n", dsm_precision_name(o.precision),

@@ -8,6 +8,9 @@
 #include <math.h>
 #include <omp.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 static inline int64_t mask_count(const struct dsm_attn_mask *m, int64_t n_keys)
 {
@@ -165,10 +168,19 @@ size_t cpu_attn_full_floats(int64_t keys, int64_t d, int64_t dv, int masked, int
 	return l.shared + (size_t)nt * l.per;
 }
 
-/* The scratch of attn_latent, in floats: the scores [H, keys], then per thread one converted cache row. */
+/* The decode attention over the latent cache meets every head with every key. Looping over keys outside and heads
+ * inside, each key re-read every head's query (128 x 576 floats on the real model, 295 KiB) and every head's
+ * output slice from L2: m x 0.5 MiB a layer, which at 2048 keys was most of a `wide` token. The keys now come in
+ * blocks of LATENT_KEYS, their rows converted once into L1 and met by one head's query at a time, and the values
+ * sum LATENT_HEADS heads x 64 dims in a local accumulator over every key. Each dot product and each sum keeps its
+ * order (ascending j, ascending keys), so the results are those of the one-key-at-a-time loops. */
+#define LATENT_KEYS 8
+#define LATENT_HEADS 4
+
+/* The scratch of attn_latent, in floats: the scores [H, keys], then per thread LATENT_KEYS converted cache rows. */
 size_t cpu_attn_latent_floats(int64_t H, int64_t keys, int64_t width, int nt)
 {
-	return (size_t)H * (size_t)keys + (size_t)nt * (size_t)width;
+	return (size_t)H * (size_t)keys + (size_t)nt * LATENT_KEYS * (size_t)width;
 }
 
 int cpu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a)
@@ -231,51 +243,142 @@ static inline void cache_row(enum dsm_dtype t, const void *src, int64_t n, float
 	}
 }
 
-/* Key s's score against every head: p[h * m + i] = (q_lat[h] . c_s + q_pe[h] . pe_s) * scale; row: scratch [r + dr].
- * Vectorized for the host (CPU_CLONES); each dot product's order depends only on the clone, not on the threads. */
-CPU_CLONES static void latent_scores(const struct dsm_attn_latent_args *a, int64_t s, int64_t i, int64_t m, float *row,
-				     float *p)
+#if defined(__x86_64__)
+/* One head's scores against nk <= LATENT_KEYS converted rows [r + dr] at rows (stride w): 16 lanes per key, each
+ * adding its dims (j = lane mod 16) in ascending order, the query's 16 loaded once for every key; the lanes summed
+ * by _mm512_reduce_add_ps. */
+__attribute__((target("avx512f"))) static void scores_avx512(const float *ql, const float *qp, int64_t r, int64_t dr,
+							     const float *rows, int64_t w, int64_t nk, float *out)
 {
-	int64_t r = a->r, dr = a->dr;
-	cache_row(a->cache_dtype, dsm_latent_row(a, s), r, row);
-	cache_row(a->cache_dtype, dsm_pe_row(a, s), dr, row + r);
+	__m512 acc[LATENT_KEYS];
+	const float *rp[LATENT_KEYS];
+#pragma GCC unroll 8
+	for (int k = 0; k < LATENT_KEYS; k++) {
+		acc[k] = _mm512_setzero_ps();
+		rp[k] = rows + (k < nk ? k : 0) * w;
+	}
+	for (int part = 0; part < 2; part++) {
+		const float *q = part ? qp : ql;
+		int64_t n = part ? dr : r, off = part ? r : 0;
+		for (int64_t j = 0; j < n; j += 16) {
+			__mmask16 mk = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+			__m512 x = _mm512_maskz_loadu_ps(mk, q + j);
+#pragma GCC unroll 8
+			for (int k = 0; k < LATENT_KEYS; k++)
+				acc[k] = _mm512_add_ps(acc[k], _mm512_mul_ps(x, _mm512_maskz_loadu_ps(mk, rp[k] + off + j)));
+		}
+	}
+	for (int k = 0; k < nk; k++)
+		out[k] = _mm512_reduce_add_ps(acc[k]);
+}
+#endif
+
+/* Scores of keys [i0, i1) (i1 - i0 <= LATENT_KEYS) against every head: p[h * m + i] = (q_lat[h] . c_s +
+ * q_pe[h] . pe_s) * scale with s the i-th key; rows: scratch [LATENT_KEYS, r + dr]. With AVX-512 in
+ * scores_avx512, else vectorized for the host (CPU_CLONES); each dot product's order depends only on the
+ * instruction set, not on the threads. */
+CPU_CLONES static void latent_scores(const struct dsm_attn_latent_args *a, int64_t i0, int64_t i1, int64_t m,
+				     float *rows, float *p)
+{
+	int64_t r = a->r, dr = a->dr, w = r + dr;
+	for (int64_t i = i0; i < i1; i++) {
+		int64_t s = mask_key(&a->mask, i);
+		cache_row(a->cache_dtype, dsm_latent_row(a, s), r, rows + (i - i0) * w);
+		cache_row(a->cache_dtype, dsm_pe_row(a, s), dr, rows + (i - i0) * w + r);
+	}
+#if defined(__x86_64__)
+	if (__builtin_cpu_supports("avx512f")) {
+		float out[LATENT_KEYS];
+		for (int64_t h = 0; h < a->n_heads; h++) {
+			scores_avx512(a->q_lat + h * r, a->q_pe + h * dr, r, dr, rows, w, i1 - i0, out);
+			for (int64_t i = i0; i < i1; i++)
+				p[h * m + i] = out[i - i0] * a->scale;
+		}
+		return;
+	}
+#endif
 	for (int64_t h = 0; h < a->n_heads; h++) {
 		const float *ql = a->q_lat + h * r, *qp = a->q_pe + h * dr;
-		float acc = 0;
+		for (int64_t i = i0; i < i1; i++) {
+			const float *row = rows + (i - i0) * w;
+			float acc = 0;
 #pragma omp simd reduction(+:acc)
-		for (int64_t j = 0; j < r; j++)
-			acc += ql[j] * row[j];
+			for (int64_t j = 0; j < r; j++)
+				acc += ql[j] * row[j];
 #pragma omp simd reduction(+:acc)
-		for (int64_t j = 0; j < dr; j++)
-			acc += qp[j] * row[r + j];
-		p[h * m + i] = acc * a->scale;
+			for (int64_t j = 0; j < dr; j++)
+				acc += qp[j] * row[r + j];
+			p[h * m + i] = acc * a->scale;
+		}
 	}
 }
 
-/* o_lat[h][j0, j1) = sum over the m keys, in order, of p[h, i] c_i[j0, j1). */
+#if defined(__x86_64__)
+/* LATENT_HEADS heads x 64 dims of o_lat summed over every key in 16 AVX-512 registers; heads past nh get weight 0
+ * and are not stored. Per element the same multiply and add, in the same order, as the loop below. */
+__attribute__((target("avx512f"))) static void values_avx512(const struct dsm_attn_latent_args *a, const float *ph,
+							     int64_t m, int64_t jb, int64_t nh, float *o)
+{
+	int bf = a->cache_dtype == DSM_BF16;
+	size_t es = bf ? 2 : 4;
+	__m512 acc[LATENT_HEADS][4];
+#pragma GCC unroll 4
+	for (int k = 0; k < LATENT_HEADS; k++)
+#pragma GCC unroll 4
+		for (int q = 0; q < 4; q++)
+			acc[k][q] = _mm512_setzero_ps();
+	for (int64_t i = 0; i < m; i++) {
+		/* dsm_latent_row without its calls, which would spill the accumulators */
+		int64_t s = a->mask.sel ? a->mask.sel[i] : i;
+		const char *c = a->c_blocks ? (const char *)a->c_blocks[s / a->block_rows] + (size_t)(s % a->block_rows * a->r) * es :
+					      (const char *)a->c + (size_t)(s * a->r) * es;
+		c += (size_t)jb * es;
+		__m512 v[4];
+#pragma GCC unroll 4
+		for (int q = 0; q < 4; q++)
+			v[q] = bf ? _mm512_castsi512_ps(_mm512_slli_epi32(
+					    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(c + q * 32))), 16)) :
+				    _mm512_loadu_ps((const float *)c + q * 16);
+#pragma GCC unroll 4
+		for (int k = 0; k < LATENT_HEADS; k++) {
+			__m512 w = _mm512_set1_ps(k < nh ? ph[k * m + i] : 0.0f);
+#pragma GCC unroll 4
+			for (int q = 0; q < 4; q++)
+				acc[k][q] = _mm512_add_ps(acc[k][q], _mm512_mul_ps(w, v[q]));
+		}
+	}
+	for (int k = 0; k < nh; k++)
+		for (int q = 0; q < 4; q++)
+			_mm512_storeu_ps(o + k * a->r + q * 16, acc[k][q]);
+}
+#endif
+
+/* o_lat[h][j0, j1) = sum over the m keys, in order, of p[h, i] c_i[j0, j1). With AVX-512, the whole 64s of dims
+ * LATENT_HEADS heads at a time in registers (values_avx512); the rest one (head, dim) at a time. */
 CPU_CLONES static void latent_values(const struct dsm_attn_latent_args *a, const float *p, int64_t m, int64_t j0,
 				     int64_t j1)
 {
-	int64_t r = a->r;
-	for (int64_t h = 0; h < a->n_heads; h++)
-		for (int64_t j = j0; j < j1; j++)
-			a->o_lat[h * r + j] = 0;
-	float row[64];
+	int64_t r = a->r, H = a->n_heads, jv = j0;
 	size_t es = dsm_dtype_size(a->cache_dtype);
-	for (int64_t i = 0; i < m; i++) {
-		const char *c = dsm_latent_row(a, mask_key(&a->mask, i));
-		for (int64_t jb = j0; jb < j1; jb += 64) {
-			int64_t len = j1 - jb < 64 ? j1 - jb : 64;
-			cache_row(a->cache_dtype, c + (size_t)jb * es, len, row);
-			for (int64_t h = 0; h < a->n_heads; h++) {
-				float ph = p[h * m + i];
-				float *o = a->o_lat + h * r + jb;
-#pragma omp simd
-				for (int64_t j = 0; j < len; j++)
-					o[j] += ph * row[j];
-			}
-		}
+#if defined(__x86_64__)
+	if (__builtin_cpu_supports("avx512f")) {
+		jv = j0 + (j1 - j0) / 64 * 64;
+		for (int64_t jb = j0; jb < jv; jb += 64)
+			for (int64_t h0 = 0; h0 < H; h0 += LATENT_HEADS)
+				values_avx512(a, p + h0 * m, m, jb, H - h0 < LATENT_HEADS ? H - h0 : LATENT_HEADS,
+					      a->o_lat + h0 * r + jb);
 	}
+#endif
+	for (int64_t h = 0; h < H; h++)
+		for (int64_t j = jv; j < j1; j++) {
+			float acc = 0, x;
+			for (int64_t i = 0; i < m; i++) {
+				cache_row(a->cache_dtype, (const char *)dsm_latent_row(a, mask_key(&a->mask, i)) + (size_t)j * es,
+					  1, &x);
+				acc += p[h * m + i] * x;
+			}
+			a->o_lat[h * r + j] = acc;
+		}
 }
 
 int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a)
@@ -293,17 +396,17 @@ int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a
 		return DSM_ENOMEM;
 	float *rows = p + (size_t)H * (size_t)m;
 	int par = m * H * (r + dr) >= CPU_PARALLEL_MIN;
-	/* Scores, key-major: each cache row is converted once and met by every head. */
+	/* Scores, key blocks across the threads: each cache row is converted once and met by every head. */
 #pragma omp parallel for schedule(static) if (par)
-	for (int64_t i = 0; i < m; i++)
-		latent_scores(a, mask_key(&a->mask, i), i, m, rows + (size_t)omp_get_thread_num() * (size_t)(r + dr), p);
+	for (int64_t i0 = 0; i0 < m; i0 += LATENT_KEYS)
+		latent_scores(a, i0, i0 + LATENT_KEYS < m ? i0 + LATENT_KEYS : m, m,
+			      rows + (size_t)omp_get_thread_num() * LATENT_KEYS * (size_t)(r + dr), p);
 #pragma omp parallel for schedule(static) if (par)
 	for (int64_t h = 0; h < H; h++)
 		softmax_f32(p + h * m, m);
-	/* o_lat[h] = sum_i p[h, i] c[s_i], threads over slices of the latent dims */
+	/* o_lat[h] = sum_i p[h, i] c[s_i], threads over slices of the latent dims (whole 64s where there are enough) */
 	int64_t chunk = (r + nt - 1) / nt;
-	if (chunk < 16)
-		chunk = 16;
+	chunk = chunk < 16 ? 16 : chunk > 64 ? (chunk + 63) / 64 * 64 : chunk;
 #pragma omp parallel for schedule(static) if (par)
 	for (int64_t j0 = 0; j0 < r; j0 += chunk)
 		latent_values(a, p, m, j0, j0 + chunk < r ? j0 + chunk : r);
