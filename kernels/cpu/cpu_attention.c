@@ -172,8 +172,7 @@ size_t cpu_attn_full_floats(int64_t keys, int64_t d, int64_t dv, int masked, int
  * inside, each key re-read every head's query (128 x 576 floats on the real model, 295 KiB) and every head's
  * output slice from L2: m x 0.5 MiB a layer, which at 2048 keys was most of a `wide` token. The keys now come in
  * blocks of LATENT_KEYS, their rows converted once into L1 and met by one head's query at a time, and the values
- * sum LATENT_HEADS heads x 64 dims in a local accumulator over every key. Each dot product and each sum keeps its
- * order (ascending j, ascending keys), so the results are those of the one-key-at-a-time loops. */
+ * sum LATENT_HEADS heads x 64 dims over every key at once (docs/forward.md). */
 #define LATENT_KEYS 8
 #define LATENT_HEADS 4
 
@@ -353,32 +352,42 @@ __attribute__((target("avx512f"))) static void values_avx512(const struct dsm_at
 }
 #endif
 
-/* o_lat[h][j0, j1) = sum over the m keys, in order, of p[h, i] c_i[j0, j1). With AVX-512, the whole 64s of dims
- * LATENT_HEADS heads at a time in registers (values_avx512); the rest one (head, dim) at a time. */
+/* o_lat[h][j0, j1) = sum over the m keys, in order, of p[h, i] c_i[j0, j1): LATENT_HEADS heads x 64 dims at a time,
+ * summed over every key in registers with AVX-512 (values_avx512), else in a local accumulator; the same
+ * multiplies and adds in the same order either way. */
 CPU_CLONES static void latent_values(const struct dsm_attn_latent_args *a, const float *p, int64_t m, int64_t j0,
 				     int64_t j1)
 {
-	int64_t r = a->r, H = a->n_heads, jv = j0;
+	int64_t r = a->r, H = a->n_heads;
 	size_t es = dsm_dtype_size(a->cache_dtype);
+	float row[64], acc[LATENT_HEADS][64];
+	for (int64_t jb = j0; jb < j1; jb += 64) {
+		int64_t len = j1 - jb < 64 ? j1 - jb : 64;
+		for (int64_t h0 = 0; h0 < H; h0 += LATENT_HEADS) {
+			int64_t nh = H - h0 < LATENT_HEADS ? H - h0 : LATENT_HEADS;
 #if defined(__x86_64__)
-	if (__builtin_cpu_supports("avx512f")) {
-		jv = j0 + (j1 - j0) / 64 * 64;
-		for (int64_t jb = j0; jb < jv; jb += 64)
-			for (int64_t h0 = 0; h0 < H; h0 += LATENT_HEADS)
-				values_avx512(a, p + h0 * m, m, jb, H - h0 < LATENT_HEADS ? H - h0 : LATENT_HEADS,
-					      a->o_lat + h0 * r + jb);
-	}
-#endif
-	for (int64_t h = 0; h < H; h++)
-		for (int64_t j = jv; j < j1; j++) {
-			float acc = 0, x;
-			for (int64_t i = 0; i < m; i++) {
-				cache_row(a->cache_dtype, (const char *)dsm_latent_row(a, mask_key(&a->mask, i)) + (size_t)j * es,
-					  1, &x);
-				acc += p[h * m + i] * x;
+			if (len == 64 && __builtin_cpu_supports("avx512f")) {
+				values_avx512(a, p + h0 * m, m, jb, nh, a->o_lat + h0 * r + jb);
+				continue;
 			}
-			a->o_lat[h * r + j] = acc;
+#endif
+			for (int64_t k = 0; k < nh; k++)
+				for (int64_t j = 0; j < len; j++)
+					acc[k][j] = 0;
+			for (int64_t i = 0; i < m; i++) {
+				cache_row(a->cache_dtype, (const char *)dsm_latent_row(a, mask_key(&a->mask, i)) + (size_t)jb * es,
+					  len, row);
+				for (int64_t k = 0; k < nh; k++) {
+					float ph = p[(h0 + k) * m + i];
+#pragma omp simd
+					for (int64_t j = 0; j < len; j++)
+						acc[k][j] += ph * row[j];
+				}
+			}
+			for (int64_t k = 0; k < nh; k++)
+				memcpy(a->o_lat + (h0 + k) * r + jb, acc[k], sizeof(float) * (size_t)len);
 		}
+	}
 }
 
 int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a)
