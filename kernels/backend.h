@@ -107,21 +107,25 @@ struct dsm_attn_latent_args {
 	float *o_lat;                   /* [H, r] */
 };
 
+/* Key s's row of `width` elements of es bytes in a cache at base (contiguous) or, where blocks is not NULL, in
+ * blocks of block_rows keys. */
+static inline const void *dsm_cache_row(const void *base, const void *const *blocks, int64_t block_rows, int64_t width,
+					size_t es, int64_t s)
+{
+	if (!blocks)
+		return (const char *)base + (size_t)(s * width) * es;
+	return (const char *)blocks[s / block_rows] + (size_t)(s % block_rows * width) * es;
+}
+
 /* Key s's latent row [r] and rope key [dr] in the cache of a (contiguous or in blocks). */
 static inline const void *dsm_latent_row(const struct dsm_attn_latent_args *a, int64_t s)
 {
-	size_t es = dsm_dtype_size(a->cache_dtype);
-	if (!a->c_blocks)
-		return (const char *)a->c + (size_t)(s * a->r) * es;
-	return (const char *)a->c_blocks[s / a->block_rows] + (size_t)(s % a->block_rows * a->r) * es;
+	return dsm_cache_row(a->c, a->c_blocks, a->block_rows, a->r, dsm_dtype_size(a->cache_dtype), s);
 }
 
 static inline const void *dsm_pe_row(const struct dsm_attn_latent_args *a, int64_t s)
 {
-	size_t es = dsm_dtype_size(a->cache_dtype);
-	if (!a->c_blocks)
-		return (const char *)a->k_pe + (size_t)(s * a->dr) * es;
-	return (const char *)a->pe_blocks[s / a->block_rows] + (size_t)(s % a->block_rows * a->dr) * es;
+	return dsm_cache_row(a->k_pe, a->pe_blocks, a->block_rows, a->dr, dsm_dtype_size(a->cache_dtype), s);
 }
 
 /* One small matmul per attention head, all heads in one call (the absorbed MLA form's kv_b halves).

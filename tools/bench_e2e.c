@@ -150,7 +150,7 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 		/* the steps whose head was screened read its one-byte copy and their rows computed, not the BF16 head */
 		double V = (double)m->cfg.vocab_size, D = (double)m->cfg.hidden_size, full = 2 * V * D;
 		double rows = st.top_steps ? (double)st.top_rows / (double)st.top_steps : 0;
-		double screened = V * D + 12 * V + rows * 2 * D;
+		double screened = (double)er.head_screen_bytes + rows * 2 * D;
 		if (st.top_steps)
 			bpt -= (double)st.top_steps / n * (full - screened);
 		double probe = (before + after) / 2, eff = bpt * tps / 1e9, ratio = probe > 0 ? eff / probe : 0;

@@ -327,11 +327,9 @@ __attribute__((target("avx512f"))) static void values_avx512(const struct dsm_at
 		for (int q = 0; q < 4; q++)
 			acc[k][q] = _mm512_setzero_ps();
 	for (int64_t i = 0; i < m; i++) {
-		/* dsm_latent_row without its calls, which would spill the accumulators */
-		int64_t s = a->mask.sel ? a->mask.sel[i] : i;
-		const char *c = a->c_blocks ? (const char *)a->c_blocks[s / a->block_rows] + (size_t)(s % a->block_rows * a->r) * es :
-					      (const char *)a->c + (size_t)(s * a->r) * es;
-		c += (size_t)jb * es;
+		/* dsm_latent_row with es known: its dsm_dtype_size call would spill the accumulators */
+		const char *c = (const char *)dsm_cache_row(a->c, a->c_blocks, a->block_rows, a->r, es,
+							    mask_key(&a->mask, i)) + (size_t)jb * es;
 		__m512 v[4];
 #pragma GCC unroll 4
 		for (int q = 0; q < 4; q++)
