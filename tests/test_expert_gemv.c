@@ -319,6 +319,46 @@ static void check_gemm_variants(void)
 	fp8_free(&b);
 }
 
+/* The transposed multiply against its definition, bit for bit: for each column, the rows in ascending order, each
+ * x times BF16(value * scale) (rounded from the F32 product) by one F32 multiply and one add. rows from r0 (inside
+ * a row block, across the next), n tokens, the columns up to the last whole 64; the 64 after them and the padding
+ * of y keep their sentinels. */
+static void check_rows_t(size_t rows, size_t cols, size_t r0, size_t n)
+{
+	struct fp8_buf b;
+	fp8_random(&b, r0 + rows, cols, cols + 5, ANY_CODE);
+	size_t ldy = cols + 64 + 3, cols64 = cols / 64 * 64;
+	float *x = malloc(n * rows * sizeof(float)), *y = malloc(n * ldy * sizeof(float));
+	for (size_t i = 0; i < n * rows; i++)
+		x[i] = uniform() * 4;
+	for (size_t i = 0; i < n * ldy; i++)
+		y[i] = SENTINEL;
+	dsm_fp8_rows_t_bf16(&b.m, r0, rows, x, rows, n, y, ldy, SIZE_MAX);
+	size_t bad = 0;
+	for (size_t t = 0; t < n; t++)
+		for (size_t c = 0; c < ldy; c++) {
+			float want = SENTINEL;
+			if (c < cols64) {
+				volatile float acc = 0; /* no contraction into an FMA */
+				for (size_t i = 0; i < rows; i++) {
+					uint8_t code = b.w[(r0 + i) * b.m.ld + c];
+					float s = b.scale[(r0 + i) / 128 * b.m.scale_ld + c / 128];
+					float mag = dsm_bf16_to_f32(dsm_f32_to_bf16(dsm_fp8_table[code & 0x7F] * s));
+					volatile float prod = x[t * rows + i] * (code & 0x80 ? -mag : mag);
+					acc = acc + prod;
+				}
+				want = acc;
+			}
+			if (memcmp(&want, &y[t * ldy + c], sizeof want) != 0 && bad++ < 3)
+				CHECK(0, "rows_t %zux%zu from %zu, %zu tokens: y[%zu][%zu] = %.9g, want %.9g", rows, cols, r0,
+				      n, t, c, y[t * ldy + c], want);
+		}
+	CHECK(bad == 0, "rows_t %zux%zu from %zu, %zu tokens: %zu values differ", rows, cols, r0, n, bad);
+	free(x);
+	free(y);
+	fp8_free(&b);
+}
+
 int main(void)
 {
 	test_bf16_table();
@@ -370,6 +410,12 @@ int main(void)
 		}
 		dsm_gemm_variant = 0;
 		check_gemm_variants();
+		/* rows, cols, first row: whole heads, a ragged last 64 (not computed), rows across a block */
+		static const size_t tshapes[][3] = { { 128, 512, 0 }, { 1, 64, 0 }, { 40, 200, 0 }, { 200, 448, 70 },
+						     { 33, 1000, 250 } };
+		for (size_t s = 0; s < sizeof(tshapes) / sizeof(tshapes[0]); s++)
+			for (size_t n = 1; n <= 6; n++)
+				check_rows_t(tshapes[s][0], tshapes[s][1], tshapes[s][2], n);
 		check_variants();
 		check_tune();
 	} else {

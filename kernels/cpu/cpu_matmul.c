@@ -524,7 +524,8 @@ static int heads_t_decode(struct cpu_backend *cb, const struct dsm_matmul_heads_
 			teams = (int)team;
 		double t0 = dsm_wall_seconds();
 		float *xh = scratch + per * (size_t)tid;
-		for (int64_t h = H * tid / team; h < H * (tid + 1) / team; h++) {
+		int64_t h1 = H * (tid + 1) / team;
+		for (int64_t h = H * tid / team; h < h1; h++) {
 			for (int64_t t = 0; t < n; t++) {
 				const float *xt = a->x + t * a->ldx + h * a->x_head;
 				for (int64_t i = 0; i < rows; i++)
@@ -533,7 +534,8 @@ static int heads_t_decode(struct cpu_backend *cb, const struct dsm_matmul_heads_
 			struct dsm_mat wh = dsm_mat_rows(*w, h * a->head_stride, rows);
 			if (c_fast)
 				dsm_fp8_rows_t_bf16(&fp8, (size_t)wh.row0, (size_t)rows, xh, (size_t)rows, (size_t)n,
-						    a->y + h * a->y_head, (size_t)a->ldy);
+						    a->y + h * a->y_head, (size_t)a->ldy,
+						    h + 1 < h1 ? (size_t)(wh.row0 + a->head_stride) : SIZE_MAX);
 			head_t(&wh, rows, n, xh, bf16, a->y + h * a->y_head, a->ldy, c_fast);
 		}
 		if (tid < DSM_WAIT_MAX_THREADS)

@@ -156,17 +156,28 @@ static ALWAYS_INLINE size_t col_t(int k, int d)
 	return (size_t)(16 * (d / 4) + 8 * (k / 2) + 2 * (d % 4) + k % 2);
 }
 
-/* 64 columns from c for T tokens of x. */
-DSM_BF16_TARGET static ALWAYS_INLINE void rows_t_chunk(const struct dsm_fp8_mat *W, size_t r0, size_t rows, size_t c,
-						      const float *x, size_t x_ld, float *y, size_t ldy, const int T)
+/* Steps ahead of the walk that are prefetched: a step is one row's K chunks of one pass (64 or 128 bytes), 16 to
+ * 24 cycles of work, so 32 steps keep about 100 cycles of loads in flight with 2 cache lines each. */
+#define ROWS_T_AHEAD 32
+
+/* One pass: columns [c, c + 64 K) of rows [r0, r0 + rows) for T tokens of x, each row's K chunks converted and
+ * multiplied in turn (K = 2: one 128-column scale block, one table per row block). The lines ROWS_T_AHEAD steps
+ * further in the walk are prefetched: the same columns of a later row, past the last row the next pass's
+ * columns, past the last pass the first pass of the band at row `next` (SIZE_MAX: none). */
+DSM_BF16_TARGET static ALWAYS_INLINE void rows_t_pass(const struct dsm_fp8_mat *W, size_t r0, size_t rows, size_t c,
+						     size_t next, const float *x, size_t x_ld, float *y, size_t ldy,
+						     const int K, const int T)
 {
 	const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
-	__m512 acc[4][4];
+	size_t cols64 = W->cols / 64 * 64;
+	__m512 acc[4][2][4];
 #pragma GCC unroll 4
 	for (int t = 0; t < T; t++)
+#pragma GCC unroll 2
+		for (int k = 0; k < K; k++)
 #pragma GCC unroll 4
-		for (int k = 0; k < 4; k++)
-			acc[t][k] = _mm512_setzero_ps();
+			for (int q = 0; q < 4; q++)
+				acc[t][k][q] = _mm512_setzero_ps();
 	struct dsm_bf16_tables tb;
 	size_t block = r0 / DSM_FP8_BLOCK;
 	product_tables(W->scale[block * W->scale_ld + c / DSM_FP8_BLOCK], &tb);
@@ -176,49 +187,73 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_t_chunk(const struct dsm_fp8_mat 
 			block = r / DSM_FP8_BLOCK;
 			product_tables(W->scale[block * W->scale_ld + c / DSM_FP8_BLOCK], &tb);
 		}
-		if (c == 0 && i + 8 < rows) /* the first pass over a band brings its rows in whole, 8 rows ahead */
-			for (size_t p = 0; p < W->cols; p += 64)
-				_mm_prefetch((const char *)(W->w + (r + 8) * W->ld + p), _MM_HINT_T0);
-		/* the byte permutes of dsm_fp8x64_bf16, the code's sign XOR-ed into the product's (any scale's sign) */
-		__m512i v = _mm512_loadu_si512(W->w + r * W->ld + c);
-		__m512i h = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(tb.hi0, v, tb.hi1), v, tb.sign, 0x78);
-		__m512i l = _mm512_permutex2var_epi8(tb.lo0, v, tb.lo1);
-		__m512i a = _mm512_unpacklo_epi8(l, h), b = _mm512_unpackhi_epi8(l, h);
-		__m512 w[4] = { _mm512_castsi512_ps(_mm512_slli_epi32(a, 16)), _mm512_castsi512_ps(_mm512_and_si512(a, odd)),
-				_mm512_castsi512_ps(_mm512_slli_epi32(b, 16)), _mm512_castsi512_ps(_mm512_and_si512(b, odd)) };
+		size_t pr = i + ROWS_T_AHEAD, pc = c, base = r0;
+		if (pr >= rows) {
+			pr -= rows, pc += 64 * (size_t)K;
+			if (pc >= cols64)
+				pc = 0, base = next;
+		}
+		if (base != SIZE_MAX && pr < rows)
+#pragma GCC unroll 2
+			for (int k = 0; k < K; k++)
+				_mm_prefetch((const char *)(W->w + (base + pr) * W->ld + pc + 64 * (size_t)k), _MM_HINT_T0);
+#pragma GCC unroll 2
+		for (int k = 0; k < K; k++) {
+			/* the byte permutes of dsm_fp8x64_bf16, the code's sign XOR-ed into the product's (any scale's
+			 * sign) */
+			__m512i v = _mm512_loadu_si512(W->w + r * W->ld + c + 64 * (size_t)k);
+			__m512i h = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(tb.hi0, v, tb.hi1), v, tb.sign, 0x78);
+			__m512i l = _mm512_permutex2var_epi8(tb.lo0, v, tb.lo1);
+			__m512i a = _mm512_unpacklo_epi8(l, h), b = _mm512_unpackhi_epi8(l, h);
+			__m512 w[4] = { _mm512_castsi512_ps(_mm512_slli_epi32(a, 16)),
+					_mm512_castsi512_ps(_mm512_and_si512(a, odd)),
+					_mm512_castsi512_ps(_mm512_slli_epi32(b, 16)),
+					_mm512_castsi512_ps(_mm512_and_si512(b, odd)) };
 #pragma GCC unroll 4
-		for (int t = 0; t < T; t++) {
-			__m512 xv = _mm512_set1_ps(x[t * x_ld + i]);
+			for (int t = 0; t < T; t++) {
+				__m512 xv = _mm512_set1_ps(x[t * x_ld + i]);
 #pragma GCC unroll 4
-			for (int k = 0; k < 4; k++)
-				acc[t][k] = _mm512_add_ps(acc[t][k], _mm512_mul_ps(xv, w[k]));
+				for (int q = 0; q < 4; q++)
+					acc[t][k][q] = _mm512_add_ps(acc[t][k][q], _mm512_mul_ps(xv, w[q]));
+			}
 		}
 	}
 #pragma GCC unroll 4
 	for (int t = 0; t < T; t++)
+#pragma GCC unroll 2
+		for (int k = 0; k < K; k++)
 #pragma GCC unroll 4
-		for (int k = 0; k < 4; k++) {
-			float v[16] __attribute__((aligned(64)));
-			_mm512_store_ps(v, acc[t][k]);
-			for (int d = 0; d < 16; d++)
-				y[t * ldy + c + col_t(k, d)] = v[d];
-		}
+			for (int q = 0; q < 4; q++) {
+				float v[16] __attribute__((aligned(64)));
+				_mm512_store_ps(v, acc[t][k][q]);
+				for (int d = 0; d < 16; d++)
+					y[t * ldy + c + 64 * (size_t)k + col_t(q, d)] = v[d];
+			}
 }
 
+/* Passes of 128 columns (one scale block: 8 accumulators a token) for up to 2 tokens at a time, of 64 for 3-4
+ * (16 accumulators); a last 64 columns alone. Each column adds its rows in ascending order whatever the pass. */
 DSM_BF16_TARGET void dsm_fp8_rows_t_bf16(const struct dsm_fp8_mat *W, size_t r0, size_t rows, const float *x, size_t x_ld,
-					 size_t n, float *y, size_t ldy)
+					 size_t n, float *y, size_t ldy, size_t next)
 {
-	for (size_t c = 0; c + 64 <= W->cols; c += 64)
-		for (size_t t0 = 0; t0 < n; t0 += 4) {
-			const float *xt = x + t0 * x_ld;
-			float *yt = y + t0 * ldy;
-			switch (n - t0 < 4 ? n - t0 : 4) {
-			case 1: rows_t_chunk(W, r0, rows, c, xt, x_ld, yt, ldy, 1); break;
-			case 2: rows_t_chunk(W, r0, rows, c, xt, x_ld, yt, ldy, 2); break;
-			case 3: rows_t_chunk(W, r0, rows, c, xt, x_ld, yt, ldy, 3); break;
-			default: rows_t_chunk(W, r0, rows, c, xt, x_ld, yt, ldy, 4); break;
+	size_t cols64 = W->cols / 64 * 64;
+	for (size_t t0 = 0; t0 < n; t0 += 4) {
+		const float *xt = x + t0 * x_ld;
+		float *yt = y + t0 * ldy;
+		size_t T = n - t0 < 4 ? n - t0 : 4, nx = t0 + 4 < n ? r0 : next; /* the next group reads this band again */
+		for (size_t c = 0; c < cols64;) {
+			int K = T <= 2 && c + 128 <= cols64 ? 2 : 1;
+			switch (T * 2 + (size_t)K - 1) {
+			case 2: rows_t_pass(W, r0, rows, c, nx, xt, x_ld, yt, ldy, 1, 1); break;
+			case 3: rows_t_pass(W, r0, rows, c, nx, xt, x_ld, yt, ldy, 2, 1); break;
+			case 4: rows_t_pass(W, r0, rows, c, nx, xt, x_ld, yt, ldy, 1, 2); break;
+			case 5: rows_t_pass(W, r0, rows, c, nx, xt, x_ld, yt, ldy, 2, 2); break;
+			case 6: rows_t_pass(W, r0, rows, c, nx, xt, x_ld, yt, ldy, 1, 3); break;
+			default: rows_t_pass(W, r0, rows, c, nx, xt, x_ld, yt, ldy, 1, 4); break;
 			}
+			c += 64 * (size_t)K;
 		}
+	}
 }
 
 /* The BF16 kernel walks a 128-row block in column blocks of GEMV_COL_BLOCK columns: all the block's rows over

@@ -156,9 +156,10 @@ int dsm_fp8_gemv_rows(enum dsm_isa isa, const struct dsm_fp8_mat *W, size_t r0, 
 /* The transposed multiply of a band of rows at decode (the absorbed attention's per-head W^T), AVX-512 BF16
  * only: y[t * ldy + c] = sum_i x[t * x_ld + i] * BF16(W(r0 + i, c) * scale) for i < rows, c < cols / 64 * 64,
  * t < n, in ascending i with one F32 multiply and one add each: the arithmetic of the cpu backend's matmul_t at
- * decode, bit for bit (the columns past the last 64 are the caller's). */
+ * decode, bit for bit (the columns past the last 64 are the caller's). next: the first row of the band the caller
+ * multiplies next with as many rows, whose first lines are prefetched at the end (SIZE_MAX: none). */
 void dsm_fp8_rows_t_bf16(const struct dsm_fp8_mat *W, size_t r0, size_t rows, const float *x, size_t x_ld, size_t n,
-			 float *y, size_t ldy);
+			 float *y, size_t ldy, size_t next);
 
 /* Batched path (DSM_ISA_AVX512BF16 only). Activations are first packed to BF16 pairs:
  * a_packed [ceil(k / 2), m_pad, 2] with m_pad = m rounded up to 16, zeros past m and k. */
