@@ -1,7 +1,8 @@
 #!/bin/sh
 # dsm-bench e2e --resident on the tiny preset (a smoke test, not a measurement): one JSON object whose
 # per-token parts are non-negative and add up to no more than the token's time, a positive traffic ratio
-# against the DRAM probe, and the decode kernel's variant named; the text form has the breakdown line.
+# against the DRAM probe, also paired step by step (the median within its range, over every step but the
+# first), and the decode kernel's variant named; the text form has the breakdown line.
 set -e
 bin="$top_builddir/dsm-bench"
 dir="$top_builddir/tests/bench-e2e-tiny"
@@ -27,6 +28,9 @@ if d["waiting_ms_per_token"] > sum(ms):
     sys.exit("FAIL: more waiting than time")
 if d["steps"] != 9 or d["threads"] != 2:
     sys.exit("FAIL: %d steps on %d threads, not 9 on 2" % (d["steps"], d["threads"]))
+lo, med, hi = d["traffic_ratio_paired_min"], d["traffic_ratio_paired"], d["traffic_ratio_paired_max"]
+if d["paired_steps"] != 8 or not 0 < lo <= med <= hi:
+    sys.exit("FAIL: paired ratio %r in %r-%r over %r steps, not 8" % (med, lo, hi, d["paired_steps"]))
 if d["decode_kernel"] not in ("cblock1024-ahead8", "rows4-ahead4", "rows4-ahead4-far16k", "rows1-pf4k"):
     sys.exit("FAIL: decode kernel %r" % d["decode_kernel"])
 PY
@@ -34,4 +38,5 @@ PY
 "$bin" e2e --resident --model "$dir" --tokens 4 >"$out"
 grep -q "per token: attention" "$out" || fail "no breakdown line"
 grep -q "of the DRAM probe" "$out" || fail "no traffic ratio"
+grep -q "paired .* median" "$out" || fail "no paired traffic ratio"
 rm -f "$out"

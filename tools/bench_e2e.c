@@ -14,6 +14,7 @@
 #include "error.h"
 #include "generate.h"
 #include "inspect.h"
+#include "median.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -36,7 +37,9 @@ static void usage(FILE *f)
 		"With --resident, decodes with every weight in memory instead (the plain run) and prints the time of a\n"
 		"token by part (attention, router, experts, dense layers, head, the rest, and the threads' waiting within\n"
 		"them) and its weight traffic (bytes per token x tokens/s) against the DRAM read probe run on the same\n"
-		"threads over the model's experts just before and after (traffic_ratio).\n"
+		"threads over the model's experts just before and after (traffic_ratio). The probe also runs after every\n"
+		"step, and each step's traffic is set against the probes just before and after it (traffic_ratio_paired:\n"
+		"the median over the steps, with their range), which holds where the host's bandwidth moves.\n"
 		"\n"
 		"options:\n"
 		"  --model DIR       checkpoint (default: bench-models/medium, or bench-models/mid with --resident;\n"
@@ -109,6 +112,36 @@ static double probe_experts(const struct dsm_store_model *sm)
 	return t > 0 ? bytes / t / 1e9 : 0;
 }
 
+/* The paired measurement of the resident decode: after each step the DRAM probe runs again, so that each step's
+ * time is set against the probe just before and just after it. On a shared host whose bandwidth moves
+ * from minute to minute (38-78 GB/s with 2 threads on one host within an hour), one probe before and one
+ * after a run of many steps says little about the bandwidth the steps had. */
+struct paired {
+	struct dsm_session *s;
+	const struct dsm_store_model *sm;
+	double last_probe, last_sum;   /* the probe after the previous step, the steps' time until then */
+	double *step_s, *probe;        /* [cap]: each step's time, the mean of the probes around it */
+	int n, cap, steps;
+};
+
+static int paired_token(void *user, int32_t id)
+{
+	(void)id;
+	struct paired *p = user;
+	struct dsm_step_times st;
+	dsm_session_times(p->s, &st, 0);
+	double sum = st.attention + st.router + st.experts + st.dense + st.head + st.other;
+	double probe = probe_experts(p->sm);
+	/* from the second step: the first ran the prompt right after the engine opened */
+	if (p->steps++ > 0 && p->n < p->cap && sum > p->last_sum && probe > 0 && p->last_probe > 0) {
+		p->step_s[p->n] = sum - p->last_sum;
+		p->probe[p->n++] = (p->last_probe + probe) / 2;
+	}
+	p->last_sum = sum;
+	p->last_probe = probe;
+	return 0;
+}
+
 /* A walk measured at open says why it was chosen; one not measured, its name and why not. */
 static void print_walk(const char *label, const struct dsm_gemv_tune_result *t, const char *name)
 {
@@ -135,14 +168,21 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 	struct dsm_session *s = dsm_engine_session(e);
 	static const int32_t one[] = { 0 };
 	struct dsm_generate_params p = { .max_tokens = tokens + 1, .eos_id = -1, .sampling = { .top_p = 1, .seed = 1 } };
-	struct dsm_generate_io io = { 0 };
 	struct dsm_generate_result g;
 	struct dsm_step_times st;
 	double before = probe_experts(m->store_model);
+	struct paired pr = { s, m->store_model, before, 0, calloc((size_t)tokens + 1, sizeof(double)),
+			     calloc((size_t)tokens + 1, sizeof(double)), 0, tokens + 1, 0 };
+	if (!pr.step_s || !pr.probe) {
+		free(pr.step_s), free(pr.probe);
+		dsm_engine_close(e);
+		return dsm_fail(DSM_ENOMEM, "out of memory");
+	}
+	struct dsm_generate_io io = { .user = &pr, .on_token = paired_token };
 	dsm_session_times(s, &st, 1);
 	rc = dsm_generate(s, one, 1, &p, &io, &g);
 	dsm_session_times(s, &st, 1);
-	double after = probe_experts(m->store_model);
+	double after = pr.last_probe;
 	if (rc == 0) {
 		struct dsm_engine_report er;
 		dsm_engine_report(e, (uint64_t)g.n, g.prefill_seconds + g.decode_seconds, &er);
@@ -154,6 +194,11 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 		if (st.top_steps)
 			bpt -= (double)st.top_steps / n * (full - screened);
 		double probe = (before + after) / 2, eff = bpt * tps / 1e9, ratio = probe > 0 ? eff / probe : 0;
+		double pmed = 0, plo = 0, phi = 0; /* each step's traffic against the probes around it */
+		for (int i = 0; i < pr.n; i++)
+			pr.step_s[i] = bpt / pr.step_s[i] / 1e9 / pr.probe[i];
+		if (pr.n > 0)
+			pmed = median(pr.step_s, (size_t)pr.n, &plo, &phi);
 		const char *variant = dsm_gemv_variants[dsm_gemv_variant].name, *head_walk = dsm_cpu_bf16_gemv_walk();
 		struct { const char *name; double s; } part[] = {
 			{ "attention", st.attention }, { "router", st.router }, { "experts", st.experts }, { "dense", st.dense },
@@ -163,10 +208,12 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 			printf("{\"bench\": \"e2e\", \"mode\": \"resident\", \"model\": \"%s\", \"threads\": %d, "
 			       "\"steps\": %lld, \"tokens_per_second\": %.3f, \"bytes_per_token\": %.0f, \"effective_gbs\": %.3f, "
 			       "\"dram_probe_gbs\": %.3f, \"dram_probe_before_gbs\": %.3f, \"dram_probe_after_gbs\": %.3f, "
-			       "\"traffic_ratio\": %.3f, \"decode_kernel\": \"%s\", \"head_kernel\": \"%s\", "
+			       "\"traffic_ratio\": %.3f, \"traffic_ratio_paired\": %.3f, \"traffic_ratio_paired_min\": %.3f, "
+			       "\"traffic_ratio_paired_max\": %.3f, \"paired_steps\": %d, "
+			       "\"decode_kernel\": \"%s\", \"head_kernel\": \"%s\", "
 			       "\"head_screened_steps\": %lld, \"head_rows_per_screened_step\": %.1f", dir, er.threads,
-			       (long long)st.steps, tps, bpt, eff, probe, before, after, ratio, variant, head_walk,
-			       (long long)st.top_steps, rows);
+			       (long long)st.steps, tps, bpt, eff, probe, before, after, ratio, pmed, plo, phi, pr.n, variant,
+			       head_walk, (long long)st.top_steps, rows);
 			for (size_t i = 0; i < sizeof part / sizeof part[0]; i++)
 				printf(", \"%s_ms_per_token\": %.3f", part[i].name, 1e3 * part[i].s / n);
 			printf("}\n");
@@ -182,6 +229,8 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 				       full / 1e6, rows);
 			printf("  effective read      %7.2f GB/s = %.3f of the DRAM probe %.2f GB/s (%.2f before, %.2f after)\n",
 			       eff, ratio, probe, before, after);
+			printf("  paired              each step against the probe run just before and after it: median %.3f "
+			       "(%.3f-%.3f, %d steps)\n", pmed, plo, phi, pr.n);
 			print_walk("decode kernel", &er.tune, variant);
 			print_walk("head kernel", &er.head_tune, head_walk);
 			if (er.gemm_tune.rounds)
@@ -193,6 +242,7 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 			printf(" within the parts\n");
 		}
 	}
+	free(pr.step_s), free(pr.probe);
 	dsm_generate_result_free(&g);
 	dsm_engine_close(e);
 	return rc;
