@@ -194,11 +194,11 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 		if (st.top_steps)
 			bpt -= (double)st.top_steps / n * (full - screened);
 		double probe = (before + after) / 2, eff = bpt * tps / 1e9, ratio = probe > 0 ? eff / probe : 0;
-		double pmed = 0, plo = 0, phi = 0; /* each step's traffic against the probes around it */
+		double *ratios = pr.step_s, pmed = 0, plo = 0, phi = 0; /* each step's time becomes its ratio */
 		for (int i = 0; i < pr.n; i++)
-			pr.step_s[i] = bpt / pr.step_s[i] / 1e9 / pr.probe[i];
+			ratios[i] = bpt / pr.step_s[i] / 1e9 / pr.probe[i];
 		if (pr.n > 0)
-			pmed = median(pr.step_s, (size_t)pr.n, &plo, &phi);
+			pmed = median(ratios, (size_t)pr.n, &plo, &phi);
 		const char *variant = dsm_gemv_variants[dsm_gemv_variant].name, *head_walk = dsm_cpu_bf16_gemv_walk();
 		struct { const char *name; double s; } part[] = {
 			{ "attention", st.attention }, { "router", st.router }, { "experts", st.experts }, { "dense", st.dense },
