@@ -324,6 +324,24 @@ static const rows_bf16_fn bf16_group2[BF16_MAX_T + 1] = { NULL, NULL, NULL, rows
 static const rows_bf16_fn bf16_single[BF16_MAX_T + 1] = { NULL, rows_bf16_r1_t1, rows_bf16_r1_t2, rows_bf16_r1_t3,
 	rows_bf16_r1_t4, rows_bf16_r1_t5, rows_bf16_r1_t6, rows_bf16_r1_t7, rows_bf16_r1_t8 };
 
+/* The one-row walk at one token: rows [0, n) at w in one call, each row's two chains added at its end as
+ * dsm_gemv_block_bf16 adds them (same bits), the tables kept in registers from row to row. */
+DSM_BF16_TARGET static void rows1_t1(const uint8_t *w, size_t ld, size_t n, size_t cols, ptrdiff_t pf, ptrdiff_t far,
+				     const uint16_t *xs, float *y)
+{
+	struct dsm_bf16_tables tb = dsm_bf16_tables_load();
+	for (size_t r = 0; r < n; r++) {
+		__m512 acc[8][8][2];
+		acc[0][0][0] = acc[0][0][1] = _mm512_setzero_ps();
+		size_t c = 0;
+		for (; c + 64 <= cols; c += 64)
+			step_bf16(w + r * ld, ld, c, pf, far, 64, &tb, xs + c, acc, 1, 1);
+		if (c < cols)
+			step_bf16(w + r * ld, ld, c, pf, far, cols - c, &tb, xs + c, acc, 1, 1);
+		y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][0][0], acc[0][0][1]));
+	}
+}
+
 DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb, size_t a, size_t b,
 					 const float *x, size_t x_ld, size_t n_tok, float *y, size_t y_ld,
 					 void *scratch)
@@ -345,6 +363,10 @@ DSM_BF16_TARGET void dsm_gemv_block_bf16(const struct dsm_fp8_mat *W, size_t rb,
 					n_tok <= 4 ? 2 : 1;
 	ptrdiff_t far = (ptrdiff_t)dsm_far_prefetch(var->far, W->ld, R);
 	prep_bf16(W, rb, x, x_ld, n_tok, xs);
+	if (R == 1 && n_tok == 1 && !var->col_block && !var->rows_ahead) {
+		rows1_t1(W->w + a * W->ld, W->ld, b - a, W->cols, var->prefetch, far, xs, y);
+		return;
+	}
 	size_t cblock = var->col_block ? var->col_block : W->cols;
 	for (size_t c0 = 0; c0 == 0 || c0 < W->cols; c0 += cblock) { /* 0 columns: zeros */
 		size_t c1 = c0 + cblock < W->cols ? c0 + cblock : W->cols;
