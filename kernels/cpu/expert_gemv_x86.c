@@ -273,9 +273,21 @@ const struct dsm_gemv_variant dsm_gemv_variants[DSM_GEMV_VARIANTS] = {
 };
 int dsm_gemv_variant;
 
-/* R rows at w over columns [c0, c1) (c0 a multiple of 64; past cols only in the last chunk) for T tokens:
- * acc_mem[(r * 8 + t) * 2 + h] continued (or started when first), and the same columns at w + pf (and w + far
- * into L2, when far is not 0) prefetched. */
+/* R rows at w over columns [c0, c1) (c0 a multiple of 64; past cols only in the last chunk) for T tokens, added to
+ * acc. */
+DSM_BF16_TARGET static ALWAYS_INLINE void cols_bf16(const uint8_t *w, size_t ld, size_t c0, size_t c1, ptrdiff_t pf,
+						    ptrdiff_t far, const struct dsm_bf16_tables *tb, const uint16_t *xs,
+						    size_t xstride, __m512 acc[8][8][2], const int R, const int T)
+{
+	size_t c = c0;
+	for (; c + 64 <= c1; c += 64)
+		step_bf16(w, ld, c, pf, far, 64, tb, xs + c / 64 * xstride, acc, R, T);
+	if (c < c1)
+		step_bf16(w, ld, c, pf, far, c1 - c, tb, xs + c / 64 * xstride, acc, R, T);
+}
+
+/* R rows at w over columns [c0, c1) for T tokens (cols_bf16): acc_mem[(r * 8 + t) * 2 + h] continued (or started
+ * when first), and the same columns at w + pf (and w + far into L2, when far is not 0) prefetched. */
 DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld, size_t c0, size_t c1, ptrdiff_t pf,
 						    ptrdiff_t far, const uint16_t *xs, size_t xstride, __m512 *acc_mem,
 						    int first, const int R, const int T)
@@ -289,11 +301,7 @@ DSM_BF16_TARGET static ALWAYS_INLINE void rows_bf16(const uint8_t *w, size_t ld,
 #pragma GCC unroll 2
 			for (int h = 0; h < 2; h++)
 				acc[r][t][h] = first ? _mm512_setzero_ps() : acc_mem[(r * 8 + t) * 2 + h];
-	size_t c = c0;
-	for (; c + 64 <= c1; c += 64)
-		step_bf16(w, ld, c, pf, far, 64, &tb, xs + c / 64 * xstride, acc, R, T);
-	if (c < c1)
-		step_bf16(w, ld, c, pf, far, c1 - c, &tb, xs + c / 64 * xstride, acc, R, T);
+	cols_bf16(w, ld, c0, c1, pf, far, &tb, xs, xstride, acc, R, T);
 #pragma GCC unroll 8
 	for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
@@ -333,11 +341,7 @@ DSM_BF16_TARGET static void rows1_t1(const uint8_t *w, size_t ld, size_t n, size
 	for (size_t r = 0; r < n; r++) {
 		__m512 acc[8][8][2];
 		acc[0][0][0] = acc[0][0][1] = _mm512_setzero_ps();
-		size_t c = 0;
-		for (; c + 64 <= cols; c += 64)
-			step_bf16(w + r * ld, ld, c, pf, far, 64, &tb, xs + c, acc, 1, 1);
-		if (c < cols)
-			step_bf16(w + r * ld, ld, c, pf, far, cols - c, &tb, xs + c, acc, 1, 1);
+		cols_bf16(w + r * ld, ld, 0, cols, pf, far, &tb, xs, 64, acc, 1, 1);
 		y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][0][0], acc[0][0][1]));
 	}
 }
