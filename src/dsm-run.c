@@ -693,7 +693,7 @@ int main(int argc, char **argv)
 		if (verbose) {
 			struct dsm_step_times st;
 			dsm_session_times(s, &st, 0);
-			double all = st.attention + st.router + st.experts + st.dense + st.head + st.other;
+			double all = dsm_step_times_total(&st);
 			fprintf(stderr, "dsm-run: %lld steps, %.3f s: attention %.1f%%, router %.1f%%, experts %.1f%%, dense "
 				"%.1f%%, head %.1f%%, other %.1f%% (threads waiting %.1f%% within)\n", (long long)st.steps, all,
 				100 * st.attention / all, 100 * st.router / all, 100 * st.experts / all, 100 * st.dense / all,

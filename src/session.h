@@ -142,6 +142,11 @@ struct dsm_step_times {
 };
 /* The times since the session began or since times were last reset (reset != 0 zeroes them after copying). */
 void dsm_session_times(struct dsm_session *s, struct dsm_step_times *t, int reset);
+/* The steps' time: the sum of the parts (waiting and device are within them). */
+static inline double dsm_step_times_total(const struct dsm_step_times *t)
+{
+	return t->attention + t->router + t->experts + t->dense + t->head + t->other;
+}
 
 /* Bytes of the KV pool (all of it), and of the activation buffers. */
 void dsm_session_memory(const struct dsm_session *s, uint64_t *kv_bytes, uint64_t *act_bytes);

@@ -130,7 +130,7 @@ static int paired_token(void *user, int32_t id)
 	struct paired *p = user;
 	struct dsm_step_times st;
 	dsm_session_times(p->s, &st, 0);
-	double sum = st.attention + st.router + st.experts + st.dense + st.head + st.other;
+	double sum = dsm_step_times_total(&st);
 	double probe = probe_experts(p->sm);
 	/* from the second step: the first ran the prompt right after the engine opened */
 	if (p->steps++ > 0 && p->n < p->cap && sum > p->last_sum && probe > 0 && p->last_probe > 0) {
@@ -186,7 +186,7 @@ static int resident(const char *dir, const struct dsm_engine_options *eo, int to
 	if (rc == 0) {
 		struct dsm_engine_report er;
 		dsm_engine_report(e, (uint64_t)g.n, g.prefill_seconds + g.decode_seconds, &er);
-		double n = (double)st.steps, tps = n / (st.attention + st.router + st.experts + st.dense + st.head + st.other);
+		double n = (double)st.steps, tps = n / dsm_step_times_total(&st);
 		/* the steps whose head was screened read its one-byte copy and their rows computed, not the BF16 head */
 		double V = (double)m->cfg.vocab_size, D = (double)m->cfg.hidden_size, full = 2 * V * D;
 		double rows = st.top_steps ? (double)st.top_rows / (double)st.top_steps : 0;
