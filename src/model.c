@@ -248,7 +248,7 @@ int dsm_model_set_experts(struct dsm_model *m, struct dsm_offload *o)
 }
 
 #define TUNE_MATS 480                   /* matrices measured on, at most */
-#define TUNE_BYTES (240ull << 20)       /* bytes measured on, at most: 5 rounds x 4 variants x 12 MiB */
+#define TUNE_BYTES (300ull << 20)       /* bytes measured on, at most: 5 rounds x 5 variants x 12 MiB */
 #define TUNE_MIN_BYTES (64ull << 20)
 
 static int tune_fp8(struct dsm_model *m, struct dsm_gemv_tune_result *r)

@@ -31,7 +31,7 @@ if d["steps"] != 9 or d["threads"] != 2:
 lo, med, hi = d["traffic_ratio_paired_min"], d["traffic_ratio_paired"], d["traffic_ratio_paired_max"]
 if d["paired_steps"] != 8 or not 0 < lo <= med <= hi:
     sys.exit("FAIL: paired ratio %r in %r-%r over %r steps, not 8" % (med, lo, hi, d["paired_steps"]))
-if d["decode_kernel"] not in ("cblock1024-ahead8", "rows4-ahead4", "rows4-ahead4-far16k", "rows1-pf4k"):
+if d["decode_kernel"] not in ("cblock1024-ahead8", "rows4-ahead4", "rows4-ahead4-far16k", "rows1-pf4k", "rows1-pf8k"):
     sys.exit("FAIL: decode kernel %r" % d["decode_kernel"])
 PY
 

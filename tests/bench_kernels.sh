@@ -21,7 +21,7 @@ if d["isa"] == "avx512bf16":
 bad = [k for k in keys if not (isinstance(d.get(k), (int, float)) and math.isfinite(d[k]) and d[k] > 0)]
 if bad:
     sys.exit("FAIL: missing or not a positive number: " + ", ".join(bad))
-if d.get("decode_variant") not in ("cblock1024-ahead8", "rows4-ahead4", "rows4-ahead4-far16k", "rows1-pf4k") or not d.get("decode_variant_why"):
+if d.get("decode_variant") not in ("cblock1024-ahead8", "rows4-ahead4", "rows4-ahead4-far16k", "rows1-pf4k", "rows1-pf8k") or not d.get("decode_variant_why"):
     sys.exit("FAIL: no decode kernel variant and reason: %r" % d.get("decode_variant"))
 if d.get("head_walk") not in ("rows4-ahead4-far64k", "rows4-ahead4", "rows1-pf4k") or not d.get("head_walk_why"):
     sys.exit("FAIL: no head walk and reason: %r" % d.get("head_walk"))

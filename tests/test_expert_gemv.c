@@ -257,11 +257,11 @@ static void check_tune(void)
 	struct fp8_buf tall[2];
 	struct dsm_fp8_mat tall_mats[2];
 	for (int i = 0; i < 2; i++) {
-		fp8_random(&tall[i], 1536, 512, 512, ANY_CODE);
+		fp8_random(&tall[i], 2048, 512, 512, ANY_CODE);
 		tall_mats[i] = tall[i].m;
 	}
 	CHECK(dsm_gemv_tune(ctx, tall_mats, 2, &r) == 0 && r.rounds == DSM_TUNE_ROUNDS && r.bytes == 128 * 512 &&
-	      r.chosen == dsm_gemv_variant, "2 matrices of 12 blocks: %s (%zu bytes a part)", dsm_errmsg(), r.bytes);
+	      r.chosen == dsm_gemv_variant, "2 matrices of 16 blocks: %s (%zu bytes a part)", dsm_errmsg(), r.bytes);
 	dsm_gemv_variant = 0;
 	for (int i = 0; i < 2; i++)
 		fp8_free(&tall[i]);

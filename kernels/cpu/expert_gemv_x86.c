@@ -278,6 +278,7 @@ const struct dsm_gemv_variant dsm_gemv_variants[DSM_GEMV_VARIANTS] = {
 	{ "rows4-ahead4", 0, 4, 1, 0, 0 },
 	{ "rows1-pf4k", 0, 1, 0, 4096, 0 },
 	{ "rows4-ahead4-far16k", 0, 4, 1, 0, 16384 },
+	{ "rows1-pf8k", 0, 1, 0, 8192, 0 },
 };
 int dsm_gemv_variant;
 

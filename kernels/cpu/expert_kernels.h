@@ -95,7 +95,7 @@ struct dsm_gemv_variant {
 	ptrdiff_t prefetch;
 	size_t far;          /* 0: no second prefetch */
 };
-#define DSM_GEMV_VARIANTS 4
+#define DSM_GEMV_VARIANTS 5
 #define DSM_GEMV_LONG_ROWS 3 /* rows4-ahead4-far16k: what the one-row walk takes for rows past 8192 columns */
 extern const struct dsm_gemv_variant dsm_gemv_variants[DSM_GEMV_VARIANTS];
 extern int dsm_gemv_variant; /* the one in use, 0 by default */
@@ -117,7 +117,7 @@ double dsm_expert_ctx_wait_seconds(const struct dsm_expert_ctx *ctx);
 
 /* What a decode kernel's measurement of its variants found (dsm_tune_variants): each variant's rate (GB/s,
  * its best round) and the choice. */
-#define DSM_TUNE_MAX_VARIANTS 4
+#define DSM_TUNE_MAX_VARIANTS 5
 #define DSM_TUNE_ROUNDS 5
 struct dsm_gemv_tune_result {
 	double gbps[DSM_TUNE_MAX_VARIANTS];
