@@ -1,6 +1,7 @@
 #include "expert_store.h"
 
 #include "error.h"
+#include "expert_kernels.h"
 
 #include <errno.h>
 #include <omp.h>
@@ -149,20 +150,6 @@ static int read_in_huge(struct dsm_weight_map *m, int i, uint64_t *done,
 	return 0;
 }
 
-/* On a virtual machine, the first read of memory the read-in had just filled ran at 4-5 GB/s, each 4 KiB page
- * once, for up to a second after: the start-up choice of the decode kernels' walks measured that instead of the
- * kernels, and chose wrong (60 tok/s instead of 81 on the small preset with 1 thread). A byte of every page
- * read once here took 1-60 ms per 256 MB; on all threads, the 11.9 GB of the `wide` preset took 46-170 ms with 2
- * threads against 79-1160 ms on one (alternating runs). */
-static void touch_pages(const void *p, uint64_t n)
-{
-	const volatile char *c = p;
-	int64_t pages = (int64_t)((n + 4095) / 4096);
-#pragma omp parallel for schedule(static, 512) /* 2 MiB pieces */
-	for (int64_t k = 0; k < pages; k++)
-		(void)c[(uint64_t)k * 4096];
-}
-
 int dsm_weight_map_populate(struct dsm_weight_map *m, int huge,
 			    void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg)
 {
@@ -194,7 +181,7 @@ int dsm_weight_map_populate(struct dsm_weight_map *m, int huge,
 	}
 	for (int i = 0; i < m->ck->n_shards; i++)
 		if (m->ck->shards[i].file_size)
-			touch_pages(m->base[i], m->ck->shards[i].file_size);
+			dsm_touch_pages(m->base[i], m->ck->shards[i].file_size);
 	return 0;
 }
 

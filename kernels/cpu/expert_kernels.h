@@ -111,6 +111,8 @@ struct dsm_wait_clock {
 	double busy[DSM_WAIT_MAX_THREADS * 8];
 };
 double dsm_wall_seconds(void);
+/* Reads one byte of every 4 KiB page of [p, p + n) on all threads: after a copy, before it is measured or timed. */
+void dsm_touch_pages(const void *p, uint64_t n);
 void dsm_wait_end(struct dsm_wait_clock *w, int team, double wall);
 /* The waiting of the context's regions so far (seconds summed over threads). */
 double dsm_expert_ctx_wait_seconds(const struct dsm_expert_ctx *ctx);

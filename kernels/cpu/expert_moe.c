@@ -49,6 +49,21 @@ double dsm_wall_seconds(void)
 	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* On a virtual machine, the first read of memory just written (the read-in's copy of the weights, the head's
+ * screen) ran at 4-5 GB/s, each 4 KiB page once, for up to a second after: the start-up choice of the decode
+ * kernels' walks measured that instead of the kernels, and chose wrong (60 tok/s instead of 81 on the small
+ * preset with 1 thread); the first greedy step of `wide` screened its head in 86-157 ms instead of 18-25. A byte
+ * of every page read once took 1-60 ms per 256 MB; on all threads, the 11.9 GB of the `wide` preset took 46-170
+ * ms with 2 threads against 79-1160 ms on one (alternating runs). */
+void dsm_touch_pages(const void *p, uint64_t n)
+{
+	const volatile char *c = p;
+	int64_t pages = (int64_t)((n + 4095) / 4096);
+#pragma omp parallel for schedule(static, 512) /* 2 MiB pieces */
+	for (int64_t k = 0; k < pages; k++)
+		(void)c[(uint64_t)k * 4096];
+}
+
 void dsm_wait_end(struct dsm_wait_clock *w, int team, double wall)
 {
 	double busy = 0;

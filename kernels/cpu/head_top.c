@@ -172,6 +172,7 @@ int cpu_top_prepare(struct dsm_backend *be, const struct dsm_mat *w)
 #pragma omp parallel for schedule(static) reduction(max : big)
 	for (int64_t r = 0; r < V; r++)
 		big = fmax(big, screen_row(wb + r * D, D, gamma, t->q + r * D, &t->row[r]));
+	dsm_touch_pages(q, bytes); /* else the first greedy step reads it at a fraction of the memory's rate */
 	/* Below 2^-126 vdpbf16ps reads its inputs and writes its sums as zero: less than 2^-126 (max|W| + 1)
 	 * (max|x| + 1) per column and per addition (the call multiplies by its max|x| + 1). A NaN or infinite
 	 * weight leaves no bound: such a head is never screened. */
