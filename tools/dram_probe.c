@@ -4,23 +4,18 @@
 #include <omp.h>
 #include <string.h>
 
+/* Two 64-byte loads a step, XOR-ed into two accumulators. On an AMD host (family 26) this read 11-19% more than
+ * eight loads a step into eight accumulators, the loop before (1 and 2 threads, 1.2 GB, alternating in one
+ * process): a probe that reads less than the memory gives understates the limit and overstates every ratio. */
 __attribute__((target("avx512f"))) static uint64_t read_avx512(const char *p, size_t n)
 {
-	__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-	for (size_t i = 0; i + 512 <= n; i += 512) {
+	__m512i a0 = _mm512_setzero_si512(), a1 = a0;
+	for (size_t i = 0; i + 128 <= n; i += 128) {
 		a0 = _mm512_xor_si512(a0, _mm512_loadu_si512(p + i));
 		a1 = _mm512_xor_si512(a1, _mm512_loadu_si512(p + i + 64));
-		a2 = _mm512_xor_si512(a2, _mm512_loadu_si512(p + i + 128));
-		a3 = _mm512_xor_si512(a3, _mm512_loadu_si512(p + i + 192));
-		a4 = _mm512_xor_si512(a4, _mm512_loadu_si512(p + i + 256));
-		a5 = _mm512_xor_si512(a5, _mm512_loadu_si512(p + i + 320));
-		a6 = _mm512_xor_si512(a6, _mm512_loadu_si512(p + i + 384));
-		a7 = _mm512_xor_si512(a7, _mm512_loadu_si512(p + i + 448));
 	}
-	__m512i s = _mm512_xor_si512(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3)),
-				     _mm512_xor_si512(_mm512_xor_si512(a4, a5), _mm512_xor_si512(a6, a7)));
 	uint64_t out[8];
-	_mm512_storeu_si512(out, s);
+	_mm512_storeu_si512(out, _mm512_xor_si512(a0, a1));
 	return out[0] ^ out[1] ^ out[2] ^ out[3] ^ out[4] ^ out[5] ^ out[6] ^ out[7];
 }
 

@@ -1,5 +1,5 @@
 /* The DRAM read probe of dsm-bench: reads memory the way a bandwidth limit must be measured (docs TESTING.md,
- * "Benchmarks are not tests"): 512-bit (or 256-bit) vector loads into eight (four) independent accumulators,
+ * "Benchmarks are not tests"): 512-bit (or 256-bit) vector loads into two (four) independent accumulators,
  * so that the loop is bound by memory, not by a chain of adds. Callers run it on every thread of the work it
  * judges, over memory far larger than the last-level cache. */
 #ifndef DSM_DRAM_PROBE_H
