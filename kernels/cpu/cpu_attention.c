@@ -176,10 +176,17 @@ size_t cpu_attn_full_floats(int64_t keys, int64_t d, int64_t dv, int masked, int
 #define LATENT_KEYS 8
 #define LATENT_HEADS 4
 
-/* The scratch of attn_latent, in floats: the scores [H, keys], then per thread LATENT_KEYS converted cache rows. */
+/* The scratch of attn_latent, in floats: the scores [H, keys], then per thread LATENT_KEYS converted cache rows,
+ * then (from a multiple of 16 floats) a table of the keys' latent rows [keys], written by the scores and read by
+ * the values, which would otherwise divide by the block size for every key, head group and slice. */
+static size_t latent_table_at(int64_t H, int64_t keys, int64_t width, int nt)
+{
+	return ((size_t)H * (size_t)keys + (size_t)nt * LATENT_KEYS * (size_t)width + 15) / 16 * 16;
+}
+
 size_t cpu_attn_latent_floats(int64_t H, int64_t keys, int64_t width, int nt)
 {
-	return (size_t)H * (size_t)keys + (size_t)nt * LATENT_KEYS * (size_t)width;
+	return latent_table_at(H, keys, width, nt) + (size_t)keys * sizeof(void *) / sizeof(float);
 }
 
 int cpu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a)
@@ -244,10 +251,12 @@ static inline void cache_row(enum dsm_dtype t, const void *src, int64_t n, float
 
 #if defined(__x86_64__)
 /* One head's scores against nk <= LATENT_KEYS converted rows [r + dr] at rows (stride w): 16 lanes per key, each
- * adding its dims (j = lane mod 16) in ascending order, the query's 16 loaded once for every key; the lanes summed
- * by _mm512_reduce_add_ps. */
+ * adding its dims (j = lane mod 16) in ascending order by fused multiply-adds, the query's 16 loaded once for
+ * every key; the lanes summed by _mm512_reduce_add_ps. out gets LATENT_KEYS scores (those past nk repeat the first
+ * row's), so that every accumulator is indexed by a constant and stays in a register. */
 __attribute__((target("avx512f"))) static void scores_avx512(const float *ql, const float *qp, int64_t r, int64_t dr,
-							     const float *rows, int64_t w, int64_t nk, float *out)
+							     const float *rows, int64_t w, int64_t nk,
+							     float out[LATENT_KEYS])
 {
 	__m512 acc[LATENT_KEYS];
 	const float *rp[LATENT_KEYS];
@@ -264,25 +273,27 @@ __attribute__((target("avx512f"))) static void scores_avx512(const float *ql, co
 			__m512 x = _mm512_maskz_loadu_ps(mk, q + j);
 #pragma GCC unroll 8
 			for (int k = 0; k < LATENT_KEYS; k++)
-				acc[k] = _mm512_add_ps(acc[k], _mm512_mul_ps(x, _mm512_maskz_loadu_ps(mk, rp[k] + off + j)));
+				acc[k] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(mk, rp[k] + off + j), acc[k]);
 		}
 	}
-	for (int k = 0; k < nk; k++)
+#pragma GCC unroll 8
+	for (int k = 0; k < LATENT_KEYS; k++)
 		out[k] = _mm512_reduce_add_ps(acc[k]);
 }
 #endif
 
 /* Scores of keys [i0, i1) (i1 - i0 <= LATENT_KEYS) against every head: p[h * m + i] = (q_lat[h] . c_s +
- * q_pe[h] . pe_s) * scale with s the i-th key; rows: scratch [LATENT_KEYS, r + dr]. With AVX-512 in
- * scores_avx512, else vectorized for the host (CPU_CLONES); each dot product's order depends only on the
- * instruction set, not on the threads. */
+ * q_pe[h] . pe_s) * scale with s the i-th key, and lat[i] = s's latent row; rows: scratch [LATENT_KEYS, r + dr].
+ * With AVX-512 in scores_avx512, else vectorized for the host (CPU_CLONES); each dot product's order depends
+ * only on the instruction set, not on the threads. */
 CPU_CLONES static void latent_scores(const struct dsm_attn_latent_args *a, int64_t i0, int64_t i1, int64_t m,
-				     float *rows, float *p)
+				     float *rows, float *p, const void **lat)
 {
 	int64_t r = a->r, dr = a->dr, w = r + dr;
 	for (int64_t i = i0; i < i1; i++) {
 		int64_t s = mask_key(&a->mask, i);
-		cache_row(a->cache_dtype, dsm_latent_row(a, s), r, rows + (i - i0) * w);
+		lat[i] = dsm_latent_row(a, s);
+		cache_row(a->cache_dtype, lat[i], r, rows + (i - i0) * w);
 		cache_row(a->cache_dtype, dsm_pe_row(a, s), dr, rows + (i - i0) * w + r);
 	}
 #if defined(__x86_64__)
@@ -314,9 +325,10 @@ CPU_CLONES static void latent_scores(const struct dsm_attn_latent_args *a, int64
 
 #if defined(__x86_64__)
 /* LATENT_HEADS heads x 64 dims of o_lat summed over every key in 16 AVX-512 registers; heads past nh get weight 0
- * and are not stored. Per element the same multiply and add, in the same order, as the loop below. */
+ * and are not stored. Per element the same fused multiply-adds, in the same order, as the loop below. */
 __attribute__((target("avx512f"))) static void values_avx512(const struct dsm_attn_latent_args *a, const float *ph,
-							     int64_t m, int64_t jb, int64_t nh, float *o)
+							     const void *const *lat, int64_t m, int64_t jb, int64_t nh,
+							     float *o)
 {
 	int bf = a->cache_dtype == DSM_BF16;
 	size_t es = bf ? 2 : 4;
@@ -327,9 +339,7 @@ __attribute__((target("avx512f"))) static void values_avx512(const struct dsm_at
 		for (int q = 0; q < 4; q++)
 			acc[k][q] = _mm512_setzero_ps();
 	for (int64_t i = 0; i < m; i++) {
-		/* dsm_latent_row with es known: its dsm_dtype_size call would spill the accumulators */
-		const char *c = (const char *)dsm_cache_row(a->c, a->c_blocks, a->block_rows, a->r, es,
-							    mask_key(&a->mask, i)) + (size_t)jb * es;
+		const char *c = (const char *)lat[i] + (size_t)jb * es;
 		__m512 v[4];
 #pragma GCC unroll 4
 		for (int q = 0; q < 4; q++)
@@ -341,7 +351,7 @@ __attribute__((target("avx512f"))) static void values_avx512(const struct dsm_at
 			__m512 w = _mm512_set1_ps(k < nh ? ph[k * m + i] : 0.0f);
 #pragma GCC unroll 4
 			for (int q = 0; q < 4; q++)
-				acc[k][q] = _mm512_add_ps(acc[k][q], _mm512_mul_ps(w, v[q]));
+				acc[k][q] = _mm512_fmadd_ps(w, v[q], acc[k][q]);
 		}
 	}
 	for (int k = 0; k < nh; k++)
@@ -352,9 +362,9 @@ __attribute__((target("avx512f"))) static void values_avx512(const struct dsm_at
 
 /* o_lat[h][j0, j1) = sum over the m keys, in order, of p[h, i] c_i[j0, j1): LATENT_HEADS heads x 64 dims at a time,
  * summed over every key in registers with AVX-512 (values_avx512), else in a local accumulator; the same
- * multiplies and adds in the same order either way. */
-CPU_CLONES static void latent_values(const struct dsm_attn_latent_args *a, const float *p, int64_t m, int64_t j0,
-				     int64_t j1)
+ * fused multiply-adds in the same order either way. */
+CPU_CLONES static void latent_values(const struct dsm_attn_latent_args *a, const float *p, const void *const *lat,
+				     int64_t m, int64_t j0, int64_t j1)
 {
 	int64_t r = a->r, H = a->n_heads;
 	size_t es = dsm_dtype_size(a->cache_dtype);
@@ -365,7 +375,7 @@ CPU_CLONES static void latent_values(const struct dsm_attn_latent_args *a, const
 			int64_t nh = H - h0 < LATENT_HEADS ? H - h0 : LATENT_HEADS;
 #if defined(__x86_64__)
 			if (len == 64 && __builtin_cpu_supports("avx512f")) {
-				values_avx512(a, p + h0 * m, m, jb, nh, a->o_lat + h0 * r + jb);
+				values_avx512(a, p + h0 * m, lat, m, jb, nh, a->o_lat + h0 * r + jb);
 				continue;
 			}
 #endif
@@ -373,13 +383,12 @@ CPU_CLONES static void latent_values(const struct dsm_attn_latent_args *a, const
 				for (int64_t j = 0; j < len; j++)
 					acc[k][j] = 0;
 			for (int64_t i = 0; i < m; i++) {
-				cache_row(a->cache_dtype, (const char *)dsm_latent_row(a, mask_key(&a->mask, i)) + (size_t)jb * es,
-					  len, row);
+				cache_row(a->cache_dtype, (const char *)lat[i] + (size_t)jb * es, len, row);
 				for (int64_t k = 0; k < nh; k++) {
 					float ph = p[(h0 + k) * m + i];
 #pragma omp simd
 					for (int64_t j = 0; j < len; j++)
-						acc[k][j] += ph * row[j];
+						acc[k][j] = fmaf(ph, row[j], acc[k][j]);
 				}
 			}
 			for (int64_t k = 0; k < nh; k++)
@@ -402,12 +411,14 @@ int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a
 	if (!p)
 		return DSM_ENOMEM;
 	float *rows = p + (size_t)H * (size_t)m;
+	const void **lat = (const void **)(p + latent_table_at(H, m, r + dr, nt));
 	int par = m * H * (r + dr) >= CPU_PARALLEL_MIN;
-	/* Scores, key blocks across the threads: each cache row is converted once and met by every head. */
+	/* Scores, key blocks across the threads: each cache row is converted once and met by every head, and its
+	 * address kept for the values. */
 #pragma omp parallel for schedule(static) if (par)
 	for (int64_t i0 = 0; i0 < m; i0 += LATENT_KEYS)
 		latent_scores(a, i0, i0 + LATENT_KEYS < m ? i0 + LATENT_KEYS : m, m,
-			      rows + (size_t)omp_get_thread_num() * LATENT_KEYS * (size_t)(r + dr), p);
+			      rows + (size_t)omp_get_thread_num() * LATENT_KEYS * (size_t)(r + dr), p, lat);
 #pragma omp parallel for schedule(static) if (par)
 	for (int64_t h = 0; h < H; h++)
 		softmax_f32(p + h * m, m);
@@ -416,7 +427,7 @@ int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a
 	chunk = chunk < 16 ? 16 : chunk > 64 ? (chunk + 63) / 64 * 64 : chunk;
 #pragma omp parallel for schedule(static) if (par)
 	for (int64_t j0 = 0; j0 < r; j0 += chunk)
-		latent_values(a, p, m, j0, j0 + chunk < r ? j0 + chunk : r);
+		latent_values(a, p, lat, m, j0, j0 + chunk < r ? j0 + chunk : r);
 	return 0;
 }
 
