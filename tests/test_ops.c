@@ -571,6 +571,42 @@ static void test_attn_latent_blocks(struct dsm_backend *be)
 	free(ql), free(qp), free(c32), free(p32), free(c16), free(p16);
 }
 
+/* The softmax of the attention ops (a polynomial e^x with AVX-512) against one in double: every element within a
+ * relative 5e-7 plus the rounding of its score less the largest in F32 (or 1e-37 near zero), lengths around the
+ * 16 lanes, scores spread past expf's range; a NaN score makes every output NaN, as expf's loop does. */
+static void test_softmax(void)
+{
+	const int64_t lens[] = { 1, 7, 16, 17, 100, 2049 };
+	for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+		int64_t m = lens[li];
+		for (int spread = 0; spread < 2; spread++) {
+			float *p = rand_buf((size_t)m, spread ? 120.0f : 8.0f);
+			double *want = malloc(sizeof(double) * (size_t)m), *tol = malloc(sizeof(double) * (size_t)m),
+			       mx = -INFINITY, sum = 0;
+			for (int64_t i = 0; i < m; i++)
+				mx = p[i] > mx ? p[i] : mx;
+			for (int64_t i = 0; i < m; i++) {
+				sum += want[i] = exp((double)p[i] - mx);
+				tol[i] = 5e-7 + (mx - p[i]) * 0x1p-24;
+			}
+			cpu_softmax_f32(p, m);
+			int64_t bad = -1;
+			for (int64_t i = 0; i < m && bad < 0; i++)
+				if (!(fabs(p[i] - want[i] / sum) <= tol[i] * want[i] / sum + 1e-37))
+					bad = i;
+			CHECK(bad < 0, "softmax of %lld scores (spread %d): element %lld is %.9g, want %.9g", (long long)m,
+			      spread, (long long)bad, bad < 0 ? 0.0 : p[bad], bad < 0 ? 0.0 : want[bad] / sum);
+			if (m > 1) {
+				p[m / 2] = NAN;
+				cpu_softmax_f32(p, m);
+				CHECK(isnan(p[0]) && isnan(p[m - 1]), "softmax of %lld scores with a NaN: %g, %g", (long long)m,
+				      p[0], p[m - 1]);
+			}
+			free(p), free(want), free(tol);
+		}
+	}
+}
+
 static void test_indexer_topk_route(struct dsm_backend *be)
 {
 	int64_t nh = 4, d = 64, S = 300;
@@ -718,6 +754,7 @@ int main(void)
 		       worst_nmse);
 		dsm_backend_destroy(be);
 	}
+	test_softmax();
 	CHECK(dsm_physical_cores() >= 1, "physical cores");
 	return TEST_EXIT();
 }

@@ -22,9 +22,61 @@ static inline int64_t mask_key(const struct dsm_attn_mask *m, int64_t i)
 	return m && m->sel ? m->sel[i] : i;
 }
 
-/* p[0..m) = softmax(p[0..m)) */
-static void softmax_f32(float *p, int64_t m)
+#if defined(__x86_64__)
+/* e^x in 16 lanes, within 2 ulp of expf for x in [-87, 88] (Cephes' polynomial on x - n ln 2, |x - n ln 2| <=
+ * ln 2 / 2, then times 2^n); 0 below -104, NaN for NaN (max keeps its second operand when one is NaN). */
+__attribute__((target("avx512f"))) static __m512 exp_avx512(__m512 x)
 {
+	x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+	__m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+					_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	__m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+	r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+	__m512 q = _mm512_set1_ps(1.9875691500e-4f);
+	q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.3981999507e-3f));
+	q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(8.3334519073e-3f));
+	q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(4.1665795894e-2f));
+	q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.6666665459e-1f));
+	q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(5.0000001201e-1f));
+	q = _mm512_fmadd_ps(q, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+	return _mm512_scalef_ps(q, n);
+}
+
+/* cpu_softmax_f32 in 16 lanes: the sum in double, as its loop. */
+__attribute__((target("avx512f"))) static void softmax_avx512(float *p, int64_t m)
+{
+	__m512 mx = _mm512_set1_ps(-INFINITY);
+	for (int64_t i = 0; i < m; i += 16) {
+		__mmask16 k = m - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1);
+		mx = _mm512_mask_max_ps(mx, k, mx, _mm512_maskz_loadu_ps(k, p + i));
+	}
+	__m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+	__m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+	for (int64_t i = 0; i < m; i += 16) {
+		__mmask16 k = m - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1);
+		__m512 e = _mm512_maskz_mov_ps(k, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p + i), top)));
+		_mm512_mask_storeu_ps(p + i, k, e);
+		s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+		s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+	}
+	__m512 inv = _mm512_set1_ps((float)(1.0 / _mm512_reduce_add_pd(_mm512_add_pd(s0, s1))));
+	for (int64_t i = 0; i < m; i += 16) {
+		__mmask16 k = m - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1);
+		_mm512_mask_storeu_ps(p + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + i), inv));
+	}
+}
+#endif
+
+/* p[0..m) = softmax(p[0..m)): with AVX-512 in softmax_avx512 (a polynomial e^x; the logits of a step change
+ * within float rounding), else with expf. */
+void cpu_softmax_f32(float *p, int64_t m)
+{
+#if defined(__x86_64__)
+	if (__builtin_cpu_supports("avx512f")) {
+		softmax_avx512(p, m);
+		return;
+	}
+#endif
 	float mx = -INFINITY;
 	for (int64_t i = 0; i < m; i++)
 		mx = p[i] > mx ? p[i] : mx;
@@ -120,7 +172,7 @@ static inline __attribute__((always_inline)) void full_queries(const struct dsm_
 			}
 	}
 	for (int i = 0; i < NQ; i++) {
-		softmax_f32(p + i * ldk, m[i]);
+		cpu_softmax_f32(p + i * ldk, m[i]);
 		memset(p + i * ldk + m[i], 0, sizeof(float) * (size_t)(mmax - m[i]));
 	}
 	for (int64_t j0 = 0; j0 < ldv; j0 += FK) {
@@ -421,7 +473,7 @@ int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a
 			      rows + (size_t)omp_get_thread_num() * LATENT_KEYS * (size_t)(r + dr), p, lat);
 #pragma omp parallel for schedule(static) if (par)
 	for (int64_t h = 0; h < H; h++)
-		softmax_f32(p + h * m, m);
+		cpu_softmax_f32(p + h * m, m);
 	/* o_lat[h] = sum_i p[h, i] c[s_i], threads over slices of the latent dims (whole 64s where there are enough) */
 	int64_t chunk = (r + nt - 1) / nt;
 	chunk = chunk < 16 ? 16 : chunk > 64 ? (chunk + 63) / 64 * 64 : chunk;

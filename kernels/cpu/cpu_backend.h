@@ -121,6 +121,8 @@ int cpu_moe(struct dsm_backend *be, const struct dsm_moe_op_args *a);
 int cpu_attn_full(struct dsm_backend *be, const struct dsm_attn_full_args *a);
 size_t cpu_attn_full_floats(int64_t keys, int64_t d, int64_t dv, int masked, int nt);
 size_t cpu_attn_latent_floats(int64_t H, int64_t keys, int64_t width, int nt);
+/* p[0..m) = softmax(p[0..m)), the sum in double. */
+void cpu_softmax_f32(float *p, int64_t m);
 int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a);
 int cpu_indexer_scores(struct dsm_backend *be, int64_t n_heads, int64_t d, const float *q, const float *w,
 		       const float *k, const float *const *k_blocks, int64_t block_rows, int64_t n_keys, float *out);
