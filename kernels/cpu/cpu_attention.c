@@ -23,6 +23,12 @@ static inline int64_t mask_key(const struct dsm_attn_mask *m, int64_t i)
 }
 
 #if defined(__x86_64__)
+/* The lanes of a 16-float step with `left` floats still to go. */
+static inline __mmask16 lanes_left(int64_t left)
+{
+	return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
+
 /* e^x in 16 lanes, within 2 ulp of expf for x in [-87, 88] (Cephes' polynomial on x - n ln 2, |x - n ln 2| <=
  * ln 2 / 2, then times 2^n); 0 below -104, NaN for NaN (max keeps its second operand when one is NaN). */
 __attribute__((target("avx512f"))) static __m512 exp_avx512(__m512 x)
@@ -47,13 +53,13 @@ __attribute__((target("avx512f"))) static void softmax_avx512(float *p, int64_t 
 {
 	__m512 mx = _mm512_set1_ps(-INFINITY);
 	for (int64_t i = 0; i < m; i += 16) {
-		__mmask16 k = m - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1);
+		__mmask16 k = lanes_left(m - i);
 		mx = _mm512_mask_max_ps(mx, k, mx, _mm512_maskz_loadu_ps(k, p + i));
 	}
 	__m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
 	__m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
 	for (int64_t i = 0; i < m; i += 16) {
-		__mmask16 k = m - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1);
+		__mmask16 k = lanes_left(m - i);
 		__m512 e = _mm512_maskz_mov_ps(k, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p + i), top)));
 		_mm512_mask_storeu_ps(p + i, k, e);
 		s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
@@ -61,7 +67,7 @@ __attribute__((target("avx512f"))) static void softmax_avx512(float *p, int64_t 
 	}
 	__m512 inv = _mm512_set1_ps((float)(1.0 / _mm512_reduce_add_pd(_mm512_add_pd(s0, s1))));
 	for (int64_t i = 0; i < m; i += 16) {
-		__mmask16 k = m - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1);
+		__mmask16 k = lanes_left(m - i);
 		_mm512_mask_storeu_ps(p + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p + i), inv));
 	}
 }
@@ -321,7 +327,7 @@ __attribute__((target("avx512f"))) static void scores_avx512(const float *ql, co
 		const float *q = part ? qp : ql;
 		int64_t n = part ? dr : r, off = part ? r : 0;
 		for (int64_t j = 0; j < n; j += 16) {
-			__mmask16 mk = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+			__mmask16 mk = lanes_left(n - j);
 			__m512 x = _mm512_maskz_loadu_ps(mk, q + j);
 #pragma GCC unroll 8
 			for (int k = 0; k < LATENT_KEYS; k++)
