@@ -135,37 +135,41 @@ static void test_bf16_walks(struct dsm_backend *be)
 }
 
 /* The head's screen (head_top.c). Its integer dots equal the scalar reference in every walk, also at the
- * largest codes and activations, where a 32-bit lane is nearest to overflowing. matmul_top gives, in the rows
+ * largest codes and activations and the longest rows, where a 32-bit sum is nearest to overflowing. matmul_top gives, in the rows
  * it computes, the bits of matmul, and every row it leaves out is below matmul's largest value; the largest
  * value's rows (ties too) are always computed. On random weights it computes few rows; with a zero x (every
  * value equal) or no screen for the matrix, all of them. */
 static void test_head_top(struct dsm_backend *be)
 {
-	if (!dsm_isa_available(DSM_ISA_AVX512BF16)) {
-		printf("head screen: not tested, this CPU has no AVX-512 BF16\n");
+	if (!dsm_isa_available(DSM_ISA_AVX512BF16) || !__builtin_cpu_supports("avx512vnni")) {
+		printf("head screen: not tested, this CPU has no AVX-512 BF16 and VNNI\n");
 		return;
 	}
-	static const int64_t dims[][2] = { { 7, 33 }, { 130, 1024 }, { 9, 16500 } };
-	for (int s = 0; s < 3; s++)
+	static const int64_t dims[][2] = { { 7, 33 }, { 130, 1024 }, { 9, 16500 }, { 2, CPU_TOP_MAX_COLS } };
+	for (int s = 0; s < 4; s++)
 		for (int v = 0; v < CPU_BF16_WALKS; v++)
 			for (int extreme = 0; extreme < 2; extreme++) {
-				int64_t rows = dims[s][0], cols = dims[s][1], ld = (cols + 31) / 32 * 32;
-				int32_t xmax = cpu_top_xq_max(cols);
-				int8_t *q = malloc((size_t)(rows * cols));
-				int16_t *xq = aligned_alloc(64, sizeof(int16_t) * (size_t)ld);
+				int64_t rows = dims[s][0], cols = dims[s][1], ld = (cols + 63) / 64 * 64;
+				int32_t xmax = cpu_top_xq_max();
+				uint8_t *q = malloc((size_t)(rows * cols));
+				int16_t *xq = malloc(sizeof(int16_t) * (size_t)cols);
+				int8_t *xs = aligned_alloc(64, 2 * (size_t)ld);
+				memset(xs, 0, 2 * (size_t)ld);
 				for (int64_t i = 0; i < rows * cols; i++)
-					q[i] = (int8_t)(extreme ? -127 : (int)(rnd() % 255) - 127);
-				for (int64_t i = 0; i < ld; i++)
-					xq[i] = (int16_t)(i >= cols ? 0 : extreme ? -xmax : (int32_t)(rnd() % (2u * xmax + 1)) - xmax);
+					q[i] = (uint8_t)(extreme ? 255 : 1 + rnd() % 255);
+				for (int64_t i = 0; i < cols; i++) {
+					xq[i] = (int16_t)(extreme ? -xmax : (int32_t)(rnd() % (2u * xmax + 1)) - xmax);
+					cpu_top_split(xq[i], xs + i, xs + ld + i);
+				}
 				int64_t *d = malloc(sizeof(int64_t) * (size_t)rows), *dr = malloc(sizeof(int64_t) * (size_t)rows);
 				cpu_bf16_walk = v;
-				cpu_top_dots(q, cols, 0, rows, xq, d);
+				cpu_top_dots(q, cols, 0, rows, xs, ld, d);
 				cpu_top_dots_scalar(q, cols, 0, rows, xq, dr);
 				CHECK(memcmp(d, dr, sizeof(int64_t) * (size_t)rows) == 0, "screen dots %lldx%lld walk %s extreme %d: "
 				      "%lld against %lld", (long long)rows, (long long)cols, cpu_bf16_walks[v].name, extreme,
 				      (long long)d[0], (long long)dr[0]);
 				cpu_bf16_walk = 0;
-				free(q), free(xq), free(d), free(dr);
+				free(q), free(xq), free(xs), free(d), free(dr);
 			}
 	static const int64_t shapes[][2] = { { 3000, 256 }, { 1201, 1024 }, { 600, 200 } };
 	for (int s = 0; s < 3; s++) {
@@ -173,14 +177,19 @@ static void test_head_top(struct dsm_backend *be)
 		struct weight w;
 		weight_init(&w, DSM_BF16, V + 5, D);
 		uint16_t *wb = w.data;
+		for (int64_t j = 0; j < V + 5; j++) /* rows scaled by 2^-8 .. 1: each row's screen has its own scale */
+			for (int64_t i = 0; i < D && j != 8; i++)
+				wb[j * D + i] = dsm_f32_to_bf16(dsm_bf16_to_f32(wb[j * D + i]) * ldexpf(1, (int)(j * 7 % 9) - 8));
 		memcpy(wb + 20 * D, wb + 8 * D, sizeof(uint16_t) * (size_t)D); /* rows 17 and 5 of the view tie */
 		struct dsm_mat m = dsm_mat_rows(w.m, 3, V);
 		float *y = out_buf((size_t)V), *yf = out_buf((size_t)V), *x = malloc(sizeof(float) * (size_t)D);
 		CHECK(be->top_prepare(be, &m) == 0, "%s", dsm_errmsg());
 		int64_t computed = 0;
 		for (int k = 0; k < 40; k++) {
-			for (int64_t i = 0; i < D; i++) /* random, one large outlier, a zero vector, row 5 itself */
-				x[i] = k == 38 ? 0 : k == 39 ? dsm_bf16_to_f32(wb[8 * D + i]) : urand() * (i == k ? 50 : 1);
+			for (int64_t i = 0; i < D; i++) /* random (centred, or mostly positive or negative), one large
+							 * outlier, a zero vector, row 5 itself */
+				x[i] = k == 38 ? 0 : k == 39 ? dsm_bf16_to_f32(wb[8 * D + i]) :
+				       urand() * (i == k ? 50 : 1) + 0.75f * (float)(k % 3 - 1);
 			int rc = be->matmul_top(be, &m, x, y);
 			CHECK(rc > 0 && rc <= V, "matmul_top: %d: %s", rc, dsm_errmsg());
 			CHECK(be->matmul(be, &m, 1, x, yf) == 0, "%s", dsm_errmsg());
@@ -208,6 +217,27 @@ static void test_head_top(struct dsm_backend *be)
 		CHECK(be->matmul_top(be, &other, x, y) == V, "a matrix without a screen: not all rows");
 		free(y), free(yf), free(x);
 		weight_free(&w);
+	}
+	/* Exact codes, where the screen's bounds are tight: row 1 of constants c, and row 2 of 2c in the first
+	 * D/2 - 1 or D/2 + 1 columns (double the scale; 2c less or more than row 1 for x of ones); the others
+	 * small. An error in the codes' offset of 128 would move row 2 by D c / 127 and row 1 by half that: enough
+	 * to leave out the largest value in one head or the other. */
+	for (int more = 0; more < 2; more++) {
+		int64_t V = 64, D = 1024;
+		uint16_t *h = malloc(sizeof *h * (size_t)(V * D));
+		float *y = out_buf((size_t)V), *x = malloc(sizeof(float) * (size_t)D);
+		for (int64_t j = 0; j < V; j++)
+			for (int64_t i = 0; i < D; i++)
+				h[j * D + i] = dsm_f32_to_bf16(j == 1 ? 0x1p-5f : j == 2 ? (i < D / 2 - 1 + 2 * more ? 0x1p-4f : 0) :
+							       urand() * 0x1p-12f);
+		for (int64_t i = 0; i < D; i++)
+			x[i] = 1;
+		struct dsm_mat m = { .dtype = DSM_BF16, .rows = V, .cols = D, .data = h };
+		CHECK(be->top_prepare(be, &m) == 0, "%s", dsm_errmsg());
+		int rc = be->matmul_top(be, &m, x, y);
+		CHECK(rc > 0 && rc < V / 8 && y[1 + more] == (more ? 32.0625f : 32), "constant rows, %d: %d rows, %g %g",
+		      more, rc, y[1], y[2]);
+		free(h), free(y), free(x);
 	}
 }
 

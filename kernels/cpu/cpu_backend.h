@@ -24,7 +24,7 @@ struct cpu_top_row {
 struct cpu_top {
 	const void *data;  /* the head it was built from (data, row0, rows, cols); NULL: none */
 	int64_t row0, rows, cols;
-	int8_t *q;         /* [rows, cols] */
+	uint8_t *q;        /* [rows, cols]: the int8 codes plus 128 */
 	struct cpu_top_row *row;
 	double slack;      /* per unit of max|x| + 1: values below 2^-126 flushed; INFINITY: never screened */
 };
@@ -107,11 +107,15 @@ void cpu_bf16_gemv_rows(const uint16_t *w, int64_t cols, int64_t r0, int64_t r1,
 int cpu_top_prepare(struct dsm_backend *be, const struct dsm_mat *w);
 int cpu_matmul_top(struct dsm_backend *be, const struct dsm_mat *w, const float *x, float *y);
 void cpu_top_free(struct cpu_top *t);
-/* Its integer dots, dot[r - r0] = q_r . xq for rows [r0, r1) of q [*, cols] (xq 64-byte aligned, zero-padded to
- * a multiple of 32; |xq| <= cpu_top_xq_max(cols)): the AVX-512 walk (as the head's) and the scalar reference. */
-int32_t cpu_top_xq_max(int64_t cols);
-void cpu_top_dots(const int8_t *q, int64_t cols, int64_t r0, int64_t r1, const int16_t *xq, int64_t *dot);
-void cpu_top_dots_scalar(const int8_t *q, int64_t cols, int64_t r0, int64_t r1, const int16_t *xq, int64_t *dot);
+/* Its integer dots, dot[r - r0] = q_r . xq for rows [r0, r1) of the stored codes q [*, cols] (cols at most
+ * CPU_TOP_MAX_COLS): the AVX-512 VNNI walk (as the head's) over x in two bytes (xs: low bytes [ld], then high
+ * bytes [ld], from cpu_top_split; ld a multiple of 64, 64-byte aligned, zeros past cols; |xq| <=
+ * cpu_top_xq_max()), and the scalar reference over xq. */
+#define CPU_TOP_MAX_COLS 65536
+int32_t cpu_top_xq_max(void);
+void cpu_top_split(int32_t xq, int8_t *lo, int8_t *hi);
+void cpu_top_dots(const uint8_t *q, int64_t cols, int64_t r0, int64_t r1, const int8_t *xs, int64_t ld, int64_t *dot);
+void cpu_top_dots_scalar(const uint8_t *q, int64_t cols, int64_t r0, int64_t r1, const int16_t *xq, int64_t *dot);
 
 int cpu_matmul(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
 int cpu_matmul_t(struct dsm_backend *be, const struct dsm_mat *w, int64_t n, const float *x, float *y);
