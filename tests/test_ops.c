@@ -135,10 +135,10 @@ static void test_bf16_walks(struct dsm_backend *be)
 }
 
 /* The head's screen (head_top.c). Its integer dots equal the scalar reference in every walk, also at the
- * largest codes and activations and the longest rows, where a 32-bit sum is nearest to overflowing. matmul_top gives, in the rows
- * it computes, the bits of matmul, and every row it leaves out is below matmul's largest value; the largest
- * value's rows (ties too) are always computed. On random weights it computes few rows; with a zero x (every
- * value equal) or no screen for the matrix, all of them. */
+ * largest codes and activations and the longest rows, where a 32-bit sum is nearest to overflowing. matmul_top
+ * gives, in the rows it computes, the bits of matmul, and every row it leaves out is below matmul's largest
+ * value; the largest value's rows (ties too) are always computed. On random weights it computes few rows; with a
+ * zero x (every value equal) or no screen for the matrix, all of them. */
 static void test_head_top(struct dsm_backend *be)
 {
 	if (!dsm_isa_available(DSM_ISA_AVX512BF16) || !__builtin_cpu_supports("avx512vnni")) {
@@ -177,8 +177,8 @@ static void test_head_top(struct dsm_backend *be)
 		struct weight w;
 		weight_init(&w, DSM_BF16, V + 5, D);
 		uint16_t *wb = w.data;
-		for (int64_t j = 0; j < V + 5; j++) /* rows scaled by 2^-8 .. 1: each row's screen has its own scale */
-			for (int64_t i = 0; i < D && j != 8; i++)
+		for (int64_t j = 0; j < V + 5; j++) /* rows scaled by 2^-8 .. 1 (each row's screen has its own scale), */
+			for (int64_t i = 0; i < D && j != 8; i++) /* but not row 5 of the view, the largest for x = itself */
 				wb[j * D + i] = dsm_f32_to_bf16(dsm_bf16_to_f32(wb[j * D + i]) * ldexpf(1, (int)(j * 7 % 9) - 8));
 		memcpy(wb + 20 * D, wb + 8 * D, sizeof(uint16_t) * (size_t)D); /* rows 17 and 5 of the view tie */
 		struct dsm_mat m = dsm_mat_rows(w.m, 3, V);

@@ -272,8 +272,9 @@ int cpu_matmul_top(struct dsm_backend *be, const struct dsm_mat *w, const float 
 	double xn = sqrt(xx) * (1 + 1e-9), en = sqrt(ee) * (1 + 1e-9), slack = t->slack * (amax + 1);
 	const uint16_t *wb = (const uint16_t *)w->data + (size_t)w->row0 * (size_t)D;
 	double best = -INFINITY;
-	/* Each chunk of rows keeps, at its start in cand, the rows whose upper end reached the largest lower end
-	 * its thread had seen so far: the rows that can hold the largest value are among them. */
+	/* Each chunk of rows keeps, at its start in cand and hi, the rows whose upper end reached the largest lower
+	 * end its thread had seen so far, and those upper ends: the rows that can hold the largest value are among
+	 * them. */
 #pragma omp parallel if (V * D >= CPU_PARALLEL_MIN)
 	{
 		double mine = -INFINITY;
@@ -289,11 +290,12 @@ int cpu_matmul_top(struct dsm_backend *be, const struct dsm_mat *w, const float 
 					const struct cpu_top_row *p = &t->row[j];
 					double a_j = (double)p->scale * sx * (double)(dot[j - r] - 128 * xsum); /* the codes less 128 */
 					double b_j = (xn * p->a + en * p->b + 1e-12 * fabs(a_j)) * (1 + 1e-9) + slack;
-					hi[j] = a_j + b_j;
 					mine = a_j - b_j > mine ? a_j - b_j : mine;
 					y[j] = -INFINITY;
-					if (hi[j] >= mine)
-						cand[a + n++] = j;
+					if (a_j + b_j >= mine) {
+						cand[a + n] = j;
+						hi[a + n++] = a_j + b_j;
+					}
 				}
 			}
 			found[k] = n;
@@ -306,7 +308,7 @@ int cpu_matmul_top(struct dsm_backend *be, const struct dsm_mat *w, const float 
 	for (int64_t k = 0; k < chunks; k++) {
 		int64_t a = groups * k / chunks * 4; /* n <= a: the kept rows move down */
 		for (int64_t i = 0; i < found[k]; i++)
-			if (hi[cand[a + i]] >= best)
+			if (hi[a + i] >= best)
 				cand[n++] = cand[a + i];
 	}
 	if (!isfinite(best) || n > V / 8) {
