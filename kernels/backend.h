@@ -256,6 +256,9 @@ struct dsm_backend {
 	int (*matmul_top)(struct dsm_backend *be, const struct dsm_mat *w, const float *x, float *y);
 	/* Per-head matmuls of every head in one call (see struct dsm_matmul_heads_args). */
 	int (*matmul_heads)(struct dsm_backend *be, const struct dsm_matmul_heads_args *a);
+	/* Optional (NULL: not offered): runs body(arg) on the calling thread with the backend's threads held ready
+	 * for the ops it calls: one team for a decode step, not a start and an end for each of its ops. */
+	void (*hold_threads)(struct dsm_backend *be, void (*body)(void *arg), void *arg);
 	/* y[n, dim] = down(silu(gate(x)) * up(x)) for n tokens x[n, dim]: one expert or dense FFN. */
 	int (*ffn)(struct dsm_backend *be, const struct dsm_ffn_weights *w, int64_t n, const float *x, float *y);
 	/* The routed and shared experts of one MoE layer (see struct dsm_moe_op_args). */

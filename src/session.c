@@ -648,10 +648,40 @@ static int logits_out(struct dsm_session *s, struct dsm_step_seq *q, int n, cons
 	return dsm_device_wait(s);
 }
 
+/* The layers and the logits of a step (dsm_session_step). */
+struct layers_job {
+	struct dsm_session *s;
+	struct dsm_step_seq *q;
+	int n;
+	const int *part_of;
+	int rc;
+	double head_start; /* when the logits began */
+};
+
+static void layers_and_logits(void *arg)
+{
+	struct layers_job *j = arg;
+	struct dsm_session *s = j->s;
+	int rc = j->rc;
+	for (int L = 0; L < s->m->cfg.num_hidden_layers && rc == 0; L++) {
+		if (L == s->st->layer_end && (rc = next_stage(s)) < 0)
+			break;
+		double t = dsm_now();
+		if ((rc = dsm_attention(s, L)) < 0)
+			dsm_fail_prefix(rc, "layer %d attention", L);
+		s->times.attention += dsm_now() - t;
+		if (rc == 0 && (rc = dsm_feed_forward(s, L)) < 0)
+			dsm_fail_prefix(rc, "layer %d feed-forward", L);
+	}
+	j->head_start = dsm_now();
+	if (rc == 0)
+		rc = logits_out(s, j->q, j->n, j->part_of);
+	j->rc = rc;
+}
+
 int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 {
 	struct dsm_model *m = s->m;
-	const struct dsm_config *c = &m->cfg;
 	int64_t total = 0;
 	for (int i = 0; i < n; i++)
 		total += q[i].n > 0 ? q[i].n : 0;
@@ -711,19 +741,16 @@ int dsm_session_step(struct dsm_session *s, struct dsm_step_seq *q, int n)
 		s->seqs[s->parts[i].seq].pos += s->parts[i].n;
 	if (rc == 0)
 		rc = rope_tables(s);
-	for (int L = 0; L < c->num_hidden_layers && rc == 0; L++) {
-		if (L == s->st->layer_end && (rc = next_stage(s)) < 0)
-			break;
-		double t = dsm_now();
-		if ((rc = dsm_attention(s, L)) < 0)
-			dsm_fail_prefix(rc, "layer %d attention", L);
-		s->times.attention += dsm_now() - t;
-		if (rc == 0 && (rc = dsm_feed_forward(s, L)) < 0)
-			dsm_fail_prefix(rc, "layer %d feed-forward", L);
-	}
-	double t = dsm_now();
-	if (rc == 0)
-		rc = logits_out(s, q, n, part_of);
+	struct layers_job job = { s, q, n, part_of, rc, 0 };
+	struct dsm_backend *be = s->st->be;
+	/* A decode step on the host holds the backend's threads for all its ops (a step of up to 8 tokens, every
+	 * one in the absorbed form: the ops that hand their work to the held threads). */
+	if (rc == 0 && s->n_stages == 1 && !s->st->queue && s->T <= 8 && s->n_absorbed == s->T && be->hold_threads)
+		be->hold_threads(be, layers_and_logits, &job);
+	else
+		layers_and_logits(&job);
+	rc = job.rc;
+	double t = job.head_start;
 	for (int k = 0; k < s->n_stages; k++) /* nothing of the step left in a queue, and its failure reported now */
 		if ((s->st = &s->stage[k])->queue) {
 			int qrc = dsm_device_wait(s);

@@ -3,6 +3,7 @@
  * softmax-like 1e-6, matmul / FFN / attention 5e-4), index results exact. */
 #include "backend.h"
 #include "cpu_backend.h"
+#include "cpu_team.h"
 #include "error.h"
 #include "ref_ops.h"
 #include "test_rand.h"
@@ -758,6 +759,157 @@ static void test_reserve(const struct dsm_backend_options *o)
 	dsm_backend_destroy(be);
 }
 
+/* cpu_team: inside a held team, cpu_par runs on every thread of it, a barrier orders its phases, and a cpu_par
+ * from inside an fn runs on its caller alone; outside, the same through OpenMP. */
+struct team_probe {
+	int seen[8], after[8][8], nested[8];
+	int bad;
+};
+
+static void probe_nested(void *arg, int tid, int team)
+{
+	int *n = arg;
+	*n += team == 1 && tid == 0;
+}
+
+static void probe_part(void *arg, int tid, int team)
+{
+	struct team_probe *p = arg;
+	if (team > 8 || tid >= team) {
+		__atomic_store_n(&p->bad, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	__atomic_store_n(&p->seen[tid], 1, __ATOMIC_RELAXED);
+	cpu_par_barrier(team);
+	for (int i = 0; i < team; i++)
+		p->after[tid][i] = __atomic_load_n(&p->seen[i], __ATOMIC_RELAXED);
+	cpu_par(0, probe_nested, &p->nested[tid]);
+}
+
+struct team_run {
+	int rounds, ok, threads;
+};
+
+static void probe_rounds(void *arg)
+{
+	struct team_run *r = arg;
+	r->threads = cpu_par_threads();
+	for (int k = 0; k < r->rounds; k++) {
+		struct team_probe p = { 0 };
+		cpu_par(0, probe_part, &p);
+		int team = r->threads, good = !p.bad;
+		for (int t = 0; t < team; t++) {
+			good &= p.seen[t] == 1 && p.nested[t] == 1;
+			for (int i = 0; i < team; i++)
+				good &= p.after[t][i] == 1;
+		}
+		r->ok += good;
+	}
+}
+
+static void test_team(struct dsm_backend *be)
+{
+	for (int held = 0; held < 2; held++) {
+		struct team_run r = { .rounds = 2000 };
+		if (held)
+			be->hold_threads(be, probe_rounds, &r);
+		else
+			probe_rounds(&r);
+		CHECK(r.threads == 2, "held=%d: a team of %d threads, not 2", held, r.threads);
+		CHECK(r.ok == r.rounds, "held=%d: %d of %d rounds had every thread, the barrier and the nested call right",
+		      held, r.ok, r.rounds);
+	}
+}
+
+/* The ops that hand their work to a held team, on shapes that run them on every thread: the same bits inside
+ * be->hold_threads as outside it. */
+struct held_ops {
+	struct dsm_backend *be;
+	struct weight w8, w16, head, ex[4][3];
+	struct dsm_ffn_weights ffn[4];
+	const struct dsm_ffn_weights *ep[3];
+	float *x, *xh, *ql, *qp, *c, *pe, *y[7];
+	int rc;
+};
+
+static void held_ops_run(void *arg)
+{
+	struct held_ops *h = arg;
+	struct dsm_backend *be = h->be;
+	enum { H = 16, HR = 128, R = 256, DR = 64, S = 40 };
+	int rc = 0;
+	rc |= be->matmul(be, &h->w8.m, 1, h->x, h->y[0]);
+	rc |= be->matmul(be, &h->w16.m, 1, h->x, h->y[1]);
+	for (int tr = 0; tr < 2; tr++) {
+		struct dsm_matmul_heads_args a = { .w = &h->w8.m, .n_heads = H, .head_stride = HR, .head_rows = HR,
+			.transposed = tr, .n = 1, .x = h->xh, .ldx = H * 512, .x_head = 512, .y = h->y[2 + tr],
+			.ldy = H * 512, .y_head = 512 };
+		rc |= be->matmul_heads(be, &a);
+	}
+	struct dsm_attn_latent_args la = { .n_heads = H, .r = R, .dr = DR, .q_lat = h->ql, .q_pe = h->qp,
+		.cache_dtype = DSM_F32, .c = h->c, .k_pe = h->pe, .n_keys = S, .scale = 0.1f, .o_lat = h->y[4] };
+	rc |= be->attn_latent(be, &la);
+	int32_t idx[3] = { 0, 1, 2 };
+	float wt[3] = { 0.5f, 0.3f, 0.2f };
+	struct dsm_moe_op_args ma = { 1, 3, idx, wt, h->ep, 3, &h->ffn[3], h->x, h->y[5] };
+	rc |= be->moe(be, &ma);
+	if (be->top_prepare && be->top_prepare(be, &h->head.m) == 0)
+		rc |= be->matmul_top(be, &h->head.m, h->x, h->y[6]) < 0;
+	h->rc = rc;
+}
+
+static void test_held_ops(struct dsm_backend *be)
+{
+	struct held_ops h = { .be = be };
+	weight_init(&h.w8, DSM_F8_E4M3, 2048, 512);
+	weight_init(&h.w16, DSM_BF16, 512, 512);
+	weight_init(&h.head, DSM_BF16, 1024, 512);
+	for (int e = 0; e < 4; e++) {
+		weight_init(&h.ex[e][0], DSM_F8_E4M3, 256, 512);
+		weight_init(&h.ex[e][1], DSM_F8_E4M3, 256, 512);
+		weight_init(&h.ex[e][2], DSM_F8_E4M3, 512, 256);
+		h.ffn[e] = (struct dsm_ffn_weights){ .gate = h.ex[e][0].m, .up = h.ex[e][1].m, .down = h.ex[e][2].m };
+		if (e < 3)
+			h.ep[e] = &h.ffn[e];
+	}
+	h.x = rand_buf(512, 1), h.xh = rand_buf(16 * 512, 1), h.ql = rand_buf(16 * 256, 1), h.qp = rand_buf(16 * 64, 1);
+	h.c = rand_buf(40 * 256, 1), h.pe = rand_buf(40 * 64, 1);
+	static const size_t len[7] = { 2048, 512, 16 * 512, 16 * 512, 16 * 256, 512, 1024 };
+	float *first[7];
+	for (int held = 0; held < 2; held++) {
+		for (int i = 0; i < 7; i++)
+			memset(h.y[i] = out_buf(len[i]), 0, sizeof(float) * len[i]);
+		if (held)
+			be->hold_threads(be, held_ops_run, &h);
+		else
+			held_ops_run(&h);
+		CHECK(h.rc == 0, "held=%d: %s", held, dsm_errmsg());
+		for (int i = 0; i < 7; i++) {
+			if (held) {
+				CHECK(memcmp(first[i], h.y[i], sizeof(float) * len[i]) == 0, "op %d differs with held threads", i);
+				free(h.y[i]);
+			} else {
+				first[i] = h.y[i];
+			}
+		}
+	}
+	/* and right: the two that run on one thread at the other tests' shapes */
+	float *yr = out_buf(16 * 256);
+	CHECK(dsm_ref_matmul(be->precision, &h.w16.m, 1, h.x, yr) == 0, "%s", dsm_errmsg());
+	CHECK_NMSE(first[1], yr, 512, 5e-4, "bf16 matmul of 512 rows");
+	struct dsm_attn_latent_args la = { .n_heads = 16, .r = 256, .dr = 64, .q_lat = h.ql, .q_pe = h.qp,
+		.cache_dtype = DSM_F32, .c = h.c, .k_pe = h.pe, .n_keys = 40, .scale = 0.1f, .o_lat = yr };
+	CHECK(dsm_ref_attn_latent(&la) == 0, "%s", dsm_errmsg());
+	CHECK_NMSE(first[4], yr, 16 * 256, 5e-4, "attn_latent of 16 heads over 40 keys");
+	free(yr);
+	for (int i = 0; i < 7; i++)
+		free(first[i]);
+	free(h.x), free(h.xh), free(h.ql), free(h.qp), free(h.c), free(h.pe);
+	weight_free(&h.w8), weight_free(&h.w16), weight_free(&h.head);
+	for (int e = 0; e < 4; e++)
+		weight_free(&h.ex[e][0]), weight_free(&h.ex[e][1]), weight_free(&h.ex[e][2]);
+}
+
 int main(void)
 {
 	for (int p = 0; p < 2; p++) {
@@ -779,6 +931,8 @@ int main(void)
 		test_attention(be);
 		test_attn_latent_blocks(be);
 		test_indexer_topk_route(be);
+		test_team(be);
+		test_held_ops(be);
 		test_reserve(&o);
 		printf("cpu backend, %s: worst NMSE against the scalar reference %.3g\n", dsm_precision_name(o.precision),
 		       worst_nmse);

@@ -1,6 +1,7 @@
 /* Attention, indexer and norm ops of the cpu backend: the reference math with F32 accumulation,
  * threaded with OpenMP. Checked against ref_ops.c by tests/test_ops. */
 #include "cpu_backend.h"
+#include "cpu_team.h"
 
 #include "error.h"
 #include "ref_ops.h"
@@ -455,6 +456,42 @@ CPU_CLONES static void latent_values(const struct dsm_attn_latent_args *a, const
 	}
 }
 
+struct latent_job {
+	const struct dsm_attn_latent_args *a;
+	int64_t m, chunk;
+	float *p, *rows;
+	const void **lat;
+};
+
+/* Items [0, n) in contiguous shares: thread tid's [*i0, *i1). */
+static void share(int64_t n, int tid, int team, int64_t *i0, int64_t *i1)
+{
+	*i0 = n * tid / team;
+	*i1 = n * (tid + 1) / team;
+}
+
+/* Scores, key blocks across the threads: each cache row is converted once and met by every head, and its address
+ * kept for the values. Then softmax, heads across the threads; then o_lat[h] = sum_i p[h, i] c[s_i], threads
+ * over slices of the latent dims (whole 64s where there are enough). */
+static void latent_part(void *arg, int tid, int team)
+{
+	struct latent_job *j = arg;
+	const struct dsm_attn_latent_args *a = j->a;
+	int64_t m = j->m, r = a->r, dr = a->dr, b0, b1;
+	share((m + LATENT_KEYS - 1) / LATENT_KEYS, tid, team, &b0, &b1);
+	for (int64_t i0 = b0 * LATENT_KEYS; i0 < b1 * LATENT_KEYS; i0 += LATENT_KEYS)
+		latent_scores(a, i0, i0 + LATENT_KEYS < m ? i0 + LATENT_KEYS : m, m,
+			      j->rows + (size_t)tid * LATENT_KEYS * (size_t)(r + dr), j->p, j->lat);
+	cpu_par_barrier(team);
+	share(a->n_heads, tid, team, &b0, &b1);
+	for (int64_t h = b0; h < b1; h++)
+		cpu_softmax_f32(j->p + h * m, m);
+	cpu_par_barrier(team);
+	share((r + j->chunk - 1) / j->chunk, tid, team, &b0, &b1);
+	for (int64_t j0 = b0 * j->chunk; j0 < b1 * j->chunk; j0 += j->chunk)
+		latent_values(a, j->p, j->lat, m, j0, j0 + j->chunk < r ? j0 + j->chunk : r);
+}
+
 int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a)
 {
 	struct cpu_backend *cb = cpu_of(be);
@@ -464,28 +501,15 @@ int cpu_attn_latent(struct dsm_backend *be, const struct dsm_attn_latent_args *a
 		return dsm_fail(DSM_EDTYPE, "attention: cache dtype %s not supported", dsm_dtype_name(a->cache_dtype));
 	if (a->c_blocks && a->block_rows < 1)
 		return dsm_fail(DSM_EARG, "attention: cache blocks of %lld rows", (long long)a->block_rows);
-	int nt = omp_get_max_threads();
+	int nt = cpu_par_threads();
 	float *p = cpu_scratch_get(&cb->attn, sizeof(float) * cpu_attn_latent_floats(H, m, r + dr, nt));
 	if (!p)
 		return DSM_ENOMEM;
-	float *rows = p + (size_t)H * (size_t)m;
-	const void **lat = (const void **)(p + latent_table_at(H, m, r + dr, nt));
-	int par = m * H * (r + dr) >= CPU_PARALLEL_MIN;
-	/* Scores, key blocks across the threads: each cache row is converted once and met by every head, and its
-	 * address kept for the values. */
-#pragma omp parallel for schedule(static) if (par)
-	for (int64_t i0 = 0; i0 < m; i0 += LATENT_KEYS)
-		latent_scores(a, i0, i0 + LATENT_KEYS < m ? i0 + LATENT_KEYS : m, m,
-			      rows + (size_t)omp_get_thread_num() * LATENT_KEYS * (size_t)(r + dr), p, lat);
-#pragma omp parallel for schedule(static) if (par)
-	for (int64_t h = 0; h < H; h++)
-		cpu_softmax_f32(p + h * m, m);
-	/* o_lat[h] = sum_i p[h, i] c[s_i], threads over slices of the latent dims (whole 64s where there are enough) */
 	int64_t chunk = (r + nt - 1) / nt;
 	chunk = chunk < 16 ? 16 : chunk > 64 ? (chunk + 63) / 64 * 64 : chunk;
-#pragma omp parallel for schedule(static) if (par)
-	for (int64_t j0 = 0; j0 < r; j0 += chunk)
-		latent_values(a, p, lat, m, j0, j0 + chunk < r ? j0 + chunk : r);
+	struct latent_job j = { .a = a, .m = m, .chunk = chunk, .p = p, .rows = p + (size_t)H * (size_t)m,
+				.lat = (const void **)(p + latent_table_at(H, m, r + dr, nt)) };
+	cpu_par(m * H * (r + dr) >= CPU_PARALLEL_MIN ? 0 : 1, latent_part, &j);
 	return 0;
 }
 
@@ -537,19 +561,26 @@ int cpu_hadamard(struct dsm_backend *be, int64_t n, int64_t d, float *x)
 	return 0;
 }
 
+static void rmsnorm_row(int64_t d, const float *xr, const float *w, float eps, float *yr)
+{
+	double ss = 0;
+	for (int64_t i = 0; i < d; i++)
+		ss += (double)xr[i] * xr[i];
+	float r = (float)(1.0 / sqrt(ss / (double)d + eps));
+	for (int64_t i = 0; i < d; i++)
+		yr[i] = xr[i] * r * w[i];
+}
+
 int cpu_rmsnorm(struct dsm_backend *be, int64_t n, int64_t d, const float *x, int64_t ldx, const float *w,
 		float eps, float *y)
 {
-#pragma omp parallel for schedule(static) if (n * d >= CPU_PARALLEL_MIN)
-	for (int64_t t = 0; t < n; t++) {
-		const float *xr = x + t * ldx;
-		double ss = 0;
-		for (int64_t i = 0; i < d; i++)
-			ss += (double)xr[i] * xr[i];
-		float r = (float)(1.0 / sqrt(ss / (double)d + eps));
-		float *yr = y + t * d;
-		for (int64_t i = 0; i < d; i++)
-			yr[i] = xr[i] * r * w[i];
+	if (n * d < CPU_PARALLEL_MIN) { /* no region at all: a decode step has dozens of these */
+		for (int64_t t = 0; t < n; t++)
+			rmsnorm_row(d, x + t * ldx, w, eps, y + t * d);
+		return 0;
 	}
+#pragma omp parallel for schedule(static)
+	for (int64_t t = 0; t < n; t++)
+		rmsnorm_row(d, x + t * ldx, w, eps, y + t * d);
 	return 0;
 }

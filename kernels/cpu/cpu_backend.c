@@ -1,6 +1,7 @@
 /* The cpu backend's table: every op of backend.h, the hot ones threaded (cpu_matmul.c,
  * cpu_attention.c), the cheap ones straight from the scalar reference (ref_ops.c). */
 #include "cpu_backend.h"
+#include "cpu_team.h"
 
 #include "error.h"
 #include "ref_ops.h"
@@ -154,6 +155,11 @@ int dsm_cpu_gemv_tune(struct dsm_backend *be, const struct dsm_fp8_mat *mats, si
 	return dsm_gemv_tune(cb->experts, mats, n, r);
 }
 
+static void cpu_hold_threads(struct dsm_backend *be, void (*body)(void *arg), void *arg)
+{
+	cpu_team_run(cpu_of(be)->threads, body, arg);
+}
+
 int dsm_cpu_backend_create(struct dsm_backend **out, const struct dsm_backend_options *o)
 {
 	*out = NULL;
@@ -186,6 +192,7 @@ int dsm_cpu_backend_create(struct dsm_backend **out, const struct dsm_backend_op
 	be->matmul = cpu_matmul;
 	be->matmul_t = cpu_matmul_t;
 	be->matmul_heads = cpu_matmul_heads;
+	be->hold_threads = cpu_hold_threads;
 	be->top_prepare = cpu_top_prepare;
 	be->matmul_top = cpu_matmul_top;
 	be->ffn = cpu_ffn;

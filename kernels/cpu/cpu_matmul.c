@@ -8,6 +8,7 @@
  * With precision bf16 each dequantized weight (fp8 value x block scale) and each activation is rounded
  * to BF16 before the multiply; accumulation is F32. */
 #include "cpu_backend.h"
+#include "cpu_team.h"
 
 
 #include "error.h"
@@ -260,38 +261,49 @@ static void gemv(const struct dsm_mat *w, int64_t n, const float *x, float *y, i
 
 /* The vector GEMV of BF16 weights (bf16_gemv.c): rows in 16 chunks per thread (groups of 4 rows), taken by the
  * threads as they come. */
+struct bf16_job {
+	struct cpu_backend *cb;
+	const uint16_t *wb, *xb;
+	const float *x;
+	float *y;
+	int64_t rows, cols, n, groups;
+	int64_t next; /* the next chunk a thread takes */
+	int teams;
+};
+
+/* Chunks of rows as the threads come for them: 16 per thread. */
+static void bf16_gemv_part(void *arg, int tid, int team)
+{
+	struct bf16_job *j = arg;
+	if (tid == 0)
+		j->teams = team;
+	double t = dsm_wall_seconds();
+	int64_t chunks = 16 * (int64_t)team;
+	for (int64_t k; (k = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < chunks;) {
+		int64_t a = j->groups * k / chunks * 4, b = j->groups * (k + 1) / chunks * 4;
+		if (b > j->rows)
+			b = j->rows;
+		if (a < b)
+			cpu_bf16_gemv_rows(j->wb, j->cols, a, b, j->n, j->x, j->xb, j->y + a, j->rows);
+	}
+	if (tid < DSM_WAIT_MAX_THREADS)
+		j->cb->wait.busy[tid * 8] += dsm_wall_seconds() - t;
+}
+
 static int bf16_gemv(struct cpu_backend *cb, const struct dsm_mat *w, int64_t n, const float *x, float *y, int bf16)
 {
 	int64_t rows = w->rows, cols = w->cols;
-	const uint16_t *wb = (const uint16_t *)w->data + (size_t)w->row0 * (size_t)cols;
 	uint16_t *xb = NULL;
 	if (bf16) {
 		if (!(xb = cpu_scratch_get(&cb->act, sizeof(uint16_t) * (size_t)(n * cpu_bf16_act_ld(cols)))))
 			return DSM_ENOMEM;
 		cpu_bf16_gemv_pack(x, n, cols, xb);
 	}
-	int64_t groups = (rows + 3) / 4;
-	int teams = 1;
+	struct bf16_job j = { .cb = cb, .wb = (const uint16_t *)w->data + (size_t)w->row0 * (size_t)cols, .xb = xb,
+			      .x = x, .y = y, .rows = rows, .cols = cols, .n = n, .groups = (rows + 3) / 4, .teams = 1 };
 	double t_start = dsm_wall_seconds();
-#pragma omp parallel if (rows * cols * n >= CPU_PARALLEL_MIN)
-	{
-		int64_t team = omp_get_num_threads(), tid = omp_get_thread_num();
-		if (tid == 0)
-			teams = (int)team;
-		double t = dsm_wall_seconds();
-		int64_t chunks = team * 16;
-#pragma omp for schedule(dynamic, 1) nowait
-		for (int64_t k = 0; k < chunks; k++) {
-			int64_t a = groups * k / chunks * 4, b = groups * (k + 1) / chunks * 4;
-			if (b > rows)
-				b = rows;
-			if (a < b)
-				cpu_bf16_gemv_rows(wb, cols, a, b, n, x, xb, y + a, rows);
-		}
-		if (tid < DSM_WAIT_MAX_THREADS)
-			cb->wait.busy[tid * 8] += dsm_wall_seconds() - t;
-	}
-	dsm_wait_end(&cb->wait, teams, dsm_wall_seconds() - t_start);
+	cpu_par(rows * cols * n >= CPU_PARALLEL_MIN ? 0 : 1, bf16_gemv_part, &j);
+	dsm_wait_end(&cb->wait, j.teams, dsm_wall_seconds() - t_start);
 	return 0;
 }
 
@@ -501,47 +513,62 @@ CPU_CLONES static void head_t(const struct dsm_mat *w, int64_t rows, int64_t n, 
 		}
 }
 
+struct heads_t_job {
+	struct cpu_backend *cb;
+	const struct dsm_matmul_heads_args *a;
+	struct dsm_fp8_mat fp8;
+	float *scratch;
+	size_t per;
+	int64_t c_fast;
+	int bf16, teams;
+};
+
+static void heads_t_part(void *arg, int tid, int team)
+{
+	struct heads_t_job *j = arg;
+	const struct dsm_matmul_heads_args *a = j->a;
+	const struct dsm_mat *w = a->w;
+	int64_t rows = a->head_rows, n = a->n, H = a->n_heads;
+	if (tid == 0)
+		j->teams = team;
+	double t0 = dsm_wall_seconds();
+	float *xh = j->scratch + j->per * (size_t)tid;
+	int64_t h1 = H * (tid + 1) / team;
+	for (int64_t h = H * tid / team; h < h1; h++) {
+		for (int64_t t = 0; t < n; t++) {
+			const float *xt = a->x + t * a->ldx + h * a->x_head;
+			for (int64_t i = 0; i < rows; i++)
+				xh[t * rows + i] = j->bf16 ? round_bf16(xt[i]) : xt[i];
+		}
+		struct dsm_mat wh = dsm_mat_rows(*w, h * a->head_stride, rows);
+		if (j->c_fast)
+			dsm_fp8_rows_t_bf16(&j->fp8, (size_t)wh.row0, (size_t)rows, xh, (size_t)rows, (size_t)n,
+					    a->y + h * a->y_head, (size_t)a->ldy,
+					    h + 1 < h1 ? (size_t)(wh.row0 + a->head_stride) : SIZE_MAX);
+		head_t(&wh, rows, n, xh, j->bf16, a->y + h * a->y_head, a->ldy, j->c_fast);
+	}
+	if (tid < DSM_WAIT_MAX_THREADS)
+		j->cb->wait.busy[tid * 8] += dsm_wall_seconds() - t0;
+}
+
 /* The transposed per-head multiply at decode: heads split across the threads. */
 static int heads_t_decode(struct cpu_backend *cb, const struct dsm_matmul_heads_args *a)
 {
 	const struct dsm_mat *w = a->w;
 	int bf16 = cb->be.precision == DSM_PRECISION_BF16;
-	int64_t rows = a->head_rows, cols = w->cols, n = a->n, nt = omp_get_max_threads();
+	int64_t rows = a->head_rows, cols = w->cols, n = a->n, nt = cpu_par_threads();
 	/* FP8 into BF16 products: by tables of the products (expert_gemv_x86.c), the same arithmetic */
 	int64_t c_fast = bf16 && w->dtype == DSM_F8_E4M3 && cb->experts &&
 			 dsm_expert_ctx_isa(cb->experts) == DSM_ISA_AVX512BF16 ? cols / 64 * 64 : 0;
-	struct dsm_fp8_mat fp8 = c_fast ? fp8_stored(w) : (struct dsm_fp8_mat){ 0 };
 	size_t per = ((size_t)(n * rows) + 15) / 16 * 16; /* per thread: the head's inputs [n, rows] */
 	float *scratch = cpu_scratch_get(&cb->panel, sizeof(float) * per * (size_t)nt);
 	if (!scratch)
 		return DSM_ENOMEM;
-	int teams = 1;
+	struct heads_t_job j = { .cb = cb, .a = a, .fp8 = c_fast ? fp8_stored(w) : (struct dsm_fp8_mat){ 0 },
+				 .scratch = scratch, .per = per, .c_fast = c_fast, .bf16 = bf16, .teams = 1 };
 	double t_start = dsm_wall_seconds();
-#pragma omp parallel if (a->n_heads > 1 && a->n_heads * rows * cols * n >= CPU_PARALLEL_MIN)
-	{
-		int64_t team = omp_get_num_threads(), tid = omp_get_thread_num(), H = a->n_heads;
-		if (tid == 0)
-			teams = (int)team;
-		double t0 = dsm_wall_seconds();
-		float *xh = scratch + per * (size_t)tid;
-		int64_t h1 = H * (tid + 1) / team;
-		for (int64_t h = H * tid / team; h < h1; h++) {
-			for (int64_t t = 0; t < n; t++) {
-				const float *xt = a->x + t * a->ldx + h * a->x_head;
-				for (int64_t i = 0; i < rows; i++)
-					xh[t * rows + i] = bf16 ? round_bf16(xt[i]) : xt[i];
-			}
-			struct dsm_mat wh = dsm_mat_rows(*w, h * a->head_stride, rows);
-			if (c_fast)
-				dsm_fp8_rows_t_bf16(&fp8, (size_t)wh.row0, (size_t)rows, xh, (size_t)rows, (size_t)n,
-						    a->y + h * a->y_head, (size_t)a->ldy,
-						    h + 1 < h1 ? (size_t)(wh.row0 + a->head_stride) : SIZE_MAX);
-			head_t(&wh, rows, n, xh, bf16, a->y + h * a->y_head, a->ldy, c_fast);
-		}
-		if (tid < DSM_WAIT_MAX_THREADS)
-			cb->wait.busy[tid * 8] += dsm_wall_seconds() - t0;
-	}
-	dsm_wait_end(&cb->wait, teams, dsm_wall_seconds() - t_start);
+	cpu_par(a->n_heads > 1 && a->n_heads * rows * cols * n >= CPU_PARALLEL_MIN ? 0 : 1, heads_t_part, &j);
+	dsm_wait_end(&cb->wait, j.teams, dsm_wall_seconds() - t_start);
 	return 0;
 }
 

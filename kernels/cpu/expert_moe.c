@@ -9,6 +9,7 @@
  *           then the shared expert;
  *   reduce  (several NUMA nodes only) node partial sums added in node order. */
 #include "expert_internal.h"
+#include "cpu_team.h"
 
 #include "dtype.h"
 #include "error.h"
@@ -330,6 +331,8 @@ struct layer {
 	float **tmp;                              /* [n_threads] */
 	size_t next_up[DSM_EXPERT_MAX_NODES];     /* the next chunk of each phase a node's threads take */
 	size_t next_down[DSM_EXPERT_MAX_NODES];
+	struct dsm_expert_ctx *ctx;
+	int teams;                                /* the threads that ran it */
 };
 
 /* The threads of a node take the chunks of a phase as they come (a thread the host slows takes fewer), not an
@@ -528,6 +531,38 @@ static void layout(struct dsm_expert_ctx *ctx, struct layer *L, struct bump *b)
 	}
 }
 
+/* The phases of a layer on one thread of the team, a barrier between them. */
+static void layer_part(void *arg, int tid, int team)
+{
+	struct layer *L = arg;
+	struct dsm_expert_ctx *ctx = L->ctx;
+	int N = ctx->n_threads;
+	if (tid == 0)
+		L->teams = team;
+	bind_self(ctx, tid, team);
+	double t = dsm_wall_seconds();
+	for (int v = tid; v < N; v += team)
+		phase_gather(ctx, L, v);
+	worked(ctx, tid, t);
+	cpu_par_barrier(team);
+	t = dsm_wall_seconds();
+	for (int v = tid; v < N; v += team)
+		phase_up(ctx, L, v);
+	worked(ctx, tid, t);
+	cpu_par_barrier(team);
+	t = dsm_wall_seconds();
+	for (int v = tid; v < N; v += team)
+		phase_down(ctx, L, v);
+	worked(ctx, tid, t);
+	if (ctx->n_nodes > 1) {
+		cpu_par_barrier(team);
+		t = dsm_wall_seconds();
+		for (int v = tid; v < N; v += team)
+			phase_reduce(ctx, L, v);
+		worked(ctx, tid, t);
+	}
+}
+
 static int run_layer(struct dsm_expert_ctx *ctx, struct layer *L)
 {
 	struct bump b = { NULL, 0 };
@@ -538,39 +573,13 @@ static int run_layer(struct dsm_expert_ctx *ctx, struct layer *L)
 	b.base = ctx->buf;
 	b.off = 0;
 	layout(ctx, L, &b);
-	int N = ctx->n_threads, teams = 1;
 	memset(L->next_up, 0, sizeof(L->next_up));
 	memset(L->next_down, 0, sizeof(L->next_down));
+	L->ctx = ctx;
+	L->teams = 1;
 	double t_start = dsm_wall_seconds();
-#pragma omp parallel num_threads(N) if (N > 1)
-	{
-		int team = omp_get_num_threads(), tid = omp_get_thread_num();
-		if (tid == 0)
-			teams = team;
-		bind_self(ctx, tid, team);
-		double t = dsm_wall_seconds();
-		for (int v = tid; v < N; v += team)
-			phase_gather(ctx, L, v);
-		worked(ctx, tid, t);
-#pragma omp barrier
-		t = dsm_wall_seconds();
-		for (int v = tid; v < N; v += team)
-			phase_up(ctx, L, v);
-		worked(ctx, tid, t);
-#pragma omp barrier
-		t = dsm_wall_seconds();
-		for (int v = tid; v < N; v += team)
-			phase_down(ctx, L, v);
-		worked(ctx, tid, t);
-		if (ctx->n_nodes > 1) {
-#pragma omp barrier
-			t = dsm_wall_seconds();
-			for (int v = tid; v < N; v += team)
-				phase_reduce(ctx, L, v);
-			worked(ctx, tid, t);
-		}
-	}
-	dsm_wait_end(&ctx->wait, teams, dsm_wall_seconds() - t_start);
+	cpu_par(ctx->n_threads, layer_part, L);
+	dsm_wait_end(&ctx->wait, L->teams, dsm_wall_seconds() - t_start);
 	return 0;
 }
 
@@ -707,6 +716,71 @@ int dsm_expert_ffn(struct dsm_expert_ctx *ctx, const struct dsm_expert_fp8 *e, s
 
 /* ---- One matmul --------------------------------------------------------------------------------------- */
 
+struct matmul_job {
+	struct dsm_expert_ctx *ctx;
+	const struct dsm_fp8_mat *W;
+	size_t r0, rows, n, per_size, stride, n_heads, x_head, ldx, y_head, ldy;
+	size_t next; /* the next row (or head) a thread takes */
+	const float *x;
+	float *y;
+	uint16_t *a;
+	char *per;
+	int gemm, teams;
+};
+
+/* The next rows of [0, total) for a thread of a team of team: a share of what is left that shrinks as the rows
+ * run out (whole 16s), so that threads the host slows take fewer and all end close together. Returns their
+ * number, 0 when none are left. */
+static size_t take_rows(size_t *next, size_t total, int team, size_t *a)
+{
+	size_t cur = __atomic_load_n(next, __ATOMIC_RELAXED), k;
+	do {
+		if (cur >= total)
+			return 0;
+		k = (total - cur) / (2 * (size_t)team) / 16 * 16;
+		k = k < 16 ? min_sz(16, total - cur) : k;
+	} while (!__atomic_compare_exchange_n(next, &cur, cur + k, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+	*a = cur;
+	return k;
+}
+
+static void matmul_part(void *arg, int tid, int team)
+{
+	struct matmul_job *j = arg;
+	struct dsm_expert_ctx *ctx = j->ctx;
+	const struct dsm_fp8_mat *W = j->W;
+	int N = ctx->n_threads;
+	if (tid == 0)
+		j->teams = team;
+	bind_self(ctx, tid, team);
+	double t = dsm_wall_seconds();
+	size_t a0, a1;
+	if (!j->gemm) {
+		for (size_t k; (k = take_rows(&j->next, j->rows, team, &a0)) > 0;)
+			dsm_fp8_gemv_rows(ctx->isa, W, j->r0 + a0, j->r0 + a0 + k, j->x, W->cols, j->n, j->y + a0, j->rows,
+					  j->per + (size_t)tid * j->per_size);
+	} else {
+		for (int v = tid; v < N; v += team) {
+			split((W->cols + 1) / 2, N, v, &a0, &a1);
+			dsm_bf16_pack(j->x, W->cols, j->n, W->cols, a0, a1, j->a);
+		}
+		worked(ctx, tid, t);
+		cpu_par_barrier(team);
+		t = dsm_wall_seconds();
+		for (int v = tid; v < N; v += team) {
+			void *tile = j->per + (size_t)v * j->per_size;
+			float *tmp = (float *)((char *)tile + dsm_fp8_gemm_scratch_size());
+			split(j->rows, N, v, &a0, &a1);
+			for (size_t c = a0; c < a1; c += GEMM_CHUNK) {
+				size_t c1 = min_sz(c + GEMM_CHUNK, a1);
+				dsm_fp8_gemm_rows(W, j->r0 + c, j->r0 + c1, j->a, j->n, tmp, round_up(j->n, 16), tile);
+				dsm_f32_transpose(tmp, round_up(j->n, 16), c1 - c, j->n, j->y + c, j->rows);
+			}
+		}
+	}
+	worked(ctx, tid, t);
+}
+
 int dsm_fp8_matmul_rows(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W, size_t r0, size_t r1, size_t n,
 			const float *x, float *y)
 {
@@ -714,57 +788,40 @@ int dsm_fp8_matmul_rows(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W,
 		return dsm_fail(DSM_EARG, "fp8 matmul: rows [%zu, %zu) of a %zu-row matrix", r0, r1, W->rows);
 	if (n == 0 || r0 == r1)
 		return 0;
-	size_t rows = r1 - r0;
 	int N = ctx->n_threads;
 	int gemm = n >= ctx->gemm_min && ctx->isa == DSM_ISA_AVX512BF16;
 	size_t m_pad = round_up(n, 16);
 	size_t per_size = gemm ? dsm_fp8_gemm_scratch_size() + GEMM_CHUNK * m_pad * sizeof(float) :
 				 dsm_fp8_gemv_scratch_size(W->cols);
 	size_t a_size = gemm ? round_up(dsm_bf16_pack_size(n, W->cols), 64) : 0;
-	int rc = reserve(&ctx->buf, &ctx->buf_size, a_size + (size_t)N * per_size);
+	int slots = N > cpu_par_threads() ? N : cpu_par_threads(); /* a held team may be larger */
+	int rc = reserve(&ctx->buf, &ctx->buf_size, a_size + (size_t)slots * per_size);
 	if (rc < 0)
 		return rc;
-	uint16_t *a = (uint16_t *)ctx->buf;
-	char *per = ctx->buf + a_size;
-	int teams = 1;
+	struct matmul_job j = { .ctx = ctx, .W = W, .r0 = r0, .rows = r1 - r0, .n = n, .per_size = per_size, .x = x,
+				.y = y, .a = (uint16_t *)ctx->buf, .per = ctx->buf + a_size, .gemm = gemm, .teams = 1 };
 	double t_start = dsm_wall_seconds();
-#pragma omp parallel num_threads(N) if (N > 1)
-	{
-		int team = omp_get_num_threads(), tid = omp_get_thread_num();
-		if (tid == 0)
-			teams = team;
-		bind_self(ctx, tid, team);
-		double t = dsm_wall_seconds();
-		size_t a0, a1;
-		if (!gemm) {
-			for (int v = tid; v < N; v += team) {
-				split(rows, N, v, &a0, &a1);
-				dsm_fp8_gemv_rows(ctx->isa, W, r0 + a0, r0 + a1, x, W->cols, n, y + a0, rows,
-						  per + (size_t)v * per_size);
-			}
-		} else {
-			for (int v = tid; v < N; v += team) {
-				split((W->cols + 1) / 2, N, v, &a0, &a1);
-				dsm_bf16_pack(x, W->cols, n, W->cols, a0, a1, a);
-			}
-			worked(ctx, tid, t);
-#pragma omp barrier
-			t = dsm_wall_seconds();
-			for (int v = tid; v < N; v += team) {
-				void *tile = per + (size_t)v * per_size;
-				float *tmp = (float *)((char *)tile + dsm_fp8_gemm_scratch_size());
-				split(rows, N, v, &a0, &a1);
-				for (size_t c = a0; c < a1; c += GEMM_CHUNK) {
-					size_t c1 = min_sz(c + GEMM_CHUNK, a1);
-					dsm_fp8_gemm_rows(W, r0 + c, r0 + c1, a, n, tmp, m_pad, tile);
-					dsm_f32_transpose(tmp, m_pad, c1 - c, n, y + c, rows);
-				}
-			}
-		}
-		worked(ctx, tid, t);
-	}
-	dsm_wait_end(&ctx->wait, teams, dsm_wall_seconds() - t_start);
+	cpu_par(N, matmul_part, &j);
+	dsm_wait_end(&ctx->wait, j.teams, dsm_wall_seconds() - t_start);
 	return 0;
+}
+
+/* Heads as the threads come for them; each head is one thread's rows in the order matmul takes them. */
+static void heads_part(void *arg, int tid, int team)
+{
+	struct matmul_job *j = arg;
+	struct dsm_expert_ctx *ctx = j->ctx;
+	if (tid == 0)
+		j->teams = team;
+	bind_self(ctx, tid, team);
+	double t = dsm_wall_seconds();
+	void *scratch = j->per + (size_t)tid * j->per_size;
+	for (size_t h; (h = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < j->n_heads;) {
+		size_t r0 = j->r0 + h * j->stride;
+		dsm_fp8_gemv_rows(ctx->isa, j->W, r0, r0 + j->rows, j->x + h * j->x_head, j->ldx, j->n,
+				  j->y + h * j->y_head, j->ldy, scratch);
+	}
+	worked(ctx, tid, t);
 }
 
 int dsm_fp8_matmul_heads(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W, size_t row0, size_t stride,
@@ -777,27 +834,16 @@ int dsm_fp8_matmul_heads(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W
 		return dsm_fail(DSM_EARG, "fp8 matmul heads: %zu tokens, %zu heads of %zu rows", n, n_heads, rows);
 	int N = ctx->n_threads;
 	size_t per_size = dsm_fp8_gemv_scratch_size(W->cols);
-	int rc = reserve(&ctx->buf, &ctx->buf_size, (size_t)N * per_size);
+	int slots = N > cpu_par_threads() ? N : cpu_par_threads();
+	int rc = reserve(&ctx->buf, &ctx->buf_size, (size_t)slots * per_size);
 	if (rc < 0)
 		return rc;
-	/* Heads split evenly across the threads; each head is one thread's rows in the order matmul takes them. */
-	int teams = 1;
+	struct matmul_job j = { .ctx = ctx, .W = W, .r0 = row0, .rows = rows, .n = n, .per_size = per_size,
+				.stride = stride, .n_heads = n_heads, .x = x, .ldx = ldx, .x_head = x_head, .y = y,
+				.ldy = ldy, .y_head = y_head, .per = ctx->buf, .teams = 1 };
 	double t_start = dsm_wall_seconds();
-#pragma omp parallel num_threads(N) if (N > 1 && n_heads > 1)
-	{
-		int team = omp_get_num_threads(), tid = omp_get_thread_num();
-		if (tid == 0)
-			teams = team;
-		bind_self(ctx, tid, team);
-		double t = dsm_wall_seconds();
-		void *scratch = ctx->buf + (size_t)tid * per_size;
-		for (size_t h = n_heads * (size_t)tid / (size_t)team; h < n_heads * (size_t)(tid + 1) / (size_t)team; h++) {
-			size_t r0 = row0 + h * stride;
-			dsm_fp8_gemv_rows(ctx->isa, W, r0, r0 + rows, x + h * x_head, ldx, n, y + h * y_head, ldy, scratch);
-		}
-		worked(ctx, tid, t);
-	}
-	dsm_wait_end(&ctx->wait, teams, dsm_wall_seconds() - t_start);
+	cpu_par(n_heads > 1 ? N : 1, heads_part, &j);
+	dsm_wait_end(&ctx->wait, j.teams, dsm_wall_seconds() - t_start);
 	return 0;
 }
 

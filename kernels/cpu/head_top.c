@@ -24,6 +24,7 @@
  * Bytes per token: D + 12 per row and D 2 bytes per candidate row, against 2 D per row. On random weights a few
  * rows in ten thousand stay candidates; past an eighth of the rows the whole head is multiplied instead. */
 #include "cpu_backend.h"
+#include "cpu_team.h"
 #include "error.h"
 #include "expert_internal.h"
 
@@ -223,6 +224,65 @@ int cpu_top_prepare(struct dsm_backend *be, const struct dsm_mat *w)
 	return 0;
 }
 
+/* The screen's pass over the head and the rows computed after it, as the threads of cpu_par take their chunks. */
+struct top_job {
+	const struct cpu_top *t;
+	const uint16_t *wb, *xb;
+	const int8_t *xs;
+	const float *x;
+	float *y;
+	double *hi, sx, xn, en, slack, best;
+	int64_t *cand, *found, V, D, ld, groups, chunks, xsum, n, next;
+};
+
+static void max_into(double *p, double v)
+{
+	double cur;
+	__atomic_load(p, &cur, __ATOMIC_RELAXED);
+	while (v > cur && !__atomic_compare_exchange(p, &cur, &v, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+}
+
+/* Each chunk of rows keeps, at its start in cand and hi, the rows whose upper end reached the largest lower end
+ * its thread had seen so far, and those upper ends: the rows that can hold the largest value are among them. */
+static void top_pass(void *arg, int tid, int team)
+{
+	struct top_job *j = arg;
+	const struct cpu_top *t = j->t;
+	double mine = -INFINITY;
+	int64_t dot[64], V = j->V;
+	for (int64_t k; (k = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < j->chunks;) {
+		int64_t a = j->groups * k / j->chunks * 4, b = j->groups * (k + 1) / j->chunks * 4, n = 0;
+		int64_t end = b < V ? b : V;
+		for (int64_t r = a; r < end; r += 64) {
+			int64_t e = r + 64 < end ? r + 64 : end;
+			cpu_top_dots(t->q, j->D, r, e, j->xs, j->ld, dot);
+			for (int64_t i = r; i < e; i++) {
+				const struct cpu_top_row *p = &t->row[i];
+				double a_i = (double)p->scale * j->sx * (double)(dot[i - r] - 128 * j->xsum); /* codes less 128 */
+				double b_i = (j->xn * p->a + j->en * p->b + 1e-12 * fabs(a_i)) * (1 + 1e-9) + j->slack;
+				mine = a_i - b_i > mine ? a_i - b_i : mine;
+				j->y[i] = -INFINITY;
+				if (a_i + b_i >= mine) {
+					j->cand[a + n] = i;
+					j->hi[a + n++] = a_i + b_i;
+				}
+			}
+		}
+		j->found[k] = n;
+	}
+	max_into(&j->best, mine);
+}
+
+static void top_rows(void *arg, int tid, int team)
+{
+	struct top_job *j = arg;
+	for (int64_t k; (k = __atomic_fetch_add(&j->next, 16, __ATOMIC_RELAXED)) < j->n;)
+		for (int64_t i = k; i < k + 16 && i < j->n; i++)
+			cpu_bf16_gemv_rows(j->wb, j->D, j->cand[i], j->cand[i] + 1, 1, j->x, j->xb, j->y + j->cand[i],
+					   j->V);
+}
+
 /* y = W x for one x [D] of the prepared head: exact (as cpu_matmul) where the row can hold the largest value,
  * -INFINITY elsewhere. Returns the number of rows computed exactly, or a negative code. */
 int cpu_matmul_top(struct dsm_backend *be, const struct dsm_mat *w, const float *x, float *y)
@@ -236,7 +296,7 @@ int cpu_matmul_top(struct dsm_backend *be, const struct dsm_mat *w, const float 
 	}
 	int bf16 = be->precision == DSM_PRECISION_BF16;
 	int64_t ld = (D + 63) / 64 * 64; /* also a multiple of cpu_bf16_act_ld's */
-	int64_t groups = (V + 3) / 4, chunks = 16 * (int64_t)omp_get_max_threads();
+	int64_t groups = (V + 3) / 4, chunks = 16 * (int64_t)cpu_par_threads();
 	size_t xb_bytes = bf16 ? sizeof(uint16_t) * (size_t)ld : 0;
 	char *scratch = cpu_scratch_get(&cb->act, xb_bytes + 2 * (size_t)ld +
 					 (sizeof(double) + sizeof(int64_t)) * (size_t)V + sizeof(int64_t) * (size_t)chunks);
@@ -269,54 +329,25 @@ int cpu_matmul_top(struct dsm_backend *be, const struct dsm_mat *w, const float 
 		xsum += (int64_t)k;
 		ee += (v - k * sx) * (v - k * sx);
 	}
-	double xn = sqrt(xx) * (1 + 1e-9), en = sqrt(ee) * (1 + 1e-9), slack = t->slack * (amax + 1);
-	const uint16_t *wb = (const uint16_t *)w->data + (size_t)w->row0 * (size_t)D;
-	double best = -INFINITY;
-	/* Each chunk of rows keeps, at its start in cand and hi, the rows whose upper end reached the largest lower
-	 * end its thread had seen so far, and those upper ends: the rows that can hold the largest value are among
-	 * them. */
-#pragma omp parallel if (V * D >= CPU_PARALLEL_MIN)
-	{
-		double mine = -INFINITY;
-		int64_t dot[64];
-#pragma omp for schedule(dynamic, 1) nowait
-		for (int64_t k = 0; k < chunks; k++) {
-			int64_t a = groups * k / chunks * 4, b = groups * (k + 1) / chunks * 4, n = 0;
-			int64_t end = b < V ? b : V;
-			for (int64_t r = a; r < end; r += 64) {
-				int64_t e = r + 64 < end ? r + 64 : end;
-				cpu_top_dots(t->q, D, r, e, xs, ld, dot);
-				for (int64_t j = r; j < e; j++) {
-					const struct cpu_top_row *p = &t->row[j];
-					double a_j = (double)p->scale * sx * (double)(dot[j - r] - 128 * xsum); /* the codes less 128 */
-					double b_j = (xn * p->a + en * p->b + 1e-12 * fabs(a_j)) * (1 + 1e-9) + slack;
-					mine = a_j - b_j > mine ? a_j - b_j : mine;
-					y[j] = -INFINITY;
-					if (a_j + b_j >= mine) {
-						cand[a + n] = j;
-						hi[a + n++] = a_j + b_j;
-					}
-				}
-			}
-			found[k] = n;
-		}
-#pragma omp critical
-		best = fmax(best, mine);
-	}
+	struct top_job j = { .t = t, .wb = (const uint16_t *)w->data + (size_t)w->row0 * (size_t)D, .xb = xb, .xs = xs,
+			     .x = x, .y = y, .hi = hi, .sx = sx, .xn = sqrt(xx) * (1 + 1e-9), .en = sqrt(ee) * (1 + 1e-9),
+			     .slack = t->slack * (amax + 1), .best = -INFINITY, .cand = cand, .found = found, .V = V,
+			     .D = D, .ld = ld, .groups = groups, .chunks = chunks, .xsum = xsum };
+	cpu_par(V * D >= CPU_PARALLEL_MIN ? 0 : 1, top_pass, &j);
 	/* the rows whose upper end reaches the largest lower end */
 	int64_t n = 0;
 	for (int64_t k = 0; k < chunks; k++) {
 		int64_t a = groups * k / chunks * 4; /* n <= a: the kept rows move down */
 		for (int64_t i = 0; i < found[k]; i++)
-			if (hi[a + i] >= best)
+			if (hi[a + i] >= j.best)
 				cand[n++] = cand[a + i];
 	}
-	if (!isfinite(best) || n > V / 8) {
+	if (!isfinite(j.best) || n > V / 8) {
 		int rc = cpu_matmul(be, w, 1, x, y);
 		return rc < 0 ? rc : (int)V;
 	}
-#pragma omp parallel for schedule(dynamic, 16) if (n * D >= CPU_PARALLEL_MIN)
-	for (int64_t i = 0; i < n; i++)
-		cpu_bf16_gemv_rows(wb, D, cand[i], cand[i] + 1, 1, x, xb, y + cand[i], V);
+	j.n = n;
+	j.next = 0;
+	cpu_par(n * D >= CPU_PARALLEL_MIN ? 0 : 1, top_rows, &j);
 	return (int)n;
 }
