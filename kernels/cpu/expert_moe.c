@@ -329,8 +329,8 @@ struct layer {
 	float *partial;                           /* [n_nodes, n_tok, hidden] when n_nodes > 1 */
 	void **gemv_scratch, **tile;              /* [n_threads] */
 	float **tmp;                              /* [n_threads] */
-	size_t next_up[DSM_EXPERT_MAX_NODES];     /* the next chunk of each phase a node's threads take */
-	size_t next_down[DSM_EXPERT_MAX_NODES];
+	size_t next_up[DSM_EXPERT_MAX_NODES];     /* the next chunk of the up phase a node's threads take */
+	size_t next_down[DSM_EXPERT_MAX_NODES];   /* the next output row of the down phase */
 	struct dsm_expert_ctx *ctx;
 	int teams;                                /* the threads that ran it */
 };
@@ -350,13 +350,20 @@ static size_t chunk_rows(size_t len, int Q, size_t unit)
 	return unit * (per < 1 ? 1 : per > 4 ? 4 : per);
 }
 
-/* Output rows of the down phase: in units of a scale block, or of a tile when the layer has batched jobs. */
-static size_t down_chunk(const struct layer *L, int Q)
+/* The next rows of [0, total) for one of Q threads: a share of what is left that shrinks as the rows run out
+ * (whole units, at most cap), so that threads the host slows take fewer and all end close together. Returns
+ * their number at *a, 0 when none are left. */
+static size_t take_rows(size_t *next, size_t total, int Q, size_t unit, size_t cap, size_t *a)
 {
-	for (size_t k = 0; k < L->n_jobs; k++)
-		if (L->jobs[k].gemm)
-			return chunk_rows(L->hidden, Q, GEMM_CHUNK);
-	return chunk_rows(L->hidden, Q, DSM_FP8_BLOCK);
+	size_t cur = __atomic_load_n(next, __ATOMIC_RELAXED), k;
+	do {
+		if (cur >= total)
+			return 0;
+		k = min_sz((total - cur) / (2 * (size_t)Q) / unit * unit, cap);
+		k = k < unit ? min_sz(unit, total - cur) : k;
+	} while (!__atomic_compare_exchange_n(next, &cur, cur + k, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+	*a = cur;
+	return k;
 }
 
 static size_t job_tok(const struct job *j, size_t t)
@@ -436,12 +443,14 @@ static void phase_up(struct dsm_expert_ctx *ctx, struct layer *L, int v)
 static void phase_down(struct dsm_expert_ctx *ctx, struct layer *L, int v)
 {
 	int node = ctx->thread_node[v];
-	size_t hidden = L->hidden, step = down_chunk(L, ctx->node_first[node + 1] - ctx->node_first[node]);
+	int Q = ctx->node_first[node + 1] - ctx->node_first[node], gemm = 0;
+	for (size_t k = 0; k < L->n_jobs; k++)
+		gemm |= L->jobs[k].gemm;
+	size_t hidden = L->hidden, unit = gemm ? GEMM_CHUNK : 16, cap = gemm ? 4 * GEMM_CHUNK : DOWN_CHUNK, a, len;
 	float *out = ctx->n_nodes > 1 ? L->partial + (size_t)node * L->n_tok * hidden : L->y;
 	float *tmp = L->tmp[v];
-	for (size_t a = next_chunk(&L->next_down[node]) * step; a < hidden;
-	     a = next_chunk(&L->next_down[node]) * step) {
-		size_t b = min_sz(a + step, hidden);
+	while ((len = take_rows(&L->next_down[node], hidden, Q, unit, cap, &a)) > 0) {
+		size_t b = a + len;
 		if (ctx->n_nodes > 1 || !L->accumulate)
 			for (size_t t = 0; t < L->n_tok; t++)
 				memset(out + t * hidden + a, 0, (b - a) * sizeof(float));
@@ -728,22 +737,6 @@ struct matmul_job {
 	int gemm, teams;
 };
 
-/* The next rows of [0, total) for a thread of a team of team: a share of what is left that shrinks as the rows
- * run out (whole 16s), so that threads the host slows take fewer and all end close together. Returns their
- * number, 0 when none are left. */
-static size_t take_rows(size_t *next, size_t total, int team, size_t *a)
-{
-	size_t cur = __atomic_load_n(next, __ATOMIC_RELAXED), k;
-	do {
-		if (cur >= total)
-			return 0;
-		k = (total - cur) / (2 * (size_t)team) / 16 * 16;
-		k = k < 16 ? min_sz(16, total - cur) : k;
-	} while (!__atomic_compare_exchange_n(next, &cur, cur + k, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
-	*a = cur;
-	return k;
-}
-
 static void matmul_part(void *arg, int tid, int team)
 {
 	struct matmul_job *j = arg;
@@ -756,7 +749,7 @@ static void matmul_part(void *arg, int tid, int team)
 	double t = dsm_wall_seconds();
 	size_t a0, a1;
 	if (!j->gemm) {
-		for (size_t k; (k = take_rows(&j->next, j->rows, team, &a0)) > 0;)
+		for (size_t k; (k = take_rows(&j->next, j->rows, team, 16, j->rows, &a0)) > 0;)
 			dsm_fp8_gemv_rows(ctx->isa, W, j->r0 + a0, j->r0 + a0 + k, j->x, W->cols, j->n, j->y + a0, j->rows,
 					  j->per + (size_t)tid * j->per_size);
 	} else {
