@@ -11,8 +11,8 @@
 typedef void (*cpu_par_fn)(void *arg, int tid, int team);
 
 /* Runs fn on n threads (n < 1: the OpenMP default; n = 1: on the caller) and returns when all have returned.
- * Inside cpu_team_run, with n the team's size or less than 1, on the team's threads; a call from inside an fn
- * runs on the caller alone. */
+ * Inside cpu_team_run, for any n but 1, on the team's threads; a call from inside an fn runs on the caller
+ * alone. */
 void cpu_par(int n, cpu_par_fn fn, void *arg);
 /* Inside an fn: waits until all team threads reach it. */
 void cpu_par_barrier(int team);
