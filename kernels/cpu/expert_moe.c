@@ -1,5 +1,5 @@
-/* The expert context: OpenMP threads bound to cores, per-thread scratch, and the parallel drivers of one
- * matmul, one expert and one MoE layer (decode and batched paths, NUMA split).
+/* The expert context: threads bound to cores (OpenMP's, or a held team's: cpu_team.h), per-thread scratch, and
+ * the parallel drivers of one matmul, one expert and one MoE layer (decode and batched paths, NUMA split).
  *
  * Work is split by rows, never by columns inside a node, so every output value is computed by one thread in
  * a fixed order and results do not depend on the thread count. Phases of a layer are separated by barriers:
