@@ -10,11 +10,13 @@
 #include <linux/futex.h>
 #include <omp.h>
 #include <stdatomic.h>
+#include <stdlib.h>
+#include <strings.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#define SLEEP_AFTER 200e-6 /* seconds */
+#define SLEEP_AFTER 200e-6 /* seconds; with OMP_WAIT_POLICY=passive, at once */
 
 static struct team {
 	_Atomic unsigned job;      /* bumped for each job, and once more at the end */
@@ -49,10 +51,22 @@ static void futex(_Atomic unsigned *addr, int op, unsigned val)
 	syscall(SYS_futex, (unsigned *)addr, op, val, NULL, NULL, 0);
 }
 
+/* How long a server spins before it sleeps: OpenMP's passive policy (for hosts whose cores other processes
+ * share) sleeps as soon as it can. */
+static double sleep_after(void)
+{
+	static double s = -1;
+	if (s < 0) {
+		const char *p = getenv("OMP_WAIT_POLICY");
+		s = p && strcasecmp(p, "passive") == 0 ? 0 : SLEEP_AFTER;
+	}
+	return s;
+}
+
 /* The next job after seen: spinning, then asleep. */
 static unsigned next_job(struct team *t, unsigned seen)
 {
-	double t0 = 0;
+	double t0 = 0, wait = sleep_after();
 	for (unsigned spins = 1;; spins++) {
 		unsigned j = atomic_load_explicit(&t->job, memory_order_acquire);
 		if (j != seen)
@@ -63,7 +77,7 @@ static unsigned next_job(struct team *t, unsigned seen)
 		double now = seconds();
 		if (t0 == 0) {
 			t0 = now;
-		} else if (now - t0 > SLEEP_AFTER) {
+		} else if (now - t0 >= wait) {
 			atomic_fetch_add(&t->sleepers, 1);
 			if (atomic_load(&t->job) == seen)
 				futex(&t->job, FUTEX_WAIT_PRIVATE, seen);
