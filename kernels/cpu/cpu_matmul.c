@@ -259,8 +259,6 @@ static void gemv(const struct dsm_mat *w, int64_t n, const float *x, float *y, i
 	}
 }
 
-/* The vector GEMV of BF16 weights (bf16_gemv.c): rows in 16 chunks per thread (groups of 4 rows), taken by the
- * threads as they come. */
 struct bf16_job {
 	struct cpu_backend *cb;
 	const uint16_t *wb, *xb;
@@ -271,7 +269,6 @@ struct bf16_job {
 	int teams;
 };
 
-/* Chunks of rows as the threads come for them: 16 per thread. */
 static void bf16_gemv_part(void *arg, int tid, int team)
 {
 	struct bf16_job *j = arg;
@@ -290,6 +287,8 @@ static void bf16_gemv_part(void *arg, int tid, int team)
 		j->cb->wait.busy[tid * 8] += dsm_wall_seconds() - t;
 }
 
+/* The vector GEMV of BF16 weights (bf16_gemv.c): rows in 16 chunks per thread (groups of 4 rows), taken by the
+ * threads as they come. */
 static int bf16_gemv(struct cpu_backend *cb, const struct dsm_mat *w, int64_t n, const float *x, float *y, int bf16)
 {
 	int64_t rows = w->rows, cols = w->cols;
