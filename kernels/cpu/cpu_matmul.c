@@ -15,7 +15,6 @@
 #include "ref_ops.h"
 
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -266,14 +265,11 @@ struct bf16_job {
 	float *y;
 	int64_t rows, cols, n, groups;
 	int64_t next; /* the next chunk a thread takes */
-	int teams;
 };
 
 static void bf16_gemv_part(void *arg, int tid, int team)
 {
 	struct bf16_job *j = arg;
-	if (tid == 0)
-		j->teams = team;
 	double t = dsm_wall_seconds();
 	int64_t chunks = 16 * (int64_t)team;
 	for (int64_t k; (k = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < chunks;) {
@@ -299,10 +295,10 @@ static int bf16_gemv(struct cpu_backend *cb, const struct dsm_mat *w, int64_t n,
 		cpu_bf16_gemv_pack(x, n, cols, xb);
 	}
 	struct bf16_job j = { .cb = cb, .wb = (const uint16_t *)w->data + (size_t)w->row0 * (size_t)cols, .xb = xb,
-			      .x = x, .y = y, .rows = rows, .cols = cols, .n = n, .groups = (rows + 3) / 4, .teams = 1 };
+			      .x = x, .y = y, .rows = rows, .cols = cols, .n = n, .groups = (rows + 3) / 4 };
 	double t_start = dsm_wall_seconds();
-	cpu_par(rows * cols * n >= CPU_PARALLEL_MIN ? 0 : 1, bf16_gemv_part, &j);
-	dsm_wait_end(&cb->wait, j.teams, dsm_wall_seconds() - t_start);
+	int team = cpu_par(rows * cols * n >= CPU_PARALLEL_MIN ? 0 : 1, bf16_gemv_part, &j);
+	dsm_wait_end(&cb->wait, team, dsm_wall_seconds() - t_start);
 	return 0;
 }
 
@@ -519,7 +515,7 @@ struct heads_t_job {
 	float *scratch;
 	size_t per;
 	int64_t c_fast;
-	int bf16, teams;
+	int bf16;
 };
 
 static void heads_t_part(void *arg, int tid, int team)
@@ -528,8 +524,6 @@ static void heads_t_part(void *arg, int tid, int team)
 	const struct dsm_matmul_heads_args *a = j->a;
 	const struct dsm_mat *w = a->w;
 	int64_t rows = a->head_rows, n = a->n, H = a->n_heads;
-	if (tid == 0)
-		j->teams = team;
 	double t0 = dsm_wall_seconds();
 	float *xh = j->scratch + j->per * (size_t)tid;
 	int64_t h1 = H * (tid + 1) / team;
@@ -564,10 +558,10 @@ static int heads_t_decode(struct cpu_backend *cb, const struct dsm_matmul_heads_
 	if (!scratch)
 		return DSM_ENOMEM;
 	struct heads_t_job j = { .cb = cb, .a = a, .fp8 = c_fast ? fp8_stored(w) : (struct dsm_fp8_mat){ 0 },
-				 .scratch = scratch, .per = per, .c_fast = c_fast, .bf16 = bf16, .teams = 1 };
+				 .scratch = scratch, .per = per, .c_fast = c_fast, .bf16 = bf16 };
 	double t_start = dsm_wall_seconds();
-	cpu_par(a->n_heads > 1 && a->n_heads * rows * cols * n >= CPU_PARALLEL_MIN ? 0 : 1, heads_t_part, &j);
-	dsm_wait_end(&cb->wait, j.teams, dsm_wall_seconds() - t_start);
+	int team = cpu_par(a->n_heads > 1 && a->n_heads * rows * cols * n >= CPU_PARALLEL_MIN ? 0 : 1, heads_t_part, &j);
+	dsm_wait_end(&cb->wait, team, dsm_wall_seconds() - t_start);
 	return 0;
 }
 

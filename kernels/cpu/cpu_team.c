@@ -107,12 +107,12 @@ static void publish(struct team *t)
 		futex(&t->job, FUTEX_WAKE_PRIVATE, INT_MAX);
 }
 
-void cpu_par(int n, cpu_par_fn fn, void *arg)
+int cpu_par(int n, cpu_par_fn fn, void *arg)
 {
 	struct team *t = &the_team;
 	if (n == 1 || tl_in_job || (tl_team && t->size < 2)) {
 		fn(arg, 0, 1);
-		return;
+		return 1;
 	}
 	if (tl_team) {
 		t->fn = fn;
@@ -124,18 +124,22 @@ void cpu_par(int n, cpu_par_fn fn, void *arg)
 		tl_in_job = 0;
 		while (atomic_load_explicit(&t->done, memory_order_acquire) < t->size - 1)
 			relax();
-		return;
+		return t->size;
 	}
 	if (n < 1 && (n = omp_get_max_threads()) == 1) {
 		fn(arg, 0, 1);
-		return;
+		return 1;
 	}
+	int team = 1;
 #pragma omp parallel num_threads(n)
 	{
 		tl_in_job = 1;
+		if (omp_get_thread_num() == 0)
+			team = omp_get_num_threads();
 		fn(arg, omp_get_thread_num(), omp_get_num_threads());
 		tl_in_job = 0;
 	}
+	return team;
 }
 
 /* The team's threads are those of one OpenMP region, held or cpu_par's own: an OpenMP barrier serves both (a

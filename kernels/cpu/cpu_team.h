@@ -10,10 +10,10 @@
 /* fn(arg, tid, team) on team threads, tid = 0 .. team - 1. */
 typedef void (*cpu_par_fn)(void *arg, int tid, int team);
 
-/* Runs fn on n threads (n < 1: the OpenMP default; n = 1: on the caller) and returns when all have returned.
- * Inside cpu_team_run, for any n but 1, on the team's threads; a call from inside an fn runs on the caller
- * alone. */
-void cpu_par(int n, cpu_par_fn fn, void *arg);
+/* Runs fn on n threads (n < 1: the OpenMP default; n = 1: on the caller) and returns, when all have returned,
+ * how many ran it. Inside cpu_team_run, for any n but 1, on the team's threads; a call from inside an fn runs on
+ * the caller alone. */
+int cpu_par(int n, cpu_par_fn fn, void *arg);
 /* Inside an fn: waits until all team threads reach it. */
 void cpu_par_barrier(int team);
 /* The threads cpu_par(0, ...) would use. */

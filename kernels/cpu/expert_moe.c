@@ -332,7 +332,6 @@ struct layer {
 	size_t next_up[DSM_EXPERT_MAX_NODES];     /* the next chunk of the up phase a node's threads take */
 	size_t next_down[DSM_EXPERT_MAX_NODES];   /* the next output row of the down phase */
 	struct dsm_expert_ctx *ctx;
-	int teams;                                /* the threads that ran it */
 };
 
 /* The threads of a node take the chunks of a phase as they come (a thread the host slows takes fewer), not an
@@ -546,8 +545,6 @@ static void layer_part(void *arg, int tid, int team)
 	struct layer *L = arg;
 	struct dsm_expert_ctx *ctx = L->ctx;
 	int N = ctx->n_threads;
-	if (tid == 0)
-		L->teams = team;
 	bind_self(ctx, tid, team);
 	double t = dsm_wall_seconds();
 	for (int v = tid; v < N; v += team)
@@ -585,10 +582,9 @@ static int run_layer(struct dsm_expert_ctx *ctx, struct layer *L)
 	memset(L->next_up, 0, sizeof(L->next_up));
 	memset(L->next_down, 0, sizeof(L->next_down));
 	L->ctx = ctx;
-	L->teams = 1;
 	double t_start = dsm_wall_seconds();
-	cpu_par(ctx->n_threads, layer_part, L);
-	dsm_wait_end(&ctx->wait, L->teams, dsm_wall_seconds() - t_start);
+	int team = cpu_par(ctx->n_threads, layer_part, L);
+	dsm_wait_end(&ctx->wait, team, dsm_wall_seconds() - t_start);
 	return 0;
 }
 
@@ -734,7 +730,7 @@ struct matmul_job {
 	float *y;
 	uint16_t *a;
 	char *per;
-	int gemm, teams;
+	int gemm;
 };
 
 static void matmul_part(void *arg, int tid, int team)
@@ -743,8 +739,6 @@ static void matmul_part(void *arg, int tid, int team)
 	struct dsm_expert_ctx *ctx = j->ctx;
 	const struct dsm_fp8_mat *W = j->W;
 	int N = ctx->n_threads;
-	if (tid == 0)
-		j->teams = team;
 	bind_self(ctx, tid, team);
 	double t = dsm_wall_seconds();
 	size_t a0, a1;
@@ -792,10 +786,10 @@ int dsm_fp8_matmul_rows(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W,
 	if (rc < 0)
 		return rc;
 	struct matmul_job j = { .ctx = ctx, .W = W, .r0 = r0, .rows = r1 - r0, .n = n, .per_size = per_size, .x = x,
-				.y = y, .a = (uint16_t *)ctx->buf, .per = ctx->buf + a_size, .gemm = gemm, .teams = 1 };
+				.y = y, .a = (uint16_t *)ctx->buf, .per = ctx->buf + a_size, .gemm = gemm };
 	double t_start = dsm_wall_seconds();
-	cpu_par(N, matmul_part, &j);
-	dsm_wait_end(&ctx->wait, j.teams, dsm_wall_seconds() - t_start);
+	int team = cpu_par(N, matmul_part, &j);
+	dsm_wait_end(&ctx->wait, team, dsm_wall_seconds() - t_start);
 	return 0;
 }
 
@@ -804,12 +798,10 @@ static void heads_part(void *arg, int tid, int team)
 {
 	struct matmul_job *j = arg;
 	struct dsm_expert_ctx *ctx = j->ctx;
-	if (tid == 0)
-		j->teams = team;
 	bind_self(ctx, tid, team);
 	double t = dsm_wall_seconds();
 	void *scratch = j->per + (size_t)tid * j->per_size;
-	for (size_t h; (h = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < j->n_heads;) {
+	for (size_t h; (h = next_chunk(&j->next)) < j->n_heads;) {
 		size_t r0 = j->r0 + h * j->stride;
 		dsm_fp8_gemv_rows(ctx->isa, j->W, r0, r0 + j->rows, j->x + h * j->x_head, j->ldx, j->n,
 				  j->y + h * j->y_head, j->ldy, scratch);
@@ -833,10 +825,10 @@ int dsm_fp8_matmul_heads(struct dsm_expert_ctx *ctx, const struct dsm_fp8_mat *W
 		return rc;
 	struct matmul_job j = { .ctx = ctx, .W = W, .r0 = row0, .rows = rows, .n = n, .per_size = per_size,
 				.stride = stride, .n_heads = n_heads, .x = x, .ldx = ldx, .x_head = x_head, .y = y,
-				.ldy = ldy, .y_head = y_head, .per = ctx->buf, .teams = 1 };
+				.ldy = ldy, .y_head = y_head, .per = ctx->buf };
 	double t_start = dsm_wall_seconds();
-	cpu_par(n_heads > 1 ? N : 1, heads_part, &j);
-	dsm_wait_end(&ctx->wait, j.teams, dsm_wall_seconds() - t_start);
+	int team = cpu_par(n_heads > 1 ? N : 1, heads_part, &j);
+	dsm_wait_end(&ctx->wait, team, dsm_wall_seconds() - t_start);
 	return 0;
 }
 

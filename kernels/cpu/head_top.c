@@ -31,7 +31,6 @@
 #include <float.h>
 #include <immintrin.h>
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 
